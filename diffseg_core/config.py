@@ -1,0 +1,124 @@
+"""Frozen configuration dataclasses with the paper's defaults."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import InputError, look_up_option
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES_HINT = "auto, cpu, cuda, cuda:N"
+
+
+class _DictMixin:
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[arg-type]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(
+                f"unknown {cls.__name__} option(s) {unknown}; expected some of {sorted(names)}"
+            )
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class MergeConfig(_DictMixin):
+    """The post-UNet algorithm: iterative KL merging, NMS and optional K-means refinement.
+
+    Attributes:
+        kl_threshold: symmetric-KL threshold of each merge iteration (paper: ``[1.1] * 3``).
+        grid: anchors along the shorter side of the latent grid (paper: 16, i.e. 16x16 = 256
+            anchors on a square 64x64 latent).
+        refine: K-means refinement of the merged proposals (the original's ``refine=True``).
+        faithful_fp16: round anchors and maps of the first merge to float16 before the KL, as
+            the original implementation does (it reproduces the original's labels exactly);
+            ``False`` computes in float32 with eps clamping.
+        refine_max_iter: Lloyd iterations of the K-means refinement (sklearn default 300).
+    """
+
+    kl_threshold: tuple[float, ...] = (1.1, 1.1, 1.1)
+    grid: int = 16
+    refine: bool = False
+    faithful_fp16: bool = True
+    refine_max_iter: int = 300
+
+    def __post_init__(self) -> None:
+        kl = self.kl_threshold
+        if isinstance(kl, (int, float)):
+            kl = (float(kl),) * 3
+        kl = tuple(float(x) for x in kl)
+        object.__setattr__(self, "kl_threshold", kl)
+        if not kl or any(not (x > 0) for x in kl):
+            raise InputError(f"kl_threshold must be one or more positive numbers; got {list(kl)}")
+        if int(self.grid) < 1:
+            raise InputError(f"grid must be >= 1; got {self.grid}")
+        if int(self.refine_max_iter) < 1:
+            raise InputError(f"refine_max_iter must be >= 1; got {self.refine_max_iter}")
+
+
+@dataclass(frozen=True)
+class CaptureConfig(_DictMixin):
+    """How self-attention is captured from the UNet.
+
+    Attributes:
+        query_chunk: queries per chunk when computing attention probabilities; bounds the
+            memory of the ``(batch*heads, chunk, N)`` score tensor on big maps.
+        layers: which attention layers to capture: ``"attn1"`` (self-attention, the paper).
+    """
+
+    query_chunk: int = 1024
+    layers: Literal["attn1"] = "attn1"
+
+    def __post_init__(self) -> None:
+        if int(self.query_chunk) < 1:
+            raise InputError(f"query_chunk must be >= 1; got {self.query_chunk}")
+        look_up_option(self.layers, ("attn1",), "capture layers")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig(_DictMixin):
+    """Everything `DiffSegSegmenter` needs: model, input size, UNet pass and merging.
+
+    Attributes:
+        model: hub id, local diffusers folder, single ``.safetensors``/``.ckpt`` file, or
+            ``"tiny-random"`` (test model with random weights: meaningless segments).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        dtype: UNet/VAE precision; ``"auto"`` = float16 on CUDA, float32 on CPU.
+        size: the image's shorter side is resized to this (rounded to a multiple of 64, so
+            the latent sides are multiples of 8); the longer side keeps the aspect ratio.
+        timestep: diffusion timestep of the single UNet pass (original: 300).
+        add_noise: add scheduler noise at ``timestep`` to the latent (the original does not).
+        batch_size: images per UNet forward.
+        merge: the post-UNet algorithm.
+        capture: attention capture settings.
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    size: int = 512
+    timestep: int = 300
+    add_noise: bool = False
+    batch_size: int = 1
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+
+    def __post_init__(self) -> None:
+        look_up_option(self.dtype, DTYPES, "dtype")
+        if int(self.size) < 64:
+            raise InputError(f"size must be >= 64 pixels; got {self.size}")
+        if not 0 <= int(self.timestep) < 1000:
+            raise InputError(f"timestep must be in [0, 1000); got {self.timestep}")
+        if int(self.batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1; got {self.batch_size}")
+        if isinstance(self.merge, dict):
+            object.__setattr__(self, "merge", MergeConfig.from_dict(self.merge))
+        if isinstance(self.capture, dict):
+            object.__setattr__(self, "capture", CaptureConfig.from_dict(self.capture))

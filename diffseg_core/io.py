@@ -1,0 +1,292 @@
+"""File I/O shared by every entry point: atomic writes, images in, label PNGs and overlays out."""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError, OutputError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Refuse images above this many pixels (a decompression bomb or a mistake): 16k x 16k.
+MAX_IMAGE_PIXELS = 16384 * 16384
+
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+                errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded",
+                errno.EPERM: "operation not permitted"}
+
+
+def output_error(path: "str | os.PathLike", exc: OSError) -> OutputError:
+    """An `OutputError` naming ``path`` and the reason (disk full, read-only, ...)."""
+    reason = _DISK_ERRNOS.get(exc.errno or -1, exc.strerror or str(exc))
+    return OutputError(f"cannot write {os.fspath(path)}: {reason}")
+
+
+@contextmanager
+def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    The temporary name keeps the full suffix (``.nii.gz``) so writers that pick the format
+    from the extension work; it starts with a dot so it never looks like a finished output.
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    OS errors (disk full, read-only file system) become `OutputError` naming ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quiet(tmp)
+        if isinstance(exc, OutputError):
+            raise
+        raise output_error(path, exc) from exc
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def _unlink_quiet(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: "str | os.PathLike", data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_text(path: "str | os.PathLike", text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: "str | os.PathLike", array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+
+
+# ----------------------------------------------------------------------------- palette
+def label_palette(n: int = 256) -> np.ndarray:
+    """uint8 ``(n, 3)``: the PASCAL VOC / DAVIS colour map (0 = black), then repeating."""
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    if n <= 256:
+        return pal[:n].copy()
+    reps = -(-n // 255)
+    tail = np.tile(pal[1:], (reps, 1))[: n - 1]
+    return np.concatenate([pal[:1], tail], axis=0)
+
+
+def label_colors(labels: np.ndarray) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` colours of an int label map (stable: colour depends on id only)."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return np.zeros(labels.shape + (3,), np.uint8)
+    top = int(labels.max())
+    pal = label_palette(max(top + 1, 1))
+    return pal[np.clip(labels, 0, None)]
+
+
+# ----------------------------------------------------------------------------- labels
+def save_labels_png(path: "str | os.PathLike", labels: np.ndarray) -> None:
+    """Write an int label map as a PNG, atomically.
+
+    Labels ``<= 255`` become a palette PNG (mode ``P``, DAVIS colours, index = label);
+    larger ids a 16-bit grayscale PNG. Ids above 65535 or below 0 are refused.
+    """
+    from PIL import Image
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (H, W); got shape {labels.shape}")
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"labels must be in 0..65535 for PNG; got range {lo}..{hi}")
+    if hi <= 255:
+        img = Image.fromarray(labels.astype(np.uint8), mode="P")
+        img.putpalette(label_palette(256).reshape(-1).tolist())
+    else:
+        img = Image.fromarray(labels.astype(np.uint16))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def read_labels(path: "str | os.PathLike") -> np.ndarray:
+    """Read a label map (palette/8-bit/16-bit PNG, or ``.npy``) as int32 ``(H, W)``."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as img:
+                if img.mode in ("RGB", "RGBA", "CMYK", "LA"):
+                    raise InputError(
+                        f"{path}: label image is colour ({img.mode}); expected a palette, 8-bit or 16-bit index PNG"
+                    )
+                arr = np.asarray(img)
+    except InputError:
+        raise
+    except (OSError, ValueError, UnidentifiedImageError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read label map ({exc})") from exc
+    if arr.ndim != 2:
+        raise InputError(f"{path}: label map must be 2-D (H, W); got shape {arr.shape}")
+    if arr.dtype.kind not in "iub":
+        if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+            arr = arr.astype(np.int64)
+        else:
+            raise InputError(f"{path}: label map must hold integers; got dtype {arr.dtype}")
+    if arr.size and int(arr.min()) < 0:
+        raise InputError(f"{path}: label map has negative values")
+    return arr.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- images
+def to_rgb_uint8(arr: np.ndarray, name: str = "image") -> np.ndarray:
+    """Convert grayscale / RGBA / 16-bit / float arrays to uint8 RGB ``(H, W, 3)``.
+
+    16-bit and float data are scaled by their own range (min..max), since a fixed /257
+    turns most scientific 12-bit data nearly black.
+    """
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise InputError(f"{name}: expected (H, W), (H, W, 3) or (H, W, 4); got shape {a.shape}")
+    if a.shape[2] == 2:  # gray + alpha
+        a = a[:, :, :1]
+    if a.shape[2] == 4:  # RGBA: drop alpha
+        a = a[:, :, :3]
+    if a.dtype != np.uint8:
+        if a.dtype == bool:
+            a = a.astype(np.uint8) * 255
+        else:
+            f = a.astype(np.float64)
+            if not np.isfinite(f).all():
+                raise InputError(f"{name}: image has NaN or infinite values")
+            lo, hi = float(f.min()), float(f.max())
+            if a.dtype.kind in "ui" and lo >= 0 and hi <= 255:
+                a = f.astype(np.uint8)
+            else:
+                a = np.zeros(f.shape, np.uint8) if hi <= lo else np.round((f - lo) / (hi - lo) * 255).astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    if min(a.shape[:2]) < 1:
+        raise InputError(f"{name}: image is empty; got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def read_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read an image file as uint8 RGB ``(H, W, 3)``.
+
+    Handles grayscale, palette, RGBA (alpha dropped), CMYK, 16-bit and float images and
+    EXIF orientation. Raises `InputError` naming the file for anything unreadable.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an image file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty (0 bytes)")
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InputError(
+                    f"{path}: image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}; resize it first"
+                )
+            img = ImageOps.exif_transpose(img)
+            mode = img.mode
+            if mode in ("RGB", "L"):
+                arr = np.asarray(img)
+            elif mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                arr = np.asarray(img.convert("RGB"))
+            elif mode in ("RGBA", "RGBa", "LA", "La"):
+                arr = np.asarray(img.convert("RGBA" if mode.startswith("RGB") else "LA"))
+            else:  # I;16, I, F and friends: keep the numbers, scale below
+                arr = np.asarray(img)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:  # pragma: no cover - MAX_IMAGE_PIXELS=None
+        raise InputError(f"{path}: image too large ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(f"{path}: not a readable image (unknown or corrupt format)") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read image ({exc})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    return to_rgb_uint8(arr, name=str(path))
+
+
+def save_image(path: "str | os.PathLike", rgb: np.ndarray) -> None:
+    """Write a uint8 RGB image atomically (format from the extension)."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format=_pil_format(path))
+
+
+def _pil_format(path: "str | os.PathLike") -> str:
+    ext = Path(path).suffix.lower()
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
+            ".bmp": "BMP", ".webp": "WEBP"}.get(ext, "PNG")
+
+
+# ----------------------------------------------------------------------------- overlays
+def label_boundaries(labels: np.ndarray) -> np.ndarray:
+    """bool ``(H, W)``: pixels whose right or lower neighbour has another label."""
+    lab = np.asarray(labels)
+    edge = np.zeros(lab.shape, dtype=bool)
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    return edge
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours: bool = True,
+            background: "int | None" = None) -> np.ndarray:
+    """Blend label colours over an RGB image and draw white contours.
+
+    Args:
+        image: uint8 ``(H, W, 3)``.
+        labels: int ``(H, W)``; colour depends on the id only (stable across frames).
+        alpha: colour opacity in [0, 1].
+        contours: draw segment boundaries.
+        background: a label left uncoloured (e.g. 0 = "no track"), or None.
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+    col = label_colors(labels).astype(np.float32)
+    out = image.astype(np.float32)
+    mask = np.ones(labels.shape, bool) if background is None else labels != background
+    out[mask] = (1 - alpha) * out[mask] + alpha * col[mask]
+    if contours:
+        out[label_boundaries(labels)] = 255.0
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""temporal: stable track ids for DiffSeg (or any) segmentations of video frames."""

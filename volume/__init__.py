@@ -1,0 +1,1 @@
+"""volume: consistent 3D labels from slice-wise segmentations."""
