@@ -1,10 +1,939 @@
-"""Placeholder: replaced by the owning package's CLI."""
+"""`diffseg run`: many images, videos and volumes on one or many processes with Lightning.
+
+The job is a list of `diffseg_core.jobs.WorkItem` descriptors (an image, a volume, or a
+chunk of a video). A `LightningDataModule` gives each rank its share (an explicit,
+deterministic rank slice: never frames, the tracker state is sequential), a
+`LightningModule` runs one item end to end in ``predict_step``, and a
+`BasePredictionWriter` writes each result and its manifest record as soon as it is done
+(``trainer.predict(..., return_predictions=False)``). After every rank finished, the
+chunks of each long video are stitched into one consistent id set through their overlap
+frames (videos are shared out among the ranks), and rank 0 merges the manifest.
+
+Launch: ``strategy="ddp"`` re-runs the same command once per extra local rank (Lightning's
+subprocess launcher), ``torchrun`` and SLURM are detected by Lightning, ``ddp_spawn``
+forks workers from a Python process. CPU uses gloo, CUDA nccl.
+
+The module imports torch/Lightning lazily so ``diffseg --help`` stays fast; the
+Lightning classes are built by `_lightning_classes`.
+"""
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
-def register(sub, parent) -> None:
-    pass
+import numpy as np
+
+from .config import SegmenterConfig
+from .errors import DiffSegError, InputError, OutputError, look_up_option
+from .jobs import (WORK_DIR, InputPlan, InputSpec, ItemRecord, JobManifest, WorkItem,
+                   classify_inputs, config_hash, natural_key, plan_items, shard_items,
+                   source_signature)
+
+log = logging.getLogger("diffseg.run")
+
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
+FOLDER_MODES = ("auto", "images", "frames")
 
 
-def register_evaluate(sub, parent) -> None:
-    pass
+# ----------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of a `run_job`.
+
+    Attributes:
+        segmenter: the DiffSeg settings (model, size, thresholds...). Its ``device`` is
+            replaced by the rank's device.
+        devices: processes (CPU) or GPUs per node.
+        num_nodes: machines.
+        strategy: ``auto`` (one device: in process; several: ``ddp``), ``ddp`` (Lightning
+            launches the extra ranks by re-running the command; also for torchrun/SLURM) or
+            ``ddp_spawn`` (forks workers; for calls from Python without a ``__main__`` guard).
+        accelerator: ``auto``, ``cpu``, ``cuda``/``gpu``.
+        chunk_frames: a video longer than this is split into chunks of this many frames.
+        chunk_overlap: frames shared by consecutive chunks (ids are stitched through them).
+        folder_mode: how pictures directly inside a folder are read: ``auto`` (numbered
+            like ``00000.jpg`` → one video), ``images`` or ``frames``.
+        overlay: write overlays (images: JPEG, videos: one JPEG per frame).
+        max_side: videos: frames are shrunk so the longer side is at most this (0 = as is).
+        tracker: `temporal.config.TrackerConfig` options for videos (dict, JSON-able).
+        volume: options of the volume pipeline (dict, JSON-able; passed to its config).
+        segmenter_factory: ``"module:callable"`` building the segmenter from a
+            `SegmenterConfig` instead of `DiffSegSegmenter` (tests, custom models). Must be
+            importable in every rank.
+        timeout_s: how long ranks wait for each other after their items (the slowest rank
+            may take hours on a long video).
+        retry_failed: rerun items that failed in an earlier run of the job.
+    """
+
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"
+    chunk_frames: int = 300
+    chunk_overlap: int = 8
+    folder_mode: Literal["auto", "images", "frames"] = "auto"
+    overlay: bool = True
+    max_side: int = 0
+    tracker: dict = field(default_factory=dict)
+    volume: dict = field(default_factory=dict)
+    segmenter_factory: "str | None" = None
+    timeout_s: float = 7 * 24 * 3600.0
+    retry_failed: bool = True
+
+    def __post_init__(self) -> None:
+        look_up_option(self.strategy, STRATEGIES, "strategy")
+        look_up_option(self.accelerator, ACCELERATORS, "accelerator")
+        look_up_option(self.folder_mode, FOLDER_MODES, "folder mode")
+        if isinstance(self.segmenter, dict):
+            object.__setattr__(self, "segmenter", SegmenterConfig.from_dict(self.segmenter))
+        if int(self.devices) < 1:
+            raise InputError(f"devices must be >= 1; got {self.devices}")
+        if int(self.num_nodes) < 1:
+            raise InputError(f"num_nodes must be >= 1; got {self.num_nodes}")
+        if int(self.chunk_frames) < 2:
+            raise InputError(f"chunk_frames must be >= 2; got {self.chunk_frames}")
+        if not 0 <= int(self.chunk_overlap) < int(self.chunk_frames):
+            raise InputError(
+                f"chunk_overlap must be in [0, chunk_frames); got {self.chunk_overlap} with chunk_frames={self.chunk_frames}"
+            )
+        if int(self.max_side) < 0:
+            raise InputError(f"max_side must be >= 0; got {self.max_side}")
+        if self.segmenter_factory is not None and ":" not in self.segmenter_factory:
+            raise InputError(f"segmenter_factory must look like 'module:callable'; got {self.segmenter_factory!r}")
+        if not float(self.timeout_s) > 0:
+            raise InputError(f"timeout_s must be > 0; got {self.timeout_s}")
+
+    @property
+    def world_size(self) -> int:
+        return int(self.devices) * int(self.num_nodes)
+
+    def hash_for(self, item_kind: str) -> dict[str, Any]:
+        """The settings an item kind's outputs depend on (device and launch excluded)."""
+        seg = self.segmenter.to_dict()
+        for k in ("device", "batch_size"):
+            seg.pop(k, None)
+        common = {"segmenter": seg, "factory": self.segmenter_factory, "overlay": self.overlay}
+        if item_kind in ("video_chunk", "video"):
+            common.update(tracker=self.tracker, max_side=self.max_side, chunk_frames=self.chunk_frames,
+                          chunk_overlap=self.chunk_overlap)
+        if item_kind == "volume":
+            common.update(volume=self.volume)
+        return common
+
+
+@dataclass
+class ItemResult:
+    """What ``predict_step`` returns for one item (the writer turns it into files + a record).
+
+    Attributes:
+        item: the work item.
+        status: ``done`` or ``failed``.
+        error: one-line error when failed.
+        labels: images only: int32 ``(H, W)`` labels still to be written by the writer.
+        image: images only: uint8 ``(H, W, 3)`` for the overlay.
+        outputs: outputs already written (relative to the job folder).
+        frames: frames / slices / images processed.
+        seconds: wall time of the item.
+    """
+
+    item: WorkItem
+    status: Literal["done", "failed"]
+    error: "str | None" = None
+    labels: "np.ndarray | None" = None
+    image: "np.ndarray | None" = None
+    outputs: list[str] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class JobSummary:
+    """Outcome of a job.
+
+    Attributes:
+        out_dir: the job folder.
+        total: items of the job (images, volumes, videos; chunks not counted).
+        done: items finished in this run.
+        skipped: items already finished by an earlier run (same settings, outputs present).
+        failed: items that failed (this run, or rejected while reading the inputs).
+        failures: ``(key, error)`` of every failed item.
+        frames: frames / slices / images processed in this run.
+        seconds: wall time of the run.
+        world_size: processes that ran the job.
+        is_rank_zero: False in the other ranks (whose summary is partial: don't print it).
+    """
+
+    out_dir: Path
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+    world_size: int = 1
+    is_rank_zero: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every item succeeded, 2 otherwise."""
+        return 0 if self.ok else 2
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def format(self) -> str:
+        """One summary line (plus one line per failure)."""
+        lines = [f"diffseg run: {self.done} done, {self.skipped} skipped, {self.failed} failed "
+                 f"of {self.total} items in {self.seconds:.1f} s ({self.frames} frames, "
+                 f"{self.frames_per_s:.2f} frames/s, {self.world_size} process"
+                 f"{'es' if self.world_size > 1 else ''}) -> {self.out_dir}"]
+        lines += [f"  failed {k}: {e}" for k, e in self.failures]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- outputs
+def image_outputs(name: str) -> tuple[str, str]:
+    """Relative paths of an image's labels PNG and overlay JPEG."""
+    return f"images/labels/{name}.png", f"images/overlay/{name}.jpg"
+
+
+def video_dir(name: str) -> str:
+    return f"videos/{name}"
+
+
+def chunk_dir(item: WorkItem) -> str:
+    return f"{WORK_DIR}/chunks/{item.name}/c{item.chunk_index:04d}"
+
+
+def volume_output(spec_source: str, name: str) -> str:
+    src = spec_source.lower()
+    if src.endswith((".tif", ".tiff")):
+        ext = ".tif"
+    elif src.endswith(".npy"):
+        ext = ".npy"
+    else:
+        ext = ".nii.gz"  # NIfTI and DICOM series
+    return f"volumes/{name}{ext}"
+
+
+# ----------------------------------------------------------------------------- segmenter
+def make_segmenter(cfg: RunConfig, device: str) -> Any:
+    """Build the segmenter of one rank on ``device``.
+
+    Args:
+        cfg: the run settings (``segmenter_factory`` or `DiffSegSegmenter`).
+        device: torch device string of this rank (``"cpu"``, ``"cuda:1"``).
+    """
+    seg_cfg = dataclasses.replace(cfg.segmenter, device=device)
+    if cfg.segmenter_factory:
+        mod, _, fn = cfg.segmenter_factory.partition(":")
+        try:
+            factory: Callable[[SegmenterConfig], Any] = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as exc:
+            raise InputError(f"segmenter factory {cfg.segmenter_factory!r} cannot be imported: {exc}") from exc
+        return factory(seg_cfg)
+    from .segmenter import DiffSegSegmenter
+
+    return DiffSegSegmenter(seg_cfg)
+
+
+# ----------------------------------------------------------------------------- item runners
+def _error_line(exc: BaseException, item: WorkItem) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    if item.source not in msg and Path(item.source).name not in msg:
+        msg = f"{item.source}: {msg}"
+    if not isinstance(exc, (DiffSegError, OSError, ValueError)):
+        msg = f"{msg} ({type(exc).__name__})"
+    return msg
+
+
+def run_item(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Path) -> ItemResult:
+    """Process one work item end to end; never raises for a per-item problem.
+
+    Images are segmented and returned (the writer saves them); volumes and video chunks
+    are written here by their packages' APIs (they stream slices/frames to disk).
+    """
+    t0 = time.perf_counter()
+    try:
+        if item.kind == "image":
+            from .io import read_image
+
+            rgb = read_image(item.source)
+            seg = segmenter.segment([rgb])[0]
+            labels = np.asarray(seg.numpy().labels if hasattr(seg, "numpy") else seg.labels, dtype=np.int32)
+            if labels.shape != rgb.shape[:2]:
+                raise ValueError(f"segmenter returned labels {labels.shape} for an image of {rgb.shape[:2]}")
+            return ItemResult(item, "done", labels=labels, image=rgb, frames=1,
+                              seconds=time.perf_counter() - t0)
+        if item.kind == "volume":
+            return _run_volume(item, segmenter, cfg, out_dir, t0)
+        if item.kind == "video_chunk":
+            return _run_video_chunk(item, segmenter, cfg, out_dir, t0)
+        raise ValueError(f"unknown work item kind {item.kind!r}")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # one bad item must not stop the job: record it
+        log.debug("item %s failed", item.key, exc_info=True)
+        return ItemResult(item, "failed", error=_error_line(exc, item), seconds=time.perf_counter() - t0)
+
+
+def _run_volume(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Path, t0: float) -> ItemResult:
+    from volume import api as volume_api
+
+    rel = volume_output(item.source, item.name)
+    vcfg = _volume_config(cfg)
+    res = volume_api.segment_volume(item.source, out_dir / rel, segmenter, vcfg)
+    slices = int(getattr(res, "n_slices", 0) or getattr(res, "depth", 0) or 0)
+    outputs = [rel]
+    return ItemResult(item, "done", outputs=outputs, frames=slices, seconds=time.perf_counter() - t0)
+
+
+def _volume_config(cfg: RunConfig) -> Any:
+    try:
+        from volume.types import VolumeConfig  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return VolumeConfig.from_dict(dict(cfg.volume)) if hasattr(VolumeConfig, "from_dict") else VolumeConfig(**cfg.volume)
+
+
+def _tracker_config(cfg: RunConfig) -> Any:
+    from temporal.config import TrackerConfig
+
+    return TrackerConfig.from_dict(dict(cfg.tracker))
+
+
+def _run_video_chunk(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Path, t0: float) -> ItemResult:
+    from temporal import api as temporal_api
+
+    rel = chunk_dir(item)
+    cdir = out_dir / rel
+    if cdir.exists():  # leftovers of a killed attempt: start the chunk clean
+        shutil.rmtree(cdir, ignore_errors=True)
+    res = temporal_api.segment_video(
+        item.source, cdir, segmenter, _tracker_config(cfg), start=item.start, end=item.end, stride=1,
+        max_side=cfg.max_side or None, id_offset=0, write_overlay=False,
+    )
+    if not getattr(res, "complete", True):
+        raise InputError(f"{item.source}: {res.error or 'video ended early'}")
+    n = len(_label_files(cdir / "labels"))
+    if n != item.end - item.start:
+        raise InputError(
+            f"{item.source}: chunk {item.chunk_index} (frames {item.start}..{item.end - 1}) gave {n} label "
+            f"frames, expected {item.end - item.start}"
+        )
+    return ItemResult(item, "done", outputs=[rel + "/labels"], frames=n, seconds=time.perf_counter() - t0)
+
+
+def _label_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in (".png", ".npy")
+                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+
+
+# ----------------------------------------------------------------------------- writing
+def write_result(res: ItemResult, cfg: RunConfig, out_dir: Path, manifest: JobManifest, rank: int,
+                 chash: str) -> ItemRecord:
+    """Write an item's remaining outputs, then its manifest record (in that order)."""
+    from .io import overlay, save_image, save_labels_png
+
+    outputs = list(res.outputs)
+    status, error = res.status, res.error
+    if status == "done" and res.item.kind == "image" and res.labels is not None:
+        lab_rel, ov_rel = image_outputs(res.item.name)
+        try:
+            save_labels_png(out_dir / lab_rel, res.labels)
+            outputs.append(lab_rel)
+            if cfg.overlay and res.image is not None:
+                save_image(out_dir / ov_rel, overlay(res.image, res.labels))
+                outputs.append(ov_rel)
+        except (OSError, ValueError) as exc:
+            status, error = "failed", _error_line(exc, res.item)
+    rec = ItemRecord(key=res.item.key, kind=res.item.kind, source=res.item.source, status=status,
+                     config_hash=chash, outputs=outputs if status == "done" else [], error=error,
+                     frames=res.frames, seconds=round(res.seconds, 3), rank=rank)
+    manifest.put(rec)
+    return rec
+
+
+# ----------------------------------------------------------------------------- stitching
+def stitch_ids(prev_overlap: np.ndarray, next_overlap: np.ndarray, new_id_start: int = 1) -> dict[int, int]:
+    """Map the next chunk's local ids to the previous chunk's ids through shared frames.
+
+    Uses `temporal.stitch.stitch_ids` when available; otherwise `_stitch_fallback`, a
+    one-to-one Hungarian assignment on pixel IoU over the overlap frames.
+
+    Args:
+        prev_overlap: int ``(T, H, W)`` global ids of the overlap frames (0 = none).
+        next_overlap: int ``(T, H, W)`` the next chunk's local ids of the same frames.
+        new_id_start: first free global id (ids of the next chunk that do not continue
+            get ``new_id_start``, ``+1``, ... so they never collide with earlier ids).
+
+    Returns:
+        ``{next_local_id: global_id}``: continuing ids map to the previous chunk's ids;
+        ids not listed are assigned fresh ids by the caller.
+    """
+    try:
+        from temporal.stitch import stitch_ids as _temporal_stitch
+    except ImportError:
+        return _stitch_fallback(prev_overlap, next_overlap)
+    mapping = _temporal_stitch(list(prev_overlap), list(next_overlap), new_id_start=int(new_id_start))
+    return {int(k): int(v) for k, v in mapping.items()}
+
+
+def _stitch_fallback(prev: np.ndarray, nxt: np.ndarray, min_iou: float = 0.3) -> dict[int, int]:
+    """Hungarian assignment of ids on the overlap frames, maximising IoU (>= ``min_iou``)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = np.asarray(prev).ravel()
+    b = np.asarray(nxt).ravel()
+    ua, ia = np.unique(a, return_inverse=True)
+    ub, ib = np.unique(b, return_inverse=True)
+    co = np.bincount(ia * ub.size + ib, minlength=ua.size * ub.size).reshape(ua.size, ub.size)
+    area_a = co.sum(1, keepdims=True)
+    area_b = co.sum(0, keepdims=True)
+    iou = co / np.maximum(area_a + area_b - co, 1)
+    iou[ua == 0, :] = 0
+    iou[:, ub == 0] = 0
+    r, c = linear_sum_assignment(iou, maximize=True)
+    keep = iou[r, c] >= min_iou
+    return {int(ub[j]): int(ua[i]) for i, j in zip(r[keep], c[keep])}
+
+
+def finalize_video(spec: InputSpec, chunks: Sequence[WorkItem], cfg: RunConfig, out_dir: Path) -> tuple[list[str], int]:
+    """Stitch a video's chunk labels into one id set; write labels/, tracks.json, overlay/.
+
+    Frames shared by two chunks are taken from the earlier chunk; the later chunk's ids are
+    mapped onto the earlier chunk's global ids through the overlap (`stitch_ids`), ids that
+    do not continue get fresh global ids in order of first appearance. The result depends
+    only on the chunk files, not on which rank made them.
+
+    Returns:
+        (outputs relative to ``out_dir``, frames written).
+    """
+    from .io import overlay, read_labels, save_image, save_labels_png
+    from .progress import progress
+
+    chunks = sorted(chunks, key=lambda c: c.chunk_index)
+    vrel = video_dir(spec.name)
+    vdir = out_dir / vrel
+    lab_dir = vdir / "labels"
+    ov_dir = vdir / "overlay"
+    for d in (lab_dir, ov_dir):
+        if d.exists():  # a previous attempt (maybe other settings): never mix frames
+            shutil.rmtree(d)
+    tracks: dict[int, dict[str, int]] = {}
+    next_free = 1
+    prev_tail: list[np.ndarray] = []  # global labels of the last frames written (bounded)
+    prev_end = 0
+    frames_iter = _iter_frames(spec) if cfg.overlay else None
+    bar = progress(total=spec.num_frames, desc=f"stitch {spec.name}", unit="frame")
+    written = 0
+    try:
+        for c in chunks:
+            files = _label_files(out_dir / chunk_dir(c) / "labels")
+            if len(files) != c.end - c.start:
+                raise InputError(f"{out_dir / chunk_dir(c)}: chunk has {len(files)} label files, expected {c.end - c.start}")
+            n_shared = max(0, prev_end - c.start)
+            lut: dict[int, int] = {}
+            if n_shared:
+                nxt = np.stack([_read_lab(f, read_labels) for f in files[:n_shared]])
+                prv = np.stack(prev_tail[-n_shared:])
+                lut = stitch_ids(prv, nxt, new_id_start=next_free)
+                next_free = max([next_free, *(v + 1 for v in lut.values())])
+            keep_tail = max(cfg.chunk_overlap, 1)
+            for f in files[n_shared:]:
+                local = _read_lab(f, read_labels)
+                ids = np.unique(local)
+                for u in ids.tolist():
+                    if u == 0:
+                        lut.setdefault(0, 0)
+                    elif u not in lut:
+                        lut[u] = next_free
+                        next_free += 1
+                    next_free = max(next_free, lut[u] + 1)
+                table = np.zeros(int(ids.max()) + 1, dtype=np.int32)
+                for u in ids.tolist():
+                    table[u] = lut[u]
+                glob = table[local]
+                t = written
+                save_labels_png(lab_dir / f"{t:05d}.png", glob)
+                gids, counts = np.unique(glob, return_counts=True)
+                for g, n in zip(gids.tolist(), counts.tolist()):
+                    if g == 0:
+                        continue
+                    tr = tracks.setdefault(g, {"first_frame": t, "last_frame": t, "num_frames": 0, "area": 0})
+                    tr["last_frame"] = t
+                    tr["num_frames"] += 1
+                    tr["area"] += int(n)
+                if frames_iter is not None:
+                    rgb = next(frames_iter, None)
+                    if rgb is not None:
+                        if rgb.shape[:2] != glob.shape:
+                            import cv2
+
+                            rgb = cv2.resize(rgb, (glob.shape[1], glob.shape[0]), interpolation=cv2.INTER_AREA)
+                        save_image(ov_dir / f"{t:05d}.jpg", overlay(rgb, glob, background=0))
+                prev_tail.append(glob)
+                if len(prev_tail) > keep_tail:
+                    prev_tail.pop(0)
+                written += 1
+                bar.update(1)
+            prev_end = c.end
+    finally:
+        bar.close()
+        if frames_iter is not None and hasattr(frames_iter, "close"):
+            frames_iter.close()
+    if written != spec.num_frames:
+        raise InputError(f"{spec.path}: stitched {written} frames, expected {spec.num_frames}")
+    from .io import atomic_write_text
+
+    info = {"source": spec.path, "num_frames": written, "num_tracks": len(tracks),
+            "chunks": [[c.start, c.end] for c in chunks], "chunk_overlap": cfg.chunk_overlap,
+            "tracks": {str(k): v for k, v in sorted(tracks.items())}}
+    atomic_write_text(vdir / "tracks.json", json.dumps(info, indent=1))
+    outputs = [f"{vrel}/labels", f"{vrel}/tracks.json"] + ([f"{vrel}/overlay"] if cfg.overlay else [])
+    return outputs, written
+
+
+def _read_lab(path: Path, read_labels: Callable[[Path], np.ndarray]) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False).astype(np.int32)
+    return read_labels(path)
+
+
+def _iter_frames(spec: InputSpec):
+    """Yield uint8 RGB ``(H, W, 3)`` frames of a video file or frame folder, in order."""
+    if spec.kind == "frames":
+        from .io import read_image
+        from .jobs import _image_files
+
+        for p in _image_files(Path(spec.path)):
+            yield read_image(p)
+        return
+    import av
+
+    with av.open(spec.path) as container:
+        for fr in container.decode(container.streams.video[0]):
+            yield fr.to_ndarray(format="rgb24")
+
+
+# ----------------------------------------------------------------------------- lightning
+def _lightning_classes() -> tuple[type, type, type]:
+    """Build the Lightning classes (imported lazily: Lightning is slow to import)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import BasePredictionWriter
+    from torch.utils.data import DataLoader
+
+    _quiet_lightning()
+
+    class _Items:
+        """A map-style dataset of work items (descriptors only)."""
+
+        def __init__(self, items: Sequence[WorkItem]) -> None:
+            self.items = list(items)
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, i: int) -> WorkItem:
+            return self.items[i]
+
+    def _first(batch: list[WorkItem]) -> WorkItem:
+        return batch[0]
+
+    class WorkItemDataModule(pl.LightningDataModule):
+        """Shards the job's items across ranks: each rank gets a fixed, disjoint slice."""
+
+        def __init__(self, items: Sequence[WorkItem], pending: set[str]) -> None:
+            super().__init__()
+            self.items = list(items)
+            self.pending = set(pending)
+
+        def rank_items(self, rank: int, world_size: int) -> list[WorkItem]:
+            # Shard all items (not only pending ones) so every rank gets the same partition
+            # whatever it read from the manifest; then drop what is already done.
+            return [it for it in shard_items(self.items, rank, world_size) if it.key in self.pending]
+
+        def predict_dataloader(self) -> Any:
+            tr = self.trainer
+            rank, world = (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
+            mine = self.rank_items(rank, world)
+            log.debug("rank %d/%d: %d items", rank, world, len(mine))
+            return DataLoader(_Items(mine), batch_size=1, shuffle=False, num_workers=0, collate_fn=_first)
+
+    class DiffSegModule(pl.LightningModule):
+        """Runs one work item per ``predict_step``; the segmenter is built per rank."""
+
+        def __init__(self, cfg: RunConfig, out_dir: str) -> None:
+            super().__init__()
+            self.cfg = cfg
+            self.out_dir = Path(out_dir)
+            self._segmenter: Any = None
+
+        def on_predict_start(self) -> None:
+            dev = self.trainer.strategy.root_device
+            device = f"cuda:{dev.index or 0}" if dev.type == "cuda" else "cpu"
+            # Kept off the module's attributes-as-submodules: Lightning must not move or
+            # wrap the UNet; the segmenter manages its own device and dtype.
+            self._segmenter = make_segmenter(self.cfg, device)
+
+        def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+            return batch  # a descriptor, not tensors: nothing to move
+
+        def predict_step(self, batch: WorkItem, batch_idx: int, dataloader_idx: int = 0) -> ItemResult:
+            return run_item(batch, self._segmenter, self.cfg, self.out_dir)
+
+    class ManifestWriter(BasePredictionWriter):
+        """Writes each item's outputs and manifest record as soon as it is done."""
+
+        def __init__(self, cfg: RunConfig, out_dir: str, hashes: dict[str, str], total: int) -> None:
+            super().__init__(write_interval="batch")
+            self.cfg = cfg
+            self.out_dir = Path(out_dir)
+            self.hashes = hashes
+            self.manifest = JobManifest(out_dir)
+            self.total = total
+            self.bar: Any = None
+
+        def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+            from .progress import progress
+
+            n = sum(len(dl) for dl in trainer.predict_dataloaders) if isinstance(
+                trainer.predict_dataloaders, list) else len(trainer.predict_dataloaders)
+            self.bar = progress(total=n, desc=f"rank {trainer.global_rank} items", unit="item",
+                                enabled=None if trainer.global_rank == 0 else False)
+
+        def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: ItemResult,
+                               batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+            rec = write_result(prediction, self.cfg, self.out_dir, self.manifest, trainer.global_rank,
+                               self.hashes[prediction.item.key])
+            if rec.status == "failed":
+                log.warning("failed %s: %s", rec.key, rec.error)
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    return WorkItemDataModule, DiffSegModule, ManifestWriter
+
+
+def _quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO on import: keep them quiet unless --verbose."""
+    import warnings
+
+    if logging.getLogger("diffseg").getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*litlogger.*")
+    warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
+
+
+def _make_trainer(cfg: RunConfig, callbacks: list[Any]) -> Any:
+    import datetime
+
+    import pytorch_lightning as pl
+
+    accelerator = "cuda" if cfg.accelerator == "gpu" else cfg.accelerator
+    if accelerator == "auto":
+        import torch
+
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    strategy: Any = cfg.strategy
+    if cfg.strategy in ("ddp", "ddp_spawn") or (cfg.strategy == "auto" and cfg.world_size > 1):
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = DDPStrategy(
+            process_group_backend="nccl" if accelerator == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=float(cfg.timeout_s)),
+            start_method="spawn" if cfg.strategy == "ddp_spawn" else "popen",
+        )
+    return pl.Trainer(
+        accelerator=accelerator, devices=int(cfg.devices), num_nodes=int(cfg.num_nodes), strategy=strategy,
+        logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+        use_distributed_sampler=False, callbacks=callbacks, inference_mode=True,
+    )
+
+
+def _dist_info() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return 0, 1
+
+
+def _barrier() -> None:
+    rank, world = _dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- job
+def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
+            config: "RunConfig | None" = None) -> JobSummary:
+    """Segment every input (images, videos, frame folders, volumes) into ``out_dir``.
+
+    Rerunning the same job skips items finished with the same settings whose outputs still
+    exist; failed items are retried (``config.retry_failed``). Per-item errors are recorded
+    in ``out_dir/manifest.json`` and the summary, the rest of the job goes on.
+
+    With ``strategy="ddp"`` and several devices, Lightning re-runs the *calling script*
+    once per extra rank: call this under ``if __name__ == "__main__":`` (or use the CLI, or
+    ``strategy="ddp_spawn"``).
+
+    Args:
+        inputs: files and folders.
+        out_dir: the job folder (created).
+        config: run settings; defaults to `RunConfig()`.
+
+    Returns:
+        The summary (complete on rank 0; partial on other ranks).
+
+    Raises:
+        InputError: an input path does not exist, or no input is usable.
+        OutputError: ``out_dir`` cannot be created or written.
+    """
+    cfg = config or RunConfig()
+    t0 = time.perf_counter()
+    out = Path(out_dir).expanduser().resolve()
+    plan: InputPlan = classify_inputs(inputs, cfg.folder_mode)
+    items = plan_items(plan.specs, cfg.chunk_frames, cfg.chunk_overlap)
+    specs = {s.name: s for s in plan.specs}
+    hashes = {it.key: config_hash(cfg.hash_for(it.kind), source_signature(it.source), it.start, it.end)
+              for it in items}
+    video_hash = {s.name: config_hash(cfg.hash_for("video"), source_signature(s.path), s.num_frames)
+                  for s in plan.specs if s.kind in ("video", "frames")}
+    _check_writable(out)
+    manifest = JobManifest(out).load()
+    final_done = {n for n, h in video_hash.items() if manifest.is_done(f"video:{n}", h)}
+    pending = {it.key for it in items
+               if not (it.kind == "video_chunk" and it.name in final_done)
+               and not manifest.is_done(it.key, hashes[it.key])
+               and (cfg.retry_failed or manifest.records.get(it.key) is None
+                    or manifest.records[it.key].status != "failed")}
+
+    if pending:
+        DataModule, Module, Writer = _lightning_classes()
+        writer = Writer(cfg, str(out), hashes, len(items))
+        trainer = _make_trainer(cfg, [writer])
+        trainer.predict(Module(cfg, str(out)), datamodule=DataModule(items, pending), return_predictions=False)
+    rank, world = _dist_info()
+    is_zero = rank == 0
+    # Stitch videos: every video whose chunks are all done, shared out among the ranks.
+    _barrier()
+    manifest.load()
+    videos = sorted(n for n in video_hash if n not in final_done)
+    for vi, name in enumerate(videos):
+        if vi % world != rank:
+            continue
+        chunks = [it for it in items if it.kind == "video_chunk" and it.name == name]
+        if not all(manifest.is_done(c.key, hashes[c.key]) for c in chunks):
+            continue  # a chunk failed: its record says why
+        tv = time.perf_counter()
+        try:
+            outputs, n = finalize_video(specs[name], chunks, cfg, out)
+            rec = ItemRecord(key=f"video:{name}", kind="video", source=specs[name].path, status="done",
+                             config_hash=video_hash[name], outputs=outputs, frames=0,
+                             seconds=round(time.perf_counter() - tv, 3), rank=rank)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            log.debug("stitching %s failed", name, exc_info=True)
+            err = str(exc) if specs[name].path in str(exc) else f"{specs[name].path}: {exc}"
+            rec = ItemRecord(key=f"video:{name}", kind="video", source=specs[name].path, status="failed",
+                             config_hash=video_hash[name], error=err, rank=rank)
+        manifest.put(rec)
+        if rec.status == "done":
+            for c in chunks:  # chunk files are no longer needed once the video is stitched
+                manifest.forget(c.key)
+            shutil.rmtree(out / WORK_DIR / "chunks" / name, ignore_errors=True)
+    _barrier()
+    summary = JobSummary(out_dir=out, world_size=world, is_rank_zero=is_zero)
+    if is_zero:
+        manifest.load()
+        for r in plan.rejected:
+            manifest.put(ItemRecord(key=f"input:{r.path}", kind="input", source=r.path, status="failed",
+                                    config_hash="", error=r.error))
+        _summarise(summary, manifest, items, specs, pending, plan, final_done)
+        manifest.save(job={"inputs": [str(p) for p in inputs], "config": _jsonable(cfg),
+                           "summary": {"done": summary.done, "skipped": summary.skipped,
+                                       "failed": summary.failed, "total": summary.total}})
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _summarise(summary: JobSummary, manifest: JobManifest, items: list[WorkItem], specs: dict[str, InputSpec],
+               pending: set[str], plan: InputPlan, final_done: set[str]) -> None:
+    recs = manifest.records
+    for s in plan.specs:
+        summary.total += 1
+        if s.kind in ("video", "frames"):
+            key = f"video:{s.name}"
+            chunks = [it for it in items if it.kind == "video_chunk" and it.name == s.name]
+            ran = [c for c in chunks if c.key in pending]
+            summary.frames += sum(recs[c.key].frames for c in ran if c.key in recs and recs[c.key].status == "done")
+            bad = [recs[c.key] for c in chunks if c.key in recs and recs[c.key].status == "failed"]
+            if s.name in final_done:
+                summary.skipped += 1
+            elif key in recs and recs[key].status == "done":
+                summary.done += 1
+            else:
+                summary.failed += 1
+                err = bad[0].error if bad else (recs[key].error if key in recs else "not finished")
+                summary.failures.append((key, str(err)))
+        else:
+            key = f"{'volume' if s.kind == 'volume' else 'image'}:{s.name}"
+            rec = recs.get(key)
+            if key not in pending and rec is not None and rec.status == "done":
+                summary.skipped += 1
+            elif rec is not None and rec.status == "done":
+                summary.done += 1
+                summary.frames += rec.frames
+            else:
+                summary.failed += 1
+                summary.failures.append((key, str(rec.error if rec else "not finished")))
+    for r in plan.rejected:
+        summary.total += 1
+        summary.failed += 1
+        summary.failures.append((f"input:{r.path}", r.error))
+
+
+def _jsonable(cfg: RunConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(d, default=str))
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and prove it is writable, or raise `OutputError` naming it."""
+    from .io import atomic_write_text
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: output exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .io import output_error
+
+        raise output_error(out, exc) from exc
+    probe = out / WORK_DIR / ".write-test"
+    atomic_write_text(probe, "ok")
+    try:
+        probe.unlink()
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------- CLI
+RUN_EPILOG = """examples:
+  diffseg run photos/ -o out/ --model tiny-random --size 64
+  diffseg run videos/ scans/ -o out/ --devices 2 --strategy ddp
+  diffseg run long.mp4 -o out/ --devices 4 --accelerator cuda --chunk-frames 300 --chunk-overlap 8
+  torchrun --nproc-per-node 4 -m diffseg_core run videos/ -o out/ --devices 4
+  srun diffseg run cohort/ -o out/ --devices 4 --num-nodes 2      # in an sbatch script
+
+Rerun the same command to resume: finished items (same settings, outputs present) are
+skipped; failed ones are retried. OUTDIR/manifest.json lists every item's status.
+Exit code 0 when everything succeeded, 2 otherwise.
+"""
+
+
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """Add the ``run`` subcommand."""
+    from .cli_args import add_segmenter_args
+
+    p = sub.add_parser(
+        "run", parents=[parent], help="segment many images/videos/volumes, multi-process, resumable",
+        description="Segment images, videos (files or frame folders) and volumes (NIfTI, DICOM "
+        "folders, TIFF stacks, .npy) on one or many processes/GPUs/nodes with pytorch-lightning. "
+        "Long videos are split into overlapping chunks tracked on different ranks and stitched "
+        "into one consistent id set.",
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="job folder (created; resumable)")
+    g = p.add_argument_group("distribution (pytorch-lightning)")
+    g.add_argument("--devices", type=int, default=1, help="processes (CPU) or GPUs per node [%(default)s]")
+    g.add_argument("--num-nodes", type=int, default=1, help="machines [%(default)s]")
+    g.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                   help="auto = ddp when more than one process [%(default)s]")
+    g.add_argument("--accelerator", default="auto", choices=ACCELERATORS, help="[%(default)s]")
+    g = p.add_argument_group("videos")
+    g.add_argument("--chunk-frames", type=int, default=300, help="frames per chunk of a long video [%(default)s]")
+    g.add_argument("--chunk-overlap", type=int, default=8,
+                   help="frames shared by consecutive chunks, used to stitch ids [%(default)s]")
+    g.add_argument("--max-side", type=int, default=0, help="shrink frames to this longer side (0 = off) [%(default)s]")
+    g.add_argument("--folder-mode", default="auto", choices=FOLDER_MODES,
+                   help="pictures in a folder: auto (numbered = video frames), images, frames [%(default)s]")
+    g = p.add_argument_group("job")
+    g.add_argument("--no-overlay", action="store_true", help="do not write overlays")
+    g.add_argument("--no-retry-failed", action="store_true", help="do not retry items that failed before")
+    g.add_argument("--segmenter-factory", default=None, metavar="MODULE:CALLABLE",
+                   help="build the segmenter with this callable(SegmenterConfig) instead of DiffSeg")
+    add_segmenter_args(p)
+    p.set_defaults(func=_cmd_run)
+
+
+def register_evaluate(sub: Any, parent: argparse.ArgumentParser) -> None:
+    """`run` has no evaluate subcommand (kept for the CLI framework's symmetry)."""
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Build a validated `RunConfig` from parsed ``run`` options."""
+    from .cli_args import segmenter_config_from_args
+
+    try:
+        return RunConfig(
+            segmenter=segmenter_config_from_args(args), devices=args.devices, num_nodes=args.num_nodes,
+            strategy=args.strategy, accelerator=args.accelerator, chunk_frames=args.chunk_frames,
+            chunk_overlap=args.chunk_overlap, folder_mode=args.folder_mode, overlay=not args.no_overlay,
+            max_side=args.max_side, segmenter_factory=args.segmenter_factory,
+            retry_failed=not args.no_retry_failed,
+        )
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from exc
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = run_config_from_args(args)
+    summary = run_job(args.inputs, args.output, cfg)
+    if summary.is_rank_zero:
+        text = summary.format()
+        if summary.ok:
+            if not args.quiet:
+                print(text, file=sys.stderr)
+        else:
+            first, *rest = text.splitlines()
+            for k, e in summary.failures:
+                print(f"diffseg run: error: {e}", file=sys.stderr)
+            print(first, file=sys.stderr)
+    return summary.exit_code
