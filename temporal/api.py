@@ -1,0 +1,160 @@
+"""Video jobs as plain functions (the CLI and the distributed runner call these).
+
+`segment_video`: DiffSeg (or any segmenter) on a video + tracking.
+`track_segments`: link bring-your-own per-frame label maps into tracks.
+Both stream frames, write outputs progressively and atomically (see `temporal.writer`) and
+return a `VideoResult`. A decode failure at frame n stops the job with ``complete=False``
+and the error recorded; outputs of the frames before n are kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from diffseg_core.errors import InputError
+from diffseg_core.progress import progress
+
+from .config import TrackerConfig
+from .io import DecodeError, FrameSource, read_segment_labels
+from .proposals import segmentation_from_labels
+from .tracker import VideoSegmenter
+from .types import VideoResult
+from .writer import VideoOutputWriter
+
+__all__ = ["segment_video", "track_segments", "VideoResult", "TrackerConfig"]
+
+
+def _resolve_segmenter(segmenter: Any) -> Any:
+    """A segmenter object from an object with ``.segment`` or a `SegmenterConfig`."""
+    if hasattr(segmenter, "segment"):
+        return segmenter
+    from diffseg_core.config import SegmenterConfig
+
+    if segmenter is None or isinstance(segmenter, SegmenterConfig):
+        from diffseg_core.segmenter import DiffSegSegmenter  # heavy: imported only when needed
+
+        return DiffSegSegmenter(segmenter if segmenter is not None else SegmenterConfig())
+    raise TypeError(f"`segmenter` must have .segment(images) or be a SegmenterConfig; got {type(segmenter).__name__}")
+
+
+def _run(source: FrameSource, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_overlay: bool,
+         meta: dict[str, Any], segs_for: Any, desc: str) -> VideoResult:
+    t0 = time.time()
+    writer = VideoOutputWriter(out_dir, fps=source.fps, write_overlay=write_overlay, meta=meta)
+    pending: deque = deque()
+    failure: list[DecodeError] = []
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            for fr in source:
+                pending.append((fr.stem, fr.rgb))
+                yield fr.rgb
+        except DecodeError as exc:  # stop cleanly: frames before it are still tracked/written
+            failure.append(exc)
+
+    state = vs.init_state(id_offset)
+    bar = progress(total=len(source), desc=desc, unit="frame")
+    try:
+        seg_iter = segs_for(pending) if segs_for is not None else None
+        for tf in vs.iter_video(frames(), seg_iter, state=state):
+            stem, rgb = pending.popleft()
+            writer.put(stem, rgb, tf)
+            bar.update(1)
+    except ValueError as exc:
+        writer.abort(str(exc))
+        stem = pending[0][0] if pending else "?"
+        raise InputError(f"{source.path}: frame {stem}: {exc}") from exc
+    except BaseException as exc:
+        writer.abort(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        bar.close()
+    error = str(failure[0]) if failure else None
+    info = writer.close(complete=error is None, error=error)
+    return VideoResult(n_frames=info["n_frames"], n_tracks=info["n_tracks"], complete=error is None, error=error,
+                       seconds=time.time() - t0, out_dir=Path(out_dir), labels_dir=writer.labels_dir,
+                       tracks_json=writer.tracks_json, overlay=info["overlay"],
+                       max_track_id=max(info["max_track_id"], state.registry.max_id))
+
+
+def _config_with_offset(config: TrackerConfig, id_offset: int) -> TrackerConfig:
+    if not isinstance(config, TrackerConfig):
+        raise TypeError(f"`config` must be a TrackerConfig; got {type(config).__name__}")
+    return config if config.id_offset == id_offset else dataclasses.replace(config, id_offset=int(id_offset))
+
+
+def segment_video(source: "str | Path", out_dir: "str | Path", segmenter: Any = None,
+                  config: TrackerConfig = TrackerConfig(), *, start: int = 0, end: Optional[int] = None,
+                  stride: int = 1, max_side: Optional[int] = None, id_offset: int = 0,
+                  write_overlay: bool = True) -> VideoResult:
+    """Segment a video with DiffSeg and track every segment with a stable id.
+
+    Args:
+        source: video file (decord: mp4, mov, avi, mkv, webm) or folder of frames.
+        out_dir: output folder: ``labels/<stem>.png``, ``tracks.json``, ``overlay.mp4``.
+        segmenter: object with ``segment(list[uint8 (H, W, 3)]) -> list[Segmentation]``, a
+            `SegmenterConfig`, or None (default `DiffSegSegmenter`).
+        config: tracker settings (``keyframe_every``, flow, gating, ...).
+        start, end, stride: frame range of the source.
+        max_side: downscale frames so the longer side is at most this.
+        id_offset: track ids start at ``id_offset + 1`` (chunks of one video).
+        write_overlay: encode ``overlay.mp4``.
+
+    Returns:
+        `VideoResult`.
+
+    Raises:
+        InputError: unreadable source, bad range, frame size changes.
+    """
+    src = FrameSource(source, start, end, stride, max_side)
+    seg = _resolve_segmenter(segmenter)
+    cfg = _config_with_offset(config, id_offset)
+    vs = VideoSegmenter(seg, cfg)
+    meta = {"job": "video", "source": str(source), "start": start, "end": end, "stride": stride,
+            "max_side": max_side, "id_offset": id_offset, "tracker": cfg.to_dict()}
+    return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, None, "video")
+
+
+def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_dir: "str | Path",
+                   config: TrackerConfig = TrackerConfig(), *, start: int = 0, end: Optional[int] = None,
+                   stride: int = 1, max_side: Optional[int] = None, id_offset: int = 0,
+                   write_overlay: bool = True) -> VideoResult:
+    """Link per-frame label maps made by any segmenter into tracks.
+
+    Args:
+        frames_source: folder of frames or video file (stems ``00000``, ``00001``, ... for
+            videos: the file's frame number).
+        segments_dir: one label map per frame with the frame's stem: PNG 8/16-bit
+            (palette or gray), ``.npy`` or ``.tif``; labels independent per frame.
+            Proposal maps are derived from the masks (`temporal.proposals`).
+        out_dir, config, start, end, stride, max_side, id_offset, write_overlay: see
+            `segment_video`.
+
+    Returns:
+        `VideoResult`.
+    """
+    seg_dir = Path(segments_dir)
+    if not seg_dir.is_dir():
+        raise InputError(f"{seg_dir}: segments folder not found")
+    src = FrameSource(frames_source, start, end, stride, max_side)
+    cfg = _config_with_offset(config, id_offset)
+    vs = VideoSegmenter(None, cfg)
+
+    def segs_for(pending: deque) -> Iterator[Any]:
+        # The frame generator appends (stem, rgb) just before yielding; zip() in iter_video
+        # pulls the frame first, so pending[-1] is the frame this segmentation belongs to.
+        while True:
+            if not pending:
+                return
+            stem, rgb = pending[-1]
+            lab = read_segment_labels(seg_dir, stem, rgb.shape[:2])
+            yield segmentation_from_labels(lab, cfg.proposal_side, cfg.proposal_floor, cfg.work_side)
+
+    meta = {"job": "track", "source": str(frames_source), "segments": str(seg_dir), "start": start, "end": end,
+            "stride": stride, "max_side": max_side, "id_offset": id_offset, "tracker": cfg.to_dict()}
+    return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")

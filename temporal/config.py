@@ -1,0 +1,137 @@
+"""`TrackerConfig`: every knob of the video tracker, frozen and validated."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from diffseg_core.errors import InputError, look_up_option
+
+FLOW_BACKENDS = ("dis", "farneback")
+DIS_PRESETS = ("ultrafast", "fast", "medium")
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Settings of `temporal.tracker.VideoSegmenter`.
+
+    Attributes:
+        use_flow: estimate dense optical flow between consecutive frames and warp the
+            previous track masks/proposals with it. False = no images needed (e.g. volume
+            slices without images, or label maps alone): masks are compared in place.
+        flow_backend: ``"dis"`` (OpenCV DIS, fast) or ``"farneback"`` (OpenCV Farneback).
+        dis_preset: DIS preset, ``"ultrafast"``, ``"fast"`` or ``"medium"``.
+        work_side: flow and matching run on frames resized so that the shorter side is this
+            many pixels (0 = full resolution). Output labels stay at full resolution.
+        fb_check: forward-backward consistency check; inconsistent (occluded/unreliable)
+            pixels do not vote for any track.
+        fb_abs: absolute tolerance of the check, pixels at work resolution.
+        fb_rel: relative tolerance of the check (fraction of the flow magnitude squared).
+        w_iou: weight of ``1 - IoU`` (warped track mask vs segment mask) in the cost.
+        w_kl: weight of ``1 - exp(-sKL / kl_tau)`` (symmetric KL of proposal maps).
+        kl_tau: KL scale (nats) of the KL similarity.
+        min_iou: gate: a track may only take a segment it overlaps with at least this IoU.
+        max_cost: gate: pairs with a larger (weight-normalised) cost are never matched.
+        handle_splits: a segment left unmatched that lies mostly inside a matched track's
+            warped mask (``split_containment``) joins that track (one track, several
+            segments) when its colour looks alike (``split_min_appearance``).
+        split_containment: fraction of the segment's area inside the track's warped mask.
+        split_min_appearance: Bhattacharyya coefficient of colour histograms (0..1); 0 turns
+            the appearance test off.
+        handle_merges: a segment that swallows the warped mask of another (otherwise
+            unmatched) track is carved along the warped labels so both ids survive.
+        merge_containment: fraction of the other track's warped area inside the segment.
+        max_missed: frames a track that disappeared is remembered for re-identification
+            (occlusion); after that it is retired. Ids are never reused.
+        reid: re-identify remembered tracks by appearance (proposal KL + colour histogram).
+        reid_min_similarity: gate (0..1) of the re-identification similarity.
+        reid_w_position: weight of the last-known position (IoU with the old mask) in the
+            re-identification similarity; the rest is appearance.
+        hist_bins: colour histogram bins per RGB channel (0 = no colour appearance).
+        proposal_side: grid (shorter side) of proposal maps derived from masks when a
+            segmentation has no attention.
+        proposal_floor: floor added to derived proposal maps before normalising.
+        min_segment_area: segments smaller than this many work-resolution pixels never
+            start a new track (they keep id 0 unless a split joins them to a track).
+        keyframe_every: segment every k-th frame, propagate labels by flow in between.
+        batch_size: frames per segmenter call (0 = the segmenter's own ``config.batch_size``).
+        id_offset: the first new track id is ``id_offset + 1`` (unique ids across chunks).
+        appearance_ema: weight of the newest observation in the track appearance update.
+    """
+
+    use_flow: bool = True
+    flow_backend: Literal["dis", "farneback"] = "dis"
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "ultrafast"
+    work_side: int = 240
+    fb_check: bool = True
+    fb_abs: float = 1.0
+    fb_rel: float = 0.05
+    w_iou: float = 1.0
+    w_kl: float = 0.5
+    kl_tau: float = 2.0
+    min_iou: float = 0.05
+    max_cost: float = 0.9
+    handle_splits: bool = True
+    split_containment: float = 0.6
+    split_min_appearance: float = 0.5
+    handle_merges: bool = True
+    merge_containment: float = 0.6
+    max_missed: int = 30
+    reid: bool = True
+    reid_min_similarity: float = 0.55
+    reid_w_position: float = 0.3
+    hist_bins: int = 8
+    proposal_side: int = 64
+    proposal_floor: float = 1e-3
+    min_segment_area: int = 0
+    keyframe_every: int = 1
+    batch_size: int = 0
+    id_offset: int = 0
+    appearance_ema: float = 0.5
+
+    def __post_init__(self) -> None:
+        look_up_option(self.flow_backend, FLOW_BACKENDS, "flow backend")
+        look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
+        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
+        if int(self.keyframe_every) < 1:
+            raise InputError(f"TrackerConfig.keyframe_every must be >= 1; got {self.keyframe_every}")
+        if int(self.proposal_side) < 1:
+            raise InputError(f"TrackerConfig.proposal_side must be >= 1; got {self.proposal_side}")
+        for name in ("w_iou", "w_kl", "fb_abs", "fb_rel", "proposal_floor"):
+            if not float(getattr(self, name)) >= 0:
+                raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
+        if self.w_iou + self.w_kl <= 0:
+            raise InputError("TrackerConfig.w_iou + w_kl must be > 0")
+        if not float(self.kl_tau) > 0:
+            raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
+        for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
+                     "merge_containment", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= 1.0:
+                raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrackerConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown TrackerConfig option(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "TrackerConfig":
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def iou_only_baseline(**changes: Any) -> TrackerConfig:
+    """The IoU-only linker (no flow, no KL, no splits/merges/re-id): the DEVA/Cellpose-style
+    baseline the benchmark compares against."""
+    base = dict(use_flow=False, w_kl=0.0, w_iou=1.0, handle_splits=False, handle_merges=False,
+                reid=False, hist_bins=0, min_iou=0.1, max_cost=0.9)
+    base.update(changes)
+    return TrackerConfig(**base)

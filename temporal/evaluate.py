@@ -1,0 +1,300 @@
+"""Video segmentation metrics: DAVIS-2017 unsupervised protocol, id switches, per-frame oracle.
+
+* J: region IoU per object per frame (1 when prediction and ground truth are both empty).
+* F: boundary F-measure (DAVIS: boundaries matched within ``ceil(bound_th * diagonal)``
+  pixels, a disk dilation).
+* Tracked J&F: ONE Hungarian assignment of predicted tracks to ground-truth objects for the
+  whole sequence, maximising mean J&F over all frames (DAVIS-2017 unsupervised); objects
+  left without a track score 0.
+* Per-frame oracle: every frame matched independently (Hungarian on IoU): the upper bound
+  that ignores temporal consistency.
+* Id switches: per object, the predicted id that covers it best (IoU >= 0.5) changes
+  between frames where it is matched (CLEAR-MOT style); reported per object per 100
+  frames.
+
+F is computed for every pair in the oracle and for each object's ``f_candidates`` best
+tracks by mean J in the tracked protocol (other pairs use F = 0 in the assignment: they
+have near-zero J and cannot win it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from diffseg_core.errors import InputError
+from diffseg_core.io import read_labels
+
+from .io import LABEL_EXTENSIONS, natural_key
+
+
+def boundary_map(mask: np.ndarray) -> np.ndarray:
+    """bool ``(H, W)`` one-pixel boundary of a binary mask (DAVIS ``seg2bmap`` rule: a pixel
+    whose east, south or south-east neighbour differs)."""
+    m = np.asarray(mask, bool)
+    e = np.zeros_like(m)
+    s = np.zeros_like(m)
+    se = np.zeros_like(m)
+    e[:, :-1] = m[:, 1:]
+    s[:-1, :] = m[1:, :]
+    se[:-1, :-1] = m[1:, 1:]
+    b = (m ^ e) | (m ^ s) | (m ^ se)
+    b[-1, :] = m[-1, :] ^ e[-1, :]
+    b[:, -1] = m[:, -1] ^ s[:, -1]
+    b[-1, -1] = False
+    return b
+
+
+def _disk(r: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
+    """DAVIS boundary F-measure of two binary masks ``(H, W)``, in [0, 1]."""
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    r = int(bound_th) if bound_th >= 1 else int(math.ceil(bound_th * math.hypot(*pred.shape)))
+    bp, bg = boundary_map(pred), boundary_map(gt)
+    n_p, n_g = int(bp.sum()), int(bg.sum())
+    if n_p == 0 and n_g == 0:
+        return 1.0
+    if n_p == 0 or n_g == 0:
+        return 0.0
+    k = _disk(r)
+    dp = cv2.dilate(bp.astype(np.uint8), k).astype(bool)
+    dg = cv2.dilate(bg.astype(np.uint8), k).astype(bool)
+    precision = float((bp & dg).sum()) / n_p
+    recall = float((bg & dp).sum()) / n_g
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def j_measure(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Region IoU of two binary masks; 1 when both are empty."""
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    union = int((pred | gt).sum())
+    return 1.0 if union == 0 else float((pred & gt).sum()) / union
+
+
+@dataclass
+class VideoScores:
+    """Result of `evaluate_video`.
+
+    Attributes:
+        J, F, JF: tracked (one assignment per sequence) means over objects.
+        oracle_J, oracle_F, oracle_JF: per-frame-oracle means over objects.
+        id_switches: total id switches over all objects.
+        id_switches_per_100: switches per object per 100 frames where it is present.
+        n_frames, n_objects, n_tracks: sizes.
+        per_object: per ground-truth object: id, assigned track, J, F, oracle J/F, switches.
+    """
+
+    J: float
+    F: float
+    JF: float
+    oracle_J: float
+    oracle_F: float
+    oracle_JF: float
+    id_switches: int
+    id_switches_per_100: float
+    n_frames: int
+    n_objects: int
+    n_tracks: int
+    per_object: list = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """Tracked J&F / per-frame-oracle J&F."""
+        return self.JF / self.oracle_JF if self.oracle_JF > 0 else 0.0
+
+    def to_dict(self, per_object: bool = True) -> dict[str, Any]:
+        d = {"J": self.J, "F": self.F, "J&F": self.JF, "oracle_J": self.oracle_J, "oracle_F": self.oracle_F,
+             "oracle_J&F": self.oracle_JF, "tracked_over_oracle": self.ratio, "id_switches": self.id_switches,
+             "id_switches_per_object_per_100_frames": self.id_switches_per_100, "n_frames": self.n_frames,
+             "n_objects": self.n_objects, "n_tracks": self.n_tracks}
+        d = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
+        if per_object:
+            d["objects"] = self.per_object
+        return d
+
+
+def _ids(a: np.ndarray) -> np.ndarray:
+    u = np.unique(a)
+    return u[u > 0]
+
+
+def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frames: int,
+                   bound_th: float = 0.008, f_candidates: int = 3, switch_iou: float = 0.5) -> VideoScores:
+    """Score a sequence; frames are loaded twice (J pass, F pass), never all at once.
+
+    Args:
+        load: ``load(t) -> (pred int (H, W), gt int (H, W))`` for frame t.
+        n_frames: number of frames.
+        bound_th: F boundary tolerance (fraction of the diagonal, or pixels if >= 1).
+        f_candidates: tracks per object for which F is computed in the tracked protocol.
+        switch_iou: IoU an id needs to count as the object's id in a frame.
+
+    Returns:
+        `VideoScores`.
+    """
+    if n_frames < 1:
+        raise InputError("no frames to evaluate")
+    # pass 1: ids, J sums, oracle assignments, id switches
+    gt_ids: dict[int, int] = {}
+    pr_ids: dict[int, int] = {}
+    j_entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    g_pres: list[np.ndarray] = []
+    p_pres: list[np.ndarray] = []
+    oracle: list[list[tuple[int, int]]] = []
+    last_id: dict[int, int] = {}
+    switches: dict[int, int] = {}
+    for t in range(n_frames):
+        pred, gt = load(t)
+        if pred.shape != gt.shape:
+            raise InputError(f"frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
+        G, P = _ids(gt), _ids(pred)
+        for g in G:
+            gt_ids.setdefault(int(g), len(gt_ids))
+        for p in P:
+            pr_ids.setdefault(int(p), len(pr_ids))
+        gi = np.array([gt_ids[int(g)] for g in G], np.int64)
+        pi = np.array([pr_ids[int(p)] for p in P], np.int64)
+        g_pres.append(gi)
+        p_pres.append(pi)
+        pairs: list[tuple[int, int]] = []
+        if len(G) and len(P):
+            cg = np.where(gt > 0, np.searchsorted(G, gt), -1)
+            cp = np.where(pred > 0, np.searchsorted(P, pred), -1)
+            keep = (cg >= 0) & (cp >= 0)
+            inter = np.bincount(cg[keep] * len(P) + cp[keep], minlength=len(G) * len(P)).reshape(len(G), len(P))
+            ag = np.bincount(cg[cg >= 0], minlength=len(G))
+            ap = np.bincount(cp[cp >= 0], minlength=len(P))
+            iou = inter / np.maximum(ag[:, None] + ap[None, :] - inter, 1)
+            nz = np.nonzero(inter)
+            j_entries.append((gi[nz[0]], pi[nz[1]], iou[nz]))
+            r, c = linear_sum_assignment(-iou)
+            pairs = [(int(G[a]), int(P[b])) for a, b in zip(r, c) if iou[a, b] > 0]
+            for a in range(len(G)):
+                b = int(np.argmax(iou[a]))
+                if iou[a, b] >= switch_iou:
+                    g = int(G[a])
+                    pid = int(P[b])
+                    if g in last_id and last_id[g] != pid:
+                        switches[g] = switches.get(g, 0) + 1
+                    last_id[g] = pid
+        oracle.append(pairs)
+    nG, nP = len(gt_ids), len(pr_ids)
+    g_inv = {v: k for k, v in gt_ids.items()}
+    p_inv = {v: k for k, v in pr_ids.items()}
+    if nG == 0:
+        raise InputError("ground truth has no objects (all frames are 0)")
+    n_g = np.zeros(nG, np.int64)
+    n_p = np.zeros(nP, np.int64)
+    both = np.zeros((nG, nP), np.int64)
+    for gi, pi in zip(g_pres, p_pres):
+        n_g[gi] += 1
+        n_p[pi] += 1
+        if len(gi) and len(pi):
+            both[np.ix_(gi, pi)] += 1
+    j_sum = np.zeros((nG, nP))
+    for gi, pi, v in j_entries:
+        np.add.at(j_sum, (gi, pi), v)
+    both_absent = n_frames - n_g[:, None] - n_p[None, :] + both
+    J = (j_sum + both_absent) / n_frames  # (nG, nP) mean J over frames
+    # candidates for F
+    cand = set()
+    for g in range(nG):
+        for p in np.argsort(-J[g])[:f_candidates]:
+            if nP:
+                cand.add((g, int(p)))
+    # pass 2: F of candidate pairs and of the oracle pairs
+    f_sum = {c: 0.0 for c in cand}
+    oj = np.zeros(nG)
+    of = np.zeros(nG)
+    for t in range(n_frames):
+        pred, gt = load(t)
+        pres_g = set(g_pres[t].tolist())
+        pres_p = set(p_pres[t].tolist())
+        for (g, p) in cand:
+            gp, pp = g in pres_g, p in pres_p
+            if not gp and not pp:
+                f_sum[(g, p)] += 1.0
+            elif gp and pp:
+                f_sum[(g, p)] += f_measure(pred == p_inv[p], gt == g_inv[g], bound_th)
+        matched = dict(oracle[t])
+        for g in range(nG):
+            gid = g_inv[g]
+            if g not in pres_g:
+                oj[g] += 1.0
+                of[g] += 1.0
+                continue
+            if gid in matched:
+                pm, gm = pred == matched[gid], gt == gid
+                oj[g] += j_measure(pm, gm)
+                of[g] += f_measure(pm, gm, bound_th)
+    F = np.zeros((nG, nP))
+    for (g, p), v in f_sum.items():
+        F[g, p] = v / n_frames
+    per = []
+    if nP:
+        r, c = linear_sum_assignment(-(J + F) / 2)
+        assign = dict(zip(r.tolist(), c.tolist()))
+    else:
+        assign = {}
+    Js, Fs = [], []
+    for g in range(nG):
+        p = assign.get(g)
+        j = float(J[g, p]) if p is not None else 0.0
+        f = float(F[g, p]) if p is not None else 0.0
+        Js.append(j)
+        Fs.append(f)
+        per.append({"object": g_inv[g], "track": p_inv[p] if p is not None else None, "J": round(j, 6),
+                    "F": round(f, 6), "oracle_J": round(oj[g] / n_frames, 6), "oracle_F": round(of[g] / n_frames, 6),
+                    "id_switches": switches.get(g_inv[g], 0), "frames_present": int(n_g[g])})
+    Jm, Fm = float(np.mean(Js)), float(np.mean(Fs))
+    oJ, oF = float(np.mean(oj / n_frames)), float(np.mean(of / n_frames))
+    n_sw = int(sum(switches.values()))
+    return VideoScores(J=Jm, F=Fm, JF=(Jm + Fm) / 2, oracle_J=oJ, oracle_F=oF, oracle_JF=(oJ + oF) / 2,
+                       id_switches=n_sw, id_switches_per_100=100.0 * n_sw / max(int(n_g.sum()), 1),
+                       n_frames=n_frames, n_objects=nG, n_tracks=nP, per_object=per)
+
+
+def _label_files(d: Path) -> dict[str, Path]:
+    if not d.is_dir():
+        raise InputError(f"{d}: not a folder of label maps")
+    out = {}
+    for p in d.iterdir():
+        if p.is_file() and p.suffix.lower() in LABEL_EXTENSIONS and not p.name.startswith("."):
+            out.setdefault(p.stem, p)
+    if not out:
+        raise InputError(f"{d}: no label maps (.png/.npy)")
+    return out
+
+
+def evaluate_video_dirs(pred_dir: "str | Path", gt_dir: "str | Path", bound_th: float = 0.008) -> VideoScores:
+    """`evaluate_video` on two folders of label maps with the same stems (every GT frame
+    needs a prediction)."""
+    pred_files, gt_files = _label_files(Path(pred_dir)), _label_files(Path(gt_dir))
+    stems = sorted(gt_files, key=natural_key)
+    missing = [s for s in stems if s not in pred_files]
+    if missing:
+        raise InputError(f"{pred_dir}: no prediction for {len(missing)} ground-truth frame(s), e.g. {missing[0]!r}")
+
+    def load(t: int) -> tuple[np.ndarray, np.ndarray]:
+        s = stems[t]
+        pred, gt = read_labels(pred_files[s]), read_labels(gt_files[s])
+        if pred.shape != gt.shape:
+            pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
+        return pred, gt
+
+    return evaluate_video(load, len(stems), bound_th=bound_th)
+
+
+def evaluate_video_arrays(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], **kw: Any) -> VideoScores:
+    """`evaluate_video` on in-memory label maps (lists of int ``(H, W)``)."""
+    if len(pred) != len(gt):
+        raise InputError(f"prediction has {len(pred)} frames, ground truth {len(gt)}")
+    return evaluate_video(lambda t: (np.asarray(pred[t]), np.asarray(gt[t])), len(gt), **kw)

@@ -1,0 +1,180 @@
+"""Dense optical flow (OpenCV DIS / Farneback), forward-backward check, warping.
+
+Flow convention (OpenCV's): ``flow = estimator(a, b)`` is float32 ``(H, W, 2)`` with
+``a[y, x] ~= b[y + flow[y, x, 1], x + flow[y, x, 0]]``. To bring the previous frame's
+labels into the current frame, estimate ``estimator(cur, prev)`` (the *backward* flow) and
+sample the previous labels at ``x + flow(x)``: see `warp_labels`.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from diffseg_core.errors import look_up_option
+
+from .config import DIS_PRESETS, FLOW_BACKENDS
+
+
+@runtime_checkable
+class FlowEstimator(Protocol):
+    """Anything that maps two uint8 grayscale ``(H, W)`` images to float32 ``(H, W, 2)`` flow."""
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+        ...
+
+
+class DISFlow:
+    """OpenCV DIS optical flow (Kroeger et al. 2016); fast enough for real time on CPU.
+
+    Args:
+        preset: ``"ultrafast"``, ``"fast"`` or ``"medium"``.
+    """
+
+    _PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+    def __init__(self, preset: str = "ultrafast") -> None:
+        look_up_option(preset, DIS_PRESETS, "DIS preset")
+        self._dis = cv2.DISOpticalFlow_create(self._PRESETS[preset])
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._dis.calc(_gray(a), _gray(b), None)
+
+
+class FarnebackFlow:
+    """OpenCV Farneback polynomial-expansion flow (slower, smoother)."""
+
+    def __init__(self, pyr_scale: float = 0.5, levels: int = 3, winsize: int = 15,
+                 iterations: int = 3, poly_n: int = 5, poly_sigma: float = 1.2) -> None:
+        self.params = (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, 0)
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return cv2.calcOpticalFlowFarneback(_gray(a), _gray(b), None, *self.params)
+
+
+def make_flow_estimator(backend: str = "dis", dis_preset: str = "ultrafast") -> FlowEstimator:
+    """A `FlowEstimator` by name (``"dis"`` or ``"farneback"``)."""
+    look_up_option(backend, FLOW_BACKENDS, "flow backend")
+    return DISFlow(dis_preset) if backend == "dis" else FarnebackFlow()
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim == 3:
+        img = cv2.cvtColor(np.ascontiguousarray(img, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+    return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return gx, gy
+
+
+def forward_backward_check(backward: np.ndarray, forward: np.ndarray, abs_tol: float = 1.0,
+                           rel_tol: float = 0.05) -> np.ndarray:
+    """Pixels of the current frame whose backward flow is confirmed by the forward flow.
+
+    Args:
+        backward: float32 ``(H, W, 2)``, flow current -> previous.
+        forward: float32 ``(H, W, 2)``, flow previous -> current.
+        abs_tol: absolute tolerance in pixels.
+        rel_tol: relative tolerance (Sundaram et al.: ``|b + f(x+b)|^2 <
+            rel_tol * (|b|^2 + |f(x+b)|^2) + abs_tol^2``).
+
+    Returns:
+        bool ``(H, W)``: True = reliable; False = occluded, out of frame or inconsistent.
+    """
+    h, w = backward.shape[:2]
+    gx, gy = _grid(h, w)
+    mx, my = gx + backward[..., 0], gy + backward[..., 1]
+    f_at = cv2.remap(forward, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    s = backward + f_at
+    err = (s * s).sum(-1)
+    mag = (backward * backward).sum(-1) + (f_at * f_at).sum(-1)
+    inside = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
+    return (err <= rel_tol * mag + abs_tol * abs_tol) & inside
+
+
+def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None" = None,
+                fill: int = 0, border_replicate: bool = False) -> np.ndarray:
+    """Bring a previous frame's label map into the current frame (nearest neighbour).
+
+    Args:
+        labels: int ``(H, W)`` labels of the previous frame (ids < 2**24).
+        flow: float32 ``(H, W, 2)`` backward flow current -> previous.
+        valid: optional bool ``(H, W)``; False pixels get ``fill``.
+        fill: value for invalid and out-of-frame pixels.
+        border_replicate: out-of-frame samples take the nearest border label instead of
+            ``fill`` (label propagation, where every pixel needs an id).
+
+    Returns:
+        int32 ``(H, W)``.
+    """
+    h, w = labels.shape
+    gx, gy = _grid(h, w)
+    src = np.asarray(labels, dtype=np.float32)  # exact for ids < 2**24
+    border = cv2.BORDER_REPLICATE if border_replicate else cv2.BORDER_CONSTANT
+    out = cv2.remap(src, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST,
+                    borderMode=border, borderValue=float(fill))
+    out = out.astype(np.int32)
+    if valid is not None:
+        out[~valid] = fill
+    return out
+
+
+def resize_flow(flow: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize a flow field to ``hw`` = (H, W), scaling the vectors with the grid.
+
+    Args:
+        flow: float32 ``(h, w, 2)``.
+
+    Returns:
+        float32 ``(H, W, 2)``.
+    """
+    h, w = flow.shape[:2]
+    H, W = hw
+    if (h, w) == (H, W):
+        return flow
+    interp = cv2.INTER_AREA if H < h else cv2.INTER_LINEAR
+    out = cv2.resize(flow, (W, H), interpolation=interp)
+    out[..., 0] *= W / w
+    out[..., 1] *= H / h
+    return out
+
+
+def warp_maps(maps: np.ndarray, flow: np.ndarray, renormalize: bool = True,
+              eps: float = 1e-8) -> np.ndarray:
+    """Warp distributions (proposal/attention maps) into the current frame (bilinear).
+
+    Args:
+        maps: float32 ``(N, h, w)``, each a distribution over the grid.
+        flow: float32 backward flow current -> previous, any resolution (resized to
+            ``(h, w)`` with scaled vectors).
+        renormalize: make every map sum to 1 again (mass that left the frame is dropped).
+
+    Returns:
+        float32 ``(N, h, w)``.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    n, h, w = maps.shape
+    if n == 0:
+        return maps.copy()
+    fl = resize_flow(flow, (h, w))
+    gx, gy = _grid(h, w)
+    mx, my = gx + fl[..., 0], gy + fl[..., 1]
+    out = np.empty_like(maps)
+    for s in range(0, n, 256):  # OpenCV remaps up to 512 channels at once
+        chunk = np.ascontiguousarray(maps[s:s + 256].transpose(1, 2, 0))
+        r = cv2.remap(chunk, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out[s:s + 256] = r.reshape(h, w, -1).transpose(2, 0, 1)
+    if renormalize:
+        tot = out.reshape(n, -1).sum(1)
+        bad = tot <= eps
+        if bad.any():
+            out[bad] = maps[bad]
+            tot[bad] = maps[bad].reshape(int(bad.sum()), -1).sum(1)
+        out /= np.maximum(tot, eps)[:, None, None]
+    return out

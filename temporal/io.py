@@ -1,0 +1,186 @@
+"""Frame sources (video files through decord, folders of images) and per-frame label maps.
+
+Everything streams: a source yields one frame at a time; nothing holds the whole video.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import cv2
+import numpy as np
+
+from diffseg_core.errors import InputError
+from diffseg_core.io import IMAGE_EXTENSIONS, read_image, read_labels, to_rgb_uint8
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+LABEL_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
+
+
+class DecodeError(InputError):
+    """A video frame could not be decoded (corrupt or truncated file).
+
+    Attributes:
+        frame: index (in the file) of the frame that failed.
+    """
+
+    def __init__(self, message: str, frame: int) -> None:
+        super().__init__(message)
+        self.frame = frame
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``frame2`` before ``frame10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+@dataclass
+class Frame:
+    """One decoded frame.
+
+    Attributes:
+        index: position in the source (file frame number, or image number in the folder).
+        stem: output name (``00012`` for videos, the image's stem for folders).
+        rgb: uint8 ``(H, W, 3)``.
+    """
+
+    index: int
+    stem: str
+    rgb: np.ndarray
+
+
+def _resize_max_side(rgb: np.ndarray, max_side: Optional[int]) -> np.ndarray:
+    if not max_side:
+        return rgb
+    h, w = rgb.shape[:2]
+    s = max_side / max(h, w)
+    if s >= 1:
+        return rgb
+    return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+
+
+class FrameSource:
+    """Frames of a video file or an image folder, with ``start``/``end``/``stride``.
+
+    Args:
+        source: video file (mp4, mov, avi, mkv, webm, ...) or folder of images (natural sort).
+        start: first frame (0-based) to read.
+        end: stop before this frame (None = to the end).
+        stride: read every ``stride``-th frame.
+        max_side: downscale so the longer side is at most this (None = keep).
+
+    Raises:
+        InputError: missing/empty/unreadable source, bad range.
+    """
+
+    def __init__(self, source: "str | Path", start: int = 0, end: Optional[int] = None, stride: int = 1,
+                 max_side: Optional[int] = None) -> None:
+        self.path = Path(source)
+        if start < 0:
+            raise InputError(f"--start must be >= 0; got {start}")
+        if end is not None and end <= start:
+            raise InputError(f"--end ({end}) must be greater than --start ({start})")
+        if stride < 1:
+            raise InputError(f"--stride must be >= 1; got {stride}")
+        if max_side is not None and max_side < 16:
+            raise InputError(f"--max-side must be >= 16; got {max_side}")
+        self.start, self.end, self.stride, self.max_side = start, end, stride, max_side
+        self.fps = 25.0
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such file or folder")
+        if self.path.is_dir():
+            self.kind = "folder"
+            files = [p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                     and not p.name.startswith(".")]
+            if not files:
+                raise InputError(f"{self.path}: folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files.sort(key=lambda p: natural_key(p.name))
+            self._files = files
+            n = len(files)
+        else:
+            self.kind = "video"
+            if self.path.stat().st_size == 0:
+                raise InputError(f"{self.path}: file is empty (0 bytes)")
+            if self.path.suffix.lower() in IMAGE_EXTENSIONS:
+                raise InputError(f"{self.path}: is an image; give a video file or a folder of frames")
+            self._vr = self._open_video()
+            n = len(self._vr)
+            try:
+                self.fps = float(self._vr.get_avg_fps()) or 25.0
+            except Exception:  # noqa: BLE001 - some containers have no rate
+                self.fps = 25.0
+        stop = n if end is None else min(end, n)
+        if start >= stop:
+            raise InputError(f"{self.path}: no frames in range start={start} end={end} (source has {n})")
+        self._indices = range(start, stop, stride)
+        if self.kind == "folder" and stride > 1:
+            self.fps = self.fps / stride
+
+    def _open_video(self):
+        import decord
+
+        try:
+            return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
+        except (RuntimeError, decord._ffi.base.DECORDError) as exc:  # type: ignore[attr-defined]
+            raise InputError(f"{self.path}: cannot open video ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @property
+    def indices(self) -> range:
+        return self._indices
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.kind == "folder":
+            for i in self._indices:
+                p = self._files[i]
+                yield Frame(i, p.stem, _resize_max_side(read_image(p), self.max_side))
+            return
+        import decord
+
+        vr = self._vr
+        for i in self._indices:
+            try:
+                arr = vr[i].asnumpy()
+            except (RuntimeError, decord._ffi.base.DECORDError, IndexError) as exc:  # type: ignore[attr-defined]
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DecodeError(f"{self.path}: decoding failed at frame {i} ({msg})", i) from exc
+            yield Frame(i, f"{i:05d}", _resize_max_side(to_rgb_uint8(arr, f"{self.path} frame {i}"), self.max_side))
+
+
+def find_label_file(seg_dir: Path, stem: str) -> Path:
+    """The label map for ``stem`` in ``seg_dir`` (``.png``, ``.npy``, ``.tif``)."""
+    for ext in LABEL_EXTENSIONS:
+        p = seg_dir / f"{stem}{ext}"
+        if p.exists():
+            return p
+    raise InputError(f"{seg_dir}: no label map for frame {stem!r} (looked for {stem}.png/.npy/.tif)")
+
+
+def read_segment_labels(seg_dir: Path, stem: str, hw: tuple[int, int]) -> np.ndarray:
+    """Read one bring-your-own label map, resized (nearest) to the frame's ``hw`` if needed.
+
+    Returns:
+        int32 ``(H, W)`` arbitrary non-negative labels.
+    """
+    p = find_label_file(seg_dir, stem)
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            arr = np.asarray(tifffile.imread(p))
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types
+            raise InputError(f"{p}: cannot read label map ({exc})") from exc
+        if arr.ndim != 2 or arr.dtype.kind not in "iub":
+            raise InputError(f"{p}: label map must be a 2-D integer image; got shape {arr.shape} dtype {arr.dtype}")
+        lab = arr.astype(np.int32)
+    else:
+        lab = read_labels(p)
+    if lab.shape != tuple(hw):
+        if lab.shape[0] * hw[1] != lab.shape[1] * hw[0] and abs(lab.shape[0] / lab.shape[1] - hw[0] / hw[1]) > 0.02:
+            raise InputError(f"{p}: label map is {lab.shape[1]}x{lab.shape[0]} but the frame is {hw[1]}x{hw[0]}")
+        lab = cv2.resize(lab, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return lab

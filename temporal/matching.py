@@ -1,0 +1,155 @@
+"""Matching math: overlaps, IoU, symmetric KL between proposal maps, the combined cost and
+Hungarian assignment with gating. Pure functions on numpy arrays."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+#: cost given to forbidden pairs before the Hungarian solve (any value > every real cost).
+FORBIDDEN = 1e6
+
+
+def overlap_matrix(a: np.ndarray, n_a: int, b: np.ndarray, n_b: int) -> np.ndarray:
+    """Pixel counts of every (a-label, b-label) pair.
+
+    Args:
+        a: int ``(H, W)`` with values in ``-1..n_a-1`` (-1 = ignore).
+        b: int ``(H, W)`` with values in ``-1..n_b-1`` (-1 = ignore).
+
+    Returns:
+        int64 ``(n_a, n_b)``: ``out[i, j] = #{a == i and b == j}``.
+    """
+    a = np.asarray(a).ravel()
+    b = np.asarray(b).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in size: {a.shape} vs {b.shape}")
+    keep = (a >= 0) & (b >= 0)
+    if not keep.all():
+        a, b = a[keep], b[keep]
+    flat = a.astype(np.int64) * n_b + b
+    return np.bincount(flat, minlength=n_a * n_b)[: n_a * n_b].reshape(n_a, n_b)
+
+
+def iou_from_overlap(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
+    """IoU ``(n_a, n_b)`` from intersections and areas (0 where the union is empty)."""
+    inter = inter.astype(np.float64)
+    union = area_a[:, None].astype(np.float64) + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def symmetric_kl_matrix(p: np.ndarray, q: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Symmetric KL ``KL(p_i || q_j) + KL(q_j || p_i)`` between two sets of distributions.
+
+    Args:
+        p: float ``(M, ...)`` distributions (flattened; renormalised after clamping by eps).
+        q: float ``(K, ...)`` distributions on the same grid.
+
+    Returns:
+        float64 ``(M, K)``, >= 0, symmetric in (p, q).
+    """
+    p = np.asarray(p, np.float64).reshape(len(p), -1)
+    q = np.asarray(q, np.float64).reshape(len(q), -1)
+    if p.shape[1] != q.shape[1]:
+        raise ValueError(f"proposal grids differ: {p.shape[1]} vs {q.shape[1]} cells")
+    p = np.maximum(p, eps)
+    q = np.maximum(q, eps)
+    p /= p.sum(1, keepdims=True)
+    q /= q.sum(1, keepdims=True)
+    lp, lq = np.log(p), np.log(q)
+    # sum_x (p - q)(log p - log q) = sum p lp + sum q lq - p @ lq.T - lp @ q.T
+    out = (p * lp).sum(1)[:, None] + (q * lq).sum(1)[None, :] - p @ lq.T - lp @ q.T
+    return np.maximum(out, 0.0)
+
+
+def kl_similarity(skl: np.ndarray, tau: float) -> np.ndarray:
+    """Map symmetric KL (nats) to a similarity in (0, 1]: ``exp(-skl / tau)``."""
+    return np.exp(-np.asarray(skl) / tau)
+
+
+def cost_matrix(iou: np.ndarray, skl: "np.ndarray | None", w_iou: float = 1.0, w_kl: float = 0.5,
+                kl_tau: float = 2.0) -> np.ndarray:
+    """Matching cost in [0, 1]: weighted mean of ``1 - IoU`` and ``1 - exp(-sKL/tau)``.
+
+    Args:
+        iou: ``(M, K)`` IoU of warped track masks vs segment masks.
+        skl: ``(M, K)`` symmetric KL of warped track proposals vs segment proposals, or None
+            (then only IoU counts).
+
+    Returns:
+        float64 ``(M, K)``.
+    """
+    if skl is None or w_kl == 0:
+        return 1.0 - np.asarray(iou, np.float64)
+    c = w_iou * (1.0 - iou) + w_kl * (1.0 - kl_similarity(skl, kl_tau))
+    return c / (w_iou + w_kl)
+
+
+@dataclass
+class Assignment:
+    """Result of `hungarian_assign`.
+
+    Attributes:
+        rows: int64 ``(P,)`` matched row indices (tracks).
+        cols: int64 ``(P,)`` matched column indices (segments), same order.
+        unmatched_rows: int64 rows left without a partner.
+        unmatched_cols: int64 columns left without a partner.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    unmatched_rows: np.ndarray
+    unmatched_cols: np.ndarray
+
+
+def hungarian_assign(cost: np.ndarray, allowed: "np.ndarray | None" = None,
+                     max_cost: float = np.inf) -> Assignment:
+    """One-to-one minimum-cost assignment (scipy ``linear_sum_assignment``) with gating.
+
+    Args:
+        cost: float ``(M, K)``.
+        allowed: bool ``(M, K)``; False pairs can never be matched (gating).
+        max_cost: matched pairs with a larger cost are dropped.
+
+    Returns:
+        `Assignment`.
+    """
+    cost = np.asarray(cost, np.float64)
+    m, k = cost.shape
+    ok = np.isfinite(cost) & (cost <= max_cost)
+    if allowed is not None:
+        ok &= allowed
+    if m == 0 or k == 0 or not ok.any():
+        return Assignment(np.zeros(0, np.int64), np.zeros(0, np.int64), np.arange(m), np.arange(k))
+    c = np.where(ok, cost, FORBIDDEN)
+    r, cidx = linear_sum_assignment(c)
+    keep = ok[r, cidx]
+    r, cidx = r[keep].astype(np.int64), cidx[keep].astype(np.int64)
+    um_r = np.setdiff1d(np.arange(m), r)
+    um_c = np.setdiff1d(np.arange(k), cidx)
+    return Assignment(r, cidx, um_r, um_c)
+
+
+def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:
+    """Normalised RGB colour histogram of every label.
+
+    Args:
+        image: uint8 ``(H, W, 3)``.
+        labels: int ``(H, W)`` with values ``-1..n-1`` (-1 ignored).
+        n: number of labels.
+        bins: bins per channel (``bins**3`` cells).
+
+    Returns:
+        float32 ``(n, bins**3)``, rows sum to 1 (all-zero for empty labels).
+    """
+    q = (image.astype(np.int32) * bins) >> 8
+    cell = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    inter = overlap_matrix(labels, n, cell, bins ** 3).astype(np.float32)
+    tot = inter.sum(1, keepdims=True)
+    return inter / np.maximum(tot, 1)
+
+
+def bhattacharyya(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bhattacharyya coefficients ``(M, K)`` in [0, 1] between histogram rows of a and b."""
+    return np.sqrt(np.maximum(a, 0)) @ np.sqrt(np.maximum(b, 0)).T

@@ -1,0 +1,93 @@
+"""Proposal maps for segmentations that come without attention (bring-your-own labels).
+
+DiffSeg gives every segment a merged attention map on the latent grid; a label map made by
+another segmenter has none. We derive a stand-in: each segment's area fraction on a coarse
+grid (``side`` cells on the shorter image side, INTER_AREA downsampling of the one-hot
+mask), plus a small floor so that KL stays finite, normalised to sum to 1. Such a map
+encodes where the segment is and its rough shape, not its appearance (colour histograms
+supply that in the tracker).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from diffseg_core.types import Segmentation
+
+
+def grid_hw(image_hw: tuple[int, int], side: int) -> tuple[int, int]:
+    """``(h, w)`` of a grid with ``side`` cells on the shorter side, aspect kept (>= 1)."""
+    H, W = image_hw
+    s = side / max(1, min(H, W))
+    return max(1, int(round(H * s))), max(1, int(round(W * s)))
+
+
+def proposals_from_labels(labels: np.ndarray, num_segments: "int | None" = None, side: int = 64,
+                          floor: float = 1e-3) -> np.ndarray:
+    """Derive proposal maps from a label map.
+
+    Args:
+        labels: int ``(H, W)`` with values ``0..K-1``.
+        num_segments: K (default ``labels.max() + 1``).
+        side: grid cells on the shorter side (at most the image's shorter side).
+        floor: added to every cell, relative to the uniform value ``1 / (h * w)``... before
+            normalising: ``p = (frac + floor) / sum``.
+
+    Returns:
+        float32 ``(K, h, w)``, each summing to 1.
+    """
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1 if num_segments is None else int(num_segments)
+    H, W = labels.shape
+    h, w = grid_hw((H, W), min(side, H, W))
+    out = np.empty((k, h, w), np.float32)
+    lab = labels.astype(np.int32, copy=False)
+    for s in range(0, k, 4):  # cv2.resize INTER_AREA takes at most 4 channels
+        n = min(4, k - s)
+        onehot = (lab[:, :, None] == np.arange(s, s + n, dtype=np.int32)[None, None, :]).astype(np.float32)
+        r = cv2.resize(onehot, (w, h), interpolation=cv2.INTER_AREA)
+        out[s:s + n] = r.reshape(h, w, n).transpose(2, 0, 1)
+    out += np.float32(floor)
+    out /= out.reshape(k, -1).sum(1)[:, None, None]
+    return out
+
+
+def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map arbitrary non-negative labels to ``0..K-1``.
+
+    Returns:
+        ``(int32 (H, W) labels 0..K-1, int64 (K,) original value of each new label)``.
+    """
+    values, inv = np.unique(np.asarray(labels), return_inverse=True)
+    return inv.reshape(labels.shape).astype(np.int32), values
+
+
+def segmentation_from_labels(labels: np.ndarray, side: int = 64, floor: float = 1e-3,
+                             work_side: int = 240) -> Segmentation:
+    """A `Segmentation` from any label map (values need not be consecutive).
+
+    Proposal maps are derived from the masks (see module docstring); to save time they are
+    computed from a nearest-neighbour copy of the labels at ``work_side`` on the shorter side.
+
+    Args:
+        labels: int ``(H, W)`` label map; every distinct value is one segment.
+
+    Returns:
+        `Segmentation` with int32 labels ``0..K-1`` and float32 ``(K, h, w)`` proposals;
+        ``meta["source_values"]`` holds the original value of each segment.
+    """
+    lab, values = relabel_consecutive(labels)
+    small = resize_labels(lab, work_side) if work_side else lab
+    props = proposals_from_labels(small, len(values), side=side, floor=floor)
+    return Segmentation(labels=lab, proposals=props, image_hw=lab.shape,
+                        meta={"source_values": values.tolist(), "proposals": "derived-from-masks"})
+
+
+def resize_labels(labels: np.ndarray, short_side: int) -> np.ndarray:
+    """Nearest-neighbour resize of a label map so the shorter side is ``short_side``
+    (never upscales)."""
+    H, W = labels.shape
+    if short_side <= 0 or min(H, W) <= short_side:
+        return labels
+    h, w = grid_hw((H, W), short_side)
+    return cv2.resize(labels.astype(np.int32, copy=False), (w, h), interpolation=cv2.INTER_NEAREST)

@@ -1,0 +1,503 @@
+"""`VideoSegmenter`: per-frame segmentations -> stable track ids (flow + attention KL).
+
+Per frame (keyframe):
+1. dense flow current -> previous (and back, for the forward-backward check) at work
+   resolution; the previous frame's track-id map and the tracks' proposal maps are warped
+   into the current frame (unreliable pixels vote for nobody);
+2. cost(track, segment) = weighted ``1 - IoU(warped mask, segment)`` and
+   ``1 - exp(-sKL(warped proposal, segment proposal) / tau)``; Hungarian with gating;
+3. unmatched segments are compared with remembered (lost) tracks by appearance (proposal
+   KL, colour histogram) and last position: re-identification;
+4. splits: an unmatched segment lying inside a track's warped mask joins it; merges: a
+   segment that swallowed another track's warped mask is carved so both ids survive;
+5. what is left starts new tracks (fresh ids, never reused).
+Non-keyframes (``keyframe_every > 1``) propagate the previous labels by flow.
+State is bounded: the previous frame's work-resolution ids, grayscale image and the live
+tracks; nothing grows with the length of the video.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from diffseg_core.errors import InputError
+from diffseg_core.types import Segmentation
+
+from .config import TrackerConfig
+from .flow import forward_backward_check, make_flow_estimator, resize_flow, warp_labels, warp_maps
+from .matching import (bhattacharyya, color_histograms, cost_matrix, hungarian_assign,
+                       iou_from_overlap, kl_similarity, overlap_matrix, symmetric_kl_matrix)
+from .proposals import grid_hw, segmentation_from_labels
+from .tracks import TrackRegistry
+from .types import TrackedFrame
+
+__all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter"]
+
+
+class Segmenter(Protocol):
+    """Anything with ``segment(list of uint8 (H, W, 3)) -> list[Segmentation]``."""
+
+    def segment(self, images: list) -> list:  # pragma: no cover - protocol
+        ...
+
+
+@dataclass
+class VideoState:
+    """Everything carried from one frame to the next (bounded; see module docstring).
+
+    Attributes:
+        registry: live tracks and the id counter.
+        n_seen: frames stepped so far.
+        image_hw: ``(H, W)`` of the video (set by the first frame).
+        work_hw: ``(h, w)`` of the work resolution.
+        prev_gray: uint8 ``(h, w)`` previous frame at work resolution, or None.
+        prev_labels: int32 ``(h, w)`` previous track ids at work resolution, or None.
+        prev_full: int32 ``(H, W)`` previous track ids at full resolution (kept only in
+            keyframe mode, for propagation).
+        recent: the last few segmentations (``deque(maxlen=2)``).
+    """
+
+    registry: TrackRegistry
+    n_seen: int = 0
+    image_hw: Optional[tuple[int, int]] = None
+    work_hw: Optional[tuple[int, int]] = None
+    prev_gray: Optional[np.ndarray] = None
+    prev_labels: Optional[np.ndarray] = None
+    prev_full: Optional[np.ndarray] = None
+    recent: deque = field(default_factory=lambda: deque(maxlen=2))
+    _down: Any = None  # (row idx, col idx) full -> work nearest sampling
+    _up: Any = None  # (row idx, col idx) work -> full nearest sampling
+
+
+def _as_rgb(frame: Any) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` from uint8 ``(H, W, 3)`` or float ``(3, H, W)`` in [0, 1]."""
+    if hasattr(frame, "detach"):
+        frame = frame.detach().cpu().numpy()
+    a = np.asarray(frame)
+    if a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
+        return a
+    if a.ndim == 3 and a.shape[0] == 3 and a.dtype.kind == "f":
+        return np.ascontiguousarray(np.clip(a.transpose(1, 2, 0) * 255 + 0.5, 0, 255).astype(np.uint8))
+    raise ValueError(
+        f"`frame` must be (H, W, 3) uint8 or (3, H, W) float in [0, 1]; got shape {a.shape} dtype {a.dtype}")
+
+
+class VideoSegmenter:
+    """Link per-frame segmentations into tracks with stable ids.
+
+    Args:
+        segmenter: object with ``segment(list[uint8 (H, W, 3)]) -> list[Segmentation]``
+            (e.g. `diffseg_core.segmenter.DiffSegSegmenter`), or None to pass
+            segmentations yourself.
+        config: `TrackerConfig`.
+    """
+
+    def __init__(self, segmenter: "Segmenter | None" = None, config: TrackerConfig = TrackerConfig()) -> None:
+        if not isinstance(config, TrackerConfig):
+            raise TypeError(f"`config` must be a TrackerConfig; got {type(config).__name__}")
+        self.segmenter = segmenter
+        self.config = config
+        self.flow = make_flow_estimator(config.flow_backend, config.dis_preset) if config.use_flow else None
+
+    # ------------------------------------------------------------------ public API
+    def init_state(self, id_offset: "int | None" = None) -> VideoState:
+        """A fresh state; ids start at ``id_offset + 1`` (default ``config.id_offset``)."""
+        off = self.config.id_offset if id_offset is None else int(id_offset)
+        return VideoState(registry=TrackRegistry(self.config.max_missed, off))
+
+    def is_keyframe(self, state: VideoState) -> bool:
+        """Whether the next `step` is a keyframe (segmented) in keyframe mode."""
+        return state.n_seen % self.config.keyframe_every == 0
+
+    def step(self, state: VideoState, frame: Any = None, segmentation: "Segmentation | None" = None,
+             frame_index: "int | None" = None) -> TrackedFrame:
+        """Process one frame.
+
+        Args:
+            state: from `init_state`; updated in place.
+            frame: uint8 ``(H, W, 3)`` RGB (or float ``(3, H, W)`` in [0, 1]); needed for flow,
+                colour appearance, keyframe propagation and the segmenter. May be None when
+                ``use_flow`` is False and a segmentation is given.
+            segmentation: this frame's `Segmentation`; None = run the segmenter (keyframes)
+                or propagate by flow (non-keyframes in keyframe mode).
+            frame_index: index recorded in the result (default: frames stepped so far).
+
+        Returns:
+            `TrackedFrame` with int32 full-resolution track ids.
+        """
+        idx = state.n_seen if frame_index is None else int(frame_index)
+        rgb = None if frame is None else _as_rgb(frame)
+        key = self.is_keyframe(state)
+        if segmentation is None:
+            if key and self.segmenter is not None:
+                if rgb is None:
+                    raise ValueError("`frame` is required to run the segmenter")
+                segmentation = self.segmenter.segment([rgb])[0]
+            elif state.prev_labels is None or self.config.keyframe_every == 1:
+                raise ValueError(
+                    "`segmentation` is required: this VideoSegmenter has no segmenter"
+                    if self.segmenter is None else "`segmentation` is required on this frame")
+        if segmentation is None:
+            if rgb is None or not self.config.use_flow:
+                out = self._hold(state, idx)
+            else:
+                out = self._propagate(state, rgb, idx)
+        else:
+            out = self._link(state, segmentation, rgb, idx)
+        state.n_seen += 1
+        return out
+
+    def iter_video(self, frames: "Iterable[Any] | None" = None,
+                   segmentations: "Iterable[Segmentation | None] | None" = None,
+                   state: "VideoState | None" = None) -> Iterator[TrackedFrame]:
+        """Track a whole video lazily (a generator; memory does not grow with length).
+
+        Args:
+            frames: iterable of frames (see `step`); None when segmentations alone are linked
+                (requires ``use_flow=False``).
+            segmentations: iterable of `Segmentation` (one per frame, None on frames to
+                propagate), or None to run the segmenter in batches of keyframes.
+            state: continue from this state (default: a fresh one).
+
+        Yields:
+            `TrackedFrame` per frame, in order.
+        """
+        state = self.init_state() if state is None else state
+        if segmentations is not None or self.segmenter is None:
+            if segmentations is None:
+                raise ValueError("`segmentations` is required: this VideoSegmenter has no segmenter")
+            if frames is None:
+                if self.config.use_flow:
+                    raise ValueError("`frames` are required when use_flow is True")
+                for seg in segmentations:
+                    yield self.step(state, None, seg)
+                return
+            for fr, seg in zip(frames, segmentations):
+                if seg is not None and not self.is_keyframe(state) and self.config.keyframe_every > 1:
+                    seg = None  # keyframe mode: only keyframes are linked
+                yield self.step(state, fr, seg)
+            return
+        if frames is None:
+            raise ValueError("`frames` are required to run the segmenter")
+        bs = self.config.batch_size or int(getattr(getattr(self.segmenter, "config", None), "batch_size", 1) or 1)
+        buf: list[tuple[np.ndarray, bool]] = []
+        n_key = 0
+        pos = state.n_seen
+        for fr in frames:
+            key = pos % self.config.keyframe_every == 0
+            pos += 1
+            buf.append((_as_rgb(fr), key))
+            n_key += key
+            if n_key >= bs:
+                yield from self._flush(state, buf)
+                buf, n_key = [], 0
+        if buf:
+            yield from self._flush(state, buf)
+
+    def _flush(self, state: VideoState, buf: list) -> Iterator[TrackedFrame]:
+        keys = [f for f, k in buf if k]
+        segs = iter(self.segmenter.segment(keys) if keys else [])  # type: ignore[union-attr]
+        for f, k in buf:
+            yield self.step(state, f, next(segs) if k else None)
+
+    # ------------------------------------------------------------------ internals
+    def _setup(self, state: VideoState, hw: tuple[int, int]) -> None:
+        if state.image_hw is None:
+            H, W = hw
+            cfg = self.config
+            wh = grid_hw(hw, cfg.work_side) if cfg.work_side and min(H, W) > cfg.work_side else (H, W)
+            h, w = wh
+            state.image_hw, state.work_hw = (H, W), wh
+            state._down = (np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.intp), H - 1),
+                           np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.intp), W - 1))
+            state._up = (np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.intp), h - 1),
+                         np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.intp), w - 1))
+        elif tuple(hw) != state.image_hw:
+            raise ValueError(f"frame size changed within the video: {state.image_hw} then {tuple(hw)}")
+
+    @staticmethod
+    def _down(state: VideoState, a: np.ndarray) -> np.ndarray:
+        if state.work_hw == state.image_hw:
+            return a
+        r, c = state._down
+        return a[r[:, None], c[None, :]]
+
+    @staticmethod
+    def _up(state: VideoState, a: np.ndarray) -> np.ndarray:
+        if state.work_hw == state.image_hw:
+            return a
+        r, c = state._up
+        return a[r[:, None], c[None, :]]
+
+    def _work_image(self, state: VideoState, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w = state.work_hw  # type: ignore[misc]
+        small = rgb if (h, w) == rgb.shape[:2] else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        return small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+
+    def _flows(self, state: VideoState, gray: np.ndarray) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """(backward flow cur->prev, validity) at work resolution, or (None, None)."""
+        if self.flow is None or state.prev_gray is None or gray is None:
+            return None, None
+        bwd = self.flow(gray, state.prev_gray)
+        valid = None
+        if self.config.fb_check:
+            fwd = self.flow(state.prev_gray, gray)
+            valid = forward_backward_check(bwd, fwd, self.config.fb_abs, self.config.fb_rel)
+        return bwd, valid
+
+    def _link(self, state: VideoState, seg: Segmentation, rgb: "np.ndarray | None", idx: int) -> TrackedFrame:
+        cfg = self.config
+        if not isinstance(seg, Segmentation):
+            raise TypeError(f"`segmentation` must be a Segmentation; got {type(seg).__name__}")
+        seg = seg.numpy() if not isinstance(seg.labels, np.ndarray) or not isinstance(seg.proposals, np.ndarray) else seg
+        labels = np.asarray(seg.labels, dtype=np.int32)
+        K = seg.num_segments
+        if labels.size and (int(labels.max()) >= K or int(labels.min()) < 0):
+            raise ValueError(f"segmentation labels must be in 0..{K - 1}; got {int(labels.min())}..{int(labels.max())}")
+        if rgb is not None and rgb.shape[:2] != labels.shape:
+            raise ValueError(f"frame {rgb.shape[:2]} and segmentation {labels.shape} differ in size")
+        self._setup(state, labels.shape)
+        reg = state.registry
+        seg_w = self._down(state, labels)
+        small, gray = self._work_image(state, rgb) if rgb is not None else (None, None)
+        props = np.asarray(seg.proposals, np.float32)
+        derived = seg.meta.get("proposals") == "derived-from-masks"
+
+        # 1. warp the previous ids into this frame
+        bwd, valid = self._flows(state, gray) if gray is not None else (None, None)
+        prev = state.prev_labels
+        if prev is None:
+            warped = np.zeros_like(seg_w)
+        elif bwd is not None:
+            warped = warp_labels(prev, bwd, valid, fill=0)
+        else:
+            warped = prev
+        A = np.unique(warped)
+        A = A[A > 0]
+        A = A[[int(a) in reg for a in A]] if len(A) else A
+        T = len(A)
+        rows = np.where(warped > 0, np.searchsorted(A, warped), -1) if T else np.full_like(warped, -1)
+        if T:
+            rows[(rows >= 0) & (A[np.minimum(rows, T - 1)] != warped)] = -1
+        inter = overlap_matrix(rows, T, seg_w, K)
+        area_t = inter.sum(1)
+        area_s = np.bincount(seg_w.ravel(), minlength=K)[:K]
+        iou = iou_from_overlap(inter, area_t, area_s)
+
+        # 2. costs and Hungarian on tracks present in the previous frame
+        hists = color_histograms(small, seg_w, K, cfg.hist_bins) if (small is not None and cfg.hist_bins) else None
+        P_warp = None
+        skl = None
+        if T:
+            P = np.stack([self._proposal_of(reg[a].proposal, props.shape[1:]) for a in A])
+            P_warp = warp_maps(P, bwd) if bwd is not None else P
+            if cfg.w_kl > 0 and K:
+                skl = symmetric_kl_matrix(P_warp, props)
+        cost = cost_matrix(iou, skl, cfg.w_iou, cfg.w_kl, cfg.kl_tau)
+        asg = hungarian_assign(cost, allowed=(iou >= cfg.min_iou) & (inter > 0), max_cost=cfg.max_cost)
+        seg_track = np.zeros(K, np.int64)
+        seg_track[asg.cols] = A[asg.rows]
+        taken = set(int(x) for x in A[asg.rows])
+
+        # 3. re-identification of remembered tracks (lost ones, and present ones left unmatched)
+        un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
+        if cfg.reid and len(un):
+            cand = [i for i in reg.lost_ids() if i not in taken] + [int(a) for a in A if int(a) not in taken]
+            if cand:
+                sim = self._reid_similarity(state, cand, un, seg_w, props, hists, derived, K)
+                r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
+                for ci, sj in zip(r.rows, r.cols):
+                    seg_track[un[sj]] = cand[ci]
+                    taken.add(cand[ci])
+
+        # 4a. splits: unmatched segments inside a track's warped mask join that track
+        if cfg.handle_splits and T:
+            for j in np.flatnonzero(seg_track == 0):
+                if area_s[j] == 0:
+                    continue
+                t = int(np.argmax(inter[:, j]))
+                if inter[t, j] < cfg.split_containment * area_s[j]:
+                    continue
+                tid = int(A[t])
+                th = reg[tid].hist
+                if cfg.split_min_appearance > 0 and hists is not None and th is not None:
+                    if float(bhattacharyya(hists[j:j + 1], th[None])[0, 0]) < cfg.split_min_appearance:
+                        continue
+                seg_track[j] = tid
+                taken.add(tid)
+
+        # 4b. merges: carve a segment along the warped ids of tracks it swallowed
+        carve: dict[int, list[int]] = {}
+        if cfg.handle_merges and T:
+            for t in range(T):
+                tid = int(A[t])
+                if tid in taken or area_t[t] < max(cfg.min_segment_area, 4):
+                    continue
+                j = int(np.argmax(inter[t]))
+                if seg_track[j] != 0 and inter[t, j] >= cfg.merge_containment * area_t[t]:
+                    carve.setdefault(j, []).append(tid)
+                    taken.add(tid)
+
+        # 5. new tracks
+        for j in np.flatnonzero(seg_track == 0):
+            if area_s[j] >= cfg.min_segment_area and (area_s[j] > 0 or cfg.min_segment_area == 0):
+                seg_track[j] = reg.new(idx).id
+
+        # outputs
+        lut = seg_track.astype(np.int32)
+        out_w = lut[seg_w]
+        out_full = lut[labels]
+        if carve:
+            warped_full = None
+            for j, tids in carve.items():
+                sel_w = (seg_w == j) & np.isin(warped, tids)
+                out_w[sel_w] = warped[sel_w]
+                if warped_full is None:
+                    warped_full = self._up(state, warped)
+                sel = (labels == j) & np.isin(warped_full, tids)
+                out_full[sel] = warped_full[sel]
+        self._update_tracks(state, out_w, small, idx, seg_track, props, area_s, A, P_warp)
+        state.prev_labels = out_w
+        state.prev_gray = gray
+        state.prev_full = out_full if cfg.keyframe_every > 1 else None
+        state.recent.append(seg)
+        ids = np.unique(lut[lut > 0])
+        if carve:
+            ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
+        return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut)
+
+    def _proposal_of(self, p: "np.ndarray | None", hw: tuple[int, int]) -> np.ndarray:
+        h, w = hw
+        if p is None:
+            return np.full((h, w), 1.0 / (h * w), np.float32)
+        if p.shape != (h, w):
+            p = cv2.resize(p, (w, h), interpolation=cv2.INTER_AREA if p.shape[0] > h else cv2.INTER_LINEAR)
+            p = np.maximum(p, 0)
+            p = p / max(float(p.sum()), 1e-12)
+        return p.astype(np.float32, copy=False)
+
+    def _reid_similarity(self, state: VideoState, cand: list[int], un: np.ndarray, seg_w: np.ndarray,
+                         props: np.ndarray, hists: "np.ndarray | None", derived: bool, K: int) -> np.ndarray:
+        """Similarity (len(cand), len(un)) in [0, 1] of remembered tracks vs unmatched segments."""
+        cfg = self.config
+        reg = state.registry
+        P = np.stack([self._proposal_of(reg[c].proposal, props.shape[1:]) for c in cand])
+        ksim = kl_similarity(symmetric_kl_matrix(P, props[un]), cfg.kl_tau)
+        # bbox IoU of the last known box vs the segment's box (work resolution)
+        objs = ndimage.find_objects(seg_w + 1, max_label=K)
+        sb = np.array([(o[0].start, o[1].start, o[0].stop, o[1].stop) if o is not None else (0, 0, 0, 0)
+                       for o in (objs[j] for j in un)], np.float64).reshape(-1, 4)
+        tb = np.array([reg[c].bbox for c in cand], np.float64).reshape(-1, 4)
+        iy = np.clip(np.minimum(tb[:, None, 2], sb[None, :, 2]) - np.maximum(tb[:, None, 0], sb[None, :, 0]), 0, None)
+        ix = np.clip(np.minimum(tb[:, None, 3], sb[None, :, 3]) - np.maximum(tb[:, None, 1], sb[None, :, 1]), 0, None)
+        at = (tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1])
+        as_ = (sb[:, 2] - sb[:, 0]) * (sb[:, 3] - sb[:, 1])
+        union = at[:, None] + as_[None, :] - iy * ix
+        biou = np.where(union > 0, iy * ix / np.maximum(union, 1e-9), 0.0)
+        position = 0.5 * (biou + ksim) if derived else biou
+        app = None
+        if hists is not None:
+            th = [reg[c].hist for c in cand]
+            if all(h is not None for h in th):
+                app = bhattacharyya(np.stack(th), hists[un])
+        if app is None:
+            app = ksim
+        elif not derived:
+            app = 0.5 * (app + ksim)
+        return cfg.reid_w_position * position + (1 - cfg.reid_w_position) * app
+
+    def _update_tracks(self, state: VideoState, out_w: np.ndarray, small: "np.ndarray | None", idx: int,
+                       seg_track: np.ndarray, props: np.ndarray, area_s: np.ndarray,
+                       A: np.ndarray, P_warp: "np.ndarray | None") -> None:
+        cfg = self.config
+        reg = state.registry
+        present = np.unique(out_w)
+        present = present[present > 0]
+        # tracks whose segments are not visible at work resolution still count as present
+        extra = np.setdiff1d(np.unique(seg_track[seg_track > 0]), present)
+        present_all = np.union1d(present, extra)
+        comp = np.where(out_w > 0, np.searchsorted(present, out_w), -1) if len(present) else np.full_like(out_w, -1)
+        n = len(present)
+        objs = ndimage.find_objects(comp + 1, max_label=n) if n else []
+        area = np.bincount(comp[comp >= 0], minlength=n) if n else np.zeros(0, np.int64)
+        hist = color_histograms(small, comp, n, cfg.hist_bins) if (small is not None and cfg.hist_bins and n) else None
+        a_row = {int(a): i for i, a in enumerate(A)}
+        ema = cfg.appearance_ema
+        for tid in present_all.tolist():
+            t = reg[tid]
+            segs = np.flatnonzero(seg_track == tid)
+            if len(segs):
+                w = area_s[segs].astype(np.float64) + 1e-9
+                p = (props[segs] * (w / w.sum())[:, None, None]).sum(0).astype(np.float32)
+            elif P_warp is not None and tid in a_row:
+                p = P_warp[a_row[tid]]
+            else:
+                p = t.proposal
+            t.proposal = p
+            i = int(np.searchsorted(present, tid)) if n else 0
+            if n and i < n and present[i] == tid:
+                o = objs[i]
+                if o is not None:
+                    t.bbox = (o[0].start, o[1].start, o[0].stop, o[1].stop)
+                t.area = int(area[i])
+                if hist is not None:
+                    t.hist = hist[i] if t.hist is None else ((1 - ema) * t.hist + ema * hist[i]).astype(np.float32)
+        reg.end_frame(idx, present_all)
+
+    def _propagate(self, state: VideoState, rgb: np.ndarray, idx: int) -> TrackedFrame:
+        """Non-keyframe: move the previous labels with the flow (keyframe mode)."""
+        if state.image_hw is not None and rgb.shape[:2] != state.image_hw:
+            raise ValueError(f"frame size changed within the video: {state.image_hw} then {rgb.shape[:2]}")
+        small, gray = self._work_image(state, rgb)
+        bwd, _ = self._flows(state, gray)
+        prev_full = state.prev_full if state.prev_full is not None else self._up(state, state.prev_labels)
+        if bwd is None:
+            out_full = prev_full.copy()
+        else:
+            out_full = warp_labels(prev_full, resize_flow(bwd, state.image_hw), border_replicate=True)
+        out_w = self._down(state, out_full)
+        A = np.unique(out_w)
+        A = A[A > 0]
+        P_warp = None
+        if len(A) and bwd is not None:
+            reg = state.registry
+            props_hw = next((reg[a].proposal.shape for a in A if reg[a].proposal is not None), None)
+            if props_hw is not None:
+                P_warp = warp_maps(np.stack([self._proposal_of(reg[a].proposal, props_hw) for a in A]), bwd)
+        self._update_tracks(state, out_w, small, idx, np.zeros(0, np.int64), np.zeros((0, 1, 1), np.float32),
+                            np.zeros(0, np.int64), A, P_warp)
+        state.prev_labels, state.prev_gray, state.prev_full = out_w, gray, out_full
+        ids = np.unique(out_full)
+        return TrackedFrame(idx, out_full, ids[ids > 0].astype(np.int32), None, False)
+
+    def _hold(self, state: VideoState, idx: int) -> TrackedFrame:
+        """Non-keyframe without images: repeat the previous labels."""
+        out_full = state.prev_full if state.prev_full is not None else self._up(state, state.prev_labels)
+        ids = np.unique(out_full)
+        ids = ids[ids > 0]
+        state.registry.end_frame(idx, ids)
+        return TrackedFrame(idx, out_full.copy(), ids.astype(np.int32), None, False)
+
+
+def link_label_maps(label_maps: Iterable[np.ndarray], frames: "Iterable[Any] | None" = None,
+                    config: TrackerConfig = TrackerConfig()) -> Iterator[TrackedFrame]:
+    """Convenience: link arbitrary per-frame label maps (proposals derived from the masks).
+
+    Args:
+        label_maps: int ``(H, W)`` per frame, labels independent per frame.
+        frames: matching RGB frames (required when ``config.use_flow``).
+        config: tracker settings.
+
+    Yields:
+        `TrackedFrame` per frame.
+    """
+    vs = VideoSegmenter(None, config)
+    segs = (segmentation_from_labels(l, config.proposal_side, config.proposal_floor, config.work_side)
+            for l in label_maps)
+    yield from vs.iter_video(frames, segs)

@@ -1,0 +1,96 @@
+"""`TrackRegistry`: permanent track ids, their appearance memory, miss counts, retirement.
+
+Track ids are separate from per-frame segment indices, increase monotonically from
+``id_offset + 1`` and are never reused, even after a track is retired.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class Track:
+    """What the tracker remembers about one track.
+
+    Attributes:
+        id: permanent id (>= 1).
+        first_frame: frame index where it appeared.
+        last_frame: last frame index where it was present.
+        proposal: float32 ``(h, w)`` distribution (the last merged attention/proposal map).
+        hist: float32 ``(bins**3,)`` colour histogram (EMA), or None without images.
+        bbox: ``(y0, x0, y1, x1)`` at work resolution when last seen (exclusive ends).
+        area: work-resolution pixels when last seen.
+        missed: consecutive frames it has been absent.
+    """
+
+    id: int
+    first_frame: int
+    last_frame: int
+    proposal: Optional[np.ndarray] = None
+    hist: Optional[np.ndarray] = None
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+    area: int = 0
+    missed: int = 0
+
+
+class TrackRegistry:
+    """Bounded set of live tracks (present, or missing for at most ``max_missed`` frames).
+
+    Args:
+        max_missed: frames an absent track is kept for re-identification.
+        id_offset: first id handed out is ``id_offset + 1``.
+    """
+
+    def __init__(self, max_missed: int = 30, id_offset: int = 0) -> None:
+        self.max_missed = int(max_missed)
+        self.next_id = int(id_offset) + 1
+        self.tracks: dict[int, Track] = {}
+        self.n_created = 0
+
+    def new(self, frame_index: int) -> Track:
+        """Create a track with a fresh id (never reused)."""
+        t = Track(id=self.next_id, first_frame=frame_index, last_frame=frame_index)
+        self.tracks[t.id] = t
+        self.next_id += 1
+        self.n_created += 1
+        return t
+
+    def __contains__(self, tid: int) -> bool:
+        return int(tid) in self.tracks
+
+    def __getitem__(self, tid: int) -> Track:
+        return self.tracks[int(tid)]
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def lost_ids(self) -> list[int]:
+        """Ids of remembered tracks that were absent in the last frame."""
+        return [t.id for t in self.tracks.values() if t.missed > 0]
+
+    @property
+    def max_id(self) -> int:
+        """Largest id handed out so far (``id_offset`` when none)."""
+        return self.next_id - 1
+
+    def end_frame(self, frame_index: int, present: "np.ndarray | list[int]") -> list[int]:
+        """Close a frame: present tracks are seen, others miss one more frame.
+
+        Returns:
+            ids retired in this frame (absent for more than ``max_missed`` frames).
+        """
+        present_set = {int(i) for i in np.asarray(present).ravel()}
+        retired = []
+        for t in list(self.tracks.values()):
+            if t.id in present_set:
+                t.missed = 0
+                t.last_frame = frame_index
+            else:
+                t.missed += 1
+                if t.missed > self.max_missed:
+                    del self.tracks[t.id]
+                    retired.append(t.id)
+        return retired

@@ -1,0 +1,63 @@
+"""Data types of the `temporal` package: tracked frames and job results."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from diffseg_core.types import Segmentation
+
+
+@dataclass
+class TrackedFrame:
+    """One frame of a tracked video.
+
+    Attributes:
+        frame_index: index of the frame in the source (after ``start``/``stride``), 0-based.
+        labels: int32 ``(H, W)`` permanent track id per pixel, ``>= 1``; 0 = no track.
+        track_ids: int32 ``(M,)`` sorted ids present in ``labels`` (0 excluded).
+        segmentation: the per-frame segmentation the ids were linked from (None on frames
+            propagated by flow in keyframe mode).
+        keyframe: True when the frame was segmented (not only propagated by flow).
+        segment_to_track: int32 ``(K,)``: track id given to each segment of
+            ``segmentation`` (0 when a segment got no track); empty on propagated frames.
+    """
+
+    frame_index: int
+    labels: np.ndarray
+    track_ids: np.ndarray
+    segmentation: Optional[Segmentation] = None
+    keyframe: bool = True
+    segment_to_track: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+
+@dataclass
+class VideoResult:
+    """What `temporal.api.segment_video` / `track_segments` did.
+
+    Attributes:
+        n_frames: frames processed and written.
+        n_tracks: distinct track ids written.
+        complete: False when the run stopped early (decode failure); outputs then hold the
+            frames before the failure.
+        error: the error message when ``complete`` is False, else None.
+        seconds: wall-clock time of the job.
+        out_dir: the output folder.
+        labels_dir: ``out_dir/labels`` (one PNG per frame, track ids).
+        tracks_json: ``out_dir/tracks.json``.
+        overlay: ``out_dir/overlay.mp4`` or None when not written.
+        max_track_id: the largest id used (next chunk's ``id_offset`` for the runner).
+    """
+
+    n_frames: int
+    n_tracks: int
+    complete: bool
+    error: Optional[str]
+    seconds: float
+    out_dir: Path
+    labels_dir: Path
+    tracks_json: Path
+    overlay: Optional[Path] = None
+    max_track_id: int = 0
