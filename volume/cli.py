@@ -1,10 +1,211 @@
-"""Placeholder: replaced by the owning package's CLI."""
+"""`diffseg volume`, `diffseg stack` and `diffseg evaluate volume` (thin wrappers of `volume.api`)."""
 from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+from diffseg_core.errors import InputError
+
+VOLUME_EPILOG = """examples:
+  diffseg volume scan.nii.gz -o labels.nii.gz --window soft-tissue
+  diffseg volume dicom_folder/ -o out/ --series 1.2.840.113619.2.55.3 --window lung
+  diffseg volume nuclei.tif -o labels.tif --window percentile --axes all
+  diffseg volume scan.nii.gz -o labels.npy --axis x --min-size 200 --size 256 --batch-size 8
+outputs: the labels (format from the -o extension: .nii.gz/.nii with the input's affine,
+.tif with ImageJ spacing, .npy; a folder gets labels.<input format>), labels.json beside
+them (per label: voxels, volume, bbox, slice range) and <name>_montage.png (mid-planes).
+"""
+
+STACK_EPILOG = """examples:
+  diffseg stack cellpose_slices.tif -o labels.tif                # 0 = background
+  diffseg stack diffseg_slices.nii.gz -o labels.nii.gz --background none --image scan.nii.gz
+"""
+
+
+def _axis(text: str) -> "int | None":
+    from .types import parse_axis
+
+    try:
+        return parse_axis(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def _window(text: str):
+    from .types import parse_window
+
+    try:
+        return parse_window(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def _percentiles(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH like 1,99; got {text!r}")
+    return lo, hi
+
+
+def _background(text: str) -> "int | None":
+    if text.strip().lower() in ("none", "no", "-"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer label value or 'none'; got {text!r}")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("volume")
+    g.add_argument("-o", "--output", required=True,
+                   help="label file (.nii.gz, .nii, .tif, .npy) or a folder (labels in the input's format)")
+    g.add_argument("--series", default=None, help="DICOM SeriesInstanceUID when the folder holds several")
+    g.add_argument("--index", type=int, default=None, help="volume index of 4-D input (time / channel)")
+    g.add_argument("--axis", type=_axis, default=None, metavar="{z,y,x,0,1,2,auto}",
+                   help="slicing axis of the (D, H, W) array; default: through-plane (largest spacing)")
+    g.add_argument("--axes", choices=("one", "all"), default="one",
+                   help="'all': slice along all three axes and fuse (majority after Hungarian matching)")
+    g.add_argument("--min-size", type=int, default=64,
+                   help="3D fragments smaller than this many voxels join their neighbour [%(default)s]")
+    g.add_argument("--split-disconnected", action="store_true",
+                   help="give every 3D connected component its own id")
+    g.add_argument("--memory", type=int, default=3, help="slices a lost structure stays matchable [%(default)s]")
+    g.add_argument("--min-overlap", type=float, default=0.2,
+                   help="IoU needed to continue a structure on the next slice [%(default)s]")
+    g.add_argument("--no-montage", action="store_true", help="do not write the montage PNG")
+    g.add_argument("--no-json", action="store_true", help="do not write labels.json")
+    g.add_argument("--int32", action="store_true", help="write int32 labels (default: smallest dtype that fits)")
+    g.add_argument("--window", type=_window, default="auto",
+                   help="intensity: auto, percentile, minmax, soft-tissue (L40/W400), lung (L-600/W1500), "
+                        "bone (L400/W1800), brain (L40/W80) or LEVEL,WIDTH in HU [auto: CT window for HU data]")
+    g.add_argument("--percentiles", type=_percentiles, default=(1.0, 99.0),
+                   help="LOW,HIGH percentiles of --window percentile [1,99]")
+
+
+def _config(args: argparse.Namespace, background: "int | None", kl_weight: float):
+    from .types import LinkConfig, VolumeConfig
+
+    try:
+        return VolumeConfig(
+            axis=args.axis, axes=args.axes, window=args.window, percentiles=tuple(args.percentiles),
+            min_size=args.min_size, split_disconnected=args.split_disconnected,
+            resample_inplane=not getattr(args, "no_resample", False), index=args.index, series=args.series,
+            link=LinkConfig(min_overlap=args.min_overlap, memory=args.memory, background=background,
+                            kl_weight=kl_weight),
+            montage=not args.no_montage, write_json=not args.no_json,
+            output_dtype="int32" if args.int32 else "auto",
+        )
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from exc
+
+
+@contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Print every warning as one 'diffseg CMD: warning: ...' line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen = set()
+            for w in caught:
+                msg = str(w.message)
+                if msg not in seen and not issubclass(w.category, (DeprecationWarning, FutureWarning)):
+                    seen.add(msg)
+                    print(f"diffseg {command}: warning: {msg}", file=sys.stderr)
+
+
+def _report(result) -> None:
+    extra = f", {result.json_path.name}" if result.json_path else ""
+    extra += f", {result.montage_path.name}" if result.montage_path else ""
+    print(f"wrote {result.labels_path}{extra}: {result.n_labels} labels, shape {list(result.shape)}, "
+          f"axis {'zyx'[result.axis]}, {result.seconds:.1f} s")
+
+
+def _run_volume(args: argparse.Namespace) -> int:
+    from diffseg_core.cli_args import segmenter_config_from_args
+
+    from .api import segment_volume
+
+    cfg = _config(args, background=None, kl_weight=args.kl_weight)
+    seg_cfg = segmenter_config_from_args(args)
+    with _warnings_as_lines("volume"):
+        result = segment_volume(args.input, args.output, seg_cfg, cfg)
+    _report(result)
+    return 0
+
+
+def _run_stack(args: argparse.Namespace) -> int:
+    from .api import stack_labels
+
+    cfg = _config(args, background=args.background, kl_weight=0.0)
+    with _warnings_as_lines("stack"):
+        result = stack_labels(args.labels, args.output, cfg, image_path=args.image)
+    _report(result)
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import volume_dice
+    from .io import read_label_volume
+
+    with _warnings_as_lines("evaluate"):
+        pred, pv = read_label_volume(args.pred, index=args.index)
+        gt, gv = read_label_volume(args.gt, index=args.index)
+        if pv.shape != gv.shape:
+            raise InputError(f"{args.pred}: shape {pv.shape} differs from ground truth {args.gt} {gv.shape}")
+        scores = volume_dice(pred, gt, oracle=not args.no_oracle, axis=args.axis if args.axis is not None else 0)
+    d = scores.to_dict()
+    d["pred"], d["gt"] = str(args.pred), str(args.gt)
+    print(json.dumps(d, indent=1 if args.pretty else None))
+    return 0
 
 
 def register(sub, parent) -> None:
-    pass
+    """Add ``volume`` and ``stack`` to the ``diffseg`` subcommands."""
+    from diffseg_core.cli_args import add_segmenter_args
+
+    p = sub.add_parser("volume", parents=[parent], help="segment a 3D scan (NIfTI, DICOM, TIFF, npy) into 3D labels",
+                       description="Slice-wise DiffSeg, slices linked into consistent 3D labels in the input's geometry.",
+                       epilog=VOLUME_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="NIfTI file, DICOM folder, TIFF stack (ZYX) or .npy")
+    _add_common(p)
+    p.add_argument("--no-resample", action="store_true",
+                   help="segment anisotropic slices as they are (default: square pixels first)")
+    p.add_argument("--kl-weight", type=float, default=0.5,
+                   help="weight of the attention-map KL next to overlap when linking slices [%(default)s]")
+    add_segmenter_args(p)
+    p.set_defaults(func=_run_volume)
+
+    s = sub.add_parser("stack", parents=[parent], help="link independently labelled slices into 3D labels",
+                       description="Bring your own 2D labels: link a volume whose slices were labelled "
+                                   "independently (any 2D segmenter) into consistent 3D labels.",
+                       epilog=STACK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("labels", help="label volume (NIfTI, TIFF, npy), ids independent per slice")
+    s.add_argument("--image", default=None, help="intensity volume of the same shape (montage background)")
+    s.add_argument("--background", type=_background, default=0,
+                   help="input value meaning 'no segment', or 'none' when every value is a segment "
+                        "(DiffSeg's 0..K-1) [0]")
+    _add_common(s)
+    s.set_defaults(func=_run_stack)
 
 
-def register_evaluate(sub, parent) -> None:
-    pass
+def register_evaluate(ev_sub, parent) -> None:
+    """Add ``evaluate volume``."""
+    e = ev_sub.add_parser("volume", parents=[parent], help="3D Dice of a label volume vs ground truth (JSON)",
+                          description="Dice per ground-truth label after one Hungarian matching over the whole "
+                                      "volume, the mean Dice, and the per-slice-oracle Dice (each slice matched "
+                                      "on its own: the upper bound that ignores id consistency). JSON on stdout.")
+    e.add_argument("pred", help="predicted label volume (0 = none)")
+    e.add_argument("gt", help="ground-truth label volume (0 = background, not scored)")
+    e.add_argument("--axis", type=_axis, default=None, help="slicing axis of the oracle [z]")
+    e.add_argument("--index", type=int, default=None, help="volume index of 4-D input")
+    e.add_argument("--no-oracle", action="store_true", help="skip the per-slice oracle")
+    e.add_argument("--pretty", action="store_true", help="indented JSON")
+    e.set_defaults(func=_run_evaluate)

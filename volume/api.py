@@ -1,0 +1,263 @@
+"""Plain-Python jobs behind `diffseg volume` and `diffseg stack` (the CLI is a thin wrapper).
+
+    segment_volume(input_path, output_path, segmenter, config) -> VolumeResult
+    stack_labels(labels_path, output_path, config, image_path=None) -> VolumeResult
+
+Both stream slices in order through a `SliceLinker` (slice index = time index), write the
+int32 ids into one label volume (the only full-size array besides the input), clean it up
+in 3D (`postprocess`), and write labels, ``labels.json`` and a montage, each atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from diffseg_core.errors import InputError
+from diffseg_core.progress import progress
+
+from .geometry import inplane_spacing, resize_gray, resize_nearest, square_shape, take_slice, through_plane_axis
+from .intensity import IntensityMap, gray_to_rgb, plan_intensity, to_uint8
+from .io import (VolumeWarning, default_output_name, output_format, read_label_volume, read_volume,
+                 write_labels)
+from .postprocess import relabel_consecutive, remove_fragments
+from .report import side_paths, write_labels_json, write_montage
+from .stacking import SliceLinker, segment_index
+from .types import LinkConfig, Volume, VolumeConfig, VolumeResult
+
+log = logging.getLogger("diffseg.volume")
+
+
+class Segmenter(Protocol):
+    """Anything with DiffSeg's batch interface: uint8 RGB images -> `Segmentation`s."""
+
+    def segment(self, images: Sequence[np.ndarray]) -> list[Any]: ...
+
+
+#: (segment index int (a, b) with -1 = none, proposals float32 (K, h, w) or None)
+SliceSeg = tuple[np.ndarray, "np.ndarray | None"]
+
+
+def resolve_output(output_path: "str | os.PathLike", vol: Volume) -> Path:
+    """The label file to write: ``output_path`` if it names a label format, else a folder
+    that receives ``labels.<input's own format>``."""
+    p = Path(output_path)
+    try:
+        output_format(p)
+        return p
+    except InputError:
+        if p.suffix and not p.is_dir() and p.suffix.lower() in (".png", ".jpg", ".json", ".gz", ".dcm", ".mha", ".nrrd"):
+            raise
+        return p / default_output_name(vol)
+
+
+def choose_axis(config: VolumeConfig, vol: Volume) -> int:
+    """``config.axis`` or the through-plane axis (largest spacing; ties -> 0)."""
+    return through_plane_axis(vol.spacing) if config.axis is None else int(config.axis)
+
+
+def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSeg],
+                link: LinkConfig, out: "np.ndarray | None" = None, desc: str = "linking") -> np.ndarray:
+    """Link per-slice segmentations along ``axis`` into one int32 id volume.
+
+    Args:
+        shape: ``(D, H, W)`` of the volume.
+        axis: slicing axis.
+        slices: per slice in order, ``(segment index, proposals)``; the index is an int
+            ``(a, b)`` array (the two other axes in order), ``-1`` = no segment.
+        link: linking options.
+        out: int32 ``(D, H, W)`` array (or memmap) to fill; allocated when None.
+
+    Returns:
+        int32 ``(D, H, W)`` track ids (0 = none).
+    """
+    if out is None:
+        out = np.zeros(shape, np.int32)
+    linker = SliceLinker(link)
+    n = shape[axis]
+    for i, (seg, props) in enumerate(progress(slices, total=n, desc=desc, unit="slice")):
+        if i >= n:
+            raise ValueError(f"more slices than the volume has along axis {axis} ({n})")
+        take_slice(out, axis, i)[...] = linker.step(seg, props)
+    log.debug("linking axis %d: %s", axis, linker.stats)
+    return out
+
+
+def cleanup(labels: np.ndarray, config: VolumeConfig) -> int:
+    """3D fragment removal (+ optional component split) and consecutive ids; returns n."""
+    st = remove_fragments(labels, int(config.min_size), split_disconnected=config.split_disconnected)
+    if st.fragments:
+        log.debug("merged %d fragments (%d voxels) into neighbours", st.fragments, st.voxels)
+    return relabel_consecutive(labels)
+
+
+# ----------------------------------------------------------------------------- DiffSeg path
+class _SliceImages:
+    """Slices of a volume along an axis as uint8 RGB at square pixels (bounded memory)."""
+
+    def __init__(self, vol: Volume, axis: int, imap: IntensityMap, resample: bool) -> None:
+        self.vol, self.axis, self.imap = vol, axis, imap
+        self.hw = tuple(s for i, s in enumerate(vol.shape) if i != axis)
+        self.seg_hw = square_shape(self.hw, inplane_spacing(vol.spacing, axis)) if resample else self.hw
+        self.bad = 0
+
+    def gray(self, i: int) -> np.ndarray:
+        g, nb = to_uint8(self.vol.slice_values(self.axis, i), self.imap)
+        self.bad += nb
+        return g
+
+    def rgb(self, i: int) -> np.ndarray:
+        return gray_to_rgb(resize_gray(self.gray(i), self.seg_hw))
+
+
+def _diffseg_slices(images: _SliceImages, segmenter: Segmenter, batch: int) -> Iterator[SliceSeg]:
+    n = images.vol.shape[images.axis]
+    for b0 in range(0, n, batch):
+        rgbs = [images.rgb(i) for i in range(b0, min(n, b0 + batch))]
+        segs = segmenter.segment(rgbs)
+        if len(segs) != len(rgbs):
+            raise ValueError(f"segmenter returned {len(segs)} results for {len(rgbs)} slices")
+        for s in segs:
+            s = s.numpy() if hasattr(s, "numpy") else s
+            lab = resize_nearest(np.asarray(s.labels), images.hw)  # back to the input grid
+            yield lab.astype(np.int32), np.asarray(s.proposals, np.float32)
+
+
+def _make_segmenter(segmenter: "Segmenter | Any | None") -> Segmenter:
+    if segmenter is None or not hasattr(segmenter, "segment"):
+        from diffseg_core.config import SegmenterConfig
+        from diffseg_core.segmenter import DiffSegSegmenter
+
+        cfg = segmenter if segmenter is not None else SegmenterConfig()
+        if not isinstance(cfg, SegmenterConfig):
+            raise TypeError(f"`segmenter` must have .segment(images) or be a SegmenterConfig; got {type(segmenter)}")
+        return DiffSegSegmenter(cfg)
+    return segmenter
+
+
+def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathLike",
+                   segmenter: "Segmenter | Any | None" = None, config: VolumeConfig = VolumeConfig(),
+                   ) -> VolumeResult:
+    """Segment a 3D scan slice by slice with DiffSeg and link the slices into 3D labels.
+
+    Args:
+        input_path: ``.nii``/``.nii.gz``, DICOM folder, ``.tif`` stack (ZYX) or ``.npy``.
+        output_path: label file (``.nii.gz``, ``.nii``, ``.tif``, ``.npy``) or a folder
+            (then ``labels.<input format>``). ``labels.json`` and ``<name>_montage.png`` go
+            beside it.
+        segmenter: an object with ``segment(list of uint8 RGB (H, W, 3)) -> list of
+            Segmentation`` (e.g. `DiffSegSegmenter`), a `SegmenterConfig`, or None (default
+            DiffSeg model).
+        config: volume options.
+
+    Returns:
+        `VolumeResult`.
+
+    Raises:
+        InputError: unreadable input, bad options.
+    """
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    vol = read_volume(input_path, index=config.index, series=config.series)
+    labels_path = resolve_output(output_path, vol)
+    output_format(labels_path)  # fail before any work on a bad extension
+    seg = _make_segmenter(segmenter)
+    batch = max(1, int(getattr(getattr(seg, "config", None), "batch_size", 1) or 1))
+    imap = plan_intensity(vol, config.window, config.percentiles)
+    log.info("%s: shape %s spacing %s, intensity %s", vol.path, vol.shape, vol.spacing, imap.mode)
+    axis = choose_axis(config, vol)
+    axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
+    results = []
+    bad = 0
+    for ax in axes:
+        images = _SliceImages(vol, ax, imap, config.resample_inplane)
+        results.append(link_volume(vol.shape, ax, _diffseg_slices(images, seg, batch), config.link,
+                                   desc=f"axis {'zyx'[ax]}"))
+        bad = max(bad, images.bad)
+    labels = results[0]
+    if len(results) == 3:
+        from .fusion import fuse_majority
+
+        fuse_majority(labels, results[1:])
+        del results
+    if bad:
+        msg = f"{vol.path}: {bad} NaN/inf voxels replaced by {imap.fill:g} (the low end of the intensity range)"
+        warnings.warn(msg, VolumeWarning, stacklevel=2)
+        notes.append(msg)
+    n = cleanup(labels, config)
+
+    def gray(ax: int, i: int) -> np.ndarray:
+        return to_uint8(vol.slice_values(ax, i), imap)[0]
+
+    return _write_outputs(labels, vol, labels_path, axis, n, config, gray, t0, notes,
+                          {"intensity": imap.mode, "axes": config.axes})
+
+
+# ----------------------------------------------------------------------------- bring your own
+def _label_slices(lab: np.ndarray, axis: int, background: "int | None") -> Iterator[SliceSeg]:
+    for i in range(lab.shape[axis]):
+        seg, _ = segment_index(np.asarray(take_slice(lab, axis, i)), background)
+        yield seg, None
+
+
+def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLike",
+                 config: VolumeConfig = VolumeConfig(link=LinkConfig(background=0)),
+                 image_path: "str | os.PathLike | None" = None) -> VolumeResult:
+    """Link a volume whose slices were labelled independently into consistent 3D labels.
+
+    Args:
+        labels_path: integer label volume (NIfTI, TIFF, npy, DICOM); every slice along the
+            slicing axis has its own arbitrary ids.
+        output_path: label file or folder, as in `segment_volume`.
+        config: options; ``config.link.background`` is the "no segment" value of the input
+            (0 for most 2D instance segmenters, None when every value is a segment).
+        image_path: the intensity volume the labels belong to (montage background; must
+            have the same shape).
+
+    Returns:
+        `VolumeResult`.
+    """
+    t0 = time.perf_counter()
+    lab, vol = read_label_volume(labels_path, index=config.index, series=config.series)
+    out_path = resolve_output(output_path, vol)
+    output_format(out_path)
+    axis = choose_axis(config, vol)
+    image = None
+    if image_path is not None:
+        image = read_volume(image_path, index=config.index, series=config.series)
+        if image.shape != vol.shape:
+            raise InputError(f"{image_path}: image shape {image.shape} differs from labels {vol.shape}")
+    axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
+    results = [link_volume(vol.shape, ax, _label_slices(lab, ax, config.link.background), config.link,
+                           desc=f"axis {'zyx'[ax]}") for ax in axes]
+    labels = results[0]
+    if len(results) == 3:
+        from .fusion import fuse_majority
+
+        fuse_majority(labels, results[1:])
+        del results
+    n = cleanup(labels, config)
+    gray_fn: "Callable[[int, int], np.ndarray] | None" = None
+    if image is not None:
+        imap = plan_intensity(image, config.window, config.percentiles)
+
+        def gray_fn(ax: int, i: int) -> np.ndarray:
+            return to_uint8(image.slice_values(ax, i), imap)[0]
+
+    return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [], {"axes": config.axes})
+
+
+def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int, n: int,
+                   config: VolumeConfig, gray: "Callable[[int, int], np.ndarray] | None", t0: float,
+                   notes: list[str], extra: dict) -> VolumeResult:
+    write_labels(labels_path, labels, vol, config.output_dtype)
+    json_path, montage_path = side_paths(labels_path)
+    jp = write_labels_json(json_path, labels, vol, axis, extra) if config.write_json else None
+    mp = write_montage(montage_path, labels, vol.spacing, gray) if config.montage else None
+    return VolumeResult(shape=vol.shape, n_labels=n, seconds=time.perf_counter() - t0, labels_path=labels_path,
+                        json_path=jp, montage_path=mp, axis=axis, spacing=vol.spacing, warnings=notes)

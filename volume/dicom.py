@@ -1,0 +1,216 @@
+"""DICOM series folders -> `Volume` (pydicom), with geometry checks.
+
+Slices are grouped by SeriesInstanceUID, sorted by ImagePositionPatient projected on the
+slice normal (row x column direction), rescaled with RescaleSlope/Intercept; the spacing
+is PixelSpacing plus the distance between consecutive positions. The affine maps
+``(slice, row, column)`` indices to RAS+ mm (DICOM's LPS with x and y negated).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffseg_core.errors import InputError
+
+from .types import Volume
+
+log = logging.getLogger("diffseg.volume")
+#: Relative deviation of slice gaps tolerated silently.
+GAP_TOLERANCE = 0.01
+#: A gap larger than this many median gaps means slices are missing: an error.
+MISSING_FACTOR = 1.5
+
+
+@dataclass
+class _SeriesInfo:
+    uid: str
+    description: str = ""
+    modality: str = ""
+    files: list[Path] = field(default_factory=list)
+
+
+def _candidate_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")
+                  and f.name.upper() != "DICOMDIR")
+
+
+def list_series(folder: "str | Path") -> dict[str, _SeriesInfo]:
+    """SeriesInstanceUID -> files, description, modality of every DICOM image in ``folder``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    series: dict[str, _SeriesInfo] = {}
+    for f in _candidate_files(folder):
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+            continue
+        if "Rows" not in ds or "Columns" not in ds:
+            continue  # not an image (SR, presentation state, ...)
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "unknown")
+        info = series.setdefault(uid, _SeriesInfo(uid, str(getattr(ds, "SeriesDescription", "") or ""),
+                                                  str(getattr(ds, "Modality", "") or "")))
+        info.files.append(f)
+    return series
+
+
+def read_dicom_series(path: "str | Path", series: "str | None" = None) -> Volume:
+    """Read one DICOM series as a ``(D, H, W)`` = ``(slice, row, column)`` `Volume`.
+
+    Args:
+        path: folder with the series (searched recursively), or one ``.dcm`` file of it.
+        series: SeriesInstanceUID to read when there are several.
+
+    Raises:
+        InputError: no DICOM images, several series and none chosen (the message lists them),
+            differing slice sizes or orientations, duplicate positions, missing slices.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    found = list_series(folder)
+    if not found:
+        raise InputError(f"{folder}: no DICOM image files found")
+    if path.is_file() and series is None:
+        import pydicom
+
+        try:
+            series = str(pydicom.dcmread(str(path), stop_before_pixels=True).SeriesInstanceUID)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable DICOM file ({exc})") from exc
+    if series is None:
+        if len(found) > 1:
+            lines = "; ".join(f"{s.uid} ({s.modality or '?'} '{s.description}', {len(s.files)} files)"
+                              for s in found.values())
+            raise InputError(f"{folder}: {len(found)} DICOM series found, pick one with --series UID: {lines}")
+        info = next(iter(found.values()))
+    else:
+        if series not in found:
+            raise InputError(f"{folder}: no series {series!r}; found {', '.join(found)}")
+        info = found[series]
+    return _read_series(folder, info)
+
+
+def _floats(ds: Any, name: str, n: int) -> "np.ndarray | None":
+    v = getattr(ds, name, None)
+    if v is None:
+        return None
+    try:
+        a = np.array([float(x) for x in v], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return a if a.shape == (n,) and np.isfinite(a).all() else None
+
+
+def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
+    import pydicom
+
+    dss = []
+    for f in info.files:
+        try:
+            ds = pydicom.dcmread(str(f))
+        except Exception as exc:
+            raise InputError(f"{f}: not a readable DICOM file ({exc})") from exc
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            raise InputError(f"{f}: multi-frame (enhanced) DICOM is not supported; export single-frame slices")
+        dss.append((f, ds))
+    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in dss}
+    if len(sizes) > 1:
+        raise InputError(f"{folder}: series {info.uid} has slices of different sizes {sorted(sizes)}")
+    rows, cols = sizes.pop()
+
+    iops = [_floats(ds, "ImageOrientationPatient", 6) for _, ds in dss]
+    ipps = [_floats(ds, "ImagePositionPatient", 3) for _, ds in dss]
+    ps = _floats(dss[0][1], "PixelSpacing", 2)
+    if ps is None:
+        warnings.warn(f"{folder}: no PixelSpacing; assuming 1 mm pixels", UserWarning, stacklevel=3)
+        ps = np.array([1.0, 1.0])
+    if (ps <= 0).any():
+        raise InputError(f"{folder}: PixelSpacing must be positive; got {ps.tolist()}")
+    geometry = all(o is not None for o in iops) and all(p is not None for p in ipps)
+    if geometry:
+        iop0 = iops[0]
+        if any(np.abs(o - iop0).max() > 1e-3 for o in iops):  # type: ignore[operator]
+            raise InputError(f"{folder}: series {info.uid} mixes slice orientations (ImageOrientationPatient differs)")
+        rowdir, coldir = iop0[:3], iop0[3:]  # type: ignore[index]
+        normal = np.cross(rowdir, coldir)
+        pos = np.array([float(np.dot(p, normal)) for p in ipps])  # type: ignore[arg-type]
+        order = np.argsort(pos, kind="stable")
+        pos_sorted = pos[order]
+        if len(pos) > 1:
+            gaps = np.diff(pos_sorted)
+            if (gaps < 1e-4).any():
+                k = int(np.argmax(gaps < 1e-4))
+                raise InputError(
+                    f"{folder}: series {info.uid} has two slices at the same position {pos_sorted[k]:.3f} mm "
+                    f"({dss[order[k]][0].name}, {dss[order[k + 1]][0].name}); several acquisitions in one series?"
+                )
+            med = float(np.median(gaps))
+            if gaps.max() > MISSING_FACTOR * med:
+                k = int(np.argmax(gaps))
+                raise InputError(
+                    f"{folder}: series {info.uid} has a gap of {gaps[k]:.3f} mm between slices at "
+                    f"{pos_sorted[k]:.3f} and {pos_sorted[k + 1]:.3f} mm (usual spacing {med:.3f} mm): slices missing"
+                )
+            dz = float((pos_sorted[-1] - pos_sorted[0]) / (len(pos) - 1))
+            if (np.abs(gaps - dz) > GAP_TOLERANCE * dz).any():
+                warnings.warn(
+                    f"{folder}: slice spacing varies from {gaps.min():.4f} to {gaps.max():.4f} mm; "
+                    f"using the mean {dz:.4f} mm (output geometry assumes uniform spacing)",
+                    UserWarning, stacklevel=3,
+                )
+            step = (ipps[order[-1]] - ipps[order[0]]) / (len(pos) - 1)  # type: ignore[operator]
+        else:
+            dz = float(getattr(dss[0][1], "SliceThickness", 1.0) or 1.0)
+            step = normal * dz
+        origin = ipps[order[0]]
+    else:
+        warnings.warn(
+            f"{folder}: slices lack ImagePositionPatient/ImageOrientationPatient; sorted by InstanceNumber, "
+            "spacing from SliceThickness, axis-aligned geometry assumed", UserWarning, stacklevel=3,
+        )
+        order = np.argsort([int(getattr(ds, "InstanceNumber", i) or i) for i, (_, ds) in enumerate(dss)],
+                           kind="stable")
+        dz = float(getattr(dss[0][1], "SliceThickness", 1.0) or 1.0)
+        rowdir, coldir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+        step = np.array([0, 0, dz])
+        origin = np.zeros(3)
+    if not dz > 0:
+        raise InputError(f"{folder}: slice spacing must be positive; got {dz}")
+
+    slopes = {float(getattr(ds, "RescaleSlope", 1) or 1) for _, ds in dss}
+    inters = {float(getattr(ds, "RescaleIntercept", 0) or 0) for _, ds in dss}
+    first = dss[order[0]][1].pixel_array
+    uniform = len(slopes) == 1 and len(inters) == 1
+    dtype = first.dtype if uniform else np.float32
+    data = np.empty((len(dss), rows, cols), dtype=dtype)
+    for i, k in enumerate(order):
+        f, ds = dss[k]
+        try:
+            px = ds.pixel_array
+        except Exception as exc:
+            raise InputError(f"{f}: cannot decode pixel data ({exc})") from exc
+        if px.shape != (rows, cols):
+            raise InputError(f"{f}: pixel data shape {px.shape} differs from Rows x Columns {(rows, cols)}")
+        if uniform:
+            data[i] = px
+        else:  # per-slice rescale: apply here (float32)
+            data[i] = px * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    dy, dx = float(ps[0]), float(ps[1])
+    lps = np.eye(4)
+    lps[:3, 0] = step
+    lps[:3, 1] = np.asarray(coldir) * dy
+    lps[:3, 2] = np.asarray(rowdir) * dx
+    lps[:3, 3] = origin
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
+    return Volume(
+        data=data, spacing=(dz, dy, dx), affine=affine, source_format="dicom", path=folder,
+        spacing_known=True, unit="mm", modality=info.modality,
+        meta={"dicom_series": info.uid, "dicom_description": info.description},
+        slope=next(iter(slopes)) if uniform else 1.0, intercept=next(iter(inters)) if uniform else 0.0,
+    )

@@ -1,0 +1,399 @@
+"""Read scalar / label volumes (NIfTI, DICOM series, TIFF stacks, .npy) and write labels back.
+
+Array convention: every reader returns ``(D, H, W)`` data. NIfTI stores ``(i, j, k)`` =
+``(x, y, z)``-like voxel axes; it is viewed transposed (``(k, j, i)``, no copy) and written
+back transposed, with the input's affine and header, so nothing is ever reoriented. DICOM
+series become ``(slice, row, column)`` with an affine built from the DICOM geometry (and are
+written as NIfTI). TIFF is ZYX as tifffile reads it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffseg_core.errors import InputError
+from diffseg_core.io import atomic_path, atomic_save_npy
+
+from .types import Volume
+
+log = logging.getLogger("diffseg.volume")
+
+NIFTI_EXTS = (".nii", ".nii.gz")
+TIFF_EXTS = (".tif", ".tiff")
+LABEL_EXTS = NIFTI_EXTS + TIFF_EXTS + (".npy",)
+#: ``(d, h, w) -> (i, j, k)`` = ``(w, h, d)``: the NIfTI axis permutation (self-inverse).
+_PERM = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+
+
+class VolumeWarning(UserWarning):
+    """Something in the input was fixed or assumed; the message says what was done."""
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, VolumeWarning, stacklevel=3)
+
+
+def file_format(path: "str | os.PathLike") -> str:
+    """``nifti``, ``tiff``, ``npy`` or ``dicom`` (a folder or ``.dcm`` file) from the path."""
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir():
+        return "dicom"
+    if name.endswith(".nii") or name.endswith(".nii.gz"):
+        return "nifti"
+    if name.endswith(".tif") or name.endswith(".tiff"):
+        return "tiff"
+    if name.endswith(".npy"):
+        return "npy"
+    if name.endswith(".dcm") or name.endswith(".ima"):
+        return "dicom"
+    raise InputError(
+        f"{p}: unknown volume format; expected .nii, .nii.gz, .tif, .tiff, .npy or a DICOM folder"
+    )
+
+
+def _check_file(p: Path) -> None:
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    if p.is_file() and p.stat().st_size == 0:
+        raise InputError(f"{p}: file is empty (0 bytes)")
+
+
+def read_volume(path: "str | os.PathLike", index: "int | None" = None,
+                series: "str | None" = None) -> Volume:
+    """Read a scalar volume.
+
+    Args:
+        path: ``.nii``/``.nii.gz``, ``.tif``/``.tiff`` (ZYX), ``.npy`` or a DICOM folder
+            (or one ``.dcm`` file of the series).
+        index: volume to take from 4-D input (time/channel); 4-D input without it is an error.
+        series: DICOM SeriesInstanceUID when the folder holds several series.
+
+    Returns:
+        A `Volume` with ``(D, H, W)`` data in its native dtype.
+
+    Raises:
+        InputError: unreadable, empty, non-3-D, bad spacing, inconsistent DICOM series.
+    """
+    p = Path(path)
+    _check_file(p)
+    fmt = file_format(p)
+    if fmt == "nifti":
+        return _read_nifti(p, index)
+    if fmt == "tiff":
+        return _read_tiff(p, index)
+    if fmt == "npy":
+        return _read_npy(p, index)
+    from .dicom import read_dicom_series
+
+    return read_dicom_series(p, series=series)
+
+
+def _select_4d(arr: Any, p: Path, index: "int | None", axis: int) -> Any:
+    """Take ``index`` along ``axis`` of a 4-D array, or raise naming the choices."""
+    n = int(arr.shape[axis])
+    if n == 1:
+        index = 0
+    if index is None:
+        raise InputError(
+            f"{p}: 4-D data of shape {tuple(arr.shape)} ({n} volumes); pick one with --index 0..{n - 1}"
+        )
+    if not 0 <= int(index) < n:
+        raise InputError(f"{p}: --index {index} out of range; the file has {n} volumes (0..{n - 1})")
+    sl: list[Any] = [slice(None)] * arr.ndim
+    sl[axis] = int(index)
+    return arr[tuple(sl)]
+
+
+def _read_nifti(p: Path, index: "int | None") -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p))
+        hdr = img.header
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise InputError(f"{p}: not a NIfTI image ({type(img).__name__})")
+        shape = tuple(int(s) for s in img.shape)
+        raw = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else np.asarray(img.dataobj)
+        raw = np.asanyarray(raw)
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"{p}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    while raw.ndim > 4 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    if raw.ndim == 4:
+        raw = _select_4d(raw, p, index, axis=3)
+    if raw.ndim != 3:
+        raise InputError(f"{p}: expected a 3-D NIfTI volume; got shape {shape}")
+    zooms = [float(z) for z in hdr.get_zooms()[:3]]
+    if any(not np.isfinite(z) or z <= 0 for z in zooms):
+        raise InputError(f"{p}: voxel spacing (pixdim) must be positive; got {zooms}")
+    slope, inter = hdr.get_slope_inter()
+    affine_file = np.asarray(img.affine, dtype=np.float64)
+    unit = (hdr.get_xyzt_units()[0] or "mm") if hasattr(hdr, "get_xyzt_units") else "mm"
+    if unit == "unknown":
+        unit = "mm"
+    unit = {"meter": "m", "micron": "um"}.get(unit, unit)
+    return Volume(
+        data=raw.transpose(2, 1, 0),
+        spacing=(zooms[2], zooms[1], zooms[0]),
+        affine=affine_file @ _PERM,
+        source_format="nifti",
+        path=p,
+        spacing_known=True,
+        unit=unit,
+        modality="",
+        meta={"nifti_header": hdr.copy(), "nifti_class": type(img).__name__},
+        slope=1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope),
+        intercept=0.0 if inter is None or not np.isfinite(inter) else float(inter),
+    )
+
+
+def _read_tiff(p: Path, index: "int | None") -> Volume:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(p)) as tf:
+            if not tf.series:
+                raise InputError(f"{p}: TIFF has no image data")
+            s = tf.series[0]
+            axes = s.axes
+            arr = s.asarray()
+            ij = tf.imagej_metadata or {}
+            page = tf.pages[0]
+            xres = page.tags.get("XResolution")
+            yres = page.tags.get("YResolution")
+            runit = page.tags.get("ResolutionUnit")
+            xres = xres.value if xres is not None else None
+            yres = yres.value if yres is not None else None
+            runit = int(runit.value) if runit is not None else 1
+            description = page.description or ""
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{p}: not a readable TIFF file ({type(exc).__name__}: {exc})") from exc
+    # Drop singleton axes; a non-singleton T/C/other axis beyond ZYX is a 4-D choice.
+    keep = [i for i, a in enumerate(axes) if arr.shape[i] > 1 or a in "YX"]
+    arr = arr.reshape([arr.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if arr.ndim == 2:
+        raise InputError(f"{p}: TIFF holds a single 2-D image {arr.shape}; expected a ZYX stack")
+    if arr.ndim == 4:
+        extra = [i for i, a in enumerate(axes) if a not in "ZYX" and a not in "YX"]
+        ax = extra[0] if extra else 0
+        if axes[ax] == "S" or (ax == 3 and arr.shape[3] in (3, 4)):
+            raise InputError(f"{p}: TIFF stack is RGB (axes {axes}); expected one channel per voxel")
+        arr = _select_4d(arr, p, index, axis=ax)
+    if arr.ndim != 3:
+        raise InputError(f"{p}: expected a 3-D ZYX TIFF stack; got axes {axes!r} shape {arr.shape}")
+    if arr.dtype.kind == "c" or arr.dtype.kind not in "uifb":
+        raise InputError(f"{p}: unsupported TIFF data type {arr.dtype}")
+
+    def _res(v: Any) -> "float | None":
+        if v is None:
+            return None
+        try:
+            num, den = v
+            r = float(num) / float(den)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return r if r > 0 and np.isfinite(r) else None
+
+    rx, ry = _res(xres), _res(yres)
+    known = False
+    dx = dy = dz = 1.0
+    unit = "voxel"
+    if rx and ry and not (rx == 1.0 and ry == 1.0 and not ij.get("spacing")):
+        dx, dy = 1.0 / rx, 1.0 / ry
+        known = True
+        unit = str(ij.get("unit", {2: "inch", 3: "cm"}.get(runit, "um"))).replace("\\u00B5", "u").replace("µ", "u")
+    if "spacing" in ij:
+        try:
+            dz = float(ij["spacing"])
+        except (TypeError, ValueError):
+            raise InputError(f"{p}: ImageJ spacing {ij['spacing']!r} is not a number") from None
+        if not np.isfinite(dz) or dz <= 0:
+            raise InputError(f"{p}: ImageJ z spacing must be positive; got {ij['spacing']}")
+        known = True
+    if dz == 1.0 and known and "spacing" not in ij:
+        dz = dx  # no z spacing stored: isotropic is the least surprising guess
+    return Volume(
+        data=arr, spacing=(dz, dy, dx), affine=None, source_format="tiff", path=p,
+        spacing_known=known, unit=unit if known else "voxel",
+        meta={"tiff_imagej": dict(ij), "tiff_description": description},
+    )
+
+
+def _read_npy(p: Path, index: "int | None") -> Volume:
+    try:
+        arr = np.load(str(p), mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"{p}: not a plain numeric .npy array ({exc})") from exc
+    except Exception as exc:
+        raise InputError(f"{p}: not a readable .npy file ({type(exc).__name__}: {exc})") from exc
+    if arr.dtype.kind not in "uifb":
+        raise InputError(f"{p}: unsupported .npy data type {arr.dtype}")
+    if arr.ndim == 4:
+        arr = _select_4d(arr, p, index, axis=0)
+    if arr.ndim != 3:
+        raise InputError(f"{p}: expected a 3-D (D, H, W) array; got shape {arr.shape}")
+    return Volume(data=arr, source_format="npy", path=p)
+
+
+# ----------------------------------------------------------------------------- labels in
+def read_label_volume(path: "str | os.PathLike", index: "int | None" = None,
+                      series: "str | None" = None) -> tuple[np.ndarray, Volume]:
+    """Read an integer label volume: ``(labels, volume)``.
+
+    Returns:
+        ``labels``: integer ``(D, H, W)`` array (native dtype, possibly a memmap view);
+        ``volume``: the `Volume` (geometry for writing back).
+
+    Raises:
+        InputError: float data with fractions, NaN, negative ids.
+    """
+    vol = read_volume(path, index=index, series=series)
+    lab = vol.data
+    if lab.dtype.kind == "b":
+        lab = lab.astype(np.uint8)
+    elif lab.dtype.kind == "f":
+        f = np.asarray(lab)
+        if not np.isfinite(f).all() or not (f == np.round(f)).all():
+            raise InputError(f"{path}: label volume must hold integers; got non-integer {f.dtype} values")
+        lab = f.astype(np.int64)
+    if vol.slope != 1.0 or vol.intercept != 0.0:
+        _warn(f"{path}: label volume has intensity scaling (slope {vol.slope}, inter {vol.intercept}); ignored")
+    # Negative ids: check slab-wise (bounded memory on memmaps).
+    for z0 in range(0, lab.shape[0], 64):
+        if lab.dtype.kind == "i" and int(np.asarray(lab[z0:z0 + 64]).min()) < 0:
+            raise InputError(f"{path}: label volume has negative values")
+    return lab, vol
+
+
+# ----------------------------------------------------------------------------- labels out
+def output_format(path: "str | os.PathLike") -> str:
+    """``nifti``/``tiff``/``npy`` from the output extension, or raise naming the choices."""
+    name = Path(path).name.lower()
+    for ext, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".tiff", "tiff"), (".tif", "tiff"),
+                     (".npy", "npy")):
+        if name.endswith(ext):
+            return fmt
+    raise InputError(f"{path}: unknown output extension; expected .nii.gz, .nii, .tif, .tiff or .npy")
+
+
+def default_output_name(vol: Volume) -> str:
+    """The label file name matching the input's own format (DICOM -> NIfTI)."""
+    return {"nifti": "labels.nii.gz", "dicom": "labels.nii.gz", "tiff": "labels.tif",
+            "npy": "labels.npy"}[vol.source_format]
+
+
+def label_dtype(max_id: int, fmt: str, policy: str = "auto") -> np.dtype:
+    """Smallest integer dtype holding ``0..max_id`` that ``fmt`` writes well.
+
+    NIfTI: uint8 / int16 / uint16 / int32; TIFF: uint8 / uint16 (ImageJ) or int32; npy: int32.
+    """
+    if policy == "int32" or fmt == "npy":
+        return np.dtype(np.int32)
+    if max_id <= 255:
+        return np.dtype(np.uint8)
+    if fmt == "nifti" and max_id <= 32767:
+        return np.dtype(np.int16)
+    if max_id <= 65535:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def write_labels(path: "str | os.PathLike", labels: np.ndarray, like: Volume,
+                 dtype_policy: str = "auto") -> Path:
+    """Write a ``(D, H, W)`` label volume in ``like``'s geometry, atomically.
+
+    The format comes from the extension of ``path``. NIfTI gets ``like``'s affine (and its
+    header when the input was NIfTI: qform/sform codes, units), never reoriented; TIFF gets
+    ImageJ ZYX metadata with the spacing; ``.npy`` is int32.
+
+    Args:
+        path: output file.
+        labels: int ``(D, H, W)``, ids >= 0, same shape as ``like``.
+        like: the input volume.
+        dtype_policy: ``auto`` (smallest fitting dtype) or ``int32``.
+
+    Returns:
+        ``Path(path)``.
+    """
+    path = Path(path)
+    fmt = output_format(path)
+    labels = np.asarray(labels)
+    if labels.shape != like.shape:
+        raise ValueError(f"labels {labels.shape} and volume {like.shape} differ in shape")
+    max_id = int(labels.max()) if labels.size else 0
+    dt = label_dtype(max_id, fmt, dtype_policy)
+    out = labels.astype(dt, copy=False)
+    if fmt == "npy":
+        atomic_save_npy(path, out)
+    elif fmt == "nifti":
+        _write_nifti(path, out, like)
+    else:
+        _write_tiff(path, out, like)
+    return path
+
+
+def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
+    import nibabel as nib
+
+    hdr = like.meta.get("nifti_header")
+    if like.affine is not None:
+        affine_file = like.affine @ _PERM
+    else:
+        # No geometry (TIFF/npy input): diagonal spacing, origin 0, array axes as (i, j, k).
+        dz, dy, dx = like.spacing
+        affine_file = np.diag([dx, dy, dz, 1.0])
+    data = labels.transpose(2, 1, 0)  # (D, H, W) -> file order (i, j, k)
+    cls = nib.Nifti2Image if like.meta.get("nifti_class") == "Nifti2Image" else nib.Nifti1Image
+    if hdr is not None:
+        hdr = hdr.copy()
+        hdr.set_data_shape(data.shape)
+        img = cls(data, affine_file, header=hdr)
+        # Keep the input's qform/sform codes (the constructor may reset them).
+        img.set_qform(affine_file, int(hdr["qform_code"]) if int(hdr["qform_code"]) else None)
+        img.set_sform(affine_file, int(hdr["sform_code"]) if int(hdr["sform_code"]) else None)
+        if int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0:
+            img.set_sform(affine_file, 2)
+    else:
+        img = cls(data, affine_file)
+        img.set_qform(affine_file, 1)
+        img.set_sform(affine_file, 1)
+        img.header.set_xyzt_units("mm" if like.unit in ("mm", "voxel") else "micron" if like.unit == "um" else "unknown")
+    img.set_data_dtype(labels.dtype)
+    h = img.header
+    h.set_slope_inter(1.0, 0.0)
+    h["cal_min"], h["cal_max"] = 0, float(labels.max()) if labels.size else 0
+    h["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+    h["descrip"] = b"diffseg-vv labels"
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def _write_tiff(path: Path, labels: np.ndarray, like: Volume) -> None:
+    import tifffile
+
+    dz, dy, dx = like.spacing
+    kw: dict[str, Any] = {"compression": "zlib"}
+    if labels.dtype in (np.uint8, np.uint16):
+        md: dict[str, Any] = {"axes": "ZYX"}
+        if like.spacing_known:
+            md["spacing"] = float(dz)
+            md["unit"] = like.unit
+            kw["resolution"] = (1.0 / dx, 1.0 / dy)
+        kw.update(imagej=True, metadata=md)
+    else:
+        kw["metadata"] = {"axes": "ZYX", "spacing": [float(dz), float(dy), float(dx)], "unit": like.unit}
+        if like.spacing_known:
+            kw["resolution"] = (1.0 / dx, 1.0 / dy)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(str(tmp), labels, **kw)

@@ -1,0 +1,167 @@
+"""3D cleanup of linked labels: connected components, tiny-fragment removal, relabelling.
+
+All functions work in place on int32 ``(D, H, W)`` volumes (which may be ``np.memmap``) and
+touch only bounding boxes (`scipy.ndimage.find_objects`) or slabs of slices, so no full-size
+temporary beyond one bool mask is made.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .types import LabelInfo
+
+#: Slices per slab for slab-wise passes over the volume.
+SLAB = 32
+
+
+@dataclass
+class CleanupStats:
+    """What `remove_fragments` did.
+
+    Attributes:
+        fragments: connected components merged into a neighbour (or cleared).
+        voxels: voxels that changed label.
+        split: extra ids created by ``split_disconnected``.
+    """
+
+    fragments: int = 0
+    voxels: int = 0
+    split: int = 0
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    return ndimage.generate_binary_structure(3, connectivity)
+
+
+def remove_fragments(labels: np.ndarray, min_size: int, connectivity: int = 1,
+                     split_disconnected: bool = False, background: int = 0) -> CleanupStats:
+    """Merge small 3D fragments of every label into their neighbour, in place.
+
+    A fragment is a connected component (``connectivity`` 1 = faces, 3 = corners) of one
+    label that is smaller than ``min_size`` voxels and is not that label's largest
+    component; a whole label smaller than ``min_size`` counts as a fragment too. It takes the
+    label that shares the most faces with it (``background`` if it touches nothing else).
+
+    Args:
+        labels: int32 ``(D, H, W)``, modified in place.
+        min_size: fragment size threshold in voxels (0: only ``split_disconnected`` runs).
+        connectivity: 1, 2 or 3.
+        split_disconnected: give every remaining component of a label its own new id.
+        background: the "no label" value (never treated as a label).
+
+    Returns:
+        `CleanupStats`.
+    """
+    st = CleanupStats()
+    struct = _structure(connectivity)
+    objs = ndimage.find_objects(labels)
+    frag_boxes: list[tuple[tuple[slice, ...], np.ndarray]] = []
+    next_id = len(objs) + 1
+    for lab_m1, box in enumerate(objs):
+        if box is None:
+            continue
+        lab = lab_m1 + 1
+        if lab == background:
+            continue
+        sub = labels[box] == lab
+        cc, n = ndimage.label(sub, structure=struct)
+        sizes = np.bincount(cc.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        largest = int(np.argmax(sizes))
+        small = (sizes < min_size) & (np.arange(n + 1) > 0)
+        if sizes[largest] >= min_size:
+            small[largest] = False
+        if small.any():
+            frag_boxes.append((box, np.isin(cc, np.flatnonzero(small)) & sub))
+        if split_disconnected and n > 1:
+            keep = np.flatnonzero(~small & (np.arange(n + 1) > 0))
+            for c in keep:
+                if c == largest:
+                    continue
+                region = labels[box]
+                region[cc == c] = next_id
+                next_id += 1
+                st.split += 1
+    if not frag_boxes:
+        return st
+    # Mark fragments with -1 first, so fragments never vote for each other.
+    for box, m in frag_boxes:
+        region = labels[box]
+        region[m] = -1
+    frag = labels == -1
+    fl, nf = ndimage.label(frag, structure=struct)
+    del frag
+    for i, box in enumerate(ndimage.find_objects(fl)):
+        if box is None:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        comp = fl[grown] == i + 1
+        ring = ndimage.binary_dilation(comp, structure=_structure(1)) & ~comp
+        around = labels[grown][ring]
+        around = around[around >= 0]
+        if around.size:
+            vals, counts = np.unique(around, return_counts=True)
+            # Prefer a real label over background when both touch it.
+            nz = vals != background
+            target = int(vals[nz][np.argmax(counts[nz])]) if nz.any() else int(background)
+        else:
+            target = int(background)
+        region = labels[grown]
+        region[comp] = target
+        st.fragments += 1
+        st.voxels += int(comp.sum())
+    return st
+
+
+def relabel_consecutive(labels: np.ndarray, background: int = 0) -> int:
+    """Renumber the ids of ``labels`` to ``1..n``, in place.
+
+    Ids keep their relative order; ``background`` stays 0.
+
+    Args:
+        labels: int32 ``(D, H, W)`` with ids >= 0, modified in place (slab by slab).
+
+    Returns:
+        n, the number of labels.
+    """
+    top = int(labels.max()) if labels.size else 0
+    present = np.zeros(top + 1, bool)
+    for z in range(0, labels.shape[0], SLAB):
+        present[np.unique(labels[z:z + SLAB])] = True
+    present[background] = False
+    lut = np.zeros(top + 1, np.int32)
+    ids = np.flatnonzero(present)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    for z in range(0, labels.shape[0], SLAB):
+        labels[z:z + SLAB] = lut[labels[z:z + SLAB]]
+    return int(len(ids))
+
+
+def label_stats(labels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                axis: int = 0) -> list[LabelInfo]:
+    """Per-label voxel count, physical volume, bounding box and slice range.
+
+    Args:
+        labels: int ``(D, H, W)`` ids >= 0 (0 = none).
+        spacing: ``(dz, dy, dx)``; volumes are ``voxels * dz * dy * dx``.
+        axis: slicing axis whose index range is reported as ``slice_range``.
+
+    Returns:
+        One `LabelInfo` per present id (sorted by id).
+    """
+    voxel = float(np.prod(spacing))
+    top = int(labels.max()) if labels.size else 0
+    counts = np.zeros(top + 1, np.int64)
+    for z in range(0, labels.shape[0], SLAB):
+        counts += np.bincount(np.asarray(labels[z:z + SLAB]).ravel(), minlength=top + 1)[: top + 1]
+    out = []
+    for i, box in enumerate(ndimage.find_objects(np.asarray(labels))):
+        if box is None or counts[i + 1] == 0:
+            continue
+        bb = [int(s.start) for s in box] + [int(s.stop) for s in box]
+        out.append(LabelInfo(id=i + 1, voxels=int(counts[i + 1]), volume=float(counts[i + 1]) * voxel,
+                             bbox=bb, slice_range=[bb[axis], bb[axis + 3] - 1]))
+    return out

@@ -1,0 +1,97 @@
+"""Side outputs of a label volume: ``labels.json`` and the quick-look montage PNG."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from diffseg_core.io import atomic_write_text, overlay, save_image
+
+from .postprocess import label_stats
+from .types import Volume
+
+#: Longest side of each mid-plane panel in the montage.
+PANEL_SIDE = 384
+
+
+def side_paths(labels_path: "str | Path") -> tuple[Path, Path]:
+    """``labels.json`` and ``<stem>_montage.png`` beside the label file."""
+    p = Path(labels_path)
+    name = p.name
+    for ext in (".nii.gz", ".nii", ".tiff", ".tif", ".npy"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    json_name = "labels.json" if name == "labels" else f"{name}.json"
+    return p.with_name(json_name), p.with_name(f"{name}_montage.png")
+
+
+def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis: int,
+                      extra: "dict[str, Any] | None" = None) -> Path:
+    """Write per-label statistics (voxels, volume, bbox, slice range) as JSON, atomically.
+
+    Volumes are in ``unit**3`` (e.g. mm3) when the input has a spacing, else voxels.
+    """
+    stats = label_stats(labels, vol.spacing if vol.spacing_known else (1.0, 1.0, 1.0), axis)
+    unit = f"{vol.unit}3" if vol.spacing_known else "voxels"
+    doc: dict[str, Any] = {
+        "source": str(vol.path) if vol.path else None,
+        "source_format": vol.source_format,
+        "shape": list(labels.shape),
+        "axes": "DHW (array order of the volume as read: NIfTI (k, j, i), DICOM (slice, row, column), TIFF ZYX)",
+        "spacing": list(vol.spacing) if vol.spacing_known else None,
+        "spacing_unit": vol.unit if vol.spacing_known else None,
+        "volume_unit": unit,
+        "slicing_axis": int(axis),
+        "n_labels": len(stats),
+        "labels": [asdict(s) for s in stats],
+    }
+    if extra:
+        doc.update(extra)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return Path(path)
+
+
+def _panel(gray: np.ndarray, lab: np.ndarray, pix: tuple[float, float]) -> np.ndarray:
+    """Overlay one plane and scale it to physical aspect, longest side `PANEL_SIDE`."""
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    ov = overlay(rgb, lab, alpha=0.45, contours=True, background=0)
+    h, w = lab.shape
+    ph, pw = h * pix[0], w * pix[1]
+    s = PANEL_SIDE / max(ph, pw)
+    size = (max(1, int(round(pw * s))), max(1, int(round(ph * s))))
+    return cv2.resize(ov, size, interpolation=cv2.INTER_NEAREST)
+
+
+def write_montage(path: "str | Path", labels: np.ndarray, spacing: tuple[float, float, float],
+                  gray_slice: "Callable[[int, int], np.ndarray] | None" = None) -> Path:
+    """Quick-look PNG: the three mid-planes (axis 0, 1, 2) side by side, labels overlaid.
+
+    Args:
+        path: PNG to write (atomically).
+        labels: int ``(D, H, W)``.
+        spacing: ``(dz, dy, dx)`` for the panels' aspect ratio.
+        gray_slice: ``(axis, index) -> uint8 (a, b)`` image of that plane, or None (black).
+    """
+    panels = []
+    for ax in range(3):
+        mid = labels.shape[ax] // 2
+        lab = np.asarray(np.take(labels, mid, axis=ax)).astype(np.int64)
+        gray = gray_slice(ax, mid) if gray_slice is not None else np.zeros(lab.shape, np.uint8)
+        pix = tuple(float(s) for i, s in enumerate(spacing) if i != ax)
+        panels.append(_panel(np.asarray(gray, np.uint8), lab, pix))  # type: ignore[arg-type]
+    h = max(p.shape[0] for p in panels)
+    gap = np.full((h, 4, 3), 255, np.uint8)
+    row = []
+    for i, p in enumerate(panels):
+        pad = np.zeros((h, p.shape[1], 3), np.uint8)
+        pad[: p.shape[0]] = p
+        row.append(pad)
+        if i < 2:
+            row.append(gap)
+    save_image(path, np.concatenate(row, axis=1))
+    return Path(path)

@@ -1,0 +1,305 @@
+"""Data types of the `volume` package: volumes, label volumes, configs and results."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from diffseg_core.errors import InputError, look_up_option
+
+#: CT window presets in Hounsfield units: name -> (level, width).
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft-tissue": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+#: Intensity modes besides the CT presets and an explicit "L,W".
+INTENSITY_MODES = ("auto", "percentile", "minmax") + tuple(WINDOW_PRESETS)
+SOURCE_FORMATS = ("nifti", "dicom", "tiff", "npy")
+AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
+
+
+@dataclass
+class Volume:
+    """A scalar 3D image in array order ``(D, H, W)`` with its geometry.
+
+    Attributes:
+        data: ``(D, H, W)`` array in the file's native dtype (int16 HU, uint16, float32...),
+            possibly a read-only ``np.memmap`` view. Physical values are
+            ``slope * data + intercept`` (DICOM RescaleSlope/Intercept, NIfTI scl_slope/inter),
+            applied slice by slice (`slice_values`) so no float copy of the volume is made.
+        spacing: ``(dz, dy, dx)`` voxel size in mm (NIfTI/DICOM) or the file's unit (TIFF);
+            all > 0. ``(1, 1, 1)`` with ``spacing_known=False`` when the file has none.
+        affine: float64 ``(4, 4)`` mapping ``(d, h, w, 1)`` indices of ``data`` to RAS+ mm,
+            or None (TIFF, npy).
+        source_format: one of ``nifti``, ``dicom``, ``tiff``, ``npy``.
+        path: the file or folder read.
+        spacing_known: whether ``spacing`` came from the file.
+        unit: unit of ``spacing`` (``"mm"``, ``"um"``, ``"voxel"``...).
+        modality: ``"CT"``, ``"MR"``... when the file says so, else ``""``.
+        meta: format-specific data needed to write labels back in the same geometry
+            (NIfTI header, TIFF resolution/ImageJ metadata, DICOM series description).
+        slope: intensity scale applied to ``data``.
+        intercept: intensity offset applied after ``slope``.
+    """
+
+    data: Any
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    affine: "np.ndarray | None" = None
+    source_format: str = "npy"
+    path: "Path | None" = None
+    spacing_known: bool = False
+    unit: str = "voxel"
+    modality: str = ""
+    meta: dict = field(default_factory=dict)
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.data.shape)
+        if len(shape) != 3:
+            raise InputError(f"{self.path or 'volume'}: expected a 3-D (D, H, W) volume; got shape {shape}")
+        if min(shape) < 1:
+            raise InputError(f"{self.path or 'volume'}: volume is empty; got shape {shape}")
+        sp = tuple(float(s) for s in self.spacing)
+        if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
+            raise InputError(
+                f"{self.path or 'volume'}: voxel spacing must be three positive numbers; got {sp}"
+            )
+        self.spacing = sp  # type: ignore[assignment]
+        look_up_option(self.source_format, SOURCE_FORMATS, "volume format")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    def slice_values(self, axis: int, index: int) -> np.ndarray:
+        """float32 ``(a, b)``: physical values of slice ``index`` along ``axis`` (0, 1, 2).
+
+        The remaining two axes keep their order (axis 0 -> ``(H, W)``, 1 -> ``(D, W)``,
+        2 -> ``(D, H)``). Non-finite values are returned as they are.
+        """
+        sl: list[Any] = [slice(None)] * 3
+        sl[axis] = int(index)
+        a = np.asarray(self.data[tuple(sl)], dtype=np.float32)
+        if self.slope != 1.0 or self.intercept != 0.0:
+            a = a * np.float32(self.slope) + np.float32(self.intercept)
+        return a
+
+
+@dataclass
+class VolumeLabels:
+    """A label volume.
+
+    Attributes:
+        labels: int32 ``(D, H, W)``, 0 = no label, ids ``1..n`` consecutive after postprocessing.
+        spacing: ``(dz, dy, dx)``, like `Volume.spacing`.
+    """
+
+    labels: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.labels.ndim != 3:
+            raise ValueError(f"VolumeLabels.labels must be (D, H, W); got shape {self.labels.shape}")
+
+
+class _DictMixin:
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[arg-type]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown {cls.__name__} option(s) {unknown}; expected some of {sorted(names)}")
+        return cls(**d)
+
+
+def parse_axis(axis: "int | str | None") -> "int | None":
+    """``None``/``"auto"`` -> None; ``"z"/"y"/"x"`` or ``0/1/2`` (also as text) -> int."""
+    if axis is None or axis == "auto":
+        return None
+    if isinstance(axis, str):
+        a = axis.strip().lower()
+        if a in AXIS_NAMES:
+            return AXIS_NAMES[a]
+        if a.lstrip("-").isdigit():
+            axis = int(a)
+        else:
+            raise InputError(f"unknown axis {axis!r}; expected z, y, x, 0, 1, 2 or auto")
+    if int(axis) not in (0, 1, 2):
+        raise InputError(f"axis must be 0, 1 or 2 (z, y, x); got {axis}")
+    return int(axis)
+
+
+def parse_window(text: str) -> "str | tuple[float, float]":
+    """A preset name / mode, or ``"L,W"`` -> ``(level, width)`` with width > 0."""
+    t = str(text).strip().lower()
+    if "," in t:
+        try:
+            lv, wd = (float(x) for x in t.split(","))
+        except ValueError:
+            raise InputError(f"window must be a preset or 'LEVEL,WIDTH' like 40,400; got {text!r}") from None
+        if not (wd > 0) or not np.isfinite(lv):
+            raise InputError(f"window width must be > 0 and level finite; got level {lv}, width {wd}")
+        return (lv, wd)
+    return look_up_option(t, INTENSITY_MODES, "window")
+
+
+@dataclass(frozen=True)
+class LinkConfig(_DictMixin):
+    """How slice segmentations are linked into 3D labels (slice index = time index).
+
+    Attributes:
+        min_overlap: minimum IoU (or containment, see ``split_fraction``) between a segment
+            and a track's most recent mask to continue that track; below it a new id starts.
+        kl_weight: weight of the proposal-KL term (DiffSeg attention maps) in the matching
+            cost, next to ``1 - IoU``; 0 = overlap only. Only used when proposals exist.
+        memory: slices a track stays matchable after it was last seen (bridges gaps and
+            merges in a few slices).
+        split_fraction: an unmatched segment lying at least this fraction inside one track's
+            previous mask joins that track (the segmenter split a structure in two) ...
+        split_min_cover: ... when it also covers at least this fraction of that mask (a
+            small new structure inside a big one, e.g. inside the background, starts a new
+            id instead).
+        merge_fraction: a segment that covers at least this fraction of each of two or more
+            tracks' previous masks is split between them by nearest previous mask (the
+            segmenter merged neighbouring structures) ...
+        merge_min_share: ... when each of the extra tracks makes up at least this fraction of
+            the segment (a structure that ended under a big neighbour is not carved on).
+        background: label value of the input meaning "no segment" (e.g. 0 for Cellpose
+            masks), or None when every value is a segment (DiffSeg's 0..K-1).
+    """
+
+    min_overlap: float = 0.2
+    kl_weight: float = 0.0
+    memory: int = 3
+    split_fraction: float = 0.5
+    split_min_cover: float = 0.2
+    merge_fraction: float = 0.5
+    merge_min_share: float = 0.2
+    background: "int | None" = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_overlap", "split_fraction", "split_min_cover", "merge_fraction",
+                     "merge_min_share"):
+            v = float(getattr(self, name))
+            if not 0.0 < v <= 1.0:
+                raise InputError(f"{name} must be in (0, 1]; got {v}")
+        if float(self.kl_weight) < 0:
+            raise InputError(f"kl_weight must be >= 0; got {self.kl_weight}")
+        if int(self.memory) < 1:
+            raise InputError(f"memory must be >= 1 slice; got {self.memory}")
+
+
+@dataclass(frozen=True)
+class VolumeConfig(_DictMixin):
+    """Options of `segment_volume` / `stack_labels`.
+
+    Attributes:
+        axis: slicing axis of the ``(D, H, W)`` array (0 = z, 1 = y, 2 = x), or None for the
+            through-plane axis (largest spacing; ties -> 0).
+        axes: ``"one"`` (slice along ``axis``) or ``"all"`` (segment along all three axes and
+            fuse by Hungarian matching to the reference axis + majority vote).
+        window: intensity mapping: ``auto``, ``percentile`` (1..99), ``minmax``, a CT preset
+            (``soft-tissue``, ``lung``, ``bone``, ``brain``) or ``(level, width)`` in HU.
+        percentiles: low/high percentile of the ``percentile`` mode.
+        min_size: 3D fragments smaller than this many voxels are merged into their
+            neighbour (0 keeps everything).
+        split_disconnected: give every 3D connected component its own id (else a track's
+            disconnected large pieces keep one id).
+        resample_inplane: resample anisotropic slices to square pixels before segmenting.
+        index: which volume of a 4-D file to use (None: 4-D input is an error).
+        series: DICOM SeriesInstanceUID to read when the folder holds several.
+        link: slice linking options.
+        montage: write the quick-look PNG of the three mid-planes.
+        write_json: write ``labels.json`` beside the labels.
+        output_dtype: ``auto`` (smallest of uint8/int16/uint16/int32 that fits, by format),
+            or ``int32``.
+    """
+
+    axis: "int | None" = None
+    axes: Literal["one", "all"] = "one"
+    window: "str | tuple[float, float]" = "auto"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    min_size: int = 64
+    split_disconnected: bool = False
+    resample_inplane: bool = True
+    index: "int | None" = None
+    series: "str | None" = None
+    link: LinkConfig = field(default_factory=LinkConfig)
+    montage: bool = True
+    write_json: bool = True
+    output_dtype: Literal["auto", "int32"] = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "axis", parse_axis(self.axis))
+        look_up_option(self.axes, ("one", "all"), "axes")
+        if isinstance(self.window, (list, tuple)):
+            object.__setattr__(self, "window", parse_window(",".join(str(v) for v in self.window)))
+        else:
+            object.__setattr__(self, "window", parse_window(self.window))
+        lo, hi = (float(v) for v in self.percentiles)
+        if not 0.0 <= lo < hi <= 100.0:
+            raise InputError(f"percentiles must satisfy 0 <= low < high <= 100; got {self.percentiles}")
+        object.__setattr__(self, "percentiles", (lo, hi))
+        if int(self.min_size) < 0:
+            raise InputError(f"min_size must be >= 0 voxels; got {self.min_size}")
+        if self.index is not None and int(self.index) < 0:
+            raise InputError(f"index must be >= 0; got {self.index}")
+        if isinstance(self.link, dict):
+            object.__setattr__(self, "link", LinkConfig.from_dict(self.link))
+        look_up_option(self.output_dtype, ("auto", "int32"), "output dtype")
+
+
+@dataclass
+class LabelInfo:
+    """Statistics of one 3D label (one entry of ``labels.json``).
+
+    Attributes:
+        id: label id (>= 1).
+        voxels: voxel count.
+        volume: physical volume (``voxels * dz * dy * dx``) in ``volume_unit``.
+        bbox: ``[d0, h0, w0, d1, h1, w1]`` half-open, in the ``(D, H, W)`` array order.
+        slice_range: ``[first, last]`` slice index along the slicing axis (inclusive).
+    """
+
+    id: int
+    voxels: int
+    volume: float
+    bbox: list[int]
+    slice_range: list[int]
+
+
+@dataclass
+class VolumeResult:
+    """What `segment_volume` / `stack_labels` produced.
+
+    Attributes:
+        shape: ``(D, H, W)`` of the label volume (the input's grid).
+        n_labels: number of 3D labels (ids ``1..n_labels``).
+        seconds: wall time of the whole job.
+        labels_path: the label file written.
+        json_path: ``labels.json`` or None.
+        montage_path: the quick-look PNG or None.
+        axis: slicing axis used (the reference axis with ``axes="all"``).
+        spacing: ``(dz, dy, dx)`` of the input.
+        warnings: human-readable notes on what was fixed in the input (NaN replaced...).
+    """
+
+    shape: tuple[int, int, int]
+    n_labels: int
+    seconds: float
+    labels_path: Path
+    json_path: "Path | None" = None
+    montage_path: "Path | None" = None
+    axis: int = 0
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    warnings: list[str] = field(default_factory=list)
