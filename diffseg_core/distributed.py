@@ -108,8 +108,8 @@ class RunConfig:
             raise InputError(
                 f"chunk_overlap must be in [0, chunk_frames); got {self.chunk_overlap} with chunk_frames={self.chunk_frames}"
             )
-        if int(self.max_side) < 0:
-            raise InputError(f"max_side must be >= 0; got {self.max_side}")
+        if int(self.max_side) < 0 or 0 < int(self.max_side) < 16:
+            raise InputError(f"max_side must be 0 (off) or >= 16; got {self.max_side}")
         if self.segmenter_factory is not None and ":" not in self.segmenter_factory:
             raise InputError(f"segmenter_factory must look like 'module:callable'; got {self.segmenter_factory!r}")
         if not float(self.timeout_s) > 0:
@@ -419,98 +419,92 @@ def _stitch_fallback(prev: np.ndarray, nxt: np.ndarray, min_iou: float = 0.3) ->
 
 
 def finalize_video(spec: InputSpec, chunks: Sequence[WorkItem], cfg: RunConfig, out_dir: Path) -> tuple[list[str], int]:
-    """Stitch a video's chunk labels into one id set; write labels/, tracks.json, overlay/.
+    """Stitch a video's chunk labels into one id set; write labels/, tracks.json, overlay.mp4.
 
     Frames shared by two chunks are taken from the earlier chunk; the later chunk's ids are
     mapped onto the earlier chunk's global ids through the overlap (`stitch_ids`), ids that
     do not continue get fresh global ids in order of first appearance. The result depends
-    only on the chunk files, not on which rank made them.
+    only on the chunk files, not on which rank made them. Outputs are written by
+    `temporal.writer.VideoOutputWriter`, so they have the layout of ``diffseg video``.
 
     Returns:
         (outputs relative to ``out_dir``, frames written).
     """
-    from .io import overlay, read_labels, save_image, save_labels_png
+    from temporal.io import FrameSource
+    from temporal.types import TrackedFrame
+    from temporal.writer import VideoOutputWriter
+
+    from .io import read_labels
     from .progress import progress
 
     chunks = sorted(chunks, key=lambda c: c.chunk_index)
     vrel = video_dir(spec.name)
     vdir = out_dir / vrel
-    lab_dir = vdir / "labels"
-    ov_dir = vdir / "overlay"
-    for d in (lab_dir, ov_dir):
-        if d.exists():  # a previous attempt (maybe other settings): never mix frames
-            shutil.rmtree(d)
-    tracks: dict[int, dict[str, int]] = {}
+    # A previous attempt (maybe other settings) must never leave frames mixed in.
+    shutil.rmtree(vdir / "labels", ignore_errors=True)
+    for stale in ("tracks.json", "overlay.mp4"):
+        (vdir / stale).unlink(missing_ok=True)
+    src = FrameSource(spec.path, max_side=cfg.max_side or None) if cfg.overlay else None
+    frames = iter(src) if src is not None else None
+    meta = {"job": "run", "source": spec.path, "chunks": [[c.start, c.end] for c in chunks],
+            "chunk_overlap": cfg.chunk_overlap, "max_side": cfg.max_side or None, "tracker": dict(cfg.tracker)}
+    writer = VideoOutputWriter(vdir, fps=src.fps if src is not None else 25.0, write_overlay=cfg.overlay, meta=meta)
     next_free = 1
     prev_tail: list[np.ndarray] = []  # global labels of the last frames written (bounded)
+    keep_tail = max(cfg.chunk_overlap, 1)
     prev_end = 0
-    frames_iter = _iter_frames(spec) if cfg.overlay else None
-    bar = progress(total=spec.num_frames, desc=f"stitch {spec.name}", unit="frame")
     written = 0
+    bar = progress(total=spec.num_frames, desc=f"stitch {spec.name}", unit="frame")
     try:
         for c in chunks:
             files = _label_files(out_dir / chunk_dir(c) / "labels")
             if len(files) != c.end - c.start:
                 raise InputError(f"{out_dir / chunk_dir(c)}: chunk has {len(files)} label files, expected {c.end - c.start}")
             n_shared = max(0, prev_end - c.start)
-            lut: dict[int, int] = {}
+            lut: dict[int, int] = {0: 0}
             if n_shared:
                 nxt = np.stack([_read_lab(f, read_labels) for f in files[:n_shared]])
                 prv = np.stack(prev_tail[-n_shared:])
-                lut = stitch_ids(prv, nxt, new_id_start=next_free)
+                lut.update(stitch_ids(prv, nxt, new_id_start=next_free))
                 next_free = max([next_free, *(v + 1 for v in lut.values())])
-            keep_tail = max(cfg.chunk_overlap, 1)
             for f in files[n_shared:]:
                 local = _read_lab(f, read_labels)
                 ids = np.unique(local)
                 for u in ids.tolist():
-                    if u == 0:
-                        lut.setdefault(0, 0)
-                    elif u not in lut:
+                    if u not in lut:
                         lut[u] = next_free
-                        next_free += 1
                     next_free = max(next_free, lut[u] + 1)
                 table = np.zeros(int(ids.max()) + 1, dtype=np.int32)
-                for u in ids.tolist():
-                    table[u] = lut[u]
+                table[ids] = [lut[u] for u in ids.tolist()]
                 glob = table[local]
-                t = written
-                save_labels_png(lab_dir / f"{t:05d}.png", glob)
-                gids, counts = np.unique(glob, return_counts=True)
-                for g, n in zip(gids.tolist(), counts.tolist()):
-                    if g == 0:
-                        continue
-                    tr = tracks.setdefault(g, {"first_frame": t, "last_frame": t, "num_frames": 0, "area": 0})
-                    tr["last_frame"] = t
-                    tr["num_frames"] += 1
-                    tr["area"] += int(n)
-                if frames_iter is not None:
-                    rgb = next(frames_iter, None)
-                    if rgb is not None:
-                        if rgb.shape[:2] != glob.shape:
-                            import cv2
+                rgb = None
+                if frames is not None:
+                    fr = next(frames, None)
+                    rgb = fr.rgb if fr is not None else None
+                    if rgb is not None and rgb.shape[:2] != glob.shape:
+                        import cv2
 
-                            rgb = cv2.resize(rgb, (glob.shape[1], glob.shape[0]), interpolation=cv2.INTER_AREA)
-                        save_image(ov_dir / f"{t:05d}.jpg", overlay(rgb, glob, background=0))
+                        rgb = cv2.resize(rgb, (glob.shape[1], glob.shape[0]), interpolation=cv2.INTER_AREA)
+                gids = np.unique(glob)
+                writer.put(f.stem, rgb, TrackedFrame(frame_index=written, labels=glob,
+                                                     track_ids=gids[gids > 0].astype(np.int32)))
                 prev_tail.append(glob)
                 if len(prev_tail) > keep_tail:
                     prev_tail.pop(0)
                 written += 1
                 bar.update(1)
             prev_end = c.end
+        if written != spec.num_frames:
+            raise InputError(f"{spec.path}: stitched {written} frames, expected {spec.num_frames}")
+    except BaseException as exc:
+        writer.abort(f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         bar.close()
-        if frames_iter is not None and hasattr(frames_iter, "close"):
-            frames_iter.close()
-    if written != spec.num_frames:
-        raise InputError(f"{spec.path}: stitched {written} frames, expected {spec.num_frames}")
-    from .io import atomic_write_text
-
-    info = {"source": spec.path, "num_frames": written, "num_tracks": len(tracks),
-            "chunks": [[c.start, c.end] for c in chunks], "chunk_overlap": cfg.chunk_overlap,
-            "tracks": {str(k): v for k, v in sorted(tracks.items())}}
-    atomic_write_text(vdir / "tracks.json", json.dumps(info, indent=1))
-    outputs = [f"{vrel}/labels", f"{vrel}/tracks.json"] + ([f"{vrel}/overlay"] if cfg.overlay else [])
+    info = writer.close(complete=True)
+    outputs = [f"{vrel}/labels", f"{vrel}/tracks.json"]
+    if info.get("overlay"):
+        outputs.append(f"{vrel}/overlay.mp4")
     return outputs, written
 
 
@@ -518,22 +512,6 @@ def _read_lab(path: Path, read_labels: Callable[[Path], np.ndarray]) -> np.ndarr
     if path.suffix.lower() == ".npy":
         return np.load(path, allow_pickle=False).astype(np.int32)
     return read_labels(path)
-
-
-def _iter_frames(spec: InputSpec):
-    """Yield uint8 RGB ``(H, W, 3)`` frames of a video file or frame folder, in order."""
-    if spec.kind == "frames":
-        from .io import read_image
-        from .jobs import _image_files
-
-        for p in _image_files(Path(spec.path)):
-            yield read_image(p)
-        return
-    import av
-
-    with av.open(spec.path) as container:
-        for fr in container.decode(container.streams.video[0]):
-            yield fr.to_ndarray(format="rgb24")
 
 
 # ----------------------------------------------------------------------------- lightning
@@ -762,8 +740,9 @@ def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
         tv = time.perf_counter()
         try:
             outputs, n = finalize_video(specs[name], chunks, cfg, out)
+            ran = sum(manifest.records[c.key].frames for c in chunks if c.key in pending)
             rec = ItemRecord(key=f"video:{name}", kind="video", source=specs[name].path, status="done",
-                             config_hash=video_hash[name], outputs=outputs, frames=0,
+                             config_hash=video_hash[name], outputs=outputs, frames=ran,
                              seconds=round(time.perf_counter() - tv, 3), rank=rank)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -800,13 +779,12 @@ def _summarise(summary: JobSummary, manifest: JobManifest, items: list[WorkItem]
         if s.kind in ("video", "frames"):
             key = f"video:{s.name}"
             chunks = [it for it in items if it.kind == "video_chunk" and it.name == s.name]
-            ran = [c for c in chunks if c.key in pending]
-            summary.frames += sum(recs[c.key].frames for c in ran if c.key in recs and recs[c.key].status == "done")
             bad = [recs[c.key] for c in chunks if c.key in recs and recs[c.key].status == "failed"]
             if s.name in final_done:
                 summary.skipped += 1
             elif key in recs and recs[key].status == "done":
                 summary.done += 1
+                summary.frames += recs[key].frames
             else:
                 summary.failed += 1
                 err = bad[0].error if bad else (recs[key].error if key in recs else "not finished")

@@ -117,6 +117,15 @@ def frame_count(path: Path) -> int:
         InputError: the file cannot be opened as a video or holds no video frames.
     """
     try:
+        from temporal.io import FrameSource  # the decoder the tracker uses: same frame count
+    except ImportError:
+        FrameSource = None  # type: ignore[assignment]
+    if FrameSource is not None:
+        n = len(FrameSource(path))
+        if n <= 0:
+            raise InputError(f"{path}: video has no frames")
+        return n
+    try:
         import av
 
         with av.open(str(path)) as container:
