@@ -299,19 +299,21 @@ def _run_volume(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Path, t
     from volume import api as volume_api
 
     rel = volume_output(item.source, item.name)
-    vcfg = _volume_config(cfg)
-    res = volume_api.segment_volume(item.source, out_dir / rel, segmenter, vcfg)
-    slices = int(getattr(res, "n_slices", 0) or getattr(res, "depth", 0) or 0)
-    outputs = [rel]
+    res = volume_api.segment_volume(item.source, out_dir / rel, segmenter, _volume_config(cfg))
+    outputs = []
+    for p in (res.labels_path, res.json_path, res.montage_path):
+        if p is not None:
+            p = Path(p)
+            outputs.append(str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p))
+    shape = tuple(getattr(res, "shape", ()) or ())
+    slices = int(shape[int(getattr(res, "axis", 0))]) if shape else 0
     return ItemResult(item, "done", outputs=outputs, frames=slices, seconds=time.perf_counter() - t0)
 
 
 def _volume_config(cfg: RunConfig) -> Any:
-    try:
-        from volume.types import VolumeConfig  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return VolumeConfig.from_dict(dict(cfg.volume)) if hasattr(VolumeConfig, "from_dict") else VolumeConfig(**cfg.volume)
+    from volume.types import VolumeConfig
+
+    return VolumeConfig.from_dict(dict(cfg.volume))
 
 
 def _tracker_config(cfg: RunConfig) -> Any:

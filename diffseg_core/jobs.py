@@ -287,6 +287,9 @@ def _scan_folder(folder: Path, folder_mode: str, top: bool,
 
 
 def _unique_name(path: Path, root: Path, used: set[str]) -> str:
+    if path.name.lower() in ("frames", "jpegimages", "images") and path.parent != path:
+        # DAVIS-like layouts (clip/frames/00000.jpg): the clip's name is the folder above.
+        path, root = path.parent, path.parent.parent
     try:
         rel = path.relative_to(root)
     except ValueError:

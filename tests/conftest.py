@@ -1,0 +1,124 @@
+"""Shared test fixtures: real-data location, tiny synthetic inputs, a fast fake segmenter.
+
+The fake segmenter is importable as ``tests.conftest:fake_segmenter`` so that subprocess
+ranks of ``diffseg run --segmenter-factory`` can build it too.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffseg_core.types import Segmentation
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> "Path | None":
+    """``$DIFFSEG_SHARED`` or the ``shared`` folder beside the repository, if present."""
+    env = os.environ.get("DIFFSEG_SHARED")
+    cand = Path(env) if env else REPO.parent / "shared"
+    return cand if cand.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``<shared>/data`` with the real test data; skips the test when absent."""
+    root = shared_root()
+    if root is None or not (root / "data").is_dir():
+        pytest.skip("shared test data not found (set DIFFSEG_SHARED)")
+    return root / "data"
+
+
+# ----------------------------------------------------------------------------- fake segmenter
+class FakeSegmenter:
+    """Deterministic stand-in for `DiffSegSegmenter`: segments = colour classes.
+
+    Each pixel gets the index of its dominant RGB channel (0, 1, 2) or 3 when dark; present
+    classes are relabelled 0..K-1. Proposals are the class masks pooled to a grid of side
+    ``size // 8`` and normalised. ``DIFFSEG_FAKE_DELAY`` seconds are slept per image (lets a
+    test kill a run in the middle).
+    """
+
+    def __init__(self, config=None) -> None:
+        self.config = config
+        self.delay = float(os.environ.get("DIFFSEG_FAKE_DELAY", "0") or 0)
+        self.calls = 0
+
+    def segment(self, images, generator=None) -> list[Segmentation]:
+        out = []
+        for img in images:
+            img = np.asarray(img)
+            if self.delay:
+                time.sleep(self.delay)
+            self.calls += 1
+            cls = np.argmax(img.astype(np.int16), axis=2).astype(np.int32)
+            cls[img.max(axis=2) < 60] = 3
+            present, labels = np.unique(cls, return_inverse=True)
+            labels = labels.reshape(cls.shape).astype(np.int32)
+            h, w = labels.shape
+            gh, gw = max(1, h // 8), max(1, w // 8)
+            ys = (np.arange(gh) * h // gh)[:, None]
+            xs = (np.arange(gw) * w // gw)[None, :]
+            small = labels[ys, xs]
+            props = (small[None] == np.arange(len(present))[:, None, None]).astype(np.float32) + 1e-3
+            props /= props.sum(axis=(1, 2), keepdims=True)
+            out.append(Segmentation(labels=labels, proposals=props, image_hw=(h, w)))
+        return out
+
+
+def fake_segmenter(config=None) -> FakeSegmenter:
+    """Factory for ``--segmenter-factory tests.conftest:fake_segmenter``."""
+    return FakeSegmenter(config)
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def write_frames(folder: Path, n: int, hw: tuple[int, int] = (64, 80), seed: int = 0) -> Path:
+    """A folder of ``n`` JPEG-free PNG frames: a red square moving right over two bands."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    for t in range(n):
+        a = np.zeros((h, w, 3), np.uint8)
+        a[:, : w // 3] = (30, 170, 40)
+        a[:, w // 3:] = (40, 60, 190)
+        x = 4 + 2 * t
+        a[h // 4: h // 4 + h // 3, x: x + w // 4] = (220, 30, 30)
+        a = np.clip(a.astype(np.int16) + rng.integers(0, 12, a.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(folder / f"{t:05d}.png")
+    return folder
+
+
+def write_images(folder: Path, names: "list[str]", hw: tuple[int, int] = (64, 64), seed: int = 1) -> list[Path]:
+    """PNG photos with two or three colour regions."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, name in enumerate(names):
+        h, w = hw
+        a = np.zeros((h, w, 3), np.uint8)
+        a[:, : w // 2] = (200, 40, 30)
+        a[h // 3:, w // 2:] = (30, 40, 200 - 20 * i)
+        a = np.clip(a.astype(np.int16) + rng.integers(0, 12, a.shape), 0, 255).astype(np.uint8)
+        p = folder / f"{name}.png"
+        Image.fromarray(a).save(p)
+        out.append(p)
+    return out
+
+
+@pytest.fixture
+def frames_dir(tmp_path: Path) -> Path:
+    return write_frames(tmp_path / "clip" / "frames", 10)
+
+
+@pytest.fixture
+def images_dir(tmp_path: Path) -> Path:
+    write_images(tmp_path / "photos", ["cat", "dog"])
+    return tmp_path / "photos"
