@@ -41,6 +41,10 @@ class TrackerConfig:
         handle_merges: a segment that swallows the warped mask of another (otherwise
             unmatched) track is carved along the warped labels so both ids survive.
         merge_containment: fraction of the other track's warped area inside the segment.
+            With images, the carved region must also look (colour) more like its own track
+            than like the track that swallowed it.
+        max_carved: consecutive keyframes a track may live on by carving alone (without a
+            segment of its own) before it counts as missing.
         max_missed: frames a track that disappeared is remembered for re-identification
             (occlusion); after that it is retired. Ids are never reused.
         reid: re-identify remembered tracks by appearance (proposal KL + colour histogram).
@@ -76,6 +80,7 @@ class TrackerConfig:
     split_min_appearance: float = 0.5
     handle_merges: bool = True
     merge_containment: float = 0.6
+    max_carved: int = 10
     max_missed: int = 30
     reid: bool = True
     reid_min_similarity: float = 0.55
@@ -92,7 +97,7 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         look_up_option(self.flow_backend, FLOW_BACKENDS, "flow backend")
         look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
-        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset"):
+        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
         if int(self.keyframe_every) < 1:

@@ -308,7 +308,9 @@ class VideoSegmenter:
         # 3. re-identification of remembered tracks (lost ones, and present ones left unmatched)
         un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
         if cfg.reid and len(un):
-            cand = [i for i in reg.lost_ids() if i not in taken] + [int(a) for a in A if int(a) not in taken]
+            # lost tracks, and tracks of the previous frame that found no partner (e.g. flow
+            # failed on fast motion, or all their warped pixels were unreliable)
+            cand = [i for i in reg.tracks if i not in taken]
             if cand:
                 sim = self._reid_similarity(state, cand, un, seg_w, props, hists, derived, K)
                 r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
@@ -337,12 +339,25 @@ class VideoSegmenter:
         if cfg.handle_merges and T:
             for t in range(T):
                 tid = int(A[t])
-                if tid in taken or area_t[t] < max(cfg.min_segment_area, 4):
+                tr = reg[tid]
+                if tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved:
                     continue
                 j = int(np.argmax(inter[t]))
-                if seg_track[j] != 0 and inter[t, j] >= cfg.merge_containment * area_t[t]:
-                    carve.setdefault(j, []).append(tid)
-                    taken.add(tid)
+                if seg_track[j] == 0 or inter[t, j] < cfg.merge_containment * area_t[t]:
+                    continue
+                if small is not None and cfg.hist_bins and tr.hist is not None:
+                    # the carved region must look like its own track more than like the
+                    # track that swallowed it (else the object left or is occluded)
+                    region = np.where((seg_w == j) & (rows == t), 0, -1)
+                    hr = color_histograms(small, region, 1, cfg.hist_bins)
+                    other = reg[int(seg_track[j])].hist if int(seg_track[j]) in reg else None
+                    own = float(bhattacharyya(hr, tr.hist[None])[0, 0])
+                    if own < cfg.split_min_appearance:
+                        continue
+                    if other is not None and own <= float(bhattacharyya(hr, other[None])[0, 0]):
+                        continue
+                carve.setdefault(j, []).append(tid)
+                taken.add(tid)
 
         # 5. new tracks
         for j in np.flatnonzero(seg_track == 0):
@@ -363,6 +378,13 @@ class VideoSegmenter:
                 sel = (labels == j) & np.isin(warped_full, tids)
                 out_full[sel] = warped_full[sel]
         self._update_tracks(state, out_w, small, idx, seg_track, props, area_s, A, P_warp)
+        carved_ids = {t for v in carve.values() for t in v}
+        for tid in carved_ids:
+            if tid in reg:
+                reg[tid].carved += 1
+        for tid in set(seg_track[seg_track > 0].tolist()):
+            if tid in reg:
+                reg[tid].carved = 0
         state.prev_labels = out_w
         state.prev_gray = gray
         state.prev_full = out_full if cfg.keyframe_every > 1 else None
@@ -400,16 +422,14 @@ class VideoSegmenter:
         as_ = (sb[:, 2] - sb[:, 0]) * (sb[:, 3] - sb[:, 1])
         union = at[:, None] + as_[None, :] - iy * ix
         biou = np.where(union > 0, iy * ix / np.maximum(union, 1e-9), 0.0)
-        position = 0.5 * (biou + ksim) if derived else biou
-        app = None
+        # Proposal maps (attention or derived) are spatially localised, so their KL mostly
+        # says "same place"; colour histograms say "looks the same" wherever it reappears.
+        position = 0.5 * (biou + ksim)
+        app = ksim
         if hists is not None:
             th = [reg[c].hist for c in cand]
             if all(h is not None for h in th):
                 app = bhattacharyya(np.stack(th), hists[un])
-        if app is None:
-            app = ksim
-        elif not derived:
-            app = 0.5 * (app + ksim)
         return cfg.reid_w_position * position + (1 - cfg.reid_w_position) * app
 
     def _update_tracks(self, state: VideoState, out_w: np.ndarray, small: "np.ndarray | None", idx: int,

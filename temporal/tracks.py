@@ -24,6 +24,7 @@ class Track:
         bbox: ``(y0, x0, y1, x1)`` at work resolution when last seen (exclusive ends).
         area: work-resolution pixels when last seen.
         missed: consecutive frames it has been absent.
+        carved: consecutive keyframes it survived only by carving a merged segment.
     """
 
     id: int
@@ -34,6 +35,7 @@ class Track:
     bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
     area: int = 0
     missed: int = 0
+    carved: int = 0
 
 
 class TrackRegistry:

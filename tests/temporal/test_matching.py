@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from temporal.matching import (bhattacharyya, color_histograms, cost_matrix, hungarian_assign, iou_from_overlap,
+                               overlap_matrix, symmetric_kl_matrix)
+from temporal.proposals import proposals_from_labels, relabel_consecutive, segmentation_from_labels
+
+
+def test_overlap_and_iou_hand_case():
+    a = np.array([[0, 0, 1, 1],
+                  [0, 0, 1, 1],
+                  [-1, -1, 1, 1]])
+    b = np.array([[0, 1, 1, 1],
+                  [0, 1, 1, 1],
+                  [0, 0, 0, 0]])
+    inter = overlap_matrix(a, 2, b, 2)
+    np.testing.assert_array_equal(inter, [[2, 2], [2, 4]])
+    iou = iou_from_overlap(inter, inter.sum(1), np.array([4, 6]))
+    # a0 has 4 px, b0 has 4 counted px: IoU 2/6; a1 (6 px) vs b1 (6 px): 4/8
+    np.testing.assert_allclose(iou, [[2 / 6, 2 / 8], [2 / 8, 4 / 8]])
+
+
+def test_symmetric_kl_properties(rng):
+    p = rng.random((4, 5, 5)) + 0.01
+    q = rng.random((3, 5, 5)) + 0.01
+    p /= p.reshape(4, -1).sum(1)[:, None, None]
+    q /= q.reshape(3, -1).sum(1)[:, None, None]
+    d = symmetric_kl_matrix(p, q)
+    assert d.shape == (4, 3) and (d >= 0).all()
+    np.testing.assert_allclose(d, symmetric_kl_matrix(q, p).T, rtol=1e-10)
+    np.testing.assert_allclose(np.diag(symmetric_kl_matrix(p, p)), 0, atol=1e-10)
+    # two-point distributions: sKL = sum (p - q) log(p / q)
+    a = np.array([[0.5, 0.5]])
+    b = np.array([[0.9, 0.1]])
+    expected = (0.5 - 0.9) * np.log(0.5 / 0.9) + (0.5 - 0.1) * np.log(0.5 / 0.1)
+    np.testing.assert_allclose(symmetric_kl_matrix(a, b)[0, 0], expected, rtol=1e-9)
+
+
+def test_cost_matrix_prefers_overlap_and_similar_maps():
+    iou = np.array([[0.9, 0.1], [0.2, 0.8]])
+    skl = np.array([[0.1, 5.0], [5.0, 0.2]])
+    c = cost_matrix(iou, skl, 1.0, 0.5, 2.0)
+    assert c[0, 0] < c[0, 1] and c[1, 1] < c[1, 0]
+    assert ((c >= 0) & (c <= 1)).all()
+    np.testing.assert_allclose(cost_matrix(iou, None), 1 - iou)
+
+
+def test_hungarian_assign_with_gating():
+    cost = np.array([[0.1, 0.2, 0.9],
+                     [0.15, 0.8, 0.95]])
+    a = hungarian_assign(cost)
+    assert sorted(zip(a.rows.tolist(), a.cols.tolist())) == [(0, 1), (1, 0)]
+    np.testing.assert_array_equal(a.unmatched_cols, [2])
+    allowed = np.array([[True, False, True], [False, False, True]])
+    a = hungarian_assign(cost, allowed=allowed, max_cost=0.92)
+    assert list(zip(a.rows.tolist(), a.cols.tolist())) == [(0, 0)]
+    np.testing.assert_array_equal(a.unmatched_rows, [1])
+    empty = hungarian_assign(np.zeros((0, 3)))
+    assert len(empty.rows) == 0 and len(empty.unmatched_cols) == 3
+
+
+def test_proposals_from_labels_are_distributions_on_the_mask():
+    lab = np.zeros((32, 48), np.int32)
+    lab[:, 24:] = 1
+    p = proposals_from_labels(lab, side=8, floor=1e-3)
+    assert p.shape == (2, 8, 12) and p.dtype == np.float32
+    np.testing.assert_allclose(p.reshape(2, -1).sum(1), 1, rtol=1e-5)
+    assert p[0, :, :6].min() > 10 * p[0, :, 6:].max()
+    seg = segmentation_from_labels(np.where(lab == 1, 40, 7))
+    assert seg.num_segments == 2 and seg.meta["source_values"] == [7, 40]
+    np.testing.assert_array_equal(seg.labels, lab)
+    r, v = relabel_consecutive(np.array([[5, 9], [9, 5]]))
+    np.testing.assert_array_equal(r, [[0, 1], [1, 0]])
+
+
+def test_color_histograms_and_bhattacharyya():
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:, 2:] = 255
+    lab = np.zeros((4, 4), np.int32)
+    lab[:, 2:] = 1
+    h = color_histograms(img, lab, 2, bins=2)
+    assert h.shape == (2, 8)
+    assert h[0, 0] == 1 and h[1, 7] == 1
+    b = bhattacharyya(h, h)
+    np.testing.assert_allclose(b, np.eye(2), atol=1e-6)
