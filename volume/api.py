@@ -90,7 +90,8 @@ def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSe
 
 def cleanup(labels: np.ndarray, config: VolumeConfig) -> int:
     """3D fragment removal (+ optional component split) and consecutive ids; returns n."""
-    st = remove_fragments(labels, int(config.min_size), split_disconnected=config.split_disconnected)
+    st = remove_fragments(labels, int(config.min_size), split_disconnected=config.split_disconnected,
+                          min_label_size=int(config.min_label_size))
     if st.fragments:
         log.debug("merged %d fragments (%d voxels) into neighbours", st.fragments, st.voxels)
     return relabel_consecutive(labels)

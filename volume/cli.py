@@ -73,10 +73,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="'all': slice along all three axes and fuse (majority after Hungarian matching)")
     g.add_argument("--min-size", type=int, default=64,
                    help="3D fragments smaller than this many voxels join their neighbour [%(default)s]")
+    g.add_argument("--min-label-size", type=int, default=8,
+                   help="whole 3D labels smaller than this many voxels join their neighbour [%(default)s]")
     g.add_argument("--split-disconnected", action="store_true",
                    help="give every 3D connected component its own id")
     g.add_argument("--memory", type=int, default=3, help="slices a lost structure stays matchable [%(default)s]")
-    g.add_argument("--min-overlap", type=float, default=0.2,
+    g.add_argument("--min-overlap", type=float, default=0.1,
                    help="IoU needed to continue a structure on the next slice [%(default)s]")
     g.add_argument("--no-montage", action="store_true", help="do not write the montage PNG")
     g.add_argument("--no-json", action="store_true", help="do not write labels.json")
@@ -94,7 +96,7 @@ def _config(args: argparse.Namespace, background: "int | None", kl_weight: float
     try:
         return VolumeConfig(
             axis=args.axis, axes=args.axes, window=args.window, percentiles=tuple(args.percentiles),
-            min_size=args.min_size, split_disconnected=args.split_disconnected,
+            min_size=args.min_size, min_label_size=args.min_label_size, split_disconnected=args.split_disconnected,
             resample_inplane=not getattr(args, "no_resample", False), index=args.index, series=args.series,
             link=LinkConfig(min_overlap=args.min_overlap, memory=args.memory, background=background,
                             kl_weight=kl_weight),

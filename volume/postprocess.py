@@ -37,17 +37,22 @@ def _structure(connectivity: int) -> np.ndarray:
 
 
 def remove_fragments(labels: np.ndarray, min_size: int, connectivity: int = 1,
-                     split_disconnected: bool = False, background: int = 0) -> CleanupStats:
+                     split_disconnected: bool = False, background: int = 0,
+                     min_label_size: int = 0) -> CleanupStats:
     """Merge small 3D fragments of every label into their neighbour, in place.
 
     A fragment is a connected component (``connectivity`` 1 = faces, 3 = corners) of one
     label that is smaller than ``min_size`` voxels and is not that label's largest
-    component; a whole label smaller than ``min_size`` counts as a fragment too. It takes the
-    label that shares the most faces with it (``background`` if it touches nothing else).
+    component (debris split off a structure); a whole label smaller than
+    ``min_label_size`` counts as a fragment too (a sliver that no slice continued). It
+    takes the label that shares the most faces with it (``background`` if it touches
+    nothing else). Small structures that are whole (one component of at least
+    ``min_label_size`` voxels) are kept: at 3 mm CT voxels an adrenal gland is ~100 voxels.
 
     Args:
         labels: int32 ``(D, H, W)``, modified in place.
         min_size: fragment size threshold in voxels (0: only ``split_disconnected`` runs).
+        min_label_size: whole labels below this many voxels are removed too.
         connectivity: 1, 2 or 3.
         split_disconnected: give every remaining component of a label its own new id.
         background: the "no label" value (never treated as a label).
@@ -72,7 +77,7 @@ def remove_fragments(labels: np.ndarray, min_size: int, connectivity: int = 1,
         sizes[0] = 0
         largest = int(np.argmax(sizes))
         small = (sizes < min_size) & (np.arange(n + 1) > 0)
-        if sizes[largest] >= min_size:
+        if sizes[largest] >= min_label_size:
             small[largest] = False
         if small.any():
             frag_boxes.append((box, np.isin(cc, np.flatnonzero(small)) & sub))

@@ -166,7 +166,9 @@ class SliceLinker:
             iou = iou_from_overlap(inter, ov.seg_area, ov.track_area)
             in_track = inter / np.maximum(ov.seg_area[:, None], 1)     # share of the segment
             covers = inter / np.maximum(ov.track_area[None, :], 1)    # share of the track
-            allowed = (iou >= cfg.min_overlap) | (in_track >= cfg.split_fraction) | (covers >= cfg.merge_fraction)
+            # Gate on IoU only: containment alone would let a big track (a background piece)
+            # swallow a structure that starts inside it.
+            allowed = iou >= cfg.min_overlap
             skl = None
             if proposals is not None and cfg.kl_weight > 0 and self._props:
                 have = np.array([int(i) in self._props for i in ov.track_ids])
@@ -175,7 +177,7 @@ class SliceLinker:
                     if tp.shape[1:] == proposals.shape[1:]:
                         skl = symmetric_kl_matrix(proposals, tp)
             # Overlap decides; ties broken towards the most recent reference.
-            cost = cost_matrix(np.maximum(iou, 0.5 * np.minimum(in_track, covers)), skl,
+            cost = cost_matrix(iou, skl,
                                w_iou=1.0, w_kl=cfg.kl_weight) + 1e-3 * (ov.age[None, :] - 1)
             asg = hungarian_assign(cost, allowed=allowed)
             seg_to_track[asg.rows] = ov.track_ids[asg.cols]

@@ -178,7 +178,7 @@ class LinkConfig(_DictMixin):
             masks), or None when every value is a segment (DiffSeg's 0..K-1).
     """
 
-    min_overlap: float = 0.2
+    min_overlap: float = 0.1
     kl_weight: float = 0.0
     memory: int = 3
     split_fraction: float = 0.5
@@ -211,8 +211,9 @@ class VolumeConfig(_DictMixin):
         window: intensity mapping: ``auto``, ``percentile`` (1..99), ``minmax``, a CT preset
             (``soft-tissue``, ``lung``, ``bone``, ``brain``) or ``(level, width)`` in HU.
         percentiles: low/high percentile of the ``percentile`` mode.
-        min_size: 3D fragments smaller than this many voxels are merged into their
-            neighbour (0 keeps everything).
+        min_size: 3D fragments (connected pieces of a label other than its largest)
+            smaller than this many voxels are merged into their neighbour (0 keeps them).
+        min_label_size: whole labels smaller than this many voxels are merged too.
         split_disconnected: give every 3D connected component its own id (else a track's
             disconnected large pieces keep one id).
         resample_inplane: resample anisotropic slices to square pixels before segmenting.
@@ -230,6 +231,7 @@ class VolumeConfig(_DictMixin):
     window: "str | tuple[float, float]" = "auto"
     percentiles: tuple[float, float] = (1.0, 99.0)
     min_size: int = 64
+    min_label_size: int = 8
     split_disconnected: bool = False
     resample_inplane: bool = True
     index: "int | None" = None
@@ -252,6 +254,8 @@ class VolumeConfig(_DictMixin):
         object.__setattr__(self, "percentiles", (lo, hi))
         if int(self.min_size) < 0:
             raise InputError(f"min_size must be >= 0 voxels; got {self.min_size}")
+        if int(self.min_label_size) < 0:
+            raise InputError(f"min_label_size must be >= 0 voxels; got {self.min_label_size}")
         if self.index is not None and int(self.index) < 0:
             raise InputError(f"index must be >= 0; got {self.index}")
         if isinstance(self.link, dict):
