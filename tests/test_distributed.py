@@ -1,0 +1,230 @@
+"""`diffseg run`: planning, sharding, stitching, and 2 CPU processes == 1 process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffseg_core.config import SegmenterConfig
+from diffseg_core.distributed import RunConfig, _stitch_fallback, finalize_video, run_job, stitch_ids
+from diffseg_core.errors import InputError
+from diffseg_core.io import read_labels, save_labels_png
+from diffseg_core.jobs import (InputSpec, WorkItem, chunk_ranges, classify_inputs, config_hash, plan_items,
+                               relabel_agreement, shard_items)
+
+from .conftest import REPO, write_frames, write_images
+
+FAKE = "tests.conftest:fake_segmenter"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+# ----------------------------------------------------------------------------- planning
+def test_chunk_ranges_cover_with_overlap():
+    assert chunk_ranges(5, 8, 2) == [(0, 5)]
+    assert chunk_ranges(20, 8, 2) == [(0, 8), (6, 14), (12, 20)]
+    r = chunk_ranges(1000, 300, 8)
+    assert r[0][0] == 0 and r[-1][1] == 1000
+    for (a0, b0), (a1, b1) in zip(r, r[1:]):
+        assert b0 - a1 == 8  # consecutive chunks share exactly `overlap` frames
+        assert b1 - a1 <= 300
+    with pytest.raises(ValueError):
+        chunk_ranges(10, 4, 4)
+
+
+def _items(n: int) -> list[WorkItem]:
+    return [WorkItem(key=f"image:{i}", kind="image", source=f"/x/{i}.png", name=str(i), input_kind="image",
+                     cost=1 + (i * 7) % 5) for i in range(n)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shard_items_is_a_partition(world):
+    items = _items(23)
+    shards = [shard_items(items, r, world) for r in range(world)]
+    keys = [it.key for s in shards for it in s]
+    assert sorted(keys) == sorted(it.key for it in items)  # every item exactly once
+    assert shards == [shard_items(list(reversed(items)), r, world) for r in range(world)]  # order-free
+    loads = [sum(it.cost for it in s) for s in shards]
+    assert max(loads) - min(loads) <= max(it.cost for it in items)  # greedy balance bound
+
+
+def test_plan_items_splits_long_videos():
+    specs = [InputSpec("/v.mp4", "video", "v", 20), InputSpec("/a.png", "image", "a"),
+             InputSpec("/s.nii.gz", "volume", "s")]
+    items = plan_items(specs, chunk_frames=8, overlap=2)
+    chunks = [it for it in items if it.kind == "video_chunk"]
+    assert [(c.start, c.end) for c in chunks] == [(0, 8), (6, 14), (12, 20)]
+    assert {c.num_chunks for c in chunks} == {3}
+    assert len({it.key for it in items}) == len(items) == 5
+
+
+def test_classify_inputs_folder(tmp_path, frames_dir, images_dir):
+    np.save(tmp_path / "vol.npy", np.zeros((4, 16, 16), np.float32))
+    (tmp_path / "notes.txt").write_text("hello")
+    plan = classify_inputs([images_dir, frames_dir, tmp_path / "vol.npy"])
+    kinds = {s.name: s.kind for s in plan.specs}
+    assert kinds == {"cat": "image", "dog": "image", "clip": "frames", "vol": "volume"}
+    assert [s.num_frames for s in plan.specs if s.kind == "frames"] == [10]
+    with pytest.raises(InputError, match="notes.txt"):
+        classify_inputs([tmp_path / "notes.txt"])
+    with pytest.raises(InputError, match="no such file"):
+        classify_inputs([tmp_path / "missing.mp4"])
+
+
+def test_classify_rejects_bad_file_in_folder_but_keeps_the_rest(tmp_path):
+    write_images(tmp_path / "in", ["a"])
+    (tmp_path / "in" / "broken.mp4").write_bytes(os.urandom(2000))
+    plan = classify_inputs([tmp_path / "in"])
+    assert [s.name for s in plan.specs] == ["a"]
+    assert len(plan.rejected) == 1 and "broken.mp4" in plan.rejected[0].error
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = RunConfig(segmenter=SegmenterConfig(model="tiny-random", size=64))
+    b = RunConfig(segmenter=SegmenterConfig(model="tiny-random", size=64, device="cuda:3"), devices=4)
+    c = RunConfig(segmenter=SegmenterConfig(model="tiny-random", size=128))
+    assert config_hash(a.hash_for("image")) == config_hash(b.hash_for("image"))  # launch/device free
+    assert config_hash(a.hash_for("image")) != config_hash(c.hash_for("image"))
+    d = RunConfig(segmenter=a.segmenter, chunk_overlap=4)
+    assert config_hash(a.hash_for("image")) == config_hash(d.hash_for("image"))
+    assert config_hash(a.hash_for("video_chunk")) != config_hash(d.hash_for("video_chunk"))
+
+
+@pytest.mark.parametrize("kw", [dict(devices=0), dict(num_nodes=0), dict(chunk_frames=1),
+                                dict(chunk_frames=8, chunk_overlap=8), dict(strategy="dpp"),
+                                dict(accelerator="tpu"), dict(max_side=5), dict(segmenter_factory="nocolon")])
+def test_run_config_validation(kw):
+    with pytest.raises(InputError):
+        RunConfig(**kw)
+
+
+def test_run_config_did_you_mean():
+    with pytest.raises(InputError, match="did you mean 'ddp'"):
+        RunConfig(strategy="dpp")
+
+
+# ----------------------------------------------------------------------------- stitching
+def test_relabel_agreement():
+    a = np.array([[1, 1, 2], [2, 3, 3]])
+    assert relabel_agreement(a, a * 10 + 5) == 1.0
+    b = a.copy()
+    b[0, 0] = 2
+    assert relabel_agreement(a, b) == pytest.approx(5 / 6)
+    # Two ids of b cannot both map to one id of a (one-to-one relabelling).
+    assert relabel_agreement(np.zeros(4, int), np.array([0, 0, 1, 1])) == 0.5
+
+
+def test_stitch_maps_continuing_ids_and_fresh_ids_for_new():
+    prev = np.zeros((2, 6, 6), np.int32)
+    prev[:, :3] = 4
+    prev[:, 3:] = 9
+    nxt = np.zeros_like(prev)
+    nxt[:, :3] = 2
+    nxt[:, 3:5] = 1
+    nxt[:, 5:] = 3  # a new object the previous chunk does not have
+    for fn in (stitch_ids, lambda p, n, new_id_start=10: _stitch_fallback(p, n)):
+        m = fn(prev, nxt, new_id_start=10)
+        assert m[2] == 4 and m[1] == 9
+        assert m.get(3, 10) >= 10  # never an id of the previous chunk
+
+
+def _write_chunk(out: Path, name: str, idx: int, frames: "list[np.ndarray]", start: int) -> None:
+    d = out / ".diffseg" / "chunks" / name / f"c{idx:04d}" / "labels"
+    for k, lab in enumerate(frames):
+        save_labels_png(d / f"{start + k:05d}.png", lab)
+
+
+def test_finalize_video_stitches_chunks(tmp_path):
+    """Three chunks with local ids 1..; an object crossing both boundaries keeps one id."""
+    n, h, w = 12, 8, 12
+    truth = np.zeros((n, h, w), np.int32)
+    truth[:, :, :4] = 1  # object A, whole video
+    truth[:, :, 4:8] = 2  # object B, whole video
+    truth[7:, :, 8:] = 3  # object C appears at frame 7 (in chunk 1 only after the overlap)
+    ranges = chunk_ranges(n, 6, 2)  # (0,6) (4,10) (8,12)
+    perms = [{1: 1, 2: 2, 3: 3}, {1: 5, 2: 1, 3: 2}, {1: 2, 2: 3, 3: 1}]  # local ids differ per chunk
+    out = tmp_path / "job"
+    items = []
+    for i, (a, b) in enumerate(ranges):
+        lut = np.zeros(4, np.int32)
+        for k, v in perms[i].items():
+            lut[k] = v
+        _write_chunk(out, "clip", i, [lut[t] for t in truth[a:b]], a)
+        items.append(WorkItem(key=f"video:clip#c{i:04d}", kind="video_chunk", source="/none", name="clip",
+                              input_kind="frames", start=a, end=b, chunk_index=i, num_chunks=3, num_frames=n))
+    spec = InputSpec(str(tmp_path / "frames"), "frames", "clip", n)
+    cfg = RunConfig(chunk_frames=6, chunk_overlap=2, overlay=False)
+    outputs, written = finalize_video(spec, items, cfg, out)
+    assert written == n
+    got = np.stack([read_labels(out / "videos" / "clip" / "labels" / f"{t:05d}.png") for t in range(n)])
+    assert relabel_agreement(truth, got) == 1.0
+    assert len(np.unique(got)) == 4  # 0 + exactly three ids over the whole video
+    info = json.loads((out / "videos" / "clip" / "tracks.json").read_text())
+    assert info["n_frames"] == n and info["n_tracks"] == 3
+
+
+# ----------------------------------------------------------------------------- engine, in process
+def test_run_job_fake_segmenter_images_video_volume(tmp_path, images_dir, frames_dir):
+    z, y, x = np.mgrid[:6, :32, :32]
+    np.save(tmp_path / "ball.npy", (((z - 3) ** 2 + (y - 16) ** 2 + (x - 16) ** 2) < 60).astype(np.float32) * 100)
+    cfg = RunConfig(segmenter_factory=FAKE, chunk_frames=4, chunk_overlap=1, accelerator="cpu",
+                    volume={"min_size": 0, "montage": False})
+    s = run_job([images_dir, frames_dir, tmp_path / "ball.npy"], tmp_path / "out", cfg)
+    assert s.exit_code == 0, s.format()
+    assert (s.done, s.failed, s.skipped, s.total) == (4, 0, 0, 4)
+    out = tmp_path / "out"
+    assert (out / "images" / "labels" / "cat.png").exists()
+    assert (out / "images" / "overlay" / "dog.jpg").exists()
+    labels = sorted((out / "videos" / "clip" / "labels").glob("*.png"))
+    assert len(labels) == 10
+    assert (out / "volumes" / "ball.npy").exists()
+    assert not (out / ".diffseg" / "chunks" / "clip").exists()  # chunk files removed after stitching
+    man = json.loads((out / "manifest.json").read_text())
+    assert {k: v["status"] for k, v in man["items"].items()} == {
+        "image:cat": "done", "image:dog": "done", "video:clip": "done", "volume:ball": "done"}
+    assert s.frames == 2 + 10 + 6 + 2  # images + frames + slices + overlap frames segmented twice (3 chunks)
+    # No temporary file left anywhere.
+    assert not [p for p in out.rglob(".tmp-*")]
+
+
+# ----------------------------------------------------------------------------- 2 processes == 1
+@pytest.mark.timeout(300)
+def test_two_cpu_processes_equal_one_process(tmp_path):
+    """DDP on 2 CPU processes (gloo) with the tiny random model gives the 1-process result."""
+    write_images(tmp_path / "in" / "photos", ["a", "b"], hw=(64, 64))
+    write_frames(tmp_path / "in" / "clip" / "frames", 8, hw=(64, 64))
+    inputs = [str(tmp_path / "in" / "photos"), str(tmp_path / "in" / "clip" / "frames")]
+    opts = ["--model", "tiny-random", "--size", "64", "--accelerator", "cpu", "--chunk-frames", "5",
+            "--chunk-overlap", "2", "--no-overlay", "-q"]
+    one = subprocess.run([sys.executable, "-m", "diffseg_core", "run", *inputs, "-o", str(tmp_path / "one"),
+                          "--devices", "1", *opts], cwd=REPO, env=_env(), capture_output=True, text=True,
+                         timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "diffseg_core", "run", *inputs, "-o", str(tmp_path / "two"),
+                          "--devices", "2", "--strategy", "ddp", *opts], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=240)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "Traceback" not in two.stderr
+    man = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert man["job"]["config"]["devices"] == 2
+    # Both ranks did work (2 images + 2 chunks spread over 2 ranks).
+    chunk_ranks = {r["rank"] for r in man["items"].values()}
+    assert chunk_ranks == {0, 1}
+    for name in ("a", "b"):
+        a = read_labels(tmp_path / "one" / "images" / "labels" / f"{name}.png")
+        b = read_labels(tmp_path / "two" / "images" / "labels" / f"{name}.png")
+        np.testing.assert_array_equal(a, b)
+    la = np.stack([read_labels(p) for p in sorted((tmp_path / "one" / "videos" / "clip" / "labels").glob("*.png"))])
+    lb = np.stack([read_labels(p) for p in sorted((tmp_path / "two" / "videos" / "clip" / "labels").glob("*.png"))])
+    assert la.shape == lb.shape == (8, 64, 64)
+    assert relabel_agreement(la, lb) == 1.0
