@@ -1,0 +1,247 @@
+"""Capture head-averaged self-attention probabilities from a diffusers UNet.
+
+`SelfAttentionCapture` is a diffusers attention processor that replaces the processor of
+every self-attention (``attn1``) layer for the duration of a `capture_self_attention`
+context. It computes the layer's output itself from explicit probabilities (scaled dot
+product attention hides them), so capturing costs about one attention per layer, not two:
+
+    q, k, v projections -> per query chunk: softmax(q k^T * scale) -> probs @ v
+                                            -> probs averaged over heads (float32) -> store
+
+The probabilities of all heads of all layers that share a spatial grid are averaged, giving
+one float32 ``(B, N_r, N_r)`` map per resolution ``r`` (rows sum to 1), which is what
+`diffseg_core.aggregate.aggregate` takes. Each layer's grid ``(h_r, w_r)`` is derived from
+its sequence length and the latent's shape (no hard-coded 64/4096): SD halves the latent
+``(h, w)`` with stride-2 convolutions, so ``h_r = ceil(h / 2**k)``.
+
+On exit the original processors (the very same objects) are put back, also when the forward
+pass raises.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from .aggregate import layer_grid
+from .config import CaptureConfig
+
+__all__ = ["AttentionStore", "SelfAttentionCapture", "capture_self_attention",
+           "self_attention_layer_names", "expected_layer_count"]
+
+
+@dataclass
+class AttentionStore:
+    """Running sums of head-averaged self-attention per spatial grid.
+
+    Attributes:
+        latent_hw: ``(h, w)`` of the UNet input latent (for `layer_grid`).
+        sums: grid ``(h_r, w_r)`` -> float32 ``(B, N_r, N_r)`` sum over captured layers of the
+            head-mean attention probabilities.
+        counts: grid -> number of layer calls summed into ``sums[grid]``.
+        layers: names of the layers captured, in call order (one entry per call).
+        layer_grids: layer name -> its grid.
+    """
+
+    latent_hw: tuple[int, int]
+    sums: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    counts: dict[tuple[int, int], int] = field(default_factory=dict)
+    layers: list[str] = field(default_factory=list)
+    layer_grids: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def reset(self, latent_hw: "tuple[int, int] | None" = None) -> None:
+        """Forget everything captured (before the next UNet forward)."""
+        if latent_hw is not None:
+            self.latent_hw = (int(latent_hw[0]), int(latent_hw[1]))
+        self.sums.clear()
+        self.counts.clear()
+        self.layers.clear()
+        self.layer_grids.clear()
+
+    def begin(self, name: str, seq_len: int, batch: int, device: torch.device) -> torch.Tensor:
+        """Register one layer call; return the float32 ``(B, N, N)`` accumulator to add to."""
+        grid = layer_grid(seq_len, self.latent_hw)
+        self.layers.append(name)
+        self.layer_grids[name] = grid
+        acc = self.sums.get(grid)
+        if acc is None or acc.shape[0] != batch:
+            acc = torch.zeros((batch, seq_len, seq_len), dtype=torch.float32, device=device)
+            self.sums[grid] = acc
+            self.counts[grid] = 0
+        self.counts[grid] += 1
+        return acc
+
+    @property
+    def grids(self) -> list[tuple[int, int]]:
+        """Captured grids, finest first."""
+        return sorted(self.sums, key=lambda g: -(g[0] * g[1]))
+
+    def maps(self) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """Mean attention per grid.
+
+        Returns:
+            ``(maps, shapes)``: ``maps[i]`` float32 ``(B, N_i, N_i)`` (rows sum to 1: the mean
+            over all heads of all layers on grid ``shapes[i] = (h_i, w_i)``), finest first.
+        """
+        grids = self.grids
+        return [self.sums[g] / float(self.counts[g]) for g in grids], grids
+
+
+def self_attention_layer_names(unet: Any, layers: str = "attn1") -> list[str]:
+    """Processor names (keys of ``unet.attn_processors``) of the self-attention layers."""
+    return [n for n in unet.attn_processors if n.endswith(f"{layers}.processor")]
+
+
+class SelfAttentionCapture:
+    """Attention processor for one ``attn1`` layer: exact output plus captured probabilities.
+
+    Reproduces diffusers' ``AttnProcessor`` (spatial norm, 4-D inputs, attention mask,
+    group norm, q/k norms, residual connection, output rescale) while computing the
+    probabilities explicitly, ``query_chunk`` queries at a time, in the model's dtype (upcast
+    to float32 where the layer asks for it), and adding their head mean to ``store`` in
+    float32.
+    """
+
+    def __init__(self, name: str, store: AttentionStore, query_chunk: int = 1024) -> None:
+        self.name = name
+        self.store = store
+        self.query_chunk = int(query_chunk)
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor,
+                 encoder_hidden_states: "torch.Tensor | None" = None,
+                 attention_mask: "torch.Tensor | None" = None, temb: "torch.Tensor | None" = None,
+                 *args: Any, **kwargs: Any) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        heads = attn.heads
+        norm_q, norm_k = getattr(attn, "norm_q", None), getattr(attn, "norm_k", None)
+        if norm_q is not None or norm_k is not None:
+            # q/k norms act per head on (B, heads, L, d), as in AttnProcessor2_0.
+            query = attn.head_to_batch_dim(query, out_dim=4)
+            key = attn.head_to_batch_dim(key, out_dim=4)
+            if norm_q is not None:
+                query = norm_q(query)
+            if norm_k is not None:
+                key = norm_k(key)
+            query = query.reshape(-1, query.shape[2], query.shape[3])
+            key = key.reshape(-1, key.shape[2], key.shape[3])
+        else:
+            query = attn.head_to_batch_dim(query)  # (B*heads, Lq, d)
+            key = attn.head_to_batch_dim(key)  # (B*heads, Lk, d)
+        value = attn.head_to_batch_dim(value)
+
+        out = self._attend(attn, query, key, value, attention_mask, batch_size, heads)
+        hidden_states = attn.batch_to_head_dim(out)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def _attend(self, attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: "torch.Tensor | None", batch: int, heads: int) -> torch.Tensor:
+        """Chunked attention: returns ``(B*heads, Lq, d)`` and accumulates the head mean.
+
+        Args:
+            query: ``(B*heads, Lq, d)`` in the model dtype.
+            key: ``(B*heads, Lk, d)``; self-attention, so ``Lk == Lq``.
+            value: ``(B*heads, Lk, d_v)``.
+            mask: additive ``(B*heads, 1 | Lq, Lk)`` or None.
+        """
+        dtype = query.dtype
+        n_q, n_k = query.shape[1], key.shape[1]
+        if n_q != n_k:  # not self-attention (e.g. attn1 used as cross-attention): no capture
+            probs = attn.get_attention_scores(query, key, mask)
+            return torch.bmm(probs, value)
+        acc = self.store.begin(self.name, n_q, batch, query.device)
+        if attn.upcast_attention:
+            query, key = query.float(), key.float()
+        key_t = key.transpose(1, 2)
+        out = torch.empty(query.shape[0], n_q, value.shape[2], dtype=dtype, device=query.device)
+        chunk = max(1, self.query_chunk)
+        for q0 in range(0, n_q, chunk):
+            q1 = min(n_q, q0 + chunk)
+            if mask is None:
+                scores = torch.bmm(query[:, q0:q1], key_t)
+                scores.mul_(attn.scale)
+            else:
+                m = mask if mask.shape[1] == 1 else mask[:, q0:q1]
+                scores = torch.baddbmm(m.to(query.dtype), query[:, q0:q1], key_t, beta=1, alpha=attn.scale)
+            if attn.upcast_softmax:
+                scores = scores.float()
+            probs = scores.softmax(dim=-1).to(dtype)
+            del scores
+            out[:, q0:q1] = torch.bmm(probs, value)
+            # Head mean as we go (float32 accumulation): only (B, chunk, N) stays alive.
+            acc[:, q0:q1] += probs.view(batch, heads, q1 - q0, n_k).sum(dim=1, dtype=torch.float32).div_(heads)
+            del probs
+        return out
+
+
+@contextmanager
+def capture_self_attention(unet: Any, latent_hw: tuple[int, int],
+                           config: "CaptureConfig | None" = None) -> Iterator[AttentionStore]:
+    """Install `SelfAttentionCapture` on every ``attn1`` layer of ``unet``; restore on exit.
+
+    Only the self-attention processors are replaced; cross-attention (``attn2``) keeps its
+    processor. The original processor objects are put back on exit, also after an error.
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel`` (anything with ``attn_processors`` and
+            ``set_attn_processor``).
+        latent_hw: ``(h, w)`` of the latent the next forward pass gets (layer grids follow).
+        config: capture settings (``query_chunk``).
+
+    Yields:
+        The `AttentionStore` filled by the forward passes run inside the context; call
+        ``store.maps()`` for float32 ``(B, N_r, N_r)`` maps per grid, finest first.
+
+    Example:
+        >>> with capture_self_attention(unet, (64, 64)) as store:
+        ...     unet(latents, 300, encoder_hidden_states=emb)
+        >>> maps, shapes = store.maps()
+    """
+    config = config or CaptureConfig()
+    originals = dict(unet.attn_processors)
+    names = self_attention_layer_names(unet, config.layers)
+    if not names:
+        raise ValueError("the UNet has no self-attention ('attn1') layers to capture")
+    store = AttentionStore(latent_hw=(int(latent_hw[0]), int(latent_hw[1])))
+    new = dict(originals)
+    for n in names:
+        new[n] = SelfAttentionCapture(n, store, config.query_chunk)
+    unet.set_attn_processor(new)
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(originals)
+
+
+def expected_layer_count(unet: Any) -> int:
+    """Number of ``attn1`` layers of ``unet`` (what one forward pass captures)."""
+    return len(self_attention_layer_names(unet))
+

@@ -1,0 +1,270 @@
+"""`DiffSegSegmenter`: RGB images -> `Segmentation` (the only module touching UNet and VAE).
+
+Per image: resize so the shorter side is ``config.size`` and the longer keeps the aspect
+ratio (both rounded to multiples of 64, so latent sides are multiples of 8; no centre crop,
+unlike the original), VAE-encode (``latent_dist.mean * scaling_factor``), run the UNet once at
+``config.timestep`` with the empty-prompt embedding while `capture_self_attention` records
+every ``attn1`` layer, aggregate the resolutions, then merge + NMS at the input's own size.
+
+Images of different sizes in one call are grouped by model input size and sent through the
+UNet ``config.batch_size`` at a time. The UNet may run in float16/bfloat16; the attention is
+accumulated and post-processed in float32. Results are numpy on the CPU.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .aggregate import aggregate
+from .capture import capture_self_attention
+from .config import SegmenterConfig
+from .errors import InputError
+from .models import LoadedModel, load_model
+from .pipeline import segment_aggregated
+from .types import AttentionMaps, Segmentation
+
+__all__ = ["DiffSegSegmenter", "model_input_size", "MAX_LATENT_TOKENS", "as_image_list"]
+
+#: Refuse model inputs whose finest attention has more tokens than this (a 1024x1024 px
+#: input): the captured ``(N, N)`` map and the aggregated ``(N, h, w)`` tensor grow as N^2.
+MAX_LATENT_TOKENS = 128 * 128
+
+
+def model_input_size(image_hw: tuple[int, int], size: int = 512, multiple: int = 64) -> tuple[int, int]:
+    """The ``(H', W')`` an image of ``image_hw`` is resized to before the VAE.
+
+    The shorter side becomes ``size`` and the longer side keeps the aspect ratio; both are
+    rounded to the nearest multiple of ``multiple`` (at least ``multiple``).
+
+    Example:
+        >>> model_input_size((480, 854))
+        (512, 896)
+    """
+    h, w = int(image_hw[0]), int(image_hw[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"image_hw must be positive; got {image_hw}")
+    short = max(multiple, int(round(size / multiple)) * multiple)
+
+    def side(n: int) -> int:
+        return max(multiple, int(round(short * n / min(h, w) / multiple)) * multiple)
+
+    return (short, side(w)) if h <= w else (side(h), short)
+
+
+def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
+    """Validate and normalise images to a list of float32 ``(3, H, W)`` CPU tensors in [0, 1].
+
+    Accepts one image or a list of images: uint8 ``(H, W, 3)`` (numpy or torch), float
+    ``(3, H, W)`` in [0, 1], or a float batch ``(B, 3, H, W)`` in [0, 1]; also a uint8 batch
+    ``(B, H, W, 3)`` numpy array.
+
+    Raises:
+        InputError: wrong shape, dtype, NaN/inf, values outside [0, 1], empty input.
+    """
+    items: list[Any]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim == 4:
+            items = list(images)
+        else:
+            items = [images]
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        raise InputError(f"`{name}` must be an array, a tensor or a list of them; got {type(images).__name__}")
+    if not items:
+        raise InputError(f"`{name}` is empty; expected at least one image")
+    return [_as_chw(x, f"{name}[{i}]") for i, x in enumerate(items)]
+
+
+def _as_chw(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+    else:
+        raise InputError(f"`{name}` must be a numpy array or torch tensor; got {type(x).__name__}")
+    expect = "(H, W, 3) uint8 or (3, H, W) float in [0, 1]"
+    if t.dtype == torch.uint8:
+        if t.ndim != 3 or t.shape[2] != 3:
+            raise InputError(f"`{name}` must be {expect}; got shape {tuple(t.shape)} dtype uint8")
+        t = t.permute(2, 0, 1).float().div_(255.0)
+    elif t.is_floating_point():
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise InputError(f"`{name}` must be {expect}; got shape {tuple(t.shape)} dtype {t.dtype}")
+        t = t.float()
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(f"`{name}` holds NaN or infinite values")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise InputError(f"`{name}` float values must be in [0, 1]; got range [{lo:.3g}, {hi:.3g}]")
+        t = t.clamp(0, 1)
+    else:
+        raise InputError(f"`{name}` must be {expect}; got shape {tuple(t.shape)} dtype {t.dtype}")
+    if t.shape[1] < 1 or t.shape[2] < 1:
+        raise InputError(f"`{name}` is empty; got shape {tuple(t.shape)}")
+    return t.contiguous()
+
+
+@dataclass
+class _Aggregated:
+    index: int
+    maps: torch.Tensor  # float32 (N, h, w) on the compute device
+    image_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    latent_hw: tuple[int, int]
+    timings: dict[str, float]
+
+
+class DiffSegSegmenter:
+    """DiffSeg on a Stable Diffusion UNet: RGB images in, `Segmentation`s out.
+
+    Args:
+        config: model, device, precision, input size, UNet pass and merge settings.
+        model: an already loaded `LoadedModel` (default: `load_model` from ``config``, lazily,
+            on first use, cached per (model, device, dtype)).
+
+    Example:
+        >>> seg = DiffSegSegmenter(SegmenterConfig(model="tiny-random"))
+        >>> out = seg.segment_one(np.zeros((256, 384, 3), np.uint8))
+        >>> out.labels.shape, out.labels.dtype
+        ((256, 384), dtype('int32'))
+    """
+
+    def __init__(self, config: "SegmenterConfig | None" = None, *, model: "LoadedModel | None" = None) -> None:
+        self.config = config or SegmenterConfig()
+        self._model = model
+
+    # ------------------------------------------------------------------ model
+    @property
+    def model(self) -> LoadedModel:
+        """The loaded SD components (loaded on first access)."""
+        if self._model is None:
+            c = self.config
+            self._model = load_model(c.model, c.device, c.dtype,
+                                     allow_pickle=bool(getattr(c, "allow_unsafe_ckpt", False)))
+        return self._model
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def input_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Model input ``(H', W')`` for an image of ``image_hw`` (see `model_input_size`)."""
+        return model_input_size(image_hw, self.config.size, 8 * self.model.vae_scale_factor)
+
+    # ------------------------------------------------------------------ public API
+    @torch.inference_mode()
+    def segment(self, images: Any, generator: "torch.Generator | None" = None) -> list[Segmentation]:
+        """Segment images.
+
+        Args:
+            images: list of uint8 ``(H, W, 3)`` arrays, or float ``(B, 3, H, W)`` / ``(3, H, W)``
+                tensors in [0, 1] (sizes may differ between list items).
+            generator: randomness of the optional latent noise (``config.add_noise``).
+
+        Returns:
+            One `Segmentation` per image, in input order: int32 labels ``(H, W)`` at the
+            image's own size (0..K-1), float32 proposals ``(K, h, w)`` on the latent grid,
+            ``meta`` with model id, sizes and timings (seconds).
+        """
+        chw = as_image_list(images)
+        out: list[Segmentation | None] = [None] * len(chw)
+        for item in self._aggregated(chw, generator):
+            t0 = time.perf_counter()
+            seg = segment_aggregated(item.maps, self.config.merge, out_size=item.image_hw)
+            item.maps = None  # type: ignore[assignment]  # free (N, h, w) early
+            seg = seg.numpy() if not isinstance(seg.labels, np.ndarray) else seg
+            timings = dict(item.timings, post_s=time.perf_counter() - t0)
+            seg.meta.update(self._meta(item, timings))
+            out[item.index] = seg
+        return [s for s in out if s is not None]
+
+    def segment_one(self, image: Any, generator: "torch.Generator | None" = None) -> Segmentation:
+        """Segment a single uint8 ``(H, W, 3)`` or float ``(3, H, W)`` image (see `segment`)."""
+        chw = as_image_list(image, "image")
+        if len(chw) != 1:
+            raise InputError(f"`image` must be one image; got a batch of {len(chw)} (use segment())")
+        return self.segment(chw, generator)[0]
+
+    @torch.inference_mode()
+    def attention(self, images: Any, generator: "torch.Generator | None" = None) -> list[AttentionMaps]:
+        """Aggregated self-attention per image: float32 ``(N, h, w)`` on the CPU, ``N = h*w``."""
+        chw = as_image_list(images)
+        out: list[AttentionMaps | None] = [None] * len(chw)
+        for item in self._aggregated(chw, generator):
+            out[item.index] = AttentionMaps(maps=item.maps.cpu().numpy(), latent_hw=tuple(item.maps.shape[1:]))
+        return [a for a in out if a is not None]
+
+    # ------------------------------------------------------------------ internals
+    def _meta(self, item: _Aggregated, timings: dict[str, float]) -> dict[str, Any]:
+        m = self.model
+        return {
+            "model": m.model_id, "random_weights": m.is_random, "device": str(m.device),
+            "dtype": str(m.dtype).replace("torch.", ""), "input_hw": list(item.input_hw),
+            "latent_hw": list(item.latent_hw),
+            "timestep": self.config.timestep, "add_noise": self.config.add_noise,
+            "timings": timings,
+        }
+
+    def _aggregated(self, images: list[torch.Tensor], generator: "torch.Generator | None") -> Iterator[_Aggregated]:
+        """Run the UNet in size groups and batches; yield each image's aggregated attention."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(self.input_size((int(im.shape[1]), int(im.shape[2]))), []).append(i)
+        factor = self.model.vae_scale_factor
+        for hw, idx in groups.items():
+            lh, lw = hw[0] // factor, hw[1] // factor
+            if lh * lw > MAX_LATENT_TOKENS:
+                raise InputError(
+                    f"image(s) {idx} would be resized to {hw[0]}x{hw[1]} (latent {lh}x{lw} = {lh * lw} tokens, "
+                    f"above {MAX_LATENT_TOKENS}): the aspect ratio is too extreme for --size {self.config.size}; "
+                    f"crop the image or use a smaller --size")
+            bs = int(self.config.batch_size)
+            for s in range(0, len(idx), bs):
+                chunk = idx[s:s + bs]
+                yield from self._run_batch(images, chunk, hw, generator)
+
+    def _run_batch(self, images: list[torch.Tensor], idx: Sequence[int], hw: tuple[int, int],
+                   generator: "torch.Generator | None") -> Iterator[_Aggregated]:
+        m, c = self.model, self.config
+        dev, dt = m.device, m.dtype
+        t0 = time.perf_counter()
+        x = torch.stack([
+            F.interpolate(images[i][None].to(dev), size=hw, mode="bilinear", align_corners=False,
+                          antialias=True)[0] for i in idx
+        ])
+        x = (x.clamp(0, 1) * 2.0 - 1.0).to(dt)
+        latents = m.vae.encode(x).latent_dist.mean * m.scaling_factor
+        t_enc = time.perf_counter()
+        timestep = torch.tensor([int(c.timestep)], device=dev, dtype=torch.long)
+        if c.add_noise:
+            gdev = generator.device if generator is not None else torch.device("cpu")
+            noise = torch.randn(latents.shape, generator=generator, device=gdev, dtype=torch.float32)
+            latents = m.scheduler.add_noise(latents.float(), noise.to(dev), timestep.cpu().to(dev)).to(dt)
+        latent_hw = (int(latents.shape[2]), int(latents.shape[3]))
+        emb = m.empty_embedding.expand(len(idx), -1, -1)
+        with capture_self_attention(m.unet, latent_hw, c.capture) as store:
+            m.unet(latents, timestep, encoder_hidden_states=emb)
+        maps, shapes = store.maps()
+        store.reset()
+        _sync(dev)
+        t_unet = time.perf_counter()
+        agg = aggregate(maps, shapes, latent_hw)  # float32 (B, N, h, w)
+        del maps
+        _sync(dev)
+        t_agg = time.perf_counter()
+        n = len(idx)
+        timings = {"encode_s": (t_enc - t0) / n, "unet_s": (t_unet - t_enc) / n, "aggregate_s": (t_agg - t_unet) / n}
+        for j, i in enumerate(idx):
+            yield _Aggregated(index=i, maps=agg[j], image_hw=(int(images[i].shape[1]), int(images[i].shape[2])),
+                              input_hw=hw, latent_hw=latent_hw, timings=dict(timings))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
