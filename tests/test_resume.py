@@ -1,0 +1,167 @@
+"""Faults and resume of `diffseg run`: skip what is done, redo what changed, survive SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffseg_core.cli import main
+from diffseg_core.config import MergeConfig, SegmenterConfig
+from diffseg_core.distributed import RunConfig, run_job
+from diffseg_core.io import read_labels
+from diffseg_core.jobs import JobManifest
+
+from .conftest import REPO, write_frames, write_images
+
+FAKE = "tests.conftest:fake_segmenter"
+
+
+def _cfg(**kw) -> RunConfig:
+    base = dict(segmenter_factory=FAKE, accelerator="cpu", chunk_frames=4, chunk_overlap=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra)
+    return env
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")
+            if p.is_file() and ".diffseg" not in p.parts and p.name != "manifest.json"}
+
+
+def test_rerun_skips_finished_items(tmp_path, images_dir, frames_dir):
+    out = tmp_path / "out"
+    s1 = run_job([images_dir, frames_dir], out, _cfg())
+    assert (s1.done, s1.skipped) == (3, 0)
+    before = _mtimes(out)
+    s2 = run_job([images_dir, frames_dir], out, _cfg())
+    assert (s2.done, s2.skipped, s2.failed) == (0, 3, 0)
+    assert s2.frames == 0
+    assert _mtimes(out) == before  # nothing rewritten
+
+
+def test_rerun_redoes_missing_outputs_and_changed_config(tmp_path, images_dir):
+    out = tmp_path / "out"
+    run_job([images_dir], out, _cfg())
+    (out / "images" / "labels" / "cat.png").unlink()
+    s = run_job([images_dir], out, _cfg())
+    assert (s.done, s.skipped) == (1, 1)
+    assert (out / "images" / "labels" / "cat.png").exists()
+    changed = _cfg(segmenter=SegmenterConfig(merge=MergeConfig(kl_threshold=0.9)))
+    s = run_job([images_dir], out, changed)
+    assert (s.done, s.skipped) == (2, 0)
+
+
+def test_changed_input_is_redone(tmp_path):
+    write_images(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    run_job([tmp_path / "in"], out, _cfg())
+    time.sleep(0.01)
+    write_images(tmp_path / "in", ["a"], seed=7)  # rewrite a: new size/mtime
+    s = run_job([tmp_path / "in"], out, _cfg())
+    assert (s.done, s.skipped) == (1, 1)
+
+
+def test_failed_item_is_recorded_and_the_rest_goes_on(tmp_path, capsys):
+    write_images(tmp_path / "in", ["a", "b"])
+    (tmp_path / "in" / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))  # truncated PNG
+    out = tmp_path / "out"
+    rc = main(["run", str(tmp_path / "in"), "-o", str(out), "--segmenter-factory", FAKE, "--accelerator", "cpu",
+               "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "c.png" in err and "Traceback" not in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["items"]["image:a"]["status"] == "done"
+    assert man["items"]["image:b"]["status"] == "done"
+    assert man["items"]["image:c"]["status"] == "failed"
+    assert "c.png" in man["items"]["image:c"]["error"]
+    assert not (out / "images" / "labels" / "c.png").exists()
+    # Rerun: a and b skipped, c retried (and still fails); exit code still 2.
+    s = run_job([tmp_path / "in"], out, _cfg())
+    assert (s.done, s.skipped, s.failed) == (0, 2, 1)
+    assert s.failures[0][0] == "image:c"
+    # Fixed input -> the rerun finishes it.
+    write_images(tmp_path / "in", ["c"])
+    s = run_job([tmp_path / "in"], out, _cfg())
+    assert (s.done, s.skipped, s.failed, s.exit_code) == (1, 2, 0, 0)
+
+
+def test_manifest_records_survive_without_merged_manifest(tmp_path, images_dir):
+    """Per-item records alone (what a SIGKILL leaves) are enough to resume."""
+    out = tmp_path / "out"
+    run_job([images_dir], out, _cfg())
+    (out / "manifest.json").unlink()
+    m = JobManifest(out).load()
+    assert set(m.records) == {"image:cat", "image:dog"}
+    s = run_job([images_dir], out, _cfg())
+    assert s.skipped == 2
+
+
+def _video_outputs(out: Path, name: str) -> tuple[list[str], np.ndarray, list]:
+    files = sorted((out / "videos" / name / "labels").glob("*.png"))
+    labels = np.stack([read_labels(p) for p in files])
+    tracks = json.loads((out / "videos" / name / "tracks.json").read_text())["tracks"]
+    return [p.name for p in files], labels, tracks
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path):
+    frames = write_frames(tmp_path / "clip" / "frames", 16)
+    args = [sys.executable, "-m", "diffseg_core", "run", str(frames), "--segmenter-factory", FAKE,
+            "--accelerator", "cpu", "--chunk-frames", "6", "--chunk-overlap", "2", "-q"]
+    ref = subprocess.run(args + ["-o", str(tmp_path / "ref")], cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=200)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["-o", str(out)], cwd=REPO, env=_env(DIFFSEG_FAKE_DELAY="0.25"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    records = out / ".diffseg" / "records"
+    deadline = time.time() + 150
+    try:
+        while time.time() < deadline:  # kill once the first chunk is recorded, mid-video
+            if records.is_dir() and any(records.glob("video_clip*.json")):
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run finished before it could be killed")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no chunk finished in time")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists() or json.loads((out / "manifest.json").read_text())[
+        "items"].get("video:clip", {}).get("status") != "done"
+    assert not (out / "videos" / "clip" / "tracks.json").exists()  # nothing looks complete
+
+    again = subprocess.run([a for a in args if a != "-q"] + ["-o", str(out)], cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    # The rerun only segmented the chunks that were not finished (4 chunks = 22 frames in all).
+    import re
+
+    frames_run = int(re.search(r"\((\d+) frames", again.stderr).group(1))
+    assert 0 < frames_run < 22
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["items"]["video:clip"]["status"] == "done"
+    names_r, lab_r, tr_r = _video_outputs(tmp_path / "ref", "clip")
+    names_k, lab_k, tr_k = _video_outputs(out, "clip")
+    assert names_r == names_k and len(names_r) == 16
+    np.testing.assert_array_equal(lab_r, lab_k)  # identical, ids included
+    assert tr_r == tr_k
+    assert not list(out.rglob(".tmp-*"))
