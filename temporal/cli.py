@@ -63,7 +63,7 @@ def _report(res) -> int:
                       "error": res.error, "seconds": round(res.seconds, 2), "output": str(res.out_dir)}))
     if not res.complete:
         print(f"diffseg: stopped early: {res.error}; {res.n_frames} frames written", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -87,6 +87,7 @@ class FrameSource:
         if max_side is not None and max_side < 16:
             raise InputError(f"--max-side must be >= 16; got {max_side}")
         self.start, self.end, self.stride, self.max_side = start, end, stride, max_side
+        self.decode_retries = 3
         self.fps = 25.0
         if not self.path.exists():
             raise InputError(f"{self.path}: no such file or folder")
@@ -142,12 +143,23 @@ class FrameSource:
         import decord
 
         vr = self._vr
+        errors = (RuntimeError, decord._ffi.base.DECORDError, IndexError)  # type: ignore[attr-defined]
         for i in self._indices:
-            try:
-                arr = vr[i].asnumpy()
-            except (RuntimeError, decord._ffi.base.DECORDError, IndexError) as exc:  # type: ignore[attr-defined]
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise DecodeError(f"{self.path}: decoding failed at frame {i} ({msg})", i) from exc
+            # decord's decoder thread reports a bad packet asynchronously (sometimes at an
+            # earlier frame than the broken one): reopen and retry so that the frame named
+            # in the error is the first one that really cannot be decoded.
+            for attempt in range(self.decode_retries + 1):
+                try:
+                    arr = vr[i].asnumpy()
+                    break
+                except errors as exc:
+                    if attempt == self.decode_retries:
+                        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                        raise DecodeError(f"{self.path}: decoding failed at frame {i} ({msg[-200:]})", i) from exc
+                    try:
+                        vr = self._vr = self._open_video()
+                    except InputError as exc2:
+                        raise DecodeError(f"{self.path}: decoding failed at frame {i} ({exc2})", i) from exc2
             yield Frame(i, f"{i:05d}", _resize_max_side(to_rgb_uint8(arr, f"{self.path} frame {i}"), self.max_side))
 
 

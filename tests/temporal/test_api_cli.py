@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffseg_core.cli import main
+from diffseg_core.errors import InputError
+from diffseg_core.io import read_labels
+from temporal.api import segment_video, track_segments
+from temporal.config import TrackerConfig
+from temporal.io import FrameSource, natural_key
+
+from .conftest import FakeSegmenter, Scene, seg_from_gt, shared_dir
+
+TWO = [(1, 20, 10, 24, (220, 60, 60), 2, 1, 0, 99),
+       (2, 55, 90, 20, (60, 60, 220), -1, -2, 0, 99)]
+
+
+def write_scene(tmp: Path, n: int = 8, hw=(96, 128), big_ids: bool = False):
+    """Frames as PNGs (frame1.png ... natural order) and per-frame label maps with
+    independent labels (16-bit PNG with big values, or .npy)."""
+    sc = Scene(TWO, hw=hw)
+    rng = np.random.default_rng(5)
+    fdir, sdir = tmp / "frames", tmp / "segs"
+    fdir.mkdir()
+    sdir.mkdir()
+    gts = []
+    for t in range(n):
+        img, gt = sc.frame(t)
+        Image.fromarray(img).save(fdir / f"frame{t + 1}.png")
+        perm = rng.permutation(3) * (1000 if big_ids else 1) + (300 if big_ids else 0)
+        lab = perm[gt]
+        if t % 2 and not big_ids:
+            np.save(sdir / f"frame{t + 1}.npy", lab.astype(np.int32))
+        else:
+            Image.fromarray(lab.astype(np.uint16 if big_ids else np.uint8)).save(sdir / f"frame{t + 1}.png")
+        gts.append(gt)
+    return sc, fdir, sdir, gts
+
+
+def make_video(path: Path, sc: Scene, n: int) -> list[np.ndarray]:
+    import av
+
+    c = av.open(str(path), "w", format="mp4")
+    s = c.add_stream("libx264", rate=Fraction(10))
+    s.width, s.height = sc.hw[1], sc.hw[0]
+    s.pix_fmt = "yuv420p"
+    s.options = {"g": "5", "crf": "10"}
+    gts = []
+    for t in range(n):
+        img, gt = sc.frame(t)
+        gts.append(gt)
+        for p in s.encode(__import__("av").VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    return gts
+
+
+def majority_ids(labels_dir: Path, stems, gts) -> list[dict]:
+    out = []
+    for s, gt in zip(stems, gts):
+        lab = read_labels(labels_dir / f"{s}.png")
+        d = {}
+        for g in np.unique(gt):
+            v, c = np.unique(lab[gt == g], return_counts=True)
+            d[int(g)] = int(v[c.argmax()])
+        out.append(d)
+    return out
+
+
+def test_track_cli_end_to_end(tmp_path, capsys):
+    sc, fdir, sdir, gts = write_scene(tmp_path, n=10)
+    out = tmp_path / "out"
+    rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames"] == 10 and summary["complete"] is True
+    stems = [f"frame{t + 1}" for t in range(10)]
+    ids = majority_ids(out / "labels", stems, gts)
+    assert all(d == ids[0] for d in ids) and len(set(ids[0].values())) == 3
+    with Image.open(out / "labels" / "frame1.png") as im:
+        assert im.mode == "P"
+    tj = json.loads((out / "tracks.json").read_text())
+    assert tj["complete"] is True and tj["error"] is None and tj["n_frames"] == 10
+    assert tj["frames"] == stems  # natural sort: frame10 after frame9
+    by_id = {t["id"]: t for t in tj["tracks"]}
+    obj1 = by_id[ids[0][1]]
+    assert obj1["first_frame"] == 0 and obj1["last_frame"] == 9 and obj1["n_frames"] == 10
+    lab0 = read_labels(out / "labels" / "frame1.png")
+    assert obj1["area"][0] == int((lab0 == obj1["id"]).sum())
+    ys, xs = np.nonzero(lab0 == obj1["id"])
+    assert obj1["bbox"][0] == [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+    import av
+
+    with av.open(str(out / "overlay.mp4")) as c:
+        st = c.streams.video[0]
+        assert st.codec_context.name in ("h264", "libx264", "mpeg4")
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
+    assert len(frames) == 10 and frames[0].shape == (96, 128, 3)
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_track_16bit_labels_odd_size_and_id_offset(tmp_path):
+    sc, fdir, sdir, gts = write_scene(tmp_path, n=4, hw=(77, 129), big_ids=True)
+    res = track_segments(fdir, sdir, tmp_path / "o", TrackerConfig(), id_offset=300)
+    assert res.complete and res.n_frames == 4 and res.n_tracks == 3
+    lab = read_labels(res.labels_dir / "frame1.png")
+    assert set(np.unique(lab).tolist()) == {301, 302, 303}
+    with Image.open(res.labels_dir / "frame1.png") as im:
+        assert im.mode in ("I;16", "I")
+    assert res.max_track_id == 303 and res.overlay is not None and res.overlay.exists()
+
+
+def test_missing_segment_file_is_an_input_error(tmp_path, capsys):
+    sc, fdir, sdir, gts = write_scene(tmp_path, n=3)
+    (sdir / "frame2.png").unlink(missing_ok=True)
+    (sdir / "frame2.npy").unlink(missing_ok=True)
+    rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "frame2" in err and "Traceback" not in err
+    tj = json.loads((tmp_path / "o" / "tracks.json").read_text())
+    assert tj["complete"] is False
+
+
+def test_empty_folder_and_bad_range(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc = main(["track", str(tmp_path / "empty"), "--segments", str(tmp_path / "empty"), "-o", str(tmp_path / "o")])
+    assert rc == 2 and "no images" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--end"):
+        FrameSource(tmp_path, start=5, end=3)
+    assert sorted(["f10", "f2", "f1"], key=natural_key) == ["f1", "f2", "f10"]
+
+
+def test_segment_video_with_fake_segmenter_keyframes_and_range(tmp_path):
+    sc = Scene(TWO)
+    gts = make_video(tmp_path / "clip.mp4", sc, 12)
+
+    class NearestGT(FakeSegmenter):
+        # decoded frames differ from the originals (lossy codec): look up the GT by frame order
+        def segment(self, images):
+            out = []
+            for _ in images:
+                out.append(seg_from_gt(self.queue.pop(0), self.rng))
+            self.calls += len(images)
+            return out
+
+    fake = NearestGT(sc)
+    fake.queue = [gts[t] for t in range(2, 12, 2) if (t - 2) % 4 == 0]
+    res = segment_video(tmp_path / "clip.mp4", tmp_path / "out", fake, TrackerConfig(keyframe_every=2),
+                        start=2, stride=2)
+    assert res.complete and res.n_frames == 5 and fake.calls == 3  # frames 2..10 step 2; keyframes 2, 6, 10
+    tj = json.loads(res.tracks_json.read_text())
+    assert tj["frames"] == ["00002", "00004", "00006", "00008", "00010"]
+    ids = majority_ids(res.labels_dir, tj["frames"], [gts[t] for t in range(2, 12, 2)])
+    assert all(d == ids[0] for d in ids)
+
+
+def test_corrupt_video_keeps_frames_before_failure(tmp_path, capsys):
+    sc = Scene(TWO, hw=(48, 64))
+    gts = make_video(tmp_path / "ok.mp4", sc, 30)
+    data = bytearray((tmp_path / "ok.mp4").read_bytes())
+    n = len(data)
+    data[int(n * 0.6):int(n * 0.75)] = bytes(int(n * 0.75) - int(n * 0.6))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+
+    class Seg:
+        def __init__(self):
+            self.rng = np.random.default_rng(0)
+
+        def segment(self, images):
+            return [seg_from_gt(np.zeros(im.shape[:2], np.int32) + (im[..., 0] > 128), self.rng) for im in images]
+
+    res = segment_video(bad, tmp_path / "out", Seg(), TrackerConfig())
+    assert not res.complete and "decoding failed at frame" in res.error
+    failed_at = int(res.error.split("frame ")[1].split()[0])
+    assert 0 < failed_at < 30 and res.n_frames == failed_at
+    assert len(list(res.labels_dir.glob("*.png"))) == failed_at
+    tj = json.loads(res.tracks_json.read_text())
+    assert tj["complete"] is False and str(failed_at) in tj["error"]
+    assert res.overlay is not None and res.overlay.exists()
+    # the CLI reports it on one line and a non-zero exit code
+    from temporal import cli as tcli
+
+    assert tcli._report(res) == 2
+    assert "stopped early" in capsys.readouterr().err
+
+
+def test_evaluate_video_cli(tmp_path, capsys):
+    gt_dir, pr_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pr_dir.mkdir()
+    for t in range(3):
+        g = np.zeros((20, 20), np.uint8)
+        g[5:10, 5 + t:10 + t] = 1
+        Image.fromarray(g).save(gt_dir / f"{t:05d}.png")
+        Image.fromarray(g * 4).save(pr_dir / f"{t:05d}.png")
+    rc = main(["evaluate", "video", str(pr_dir), str(gt_dir)])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["J&F"] == 1.0 and d["oracle_J&F"] == 1.0 and d["objects"][0]["track"] == 4
+    (pr_dir / "00001.png").unlink()
+    assert main(["evaluate", "video", str(pr_dir), str(gt_dir)]) == 2
+
+
+def test_real_davis_sequence_with_gt_segments(tmp_path):
+    seq = shared_dir() / "data" / "davis16_libby"
+    if not (seq / "frames").is_dir():
+        pytest.skip(f"shared data not found at {seq}")
+    res = track_segments(seq / "frames", seq / "masks", tmp_path / "o", TrackerConfig(), end=12,
+                         write_overlay=False)
+    assert res.complete and res.n_frames == 12 and res.n_tracks == 2  # background + dog
+    stems = json.loads(res.tracks_json.read_text())["frames"]
+    gts = [(read_labels(seq / "masks" / f"{s}.png") > 0).astype(np.int32) for s in stems]
+    ids = majority_ids(res.labels_dir, stems, gts)
+    assert all(d == ids[0] for d in ids) and ids[0][0] != ids[0][1]
+    for s, gt in zip(stems, gts):  # the GT masks are the segments: the dog's track is the mask
+        lab = read_labels(res.labels_dir / f"{s}.png")
+        np.testing.assert_array_equal(lab == ids[0][1], gt == 1)
