@@ -196,7 +196,7 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
         return to_uint8(vol.slice_values(ax, i), imap)[0]
 
     return _write_outputs(labels, vol, labels_path, axis, n, config, gray, t0, notes,
-                          {"intensity": imap.mode, "axes": config.axes})
+                          {"intensity": imap.mode, "slicing": config.axes})
 
 
 # ----------------------------------------------------------------------------- bring your own
@@ -250,7 +250,7 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         def gray_fn(ax: int, i: int) -> np.ndarray:
             return to_uint8(image.slice_values(ax, i), imap)[0]
 
-    return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [], {"axes": config.axes})
+    return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [], {"slicing": config.axes})
 
 
 def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int, n: int,

@@ -134,7 +134,11 @@ def _read_nifti(p: Path, index: "int | None") -> Volume:
     zooms = [float(z) for z in hdr.get_zooms()[:3]]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise InputError(f"{p}: voxel spacing (pixdim) must be positive; got {zooms}")
-    slope, inter = hdr.get_slope_inter()
+    # nibabel moves scl_slope/scl_inter from the header into the array proxy on load.
+    slope = getattr(img.dataobj, "slope", None)
+    inter = getattr(img.dataobj, "inter", None)
+    if slope is None:
+        slope, inter = hdr.get_slope_inter()
     affine_file = np.asarray(img.affine, dtype=np.float64)
     unit = (hdr.get_xyzt_units()[0] or "mm") if hasattr(hdr, "get_xyzt_units") else "mm"
     if unit == "unknown":
@@ -360,10 +364,11 @@ def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
         hdr.set_data_shape(data.shape)
         img = cls(data, affine_file, header=hdr)
         # Keep the input's qform/sform codes (the constructor may reset them).
-        img.set_qform(affine_file, int(hdr["qform_code"]) if int(hdr["qform_code"]) else None)
-        img.set_sform(affine_file, int(hdr["sform_code"]) if int(hdr["sform_code"]) else None)
-        if int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0:
-            img.set_sform(affine_file, 2)
+        qc, sc = int(hdr["qform_code"]), int(hdr["sform_code"])
+        if qc == 0 and sc == 0:
+            sc = 2  # no code in the input: the affine is still the geometry we used
+        img.set_qform(affine_file, qc)
+        img.set_sform(affine_file, sc)
     else:
         img = cls(data, affine_file)
         img.set_qform(affine_file, 1)

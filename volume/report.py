@@ -42,7 +42,7 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
         "source": str(vol.path) if vol.path else None,
         "source_format": vol.source_format,
         "shape": list(labels.shape),
-        "axes": "DHW (array order of the volume as read: NIfTI (k, j, i), DICOM (slice, row, column), TIFF ZYX)",
+        "array_axes": "DHW (array order of the volume as read: NIfTI (k, j, i), DICOM (slice, row, column), TIFF ZYX)",
         "spacing": list(vol.spacing) if vol.spacing_known else None,
         "spacing_unit": vol.unit if vol.spacing_known else None,
         "volume_unit": unit,

@@ -1,0 +1,107 @@
+"""3D cleanup, label statistics, Dice evaluation and multi-axis fusion."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.volume.helpers import spheres
+from volume.evaluate import oracle_dice, volume_dice
+from volume.fusion import fuse_majority, match_to_reference
+from volume.postprocess import label_stats, relabel_consecutive, remove_fragments
+
+
+def test_fragment_joins_its_largest_neighbour() -> None:
+    lab = np.ones((6, 10, 10), np.int32)
+    lab[:, :, 5:] = 2
+    lab[2, 2, 2] = 2       # a 1-voxel piece of label 2 inside label 1 -> becomes 1
+    lab[3, 1:3, 7:9] = 5   # a whole tiny label (4 voxels) inside 2 -> becomes 2
+    st = remove_fragments(lab, min_size=10, min_label_size=8)
+    assert lab[2, 2, 2] == 1
+    assert (lab[3, 1:3, 7:9] == 2).all()
+    assert st.fragments == 2 and st.voxels == 5
+    assert set(np.unique(lab).tolist()) == {1, 2}
+
+
+def test_whole_small_structure_is_kept() -> None:
+    lab = np.ones((6, 10, 10), np.int32)
+    lab[2:4, 4:6, 4:6] = 3  # 8 voxels, one component: a small organ, not debris
+    remove_fragments(lab, min_size=64, min_label_size=8)
+    assert (lab == 3).sum() == 8
+
+
+def test_split_disconnected_gives_new_ids() -> None:
+    lab = np.zeros((4, 10, 10), np.int32)
+    lab[:, 1:4, 1:4] = 1
+    lab[:, 6:9, 6:9] = 1
+    st = remove_fragments(lab, min_size=0, split_disconnected=True)
+    assert st.split == 1
+    assert lab[0, 2, 2] != lab[0, 7, 7] and lab[0, 7, 7] > 0
+
+
+def test_relabel_consecutive_keeps_order() -> None:
+    lab = np.array([[[0, 7, 7], [3, 0, 900]]], np.int32)
+    n = relabel_consecutive(lab)
+    assert n == 3
+    assert lab.tolist() == [[[0, 2, 2], [1, 0, 3]]]
+
+
+def test_label_stats_volume_bbox_and_slices() -> None:
+    lab = np.zeros((5, 6, 7), np.int32)
+    lab[1:4, 2:5, 3:4] = 1
+    (info,) = label_stats(lab, spacing=(2.0, 0.5, 0.5), axis=0)
+    assert info.id == 1 and info.voxels == 9
+    assert info.volume == pytest.approx(9 * 0.5)
+    assert info.bbox == [1, 2, 3, 4, 5, 4]
+    assert info.slice_range == [1, 3]
+    (info2,) = label_stats(lab, axis=2)
+    assert info2.slice_range == [3, 3]
+
+
+def test_dice_exact_and_hand_computed() -> None:
+    gt = spheres((10, 20, 20))
+    perm = np.array([0, 4, 3, 2, 1])
+    s = volume_dice(perm[gt], gt)
+    assert s.mean_dice == pytest.approx(1.0) and s.mean_oracle_dice == pytest.approx(1.0)
+    # Hand-built: gt label 1 = 4 voxels, prediction covers 2 of them plus 2 others.
+    g = np.zeros((1, 2, 4), np.int32)
+    g[0, 0, :] = 1
+    p = np.zeros((1, 2, 4), np.int32)
+    p[0, :, 2:] = 9
+    s2 = volume_dice(p, g)
+    assert s2.dice == {1: pytest.approx(2 * 2 / (4 + 4))}
+    assert s2.matched == {1: 9}
+
+
+def test_oracle_ignores_id_swaps_between_slices() -> None:
+    gt = np.zeros((4, 6, 6), np.int32)
+    gt[:, :, :3] = 1
+    gt[:, :, 3:] = 2
+    pred = gt.copy()
+    pred[2:] = 3 - gt[2:]  # ids swapped in the second half of the slices
+    s = volume_dice(pred, gt)
+    assert s.mean_oracle_dice == pytest.approx(1.0)
+    assert s.mean_dice == pytest.approx(0.5)
+    assert oracle_dice(pred, gt, axis=1)[1] == pytest.approx(0.5)  # along y the swap shows
+
+
+def test_unmatched_gt_label_scores_zero() -> None:
+    gt = np.zeros((2, 4, 4), np.int32)
+    gt[:, :2] = 1
+    gt[:, 2:] = 2
+    pred = np.ones_like(gt)
+    s = volume_dice(pred, gt)
+    assert sorted(s.dice.values())[0] == 0.0
+    assert s.n_gt == 2 and s.n_pred == 1
+
+
+def test_fusion_matches_ids_then_votes() -> None:
+    gt = spheres((12, 24, 24))
+    ref = gt.copy()
+    a = np.array([0, 2, 3, 4, 1], np.int32)[gt]  # same partition, other ids
+    b = np.array([0, 3, 4, 1, 2], np.int32)[gt]
+    lut = match_to_reference(ref, a)
+    assert lut[2] == 1 and lut[1] == 4
+    # The reference is wrong in one block; both other axes agree: the vote fixes it.
+    ref[5, 0:4, 0:4] = 3
+    fused = fuse_majority(ref, [a, b])
+    assert np.array_equal(fused, gt)
