@@ -37,6 +37,8 @@ def add_segmenter_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=1, help="images per UNet forward [%(default)s]")
     g.add_argument("--no-fp16-merge", action="store_true",
                    help="first merge in float32 instead of the original's float16 rounding")
+    g.add_argument("--allow-unsafe-ckpt", action="store_true",
+                   help="allow a pickle .ckpt --model file (can run arbitrary code: trusted files only)")
 
 
 def segmenter_config_from_args(args: argparse.Namespace) -> SegmenterConfig:
@@ -48,6 +50,7 @@ def segmenter_config_from_args(args: argparse.Namespace) -> SegmenterConfig:
             merge=MergeConfig(kl_threshold=tuple(args.kl_threshold), grid=args.grid,
                               refine=args.refine, faithful_fp16=not args.no_fp16_merge),
             capture=CaptureConfig(),
+            allow_unsafe_ckpt=bool(getattr(args, "allow_unsafe_ckpt", False)),
         )
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc

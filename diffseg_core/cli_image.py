@@ -1,10 +1,135 @@
-"""Placeholder: replaced by the owning package's CLI."""
+"""`diffseg image IMG... -o OUTDIR`: segment still images with DiffSeg.
+
+Writes, per input ``<stem>.<ext>``:
+    ``<stem>.png``          labels 0..K-1 (palette PNG; 16-bit grayscale when K > 256)
+    ``<stem>_overlay.png``  segment colours and white contours over the image (unless --no-overlay)
+    ``<stem>.npy``          int32 labels (with --npy)
+
+Unreadable inputs are reported one line each (file and problem); the good ones are still
+written and the exit code is 2 if any failed. Two inputs with the same stem get distinct
+output names (``name``, ``name-2``, ...), reported on stderr.
+"""
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
 
-def register(sub, parent) -> None:
-    pass
+import numpy as np
+
+from .cli_args import add_segmenter_args, segmenter_config_from_args
+from .errors import DiffSegError, InputError, OutputError
+from .io import atomic_save_npy, overlay, read_image, save_image, save_labels_png
+from .progress import progress
+
+log = logging.getLogger("diffseg")
 
 
-def register_evaluate(sub, parent) -> None:
-    pass
+def register(sub: "argparse._SubParsersAction", parent: argparse.ArgumentParser) -> None:
+    """Add the ``image`` subcommand."""
+    p = sub.add_parser(
+        "image", parents=[parent], help="segment images (labels PNG + overlay per image)",
+        description="Segment still images with DiffSeg. Writes <stem>.png (labels), "
+                    "<stem>_overlay.png and optionally <stem>.npy into OUTDIR.",
+        epilog="examples:\n  diffseg image examples/shapes.png -o out/ --model tiny-random\n"
+               "  diffseg image photos/*.jpg -o out/ --model models/stable-diffusion-v1-4 --refine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files (png, jpg, bmp, tif, webp)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
+    p.add_argument("--npy", action="store_true", help="also write <stem>.npy (int32 labels)")
+    p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.png")
+    add_segmenter_args(p)
+    p.set_defaults(func=run_image)
+
+
+def register_evaluate(sub: "argparse._SubParsersAction", parent: argparse.ArgumentParser) -> None:
+    """Images have no evaluate subcommand (video/volume own them)."""
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """Unique output stems, in input order: ``a/x.png, b/x.jpg -> x, x-2``.
+
+    A stem that already ends like a generated one (``x-2``) is skipped over too.
+    """
+    used: set[str] = set()
+    stems: list[str] = []
+    for p in paths:
+        base = p.stem or "image"
+        stem, k = base, 1
+        while stem.lower() in used:
+            k += 1
+            stem = f"{base}-{k}"
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
+def run_image(args: argparse.Namespace) -> int:
+    """Handler of ``diffseg image``; returns the exit code (0 ok, 2 if any input failed)."""
+    t_start = time.perf_counter()
+    config = segmenter_config_from_args(args)
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: output exists and is not a folder")
+    paths = [Path(p) for p in args.images]
+    stems = output_stems(paths)
+    for p, s in zip(paths, stems):
+        if s != (p.stem or "image"):
+            print(f"diffseg image: note: {p} -> {s}.png (another input has the same name)", file=sys.stderr)
+
+    from .segmenter import DiffSegSegmenter
+
+    segmenter = DiffSegSegmenter(config)
+    _ = segmenter.model  # load now: a missing model is one error, not one per image
+    if segmenter.model.is_random:
+        log.warning("model 'tiny-random' has random weights: its segments are meaningless (a test model)")
+
+    failed: list[str] = []
+    done = 0
+    bs = max(1, int(config.batch_size))
+    bar = progress(total=len(paths), desc="images", unit="img")
+    try:
+        for s in range(0, len(paths), bs):
+            batch: list[tuple[Path, str, np.ndarray]] = []
+            for p, stem in zip(paths[s:s + bs], stems[s:s + bs]):
+                try:
+                    batch.append((p, stem, read_image(p)))
+                except InputError as exc:
+                    _fail(failed, exc)
+                    bar.update(1)
+            if not batch:
+                continue
+            segs = segmenter.segment([im for _, _, im in batch])
+            for (p, stem, im), seg in zip(batch, segs):
+                try:
+                    _write(out_dir, stem, im, seg.labels, npy=args.npy, with_overlay=not args.no_overlay)
+                    done += 1
+                except (OutputError, ValueError) as exc:
+                    if isinstance(exc, OutputError) and "space" in str(exc):
+                        raise  # disk full: the next image will not fit either
+                    _fail(failed, DiffSegError(f"{p}: {exc}"))
+                bar.update(1)
+    finally:
+        bar.close()
+    secs = time.perf_counter() - t_start
+    print(f"diffseg image: {done} done, {len(failed)} failed in {secs:.1f} s -> {out_dir}")
+    return 2 if failed else 0
+
+
+def _fail(failed: list[str], exc: Exception) -> None:
+    failed.append(str(exc))
+    print(f"diffseg image: error: {exc}", file=sys.stderr)
+
+
+def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, npy: bool,
+           with_overlay: bool) -> None:
+    labels = np.asarray(labels, dtype=np.int32)
+    save_labels_png(out_dir / f"{stem}.png", labels)
+    if with_overlay:
+        save_image(out_dir / f"{stem}_overlay.png", overlay(image, labels))
+    if npy:
+        atomic_save_npy(out_dir / f"{stem}.npy", labels)

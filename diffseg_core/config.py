@@ -98,6 +98,8 @@ class SegmenterConfig(_DictMixin):
         batch_size: images per UNet forward.
         merge: the post-UNet algorithm.
         capture: attention capture settings.
+        allow_unsafe_ckpt: allow loading a single-file ``.ckpt`` (a Python pickle, which can
+            run arbitrary code): only for trusted files. ``.safetensors`` never needs it.
     """
 
     model: str = DEFAULT_MODEL
@@ -109,6 +111,7 @@ class SegmenterConfig(_DictMixin):
     batch_size: int = 1
     merge: MergeConfig = field(default_factory=MergeConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    allow_unsafe_ckpt: bool = False
 
     def __post_init__(self) -> None:
         look_up_option(self.dtype, DTYPES, "dtype")

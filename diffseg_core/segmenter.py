@@ -83,7 +83,7 @@ def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
 
 def _as_chw(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        t = torch.from_numpy(np.require(x, requirements=("C", "W")))
     elif isinstance(x, torch.Tensor):
         t = x.detach().cpu()
     else:
@@ -146,7 +146,7 @@ class DiffSegSegmenter:
         if self._model is None:
             c = self.config
             self._model = load_model(c.model, c.device, c.dtype,
-                                     allow_pickle=bool(getattr(c, "allow_unsafe_ckpt", False)))
+                                     allow_pickle=c.allow_unsafe_ckpt)
         return self._model
 
     @property

@@ -1,0 +1,132 @@
+"""DiffSegSegmenter on the tiny random model: shapes, sizes, batching, validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffseg_core.config import SegmenterConfig
+from diffseg_core.errors import InputError
+from diffseg_core.segmenter import DiffSegSegmenter, as_image_list, model_input_size
+from diffseg_core.types import AttentionMaps, Segmentation
+
+
+@pytest.fixture(scope="module")
+def seg() -> DiffSegSegmenter:
+    return DiffSegSegmenter(SegmenterConfig(model="tiny-random", device="cpu", size=128, batch_size=2))
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Two flat halves with a gradient and mild noise (uint8 RGB)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.float64)
+    img[:, : w // 2] = (200, 40, 40)
+    img[:, w // 2:] = (30, 60, 210)
+    img += np.linspace(0, 30, h)[:, None, None] + rng.normal(0, 8, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("hw,size,expected", [
+    ((512, 512), 512, (512, 512)),
+    ((480, 854), 512, (512, 896)),   # 16:9 keeps its aspect, no centre crop
+    ((854, 480), 512, (896, 512)),
+    ((100, 100), 100, (128, 128)),   # size rounds to a multiple of 64
+    ((30, 1000), 64, (64, 2112)),
+])
+def test_model_input_size(hw, size, expected):
+    assert model_input_size(hw, size) == expected
+
+
+def test_segment_one_shapes_and_ranges(seg):
+    img = _image(120, 200)
+    out = seg.segment_one(img)
+    assert isinstance(out, Segmentation)
+    assert out.labels.dtype == np.int32 and out.labels.shape == (120, 200)  # the input's own size
+    k = out.num_segments
+    assert k >= 1 and sorted(np.unique(out.labels).tolist()) == list(range(k))
+    # 120x200 -> 128x192 model input -> 16x24 latent: proposals live on the latent grid
+    assert out.proposals.dtype == np.float32 and out.proposals.shape == (k, 16, 24)
+    np.testing.assert_allclose(out.proposals.sum(axis=(1, 2)), 1.0, atol=1e-4)
+    assert out.meta["model"] == "tiny-random" and out.meta["random_weights"] is True
+    assert out.meta["input_hw"] == [128, 192] and out.meta["latent_hw"] == [16, 24]
+    assert set(out.meta["timings"]) >= {"encode_s", "unet_s", "aggregate_s", "post_s"}
+
+
+def test_uint8_and_float_inputs_agree(seg):
+    img = _image(64, 96, seed=1)
+    a = seg.segment([img])[0]
+    t = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255.0
+    b = seg.segment(t)[0]
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.proposals, b.proposals, atol=1e-6)
+
+
+def test_batches_of_mixed_sizes_match_single_runs_in_order(seg):
+    imgs = [_image(120, 200, 1), _image(64, 64, 2), _image(120, 200, 3), _image(130, 190, 4), _image(64, 64, 5)]
+    batched = seg.segment(imgs)
+    assert [s.labels.shape for s in batched] == [im.shape[:2] for im in imgs]
+    for im, b in zip(imgs, batched):
+        single = seg.segment_one(im)
+        np.testing.assert_array_equal(single.labels, b.labels)
+        np.testing.assert_allclose(single.proposals, b.proposals, atol=1e-5)
+
+
+def test_attention_maps_are_distributions(seg):
+    (att,) = seg.attention([_image(64, 128)])
+    # 64x128 -> 128x256 model input (shorter side = size 128) -> 16x32 latent
+    assert isinstance(att, AttentionMaps) and att.latent_hw == (16, 32)
+    assert att.maps.dtype == np.float32 and att.maps.shape == (512, 16, 32)
+    np.testing.assert_allclose(att.maps.sum(axis=(1, 2)), 1.0, atol=1e-4)
+    assert att.maps.min() >= 0
+
+
+def test_noise_is_optional_and_seeded():
+    base = DiffSegSegmenter(SegmenterConfig(model="tiny-random", device="cpu", size=64))
+    noisy = DiffSegSegmenter(SegmenterConfig(model="tiny-random", device="cpu", size=64, add_noise=True))
+    img = _image(64, 64, 7)
+    clean = base.attention([img])[0].maps
+    a = noisy.attention([img], generator=torch.Generator().manual_seed(0))[0].maps
+    b = noisy.attention([img], generator=torch.Generator().manual_seed(0))[0].maps
+    c = noisy.attention([img], generator=torch.Generator().manual_seed(1))[0].maps
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c, atol=1e-6) and not np.allclose(a, clean, atol=1e-6)
+    np.testing.assert_array_equal(clean, base.attention([img])[0].maps)  # no noise: deterministic
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((32, 32), np.uint8), "shape"),
+    (np.zeros((32, 32, 4), np.uint8), "shape"),
+    (np.zeros((32, 32, 3), np.int16), "dtype"),
+    (torch.full((3, 32, 32), float("nan")), "NaN"),
+    (torch.full((3, 32, 32), 2.0), r"\[0, 1\]"),
+    (torch.zeros(32, 32, 3), "shape"),
+    ([], "empty"),
+    ("image.png", "list"),
+])
+def test_bad_inputs_are_clear_errors(seg, bad, match):
+    with pytest.raises(InputError, match=match):
+        seg.segment(bad)
+
+
+def test_extreme_aspect_ratio_is_refused(seg):
+    with pytest.raises(InputError, match="aspect ratio"):
+        DiffSegSegmenter(SegmenterConfig(model="tiny-random", size=512)).segment([np.zeros((8, 4000, 3), np.uint8)])
+
+
+def test_as_image_list_batch_and_single():
+    batch = np.zeros((3, 10, 12, 3), np.uint8)
+    out = as_image_list(batch)
+    assert len(out) == 3 and tuple(out[0].shape) == (3, 10, 12) and out[0].dtype == torch.float32
+    assert len(as_image_list(np.zeros((10, 12, 3), np.uint8))) == 1
+    with pytest.raises(InputError, match="one image"):
+        DiffSegSegmenter(SegmenterConfig(model="tiny-random")).segment_one(batch)
+
+
+def test_refine_and_thresholds_reach_the_merge():
+    from diffseg_core.config import MergeConfig
+
+    s = DiffSegSegmenter(SegmenterConfig(model="tiny-random", device="cpu", size=64,
+                                         merge=MergeConfig(kl_threshold=(0.01,) * 3, refine=True)))
+    out = s.segment_one(_image(64, 64, 9))
+    assert out.meta["kl_threshold"] == [0.01, 0.01, 0.01] and out.meta["refine"] is True
+    assert sorted(np.unique(out.labels).tolist()) == list(range(out.num_segments))
