@@ -89,6 +89,36 @@ def track_overlaps(seg: np.ndarray, k: int, history: "list[np.ndarray]") -> Trac
                          np.concatenate(areas), np.concatenate(ages), np.concatenate(slots))
 
 
+def enclosed(seg: np.ndarray, s: int, fraction: float = 0.95) -> bool:
+    """True when segment ``s`` lies in a hole of one other segment (nested, not split).
+
+    A split piece sits beside the rest of its structure and also touches what is outside
+    it; a structure that starts inside another (a core inside a shell) is surrounded by
+    that one segment alone.
+
+    Args:
+        seg: int ``(H, W)`` segment index (-1 = none).
+        s: the segment.
+        fraction: share of the one-pixel ring around ``s`` that one other segment must hold.
+    """
+    m = seg == s
+    ys, xs = np.nonzero(m)
+    if ys.size == 0:
+        return False
+    y0, y1 = max(ys.min() - 1, 0), min(ys.max() + 2, seg.shape[0])
+    x0, x1 = max(xs.min() - 1, 0), min(xs.max() + 2, seg.shape[1])
+    sub = m[y0:y1, x0:x1]
+    ring = ndimage.binary_dilation(sub) & ~sub
+    # Touching the image border means not enclosed.
+    if ys.min() == 0 or xs.min() == 0 or ys.max() == seg.shape[0] - 1 or xs.max() == seg.shape[1] - 1:
+        return False
+    around = seg[y0:y1, x0:x1][ring]
+    if around.size == 0:
+        return False
+    counts = np.bincount(around[around >= 0], minlength=1)
+    return bool(counts.max(initial=0) >= fraction * around.size)
+
+
 def carve(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """Split a region between seed labels: every pixel takes its nearest seed's label.
 
@@ -176,22 +206,40 @@ class SliceLinker:
                     tp = np.stack([self._props[int(i)] for i in ov.track_ids])
                     if tp.shape[1:] == proposals.shape[1:]:
                         skl = symmetric_kl_matrix(proposals, tp)
-            # Overlap decides; ties broken towards the most recent reference.
-            cost = cost_matrix(iou, skl,
-                               w_iou=1.0, w_kl=cfg.kl_weight) + 1e-3 * (ov.age[None, :] - 1)
-            asg = hungarian_assign(cost, allowed=allowed)
-            seg_to_track[asg.rows] = ov.track_ids[asg.cols]
-            self.stats.matched += len(asg.rows)
+            cost = cost_matrix(iou, skl, w_iou=1.0, w_kl=cfg.kl_weight)
+            # Two stages: confident continuations of the previous slice first (IoU >=
+            # `confident_iou`), so a structure that ended cannot steal the continuation of a
+            # neighbour that resembles its last mask; then every track of the memory for the
+            # segments left over, with the IoU gate only (a structure lost for a slice or
+            # two, or one that moved, beats a neighbour that merely touches it).
             used = np.zeros(t, bool)
-            used[asg.cols] = True
+            rows_all, cols_all = [], []
+            stages = [(ov.age == 1, max(cfg.confident_iou, cfg.min_overlap)), (ov.age >= 1, cfg.min_overlap)]
+            for tracks_ok, gate in stages:
+                free_s = np.flatnonzero(seg_to_track == 0)
+                cand = np.flatnonzero(tracks_ok & ~used)
+                if free_s.size == 0 or cand.size == 0:
+                    continue
+                ok = iou[np.ix_(free_s, cand)] >= gate
+                c = cost[np.ix_(free_s, cand)] + cfg.age_penalty * (ov.age[cand][None, :] - 1)
+                asg = hungarian_assign(c, allowed=ok)
+                r, c = free_s[asg.rows], cand[asg.cols]
+                seg_to_track[r] = ov.track_ids[c]
+                used[c] = True
+                rows_all.append(r)
+                cols_all.append(c)
+            m_rows = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
+            m_cols = np.concatenate(cols_all) if cols_all else np.zeros(0, np.int64)
+            self.stats.matched += len(m_rows)
             # Splits: leftover segments lying mostly inside one track's reference mask.
             for s in np.flatnonzero(seg_to_track == 0):
                 j = int(np.argmax(in_track[s]))
-                if in_track[s, j] >= cfg.split_fraction and covers[s, j] >= cfg.split_min_cover:
+                if (in_track[s, j] >= cfg.split_fraction and covers[s, j] >= cfg.split_min_cover
+                        and not enclosed(seg, int(s))):
                     seg_to_track[s] = ov.track_ids[j]
                     self.stats.splits_joined += 1
             # Merges: a matched segment made mostly of several tracks' previous masks.
-            for s, j in zip(asg.rows, asg.cols):
+            for s, j in zip(m_rows, m_cols):
                 extra = [c for c in np.flatnonzero(~used & (covers[s] >= cfg.merge_fraction) & (ov.age == 1)
                                                    & (in_track[s] >= cfg.merge_min_share))
                          if int(ov.track_ids[c]) in self._observed_prev]

@@ -160,6 +160,10 @@ class LinkConfig(_DictMixin):
     Attributes:
         min_overlap: minimum IoU (or containment, see ``split_fraction``) between a segment
             and a track's most recent mask to continue that track; below it a new id starts.
+        confident_iou: IoU of a confident continuation: these pairs with the previous
+            slice are matched first, before any track of the memory is considered.
+        age_penalty: cost added per slice of age of a track's reference mask (prefers the
+            structure seen on the previous slice over older memories).
         kl_weight: weight of the proposal-KL term (DiffSeg attention maps) in the matching
             cost, next to ``1 - IoU``; 0 = overlap only. Only used when proposals exist.
         memory: slices a track stays matchable after it was last seen (bridges gaps and
@@ -179,6 +183,8 @@ class LinkConfig(_DictMixin):
     """
 
     min_overlap: float = 0.1
+    confident_iou: float = 0.5
+    age_penalty: float = 0.15
     kl_weight: float = 0.0
     memory: int = 3
     split_fraction: float = 0.5
@@ -188,11 +194,13 @@ class LinkConfig(_DictMixin):
     background: "int | None" = None
 
     def __post_init__(self) -> None:
-        for name in ("min_overlap", "split_fraction", "split_min_cover", "merge_fraction",
+        for name in ("min_overlap", "confident_iou", "split_fraction", "split_min_cover", "merge_fraction",
                      "merge_min_share"):
             v = float(getattr(self, name))
             if not 0.0 < v <= 1.0:
                 raise InputError(f"{name} must be in (0, 1]; got {v}")
+        if float(self.age_penalty) < 0:
+            raise InputError(f"age_penalty must be >= 0; got {self.age_penalty}")
         if float(self.kl_weight) < 0:
             raise InputError(f"kl_weight must be >= 0; got {self.kl_weight}")
         if int(self.memory) < 1:
