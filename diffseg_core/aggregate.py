@@ -1,0 +1,102 @@
+"""Step 1 of DiffSeg: aggregate multi-resolution self-attention into one 4-D tensor.
+
+Every layer's attention ``(N_r, N_r)`` lives on its own grid ``h_r x w_r``. For each
+resolution the key dimensions are bilinearly upsampled to the finest grid ``h x w`` (half-pixel
+centres, as TF2/`align_corners=False`) and renormalised to sum 1, the query dimensions are
+tiled (nearest: every fine query takes its coarse parent's map), and the resolutions are
+summed with weights proportional to their side length (64:32:16:8 / 120 for SD at 512 px).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def layer_grid(n_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h_r, w_r)`` grid of a layer with ``n_tokens`` positions in a UNet whose finest grid
+    is ``latent_hw``; each UNet level halves the sides with ceil (stride-2 convs, padding 1).
+
+    Raises:
+        ValueError: if no level of ``latent_hw`` has ``n_tokens`` positions.
+    """
+    h, w = int(latent_hw[0]), int(latent_hw[1])
+    hh, ww = h, w
+    while hh * ww > n_tokens and (hh > 1 or ww > 1):
+        hh, ww = -(-hh // 2), -(-ww // 2)
+    if hh * ww != n_tokens:
+        raise ValueError(
+            f"an attention map with {n_tokens} positions is not a level of the {h}x{w} latent grid"
+        )
+    return hh, ww
+
+
+def square_side(n_tokens: int) -> int:
+    """Side of a square grid with ``n_tokens`` positions (ValueError if not square)."""
+    s = math.isqrt(int(n_tokens))
+    if s * s != n_tokens:
+        raise ValueError(
+            f"attention map with {n_tokens} positions is not square; pass latent_hw=(h, w)"
+        )
+    return s
+
+
+def resolution_weights(shapes: Sequence[tuple[int, int]]) -> list[float]:
+    """Weight of each distinct grid, proportional to its side (sqrt of its size)."""
+    sides = [math.sqrt(h * w) for h, w in shapes]
+    total = sum(sides)
+    return [s / total for s in sides]
+
+
+def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
+              latent_hw: tuple[int, int]) -> torch.Tensor:
+    """Aggregate per-resolution attention into the finest grid.
+
+    Args:
+        maps: one float tensor ``(B, N_i, N_i)`` per layer (heads already averaged), rows are
+            distributions over the ``N_i = h_i * w_i`` keys (row-major positions).
+        shapes: the grid ``(h_i, w_i)`` of every entry of ``maps``. Layers sharing a grid are
+            averaged first (the original averages all heads of a resolution).
+        latent_hw: the finest grid ``(h, w)``; coarser grids must divide it by powers of 2.
+
+    Returns:
+        float32 ``(B, N, h, w)`` with ``N = h * w``: ``out[b, q]`` is the aggregated attention
+        distribution of fine query ``q`` (each sums to 1).
+    """
+    if len(maps) == 0:
+        raise ValueError("aggregate needs at least one attention map")
+    if len(maps) != len(shapes):
+        raise ValueError(f"got {len(maps)} maps but {len(shapes)} shapes")
+    h, w = int(latent_hw[0]), int(latent_hw[1])
+    groups: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for m, s in zip(maps, shapes):
+        s = (int(s[0]), int(s[1]))
+        if m.ndim != 3 or m.shape[1] != s[0] * s[1] or m.shape[2] != s[0] * s[1]:
+            raise ValueError(f"map for grid {s} must be (B, {s[0] * s[1]}, {s[0] * s[1]}); got {tuple(m.shape)}")
+        groups.setdefault(s, []).append(m)
+    batch = {int(m.shape[0]) for m in maps}
+    if len(batch) != 1:
+        raise ValueError(f"all maps must share the batch size; got {sorted(batch)}")
+    B = batch.pop()
+    grid_list = list(groups)
+    weights = resolution_weights(grid_list)
+    device = maps[0].device
+    out = torch.zeros(B, h * w, h, w, dtype=torch.float32, device=device)
+    for (hr, wr), wt in zip(grid_list, weights):
+        if hr > h or wr > w:
+            raise ValueError(f"attention grid {hr}x{wr} is finer than the latent grid {h}x{w}")
+        m = groups[(hr, wr)]
+        m = (m[0] if len(m) == 1 else torch.stack(m).mean(0)).to(device=device, dtype=torch.float32)
+        keys = m.reshape(B * hr * wr, 1, hr, wr)
+        if (hr, wr) != (h, w):
+            keys = F.interpolate(keys, size=(h, w), mode="bilinear", align_corners=False)
+        keys = keys / keys.sum(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        keys = keys.reshape(B, hr, wr, h, w)
+        if (hr, wr) != (h, w):
+            iy = torch.div(torch.arange(h, device=device) * hr, h, rounding_mode="floor")
+            ix = torch.div(torch.arange(w, device=device) * wr, w, rounding_mode="floor")
+            keys = keys.index_select(1, iy).index_select(2, ix)
+        out.add_(keys.reshape(B, h * w, h, w), alpha=wt)
+    return out
