@@ -1,0 +1,125 @@
+"""`diffseg image`: outputs, bad inputs, duplicate names, missing model; in-process and subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffseg_core.cli import main
+from diffseg_core.io import read_labels
+
+FAST = ["--model", "tiny-random", "--device", "cpu", "--size", "64", "-q"]
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 2] = (220, 30, 30)
+    img[:, w // 2:] = (20, 40, 200)
+    return np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+
+
+def _save(path: Path, arr: np.ndarray, mode: "str | None" = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path
+
+
+def test_writes_labels_overlay_and_npy(tmp_path, capsys):
+    img = _save(tmp_path / "in" / "photo.jpg", _rgb(60, 90))
+    out = tmp_path / "out"
+    rc = main(["image", str(img), "-o", str(out), "--npy", *FAST])
+    assert rc == 0
+    labels = read_labels(out / "photo.png")
+    assert labels.shape == (60, 90) and labels.dtype == np.int32
+    with Image.open(out / "photo.png") as im:
+        assert im.mode == "P"
+    np.testing.assert_array_equal(np.load(out / "photo.npy", allow_pickle=False), labels)
+    with Image.open(out / "photo_overlay.png") as ov:
+        assert ov.size == (90, 60) and ov.mode == "RGB"
+    assert "1 done, 0 failed" in capsys.readouterr().out
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_no_overlay_and_odd_image_modes(tmp_path):
+    ins = [
+        _save(tmp_path / "gray.png", _rgb(40, 50)[:, :, 0], "L"),
+        _save(tmp_path / "rgba.png", np.dstack([_rgb(40, 50), np.full((40, 50), 128, np.uint8)])),
+        _save(tmp_path / "deep.png", (_rgb(40, 50)[:, :, 0].astype(np.uint16) * 200)),  # 16-bit gray
+    ]
+    out = tmp_path / "out"
+    assert main(["image", *map(str, ins), "-o", str(out), "--no-overlay", *FAST]) == 0
+    for p in ins:
+        assert read_labels(out / f"{p.stem}.png").shape == (40, 50)
+        assert not (out / f"{p.stem}_overlay.png").exists()
+
+
+def test_bad_inputs_fail_one_line_each_good_ones_written(tmp_path, capsys):
+    good = _save(tmp_path / "good.png", _rgb(40, 40))
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"this is not a jpeg")
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "out"
+    rc = main(["image", str(empty), str(good), str(junk), str(folder), str(missing), "-o", str(out), *FAST])
+    assert rc == 2
+    assert (out / "good.png").exists() and (out / "good_overlay.png").exists()
+    cap = capsys.readouterr()
+    errors = [line for line in cap.err.splitlines() if "error" in line]
+    assert len(errors) == 4
+    for p in (empty, junk, folder, missing):
+        assert any(str(p) in line for line in errors), p
+    assert "Traceback" not in cap.err
+    assert "1 done, 4 failed" in cap.out
+
+
+def test_duplicate_stems_do_not_overwrite(tmp_path, capsys):
+    a = _save(tmp_path / "a" / "frame.png", _rgb(40, 40, 1))
+    b = _save(tmp_path / "b" / "frame.png", _rgb(48, 32, 2))
+    out = tmp_path / "out"
+    assert main(["image", str(a), str(b), "-o", str(out), "--batch-size", "2", *FAST]) == 0
+    assert read_labels(out / "frame.png").shape == (40, 40)
+    assert read_labels(out / "frame-2.png").shape == (48, 32)
+    assert "frame-2.png" in capsys.readouterr().err
+
+
+def test_missing_model_is_one_line_exit_2(tmp_path, capsys):
+    img = _save(tmp_path / "x.png", _rgb(32, 32))
+    rc = main(["image", str(img), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "nope"), "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "huggingface-cli download" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out" / "x.png").exists()
+
+
+def test_ckpt_needs_opt_in(tmp_path, capsys):
+    img = _save(tmp_path / "x.png", _rgb(32, 32))
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"junk")
+    assert main(["image", str(img), "-o", str(tmp_path / "out"), "--model", str(ckpt), "-q"]) == 2
+    assert "--allow-unsafe-ckpt" in capsys.readouterr().err
+
+
+def test_bad_option_values_exit_2(tmp_path, capsys):
+    img = _save(tmp_path / "x.png", _rgb(32, 32))
+    assert main(["image", str(img), "-o", str(tmp_path / "o"), "--model", "tiny-random", "--size", "10", "-q"]) == 2
+    assert "size" in capsys.readouterr().err
+
+
+def test_subprocess_console_entry(tmp_path):
+    img = _save(tmp_path / "shot.png", _rgb(48, 64))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "diffseg_core", "image", str(img), "-o", str(out), *FAST],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert read_labels(out / "shot.png").shape == (48, 64)
+    assert "1 done, 0 failed" in proc.stdout
