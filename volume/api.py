@@ -207,7 +207,7 @@ def _label_slices(lab: np.ndarray, axis: int, background: "int | None") -> Itera
 
 
 def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLike",
-                 config: VolumeConfig = VolumeConfig(link=LinkConfig(background=0)),
+                 config: VolumeConfig = VolumeConfig(link=LinkConfig(background=0), min_size=0, min_label_size=0),
                  image_path: "str | os.PathLike | None" = None) -> VolumeResult:
     """Link a volume whose slices were labelled independently into consistent 3D labels.
 

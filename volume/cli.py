@@ -71,10 +71,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="slicing axis of the (D, H, W) array; default: through-plane (largest spacing)")
     g.add_argument("--axes", choices=("one", "all"), default="one",
                    help="'all': slice along all three axes and fuse (majority after Hungarian matching)")
-    g.add_argument("--min-size", type=int, default=64,
-                   help="3D fragments smaller than this many voxels join their neighbour [%(default)s]")
-    g.add_argument("--min-label-size", type=int, default=8,
-                   help="whole 3D labels smaller than this many voxels join their neighbour [%(default)s]")
+    g.add_argument("--min-size", type=int, default=None,
+                   help="disconnected 3D fragments of a label smaller than this many voxels join their "
+                        "neighbour [volume: 64, stack: 0 = keep the input's own pieces]")
+    g.add_argument("--min-label-size", type=int, default=None,
+                   help="whole 3D labels smaller than this many voxels join their neighbour [volume: 8, stack: 0]")
     g.add_argument("--split-disconnected", action="store_true",
                    help="give every 3D connected component its own id")
     g.add_argument("--memory", type=int, default=3, help="slices a lost structure stays matchable [%(default)s]")
@@ -90,13 +91,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="LOW,HIGH percentiles of --window percentile [1,99]")
 
 
-def _config(args: argparse.Namespace, background: "int | None", kl_weight: float):
+def _config(args: argparse.Namespace, background: "int | None", kl_weight: float, min_size: int = 64,
+            min_label_size: int = 8):
     from .types import LinkConfig, VolumeConfig
+
+    if args.min_size is not None:
+        min_size = args.min_size
+    if args.min_label_size is not None:
+        min_label_size = args.min_label_size
 
     try:
         return VolumeConfig(
             axis=args.axis, axes=args.axes, window=args.window, percentiles=tuple(args.percentiles),
-            min_size=args.min_size, min_label_size=args.min_label_size, split_disconnected=args.split_disconnected,
+            min_size=min_size, min_label_size=min_label_size, split_disconnected=args.split_disconnected,
             resample_inplane=not getattr(args, "no_resample", False), index=args.index, series=args.series,
             link=LinkConfig(min_overlap=args.min_overlap, memory=args.memory, background=background,
                             kl_weight=kl_weight),
@@ -146,7 +153,8 @@ def _run_volume(args: argparse.Namespace) -> int:
 def _run_stack(args: argparse.Namespace) -> int:
     from .api import stack_labels
 
-    cfg = _config(args, background=args.background, kl_weight=0.0)
+    # Bring-your-own labels are trusted: their small pieces are kept unless asked.
+    cfg = _config(args, background=args.background, kl_weight=0.0, min_size=0, min_label_size=0)
     with _warnings_as_lines("stack"):
         result = stack_labels(args.labels, args.output, cfg, image_path=args.image)
     _report(result)

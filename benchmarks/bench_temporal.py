@@ -1,0 +1,219 @@
+"""Benchmark of the video tracker: quality (J&F, id switches), speed and memory.
+
+Usage:
+    python3 benchmarks/bench_temporal.py --data ../shared/data [--work /tmp/bench_temporal]
+        [--only quality|speed|memory] [--synth-frames 80]
+
+Quality: per-frame segmentations that behave like DiffSeg's are made from ground truth
+(`synth_video.diffseg_like`: numbers shuffled per frame, background split into changing
+stuff segments, boundary jitter, splits, merges, spurious fragments) for the DAVIS-2016
+sequences in DATA and for synthetic multi-object videos with exact ground truth
+(`synth_video.SynthVideo`). Each is tracked by running `diffseg track` (subprocess: the
+same code path as users) with the default tracker and with `--baseline iou` (IoU-only
+linker, no flow/KL), then scored by `temporal.evaluate` (DAVIS-2017 unsupervised protocol).
+Printed: tracked J&F, the per-frame-oracle J&F of the raw segmentations, their ratio, id
+switches per object per 100 frames.
+
+Speed: tracker alone (flow + matching, segmentation given with its proposal maps, one
+thread) at 854x480. Memory: peak RSS (VmHWM) of a subprocess tracking a streamed
+synthetic 480p video with all outputs written, 200 vs 2,000 frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from synth_video import Degradation, SynthVideo, diffseg_like  # noqa: E402
+
+DAVIS = ("davis16_bmx-trees", "davis16_horsejump-high", "davis16_libby")
+
+
+def synth_specs(n: int) -> dict[str, SynthVideo]:
+    return {
+        "synth_occlusion": SynthVideo(n_frames=n, n_objects=5, speed=(3, 8), size=(90, 170), seed=11),
+        "synth_enter_leave": SynthVideo(n_frames=n, n_objects=5, speed=(2, 6), enter_leave=True, seed=12),
+        "synth_fast": SynthVideo(n_frames=n, n_objects=3, speed=(20, 35), size=(80, 140), seed=13),
+    }
+
+
+def _save_png(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(arr).save(path)
+
+
+def prepare(work: Path, data: Path, n_synth: int, seed: int = 0) -> list[tuple[str, Path, Path, Path]]:
+    """Write ground truth (synthetic only) and DiffSeg-like segmentations; return
+    (name, frames dir, gt dir, segments dir)."""
+    from diffseg_core.io import read_labels
+
+    out = []
+    rng = np.random.default_rng(seed)
+    for name in DAVIS:
+        seq = data / name
+        if not (seq / "frames").is_dir():
+            print(f"# skipping {name}: not found in {data}")
+            continue
+        sdir = work / name / "segs"
+        sdir.mkdir(parents=True, exist_ok=True)
+        for m in sorted((seq / "masks").glob("*.png")):
+            _save_png(sdir / m.name, diffseg_like(read_labels(m), rng).astype(np.uint16))
+        out.append((name, seq / "frames", seq / "masks", sdir))
+    for name, vid in synth_specs(n_synth).items():
+        base = work / name
+        for d in ("frames", "gt", "segs"):
+            (base / d).mkdir(parents=True, exist_ok=True)
+        for t in range(vid.n_frames):
+            img, gt = vid.frame(t)
+            _save_png(base / "frames" / f"{t:05d}.png", img)
+            _save_png(base / "gt" / f"{t:05d}.png", gt.astype(np.uint8))
+            _save_png(base / "segs" / f"{t:05d}.png", diffseg_like(gt, rng).astype(np.uint16))
+        out.append((name, base / "frames", base / "gt", base / "segs"))
+    return out
+
+
+def run_track(frames: Path, segs: Path, out: Path, extra: list[str]) -> float:
+    t0 = time.time()
+    cmd = [sys.executable, "-m", "diffseg_core", "track", str(frames), "--segments", str(segs), "-o", str(out),
+           "-q", "--no-overlay", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"diffseg track failed ({r.returncode}): {r.stderr.strip()}")
+    return time.time() - t0
+
+
+def quality(work: Path, data: Path, n_synth: int) -> None:
+    from temporal.evaluate import evaluate_video_dirs
+
+    seqs = prepare(work, data, n_synth)
+    print("\n## Quality (DiffSeg-like segmentations from ground truth)")
+    hdr = (f"{'sequence':24s} {'method':9s} {'frames':>6s} {'obj':>3s} {'J&F':>6s} {'oracleJ&F':>9s} "
+           f"{'ratio':>6s} {'IDsw/obj/100f':>13s} {'tracks':>6s} {'sec':>5s}")
+    print(hdr)
+    rows = []
+    for name, frames, gt, segs in seqs:
+        oracle = evaluate_video_dirs(segs, gt)
+        for method, extra in (("flow+KL", []), ("IoU-only", ["--baseline", "iou"])):
+            out = work / name / f"out_{method.replace('+', '_')}"
+            sec = run_track(frames, segs, out, extra)
+            s = evaluate_video_dirs(out / "labels", gt)
+            ratio = s.JF / oracle.oracle_JF
+            rows.append({"sequence": name, "method": method, "JF": s.JF, "oracle_JF": oracle.oracle_JF,
+                         "ratio": ratio, "idsw_per_obj_100": s.id_switches_per_100, "tracks": s.n_tracks})
+            print(f"{name:24s} {method:9s} {s.n_frames:6d} {s.n_objects:3d} {s.JF:6.3f} {oracle.oracle_JF:9.3f} "
+                  f"{ratio:6.3f} {s.id_switches_per_100:13.2f} {s.n_tracks:6d} {sec:5.1f}")
+    ours = [r for r in rows if r["method"] == "flow+KL"]
+    base = [r for r in rows if r["method"] == "IoU-only"]
+    if ours:
+        print(f"mean ratio flow+KL {np.mean([r['ratio'] for r in ours]):.3f} (min {min(r['ratio'] for r in ours):.3f}), "
+              f"IoU-only {np.mean([r['ratio'] for r in base]):.3f} (min {min(r['ratio'] for r in base):.3f}); "
+              f"max IDsw/obj/100f flow+KL {max(r['idsw_per_obj_100'] for r in ours):.2f}, "
+              f"IoU-only {max(r['idsw_per_obj_100'] for r in base):.2f}")
+    (work / "quality.json").write_text(json.dumps(rows, indent=1))
+
+
+def speed(n: int = 60) -> None:
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    from temporal.config import TrackerConfig
+    from temporal.proposals import segmentation_from_labels
+    from temporal.tracker import VideoSegmenter
+
+    vid = SynthVideo(n_frames=n, n_objects=5, seed=21)
+    rng = np.random.default_rng(0)
+    frames, segs = [], []
+    t_prop = 0.0
+    for t in range(n):
+        img, gt = vid.frame(t)
+        lab = diffseg_like(gt, rng)
+        t0 = time.perf_counter()
+        segs.append(segmentation_from_labels(lab))
+        t_prop += time.perf_counter() - t0
+        frames.append(img)
+    print("\n## Speed (854x480, one thread, tracker alone: flow + matching; segmentations given)")
+    for label, cfg in (("default (DIS ultrafast, fb-check, work side 240)", TrackerConfig()),
+                       ("no fb-check", TrackerConfig(fb_check=False)),
+                       ("keyframe-every 4 (propagation frames)", TrackerConfig(keyframe_every=4)),
+                       ("IoU-only baseline", TrackerConfig(use_flow=False, w_kl=0, reid=False, hist_bins=0))):
+        vs = VideoSegmenter(None, cfg)
+        st = vs.init_state()
+        vs.step(st, frames[0], segs[0])  # warm-up
+        t0 = time.perf_counter()
+        for f, s in zip(frames[1:], segs[1:]):
+            vs.step(st, f, s if vs.is_keyframe(st) else None)
+        dt = (time.perf_counter() - t0) / (n - 1)
+        print(f"{label:52s} {1 / dt:7.1f} frames/s ({dt * 1000:.1f} ms/frame)")
+    print(f"{'(bring-your-own only) proposal maps from masks':52s} {n / t_prop:7.1f} frames/s "
+          f"({t_prop / n * 1000:.1f} ms/frame)")
+
+
+def rss_child(n: int, out: Path) -> None:
+    """Track a streamed synthetic 480p video of n frames with all outputs; print VmHWM."""
+    from temporal.api import track_stream
+    from temporal.config import TrackerConfig
+
+    vid = SynthVideo(n_frames=n, n_objects=4, seed=31, pan=(0.0, 0.0))
+    rng = np.random.default_rng(0)
+    period = 100  # the scene repeats every 100 frames; memory must not depend on n
+    frames = ((f"{t:05d}", vid.frame(t % period)[0]) for t in range(n))
+    labels = (diffseg_like(vid.frame(t % period)[1], rng) for t in range(n))
+    res = track_stream(frames, labels, out, TrackerConfig(), n_frames=n, write_overlay=True)
+    hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print(json.dumps({"frames": res.n_frames, "complete": res.complete, "vmhwm_kb": hwm, "seconds": res.seconds}))
+
+
+def memory(work: Path, short: int, long: int) -> None:
+    print(f"\n## Memory (peak RSS of the whole track job, 854x480 streamed, labels + overlay + tracks.json)")
+    res = {}
+    for n in (short, long):
+        out = work / f"rss_{n}"
+        r = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--work", str(out)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(r.stderr)
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        res[n] = d
+        print(f"{n:5d} frames: peak RSS {d['vmhwm_kb'] / 1024:7.1f} MiB, {d['seconds']:.0f} s "
+              f"({n / d['seconds']:.1f} frames/s end to end with writing)")
+    print(f"ratio {long} / {short}: {res[long]['vmhwm_kb'] / res[short]['vmhwm_kb']:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_temporal"))
+    ap.add_argument("--only", choices=("quality", "speed", "memory"), default=None)
+    ap.add_argument("--synth-frames", type=int, default=80)
+    ap.add_argument("--rss-frames", type=int, nargs=2, default=(200, 2000))
+    ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.rss_child:
+        from diffseg_core.progress import set_progress_enabled
+
+        set_progress_enabled(False)
+        rss_child(a.rss_child, a.work)
+        return
+    a.work.mkdir(parents=True, exist_ok=True)
+    if a.only in (None, "quality"):
+        quality(a.work, a.data, a.synth_frames)
+    if a.only in (None, "speed"):
+        speed()
+    if a.only in (None, "memory"):
+        memory(a.work, *a.rss_frames)
+
+
+if __name__ == "__main__":
+    main()
