@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -20,13 +20,13 @@ from diffseg_core.errors import InputError
 from diffseg_core.progress import progress
 
 from .config import TrackerConfig
-from .io import DecodeError, FrameSource, read_segment_labels
+from .io import DecodeError, Frame, FrameSource, read_segment_labels
 from .proposals import segmentation_from_labels
 from .tracker import VideoSegmenter
 from .types import VideoResult
 from .writer import VideoOutputWriter
 
-__all__ = ["segment_video", "track_segments", "VideoResult", "TrackerConfig"]
+__all__ = ["segment_video", "track_segments", "track_stream", "VideoResult", "TrackerConfig"]
 
 
 def _resolve_segmenter(segmenter: Any) -> Any:
@@ -42,7 +42,7 @@ def _resolve_segmenter(segmenter: Any) -> Any:
     raise TypeError(f"`segmenter` must have .segment(images) or be a SegmenterConfig; got {type(segmenter).__name__}")
 
 
-def _run(source: FrameSource, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_overlay: bool,
+def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_overlay: bool,
          meta: dict[str, Any], segs_for: Any, desc: str) -> VideoResult:
     t0 = time.time()
     writer = VideoOutputWriter(out_dir, fps=source.fps, write_overlay=write_overlay, meta=meta)
@@ -58,7 +58,7 @@ def _run(source: FrameSource, out_dir: Path, vs: VideoSegmenter, id_offset: int,
             failure.append(exc)
 
     state = vs.init_state(id_offset)
-    bar = progress(total=len(source), desc=desc, unit="frame")
+    bar = progress(total=len(source) if hasattr(source, "__len__") else None, desc=desc, unit="frame")
     try:
         seg_iter = segs_for(pending) if segs_for is not None else None
         for tf in vs.iter_video(frames(), seg_iter, state=state):
@@ -157,4 +157,47 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
 
     meta = {"job": "track", "source": str(frames_source), "segments": str(seg_dir), "start": start, "end": end,
             "stride": stride, "max_side": max_side, "id_offset": id_offset, "tracker": cfg.to_dict()}
+    return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")
+
+
+class _StreamSource:
+    """Adapts an iterable of ``(stem, uint8 (H, W, 3))`` to the frame-source interface."""
+
+    def __init__(self, frames: Iterable[tuple[str, np.ndarray]], fps: float, name: str,
+                 n_frames: Optional[int]) -> None:
+        self._frames, self.fps, self.path, self._n = frames, fps, Path(name), n_frames
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, (stem, rgb) in enumerate(self._frames):
+            yield Frame(i, str(stem), rgb)
+
+    def __len__(self) -> int:
+        return int(self._n or 0)
+
+
+def track_stream(frames: Iterable[tuple[str, np.ndarray]], label_maps: Iterable[np.ndarray],
+                 out_dir: "str | Path", config: TrackerConfig = TrackerConfig(), *, fps: float = 25.0,
+                 n_frames: Optional[int] = None, id_offset: int = 0, write_overlay: bool = True,
+                 source_name: str = "<stream>") -> VideoResult:
+    """`track_segments` on in-memory streams (generators): frames and label maps in step.
+
+    Args:
+        frames: ``(stem, uint8 (H, W, 3))`` per frame.
+        label_maps: int ``(H, W)`` per frame, labels independent per frame.
+        out_dir, config, id_offset, write_overlay: see `segment_video`.
+        fps: overlay frame rate.
+        n_frames: length for the progress bar (optional).
+
+    Returns:
+        `VideoResult`.
+    """
+    cfg = _config_with_offset(config, id_offset)
+    vs = VideoSegmenter(None, cfg)
+    src = _StreamSource(frames, fps, source_name, n_frames)
+
+    def segs_for(pending: deque) -> Iterator[Any]:
+        for lab in label_maps:
+            yield segmentation_from_labels(np.asarray(lab), cfg.proposal_side, cfg.proposal_floor, cfg.work_side)
+
+    meta = {"job": "track", "source": source_name, "id_offset": id_offset, "tracker": cfg.to_dict()}
     return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")

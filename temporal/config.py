@@ -86,7 +86,7 @@ class TrackerConfig:
     reid_min_similarity: float = 0.55
     reid_w_position: float = 0.3
     hist_bins: int = 8
-    proposal_side: int = 64
+    proposal_side: int = 32
     proposal_floor: float = 1e-3
     min_segment_area: int = 0
     keyframe_every: int = 1

@@ -43,23 +43,27 @@ def symmetric_kl_matrix(p: np.ndarray, q: np.ndarray, eps: float = 1e-8) -> np.n
     """Symmetric KL ``KL(p_i || q_j) + KL(q_j || p_i)`` between two sets of distributions.
 
     Args:
-        p: float ``(M, ...)`` distributions (flattened; renormalised after clamping by eps).
+        p: float ``(M, ...)`` distributions (flattened; clamped by eps and renormalised).
         q: float ``(K, ...)`` distributions on the same grid.
 
     Returns:
         float64 ``(M, K)``, >= 0, symmetric in (p, q).
     """
-    p = np.asarray(p, np.float64).reshape(len(p), -1)
-    q = np.asarray(q, np.float64).reshape(len(q), -1)
+    p = np.asarray(p, np.float32).reshape(len(p), -1)
+    q = np.asarray(q, np.float32).reshape(len(q), -1)
     if p.shape[1] != q.shape[1]:
         raise ValueError(f"proposal grids differ: {p.shape[1]} vs {q.shape[1]} cells")
-    p = np.maximum(p, eps)
-    q = np.maximum(q, eps)
+    if len(p) == 0 or len(q) == 0:
+        return np.zeros((len(p), len(q)))
+    p = np.maximum(p, np.float32(eps))
+    q = np.maximum(q, np.float32(eps))
     p /= p.sum(1, keepdims=True)
     q /= q.sum(1, keepdims=True)
     lp, lq = np.log(p), np.log(q)
     # sum_x (p - q)(log p - log q) = sum p lp + sum q lq - p @ lq.T - lp @ q.T
-    out = (p * lp).sum(1)[:, None] + (q * lq).sum(1)[None, :] - p @ lq.T - lp @ q.T
+    hp = np.einsum("ij,ij->i", p, lp, dtype=np.float64)
+    hq = np.einsum("ij,ij->i", q, lq, dtype=np.float64)
+    out = hp[:, None] + hq[None, :] - (p @ lq.T).astype(np.float64) - (lp @ q.T).astype(np.float64)
     return np.maximum(out, 0.0)
 
 

@@ -71,8 +71,6 @@ class VideoState:
     prev_labels: Optional[np.ndarray] = None
     prev_full: Optional[np.ndarray] = None
     recent: deque = field(default_factory=lambda: deque(maxlen=2))
-    _down: Any = None  # (row idx, col idx) full -> work nearest sampling
-    _up: Any = None  # (row idx, col idx) work -> full nearest sampling
 
 
 def _as_rgb(frame: Any) -> np.ndarray:
@@ -212,28 +210,25 @@ class VideoSegmenter:
             H, W = hw
             cfg = self.config
             wh = grid_hw(hw, cfg.work_side) if cfg.work_side and min(H, W) > cfg.work_side else (H, W)
-            h, w = wh
             state.image_hw, state.work_hw = (H, W), wh
-            state._down = (np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.intp), H - 1),
-                           np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.intp), W - 1))
-            state._up = (np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.intp), h - 1),
-                         np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.intp), w - 1))
         elif tuple(hw) != state.image_hw:
             raise ValueError(f"frame size changed within the video: {state.image_hw} then {tuple(hw)}")
 
     @staticmethod
     def _down(state: VideoState, a: np.ndarray) -> np.ndarray:
+        """Nearest-neighbour int32 label map full -> work resolution."""
         if state.work_hw == state.image_hw:
             return a
-        r, c = state._down
-        return a[r[:, None], c[None, :]]
+        h, w = state.work_hw  # type: ignore[misc]
+        return cv2.resize(a, (w, h), interpolation=cv2.INTER_NEAREST)
 
     @staticmethod
     def _up(state: VideoState, a: np.ndarray) -> np.ndarray:
+        """Nearest-neighbour int32 label map work -> full resolution."""
         if state.work_hw == state.image_hw:
             return a
-        r, c = state._up
-        return a[r[:, None], c[None, :]]
+        H, W = state.image_hw  # type: ignore[misc]
+        return cv2.resize(a, (W, H), interpolation=cv2.INTER_NEAREST)
 
     def _work_image(self, state: VideoState, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = state.work_hw  # type: ignore[misc]
@@ -278,13 +273,13 @@ class VideoSegmenter:
             warped = warp_labels(prev, bwd, valid, fill=0)
         else:
             warped = prev
-        A = np.unique(warped)
+        A = np.flatnonzero(np.bincount(warped.ravel()))  # O(n) unique of the warped ids
         A = A[A > 0]
         A = A[[int(a) in reg for a in A]] if len(A) else A
         T = len(A)
-        rows = np.where(warped > 0, np.searchsorted(A, warped), -1) if T else np.full_like(warped, -1)
-        if T:
-            rows[(rows >= 0) & (A[np.minimum(rows, T - 1)] != warped)] = -1
+        row_of = np.full(int(warped.max()) + 1 if warped.size else 1, -1, np.int64)
+        row_of[A] = np.arange(T)
+        rows = np.take(row_of, warped)
         inter = overlap_matrix(rows, T, seg_w, K)
         area_t = inter.sum(1)
         area_s = np.bincount(seg_w.ravel(), minlength=K)[:K]
@@ -336,6 +331,7 @@ class VideoSegmenter:
 
         # 4b. merges: carve a segment along the warped ids of tracks it swallowed
         carve: dict[int, list[int]] = {}
+        pair_hist = None
         if cfg.handle_merges and T:
             for t in range(T):
                 tid = int(A[t])
@@ -348,8 +344,10 @@ class VideoSegmenter:
                 if small is not None and cfg.hist_bins and tr.hist is not None:
                     # the carved region must look like its own track more than like the
                     # track that swallowed it (else the object left or is occluded)
-                    region = np.where((seg_w == j) & (rows == t), 0, -1)
-                    hr = color_histograms(small, region, 1, cfg.hist_bins)
+                    if pair_hist is None:
+                        pair_hist = self._pair_histograms(small, rows, seg_w, T, K)
+                    hr = pair_hist[t * K + j][None]
+                    hr = hr / max(float(hr.sum()), 1.0)
                     other = reg[int(seg_track[j])].hist if int(seg_track[j]) in reg else None
                     own = float(bhattacharyya(hr, tr.hist[None])[0, 0])
                     if own < cfg.split_min_appearance:
@@ -366,18 +364,39 @@ class VideoSegmenter:
 
         # outputs
         lut = seg_track.astype(np.int32)
-        out_w = lut[seg_w]
-        out_full = lut[labels]
+        out_w = np.take(lut, seg_w)
+        out_full = np.take(lut, labels)
         if carve:
-            warped_full = None
-            for j, tids in carve.items():
-                sel_w = (seg_w == j) & np.isin(warped, tids)
-                out_w[sel_w] = warped[sel_w]
-                if warped_full is None:
-                    warped_full = self._up(state, warped)
-                sel = (labels == j) & np.isin(warped_full, tids)
-                out_full[sel] = warped_full[sel]
-        self._update_tracks(state, out_w, small, idx, seg_track, props, area_s, A, P_warp)
+            # carve table: (segment j, warped id t) -> t for the carved pairs
+            keep = np.zeros(K, bool)
+            keep[list(carve)] = True
+            tids = np.array(sorted({t for v in carve.values() for t in v}), np.int64)
+
+            table = np.zeros((K, len(tids)), bool)
+            for j, v in carve.items():
+                table[j, np.searchsorted(tids, v)] = True
+            ys, xs = np.nonzero(keep[seg_w] & (warped > 0))
+            wt = warped[ys, xs]
+            ti = np.minimum(np.searchsorted(tids, wt), len(tids) - 1)
+            ok = (tids[ti] == wt) & table[seg_w[ys, xs], ti]
+            override = np.zeros_like(out_w)
+            override[ys[ok], xs[ok]] = wt[ok]
+            out_w = np.where(override > 0, override, out_w)
+            # full resolution: the work-resolution carving, upsampled, inside the carved segments
+            if ok.any():
+                # only inside the bounding box of the carved pixels (cheap on big frames)
+                H, W = state.image_hw  # type: ignore[misc]
+                h, w = state.work_hw  # type: ignore[misc]
+                y0, y1 = int(ys[ok].min()), int(ys[ok].max()) + 1
+                x0, x1 = int(xs[ok].min()), int(xs[ok].max()) + 1
+                Y0, Y1 = max(0, (y0 * H) // h - 1), min(H, -(-(y1 * H) // h) + 1)
+                X0, X1 = max(0, (x0 * W) // w - 1), min(W, -(-(x1 * W) // w) + 1)
+                ov_full = self._up(state, override)[Y0:Y1, X0:X1]
+                sub = out_full[Y0:Y1, X0:X1]
+                sel = (ov_full > 0) & np.take(keep, labels[Y0:Y1, X0:X1])
+                sub[sel] = ov_full[sel]
+        hint = np.concatenate([seg_track[seg_track > 0], np.array([t for v in carve.values() for t in v], np.int64)])
+        self._update_tracks(state, out_w, small, idx, seg_track, props, area_s, A, P_warp, hint)
         carved_ids = {t for v in carve.values() for t in v}
         for tid in carved_ids:
             if tid in reg:
@@ -393,6 +412,15 @@ class VideoSegmenter:
         if carve:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut)
+
+    def _pair_histograms(self, small: np.ndarray, rows: np.ndarray, seg_w: np.ndarray, T: int, K: int) -> np.ndarray:
+        """Colour histogram counts of every (warped track row, segment) region: ``(T*K, bins**3)``."""
+        b = self.config.hist_bins
+        q = (small.astype(np.int32) * b) >> 8
+        cell = (q[..., 0] * b + q[..., 1]) * b + q[..., 2]
+        sel = rows >= 0
+        idx = (rows[sel].astype(np.int64) * K + seg_w[sel]) * (b ** 3) + cell[sel]
+        return np.bincount(idx, minlength=T * K * b ** 3)[: T * K * b ** 3].reshape(T * K, b ** 3).astype(np.float32)
 
     def _proposal_of(self, p: "np.ndarray | None", hw: tuple[int, int]) -> np.ndarray:
         h, w = hw
@@ -434,34 +462,45 @@ class VideoSegmenter:
 
     def _update_tracks(self, state: VideoState, out_w: np.ndarray, small: "np.ndarray | None", idx: int,
                        seg_track: np.ndarray, props: np.ndarray, area_s: np.ndarray,
-                       A: np.ndarray, P_warp: "np.ndarray | None") -> None:
+                       A: np.ndarray, P_warp: "np.ndarray | None", present_hint: "np.ndarray | None" = None) -> None:
+        """Refresh appearance (proposal, colour histogram), box and area of present tracks."""
         cfg = self.config
         reg = state.registry
-        present = np.unique(out_w)
+        if present_hint is None:
+            present = np.flatnonzero(np.bincount(out_w.ravel()))
+        else:  # candidate ids (a superset): avoid scanning the whole map
+            present = np.unique(present_hint)
         present = present[present > 0]
-        # tracks whose segments are not visible at work resolution still count as present
-        extra = np.setdiff1d(np.unique(seg_track[seg_track > 0]), present)
-        present_all = np.union1d(present, extra)
-        comp = np.where(out_w > 0, np.searchsorted(present, out_w), -1) if len(present) else np.full_like(out_w, -1)
         n = len(present)
-        objs = ndimage.find_objects(comp + 1, max_label=n) if n else []
+        if n:
+            comp_of = np.full(max(int(present[-1]), int(out_w.max())) + 1, -1, np.int64)
+            comp_of[present] = np.arange(n)
+            comp = np.take(comp_of, out_w)
+        else:
+            comp = np.full(out_w.shape, -1, np.int64)
         area = np.bincount(comp[comp >= 0], minlength=n) if n else np.zeros(0, np.int64)
+        objs = ndimage.find_objects((comp + 1).astype(np.int32), max_label=n) if n else []
         hist = color_histograms(small, comp, n, cfg.hist_bins) if (small is not None and cfg.hist_bins and n) else None
+        # tracks whose segments are too small to show at work resolution still count as present
+        present_all = np.union1d(present[area > 0], np.unique(seg_track[seg_track > 0]))
         a_row = {int(a): i for i, a in enumerate(A)}
         ema = cfg.appearance_ema
         for tid in present_all.tolist():
             t = reg[tid]
             segs = np.flatnonzero(seg_track == tid)
             if len(segs):
-                w = area_s[segs].astype(np.float64) + 1e-9
-                p = (props[segs] * (w / w.sum())[:, None, None]).sum(0).astype(np.float32)
+                if len(segs) == 1:
+                    p = props[segs[0]]
+                else:
+                    w = area_s[segs].astype(np.float64) + 1e-9
+                    p = (props[segs] * (w / w.sum())[:, None, None]).sum(0).astype(np.float32)
             elif P_warp is not None and tid in a_row:
                 p = P_warp[a_row[tid]]
             else:
                 p = t.proposal
             t.proposal = p
             i = int(np.searchsorted(present, tid)) if n else 0
-            if n and i < n and present[i] == tid:
+            if n and i < n and present[i] == tid and area[i] > 0:
                 o = objs[i]
                 if o is not None:
                     t.bbox = (o[0].start, o[1].start, o[0].stop, o[1].stop)
@@ -482,7 +521,7 @@ class VideoSegmenter:
         else:
             out_full = warp_labels(prev_full, resize_flow(bwd, state.image_hw), border_replicate=True)
         out_w = self._down(state, out_full)
-        A = np.unique(out_w)
+        A = np.flatnonzero(np.bincount(out_w.ravel()))
         A = A[A > 0]
         P_warp = None
         if len(A) and bwd is not None:

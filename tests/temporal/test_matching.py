@@ -29,13 +29,13 @@ def test_symmetric_kl_properties(rng):
     q /= q.reshape(3, -1).sum(1)[:, None, None]
     d = symmetric_kl_matrix(p, q)
     assert d.shape == (4, 3) and (d >= 0).all()
-    np.testing.assert_allclose(d, symmetric_kl_matrix(q, p).T, rtol=1e-10)
-    np.testing.assert_allclose(np.diag(symmetric_kl_matrix(p, p)), 0, atol=1e-10)
+    np.testing.assert_allclose(d, symmetric_kl_matrix(q, p).T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.diag(symmetric_kl_matrix(p, p)), 0, atol=1e-5)
     # two-point distributions: sKL = sum (p - q) log(p / q)
     a = np.array([[0.5, 0.5]])
     b = np.array([[0.9, 0.1]])
     expected = (0.5 - 0.9) * np.log(0.5 / 0.9) + (0.5 - 0.1) * np.log(0.5 / 0.1)
-    np.testing.assert_allclose(symmetric_kl_matrix(a, b)[0, 0], expected, rtol=1e-9)
+    np.testing.assert_allclose(symmetric_kl_matrix(a, b)[0, 0], expected, rtol=1e-5)
 
 
 def test_cost_matrix_prefers_overlap_and_similar_maps():
