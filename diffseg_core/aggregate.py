@@ -83,8 +83,10 @@ def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
     grid_list = list(groups)
     weights = resolution_weights(grid_list)
     device = maps[0].device
-    out = torch.zeros(B, h * w, h, w, dtype=torch.float32, device=device)
-    for (hr, wr), wt in zip(grid_list, weights):
+    out: "torch.Tensor | None" = None
+    # Finest grid first: it initialises `out` (one N x N allocation in all).
+    order = sorted(range(len(grid_list)), key=lambda i: -grid_list[i][0] * grid_list[i][1])
+    for (hr, wr), wt in ((grid_list[i], weights[i]) for i in order):
         if hr > h or wr > w:
             raise ValueError(f"attention grid {hr}x{wr} is finer than the latent grid {h}x{w}")
         m = groups[(hr, wr)]
@@ -92,11 +94,24 @@ def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
         keys = m.reshape(B * hr * wr, 1, hr, wr)
         if (hr, wr) != (h, w):
             keys = F.interpolate(keys, size=(h, w), mode="bilinear", align_corners=False)
-        keys = keys / keys.sum(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        keys = keys.reshape(B, hr, wr, h, w)
-        if (hr, wr) != (h, w):
+        sums = keys.sum(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        if (hr, wr) == (h, w):
+            if out is None:
+                out = torch.div(keys, sums / wt).reshape(B, h * w, h, w)
+            else:
+                out.add_((keys / sums).reshape(B, h * w, h, w), alpha=wt)
+            continue
+        keys = (keys / sums).reshape(B, hr, wr, h * w)
+        if out is None:
+            out = torch.zeros(B, h * w, h, w, dtype=torch.float32, device=device)
+        if h % hr == 0 and w % wr == 0:
+            # Tile the queries by broadcasting into a strided view of `out`: no N x N temporary.
+            view = out.view(B, hr, h // hr, wr, w // wr, h * w)
+            view.add_(keys[:, :, None, :, None, :], alpha=wt)
+        else:  # odd sizes (ceil halving): nearest parent by index
             iy = torch.div(torch.arange(h, device=device) * hr, h, rounding_mode="floor")
             ix = torch.div(torch.arange(w, device=device) * wr, w, rounding_mode="floor")
-            keys = keys.index_select(1, iy).index_select(2, ix)
-        out.add_(keys.reshape(B, h * w, h, w), alpha=wt)
+            tiled = keys.index_select(1, iy).index_select(2, ix)
+            out.add_(tiled.reshape(B, h * w, h, w), alpha=wt)
+    assert out is not None
     return out
