@@ -123,9 +123,8 @@ def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path):
     frames = write_frames(tmp_path / "clip" / "frames", 16)
     args = [sys.executable, "-m", "diffseg_core", "run", str(frames), "--segmenter-factory", FAKE,
             "--accelerator", "cpu", "--chunk-frames", "6", "--chunk-overlap", "2", "-q"]
-    ref = subprocess.run(args + ["-o", str(tmp_path / "ref")], cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=200)
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    ref = run_job([frames], tmp_path / "ref", _cfg(chunk_frames=6, chunk_overlap=2))  # uninterrupted, in process
+    assert ref.exit_code == 0, ref.format()
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(args + ["-o", str(out)], cwd=REPO, env=_env(DIFFSEG_FAKE_DELAY="0.25"),
