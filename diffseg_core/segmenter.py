@@ -116,7 +116,7 @@ class _Aggregated:
     maps: torch.Tensor  # float32 (N, h, w) on the compute device
     image_hw: tuple[int, int]
     input_hw: tuple[int, int]
-    latent_hw: tuple[int, int]
+    latent_hw: tuple[int, int]  # finest attention grid (= the VAE latent for SD)
     timings: dict[str, float]
 
 
@@ -254,7 +254,10 @@ class DiffSegSegmenter:
         store.reset()
         _sync(dev)
         t_unet = time.perf_counter()
-        agg = aggregate(maps, shapes, latent_hw)  # float32 (B, N, h, w)
+        # The finest attention grid: the latent itself for SD; coarser for models without
+        # attention at full latent resolution (the tiny test model).
+        attn_hw = shapes[0]
+        agg = aggregate(maps, shapes, attn_hw)  # float32 (B, N, h, w), N = h*w of attn_hw
         del maps
         _sync(dev)
         t_agg = time.perf_counter()
@@ -262,7 +265,7 @@ class DiffSegSegmenter:
         timings = {"encode_s": (t_enc - t0) / n, "unet_s": (t_unet - t_enc) / n, "aggregate_s": (t_agg - t_unet) / n}
         for j, i in enumerate(idx):
             yield _Aggregated(index=i, maps=agg[j], image_hw=(int(images[i].shape[1]), int(images[i].shape[2])),
-                              input_hw=hw, latent_hw=latent_hw, timings=dict(timings))
+                              input_hw=hw, latent_hw=attn_hw, timings=dict(timings))
 
 
 def _sync(device: torch.device) -> None:

@@ -123,3 +123,24 @@ def test_subprocess_console_entry(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert read_labels(out / "shot.png").shape == (48, 64)
     assert "1 done, 0 failed" in proc.stdout
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_example_is_made_by_its_script_and_segments(tmp_path):
+    example = REPO / "examples" / "shapes.png"
+    if not example.exists():
+        pytest.skip("examples/shapes.png not in this checkout")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_example", REPO / "examples" / "make_example.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with Image.open(example) as im:
+        shipped = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(mod.make_scene(0), shipped)
+    assert example.stat().st_size < 200_000
+    out = tmp_path / "out"
+    assert main(["image", str(example), "-o", str(out), "--model", "tiny-random", "--size", "128", "-q"]) == 0
+    assert read_labels(out / "shapes.png").shape == shipped.shape[:2]
