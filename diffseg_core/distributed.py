@@ -572,6 +572,12 @@ def _lightning_classes() -> tuple[type, type, type]:
         def on_predict_start(self) -> None:
             dev = self.trainer.strategy.root_device
             device = f"cuda:{dev.index or 0}" if dev.type == "cuda" else "cpu"
+            local_world = int(getattr(self.trainer.strategy, "num_processes", 1) or 1)
+            if device == "cpu" and local_world > 1 and "OMP_NUM_THREADS" not in os.environ:
+                import torch
+
+                # CPU ranks on one machine share its cores: no oversubscription.
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
             # Kept off the module's attributes-as-submodules: Lightning must not move or
             # wrap the UNet; the segmenter manages its own device and dtype.
             self._segmenter = make_segmenter(self.cfg, device)
@@ -670,6 +676,18 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def _env_rank() -> int:
+    """Global rank announced by the launcher (torchrun, SLURM, Lightning), 0 if none."""
+    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        try:
+            r = int(os.environ.get(var, "0") or 0)
+        except ValueError:
+            continue
+        if r > 0:
+            return r
+    return 0
+
+
 def _barrier() -> None:
     rank, world = _dist_info()
     if world > 1:
@@ -728,6 +746,10 @@ def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
         trainer = _make_trainer(cfg, [writer])
         trainer.predict(Module(cfg, str(out)), datamodule=DataModule(items, pending), return_predictions=False)
     rank, world = _dist_info()
+    if world == 1 and _env_rank() > 0:
+        # A torchrun/SLURM rank with nothing left to run: rank 0 stitches and merges alone.
+        return JobSummary(out_dir=out, world_size=1, is_rank_zero=False, seconds=time.perf_counter() - t0)
+    log.debug("rank %d of %d: %d items pending, stitching", rank, world, len(pending))
     is_zero = rank == 0
     # Stitch videos: every video whose chunks are all done, shared out among the ranks.
     _barrier()
