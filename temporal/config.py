@@ -43,6 +43,10 @@ class TrackerConfig:
         merge_containment: fraction of the other track's warped area inside the segment.
             With images, the carved region must also look (colour) more like its own track
             than like the track that swallowed it.
+        merge_margin: how much more (Bhattacharyya coefficient) the carved region must look
+            like its own track than like the track that swallowed it.
+        merge_min_age: only tracks at least this many frames old are carved out (a piece
+            split off in the previous frame is not an object of its own).
         max_carved: consecutive keyframes a track may live on by carving alone (without a
             segment of its own) before it counts as missing.
         max_missed: frames a track that disappeared is remembered for re-identification
@@ -80,7 +84,9 @@ class TrackerConfig:
     split_min_appearance: float = 0.5
     handle_merges: bool = True
     merge_containment: float = 0.6
-    max_carved: int = 10
+    max_carved: int = 5
+    merge_margin: float = 0.15
+    merge_min_age: int = 3
     max_missed: int = 30
     reid: bool = True
     reid_min_similarity: float = 0.55
@@ -97,7 +103,7 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         look_up_option(self.flow_backend, FLOW_BACKENDS, "flow backend")
         look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
-        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved"):
+        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
         if int(self.keyframe_every) < 1:
@@ -112,7 +118,7 @@ class TrackerConfig:
         if not float(self.kl_tau) > 0:
             raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
         for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
-                     "merge_containment", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+                     "merge_containment", "merge_margin", "reid_min_similarity", "reid_w_position", "appearance_ema"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")

@@ -300,20 +300,8 @@ class VideoSegmenter:
         seg_track[asg.cols] = A[asg.rows]
         taken = set(int(x) for x in A[asg.rows])
 
-        # 3. re-identification of remembered tracks (lost ones, and present ones left unmatched)
-        un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
-        if cfg.reid and len(un):
-            # lost tracks, and tracks of the previous frame that found no partner (e.g. flow
-            # failed on fast motion, or all their warped pixels were unreliable)
-            cand = [i for i in reg.tracks if i not in taken]
-            if cand:
-                sim = self._reid_similarity(state, cand, un, seg_w, props, hists, derived, K)
-                r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
-                for ci, sj in zip(r.rows, r.cols):
-                    seg_track[un[sj]] = cand[ci]
-                    taken.add(cand[ci])
-
-        # 4a. splits: unmatched segments inside a track's warped mask join that track
+        # 3. splits (before re-identification, so a piece of a tracked object is not
+        # mistaken for an old track that looks alike): unmatched segments inside a track's warped mask join that track
         if cfg.handle_splits and T:
             for j in np.flatnonzero(seg_track == 0):
                 if area_s[j] == 0:
@@ -329,14 +317,28 @@ class VideoSegmenter:
                 seg_track[j] = tid
                 taken.add(tid)
 
-        # 4b. merges: carve a segment along the warped ids of tracks it swallowed
+        # 4. re-identification of remembered tracks (lost ones, and present ones left unmatched)
+        un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
+        if cfg.reid and len(un):
+            # lost tracks, and tracks of the previous frame that found no partner (e.g. flow
+            # failed on fast motion, or all their warped pixels were unreliable)
+            cand = [i for i in reg.tracks if i not in taken]
+            if cand:
+                sim = self._reid_similarity(state, cand, un, seg_w, props, hists, derived, K)
+                r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
+                for ci, sj in zip(r.rows, r.cols):
+                    seg_track[un[sj]] = cand[ci]
+                    taken.add(cand[ci])
+
+        # 5. merges: carve a segment along the warped ids of tracks it swallowed
         carve: dict[int, list[int]] = {}
         pair_hist = None
         if cfg.handle_merges and T:
             for t in range(T):
                 tid = int(A[t])
                 tr = reg[tid]
-                if tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved:
+                if (tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved
+                        or idx - tr.first_frame < cfg.merge_min_age):
                     continue
                 j = int(np.argmax(inter[t]))
                 if seg_track[j] == 0 or inter[t, j] < cfg.merge_containment * area_t[t]:
@@ -352,12 +354,12 @@ class VideoSegmenter:
                     own = float(bhattacharyya(hr, tr.hist[None])[0, 0])
                     if own < cfg.split_min_appearance:
                         continue
-                    if other is not None and own <= float(bhattacharyya(hr, other[None])[0, 0]):
-                        continue
+                    if other is not None and own < float(bhattacharyya(hr, other[None])[0, 0]) + cfg.merge_margin:
+                        continue  # looks no different from the track that took it: a real merge
                 carve.setdefault(j, []).append(tid)
                 taken.add(tid)
 
-        # 5. new tracks
+        # 6. new tracks
         for j in np.flatnonzero(seg_track == 0):
             if area_s[j] >= cfg.min_segment_area and (area_s[j] > 0 or cfg.min_segment_area == 0):
                 seg_track[j] = reg.new(idx).id

@@ -135,16 +135,33 @@ def test_merged_segment_is_carved_so_both_ids_survive(rng):
     sc = Scene(TWO)
     vs = VideoSegmenter(None, TrackerConfig())
     st = vs.init_state()
-    img, gt = sc.frame(0)
-    t0 = gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt)
-    img, gt = sc.frame(1)
+    for t in range(4):
+        img, gt = sc.frame(t)
+        t0 = gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt)
+    img, gt = sc.frame(4)
     merged = np.where(gt == 1, 0, gt)  # object 1 swallowed by the background segment
     tf = vs.step(st, img, seg_from_gt(merged, rng))
     inside = tf.labels[gt == 1]
     assert (inside == t0[1]).mean() > 0.8
     assert (tf.labels[gt == 0] == t0[0]).mean() > 0.95
-    img, gt = sc.frame(2)
+    img, gt = sc.frame(5)
     assert gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt) == t0
+
+
+def test_a_piece_split_off_last_frame_is_not_carved(rng):
+    # frame 1 splits object 1 in two; frame 2 has it whole again: one id, no carved piece
+    sc = Scene(TWO)
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    img, gt = sc.frame(0)
+    t0 = gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt)
+    img, gt = sc.frame(1)
+    lab = gt.copy()
+    lab[(gt == 1) & (np.arange(gt.shape[1])[None, :] > np.nonzero(gt == 1)[1].mean())] = 3
+    vs.step(st, img, seg_from_gt(lab, rng))
+    img, gt = sc.frame(2)
+    tf = vs.step(st, img, seg_from_gt(gt, rng))
+    assert np.unique(tf.labels[gt == 1]).tolist() == [t0[1]]
 
 
 def test_fast_motion_flow_beats_iou_only_baseline(rng):
