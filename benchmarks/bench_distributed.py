@@ -69,7 +69,7 @@ def synth_job(root: Path) -> list[Path]:
         a[:, : 20 + 3 * i] = (200, 40, 30)
         a[30:, 32:] = (30, 40, 200)
         a = np.clip(a.astype(np.int16) + rng.integers(0, 12, a.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(a).save(photos / f"p{i}.png")
+        Image.fromarray(a).save(photos / f"photo_{chr(97 + i)}.png")
     clips = [synth_clip(root / f"clip{k}" / "frames", 16, seed=k) for k in range(2)]
     return [photos, *clips]
 

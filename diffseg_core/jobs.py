@@ -149,10 +149,12 @@ def _looks_like_frames(folder: Path, images: list[Path], folder_mode: str) -> bo
         return True
     if folder_mode == "images":
         return False
-    # auto: a folder called frames/ or whose pictures are numbered (00000.jpg, frame_0001.png).
+    # auto: a folder called frames/ or whose pictures are numbered like video frames
+    # (00000.jpg, frame_0001.png); camera names such as IMG_0001.jpg stay separate images.
     if folder.name.lower() in ("frames", "jpegimages", "images_seq"):
         return True
-    return len(images) >= 2 and all(re.fullmatch(r"[a-zA-Z_\-]*\d+", p.stem) for p in images)
+    return len(images) >= 2 and all(re.fullmatch(r"(?:frame|frm|f)?[_\-]?\d+", p.stem, re.IGNORECASE)
+                                    for p in images)
 
 
 @dataclass(frozen=True)

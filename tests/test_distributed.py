@@ -228,3 +228,15 @@ def test_two_cpu_processes_equal_one_process(tmp_path):
     lb = np.stack([read_labels(p) for p in sorted((tmp_path / "two" / "videos" / "clip" / "labels").glob("*.png"))])
     assert la.shape == lb.shape == (8, 64, 64)
     assert relabel_agreement(la, lb) == 1.0
+
+
+def test_folder_mode_numbered_frames_vs_photos(tmp_path):
+    write_images(tmp_path / "cam", ["IMG_0001", "IMG_0002"])
+    write_images(tmp_path / "seq", ["00000", "00001", "00002"])
+    plan = classify_inputs([tmp_path / "cam", tmp_path / "seq"])
+    assert sorted((s.name, s.kind) for s in plan.specs) == [
+        ("IMG_0001", "image"), ("IMG_0002", "image"), ("seq", "frames")]
+    forced = classify_inputs([tmp_path / "cam"], folder_mode="frames")
+    assert [(s.kind, s.num_frames) for s in forced.specs] == [("frames", 2)]
+    as_images = classify_inputs([tmp_path / "seq"], folder_mode="images")
+    assert [s.kind for s in as_images.specs] == ["image"] * 3
