@@ -168,7 +168,8 @@ class SliceLinker:
         self.next_id = int(id_offset) + 1
         self.stats = LinkStats()
         self._props: dict[int, np.ndarray] = {}
-        self._observed_prev: set[int] = set()
+        # track id -> (slices observed, last appearance was carved): live tracks only.
+        self._observed: dict[int, tuple[int, bool]] = {}
         self._hist_ids: deque[set[int]] = deque(maxlen=int(config.memory))
 
     def step(self, seg: np.ndarray, proposals: "np.ndarray | None" = None) -> np.ndarray:
@@ -232,17 +233,26 @@ class SliceLinker:
             m_cols = np.concatenate(cols_all) if cols_all else np.zeros(0, np.int64)
             self.stats.matched += len(m_rows)
             # Splits: leftover segments lying mostly inside one track's reference mask.
+            # Candidates: IoU above the gate, or lying mostly inside a track's mask and
+            # covering a fair part of it; the best IoU wins (a piece that moved into a
+            # neighbour's old place still goes to its own structure when it overlaps more).
+            cand_ok = allowed | ((in_track >= cfg.split_fraction) & (covers >= cfg.split_min_cover))
             for s in np.flatnonzero(seg_to_track == 0):
-                j = int(np.argmax(in_track[s]))
-                if (in_track[s, j] >= cfg.split_fraction and covers[s, j] >= cfg.split_min_cover
-                        and not enclosed(seg, int(s))):
+                if not cand_ok[s].any():
+                    continue
+                j = int(np.argmax(np.where(cand_ok[s], iou[s] + 1e-9 * in_track[s], -1.0)))
+                if not enclosed(seg, int(s)):
                     seg_to_track[s] = ov.track_ids[j]
+                    used[j] = True  # the track continues here: never carved into another segment
                     self.stats.splits_joined += 1
             # Merges: a matched segment made mostly of several tracks' previous masks.
             for s, j in zip(m_rows, m_cols):
-                extra = [c for c in np.flatnonzero(~used & (covers[s] >= cfg.merge_fraction) & (ov.age == 1)
+                # Only established tracks (observed on >= 2 slices, last time observed, not
+                # carved): two young tracks born from one split structure must re-unite.
+                extra = [c for c in np.flatnonzero(~used & (covers[s] >= cfg.merge_fraction)
                                                    & (in_track[s] >= cfg.merge_min_share))
-                         if int(ov.track_ids[c]) in self._observed_prev]
+                         if self._observed.get(int(ov.track_ids[c]), (0, True))[0] >= 2
+                         and not self._observed.get(int(ov.track_ids[c]), (0, True))[1]]
                 if not extra:
                     continue
                 group = [int(j)] + [int(c) for c in extra]
@@ -282,7 +292,12 @@ class SliceLinker:
         if self._props:  # forget proposals of tracks that fell out of the history
             live = set().union(*self._hist_ids)
             self._props = {i: p for i, p in self._props.items() if i in live}
-        self._observed_prev = set(int(x) for x in seg_to_track.tolist()) - carved_ids
+        for tid in set(int(x) for x in seg_to_track.tolist()) - carved_ids:
+            self._observed[tid] = (self._observed.get(tid, (0, False))[0] + 1, False)
+        for tid in carved_ids:
+            self._observed[tid] = (self._observed.get(tid, (0, False))[0], True)
+        live = set().union(*self._hist_ids)
+        self._observed = {i: v for i, v in self._observed.items() if i in live}
         self.stats.slices += 1
         return out
 
