@@ -47,6 +47,27 @@ class TrackOverlaps:
     ref_slot: np.ndarray
 
 
+def compact_ids(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, return_inverse=True)`` for non-negative ints, by counting (no sort).
+
+    Args:
+        a: int array, values >= 0.
+
+    Returns:
+        ``(values, inverse)``: sorted present values (int64) and int64 indices, ``a``'s shape.
+    """
+    a = np.asarray(a)
+    top = int(a.max()) if a.size else 0
+    if a.size and (int(a.min()) < 0 or top > max(4 * a.size, 1 << 20)):
+        vals, inv = np.unique(a, return_inverse=True)  # sparse huge ids: sort instead
+        return vals.astype(np.int64), inv.reshape(a.shape).astype(np.int64)
+    counts = np.bincount(a.ravel(), minlength=top + 1)
+    vals = np.flatnonzero(counts)
+    lut = np.zeros(top + 1, np.int64)
+    lut[vals] = np.arange(len(vals))
+    return vals.astype(np.int64), lut[a]
+
+
 def track_overlaps(seg: np.ndarray, k: int, history: "list[np.ndarray]") -> TrackOverlaps:
     """Overlaps of segments with every track seen in ``history`` (newest first).
 
@@ -66,8 +87,7 @@ def track_overlaps(seg: np.ndarray, k: int, history: "list[np.ndarray]") -> Trac
     flat_seg = seg.ravel()
     valid = flat_seg >= 0
     for slot, m in enumerate(history):
-        vals, inv = np.unique(m.ravel(), return_inverse=True)
-        inv = inv.ravel()
+        vals, inv = compact_ids(m.ravel())
         keep_cols = np.array([v > 0 and int(v) not in seen for v in vals], dtype=bool)
         if not keep_cols.any():
             continue
@@ -312,8 +332,8 @@ def segment_index(labels: np.ndarray, background: "int | None" = None) -> tuple[
     Returns:
         ``(seg, values)``: int32 ``(H, W)`` index and int64 ``(K,)`` original values.
     """
-    values, inv = np.unique(np.asarray(labels), return_inverse=True)
-    seg = inv.reshape(labels.shape).astype(np.int32)
+    values, inv = compact_ids(np.asarray(labels))
+    seg = inv.astype(np.int32)
     if background is not None and values.size and (values == background).any():
         b = int(np.flatnonzero(values == background)[0])
         seg = np.where(seg == b, -1, seg - (seg > b)).astype(np.int32)
@@ -340,7 +360,7 @@ def iou_stitch(prev: np.ndarray, cur: np.ndarray, next_id: int, threshold: float
     """
     seg, _ = segment_index(cur, background)
     k = int(seg.max()) + 1 if seg.size and seg.max() >= 0 else 0
-    pv, pinv = np.unique(prev.ravel(), return_inverse=True)
+    pv, pinv = compact_ids(prev.ravel())
     n = len(pv)
     valid = seg.ravel() >= 0
     ov = np.bincount(seg.ravel()[valid].astype(np.int64) * n + pinv.ravel()[valid], minlength=k * n)[: k * n]
