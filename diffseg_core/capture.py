@@ -50,6 +50,7 @@ class AttentionStore:
     counts: dict[tuple[int, int], int] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     layer_grids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _work: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def reset(self, latent_hw: "tuple[int, int] | None" = None) -> None:
         """Forget everything captured (before the next UNet forward)."""
@@ -59,6 +60,16 @@ class AttentionStore:
         self.counts.clear()
         self.layers.clear()
         self.layer_grids.clear()
+        self._work.clear()
+
+    def workspace(self, key: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat scratch tensor of at least ``numel`` elements, reused across layers and calls."""
+        k = (key, dtype, str(device))
+        buf = self._work.get(k)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self._work[k] = buf
+        return buf
 
     def begin(self, name: str, seq_len: int, batch: int, device: torch.device) -> torch.Tensor:
         """Register one layer call; return the float32 ``(B, N, N)`` accumulator to add to."""
@@ -180,25 +191,36 @@ class SelfAttentionCapture:
         acc = self.store.begin(self.name, n_q, batch, query.device)
         if attn.upcast_attention:
             query, key = query.float(), key.float()
-        key_t = key.transpose(1, 2)
+        # Softmax in the scores' dtype, except where the layer asks for float32 (upcast).
+        sdtype = torch.float32 if attn.upcast_softmax else query.dtype
+        key_t = key.transpose(1, 2).contiguous()
         out = torch.empty(query.shape[0], n_q, value.shape[2], dtype=dtype, device=query.device)
-        chunk = max(1, self.query_chunk)
+        chunk = min(max(1, self.query_chunk), n_q)
+        bh = query.shape[0]
+        # Reused work buffers: fresh (B*heads, chunk, N) tensors per chunk cost as much as the
+        # arithmetic on the CPU (page faults on first touch).
+        scores_buf = self.store.workspace("scores", bh * chunk * n_k, query.dtype, query.device)
+        probs_buf = (scores_buf if sdtype == query.dtype
+                     else self.store.workspace("probs", bh * chunk * n_k, sdtype, query.device))
+        hsum_buf = self.store.workspace("head_sum", batch * chunk * n_k, torch.float32, query.device)
         for q0 in range(0, n_q, chunk):
             q1 = min(n_q, q0 + chunk)
+            c = q1 - q0
+            scores = scores_buf[: bh * c * n_k].view(bh, c, n_k)
             if mask is None:
-                scores = torch.bmm(query[:, q0:q1], key_t)
-                scores.mul_(attn.scale)
+                # beta=0: the buffer's old content is ignored (NaN-safe), scale fused in.
+                torch.baddbmm(scores, query[:, q0:q1], key_t, beta=0, alpha=attn.scale, out=scores)
             else:
-                m = mask if mask.shape[1] == 1 else mask[:, q0:q1]
-                scores = torch.baddbmm(m.to(query.dtype), query[:, q0:q1], key_t, beta=1, alpha=attn.scale)
-            if attn.upcast_softmax:
-                scores = scores.float()
-            probs = scores.softmax(dim=-1).to(dtype)
-            del scores
-            out[:, q0:q1] = torch.bmm(probs, value)
-            # Head mean as we go (float32 accumulation): only (B, chunk, N) stays alive.
-            acc[:, q0:q1] += probs.view(batch, heads, q1 - q0, n_k).sum(dim=1, dtype=torch.float32).div_(heads)
-            del probs
+                scores.copy_((mask if mask.shape[1] == 1 else mask[:, q0:q1]).expand(bh, c, n_k))
+                torch.baddbmm(scores, query[:, q0:q1], key_t, beta=1, alpha=attn.scale, out=scores)
+            probs = probs_buf[: bh * c * n_k].view(bh, c, n_k)
+            torch.softmax(scores, dim=-1, dtype=sdtype if sdtype != scores.dtype else None, out=probs)
+            p = probs if probs.dtype == dtype else probs.to(dtype)
+            out[:, q0:q1] = torch.bmm(p, value)
+            # Head mean as we go, float32 accumulation: only (B, chunk, N) more is needed.
+            hsum = hsum_buf[: batch * c * n_k].view(batch, c, n_k)
+            torch.sum(probs.view(batch, heads, c, n_k), dim=1, dtype=torch.float32, out=hsum)
+            acc[:, q0:q1].add_(hsum, alpha=1.0 / heads)
         return out
 
 
