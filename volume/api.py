@@ -39,8 +39,9 @@ class Segmenter(Protocol):
     def segment(self, images: Sequence[np.ndarray]) -> list[Any]: ...
 
 
-#: (segment index int (a, b) with -1 = none, proposals float32 (K, h, w) or None)
-SliceSeg = tuple[np.ndarray, "np.ndarray | None"]
+#: (segment index int (a, b) with -1 = none, proposals float32 (K, h, w) or None,
+#:  uint8 (a, b) windowed image of the slice or None)
+SliceSeg = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 
 
 def resolve_output(output_path: "str | os.PathLike", vol: Volume) -> Path:
@@ -68,8 +69,9 @@ def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSe
     Args:
         shape: ``(D, H, W)`` of the volume.
         axis: slicing axis.
-        slices: per slice in order, ``(segment index, proposals)``; the index is an int
-            ``(a, b)`` array (the two other axes in order), ``-1`` = no segment.
+        slices: per slice in order, ``(segment index, proposals, gray)``; the index is an
+            int ``(a, b)`` array (the two other axes in order), ``-1`` = no segment; gray is
+            the uint8 slice image (appearance cue) or None.
         link: linking options.
         out: int32 ``(D, H, W)`` array (or memmap) to fill; allocated when None.
 
@@ -80,10 +82,10 @@ def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSe
         out = np.zeros(shape, np.int32)
     linker = SliceLinker(link)
     n = shape[axis]
-    for i, (seg, props) in enumerate(progress(slices, total=n, desc=desc, unit="slice")):
+    for i, (seg, props, gray) in enumerate(progress(slices, total=n, desc=desc, unit="slice")):
         if i >= n:
             raise ValueError(f"more slices than the volume has along axis {axis} ({n})")
-        take_slice(out, axis, i)[...] = linker.step(seg, props)
+        take_slice(out, axis, i)[...] = linker.step(seg, props, gray)
     log.debug("linking axis %d: %s", axis, linker.stats)
     return out
 
@@ -112,21 +114,21 @@ class _SliceImages:
         self.bad += nb
         return g
 
-    def rgb(self, i: int) -> np.ndarray:
-        return gray_to_rgb(resize_gray(self.gray(i), self.seg_hw))
+    def rgb(self, gray: np.ndarray) -> np.ndarray:
+        return gray_to_rgb(resize_gray(gray, self.seg_hw))
 
 
 def _diffseg_slices(images: _SliceImages, segmenter: Segmenter, batch: int) -> Iterator[SliceSeg]:
     n = images.vol.shape[images.axis]
     for b0 in range(0, n, batch):
-        rgbs = [images.rgb(i) for i in range(b0, min(n, b0 + batch))]
-        segs = segmenter.segment(rgbs)
-        if len(segs) != len(rgbs):
-            raise ValueError(f"segmenter returned {len(segs)} results for {len(rgbs)} slices")
-        for s in segs:
+        grays = [images.gray(i) for i in range(b0, min(n, b0 + batch))]
+        segs = segmenter.segment([images.rgb(g) for g in grays])
+        if len(segs) != len(grays):
+            raise ValueError(f"segmenter returned {len(segs)} results for {len(grays)} slices")
+        for s, g in zip(segs, grays):
             s = s.numpy() if hasattr(s, "numpy") else s
             lab = resize_nearest(np.asarray(s.labels), images.hw)  # back to the input grid
-            yield lab.astype(np.int32), np.asarray(s.proposals, np.float32)
+            yield lab.astype(np.int32), np.asarray(s.proposals, np.float32), g
 
 
 def _make_segmenter(segmenter: "Segmenter | Any | None") -> Segmenter:
@@ -200,10 +202,11 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
 
 
 # ----------------------------------------------------------------------------- bring your own
-def _label_slices(lab: np.ndarray, axis: int, background: "int | None") -> Iterator[SliceSeg]:
+def _label_slices(lab: np.ndarray, axis: int, background: "int | None",
+                  gray: "Callable[[int, int], np.ndarray] | None" = None) -> Iterator[SliceSeg]:
     for i in range(lab.shape[axis]):
         seg, _ = segment_index(np.asarray(take_slice(lab, axis, i)), background)
-        yield seg, None
+        yield seg, None, (gray(axis, i) if gray is not None else None)
 
 
 def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLike",
@@ -217,8 +220,8 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         output_path: label file or folder, as in `segment_volume`.
         config: options; ``config.link.background`` is the "no segment" value of the input
             (0 for most 2D instance segmenters, None when every value is a segment).
-        image_path: the intensity volume the labels belong to (montage background; must
-            have the same shape).
+        image_path: the intensity volume the labels belong to (same shape): an
+            appearance cue for linking (intensity histograms) and the montage background.
 
     Returns:
         `VolumeResult`.
@@ -233,8 +236,15 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         image = read_volume(image_path, index=config.index, series=config.series)
         if image.shape != vol.shape:
             raise InputError(f"{image_path}: image shape {image.shape} differs from labels {vol.shape}")
+    gray_fn: "Callable[[int, int], np.ndarray] | None" = None
+    if image is not None:
+        imap = plan_intensity(image, config.window, config.percentiles)
+
+        def gray_fn(ax: int, i: int) -> np.ndarray:
+            return to_uint8(image.slice_values(ax, i), imap)[0]
+
     axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
-    results = [link_volume(vol.shape, ax, _label_slices(lab, ax, config.link.background), config.link,
+    results = [link_volume(vol.shape, ax, _label_slices(lab, ax, config.link.background, gray_fn), config.link,
                            desc=f"axis {'zyx'[ax]}") for ax in axes]
     labels = results[0]
     if len(results) == 3:
@@ -243,12 +253,6 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         fuse_majority(labels, results[1:])
         del results
     n = cleanup(labels, config)
-    gray_fn: "Callable[[int, int], np.ndarray] | None" = None
-    if image is not None:
-        imap = plan_intensity(image, config.window, config.percentiles)
-
-        def gray_fn(ax: int, i: int) -> np.ndarray:
-            return to_uint8(image.slice_values(ax, i), imap)[0]
 
     return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [], {"slicing": config.axes})
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from temporal.matching import cost_matrix, hungarian_assign, iou_from_overlap, symmetric_kl_matrix
+from temporal.matching import (bhattacharyya, cost_matrix, hungarian_assign, iou_from_overlap, overlap_matrix,
+                               symmetric_kl_matrix)
 
 from .types import LinkConfig
 
@@ -188,17 +189,24 @@ class SliceLinker:
         self.next_id = int(id_offset) + 1
         self.stats = LinkStats()
         self._props: dict[int, np.ndarray] = {}
+        self._hists: dict[int, np.ndarray] = {}
         # track id -> (slices observed, last appearance was carved): live tracks only.
         self._observed: dict[int, tuple[int, bool]] = {}
         self._hist_ids: deque[set[int]] = deque(maxlen=int(config.memory))
 
-    def step(self, seg: np.ndarray, proposals: "np.ndarray | None" = None) -> np.ndarray:
+    def step(self, seg: np.ndarray, proposals: "np.ndarray | None" = None,
+             gray: "np.ndarray | None" = None) -> np.ndarray:
         """Link one slice.
 
         Args:
             seg: int ``(H, W)`` segment index ``0..K-1`` of this slice; -1 = no segment.
             proposals: float32 ``(K, h, w)`` segment distributions (DiffSeg attention), or
                 None (overlap only).
+            gray: uint8 ``(H, W)`` the slice's image (windowed intensities), or None. Gives
+                every segment an intensity histogram; ``1 - Bhattacharyya`` to a track's
+                last histogram joins the matching cost, and with ``min_appearance`` > 0 a
+                segment that looks different cannot continue a track except by a confident
+                overlap (a disc starting where a vertebra ended).
 
         Returns:
             int32 ``(H, W)`` track ids (>= 1), 0 where ``seg`` is -1.
@@ -209,6 +217,14 @@ class SliceLinker:
         if self.history and self.history[0].shape != seg.shape:
             raise ValueError(f"slice shape {seg.shape} differs from the previous slice {self.history[0].shape}")
         seg_to_track = np.zeros(k, np.int64)
+        hists = None
+        if gray is not None and cfg.min_appearance + cfg.appearance_weight > 0 and k:
+            if gray.shape != seg.shape:
+                raise ValueError(f"gray slice {gray.shape} and segments {seg.shape} differ in size")
+            bins = int(cfg.hist_bins)
+            cells = (np.asarray(gray, np.int32) * bins) >> 8
+            hists = overlap_matrix(seg, k, cells, bins).astype(np.float32)
+            hists /= np.maximum(hists.sum(1, keepdims=True), 1)
         carve_groups: list[tuple[int, list[int]]] = []
         ov = track_overlaps(seg, k, list(self.history))
         t = len(ov.track_ids)
@@ -228,6 +244,13 @@ class SliceLinker:
                     if tp.shape[1:] == proposals.shape[1:]:
                         skl = symmetric_kl_matrix(proposals, tp)
             cost = cost_matrix(iou, skl, w_iou=1.0, w_kl=cfg.kl_weight)
+            alike = np.ones((k, t), bool)
+            if hists is not None and self._hists:
+                have = np.array([int(i) in self._hists for i in ov.track_ids])
+                th = np.stack([self._hists.get(int(i), np.zeros(hists.shape[1], np.float32)) for i in ov.track_ids])
+                bc = bhattacharyya(hists, th)
+                alike = (bc >= cfg.min_appearance) | ~have[None, :]
+                cost = (cost + cfg.appearance_weight * (1.0 - bc) * have[None, :]) / (1.0 + cfg.appearance_weight)
             # Two stages: confident continuations of the previous slice first (IoU >=
             # `confident_iou`), so a structure that ended cannot steal the continuation of a
             # neighbour that resembles its last mask; then every track of the memory for the
@@ -242,6 +265,8 @@ class SliceLinker:
                 if free_s.size == 0 or cand.size == 0:
                     continue
                 ok = iou[np.ix_(free_s, cand)] >= gate
+                if gate < cfg.confident_iou:  # uncertain overlaps must also look alike
+                    ok &= alike[np.ix_(free_s, cand)]
                 c = cost[np.ix_(free_s, cand)] + cfg.age_penalty * (ov.age[cand][None, :] - 1)
                 asg = hungarian_assign(c, allowed=ok)
                 r, c = free_s[asg.rows], cand[asg.cols]
@@ -256,7 +281,7 @@ class SliceLinker:
             # Candidates: IoU above the gate, or lying mostly inside a track's mask and
             # covering a fair part of it; the best IoU wins (a piece that moved into a
             # neighbour's old place still goes to its own structure when it overlaps more).
-            cand_ok = allowed | ((in_track >= cfg.split_fraction) & (covers >= cfg.split_min_cover))
+            cand_ok = (allowed | ((in_track >= cfg.split_fraction) & (covers >= cfg.split_min_cover))) & alike
             for s in np.flatnonzero(seg_to_track == 0):
                 if not cand_ok[s].any():
                     continue
@@ -303,6 +328,9 @@ class SliceLinker:
             carved_ids.update(int(ov.track_ids[c]) for c in group[1:])
             self.stats.merges_carved += 1
 
+        if hists is not None:  # appearance memory: histogram of the latest observation
+            for s_ in range(k):
+                self._hists[int(seg_to_track[s_])] = hists[s_]
         # Proposal memory of live tracks (observed ones only).
         if proposals is not None and k:
             for s in range(k):
@@ -318,6 +346,8 @@ class SliceLinker:
             self._observed[tid] = (self._observed.get(tid, (0, False))[0], True)
         live = set().union(*self._hist_ids)
         self._observed = {i: v for i, v in self._observed.items() if i in live}
+        if self._hists:
+            self._hists = {i: h for i, h in self._hists.items() if i in live}
         self.stats.slices += 1
         return out
 
