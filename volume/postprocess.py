@@ -63,7 +63,10 @@ def remove_fragments(labels: np.ndarray, min_size: int, connectivity: int = 1,
     st = CleanupStats()
     struct = _structure(connectivity)
     objs = ndimage.find_objects(labels)
-    frag_boxes: list[tuple[tuple[slice, ...], np.ndarray]] = []
+    # (global box of the fragment, its mask in that box); fragments are marked -1 in
+    # `labels` so that they never vote for each other. No full-volume temporaries beyond
+    # one label's bounding box.
+    frags: list[tuple[tuple[slice, ...], np.ndarray]] = []
     next_id = len(objs) + 1
     for lab_m1, box in enumerate(objs):
         if box is None:
@@ -71,53 +74,58 @@ def remove_fragments(labels: np.ndarray, min_size: int, connectivity: int = 1,
         lab = lab_m1 + 1
         if lab == background:
             continue
-        sub = labels[box] == lab
+        region = labels[box]
+        sub = region == lab
         cc, n = ndimage.label(sub, structure=struct)
+        del sub
+        if n <= 1 and not (n == 1 and min_label_size > 0):
+            continue
         sizes = np.bincount(cc.ravel(), minlength=n + 1)
         sizes[0] = 0
         largest = int(np.argmax(sizes))
         small = (sizes < min_size) & (np.arange(n + 1) > 0)
-        if sizes[largest] >= min_label_size:
-            small[largest] = False
-        if small.any():
-            frag_boxes.append((box, np.isin(cc, np.flatnonzero(small)) & sub))
-        if split_disconnected and n > 1:
-            keep = np.flatnonzero(~small & (np.arange(n + 1) > 0))
-            for c in keep:
-                if c == largest:
-                    continue
-                region = labels[box]
-                region[cc == c] = next_id
+        small[largest] = sizes[largest] < min_label_size
+        comp_boxes = ndimage.find_objects(cc) if (small.any() or (split_disconnected and n > 1)) else []
+        for c, cbox in enumerate(comp_boxes, start=1):
+            if cbox is None:
+                continue
+            if small[c]:
+                m = cc[cbox] == c
+                region[cbox][m] = -1
+                frags.append((tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, cbox)), m))
+            elif split_disconnected and c != largest:
+                region[cbox][cc[cbox] == c] = next_id
                 next_id += 1
                 st.split += 1
-    if not frag_boxes:
-        return st
-    # Mark fragments with -1 first, so fragments never vote for each other.
-    for box, m in frag_boxes:
-        region = labels[box]
-        region[m] = -1
-    frag = labels == -1
-    fl, nf = ndimage.label(frag, structure=struct)
-    del frag
-    for i, box in enumerate(ndimage.find_objects(fl)):
-        if box is None:
-            continue
-        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        comp = fl[grown] == i + 1
-        ring = ndimage.binary_dilation(comp, structure=_structure(1)) & ~comp
-        around = labels[grown][ring]
-        around = around[around >= 0]
-        if around.size:
-            vals, counts = np.unique(around, return_counts=True)
-            # Prefer a real label over background when both touch it.
-            nz = vals != background
-            target = int(vals[nz][np.argmax(counts[nz])]) if nz.any() else int(background)
-        else:
-            target = int(background)
-        region = labels[grown]
-        region[comp] = target
-        st.fragments += 1
-        st.voxels += int(comp.sum())
+        del cc
+    pending = frags
+    for _ in range(3):  # fragments touching only other fragments wait for them
+        later = []
+        for gbox, m in pending:
+            grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in gbox)
+            comp = np.zeros(tuple(g.stop - g.start if g.stop <= dim else dim - g.start
+                                  for g, dim in zip(grown, labels.shape)), bool)
+            inner = tuple(slice(s.start - g.start, s.start - g.start + (s.stop - s.start)) for s, g in zip(gbox, grown))
+            comp[inner] = m
+            ring = ndimage.binary_dilation(comp, structure=_structure(1)) & ~comp
+            around = labels[grown][ring]
+            around = around[around >= 0]
+            if around.size == 0 and _ < 2:
+                later.append((gbox, m))
+                continue
+            if around.size:
+                vals, counts = np.unique(around, return_counts=True)
+                nz = vals != background  # prefer a real label over background
+                target = int(vals[nz][np.argmax(counts[nz])]) if nz.any() else int(background)
+            else:
+                target = int(background)
+            region = labels[gbox]
+            region[m] = target
+            st.fragments += 1
+            st.voxels += int(m.sum())
+        pending = later
+        if not pending:
+            break
     return st
 
 
