@@ -15,8 +15,10 @@ Usage:
 
 ``--job`` (files/folders) and ``--video`` (a video file or frame folder) default to
 synthetic data written to a temporary folder (a moving-squares clip and small pictures).
-``--segmenter-factory tests.conftest:fake_segmenter`` swaps the tiny model for a
-deterministic colour segmenter (isolates the tracker/stitching from the random model).
+``--segmenter-factory bench_distributed:component_segmenter`` swaps the tiny model for a
+deterministic colour-region segmenter with many segments that change from frame to frame
+(the tiny random model gives a single segment per frame at small sizes, which makes the
+agreement figure trivially 1).
 """
 from __future__ import annotations
 
@@ -36,6 +38,56 @@ sys.path.insert(0, str(REPO))
 
 from diffseg_core.io import read_labels  # noqa: E402
 from diffseg_core.jobs import relabel_agreement  # noqa: E402
+
+
+class ComponentSegmenter:
+    """Stand-in segmenter with many, changing segments (harder for tracking than the tiny
+    random model, which gives one segment per frame at small sizes).
+
+    Colours are quantised to 3 levels per channel (after a median blur); each connected
+    region of one colour is a segment; regions below 0.5 % of the frame join segment 0.
+    Deterministic. Use with ``--segmenter-factory bench_distributed:component_segmenter``.
+    """
+
+    def __init__(self, config=None) -> None:
+        self.config = config
+
+    def segment(self, images, generator=None):
+        import cv2
+        from scipy import ndimage
+
+        from diffseg_core.types import Segmentation
+
+        out = []
+        for img in images:
+            img = cv2.medianBlur(np.ascontiguousarray(img, dtype=np.uint8), 5)
+            q = (img // 86).astype(np.int32)
+            cls = q[..., 0] * 9 + q[..., 1] * 3 + q[..., 2]
+            labels = np.zeros(cls.shape, np.int32)
+            nxt = 1
+            for c in np.unique(cls):  # <= 27 colour classes, not pixels
+                comp, n = ndimage.label(cls == c)
+                if n:
+                    labels[comp > 0] = comp[comp > 0] + nxt - 1
+                    nxt += n
+            ids, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+            big = counts >= 0.005 * labels.size
+            remap = np.cumsum(big) * big  # small regions -> 0, big ones -> 1..B
+            labels = remap[inv].reshape(labels.shape).astype(np.int32)
+            _, labels = np.unique(labels, return_inverse=True)
+            labels = labels.reshape(cls.shape).astype(np.int32)
+            k = int(labels.max()) + 1
+            h, w = labels.shape
+            gh, gw = max(1, h // 8), max(1, w // 8)
+            small = cv2.resize(labels, (gw, gh), interpolation=cv2.INTER_NEAREST)
+            props = (small[None] == np.arange(k)[:, None, None]).astype(np.float32) + 1e-3
+            props /= props.sum(axis=(1, 2), keepdims=True)
+            out.append(Segmentation(labels=labels, proposals=props, image_hw=(h, w)))
+        return out
+
+
+def component_segmenter(config=None) -> ComponentSegmenter:
+    return ComponentSegmenter(config)
 
 
 def synth_clip(folder: Path, n: int, hw: tuple[int, int] = (64, 80), seed: int = 0) -> Path:
@@ -76,7 +128,7 @@ def synth_job(root: Path) -> list[Path]:
 
 def run_cli(inputs: list[Path], out: Path, opts: list[str], devices: int) -> tuple[float, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "benchmarks"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "diffseg_core", "run", *map(str, inputs), "-o", str(out), "--devices", str(devices),
            *(["--strategy", "ddp"] if devices > 1 else []), *opts]
     t0 = time.perf_counter()

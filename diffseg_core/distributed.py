@@ -784,6 +784,9 @@ def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
     summary = JobSummary(out_dir=out, world_size=world, is_rank_zero=is_zero)
     if is_zero:
         manifest.load()
+        rejected_now = {f"input:{r.path}" for r in plan.rejected}
+        for key in [k for k in manifest.records if k.startswith("input:") and k not in rejected_now]:
+            manifest.forget(key)  # fixed or removed since an earlier run
         for r in plan.rejected:
             manifest.put(ItemRecord(key=f"input:{r.path}", kind="input", source=r.path, status="failed",
                                     config_hash="", error=r.error))
