@@ -300,6 +300,37 @@ class VideoSegmenter:
         seg_track[asg.cols] = A[asg.rows]
         taken = set(int(x) for x in A[asg.rows])
 
+        # 2b. a track matched to a segment that is mostly something else (the segment swallowed
+        # it: a merge): the track keeps only its warped pixels (carved below); the rest of the
+        # segment goes to the track that covered it best, or to a new track
+        carve: dict[int, list[int]] = {}
+        pair_hist = None
+        if cfg.handle_merges and T:
+            for r_, j in zip(asg.rows.tolist(), asg.cols.tolist()):
+                tid = int(A[r_])
+                tr = reg[tid]
+                other_cov = int(inter[:, j].sum() - inter[r_, j])  # pixels other tracks vouch for
+                if not (inter[r_, j] >= cfg.merge_containment * area_t[r_] and other_cov >= 0.5 * area_s[j]
+                        and idx - tr.first_frame >= cfg.merge_min_age and tr.carved < cfg.max_carved):
+                    continue
+                if small is not None and cfg.hist_bins and tr.hist is not None:
+                    if pair_hist is None:
+                        pair_hist = self._pair_histograms(small, rows, seg_w, T, K)
+                    hr = pair_hist[r_ * K + j]
+                    hr = hr / max(float(hr.sum()), 1.0)
+                    own = float(bhattacharyya(hr[None], tr.hist[None])[0, 0])
+                    if own < cfg.split_min_appearance:
+                        continue
+                others = [(int(inter[o, j]), int(A[o])) for o in range(T)
+                          if o != r_ and inter[o, j] > 0 and int(A[o]) not in taken]
+                if others:
+                    new_owner = max(others)[1]
+                else:
+                    new_owner = reg.new(idx).id
+                seg_track[j] = new_owner
+                taken.add(new_owner)
+                carve.setdefault(j, []).append(tid)
+
         # 3. splits (before re-identification, so a piece of a tracked object is not
         # mistaken for an old track that looks alike): unmatched segments inside a track's warped mask join that track
         if cfg.handle_splits and T:
@@ -310,9 +341,13 @@ class VideoSegmenter:
                 if inter[t, j] < cfg.split_containment * area_s[j]:
                     continue
                 tid = int(A[t])
-                th = reg[tid].hist
-                if cfg.split_min_appearance > 0 and hists is not None and th is not None:
-                    if float(bhattacharyya(hists[j:j + 1], th[None])[0, 0]) < cfg.split_min_appearance:
+                if cfg.split_min_appearance > 0 and hists is not None:
+                    # compare with the segment(s) the track took in this frame (its current
+                    # look), else with its remembered histogram; a background piece that a
+                    # merge once glued to an object must not stay glued to it
+                    own = np.flatnonzero(seg_track == tid)
+                    ref = hists[own].mean(0) if len(own) else reg[tid].hist
+                    if ref is not None and float(bhattacharyya(hists[j:j + 1], ref[None])[0, 0]) < cfg.split_min_appearance:
                         continue
                 seg_track[j] = tid
                 taken.add(tid)
@@ -331,8 +366,6 @@ class VideoSegmenter:
                     taken.add(cand[ci])
 
         # 5. merges: carve a segment along the warped ids of tracks it swallowed
-        carve: dict[int, list[int]] = {}
-        pair_hist = None
         if cfg.handle_merges and T:
             for t in range(T):
                 tid = int(A[t])
