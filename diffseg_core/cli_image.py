@@ -103,7 +103,20 @@ def run_image(args: argparse.Namespace) -> int:
                     bar.update(1)
             if not batch:
                 continue
-            segs = segmenter.segment([im for _, _, im in batch])
+            try:
+                segs = segmenter.segment([im for _, _, im in batch])
+            except InputError:
+                segs = None
+            if segs is None:  # one bad image (e.g. extreme aspect ratio): run them one by one
+                segs, kept = [], []
+                for item in batch:
+                    try:
+                        segs.append(segmenter.segment([item[2]])[0])
+                        kept.append(item)
+                    except InputError as exc:
+                        _fail(failed, InputError(f"{item[0]}: {exc}"))
+                        bar.update(1)
+                batch = kept
             for (p, stem, im), seg in zip(batch, segs):
                 try:
                     _write(out_dir, stem, im, seg.labels, npy=args.npy, with_overlay=not args.no_overlay)

@@ -220,10 +220,11 @@ class DiffSegSegmenter:
         for hw, idx in groups.items():
             lh, lw = hw[0] // factor, hw[1] // factor
             if lh * lw > MAX_LATENT_TOKENS:
+                shapes = sorted({tuple(images[i].shape[1:]) for i in idx})
                 raise InputError(
-                    f"image(s) {idx} would be resized to {hw[0]}x{hw[1]} (latent {lh}x{lw} = {lh * lw} tokens, "
-                    f"above {MAX_LATENT_TOKENS}): the aspect ratio is too extreme for --size {self.config.size}; "
-                    f"crop the image or use a smaller --size")
+                    f"image(s) of size {', '.join(f'{h}x{w}' for h, w in shapes)} would be resized to "
+                    f"{hw[0]}x{hw[1]} (latent {lh}x{lw} = {lh * lw} tokens, above {MAX_LATENT_TOKENS}): the "
+                    f"aspect ratio is too extreme for --size {self.config.size}; crop the image or use a smaller --size")
             bs = int(self.config.batch_size)
             for s in range(0, len(idx), bs):
                 chunk = idx[s:s + bs]

@@ -81,6 +81,17 @@ def test_bad_inputs_fail_one_line_each_good_ones_written(tmp_path, capsys):
     assert "1 done, 4 failed" in cap.out
 
 
+def test_extreme_aspect_ratio_fails_alone_in_a_batch(tmp_path, capsys):
+    good = _save(tmp_path / "good.png", _rgb(40, 60))
+    strip = _save(tmp_path / "strip.png", _rgb(4, 2400))  # latent 8 x 4800 at --size 64: refused
+    out = tmp_path / "out"
+    rc = main(["image", str(strip), str(good), "-o", str(out), "--batch-size", "2", *FAST])
+    assert rc == 2
+    assert (out / "good.png").exists() and not (out / "strip.png").exists()
+    err = capsys.readouterr().err
+    assert str(strip) in err and "aspect ratio" in err and "Traceback" not in err
+
+
 def test_duplicate_stems_do_not_overwrite(tmp_path, capsys):
     a = _save(tmp_path / "a" / "frame.png", _rgb(40, 40, 1))
     b = _save(tmp_path / "b" / "frame.png", _rgb(48, 32, 2))
