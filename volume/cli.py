@@ -81,6 +81,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory", type=int, default=3, help="slices a lost structure stays matchable [%(default)s]")
     g.add_argument("--min-overlap", type=float, default=0.1,
                    help="IoU needed to continue a structure on the next slice [%(default)s]")
+    g.add_argument("--min-appearance", type=float, default=0.0,
+                   help="with images: intensity-histogram similarity (0..1) an uncertain match must "
+                        "reach; 0.3 separates structures touching end to end along the slicing axis "
+                        "[%(default)s = off]")
     g.add_argument("--no-montage", action="store_true", help="do not write the montage PNG")
     g.add_argument("--no-json", action="store_true", help="do not write labels.json")
     g.add_argument("--int32", action="store_true", help="write int32 labels (default: smallest dtype that fits)")
@@ -106,7 +110,7 @@ def _config(args: argparse.Namespace, background: "int | None", kl_weight: float
             min_size=min_size, min_label_size=min_label_size, split_disconnected=args.split_disconnected,
             resample_inplane=not getattr(args, "no_resample", False), index=args.index, series=args.series,
             link=LinkConfig(min_overlap=args.min_overlap, memory=args.memory, background=background,
-                            kl_weight=kl_weight),
+                            kl_weight=kl_weight, min_appearance=args.min_appearance),
             montage=not args.no_montage, write_json=not args.no_json,
             output_dtype="int32" if args.int32 else "auto",
         )

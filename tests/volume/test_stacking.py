@@ -137,3 +137,21 @@ def test_iou_stitch_baseline() -> None:
     assert ids[3, 3] == 5 and ids[3, 6] == 5
     assert ids[0, 0] == 6 and nxt == 7
     assert ids[9, 9] == 0
+
+
+def test_appearance_separates_structures_stacked_end_to_end() -> None:
+    # Two boxes at the same place, one above the other (slices 0-3 and 4-7), different
+    # intensity. Overlap alone continues the id; the histogram gate starts a new one.
+    seg_vol = np.zeros((8, 20, 24), np.int32)
+    seg_vol[:4, 5:15, 5:15] = 1
+    seg_vol[4:, 5:15, 9:19] = 1  # shifted: IoU 60/140 < confident_iou, above min_overlap
+    gray = np.full((8, 20, 24), 20, np.uint8)
+    gray[:4][seg_vol[:4] == 1] = 200
+    gray[4:][seg_vol[4:] == 1] = 90
+    ids = {}
+    for gate in (0.0, 0.5):
+        lk = SliceLinker(LinkConfig(min_appearance=gate))
+        out = [lk.step(seg_vol[z], None, gray[z]) for z in range(8)]
+        ids[gate] = (out[3][10, 10], out[4][10, 12])
+    assert ids[0.0][0] == ids[0.0][1]
+    assert ids[0.5][0] != ids[0.5][1]
