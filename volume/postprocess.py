@@ -32,6 +32,15 @@ class CleanupStats:
     split: int = 0
 
 
+def _chunked_bincount(a: np.ndarray, n: int, chunk: int = 1 << 22) -> np.ndarray:
+    """``np.bincount(a.ravel(), minlength=n)`` without the int64 copy of the whole array."""
+    flat = a.reshape(-1)
+    out = np.zeros(n, np.int64)
+    for i in range(0, flat.size, chunk):
+        out += np.bincount(flat[i:i + chunk], minlength=n)[:n]
+    return out
+
+
 def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(3, connectivity)
 
@@ -80,7 +89,7 @@ def remove_fragments(labels: np.ndarray, min_size: int, connectivity: int = 1,
         del sub
         if n <= 1 and not (n == 1 and min_label_size > 0):
             continue
-        sizes = np.bincount(cc.ravel(), minlength=n + 1)
+        sizes = _chunked_bincount(cc, n + 1)
         sizes[0] = 0
         largest = int(np.argmax(sizes))
         small = (sizes < min_size) & (np.arange(n + 1) > 0)
@@ -169,7 +178,7 @@ def label_stats(labels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 
     top = int(labels.max()) if labels.size else 0
     counts = np.zeros(top + 1, np.int64)
     for z in range(0, labels.shape[0], SLAB):
-        counts += np.bincount(np.asarray(labels[z:z + SLAB]).ravel(), minlength=top + 1)[: top + 1]
+        counts += _chunked_bincount(np.asarray(labels[z:z + SLAB]), top + 1)
     out = []
     for i, box in enumerate(ndimage.find_objects(np.asarray(labels))):
         if box is None or counts[i + 1] == 0:
