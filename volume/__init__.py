@@ -1,1 +1,14 @@
-"""volume: consistent 3D labels from slice-wise segmentations."""
+"""volume: consistent 3D labels from slice-wise segmentations (CT, MRI, microscopy).
+
+Public API:
+    volume.api.segment_volume(input_path, output_path, segmenter, config) -> VolumeResult
+    volume.api.stack_labels(labels_path, output_path, config, image_path=None) -> VolumeResult
+    volume.types: Volume, VolumeLabels, VolumeConfig, LinkConfig, VolumeResult, LabelInfo
+    volume.io: read_volume, read_label_volume, write_labels
+    volume.stacking: SliceLinker (slice index = time index, reuses temporal.matching), iou_stitch
+    volume.postprocess: remove_fragments, relabel_consecutive, label_stats
+    volume.fusion: fuse_majority (--axes all)
+    volume.evaluate: volume_dice (3D Dice after Hungarian matching, per-slice oracle)
+
+Submodules are imported lazily by their users; importing `volume` itself is cheap.
+"""
