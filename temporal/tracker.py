@@ -321,8 +321,11 @@ class VideoSegmenter:
                     own = float(bhattacharyya(hr[None], tr.hist[None])[0, 0])
                     if own < cfg.split_min_appearance:
                         continue
+                # the rest goes to a free track that clearly lives there (most of its warped
+                # mask inside the segment, covering a good part of it), else to a new track
                 others = [(int(inter[o, j]), int(A[o])) for o in range(T)
-                          if o != r_ and inter[o, j] > 0 and int(A[o]) not in taken]
+                          if o != r_ and int(A[o]) not in taken
+                          and inter[o, j] >= cfg.merge_containment * area_t[o] and inter[o, j] >= 0.2 * area_s[j]]
                 if others:
                     new_owner = max(others)[1]
                 else:
