@@ -57,8 +57,9 @@ class RunConfig:
         devices: processes (CPU) or GPUs per node.
         num_nodes: machines.
         strategy: ``auto`` (one device: in process; several: ``ddp``), ``ddp`` (Lightning
-            launches the extra ranks by re-running the command; also for torchrun/SLURM) or
-            ``ddp_spawn`` (forks workers; for calls from Python without a ``__main__`` guard).
+            launches the extra ranks by re-running the command or script; also for
+            torchrun/SLURM) or ``ddp_spawn`` (workers started by multiprocessing ``spawn`` run
+            only the items; stitching then runs in the calling process).
         accelerator: ``auto``, ``cpu``, ``cuda``/``gpu``.
         chunk_frames: a video longer than this is split into chunks of this many frames.
         chunk_overlap: frames shared by consecutive chunks (ids are stitched through them).
@@ -519,6 +520,8 @@ def _read_lab(path: Path, read_labels: Callable[[Path], np.ndarray]) -> np.ndarr
 # ----------------------------------------------------------------------------- lightning
 def _lightning_classes() -> tuple[type, type, type]:
     """Build the Lightning classes (imported lazily: Lightning is slow to import)."""
+    if "DiffSegModule" in globals():
+        return globals()["WorkItemDataModule"], globals()["DiffSegModule"], globals()["ManifestWriter"]
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import BasePredictionWriter
     from torch.utils.data import DataLoader
@@ -621,7 +624,27 @@ def _lightning_classes() -> tuple[type, type, type]:
             if self.bar is not None:
                 self.bar.close()
 
+    classes = (_Items, WorkItemDataModule, DiffSegModule, ManifestWriter)
+    for cls in classes:
+        # Make the classes picklable by name (ddp_spawn pickles the module, data module and
+        # writer): they live as module attributes, rebuilt on demand by `__getattr__`.
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
+    _first.__module__, _first.__qualname__ = __name__, "_first"
+    globals()["_first"] = _first
     return WorkItemDataModule, DiffSegModule, ManifestWriter
+
+
+_LIGHTNING_NAMES = ("_Items", "_first", "WorkItemDataModule", "DiffSegModule", "ManifestWriter")
+
+
+def __getattr__(name: str) -> Any:
+    # Lightning is imported only when its classes are first needed (keeps `diffseg --help` fast).
+    if name in _LIGHTNING_NAMES:
+        _lightning_classes()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _quiet_lightning() -> None:
@@ -706,8 +729,8 @@ def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
     in ``out_dir/manifest.json`` and the summary, the rest of the job goes on.
 
     With ``strategy="ddp"`` and several devices, Lightning re-runs the *calling script*
-    once per extra rank: call this under ``if __name__ == "__main__":`` (or use the CLI, or
-    ``strategy="ddp_spawn"``).
+    once per extra rank; with ``"ddp_spawn"`` it imports it in each worker. Either way call
+    this under ``if __name__ == "__main__":`` (or use the CLI).
 
     Args:
         inputs: files and folders.
@@ -781,7 +804,9 @@ def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
                 manifest.forget(c.key)
             shutil.rmtree(out / WORK_DIR / "chunks" / name, ignore_errors=True)
     _barrier()
-    summary = JobSummary(out_dir=out, world_size=world, is_rank_zero=is_zero)
+    # After ddp_spawn the workers are gone (world 1 here) but they did the work.
+    summary = JobSummary(out_dir=out, world_size=world if world > 1 else (cfg.world_size if pending else 1),
+                         is_rank_zero=is_zero)
     if is_zero:
         manifest.load()
         rejected_now = {f"input:{r.path}" for r in plan.rejected}
