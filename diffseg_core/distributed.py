@@ -11,7 +11,7 @@ frames (videos are shared out among the ranks), and rank 0 merges the manifest.
 
 Launch: ``strategy="ddp"`` re-runs the same command once per extra local rank (Lightning's
 subprocess launcher), ``torchrun`` and SLURM are detected by Lightning, ``ddp_spawn``
-forks workers from a Python process. CPU uses gloo, CUDA nccl.
+starts workers with multiprocessing ``spawn``. CPU uses gloo, CUDA nccl.
 
 The module imports torch/Lightning lazily so ``diffseg --help`` stays fast; the
 Lightning classes are built by `_lightning_classes`.
