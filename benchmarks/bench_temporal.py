@@ -139,11 +139,12 @@ def speed(n: int = 60) -> None:
     for t in range(n):
         img, gt = vid.frame(t)
         lab = diffseg_like(gt, rng)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         segs.append(segmentation_from_labels(lab))
-        t_prop += time.perf_counter() - t0
+        t_prop += time.process_time() - t0
         frames.append(img)
     print("\n## Speed (854x480, one thread, tracker alone: flow + matching; segmentations given)")
+    print("# CPU time of this process (torch/OpenCV on one thread): the machine is shared, wall time is not")
     for label, cfg in (("default (DIS ultrafast, fb-check, work side 240)", TrackerConfig()),
                        ("no fb-check", TrackerConfig(fb_check=False)),
                        ("keyframe-every 4 (propagation frames)", TrackerConfig(keyframe_every=4)),
@@ -151,13 +152,15 @@ def speed(n: int = 60) -> None:
         vs = VideoSegmenter(None, cfg)
         st = vs.init_state()
         vs.step(st, frames[0], segs[0])  # warm-up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for f, s in zip(frames[1:], segs[1:]):
             vs.step(st, f, s if vs.is_keyframe(st) else None)
         dt = (time.perf_counter() - t0) / (n - 1)
-        print(f"{label:52s} {1 / dt:7.1f} frames/s ({dt * 1000:.1f} ms/frame)")
-    print(f"{'(bring-your-own only) proposal maps from masks':52s} {n / t_prop:7.1f} frames/s "
+        dc = (time.process_time() - c0) / (n - 1)
+        print(f"{label:52s} {1 / dc:7.1f} frames/s CPU ({dc * 1000:.1f} ms/frame); wall {1 / dt:6.1f} frames/s")
+    print(f"{'(bring-your-own only) proposal maps from masks':52s} {n / t_prop:7.1f} frames/s CPU "
           f"({t_prop / n * 1000:.1f} ms/frame)")
+    print(f"load average while measuring: {os.getloadavg()[0]:.1f} (CPU time is the per-core figure)")
 
 
 def rss_child(n: int, out: Path) -> None:

@@ -265,3 +265,37 @@ def test_state_is_bounded(rng):
         vs.step(st, img, seg_from_gt(gt, rng))
     assert len(st.registry) <= 6
     assert len(st.recent) <= 2
+
+
+def test_iter_video_is_lazy_on_an_endless_stream(rng):
+    import itertools
+
+    sc = Scene(TWO)
+    pulled = []
+
+    def frames():
+        for t in itertools.count():
+            pulled.append(t)
+            yield sc.frame(t % 20)[0]
+
+    def segs():
+        for t in itertools.count():
+            yield seg_from_gt(sc.frame(t % 20)[1], rng)
+
+    vs = VideoSegmenter(None, TrackerConfig())
+    out = list(itertools.islice(vs.iter_video(frames(), segs()), 5))
+    assert [tf.frame_index for tf in out] == [0, 1, 2, 3, 4]
+    assert len(pulled) <= 6
+
+
+def test_segmenter_batches_are_bounded(rng):
+    import itertools
+
+    sc = Scene(TWO)
+    fake = FakeSegmenter(sc)
+    for t in range(20):
+        img, gt = sc.frame(t)
+        fake.register(t, img, gt)
+    vs = VideoSegmenter(fake, TrackerConfig(keyframe_every=2, batch_size=3))
+    out = list(itertools.islice(vs.iter_video(sc.frame(t)[0] for t in itertools.count()), 7))
+    assert len(out) == 7 and max(fake.batches) == 3
