@@ -259,3 +259,21 @@ def test_real_ct_labels_round_trip_through_stack(tmp_path: Path) -> None:
     pred = np.asarray(out.dataobj).transpose(2, 1, 0)
     s = volume_dice(pred, gt, oracle=False)
     assert s.n_gt == 41 and s.mean_dice > 0.97
+
+
+def test_cli_volume_with_tiny_random_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # The real DiffSegSegmenter path end to end (random weights: segments are meaningless).
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 4000, (3, 40, 48)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"})
+    rc = main(["volume", str(tmp_path / "s.tif"), "-o", str(tmp_path / "out"), "--model", "tiny-random",
+               "--size", "64", "--batch-size", "2", "--device", "cpu", "-q"])
+    assert rc == 0
+    out = read_volume(tmp_path / "out" / "labels.tif")
+    assert out.shape == data.shape and out.spacing == pytest.approx((1.5, 0.5, 0.5), rel=1e-4)
+    lab = np.asarray(out.data)
+    doc = json.loads((tmp_path / "out" / "labels.json").read_text())
+    assert doc["n_labels"] == len(np.unique(lab[lab > 0])) >= 1
+    assert (tmp_path / "out" / "labels_montage.png").exists()
+    assert "labels.tif" in capsys.readouterr().out
