@@ -240,3 +240,29 @@ def test_folder_mode_numbered_frames_vs_photos(tmp_path):
     assert [(s.kind, s.num_frames) for s in forced.specs] == [("frames", 2)]
     as_images = classify_inputs([tmp_path / "seq"], folder_mode="images")
     assert [s.kind for s in as_images.specs] == ["image"] * 3
+
+
+def test_run_job_on_real_video_and_ct(shared_data, tmp_path):
+    """Real DAVIS frames (first 6, chunked) and a real CT scan through one job."""
+    import nibabel as nib
+
+    from diffseg_core.io import read_image
+
+    src = shared_data / "davis16_libby" / "frames"
+    frames = tmp_path / "libby" / "frames"
+    frames.mkdir(parents=True)
+    for p in sorted(src.glob("*.jpg"))[:6]:
+        (frames / p.name).symlink_to(p)
+    ct = shared_data / "ct_totalseg_abdomen" / "image.nii.gz"
+    cfg = RunConfig(segmenter_factory=FAKE, accelerator="cpu", chunk_frames=4, chunk_overlap=2, max_side=240,
+                    overlay=False, volume={"montage": False})
+    s = run_job([frames, ct], tmp_path / "out", cfg)
+    assert s.exit_code == 0, s.format()
+    assert s.done == 2
+    labs = sorted((tmp_path / "out" / "videos" / "libby" / "labels").glob("*.png"))
+    assert [p.name for p in labs] == [f"{t:05d}.png" for t in range(6)]
+    h, w = read_image(frames / "00000.jpg").shape[:2]
+    assert read_labels(labs[0]).shape == (round(h * 240 / w), 240)  # --max-side 240 on 854x480
+    out_ct = nib.load(tmp_path / "out" / "volumes" / "image.nii.gz")
+    assert out_ct.shape == nib.load(ct).shape
+    np.testing.assert_allclose(out_ct.affine, nib.load(ct).affine)
