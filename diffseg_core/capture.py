@@ -19,6 +19,7 @@ pass raises.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -29,7 +30,24 @@ from .aggregate import layer_grid
 from .config import CaptureConfig
 
 __all__ = ["AttentionStore", "SelfAttentionCapture", "capture_self_attention",
-           "self_attention_layer_names", "expected_layer_count"]
+           "self_attention_layer_names", "expected_layer_count", "release_workspace"]
+
+
+#: Largest CPU scratch buffer kept between captures (bigger ones are freed with the store).
+CPU_POOL_MAX_BYTES = 512 * 2**20
+_LOCAL = threading.local()
+
+
+def _cpu_pool() -> dict:
+    pool = getattr(_LOCAL, "pool", None)
+    if pool is None:
+        pool = _LOCAL.pool = {}
+    return pool
+
+
+def release_workspace() -> None:
+    """Free this thread's CPU scratch buffers kept between captures."""
+    _cpu_pool().clear()
 
 
 @dataclass
@@ -63,12 +81,20 @@ class AttentionStore:
         self._work.clear()
 
     def workspace(self, key: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A flat scratch tensor of at least ``numel`` elements, reused across layers and calls."""
+        """A flat scratch tensor of at least ``numel`` elements, reused across layers and calls.
+
+        On the CPU the buffers also outlive the store (per thread, see `release_workspace`):
+        fresh large tensors cost page faults on first touch, about as much as the arithmetic.
+        On CUDA the caching allocator already reuses memory, so they live with the store only.
+        """
         k = (key, dtype, str(device))
-        buf = self._work.get(k)
+        pool = self._work if torch.device(device).type != "cpu" else _cpu_pool()
+        buf = pool.get(k)
         if buf is None or buf.numel() < numel:
+            pool.pop(k, None)
             buf = torch.empty(numel, dtype=dtype, device=device)
-            self._work[k] = buf
+            if numel * buf.element_size() <= CPU_POOL_MAX_BYTES or pool is self._work:
+                pool[k] = buf
         return buf
 
     def begin(self, name: str, seq_len: int, batch: int, device: torch.device) -> torch.Tensor:
@@ -256,11 +282,11 @@ def capture_self_attention(unet: Any, latent_hw: tuple[int, int],
     new = dict(originals)
     for n in names:
         new[n] = SelfAttentionCapture(n, store, config.query_chunk)
-    unet.set_attn_processor(new)
+    unet.set_attn_processor(new)  # (diffusers pops entries from the dict it is given)
     try:
         yield store
     finally:
-        unet.set_attn_processor(originals)
+        unet.set_attn_processor(dict(originals))
 
 
 def expected_layer_count(unet: Any) -> int:
