@@ -200,8 +200,19 @@ def bench_capture(name: str, unet: Any, latent_hw: tuple[int, int], text: tuple[
 
     with torch.inference_mode():
         plain()  # warm-up (allocator, kernels)
-        t_plain, c_plain, _ = timed2(plain, reps, warmup=0)
-        t_cap, c_cap, _ = timed2(captured, reps, warmup=1 if device.type == "cuda" else 0)
+        if device.type == "cuda":
+            captured()
+        # Alternate the two so that drifting load from other processes hits both alike.
+        wp, cp, wc, cc = [], [], [], []
+        for _ in range(reps):
+            w, c, _ = timed2(plain, 1, warmup=0)
+            wp.append(w)
+            cp.append(c)
+            w, c, _ = timed2(captured, 1, warmup=0)
+            wc.append(w)
+            cc.append(c)
+        med = statistics.median
+        t_plain, c_plain, t_cap, c_cap = med(wp), med(cp), med(wc), med(cc)
     ratio = t_cap / t_plain
     extra = ""
     if device.type == "cpu":
@@ -280,7 +291,7 @@ def main(argv: "list[str] | None" = None) -> int:
 
         cpu = torch.device("cpu")
         tiny = tiny_random_model()
-        bench_capture("tiny-random", tiny.unet, (64, 64), (77, 32), max(reps, 3), cpu, torch.float32)
+        bench_capture("tiny-random", tiny.unet, (64, 64), (77, 32), max(reps, 15), cpu, torch.float32)
         if not a.quick:
             for name, cfg, text in (("SD 1.5 (random weights)", sd15_unet_config(), (77, 768)),
                                     ("SD 2.1-base (random weights)", sd21_base_unet_config(), (77, 1024))):
