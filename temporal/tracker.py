@@ -434,7 +434,7 @@ class VideoSegmenter:
                 sel = (ov_full > 0) & np.take(keep, labels[Y0:Y1, X0:X1])
                 sub[sel] = ov_full[sel]
         hint = np.concatenate([seg_track[seg_track > 0], np.array([t for v in carve.values() for t in v], np.int64)])
-        self._update_tracks(state, out_w, small, idx, seg_track, props, area_s, A, P_warp, hint)
+        self._update_tracks(state, out_w, small, idx, seg_track, props, area_s, A, P_warp, hint, hists)
         carved_ids = {t for v in carve.values() for t in v}
         for tid in carved_ids:
             if tid in reg:
@@ -500,7 +500,8 @@ class VideoSegmenter:
 
     def _update_tracks(self, state: VideoState, out_w: np.ndarray, small: "np.ndarray | None", idx: int,
                        seg_track: np.ndarray, props: np.ndarray, area_s: np.ndarray,
-                       A: np.ndarray, P_warp: "np.ndarray | None", present_hint: "np.ndarray | None" = None) -> None:
+                       A: np.ndarray, P_warp: "np.ndarray | None", present_hint: "np.ndarray | None" = None,
+                       seg_hists: "np.ndarray | None" = None) -> None:
         """Refresh appearance (proposal, colour histogram), box and area of present tracks."""
         cfg = self.config
         reg = state.registry
@@ -518,7 +519,10 @@ class VideoSegmenter:
             comp = np.full(out_w.shape, -1, np.int64)
         area = np.bincount(comp[comp >= 0], minlength=n) if n else np.zeros(0, np.int64)
         objs = ndimage.find_objects((comp + 1).astype(np.int32), max_label=n) if n else []
-        hist = color_histograms(small, comp, n, cfg.hist_bins) if (small is not None and cfg.hist_bins and n) else None
+        if seg_hists is None:
+            hist = color_histograms(small, comp, n, cfg.hist_bins) if (small is not None and cfg.hist_bins and n) else None
+        else:
+            hist = None  # per track from its segments' histograms below (no second pass over the image)
         # tracks whose segments are too small to show at work resolution still count as present
         present_all = np.union1d(present[area > 0], np.unique(seg_track[seg_track > 0]))
         a_row = {int(a): i for i, a in enumerate(A)}
@@ -543,8 +547,12 @@ class VideoSegmenter:
                 if o is not None:
                     t.bbox = (o[0].start, o[1].start, o[0].stop, o[1].stop)
                 t.area = int(area[i])
-                if hist is not None:
-                    t.hist = hist[i] if t.hist is None else ((1 - ema) * t.hist + ema * hist[i]).astype(np.float32)
+                h_new = hist[i] if hist is not None else None
+                if h_new is None and seg_hists is not None and len(segs):
+                    w = area_s[segs].astype(np.float32)
+                    h_new = (seg_hists[segs] * (w / max(float(w.sum()), 1.0))[:, None]).sum(0)
+                if h_new is not None:
+                    t.hist = h_new if t.hist is None else ((1 - ema) * t.hist + ema * h_new).astype(np.float32)
         reg.end_frame(idx, present_all)
 
     def _propagate(self, state: VideoState, rgb: np.ndarray, idx: int) -> TrackedFrame:
@@ -570,13 +578,13 @@ class VideoSegmenter:
         self._update_tracks(state, out_w, small, idx, np.zeros(0, np.int64), np.zeros((0, 1, 1), np.float32),
                             np.zeros(0, np.int64), A, P_warp)
         state.prev_labels, state.prev_gray, state.prev_full = out_w, gray, out_full
-        ids = np.unique(out_full)
+        ids = np.flatnonzero(np.bincount(out_full.ravel()))
         return TrackedFrame(idx, out_full, ids[ids > 0].astype(np.int32), None, False)
 
     def _hold(self, state: VideoState, idx: int) -> TrackedFrame:
         """Non-keyframe without images: repeat the previous labels."""
         out_full = state.prev_full if state.prev_full is not None else self._up(state, state.prev_labels)
-        ids = np.unique(out_full)
+        ids = np.flatnonzero(np.bincount(out_full.ravel()))
         ids = ids[ids > 0]
         state.registry.end_frame(idx, ids)
         return TrackedFrame(idx, out_full.copy(), ids.astype(np.int32), None, False)
