@@ -241,12 +241,13 @@ class DiffSegSegmenter:
         ])
         x = (x.clamp(0, 1) * 2.0 - 1.0).to(dt)
         latents = m.vae.encode(x).latent_dist.mean * m.scaling_factor
+        _sync(dev)
         t_enc = time.perf_counter()
         timestep = torch.tensor([int(c.timestep)], device=dev, dtype=torch.long)
         if c.add_noise:
             gdev = generator.device if generator is not None else torch.device("cpu")
             noise = torch.randn(latents.shape, generator=generator, device=gdev, dtype=torch.float32)
-            latents = m.scheduler.add_noise(latents.float(), noise.to(dev), timestep.cpu().to(dev)).to(dt)
+            latents = m.scheduler.add_noise(latents.float(), noise.to(dev), timestep).to(dt)
         latent_hw = (int(latents.shape[2]), int(latents.shape[3]))
         emb = m.empty_embedding.expand(len(idx), -1, -1)
         with capture_self_attention(m.unet, latent_hw, c.capture) as store:
