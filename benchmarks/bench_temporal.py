@@ -33,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from synth_video import Degradation, SynthVideo, diffseg_like  # noqa: E402
+from synth_video import SynthVideo, diffseg_like  # noqa: E402
 
 DAVIS = ("davis16_bmx-trees", "davis16_horsejump-high", "davis16_libby")
 

@@ -17,16 +17,14 @@ tracks; nothing grows with the length of the video.
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Optional, Protocol
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from diffseg_core.errors import InputError
 from diffseg_core.types import Segmentation
 
 from .config import TrackerConfig
@@ -262,7 +260,6 @@ class VideoSegmenter:
         seg_w = self._down(state, labels)
         small, gray = self._work_image(state, rgb) if rgb is not None else (None, None)
         props = np.asarray(seg.proposals, np.float32)
-        derived = seg.meta.get("proposals") == "derived-from-masks"
 
         # 1. warp the previous ids into this frame
         bwd, valid = self._flows(state, gray) if gray is not None else (None, None)
@@ -362,7 +359,7 @@ class VideoSegmenter:
             # failed on fast motion, or all their warped pixels were unreliable)
             cand = [i for i in reg.tracks if i not in taken]
             if cand:
-                sim = self._reid_similarity(state, cand, un, seg_w, props, hists, derived, K)
+                sim = self._reid_similarity(state, cand, un, seg_w, props, hists, K)
                 r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
                 for ci, sj in zip(r.rows, r.cols):
                     seg_track[un[sj]] = cand[ci]
@@ -471,7 +468,7 @@ class VideoSegmenter:
         return p.astype(np.float32, copy=False)
 
     def _reid_similarity(self, state: VideoState, cand: list[int], un: np.ndarray, seg_w: np.ndarray,
-                         props: np.ndarray, hists: "np.ndarray | None", derived: bool, K: int) -> np.ndarray:
+                         props: np.ndarray, hists: "np.ndarray | None", K: int) -> np.ndarray:
         """Similarity (len(cand), len(un)) in [0, 1] of remembered tracks vs unmatched segments."""
         cfg = self.config
         reg = state.registry

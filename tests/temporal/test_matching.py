@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from temporal.matching import (bhattacharyya, color_histograms, cost_matrix, hungarian_assign, iou_from_overlap,
                                overlap_matrix, symmetric_kl_matrix)
