@@ -87,7 +87,6 @@ class FrameSource:
         if max_side is not None and max_side < 16:
             raise InputError(f"--max-side must be >= 16; got {max_side}")
         self.start, self.end, self.stride, self.max_side = start, end, stride, max_side
-        self.decode_retries = 3
         self.fps = 25.0
         if not self.path.exists():
             raise InputError(f"{self.path}: no such file or folder")
@@ -144,23 +143,38 @@ class FrameSource:
 
         vr = self._vr
         errors = (RuntimeError, decord._ffi.base.DECORDError, IndexError)  # type: ignore[attr-defined]
-        for i in self._indices:
-            # decord's decoder thread reports a bad packet asynchronously (sometimes at an
-            # earlier frame than the broken one): reopen and retry so that the frame named
-            # in the error is the first one that really cannot be decoded.
-            for attempt in range(self.decode_retries + 1):
-                try:
-                    arr = vr[i].asnumpy()
-                    break
-                except errors as exc:
-                    if attempt == self.decode_retries:
-                        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                        raise DecodeError(f"{self.path}: decoding failed at frame {i} ({msg[-200:]})", i) from exc
-                    try:
-                        vr = self._vr = self._open_video()
-                    except InputError as exc2:
-                        raise DecodeError(f"{self.path}: decoding failed at frame {i} ({exc2})", i) from exc2
+        todo = list(self._indices)
+        for k, i in enumerate(todo):
+            try:
+                arr = vr[i].asnumpy()
+            except errors:
+                # decord's decoder thread reports a broken packet asynchronously, sometimes
+                # frames before the broken one: decode the rest sequentially with PyAV, which
+                # stops exactly at the first frame that cannot be decoded.
+                yield from self._iter_pyav(todo[k:])
+                return
             yield Frame(i, f"{i:05d}", _resize_max_side(to_rgb_uint8(arr, f"{self.path} frame {i}"), self.max_side))
+
+    def _iter_pyav(self, indices: list[int]) -> Iterator[Frame]:
+        """Sequential PyAV decoding of ``indices`` (sorted), naming the frame that fails."""
+        import av
+
+        want = set(indices)
+        last = indices[-1]
+        n = 0
+        try:
+            with av.open(str(self.path)) as container:
+                for frame in container.decode(video=0):
+                    if n in want:
+                        arr = frame.to_ndarray(format="rgb24")
+                        yield Frame(n, f"{n:05d}", _resize_max_side(arr, self.max_side))
+                    if n >= last:
+                        return
+                    n += 1
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise DecodeError(f"{self.path}: decoding failed at frame {n} ({msg[-200:]})", n) from exc
+        raise DecodeError(f"{self.path}: decoding failed at frame {n} (the video ends early: truncated file)", n)
 
 
 def find_label_file(seg_dir: Path, stem: str) -> Path:

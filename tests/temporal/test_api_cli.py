@@ -182,6 +182,14 @@ def test_corrupt_video_keeps_frames_before_failure(tmp_path, capsys):
     assert not res.complete and "decoding failed at frame" in res.error
     failed_at = int(res.error.split("frame ")[1].split()[0])
     assert 0 < failed_at < 30 and res.n_frames == failed_at
+    import av
+
+    n_ok = 0
+    with pytest.raises(av.error.FFmpegError):
+        with av.open(str(bad)) as c:
+            for _ in c.decode(video=0):
+                n_ok += 1
+    assert failed_at == n_ok  # the first frame that cannot be decoded
     assert len(list(res.labels_dir.glob("*.png"))) == failed_at
     tj = json.loads(res.tracks_json.read_text())
     assert tj["complete"] is False and str(failed_at) in tj["error"]
