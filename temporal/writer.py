@@ -12,14 +12,14 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
 from diffseg_core.errors import OutputError
-from diffseg_core.io import atomic_path, atomic_write_text, overlay, save_labels_png
+from diffseg_core.io import atomic_path, overlay, save_labels_png
 
 from .types import TrackedFrame
 
@@ -104,7 +104,7 @@ class TrackStats:
         comp = np.where((labels > 0) & (comp < n), comp + 1, 0)
         area = np.bincount(comp.ravel(), minlength=n + 1)[1:]
         objs = ndimage.find_objects(comp, max_label=n)
-        rows = np.zeros((n, 7), np.int64)
+        rows = np.zeros((n, 7), np.int32)
         rows[:, 0] = frame_pos
         rows[:, 1] = ids
         rows[:, 2] = area
@@ -113,21 +113,23 @@ class TrackStats:
                 rows[i, 3:] = (o[1].start, o[0].start, o[1].stop - 1, o[0].stop - 1)
         self._rows.append(rows[area > 0])
 
-    def to_json_tracks(self) -> list[dict[str, Any]]:
+    def iter_json_tracks(self) -> "Iterator[dict[str, Any]]":
+        """One dict per track id (sorted), built lazily so a long video's tracks.json is
+        never held as Python objects all at once."""
         if not self._rows:
-            return []
+            return
         allr = np.concatenate(self._rows)
-        order = np.lexsort((allr[:, 0], allr[:, 1]))
-        allr = allr[order]
-        out = []
+        allr = allr[np.lexsort((allr[:, 0], allr[:, 1]))]
         ids, starts = np.unique(allr[:, 1], return_index=True)
         bounds = list(starts) + [len(allr)]
         for k, tid in enumerate(ids):
             r = allr[bounds[k]:bounds[k + 1]]
-            out.append({"id": int(tid), "first_frame": int(r[0, 0]), "last_frame": int(r[-1, 0]),
-                        "n_frames": int(len(r)), "frames": r[:, 0].tolist(), "area": r[:, 2].tolist(),
-                        "bbox": r[:, 3:7].tolist()})
-        return out
+            yield {"id": int(tid), "first_frame": int(r[0, 0]), "last_frame": int(r[-1, 0]),
+                   "n_frames": int(len(r)), "frames": r[:, 0].tolist(), "area": r[:, 2].tolist(),
+                   "bbox": r[:, 3:7].tolist()}
+
+    def n_tracks(self) -> int:
+        return len(np.unique(np.concatenate([r[:, 1] for r in self._rows]))) if self._rows else 0
 
 
 class VideoOutputWriter:
@@ -203,15 +205,17 @@ class VideoOutputWriter:
             self._video.write(overlay(rgb, tf.labels, alpha=0.5, contours=True, background=0))
 
     def _write_json(self, complete: bool, error: Optional[str], status: str) -> None:
-        tracks = self.stats.to_json_tracks()
         head = {"complete": complete, "status": status, "error": error,
-                "n_frames": len(self.stats.stems), "n_tracks": len(tracks), "max_track_id": self.max_id,
+                "n_frames": len(self.stats.stems), "n_tracks": self.stats.n_tracks(), "max_track_id": self.max_id,
                 "seconds": round(time.time() - self._t0, 3), **self.meta, "frames": self.stats.stems}
-        # Stream the (possibly long) track list one track per line instead of one big dump.
-        parts = [json.dumps(head)[:-1], ', "tracks": [\n']
-        parts.append(",\n".join(json.dumps(t, separators=(",", ":")) for t in tracks))
-        parts.append("\n]}\n")
-        atomic_write_text(self.tracks_json, "".join(parts))
+        # Streamed one track per line: memory stays flat however long the video is.
+        with atomic_path(self.tracks_json) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(head)[:-1])
+                f.write(', "tracks": [')
+                for k, t in enumerate(self.stats.iter_json_tracks()):
+                    f.write(("\n" if k == 0 else ",\n") + json.dumps(t, separators=(",", ":")))
+                f.write("\n]}\n")
 
     def close(self, complete: bool = True, error: Optional[str] = None) -> dict[str, Any]:
         """Finish: drain the queue, finalise the overlay, write ``tracks.json``.
@@ -233,8 +237,7 @@ class VideoOutputWriter:
             self._write_json(False, f"{type(exc).__name__}: {exc}", "failed")
             raise exc
         self._write_json(complete, error, "complete" if complete else "incomplete")
-        n_tracks = len(np.unique(np.concatenate([r[:, 1] for r in self.stats._rows]))) if self.stats._rows else 0
-        return {"n_frames": len(self.stats.stems), "n_tracks": n_tracks,
+        return {"n_frames": len(self.stats.stems), "n_tracks": self.stats.n_tracks(),
                 "max_track_id": self.max_id, "overlay": overlay_ok}
 
     def abort(self, error: str) -> None:
