@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-#: Rows of maps compared per matrix product; bounds the ``(chunk, 2D)`` operand.
-KL_CHUNK = 2048
+#: Rows of maps per matrix product: bounds memory and keeps each chunk's temporaries in cache.
+KL_CHUNK = 1024
 #: Pairs whose float16 matrix-product KL lies this close to the threshold are recomputed
 #: with the original's elementwise float16 rounding (observed gap <= 0.002 = 2 ulps at 1.1).
 FP16_RECHECK_MARGIN = 0.01
@@ -56,7 +56,8 @@ def _safe_log(x: torch.Tensor) -> torch.Tensor:
 
 
 def sym_kl_matrix(a: torch.Tensor, b: torch.Tensor, nan_on_zero: bool = False,
-                  eps: float = 0.0, round_fp16: bool = False, chunk: int = KL_CHUNK) -> torch.Tensor:
+                  eps: float = 0.0, round_fp16: bool = False, round_inputs: bool = False,
+                  chunk: int = KL_CHUNK) -> torch.Tensor:
     """Symmetric KL ``0.5 * (KL(a||b) + KL(b||a))`` between all rows of ``a`` and ``b``.
 
     Args:
@@ -67,6 +68,8 @@ def sym_kl_matrix(a: torch.Tensor, b: torch.Tensor, nan_on_zero: bool = False,
         eps: clamp both inputs to at least ``eps`` before the logs (0 = no clamping).
         round_fp16: round the two halves ``KL(a||b)/2`` and ``KL(b||a)/2`` and their sum to
             float16, as the original's float16 first merge does (its result is float16).
+        round_inputs: round ``a`` and ``b`` to float16 values first (chunk by chunk, so the
+            rounded copy of ``b`` never exists whole).
         chunk: rows of ``b`` per matrix product (memory bound).
 
     Returns:
@@ -74,12 +77,18 @@ def sym_kl_matrix(a: torch.Tensor, b: torch.Tensor, nan_on_zero: bool = False,
     """
     if eps > 0:
         a, b = a.clamp_min(eps), b.clamp_min(eps)
-    la = _safe_log(a)
+    if round_inputs:
+        a = _r16(a)
+    # With nan_on_zero a zero gives log 0 = -inf and 0 * -inf = NaN in the row's entropy
+    # term, which flags the row for free; otherwise clamp so the logs stay finite.
+    log = torch.log if nan_on_zero else _safe_log
+    la = log(a)
     ea = (a * la).sum(1)
     out = torch.empty(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
+    zb = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
     for s in range(0, b.shape[0], chunk):
-        bc = b[s:s + chunk]
-        lb = _safe_log(bc)
+        bc = _r16(b[s:s + chunk]) if round_inputs else b[s:s + chunk]
+        lb = log(bc)
         eb = (bc * lb).sum(1)
         half_ab = 0.5 * (ea[:, None] - a @ lb.T)  # KL(a||b) / 2
         half_ba = 0.5 * (eb[None, :] - la @ bc.T)  # KL(b||a) / 2
@@ -87,12 +96,12 @@ def sym_kl_matrix(a: torch.Tensor, b: torch.Tensor, nan_on_zero: bool = False,
             out[:, s:s + chunk] = (half_ab.half() + half_ba.half()).to(a.dtype)
         else:
             out[:, s:s + chunk] = half_ab + half_ba
+        if nan_on_zero:
+            zb[s:s + chunk] = torch.isnan(eb)
     if nan_on_zero:
-        za = (a == 0).any(1)
-        zb = (b == 0).any(1)
-        if bool(za.any()) or bool(zb.any()):
-            out[za, :] = float("nan")
-            out[:, zb] = float("nan")
+        za = torch.isnan(ea)
+        out[za, :] = float("nan")
+        out[:, zb] = float("nan")
     return out
 
 
@@ -101,7 +110,8 @@ def _r16(t: torch.Tensor) -> torch.Tensor:
     return t.half().float()
 
 
-def fp16_kl_pairs(a16: torch.Tensor, b16: torch.Tensor) -> torch.Tensor:
+def fp16_kl_pairs(a16: torch.Tensor, b16: torch.Tensor, la16: torch.Tensor,
+                  lb16: torch.Tensor) -> torch.Tensor:
     """Symmetric KL of row pairs ``(a16[i], b16[i])`` with the original's float16 arithmetic.
 
     The original (TensorFlow, ``tf.cast(..., tf.float16)``) rounds every log, difference and
@@ -111,18 +121,15 @@ def fp16_kl_pairs(a16: torch.Tensor, b16: torch.Tensor) -> torch.Tensor:
 
     Args:
         a16, b16: float32 ``(P, D)`` already rounded to float16 values.
+        la16, lb16: their logs rounded to float16 (float32 ``(P, D)``).
 
     Returns:
         float32 ``(P,)``.
     """
-    out = torch.empty(a16.shape[0], dtype=torch.float32, device=a16.device)
-    for s in range(0, a16.shape[0], PAIR_CHUNK):
-        a, b = a16[s:s + PAIR_CHUNK], b16[s:s + PAIR_CHUNK]
-        q = _r16(_r16(torch.log(a)) - _r16(torch.log(b)))
-        s1 = _r16(_r16(a * q).sum(1))
-        s2 = _r16(_r16(b * q).sum(1))
-        out[s:s + PAIR_CHUNK] = _r16(_r16(s1 / 2) + _r16(-s2 / 2))
-    return out
+    q = _r16(la16 - lb16)
+    s1 = _r16(_r16(a16 * q).sum(1))
+    s2 = _r16(_r16(b16 * q).sum(1))
+    return _r16(_r16(s1 / 2) + _r16(-s2 / 2))
 
 
 def merge_anchors(maps: torch.Tensor, anchors: torch.Tensor, threshold: float,
@@ -147,13 +154,16 @@ def merge_anchors(maps: torch.Tensor, anchors: torch.Tensor, threshold: float,
     """
     x = maps.float()
     if faithful_fp16:
-        x16 = x.half().float()
-        a16 = x16[anchors]
-        kl = sym_kl_matrix(a16, x16, nan_on_zero=True, round_fp16=True)
+        a16 = _r16(x[anchors])
+        kl = sym_kl_matrix(a16, x, nan_on_zero=True, round_fp16=True, round_inputs=True)
         thr = float(np.float16(threshold))
         rows, cols = torch.nonzero((kl - thr).abs() < FP16_RECHECK_MARGIN, as_tuple=True)
         if len(rows):
-            kl[rows, cols] = fp16_kl_pairs(a16[rows], x16[cols])
+            la16 = _r16(torch.log(a16))
+            for s in range(0, len(rows), PAIR_CHUNK):
+                r, c = rows[s:s + PAIR_CHUNK], cols[s:s + PAIR_CHUNK]
+                b16 = _r16(x[c])
+                kl[r, c] = fp16_kl_pairs(a16[r], b16, la16[r], _r16(torch.log(b16)))
     else:
         kl = sym_kl_matrix(x[anchors], x, eps=1e-12)
         thr = float(threshold)
