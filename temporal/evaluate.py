@@ -274,6 +274,18 @@ def _label_files(d: Path) -> dict[str, Path]:
     return out
 
 
+def same_aspect(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """True when ``(H, W)`` shape ``a`` is a uniform rescaling of ``b`` up to rounding (the
+    larger map scaled to either side of the smaller lands within one pixel of the other
+    side, as `--max-side` rounds)."""
+    (ha, wa), (hb, wb) = a[:2], b[:2]
+    if min(ha, wa, hb, wb) < 1:
+        return False
+    if ha * wa > hb * wb:  # compare in the grid of the smaller map, where rounding happened
+        (ha, wa), (hb, wb) = (hb, wb), (ha, wa)
+    return abs(hb * wa / wb - ha) <= 1.0 + 1e-9 and abs(wb * ha / hb - wa) <= 1.0 + 1e-9
+
+
 def evaluate_video_dirs(pred_dir: "str | Path", gt_dir: "str | Path", bound_th: float = 0.008) -> VideoScores:
     """`evaluate_video` on two folders of label maps with the same stems (every GT frame
     needs a prediction)."""
@@ -287,6 +299,11 @@ def evaluate_video_dirs(pred_dir: "str | Path", gt_dir: "str | Path", bound_th: 
         s = stems[t]
         pred, gt = read_labels(pred_files[s]), read_labels(gt_files[s])
         if pred.shape != gt.shape:
+            if not same_aspect(pred.shape, gt.shape):
+                raise InputError(f"{pred_files[s]}: prediction {s!r} is {pred.shape[0]}x{pred.shape[1]} (HxW) but the "
+                                 f"ground truth {gt_files[s].name} is {gt.shape[0]}x{gt.shape[1]}: the aspect ratios "
+                                 "differ (only a uniformly rescaled prediction, e.g. from --max-side, is resized)")
+            # a uniformly rescaled prediction (``--max-side``) is brought back to the GT grid
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
         return pred, gt
 

@@ -373,9 +373,7 @@ def _cases() -> list[Case]:
     cs.append(Case("eval-video-missing", ["evaluate", "video", "{c}/nope", "{c}/eval_gt", "-q"], ("nope",)))
     cs.append(Case("eval-video-empty", ["evaluate", "video", "{c}/empty_dir", "{c}/eval_gt", "-q"], ("empty_dir",)))
     cs.append(Case("eval-video-size", ["evaluate", "video", "{c}/eval_pred_small", "{c}/eval_gt", "-q"],
-                   ("eval_pred_small", "00000"), marks=[pytest.mark.xfail(
-                       strict=True, reason="temporal.evaluate resizes a prediction of another aspect ratio "
-                       "(16x40 vs 64x64) to the ground truth instead of refusing it")]))
+                   ("eval_pred_small", "00000")))
     cs.append(Case("eval-video-random", ["evaluate", "video", "{c}/eval_pred_random", "{c}/eval_gt", "-q"],
                    ("eval_pred_random", "00000")))
     cs.append(Case("eval-video-gt-random", ["evaluate", "video", "{c}/eval_gt", "{c}/eval_pred_random", "-q"],

@@ -59,3 +59,34 @@ def test_absent_object_and_missing_track():
     assert s2.J == 0.0 and s2.oracle_J == pytest.approx(0.5)
     with pytest.raises(InputError):
         evaluate_video_arrays([np.zeros((10, 10), np.int32)], [np.zeros((10, 10), np.int32)])
+
+
+def _write_dir(d, maps):
+    from diffseg_core.io import save_labels_png
+
+    d.mkdir()
+    for t, m in enumerate(maps):
+        save_labels_png(d / f"{t:05d}.png", m)
+
+
+def test_dirs_refuse_prediction_of_other_aspect_ratio(tmp_path):
+    from temporal.evaluate import evaluate_video_dirs
+
+    gt = [square(64, 64, 8, 8, 20), square(64, 64, 10, 8, 20)]
+    pred = [square(64, 64, 8, 8, 20), square(16, 40, 2, 2, 5)]  # frame 00001 is the bad one
+    _write_dir(tmp_path / "gt", gt)
+    _write_dir(tmp_path / "pred", pred)
+    with pytest.raises(InputError) as e:
+        evaluate_video_dirs(tmp_path / "pred", tmp_path / "gt")
+    msg = str(e.value)
+    assert "00001" in msg and "16x40" in msg and "64x64" in msg
+
+
+def test_dirs_rescale_uniformly_downscaled_prediction(tmp_path):
+    from temporal.evaluate import evaluate_video_dirs, same_aspect
+
+    gt = [square(64, 96, 16, 32, 32)]
+    _write_dir(tmp_path / "gt", gt)
+    _write_dir(tmp_path / "pred", [square(32, 48, 8, 16, 16)])  # --max-side 48 of the same frame
+    assert evaluate_video_dirs(tmp_path / "pred", tmp_path / "gt").J == 1.0
+    assert same_aspect((360, 640), (480, 854)) and not same_aspect((16, 40), (64, 64))
