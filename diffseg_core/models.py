@@ -175,7 +175,8 @@ def load_model(model: str = DEFAULT_MODEL, device: "str | torch.device" = "auto"
 
 # ----------------------------------------------------------------------------- real models
 def _missing_message(model: str, why: str) -> str:
-    example = model if "/" in model and not Path(model).exists() else DEFAULT_MODEL
+    # Suggest downloading the id the user asked for; for a bad path, the paper's model.
+    example = model if _looks_like_hub_id(model) and not Path(model).exists() else DEFAULT_MODEL
     return (
         f"model {model!r} not found ({why}). To fix: download it once with "
         f"`huggingface-cli download {example} --local-dir models/{example.split('/')[-1]}` and pass "
