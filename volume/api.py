@@ -25,7 +25,7 @@ from .geometry import inplane_spacing, resize_gray, resize_nearest, square_shape
 from .intensity import IntensityMap, gray_to_rgb, plan_intensity, to_uint8
 from .io import (VolumeWarning, default_output_name, output_format, read_label_volume, read_volume,
                  write_labels)
-from .postprocess import relabel_consecutive, remove_fragments
+from .postprocess import relabel_consecutive, remove_fragments, split_at_waists
 from .report import side_paths, write_labels_json, write_montage
 from .stacking import SliceLinker, segment_index
 from .types import LinkConfig, Volume, VolumeConfig, VolumeResult
@@ -87,6 +87,9 @@ def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSe
             raise ValueError(f"more slices than the volume has along axis {axis} ({n})")
         take_slice(out, axis, i)[...] = linker.step(seg, props, gray)
     log.debug("linking axis %d: %s", axis, linker.stats)
+    cuts = split_at_waists(out, axis, float(link.waist_ratio), float(link.confident_iou))
+    if cuts:
+        log.debug("axis %d: %d labels cut at a waist", axis, cuts)
     return out
 
 

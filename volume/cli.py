@@ -85,6 +85,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="with images: intensity-histogram similarity (0..1) an uncertain match must "
                         "reach; 0.3 separates structures touching end to end along the slicing axis "
                         "[%(default)s = off]")
+    g.add_argument("--waist-ratio", type=float, default=0.75,
+                   help="cut a 3D label in two where its area along the slicing axis falls to at most this "
+                        "fraction of the slices around it and grows again past an uncertain link (two "
+                        "structures end to end) [%(default)s; 0 = off]")
     g.add_argument("--no-montage", action="store_true", help="do not write the montage PNG")
     g.add_argument("--no-json", action="store_true", help="do not write labels.json")
     g.add_argument("--int32", action="store_true", help="write int32 labels (default: smallest dtype that fits)")
@@ -110,7 +114,8 @@ def _config(args: argparse.Namespace, background: "int | None", kl_weight: float
             min_size=min_size, min_label_size=min_label_size, split_disconnected=args.split_disconnected,
             resample_inplane=not getattr(args, "no_resample", False), index=args.index, series=args.series,
             link=LinkConfig(min_overlap=args.min_overlap, memory=args.memory, background=background,
-                            kl_weight=kl_weight, min_appearance=args.min_appearance),
+                            kl_weight=kl_weight, min_appearance=args.min_appearance,
+                            waist_ratio=args.waist_ratio),
             montage=not args.no_montage, write_json=not args.no_json,
             output_dtype="int32" if args.int32 else "auto",
         )

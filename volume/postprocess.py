@@ -187,3 +187,131 @@ def label_stats(labels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 
         out.append(LabelInfo(id=i + 1, voxels=int(counts[i + 1]), volume=float(counts[i + 1]) * voxel,
                              bbox=bb, slice_range=[bb[axis], bb[axis + 3] - 1]))
     return out
+
+
+def waist_cuts(area: np.ndarray, inter: np.ndarray, ratio: float, max_iou: float, trend: int = 2,
+               min_peak: int = 50) -> np.ndarray:
+    """Where a label's area profile along the slicing axis says two structures were joined.
+
+    A convex structure's cross-section area rises then falls along any axis (for an
+    ellipsoid it is a parabola); two structures stacked end to end that the linker continued
+    one into the other show a *waist*: the area shrinks to a small part of its peak (the
+    first one's tip), then grows again (the second one). A cut is placed between slices z
+    and z+1 when, for the same label,
+
+    * both slices hold the label and their masks overlap with IoU < ``max_iou`` (the link
+      was uncertain: a confident continuation is never cut),
+    * the area falls strictly over the ``trend`` slices before the smaller of the two
+      (the low slice) and rises strictly over the ``trend`` slices after it,
+    * the low area is <= ``ratio`` x the largest area of the ``trend`` slices before it and
+      <= ``ratio`` x that of the ``trend`` slices after it (a sharp, V-shaped waist: the
+      section of an ellipsoid changes fastest near its tip),
+    * both of those largest areas are >= ``min_peak`` pixels.
+
+    Of neighbouring candidate cuts of one label (a waist spread over a few slices) only the
+    one with the lowest IoU is kept.
+
+    Args:
+        area: int64 ``(D, n)`` voxels of label l on slice z.
+        inter: int64 ``(D - 1, n)`` voxels of label l on both slice z and z+1 at one pixel.
+        ratio: waist depth, in (0, 1); smaller = only deeper waists are cut.
+        max_iou: only links with a slice-to-slice IoU below this are cut.
+        trend: slices over which the area must fall (not rise) into the waist's low slice
+            and rise (not fall) after it.
+        min_peak: both parts must reach this area (pixels): the area of a structure of a
+            few pixels is dominated by boundary noise.
+
+    Returns:
+        bool ``(D - 1, n)``: cut between slice z and z+1 for label l.
+    """
+    a = area.astype(np.float64)
+    if a.shape[0] < 2:
+        return np.zeros((max(a.shape[0] - 1, 0), a.shape[1]), bool)
+    a0, a1 = a[:-1], a[1:]
+    union = np.maximum(a0 + a1 - inter, 1.0)
+    iou = inter / union
+    low = np.minimum(a0, a1)
+    # A waist, not noise or a gentle narrowing: the area falls strictly over ``trend``
+    # slices into the low slice and rises strictly over ``trend`` slices after it, and the
+    # low is at most ``ratio`` x the largest area of each of those two short runs (an
+    # ellipsoid's section shrinks fastest at its tip; a background piece that changes every
+    # slice, a structure of a few pixels or a slowly narrowing organ do not qualify).
+    d, n = a.shape
+    m = np.where(a0 <= a1, np.arange(d - 1)[:, None], np.arange(1, d)[:, None])  # (D-1, n) low slice
+    cols = np.broadcast_to(np.arange(n), m.shape)
+    pad = np.vstack([np.zeros((trend + 1, n)), a, np.zeros((trend + 1, n))])
+    mp = m + trend + 1
+    cand = (a0 > 0) & (a1 > 0) & (iou < max_iou)
+    before = np.zeros(m.shape)
+    after = np.zeros(m.shape)
+    for k in range(trend):
+        lo_b, hi_b = pad[mp - k, cols], pad[mp - k - 1, cols]          # falling into the low slice
+        lo_a, hi_a = pad[mp + k, cols], pad[mp + k + 1, cols]          # rising after it
+        cand &= (hi_b > lo_b) & (hi_a > lo_a)
+        before, after = np.maximum(before, hi_b), np.maximum(after, hi_a)
+    cand &= (low <= ratio * before) & (low <= ratio * after)
+    cand &= (before >= min_peak) & (after >= min_peak)  # a few pixels' area is jitter, not shape
+    if not cand.any():
+        return cand
+    # Keep the lowest-IoU candidate of every run of consecutive candidates (per label).
+    score = np.where(cand, iou, np.inf)
+    keep = cand.copy()
+    prev_better = np.zeros_like(cand)
+    next_better = np.zeros_like(cand)
+    prev_better[1:] = cand[:-1] & (score[:-1] <= score[1:])
+    next_better[:-1] = cand[1:] & (score[1:] < score[:-1])
+    keep &= ~prev_better & ~next_better
+    # A run longer than two can leave none kept when IoUs rise then fall; keep its minimum.
+    run_start = cand & ~np.vstack([np.zeros((1, cand.shape[1]), bool), cand[:-1]])
+    run_id = np.cumsum(run_start, axis=0) * cand
+    for l in np.flatnonzero(cand.any(0)):
+        for r in np.unique(run_id[:, l][run_id[:, l] > 0]):
+            zs = np.flatnonzero(run_id[:, l] == r)
+            if not keep[zs, l].any():
+                keep[zs[np.argmin(score[zs, l])], l] = True
+    return keep
+
+
+def split_at_waists(labels: np.ndarray, axis: int = 0, ratio: float = 0.75, max_iou: float = 0.5) -> int:
+    """Give the part of a label after a waist along ``axis`` a new id, in place (`waist_cuts`).
+
+    Linking slice by slice on overlap continues a structure that ends into another that
+    starts at the same place (two ellipsoids end to end, a vertebra then a disc); the
+    area profile of the joined label shows where.
+
+    Args:
+        labels: int32 ``(D, H, W)`` ids >= 0 (0 = none), modified in place.
+        axis: the slicing (linking) axis.
+        ratio: see `waist_cuts` (0 turns the split off).
+        max_iou: see `waist_cuts`.
+
+    Returns:
+        Number of cuts made (= new ids).
+    """
+    if ratio <= 0 or labels.size == 0:
+        return 0
+    vol = np.moveaxis(labels, axis, 0)
+    d = vol.shape[0]
+    n = int(labels.max()) + 1
+    area = np.zeros((d, n), np.int64)
+    inter = np.zeros((max(d - 1, 0), n), np.int64)
+    prev = None
+    for z in range(d):
+        cur = np.asarray(vol[z])
+        area[z] = np.bincount(cur.ravel(), minlength=n)[:n]
+        if prev is not None:
+            same = prev == cur
+            inter[z - 1] = np.bincount(cur[same], minlength=n)[:n]
+        prev = cur
+    area[:, 0] = 0
+    cuts = waist_cuts(area, inter, ratio, max_iou)
+    if not cuts.any():
+        return 0
+    piece = np.vstack([np.zeros((1, n), np.int64), np.cumsum(cuts, axis=0)])  # (D, n) part index
+    # New ids: label l's part p >= 1 -> n + running number over (l, p).
+    n_parts = piece[-1]
+    base = n + np.concatenate([[0], np.cumsum(n_parts)[:-1]])
+    for z in range(d):
+        lut = np.where(piece[z] > 0, base + piece[z] - 1, np.arange(n)).astype(labels.dtype)
+        vol[z] = lut[vol[z]]
+    return int(cuts.sum())

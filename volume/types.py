@@ -188,6 +188,10 @@ class LinkConfig(_DictMixin):
             the segment (a structure that ended under a big neighbour is not carved on).
         background: label value of the input meaning "no segment" (e.g. 0 for Cellpose
             masks), or None when every value is a segment (DiffSeg's 0..K-1).
+        waist_ratio: after linking, a label whose area along the slicing axis shrinks to
+            at most this fraction of its peak and grows again past an uncertain link (IoU
+            below ``confident_iou``) is cut there into two ids (two structures stacked end
+            to end, `volume.postprocess.split_at_waists`); 0 = off.
     """
 
     min_overlap: float = 0.1
@@ -203,8 +207,11 @@ class LinkConfig(_DictMixin):
     merge_fraction: float = 0.5
     merge_min_share: float = 0.2
     background: "int | None" = None
+    waist_ratio: float = 0.75
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.waist_ratio) < 1.0:
+            raise InputError(f"waist_ratio must be in [0, 1); got {self.waist_ratio}")
         for name in ("min_overlap", "confident_iou", "split_fraction", "split_min_cover", "merge_fraction",
                      "merge_min_share"):
             v = float(getattr(self, name))

@@ -38,6 +38,21 @@ def spheres(shape=(20, 40, 48), spacing=(1.0, 1.0, 1.0), touching: bool = True) 
     return lab
 
 
+def stacked_ellipsoids(shape=(20, 40, 40), dz: float = 3.0) -> np.ndarray:
+    """int32 ``(D, H, W)``: ellipsoid 1 (slices 1-9) and ellipsoid 2 (slices 10-18) end to end
+    along axis 0 at the same in-plane place (their tips touch), background 0."""
+    D, H, W = shape
+    z, y, x = np.meshgrid(np.arange(D) * dz, np.arange(H) * 1.0, np.arange(W) * 1.0, indexing="ij")
+    lab = np.zeros(shape, np.int32)
+
+    def ell(c, r):
+        return ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 < 1
+
+    lab[ell((5 * dz, H * .5, W * .5), (14 / 3 * dz, H * .225, W * .225))] = 1
+    lab[ell((43 / 3 * dz, H * .5 + 1, W * .5), (14 / 3 * dz, H * .25, W * .25)) & (lab == 0)] = 2
+    return lab
+
+
 def shuffle_slices(lab: np.ndarray, seed: int = 0, axis: int = 0, keep_zero: bool = False) -> np.ndarray:
     """Relabel every slice along ``axis`` with a random permutation of ids (DiffSeg-like)."""
     rng = np.random.default_rng(seed)

@@ -12,7 +12,8 @@ import tifffile
 
 from diffseg_core.cli import main
 from diffseg_core.errors import InputError
-from tests.volume.helpers import ThresholdSegmenter, shared_data, shuffle_slices, spheres, write_dicom_series
+from tests.volume.helpers import (ThresholdSegmenter, shared_data, shuffle_slices, spheres, stacked_ellipsoids,
+                                  write_dicom_series)
 from volume.api import segment_volume, stack_labels
 from volume.evaluate import volume_dice
 from volume.geometry import square_shape, through_plane_axis
@@ -277,3 +278,22 @@ def test_cli_volume_with_tiny_random_model(tmp_path: Path, capsys: pytest.Captur
     assert doc["n_labels"] == len(np.unique(lab[lab > 0])) >= 1
     assert (tmp_path / "out" / "labels_montage.png").exists()
     assert "labels.tif" in capsys.readouterr().out
+
+
+def test_cli_stack_separates_ellipsoids_stacked_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Two ellipsoids end to end along z at the same place, every slice labelled on its own
+    # (ids shuffled): overlap-only linking continues the first into the second; the
+    # area-profile waist cut (default on) gives the second its own id.
+    gt = stacked_ellipsoids()
+    np.save(tmp_path / "gt.npy", gt)
+    np.save(tmp_path / "sl.npy", shuffle_slices(gt, seed=3, keep_zero=True))
+    dice = {}
+    for ratio in ("0", "0.75"):
+        rc = main(["stack", str(tmp_path / "sl.npy"), "-o", str(tmp_path / f"lab{ratio}.npy"), "-q",
+                   "--waist-ratio", ratio])
+        assert rc == 0
+        dice[ratio] = volume_dice(np.load(tmp_path / f"lab{ratio}.npy"), gt, oracle=False)
+    assert dice["0"].n_pred == 1 and min(dice["0"].dice.values()) < 0.1  # joined: one id for both
+    assert dice["0.75"].n_pred == 2 and min(dice["0.75"].dice.values()) > 0.9
+    bad = main(["stack", str(tmp_path / "sl.npy"), "-o", str(tmp_path / "x.npy"), "-q", "--waist-ratio", "1.5"])
+    assert bad == 2 and "waist_ratio" in capsys.readouterr().err

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.volume.helpers import spheres
+from tests.volume.helpers import spheres, stacked_ellipsoids
 from volume.evaluate import oracle_dice, volume_dice
 from volume.fusion import fuse_majority, match_to_reference
-from volume.postprocess import label_stats, relabel_consecutive, remove_fragments
+from volume.postprocess import label_stats, relabel_consecutive, remove_fragments, split_at_waists, waist_cuts
 
 
 def test_fragment_joins_its_largest_neighbour() -> None:
@@ -105,3 +105,47 @@ def test_fusion_matches_ids_then_votes() -> None:
     ref[5, 0:4, 0:4] = 3
     fused = fuse_majority(ref, [a, b])
     assert np.array_equal(fused, gt)
+
+
+def _profile_cuts(areas: list[int], ious: list[float], **kw) -> list[int]:
+    """Cut positions of `waist_cuts` for one label with the given area / link-IoU profile."""
+    a = np.array(areas, np.int64)[:, None]
+    iou = np.array(ious, np.float64)[:, None]
+    # inter from IoU: i = iou * (a0 + a1) / (1 + iou)
+    inter = np.round(iou * (a[:-1] + a[1:]) / (1 + iou)).astype(np.int64)
+    return np.flatnonzero(waist_cuts(a, inter, kw.pop("ratio", 0.75), kw.pop("max_iou", 0.5), **kw)[:, 0]).tolist()
+
+
+def test_waist_cut_where_one_ellipsoid_ends_and_another_starts() -> None:
+    # Tip of one structure (102 -> 76 -> 67) then a new one growing (115, 123), uncertain link.
+    areas = [8, 69, 101, 102, 76, 67, 115, 123, 86, 9]
+    ious = [0.1, 0.6, 0.95, 0.74, 0.43, 0.58, 0.93, 0.7, 0.1]
+    assert _profile_cuts(areas, ious) == [4]  # between slice 4 and 5
+    ious_conf = list(ious)
+    ious_conf[4] = 0.8
+    ious_conf[5] = 0.8
+    assert _profile_cuts(areas, ious_conf) == []  # confident links are never cut
+
+
+def test_no_waist_cut_for_gentle_narrowing_noise_or_tiny_areas() -> None:
+    # A slowly narrowing organ (CT: 98, 85, 68, 66, 71, 80): the low is not <= 0.75 x 80.
+    assert _profile_cuts([92, 98, 85, 68, 66, 71, 80, 92], [0.4] * 7) == []
+    # Areas that jump up and down (a background piece) are not a waist.
+    assert _profile_cuts([300, 120, 310, 90, 280, 100], [0.3] * 5) == []
+    # A few pixels: boundary noise, below min_peak.
+    assert _profile_cuts([12, 9, 5, 10, 13], [0.3] * 4) == []
+    assert _profile_cuts([12, 9, 5, 10, 13], [0.3, 0.2, 0.35, 0.3], min_peak=10) == [1]  # lowest-IoU side
+
+
+def test_split_at_waists_gives_the_second_structure_a_new_id() -> None:
+    gt = stacked_ellipsoids()
+    joined = (gt > 0).astype(np.int32)  # what overlap-only linking makes of it
+    joined[gt == 0] = 0
+    n = split_at_waists(joined, axis=0, ratio=0.75, max_iou=0.5)
+    assert n == 1
+    res = volume_dice(joined, gt, oracle=False)
+    assert min(res.dice.values()) > 0.9
+    # Along another axis the same volume has no waist: nothing is cut.
+    again = (gt > 0).astype(np.int32)
+    assert split_at_waists(np.ascontiguousarray(again.transpose(1, 0, 2)), axis=0) == 0
+    assert split_at_waists(again, ratio=0.0) == 0  # 0 = off
