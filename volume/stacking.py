@@ -267,6 +267,8 @@ class SliceLinker:
                 ok = iou[np.ix_(free_s, cand)] >= gate
                 if gate < cfg.confident_iou:  # uncertain overlaps must also look alike
                     ok &= alike[np.ix_(free_s, cand)]
+                    if cfg.min_cover > 0:  # ... and cover a fair part of the track's mask
+                        ok &= covers[np.ix_(free_s, cand)] >= cfg.min_cover
                 c = cost[np.ix_(free_s, cand)] + cfg.age_penalty * (ov.age[cand][None, :] - 1)
                 asg = hungarian_assign(c, allowed=ok)
                 r, c = free_s[asg.rows], cand[asg.cols]
@@ -281,7 +283,10 @@ class SliceLinker:
             # Candidates: IoU above the gate, or lying mostly inside a track's mask and
             # covering a fair part of it; the best IoU wins (a piece that moved into a
             # neighbour's old place still goes to its own structure when it overlaps more).
-            cand_ok = (allowed | ((in_track >= cfg.split_fraction) & (covers >= cfg.split_min_cover))) & alike
+            # (The IoU route needs ``min_cover`` too: a small segment inside a big track's
+            # mask is a structure that starts there, not a piece of that track.)
+            cand_ok = ((allowed & (covers >= cfg.min_cover))
+                       | ((in_track >= cfg.split_fraction) & (covers >= cfg.split_min_cover))) & alike
             for s in np.flatnonzero(seg_to_track == 0):
                 if not cand_ok[s].any():
                     continue

@@ -66,6 +66,20 @@ def test_new_structure_inside_background_gets_a_new_id() -> None:
     assert out[5, 14, 14] == out[3, 14, 14]
 
 
+def test_small_structure_starting_where_a_big_one_ended_gets_a_new_id() -> None:
+    vol = np.zeros((6, 30, 30), np.int32)
+    vol[:3, 5:25, 5:25] = 1   # a 400-pixel structure on slices 0-2
+    vol[3:, 10:17, 10:17] = 2  # a 49-pixel one from slice 3, inside its footprint: IoU 0.12
+    ids = {}
+    for cover in (0.0, 0.2):
+        out, _ = _link(vol, LinkConfig(min_cover=cover), background=0)
+        ids[cover] = (out[2, 12, 12], out[3, 12, 12])
+    assert ids[0.0][0] == ids[0.0][1]  # IoU alone continues the big one
+    assert ids[0.2][0] != ids[0.2][1]  # covering 12 % of it is not a continuation
+    with pytest.raises(Exception, match="min_cover"):
+        LinkConfig(min_cover=1.5)
+
+
 def test_merged_segment_is_carved_between_tracks() -> None:
     gt = np.zeros((6, 20, 30), np.int32)
     gt[:, 5:15, 3:14] = 1
