@@ -169,14 +169,14 @@ def bench_phantoms(seeds: list[int], tmp: Path) -> None:
             pred = np.asarray(img.dataobj).transpose(2, 1, 0)
             ours.append(volume_dice(pred, gt, oracle=False).mean_dice)
             _run(["stack", str(tmp / "ph.nii.gz"), "-o", str(tmp / "ph_lab_img.nii.gz"), "--background", "none",
-                  "-q", "--image", str(tmp / "ph_img.nii.gz"), "--window", "minmax", "--min-appearance", "0.3"])
+                  "-q", "--image", str(tmp / "ph_img.nii.gz"), "--window", "minmax"])
             pred_i = np.asarray(nib.load(tmp / "ph_lab_img.nii.gz").dataobj).transpose(2, 1, 0)
             ours_img.append(volume_dice(pred_i, gt, oracle=False).mean_dice)
             orc.append(volume_dice(sim, gt).mean_oracle_dice)
             ceil.append(volume_dice(many_to_one_ceiling(sim, gt), gt, oracle=False).mean_dice)
             st.append(volume_dice(_stitch_baseline(sim), gt, oracle=False).mean_dice)
         print(f"  phantom {level:6s} ({int(gt.max())} structures: touching, nested, small, two stacked end to end; "
-              f"spacing {spacing}) 3D Dice ours {np.mean(ours):.4f}, ours+--image --min-appearance 0.3 "
+              f"spacing {spacing}) 3D Dice ours {np.mean(ours):.4f}, ours+--image "
               f"{np.mean(ours_img):.4f} | oracle {np.mean(orc):.4f} | ceiling {np.mean(ceil):.4f} | "
               f"IoU stitcher {np.mean(st):.4f}")
     # Geometry round trip (NIfTI): same affine, codes, orientation, voxel order.

@@ -71,11 +71,11 @@ def test_small_structure_starting_where_a_big_one_ended_gets_a_new_id() -> None:
     vol[:3, 5:25, 5:25] = 1   # a 400-pixel structure on slices 0-2
     vol[3:, 10:17, 10:17] = 2  # a 49-pixel one from slice 3, inside its footprint: IoU 0.12
     ids = {}
-    for cover in (0.0, 0.2):
+    for cover in (0.0, LinkConfig().min_cover):
         out, _ = _link(vol, LinkConfig(min_cover=cover), background=0)
         ids[cover] = (out[2, 12, 12], out[3, 12, 12])
     assert ids[0.0][0] == ids[0.0][1]  # IoU alone continues the big one
-    assert ids[0.2][0] != ids[0.2][1]  # covering 12 % of it is not a continuation
+    assert ids[LinkConfig().min_cover][0] != ids[LinkConfig().min_cover][1]  # 12 % of it: no continuation
     with pytest.raises(Exception, match="min_cover"):
         LinkConfig(min_cover=1.5)
 
