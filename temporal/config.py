@@ -49,6 +49,11 @@ class TrackerConfig:
             split off in the previous frame is not an object of its own).
         max_carved: consecutive keyframes a track may live on by carving alone (without a
             segment of its own) before it counts as missing.
+        prefer_older_on_merge: when a segment covers the warped masks of two look-alike
+            tracks (an object that split into a fragment with a new id and is whole again),
+            the older track keeps it, whichever the assignment picked.
+        merge_same_appearance: colour similarity (Bhattacharyya, 0..1) two tracks need to
+            count as look-alike for ``prefer_older_on_merge`` (ignored without images).
         max_missed: frames a track that disappeared is remembered for re-identification
             (occlusion); after that it is retired. Ids are never reused.
         reid: re-identify remembered tracks by appearance (proposal KL + colour histogram).
@@ -87,6 +92,8 @@ class TrackerConfig:
     max_carved: int = 5
     merge_margin: float = 0.15
     merge_min_age: int = 3
+    prefer_older_on_merge: bool = True
+    merge_same_appearance: float = 0.7
     max_missed: int = 30
     reid: bool = True
     reid_min_similarity: float = 0.55
@@ -118,7 +125,7 @@ class TrackerConfig:
         if not float(self.kl_tau) > 0:
             raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
         for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
-                     "merge_containment", "merge_margin", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+                     "merge_containment", "merge_margin", "merge_same_appearance", "reid_min_similarity", "reid_w_position", "appearance_ema"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")
@@ -142,7 +149,7 @@ class TrackerConfig:
 def iou_only_baseline(**changes: Any) -> TrackerConfig:
     """The IoU-only linker (no flow, no KL, no splits/merges/re-id): the DEVA/Cellpose-style
     baseline the benchmark compares against."""
-    base = dict(use_flow=False, w_kl=0.0, w_iou=1.0, handle_splits=False, handle_merges=False,
+    base = dict(use_flow=False, w_kl=0.0, w_iou=1.0, handle_splits=False, handle_merges=False, prefer_older_on_merge=False,
                 reid=False, hist_bins=0, min_iou=0.1, max_cost=0.9)
     base.update(changes)
     return TrackerConfig(**base)

@@ -35,6 +35,9 @@ from .proposals import grid_hw, segmentation_from_labels
 from .tracks import TrackRegistry
 from .types import TrackedFrame
 
+#: the remembered (EMA) look must fit a split piece by this much more than the current look
+SPLIT_MEMORY_MARGIN = 0.2
+
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter"]
 
 
@@ -297,11 +300,18 @@ class VideoSegmenter:
         seg_track[asg.cols] = A[asg.rows]
         taken = set(int(x) for x in A[asg.rows])
 
+        # 2a. two tracks that look alike fused into one segment (a fragment made a new id when
+        # the object split, and the object is whole again): the OLDER id keeps the segment,
+        # whichever the assignment picked, so a transient fragment never takes over an object
+        if cfg.prefer_older_on_merge and T and len(asg.rows):
+            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken)
+
         # 2b. a track matched to a segment that is mostly something else (the segment swallowed
         # it: a merge): the track keeps only its warped pixels (carved below); the rest of the
         # segment goes to the track that covered it best, or to a new track
         carve: dict[int, list[int]] = {}
         pair_hist = None
+        inter_raw = None  # overlaps of the warp WITHOUT the fb mask (containment tests), lazily
         if cfg.handle_merges and T:
             for r_, j in zip(asg.rows.tolist(), asg.cols.tolist()):
                 tid = int(A[r_])
@@ -337,17 +347,23 @@ class VideoSegmenter:
             for j in np.flatnonzero(seg_track == 0):
                 if area_s[j] == 0:
                     continue
-                t = int(np.argmax(inter[:, j]))
-                if inter[t, j] < cfg.split_containment * area_s[j]:
+                if inter_raw is None:
+                    inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
+                t = int(np.argmax(inter_raw[:, j]))
+                if inter_raw[t, j] < cfg.split_containment * area_s[j]:
                     continue
                 tid = int(A[t])
                 if cfg.split_min_appearance > 0 and hists is not None:
                     # compare with the segment(s) the track took in this frame (its current
-                    # look), else with its remembered histogram; a background piece that a
-                    # merge once glued to an object must not stay glued to it
+                    # look) and with its remembered histogram: a piece of a textured object
+                    # may differ in colour from the other piece but still fit the whole
+                    # object's look; a background piece fits neither
                     own = np.flatnonzero(seg_track == tid)
-                    ref = hists[own].mean(0) if len(own) else reg[tid].hist
-                    if ref is not None and float(bhattacharyya(hists[j:j + 1], ref[None])[0, 0]) < cfg.split_min_appearance:
+                    now = hists[own].mean(0) if len(own) else None
+                    hist = reg[tid].hist
+                    b_now = float(bhattacharyya(hists[j:j + 1], now[None])[0, 0]) if now is not None else -1.0
+                    b_mem = float(bhattacharyya(hists[j:j + 1], hist[None])[0, 0]) if hist is not None else -1.0
+                    if max(b_now, b_mem - SPLIT_MEMORY_MARGIN) < cfg.split_min_appearance and (now is not None or hist is not None):
                         continue
                 seg_track[j] = tid
                 taken.add(tid)
@@ -447,6 +463,60 @@ class VideoSegmenter:
         if carve:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut)
+
+    @staticmethod
+    def _raw_overlap(prev: "np.ndarray | None", bwd: "np.ndarray | None", valid: "np.ndarray | None",
+                     row_of: np.ndarray, T: int, seg_w: np.ndarray, K: int, inter: np.ndarray) -> np.ndarray:
+        """Overlaps ``(T, K)`` of the previous ids warped without the forward-backward mask.
+
+        The check rejects every pixel it cannot confirm (fast motion, blur, thin objects),
+        which leaves a track's warped mask too small to contain the pieces of a split; where
+        a pixel goes is still the flow's best guess, good enough for containment tests.
+        """
+        if prev is None or bwd is None or valid is None:
+            return inter
+        raw = warp_labels(prev, bwd, None, fill=0)
+        rows = np.take(row_of, np.minimum(raw, len(row_of) - 1))
+        rows[raw >= len(row_of)] = -1
+        return overlap_matrix(rows, T, seg_w, K)
+
+    def _prefer_older(self, reg: TrackRegistry, A: np.ndarray, asg: Any, inter: np.ndarray, area_t: np.ndarray,
+                      area_s: np.ndarray, seg_track: np.ndarray, taken: set) -> None:
+        """Hand a matched segment to an older, unmatched, look-alike track mostly inside it.
+
+        Args:
+            A: int ``(T,)`` track ids of the warped rows; ``inter`` int ``(T, K)`` overlaps;
+            area_t ``(T,)`` warped track areas; area_s ``(K,)`` segment areas.
+            seg_track: int64 ``(K,)`` track id per segment (0 = none); updated in place.
+            taken: ids already owning a segment; updated in place.
+        """
+        cfg = self.config
+        matched = np.zeros(len(A), bool)
+        matched[asg.rows] = True
+        for r_, j in zip(asg.rows.tolist(), asg.cols.tolist()):
+            tid = int(A[r_])
+            young = reg[tid]
+            # unmatched rows mostly inside segment j and covering a good part of it
+            cand = np.flatnonzero(~matched & (inter[:, j] >= cfg.merge_containment * np.maximum(area_t, 1))
+                                  & (inter[:, j] >= 0.2 * area_s[j]))
+            best = None
+            for o in cand.tolist():
+                old = reg[int(A[o])]
+                if int(A[o]) in taken or old.first_frame >= young.first_frame:
+                    continue
+                if young.hist is not None and old.hist is not None:
+                    if float(bhattacharyya(young.hist[None], old.hist[None])[0, 0]) < cfg.merge_same_appearance:
+                        continue  # two different-looking objects: an occlusion, not a fragment
+                if best is None or old.first_frame < reg[int(A[best])].first_frame:
+                    best = o
+            if best is not None:
+                oid = int(A[best])
+                seg_track[j] = oid
+                taken.discard(tid)
+                taken.add(oid)
+                matched[best] = True
+                matched[r_] = False
+                asg.rows[asg.rows == r_] = best
 
     def _pair_histograms(self, small: np.ndarray, rows: np.ndarray, seg_w: np.ndarray, T: int, K: int) -> np.ndarray:
         """Colour histogram counts of every (warped track row, segment) region: ``(T*K, bins**3)``."""
