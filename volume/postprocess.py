@@ -293,8 +293,8 @@ def split_at_waists(labels: np.ndarray, axis: int = 0, ratio: float = 0.75, max_
     vol = np.moveaxis(labels, axis, 0)
     d = vol.shape[0]
     n = int(labels.max()) + 1
-    area = np.zeros((d, n), np.int64)
-    inter = np.zeros((max(d - 1, 0), n), np.int64)
+    area = np.zeros((d, n), np.int32)  # (slices x ids): int32 keeps it at 4 bytes a cell
+    inter = np.zeros((max(d - 1, 0), n), np.int32)
     prev = None
     for z in range(d):
         cur = np.asarray(vol[z])
@@ -304,7 +304,13 @@ def split_at_waists(labels: np.ndarray, axis: int = 0, ratio: float = 0.75, max_
             inter[z - 1] = np.bincount(cur[same], minlength=n)[:n]
         prev = cur
     area[:, 0] = 0
-    cuts = waist_cuts(area, inter, ratio, max_iou)
+    # Only labels on >= 5 slices (2 falling, the low, 2 rising) that reach 50 pixels can have
+    # a waist: the float work of `waist_cuts` runs on those columns only.
+    cols = np.flatnonzero(((area > 0).sum(0) >= 5) & (area.max(0) >= 50))
+    if cols.size == 0:
+        return 0
+    cuts = np.zeros(inter.shape, bool)
+    cuts[:, cols] = waist_cuts(area[:, cols], inter[:, cols], ratio, max_iou)
     if not cuts.any():
         return 0
     piece = np.vstack([np.zeros((1, n), np.int64), np.cumsum(cuts, axis=0)])  # (D, n) part index
