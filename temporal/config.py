@@ -23,6 +23,14 @@ class TrackerConfig:
         dis_preset: DIS preset, ``"ultrafast"``, ``"fast"`` or ``"medium"``.
         work_side: flow and matching run on frames resized so that the shorter side is this
             many pixels (0 = full resolution). Output labels stay at full resolution.
+        flow_fallback_preset: DIS preset (``"fast"``, ``"medium"``, or ``"none"``) the flow of a
+            frame pair is recomputed with when the forward-backward check rejected most of
+            a track (``flow_fallback_valid``): fast motion and blur defeat the cheap preset,
+            and a careful one costs ~5x only on those frames. Needs ``fb_check``.
+        flow_fallback_valid: a track whose confirmed warped area is below this fraction of
+            its previous area counts as lost by the flow.
+        flow_fallback_min_area: tracks smaller than this many work-resolution pixels do not
+            trigger the fallback (specks are often rejected whatever the flow).
         fb_check: forward-backward consistency check; inconsistent (occluded/unreliable)
             pixels do not vote for any track.
         fb_abs: absolute tolerance of the check, pixels at work resolution.
@@ -76,6 +84,9 @@ class TrackerConfig:
     flow_backend: Literal["dis", "farneback"] = "dis"
     dis_preset: Literal["ultrafast", "fast", "medium"] = "ultrafast"
     work_side: int = 240
+    flow_fallback_preset: Literal["none", "ultrafast", "fast", "medium"] = "medium"
+    flow_fallback_valid: float = 0.5
+    flow_fallback_min_area: int = 64
     fb_check: bool = True
     fb_abs: float = 1.0
     fb_rel: float = 0.05
@@ -110,7 +121,9 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         look_up_option(self.flow_backend, FLOW_BACKENDS, "flow backend")
         look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
-        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age"):
+        look_up_option(self.flow_fallback_preset, ("none",) + DIS_PRESETS, "flow fallback preset")
+        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age",
+                     "flow_fallback_min_area"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
         if int(self.keyframe_every) < 1:
@@ -125,7 +138,7 @@ class TrackerConfig:
         if not float(self.kl_tau) > 0:
             raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
         for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
-                     "merge_containment", "merge_margin", "merge_same_appearance", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+                     "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "reid_min_similarity", "reid_w_position", "appearance_ema"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")

@@ -103,6 +103,9 @@ class VideoSegmenter:
         self.segmenter = segmenter
         self.config = config
         self.flow = make_flow_estimator(config.flow_backend, config.dis_preset) if config.use_flow else None
+        fb = config.flow_fallback_preset
+        self.flow_fallback = (make_flow_estimator("dis", fb) if config.use_flow and config.fb_check and fb != "none"
+                              and not (config.flow_backend == "dis" and fb == config.dis_preset) else None)
 
     # ------------------------------------------------------------------ public API
     def init_state(self, id_offset: "int | None" = None) -> VideoState:
@@ -236,14 +239,27 @@ class VideoSegmenter:
         small = rgb if (h, w) == rgb.shape[:2] else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
         return small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
 
-    def _flows(self, state: VideoState, gray: np.ndarray) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    def _flow_failed(self, prev: np.ndarray, warped: np.ndarray) -> bool:
+        """Whether the forward-backward check rejected most of some track that was big enough
+        to matter (its confirmed warped area < ``flow_fallback_valid`` x its previous area)."""
+        cfg = self.config
+        n = int(prev.max()) + 1
+        before = np.bincount(prev.ravel(), minlength=n)
+        after = np.bincount(warped.ravel(), minlength=n)[:n]
+        big = before >= max(cfg.flow_fallback_min_area, 1)
+        big[0] = False
+        return bool(np.any(after[big] < cfg.flow_fallback_valid * before[big]))
+
+    def _flows(self, state: VideoState, gray: np.ndarray,
+               flow: "Any | None" = None) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         """(backward flow cur->prev, validity) at work resolution, or (None, None)."""
-        if self.flow is None or state.prev_gray is None or gray is None:
+        flow = self.flow if flow is None else flow
+        if flow is None or state.prev_gray is None or gray is None:
             return None, None
-        bwd = self.flow(gray, state.prev_gray)
+        bwd = flow(gray, state.prev_gray)
         valid = None
         if self.config.fb_check:
-            fwd = self.flow(state.prev_gray, gray)
+            fwd = flow(state.prev_gray, gray)
             valid = forward_backward_check(bwd, fwd, self.config.fb_abs, self.config.fb_rel)
         return bwd, valid
 
@@ -271,6 +287,10 @@ class VideoSegmenter:
             warped = np.zeros_like(seg_w)
         elif bwd is not None:
             warped = warp_labels(prev, bwd, valid, fill=0)
+            if self.flow_fallback is not None and valid is not None and self._flow_failed(prev, warped):
+                # the cheap flow lost an object (fast motion, blur): redo this pair carefully
+                bwd, valid = self._flows(state, gray, self.flow_fallback)
+                warped = warp_labels(prev, bwd, valid, fill=0)
         else:
             warped = prev
         A = np.flatnonzero(np.bincount(warped.ravel()))  # O(n) unique of the warped ids
