@@ -6,7 +6,7 @@ Public API:
     volume.types: Volume, VolumeLabels, VolumeConfig, LinkConfig, VolumeResult, LabelInfo
     volume.io: read_volume, read_label_volume, write_labels
     volume.stacking: SliceLinker (slice index = time index, reuses temporal.matching), iou_stitch
-    volume.postprocess: remove_fragments, relabel_consecutive, label_stats
+    volume.postprocess: remove_fragments, relabel_consecutive, label_stats, split_at_waists, waist_cuts
     volume.fusion: fuse_majority (--axes all)
     volume.evaluate: volume_dice (3D Dice after Hungarian matching, per-slice oracle)
 
