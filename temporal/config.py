@@ -85,7 +85,7 @@ class TrackerConfig:
     dis_preset: Literal["ultrafast", "fast", "medium"] = "ultrafast"
     work_side: int = 240
     flow_fallback_preset: Literal["none", "ultrafast", "fast", "medium"] = "medium"
-    flow_fallback_valid: float = 0.5
+    flow_fallback_valid: float = 0.7
     flow_fallback_min_area: int = 64
     fb_check: bool = True
     fb_abs: float = 1.0

@@ -337,6 +337,9 @@ class VideoSegmenter:
                 tid = int(A[r_])
                 tr = reg[tid]
                 other_cov = int(inter[:, j].sum() - inter[r_, j])  # pixels other tracks vouch for
+                if cfg.prefer_older_on_merge:  # pieces born of this track (or its parent) are family
+                    fam = [o for o in range(T) if o != r_ and (reg[int(A[o])].parent == tid or tr.parent == int(A[o]))]
+                    other_cov -= int(inter[fam, j].sum()) if fam else 0
                 if not (inter[r_, j] >= cfg.merge_containment * area_t[r_] and other_cov >= 0.5 * area_s[j]
                         and idx - tr.first_frame >= cfg.merge_min_age and tr.carved < cfg.max_carved):
                     continue
@@ -412,6 +415,8 @@ class VideoSegmenter:
                 j = int(np.argmax(inter[t]))
                 if seg_track[j] == 0 or inter[t, j] < cfg.merge_containment * area_t[t]:
                     continue
+                if cfg.prefer_older_on_merge and tr.parent and tr.parent == int(seg_track[j]):
+                    continue  # a piece of the object that took the segment: it is whole again
                 if small is not None and cfg.hist_bins and tr.hist is not None:
                     # the carved region must look like its own track more than like the
                     # track that swallowed it (else the object left or is occluded)
@@ -428,10 +433,18 @@ class VideoSegmenter:
                 carve.setdefault(j, []).append(tid)
                 taken.add(tid)
 
-        # 6. new tracks
+        # 6. new tracks; one born inside a track's predicted mask remembers it as its parent
+        # (a piece of that object, unless it proves otherwise), see `_prefer_older`
         for j in np.flatnonzero(seg_track == 0):
             if area_s[j] >= cfg.min_segment_area and (area_s[j] > 0 or cfg.min_segment_area == 0):
-                seg_track[j] = reg.new(idx).id
+                tr = reg.new(idx)
+                seg_track[j] = tr.id
+                if cfg.prefer_older_on_merge and T and area_s[j] > 0:
+                    if inter_raw is None:
+                        inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
+                    t = int(np.argmax(inter_raw[:, j]))
+                    if inter_raw[t, j] >= cfg.split_containment * area_s[j] and int(A[t]) in taken:
+                        tr.parent = int(A[t])
 
         # outputs
         lut = seg_track.astype(np.int32)
@@ -446,8 +459,12 @@ class VideoSegmenter:
             table = np.zeros((K, len(tids)), bool)
             for j, v in carve.items():
                 table[j, np.searchsorted(tids, v)] = True
-            ys, xs = np.nonzero(keep[seg_w] & (warped > 0))
-            wt = warped[ys, xs]
+            # carve along the warp WITHOUT the fb mask: pixels the check could not confirm
+            # still go to the track the flow moved them from (else a carved object keeps only
+            # its confirmed part and the rest leaks to the segment's owner)
+            src = warp_labels(prev, bwd, None, fill=0) if (prev is not None and bwd is not None and valid is not None) else warped
+            ys, xs = np.nonzero(keep[seg_w] & (src > 0))
+            wt = src[ys, xs]
             ti = np.minimum(np.searchsorted(tids, wt), len(tids) - 1)
             ok = (tids[ti] == wt) & table[seg_w[ys, xs], ti]
             override = np.zeros_like(out_w)
@@ -524,7 +541,9 @@ class VideoSegmenter:
                 old = reg[int(A[o])]
                 if int(A[o]) in taken or old.first_frame >= young.first_frame:
                     continue
-                if young.hist is not None and old.hist is not None:
+                if young.parent == old.id:
+                    pass  # the young track was born as a piece of this one
+                elif young.hist is not None and old.hist is not None:
                     if float(bhattacharyya(young.hist[None], old.hist[None])[0, 0]) < cfg.merge_same_appearance:
                         continue  # two different-looking objects: an occlusion, not a fragment
                 if best is None or old.first_frame < reg[int(A[best])].first_frame:

@@ -25,6 +25,8 @@ class Track:
         area: work-resolution pixels when last seen.
         missed: consecutive frames it has been absent.
         carved: consecutive keyframes it survived only by carving a merged segment.
+        parent: id of the track whose predicted (warped) mask contained the segment this
+            track was born from (a split piece the split test refused), else 0.
     """
 
     id: int
@@ -36,6 +38,7 @@ class Track:
     area: int = 0
     missed: int = 0
     carved: int = 0
+    parent: int = 0
 
 
 class TrackRegistry:
