@@ -28,7 +28,7 @@ def _link_without_images(maps, **cfg):
                            hist_bins=0, **cfg)
     vs = VideoSegmenter(None, config)
     st = vs.init_state()
-    return [vs.step(st, None, segmentation_from_labels(m, 16)) for m in maps]
+    return [vs.step(st, None, segmentation_from_labels(m, 16)) for m in maps], st
 
 
 @pytest.mark.parametrize("prefer", [True, False])
@@ -38,13 +38,15 @@ def test_older_track_keeps_an_object_that_is_whole_again(prefer):
     # frame 6 whole again: B overlaps it more (IoU 0.6 vs 0.4), so the plain assignment hands
     # the object to the fragment's id
     maps = [_square()] * 4 + [_square(28), _square(32)] + [_square()] * 3
-    out = _link_without_images(maps, prefer_older_on_merge=prefer)
+    out, st = _link_without_images(maps, prefer_older_on_merge=prefer)
     a = int(out[0].labels[30, 30])
     b = int(out[4].labels[30, 22])
     assert a >= 1 and b >= 1 and a != b and int(out[4].labels[30, 35]) == a
     assert int(out[5].labels[30, 22]) == b and int(out[5].labels[30, 36]) == a
     owner = {int(v) for f in out[6:] for v in np.unique(f.labels[20:40, 20:40])}
     assert owner == ({a} if prefer else {b})
+    # the piece was born inside A's mask: A is its parent (recorded only with the option on)
+    assert st.registry[b].parent == (a if prefer else 0)
 
 
 def test_prefer_older_leaves_different_looking_objects_alone(rng):
