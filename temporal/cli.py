@@ -20,6 +20,9 @@ def add_tracker_args(p: argparse.ArgumentParser) -> None:
                    help="optical flow backend; none = IoU of unwarped masks [%(default)s]")
     t.add_argument("--dis-preset", default="ultrafast", choices=("ultrafast", "fast", "medium"),
                    help="DIS flow preset [%(default)s]")
+    t.add_argument("--flow-fallback", default="medium", choices=("none", "ultrafast", "fast", "medium"),
+                   help="DIS preset a frame pair's flow is redone with when the forward-backward check "
+                        "confirms < 70%% of some track (fast motion, blur); none = never [%(default)s]")
     t.add_argument("--work-side", type=int, default=240,
                    help="shorter side (px) of the resolution flow and matching run at; 0 = full [%(default)s]")
     t.add_argument("--w-iou", type=float, default=1.0, help="weight of mask IoU in the cost [%(default)s]")
@@ -50,7 +53,7 @@ def tracker_config_from_args(args: argparse.Namespace):
                                      work_side=args.work_side, id_offset=args.id_offset)
         return TrackerConfig(
             use_flow=args.flow != "none", flow_backend=args.flow if args.flow != "none" else "dis",
-            dis_preset=args.dis_preset, work_side=args.work_side, w_iou=args.w_iou, w_kl=args.w_kl,
+            dis_preset=args.dis_preset, flow_fallback_preset=args.flow_fallback, work_side=args.work_side, w_iou=args.w_iou, w_kl=args.w_kl,
             min_iou=args.min_iou, max_cost=args.max_cost, max_missed=args.max_missed, reid=not args.no_reid,
             handle_splits=not args.no_splits, handle_merges=not args.no_merges,
             keyframe_every=args.keyframe_every, id_offset=args.id_offset)

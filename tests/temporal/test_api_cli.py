@@ -232,3 +232,11 @@ def test_real_davis_sequence_with_gt_segments(tmp_path):
     for s, gt in zip(stems, gts):  # the GT masks are the segments: the dog's track is the mask
         lab = read_labels(res.labels_dir / f"{s}.png")
         np.testing.assert_array_equal(lab == ids[0][1], gt == 1)
+
+
+def test_flow_fallback_option_reaches_the_tracker(tmp_path, capsys):
+    _, fdir, sdir, _ = write_scene(tmp_path, n=3)
+    for opt, want in ((["--flow-fallback", "none"], "none"), ([], "medium")):
+        out = tmp_path / f"out_{want}"
+        assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--no-overlay", *opt]) == 0
+        assert json.loads((out / "tracks.json").read_text())["tracker"]["flow_fallback_preset"] == want
