@@ -3,9 +3,11 @@
 Per frame (keyframe):
 1. dense flow current -> previous (and back, for the forward-backward check) at work
    resolution; the previous frame's track-id map and the tracks' proposal maps are warped
-   into the current frame (unreliable pixels vote for nobody);
+   into the current frame (unreliable pixels vote for nobody); when the check rejects most
+   of a track, the pair is recomputed with a careful DIS preset (flow fallback);
 2. cost(track, segment) = weighted ``1 - IoU(warped mask, segment)`` and
-   ``1 - exp(-sKL(warped proposal, segment proposal) / tau)``; Hungarian with gating;
+   ``1 - exp(-sKL(warped proposal, segment proposal) / tau)``; Hungarian with gating; when
+   a segment covers an older look-alike (or parent) track too, the older one keeps it;
 3. unmatched segments are compared with remembered (lost) tracks by appearance (proposal
    KL, colour histogram) and last position: re-identification;
 4. splits: an unmatched segment lying inside a track's warped mask joins it; merges: a
