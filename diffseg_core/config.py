@@ -12,7 +12,10 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES_HINT = "auto, cpu, cuda, cuda:N"
 
 
-class _DictMixin:
+class ConfigDict:
+    """``to_dict``/``from_dict`` for frozen config dataclasses (tuples become lists; unknown
+    keys are refused with the list of valid ones)."""
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)  # type: ignore[arg-type]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
@@ -29,7 +32,7 @@ class _DictMixin:
 
 
 @dataclass(frozen=True)
-class MergeConfig(_DictMixin):
+class MergeConfig(ConfigDict):
     """The post-UNet algorithm: iterative KL merging, NMS and optional K-means refinement.
 
     Attributes:
@@ -64,7 +67,7 @@ class MergeConfig(_DictMixin):
 
 
 @dataclass(frozen=True)
-class CaptureConfig(_DictMixin):
+class CaptureConfig(ConfigDict):
     """How self-attention is captured from the UNet.
 
     Attributes:
@@ -83,7 +86,7 @@ class CaptureConfig(_DictMixin):
 
 
 @dataclass(frozen=True)
-class SegmenterConfig(_DictMixin):
+class SegmenterConfig(ConfigDict):
     """Everything `DiffSegSegmenter` needs: model, input size, UNet pass and merging.
 
     Attributes:

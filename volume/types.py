@@ -1,13 +1,13 @@
 """Data types of the `volume` package: volumes, label volumes, configs and results."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from diffseg_core.config import ConfigDict
 from diffseg_core.errors import InputError, look_up_option
 
 #: CT window presets in Hounsfield units: name -> (level, width).
@@ -108,20 +108,6 @@ class VolumeLabels:
             raise ValueError(f"VolumeLabels.labels must be (D, H, W); got shape {self.labels.shape}")
 
 
-class _DictMixin:
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)  # type: ignore[arg-type]
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"unknown {cls.__name__} option(s) {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
-
-
 def parse_axis(axis: "int | str | None") -> "int | None":
     """``None``/``"auto"`` -> None; ``"z"/"y"/"x"`` or ``0/1/2`` (also as text) -> int."""
     if axis is None or axis == "auto":
@@ -154,7 +140,7 @@ def parse_window(text: str) -> "str | tuple[float, float]":
 
 
 @dataclass(frozen=True)
-class LinkConfig(_DictMixin):
+class LinkConfig(ConfigDict):
     """How slice segmentations are linked into 3D labels (slice index = time index).
 
     Attributes:
@@ -240,7 +226,7 @@ class LinkConfig(_DictMixin):
 
 
 @dataclass(frozen=True)
-class VolumeConfig(_DictMixin):
+class VolumeConfig(ConfigDict):
     """Options of `segment_volume` / `stack_labels`.
 
     Attributes:
