@@ -57,6 +57,7 @@ class ComponentSegmenter:
         from scipy import ndimage
 
         from diffseg_core.types import Segmentation
+        from temporal.proposals import proposals_from_labels
 
         out = []
         for img in images:
@@ -76,12 +77,8 @@ class ComponentSegmenter:
             labels = remap[inv].reshape(labels.shape).astype(np.int32)
             _, labels = np.unique(labels, return_inverse=True)
             labels = labels.reshape(cls.shape).astype(np.int32)
-            k = int(labels.max()) + 1
             h, w = labels.shape
-            gh, gw = max(1, h // 8), max(1, w // 8)
-            small = cv2.resize(labels, (gw, gh), interpolation=cv2.INTER_NEAREST)
-            props = (small[None] == np.arange(k)[:, None, None]).astype(np.float32) + 1e-3
-            props /= props.sum(axis=(1, 2), keepdims=True)
+            props = proposals_from_labels(labels, side=max(1, min(h, w) // 8))
             out.append(Segmentation(labels=labels, proposals=props, image_hw=(h, w)))
         return out
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from diffseg_core.types import Segmentation
+from temporal.proposals import proposals_from_labels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,9 +39,9 @@ class FakeSegmenter:
     """Deterministic stand-in for `DiffSegSegmenter`: segments = colour classes.
 
     Each pixel gets the index of its dominant RGB channel (0, 1, 2) or 3 when dark; present
-    classes are relabelled 0..K-1. Proposals are the class masks pooled to a grid of side
-    ``size // 8`` and normalised. ``DIFFSEG_FAKE_DELAY`` seconds are slept per image (lets a
-    test kill a run in the middle).
+    classes are relabelled 0..K-1. Proposals are the class masks pooled to a grid with
+    ``min(H, W) // 8`` cells on the shorter side (`temporal.proposals.proposals_from_labels`).
+    ``DIFFSEG_FAKE_DELAY`` seconds are slept per image (lets a test kill a run in the middle).
     """
 
     def __init__(self, config=None) -> None:
@@ -60,12 +61,7 @@ class FakeSegmenter:
             present, labels = np.unique(cls, return_inverse=True)
             labels = labels.reshape(cls.shape).astype(np.int32)
             h, w = labels.shape
-            gh, gw = max(1, h // 8), max(1, w // 8)
-            ys = (np.arange(gh) * h // gh)[:, None]
-            xs = (np.arange(gw) * w // gw)[None, :]
-            small = labels[ys, xs]
-            props = (small[None] == np.arange(len(present))[:, None, None]).astype(np.float32) + 1e-3
-            props /= props.sum(axis=(1, 2), keepdims=True)
+            props = proposals_from_labels(labels, len(present), side=max(1, min(h, w) // 8))
             out.append(Segmentation(labels=labels, proposals=props, image_hw=(h, w)))
         return out
 
