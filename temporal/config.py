@@ -44,6 +44,11 @@ class TrackerConfig:
             warped mask (``split_containment``) joins that track (one track, several
             segments) when its colour looks alike (``split_min_appearance``).
         split_containment: fraction of the segment's area inside the track's warped mask.
+        split_gain_containment: a segment less contained than ``split_containment`` but with
+            at least this fraction inside the warped mask still joins the track when that
+            raises the IoU of the track's segments with its warped mask by
+            ``split_min_gain`` (0 turns this off).
+        split_min_gain: see ``split_gain_containment``.
         split_min_appearance: Bhattacharyya coefficient of colour histograms (0..1); 0 turns
             the appearance test off.
         handle_merges: a segment that swallows the warped mask of another (otherwise
@@ -98,6 +103,8 @@ class TrackerConfig:
     handle_splits: bool = True
     split_containment: float = 0.6
     split_min_appearance: float = 0.5
+    split_gain_containment: float = 0.3
+    split_min_gain: float = 0.05
     handle_merges: bool = True
     merge_containment: float = 0.6
     max_carved: int = 5
@@ -138,7 +145,7 @@ class TrackerConfig:
         if not float(self.kl_tau) > 0:
             raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
         for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
-                     "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+                     "split_gain_containment", "split_min_gain", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "reid_min_similarity", "reid_w_position", "appearance_ema"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")

@@ -375,9 +375,22 @@ class VideoSegmenter:
                 if inter_raw is None:
                     inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
                 t = int(np.argmax(inter_raw[:, j]))
-                if inter_raw[t, j] < cfg.split_containment * area_s[j]:
-                    continue
                 tid = int(A[t])
+                if inter_raw[t, j] < cfg.split_containment * area_s[j]:
+                    # not contained: still a piece when joining it makes the track's segments
+                    # fit its prediction better (IoU gain), e.g. a half that the warp of a
+                    # thin or fast object covers only partly
+                    own = np.flatnonzero(seg_track == tid)
+                    if (not len(own) or cfg.split_gain_containment <= 0
+                            or inter_raw[t, j] < cfg.split_gain_containment * area_s[j]):
+                        continue
+                    w_area = float(inter_raw[t].sum())
+                    i_s, s_area = float(inter_raw[t, own].sum()), float(area_s[own].sum())
+                    iou0 = i_s / max(w_area + s_area - i_s, 1.0)
+                    i_1, s_1 = i_s + float(inter_raw[t, j]), s_area + float(area_s[j])
+                    iou1 = i_1 / max(w_area + s_1 - i_1, 1.0)
+                    if iou1 < iou0 + cfg.split_min_gain:
+                        continue
                 if cfg.split_min_appearance > 0 and hists is not None:
                     # compare with the segment(s) the track took in this frame (its current
                     # look) and with its remembered histogram: a piece of a textured object
