@@ -67,6 +67,12 @@ class TrackerConfig:
             the older track keeps it, whichever the assignment picked.
         merge_same_appearance: colour similarity (Bhattacharyya, 0..1) two tracks need to
             count as look-alike for ``prefer_older_on_merge`` (ignored without images).
+        fragment_age: a track at most this many frames old that takes a segment also
+            covered by an older, unmatched track is presumed a fragment of a split: the older
+            track keeps the segment when ``fragment_containment`` of its warped mask (without
+            the forward-backward mask) lies inside it and the two look alike at the
+            ``split_min_appearance`` level (0 turns this off).
+        fragment_containment: see ``fragment_age``.
         max_missed: frames a track that disappeared is remembered for re-identification
             (occlusion); after that it is retired. Ids are never reused.
         reid: re-identify remembered tracks by appearance (proposal KL + colour histogram).
@@ -112,6 +118,8 @@ class TrackerConfig:
     merge_min_age: int = 3
     prefer_older_on_merge: bool = True
     merge_same_appearance: float = 0.7
+    fragment_age: int = 5
+    fragment_containment: float = 0.3
     max_missed: int = 30
     reid: bool = True
     reid_min_similarity: float = 0.55
@@ -129,7 +137,7 @@ class TrackerConfig:
         look_up_option(self.flow_backend, FLOW_BACKENDS, "flow backend")
         look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
         look_up_option(self.flow_fallback_preset, ("none",) + DIS_PRESETS, "flow fallback preset")
-        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age",
+        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age", "fragment_age",
                      "flow_fallback_min_area"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
@@ -145,7 +153,7 @@ class TrackerConfig:
         if not float(self.kl_tau) > 0:
             raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
         for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
-                     "split_gain_containment", "split_min_gain", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+                     "split_gain_containment", "split_min_gain", "fragment_containment", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "reid_min_similarity", "reid_w_position", "appearance_ema"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")

@@ -322,18 +322,20 @@ class VideoSegmenter:
         seg_track[asg.cols] = A[asg.rows]
         taken = set(int(x) for x in A[asg.rows])
 
+        inter_raw = None  # overlaps of the warp WITHOUT the fb mask (containment tests), lazily
         # 2a. two tracks that look alike fused into one segment (a fragment made a new id when
         # the object split, and the object is whole again): the OLDER id keeps the segment,
         # whichever the assignment picked, so a transient fragment never takes over an object
         if cfg.prefer_older_on_merge and T and len(asg.rows):
-            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken)
+            if inter_raw is None and prev is not None and bwd is not None and valid is not None and cfg.fragment_age > 0:
+                inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
+            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw)
 
         # 2b. a track matched to a segment that is mostly something else (the segment swallowed
         # it: a merge): the track keeps only its warped pixels (carved below); the rest of the
         # segment goes to the track that covered it best, or to a new track
         carve: dict[int, list[int]] = {}
         pair_hist = None
-        inter_raw = None  # overlaps of the warp WITHOUT the fb mask (containment tests), lazily
         if cfg.handle_merges and T:
             for r_, j in zip(asg.rows.tolist(), asg.cols.tolist()):
                 tid = int(A[r_])
@@ -533,7 +535,8 @@ class VideoSegmenter:
         return overlap_matrix(rows, T, seg_w, K)
 
     def _prefer_older(self, reg: TrackRegistry, A: np.ndarray, asg: Any, inter: np.ndarray, area_t: np.ndarray,
-                      area_s: np.ndarray, seg_track: np.ndarray, taken: set) -> None:
+                      area_s: np.ndarray, seg_track: np.ndarray, taken: set, idx: int = 0,
+                      inter_raw: "np.ndarray | None" = None) -> None:
         """Hand a matched segment to an older, unmatched, look-alike track mostly inside it.
 
         Args:
@@ -551,6 +554,13 @@ class VideoSegmenter:
             # unmatched rows mostly inside segment j and covering a good part of it
             cand = np.flatnonzero(~matched & (inter[:, j] >= cfg.merge_containment * np.maximum(area_t, 1))
                                   & (inter[:, j] >= 0.2 * area_s[j]))
+            fresh = cfg.fragment_age > 0 and idx - young.first_frame <= cfg.fragment_age
+            if fresh and inter_raw is not None:
+                # a track born a few frames ago is most likely a fragment of an object that
+                # split: an older track whose (unchecked) warp lies partly in the segment wins
+                raw_area = np.maximum(inter_raw.sum(1), 1)
+                cand = np.union1d(cand, np.flatnonzero(~matched & (inter_raw[:, j] >= cfg.fragment_containment * raw_area)
+                                                      & (raw_area >= 0.3 * area_s[j])))
             best = None
             for o in cand.tolist():
                 old = reg[int(A[o])]
@@ -559,7 +569,8 @@ class VideoSegmenter:
                 if young.parent == old.id:
                     pass  # the young track was born as a piece of this one
                 elif young.hist is not None and old.hist is not None:
-                    if float(bhattacharyya(young.hist[None], old.hist[None])[0, 0]) < cfg.merge_same_appearance:
+                    bar = cfg.split_min_appearance if fresh else cfg.merge_same_appearance
+                    if float(bhattacharyya(young.hist[None], old.hist[None])[0, 0]) < bar:
                         continue  # two different-looking objects: an occlusion, not a fragment
                 if best is None or old.first_frame < reg[int(A[best])].first_frame:
                     best = o
