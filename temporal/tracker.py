@@ -376,37 +376,10 @@ class VideoSegmenter:
                     continue
                 if inter_raw is None:
                     inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
-                t = int(np.argmax(inter_raw[:, j]))
-                tid = int(A[t])
-                if inter_raw[t, j] < cfg.split_containment * area_s[j]:
-                    # not contained: still a piece when joining it makes the track's segments
-                    # fit its prediction better (IoU gain), e.g. a half that the warp of a
-                    # thin or fast object covers only partly
-                    own = np.flatnonzero(seg_track == tid)
-                    if (not len(own) or cfg.split_gain_containment <= 0
-                            or inter_raw[t, j] < cfg.split_gain_containment * area_s[j]):
-                        continue
-                    w_area = float(inter_raw[t].sum())
-                    i_s, s_area = float(inter_raw[t, own].sum()), float(area_s[own].sum())
-                    iou0 = i_s / max(w_area + s_area - i_s, 1.0)
-                    i_1, s_1 = i_s + float(inter_raw[t, j]), s_area + float(area_s[j])
-                    iou1 = i_1 / max(w_area + s_1 - i_1, 1.0)
-                    if iou1 < iou0 + cfg.split_min_gain:
-                        continue
-                if cfg.split_min_appearance > 0 and hists is not None:
-                    # compare with the segment(s) the track took in this frame (its current
-                    # look) and with its remembered histogram: a piece of a textured object
-                    # may differ in colour from the other piece but still fit the whole
-                    # object's look; a background piece fits neither
-                    own = np.flatnonzero(seg_track == tid)
-                    now = hists[own].mean(0) if len(own) else None
-                    hist = reg[tid].hist
-                    b_now = float(bhattacharyya(hists[j:j + 1], now[None])[0, 0]) if now is not None else -1.0
-                    b_mem = float(bhattacharyya(hists[j:j + 1], hist[None])[0, 0]) if hist is not None else -1.0
-                    if max(b_now, b_mem - SPLIT_MEMORY_MARGIN) < cfg.split_min_appearance and (now is not None or hist is not None):
-                        continue
-                seg_track[j] = tid
-                taken.add(tid)
+                tid = self._split_owner(reg, A, inter_raw, area_s, seg_track, hists, j)
+                if tid:
+                    seg_track[j] = tid
+                    taken.add(tid)
 
         # 4. re-identification of remembered tracks (lost ones, and present ones left unmatched)
         un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
@@ -517,6 +490,48 @@ class VideoSegmenter:
         if carve:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut)
+
+    def _split_owner(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray,
+                     seg_track: np.ndarray, hists: "np.ndarray | None", j: int) -> int:
+        """The track an unmatched segment ``j`` is a split piece of, or 0.
+
+        Candidates, most overlapping first: tracks whose warped mask (without the
+        forward-backward mask, ``inter_raw`` ``(T, K)``) contains ``split_containment`` of the
+        segment, or at least ``split_gain_containment`` of it when adding the segment to the
+        segments the track already took raises their IoU with the warped mask by
+        ``split_min_gain`` (a half that the warp of a thin or fast object covers only
+        partly). The piece must also look like the track (colour), see below.
+        """
+        cfg = self.config
+        a_j = float(area_s[j])
+        lo = min(cfg.split_containment, cfg.split_gain_containment) if cfg.split_gain_containment > 0 else cfg.split_containment
+        cands = np.flatnonzero(inter_raw[:, j] >= lo * a_j)
+        for t in cands[np.argsort(-inter_raw[cands, j], kind="stable")].tolist():
+            tid = int(A[t])
+            own = np.flatnonzero(seg_track == tid)
+            if inter_raw[t, j] < cfg.split_containment * a_j:
+                if not len(own):
+                    continue
+                w_area = float(inter_raw[t].sum())
+                i_s, s_area = float(inter_raw[t, own].sum()), float(area_s[own].sum())
+                iou0 = i_s / max(w_area + s_area - i_s, 1.0)
+                i_1, s_1 = i_s + float(inter_raw[t, j]), s_area + a_j
+                if i_1 / max(w_area + s_1 - i_1, 1.0) < iou0 + cfg.split_min_gain:
+                    continue
+            if cfg.split_min_appearance > 0 and hists is not None:
+                # compare with the segment(s) the track took in this frame (its current look)
+                # and with its remembered histogram: a piece of a textured object may differ in
+                # colour from the other piece but still fit the whole object's look; a
+                # background piece fits neither
+                now = hists[own].mean(0) if len(own) else None
+                hist = reg[tid].hist
+                if now is not None or hist is not None:
+                    b_now = float(bhattacharyya(hists[j:j + 1], now[None])[0, 0]) if now is not None else -1.0
+                    b_mem = float(bhattacharyya(hists[j:j + 1], hist[None])[0, 0]) if hist is not None else -1.0
+                    if max(b_now, b_mem - SPLIT_MEMORY_MARGIN) < cfg.split_min_appearance:
+                        continue
+            return tid
+        return 0
 
     @staticmethod
     def _raw_overlap(prev: "np.ndarray | None", bwd: "np.ndarray | None", valid: "np.ndarray | None",
