@@ -591,6 +591,7 @@ class VideoSegmenter:
                     best = o
             if best is not None:
                 oid = int(A[best])
+                young.parent = oid  # from now on a piece of the older track (merge tests below)
                 seg_track[j] = oid
                 taken.discard(tid)
                 taken.add(oid)
