@@ -342,7 +342,7 @@ class VideoSegmenter:
                 tr = reg[tid]
                 other_cov = int(inter[:, j].sum() - inter[r_, j])  # pixels other tracks vouch for
                 if cfg.prefer_older_on_merge:  # pieces born of this track (or its parent) are family
-                    fam = [o for o in range(T) if o != r_ and (reg[int(A[o])].parent == tid or tr.parent == int(A[o]))]
+                    fam = [o for o in range(T) if o != r_ and reg[int(A[o])].parent == tid]
                     other_cov -= int(inter[fam, j].sum()) if fam else 0
                 if not (inter[r_, j] >= cfg.merge_containment * area_t[r_] and other_cov >= 0.5 * area_s[j]
                         and idx - tr.first_frame >= cfg.merge_min_age and tr.carved < cfg.max_carved):
