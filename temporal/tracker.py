@@ -64,6 +64,8 @@ class VideoState:
         prev_full: int32 ``(H, W)`` previous track ids at full resolution (kept only in
             keyframe mode, for propagation).
         recent: the last few segmentations (``deque(maxlen=2)``).
+        first_frame: index of the first frame stepped (tracks born there are whole objects,
+            not pieces split off).
     """
 
     registry: TrackRegistry
@@ -74,6 +76,7 @@ class VideoState:
     prev_labels: Optional[np.ndarray] = None
     prev_full: Optional[np.ndarray] = None
     recent: deque = field(default_factory=lambda: deque(maxlen=2))
+    first_frame: Optional[int] = None
 
 
 def _as_rgb(frame: Any) -> np.ndarray:
@@ -136,6 +139,8 @@ class VideoSegmenter:
             `TrackedFrame` with int32 full-resolution track ids.
         """
         idx = state.n_seen if frame_index is None else int(frame_index)
+        if state.first_frame is None:
+            state.first_frame = idx
         rgb = None if frame is None else _as_rgb(frame)
         key = self.is_keyframe(state)
         if segmentation is None:
@@ -345,7 +350,7 @@ class VideoSegmenter:
                     fam = [o for o in range(T) if o != r_ and reg[int(A[o])].parent == tid]
                     other_cov -= int(inter[fam, j].sum()) if fam else 0
                 if not (inter[r_, j] >= cfg.merge_containment * area_t[r_] and other_cov >= 0.5 * area_s[j]
-                        and idx - tr.first_frame >= cfg.merge_min_age and tr.carved < cfg.max_carved):
+                        and self._old_enough(state, tr, idx) and tr.carved < cfg.max_carved):
                     continue
                 if small is not None and cfg.hist_bins and tr.hist is not None:
                     if pair_hist is None:
@@ -400,7 +405,7 @@ class VideoSegmenter:
                 tid = int(A[t])
                 tr = reg[tid]
                 if (tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved
-                        or idx - tr.first_frame < cfg.merge_min_age):
+                        or not self._old_enough(state, tr, idx)):
                     continue
                 j = int(np.argmax(inter[t]))
                 if seg_track[j] == 0 or inter[t, j] < cfg.merge_containment * area_t[t]:
@@ -490,6 +495,11 @@ class VideoSegmenter:
         if carve:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut)
+
+    def _old_enough(self, state: VideoState, tr: Any, idx: int) -> bool:
+        """Whether a track may be carved out of a segment that swallowed it: at least
+        ``merge_min_age`` frames old, or born on the first frame (not a piece split off)."""
+        return idx - tr.first_frame >= self.config.merge_min_age or tr.first_frame == state.first_frame
 
     def _split_owner(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray,
                      seg_track: np.ndarray, hists: "np.ndarray | None", j: int) -> int:
