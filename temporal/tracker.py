@@ -350,7 +350,11 @@ class VideoSegmenter:
                     fam = [o for o in range(T) if o != r_ and reg[int(A[o])].parent == tid]
                     other_cov -= int(inter[fam, j].sum()) if fam else 0
                 if not (inter[r_, j] >= cfg.merge_containment * area_t[r_] and other_cov >= 0.5 * area_s[j]
-                        and self._old_enough(state, tr, idx) and tr.carved < cfg.max_carved):
+                        and tr.carved < cfg.max_carved):
+                    continue
+                cov = inter[:, j].copy()
+                cov[r_] = -1
+                if not self._old_enough(state, tr, idx, int(A[int(np.argmax(cov))])):
                     continue
                 if small is not None and cfg.hist_bins and tr.hist is not None:
                     if pair_hist is None:
@@ -404,11 +408,12 @@ class VideoSegmenter:
             for t in range(T):
                 tid = int(A[t])
                 tr = reg[tid]
-                if (tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved
-                        or not self._old_enough(state, tr, idx)):
+                if tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved:
                     continue
                 j = int(np.argmax(inter[t]))
                 if seg_track[j] == 0 or inter[t, j] < cfg.merge_containment * area_t[t]:
+                    continue
+                if not self._old_enough(state, tr, idx, int(seg_track[j])):
                     continue
                 if cfg.prefer_older_on_merge and tr.parent and tr.parent == int(seg_track[j]):
                     continue  # a piece of the object that took the segment: it is whole again
@@ -496,10 +501,21 @@ class VideoSegmenter:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut)
 
-    def _old_enough(self, state: VideoState, tr: Any, idx: int) -> bool:
-        """Whether a track may be carved out of a segment that swallowed it: at least
-        ``merge_min_age`` frames old, or born on the first frame (not a piece split off)."""
-        return idx - tr.first_frame >= self.config.merge_min_age or tr.first_frame == state.first_frame
+    def _old_enough(self, state: VideoState, tr: Any, idx: int, other: int) -> bool:
+        """Whether track ``tr`` may be carved out of a segment that swallowed it (mostly track
+        ``other``): it is at least ``merge_min_age`` frames old, or it was born on the first
+        frame (so it is not a piece split off later) and looks unlike ``other`` (two halves
+        of one object that both started on the first frame may be whole again)."""
+        cfg = self.config
+        if idx - tr.first_frame >= cfg.merge_min_age:
+            return True
+        if tr.first_frame != state.first_frame:
+            return False
+        reg = state.registry
+        oh = reg[other].hist if other in reg else None
+        if tr.hist is None or oh is None:
+            return True
+        return float(bhattacharyya(tr.hist[None], oh[None])[0, 0]) < cfg.merge_same_appearance
 
     def _split_owner(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray,
                      seg_track: np.ndarray, hists: "np.ndarray | None", j: int) -> int:
