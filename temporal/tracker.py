@@ -334,7 +334,8 @@ class VideoSegmenter:
         if cfg.prefer_older_on_merge and T and len(asg.rows):
             if inter_raw is None and prev is not None and bwd is not None and valid is not None and cfg.fragment_age > 0:
                 inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
-            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw)
+            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx,
+                               inter if inter_raw is None else inter_raw)
 
         # 2b. a track matched to a segment that is mostly something else (the segment swallowed
         # it: a merge): the track keeps only its warped pixels (carved below); the rest of the

@@ -10,7 +10,7 @@ from temporal.flow import make_flow_estimator
 from temporal.proposals import segmentation_from_labels
 from temporal.tracker import VideoSegmenter
 
-from .conftest import Scene, seg_from_gt
+from .conftest import Scene, seg_from_gt, texture
 
 
 def _square(split_col: int = 0) -> np.ndarray:
@@ -131,3 +131,92 @@ def test_flow_fallback_config_is_validated():
         TrackerConfig(flow_fallback_valid=1.5)
     assert VideoSegmenter(None, TrackerConfig(dis_preset="medium")).flow_fallback is None
     assert VideoSegmenter(None, TrackerConfig(fb_check=False)).flow_fallback is None
+
+
+def _link_maps(maps, **cfg):
+    """Link label maps without flow (the prediction of a track is its last mask), with
+    split and merge handling on; images: a red textured object (every label > 0) over a
+    green textured background, so colour tells object pieces from background."""
+    rng = np.random.default_rng(7)
+    bg = texture(rng, 64, 64, (60, 160, 60))
+    fg = texture(rng, 64, 64, (200, 50, 50))
+    vs = VideoSegmenter(None, TrackerConfig(use_flow=False, reid=False, **cfg))
+    st = vs.init_state()
+    out = []
+    for m in maps:
+        img = np.where((m > 0)[..., None], fg, bg)
+        out.append(vs.step(st, img, segmentation_from_labels(m, 16)))
+    return out, st
+
+
+@pytest.mark.parametrize("gain", [True, False])
+def test_a_piece_half_outside_the_prediction_joins_when_it_improves_the_fit(gain):
+    # the square (rows/cols 20..39) grows to the right in two pieces: cols 20..31 (inside
+    # the prediction) and cols 32..47, of which only half lies inside it (below
+    # split_containment); adding it raises the track's IoU with its prediction 0.6 -> 0.71
+    lab = np.zeros((64, 64), np.int32)
+    lab[20:40, 20:32] = 1
+    lab[20:40, 32:48] = 2
+    out, _ = _link_maps([_square()] * 3 + [lab], split_gain_containment=0.3 if gain else 0.0)
+    a = int(out[0].labels[30, 30])
+    assert int(out[3].labels[30, 25]) == a
+    assert (int(out[3].labels[30, 40]) == a) == gain
+    # a background piece with little inside the prediction never joins
+    lab2 = np.zeros((64, 64), np.int32)
+    lab2[20:40, 20:40] = 1
+    lab2[20:40, 38:64] = 2  # 40 of 520 pixels inside the square's prediction
+    out2, _ = _link_maps([_square()] * 3 + [lab2])
+    assert int(out2[3].labels[30, 50]) != int(out2[0].labels[30, 30])
+
+
+@pytest.mark.parametrize("fragment_age", [5, 0])
+def test_a_fresh_fragment_yields_the_reunited_object_to_the_older_track(fragment_age):
+    # frames 0-3: square at cols 20..39 (track A). Frame 4: it jumps to cols 30..49 and
+    # splits at col 38: A keeps cols 30..37, cols 38..49 lie mostly outside A's prediction
+    # and start track B. Frame 5: whole at cols 34..53; B's prediction fits it better
+    # (IoU 0.6) and only half of A's prediction lies inside it (below merge_containment),
+    # but B is a fresh fragment: A keeps the object
+    f4 = np.zeros((64, 64), np.int32)
+    f4[20:40, 30:38] = 1
+    f4[20:40, 38:50] = 2
+    f5 = np.zeros((64, 64), np.int32)
+    f5[20:40, 34:54] = 1
+    out, st = _link_maps([_square()] * 4 + [f4, f5], fragment_age=fragment_age)
+    a, b = int(out[0].labels[30, 30]), int(out[4].labels[30, 45])
+    assert int(out[4].labels[30, 33]) == a and b not in (0, a)
+    owner = np.unique(out[5].labels[20:40, 34:54]).tolist()
+    assert owner == ([a] if fragment_age else [b])
+    if fragment_age:
+        assert st.registry[b].parent == a  # from now on a piece of A
+
+
+def test_first_frame_object_merged_at_once_is_carved_out(rng):
+    # an object born on the first frame and swallowed by the background on the next frame
+    # keeps its id (it is not a piece split off: merge_min_age does not apply)
+    sc = Scene([(1, 30, 20, 24, (230, 40, 40), 1, 2, 0, 99)], hw=(96, 128), seed=4)
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    img, gt = sc.frame(0)
+    a = int(np.bincount(vs.step(st, img, seg_from_gt(gt, rng)).labels[gt == 1]).argmax())
+    img, gt = sc.frame(1)
+    tf = vs.step(st, img, seg_from_gt(np.zeros_like(gt), rng))  # one segment: everything
+    assert (tf.labels[gt == 1] == a).mean() > 0.8
+    assert (tf.labels[gt == 0] != a).mean() > 0.95
+
+
+def test_first_frame_halves_of_one_object_reunite_under_one_id(rng):
+    # the first frame splits an object into two look-alike halves (two tracks); once it is
+    # whole, one id covers it and the other half is not carved out of it
+    sc = Scene([(1, 30, 20, 24, (230, 40, 40), 0, 1, 0, 99)], hw=(96, 128), seed=5)
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    img, gt = sc.frame(0)
+    lab = gt.copy()
+    lab[(gt == 1) & (np.arange(gt.shape[1])[None, :] >= 32)] = 2
+    tf = vs.step(st, img, seg_from_gt(lab, rng))
+    assert len(np.unique(tf.labels[gt == 1])) == 2
+    for t in (1, 2, 3):
+        img, gt = sc.frame(t)
+        tf = vs.step(st, img, seg_from_gt(gt, rng))
+        vals, counts = np.unique(tf.labels[gt == 1], return_counts=True)
+        assert counts.max() / counts.sum() > 0.95, (t, dict(zip(vals.tolist(), counts.tolist())))
