@@ -2,7 +2,7 @@
 
 Usage:
     python3 benchmarks/bench_temporal.py --data ../shared/data [--work /tmp/bench_temporal]
-        [--only quality|speed|memory] [--synth-frames 80]
+        [--only quality|speed|memory] [--synth-frames 80] [--seeds 0,1,2,3,4]
 
 Quality: per-frame segmentations that behave like DiffSeg's are made from ground truth
 (`synth_video.diffseg_like`: numbers shuffled per frame, background split into changing
@@ -12,7 +12,9 @@ sequences in DATA and for synthetic multi-object videos with exact ground truth
 same code path as users) with the default tracker and with `--baseline iou` (IoU-only
 linker, no flow/KL), then scored by `temporal.evaluate` (DAVIS-2017 unsupervised protocol).
 Printed: tracked J&F, the per-frame-oracle J&F of the raw segmentations, their ratio, id
-switches per object per 100 frames.
+switches per object per 100 frames, per seed and summarised over seeds (mean and worst):
+one seed is one draw of the random degradations, and a tracker tuned on one draw can be
+lucky there.
 
 Speed: tracker alone (flow + matching, segmentation given with its proposal maps, one
 thread) at 854x480. Memory: peak RSS (VmHWM) of a subprocess tracking a streamed
@@ -38,11 +40,13 @@ from synth_video import SynthVideo, diffseg_like  # noqa: E402
 DAVIS = ("davis16_bmx-trees", "davis16_horsejump-high", "davis16_libby")
 
 
-def synth_specs(n: int) -> dict[str, SynthVideo]:
+def synth_specs(n: int, seed: int = 0) -> dict[str, SynthVideo]:
+    """The synthetic videos; ``seed`` > 0 gives other scenes of the same kind."""
+    k = 1000 * seed
     return {
-        "synth_occlusion": SynthVideo(n_frames=n, n_objects=5, speed=(3, 8), size=(90, 170), seed=11),
-        "synth_enter_leave": SynthVideo(n_frames=n, n_objects=5, speed=(2, 6), enter_leave=True, seed=12),
-        "synth_fast": SynthVideo(n_frames=n, n_objects=3, speed=(20, 35), size=(80, 140), seed=13),
+        "synth_occlusion": SynthVideo(n_frames=n, n_objects=5, speed=(3, 8), size=(90, 170), seed=11 + k),
+        "synth_enter_leave": SynthVideo(n_frames=n, n_objects=5, speed=(2, 6), enter_leave=True, seed=12 + k),
+        "synth_fast": SynthVideo(n_frames=n, n_objects=3, speed=(20, 35), size=(80, 140), seed=13 + k),
     }
 
 
@@ -69,7 +73,7 @@ def prepare(work: Path, data: Path, n_synth: int, seed: int = 0) -> list[tuple[s
         for m in sorted((seq / "masks").glob("*.png")):
             _save_png(sdir / m.name, diffseg_like(read_labels(m), rng).astype(np.uint16))
         out.append((name, seq / "frames", seq / "masks", sdir))
-    for name, vid in synth_specs(n_synth).items():
+    for name, vid in synth_specs(n_synth, seed).items():
         base = work / name
         for d in ("frames", "gt", "segs"):
             (base / d).mkdir(parents=True, exist_ok=True)
@@ -92,34 +96,46 @@ def run_track(frames: Path, segs: Path, out: Path, extra: list[str]) -> float:
     return time.time() - t0
 
 
-def quality(work: Path, data: Path, n_synth: int) -> None:
+def quality(work: Path, data: Path, n_synth: int, seeds: list[int]) -> None:
     from temporal.evaluate import evaluate_video_dirs
 
-    seqs = prepare(work, data, n_synth)
     print("\n## Quality (DiffSeg-like segmentations from ground truth)")
-    hdr = (f"{'sequence':24s} {'method':9s} {'frames':>6s} {'obj':>3s} {'J&F':>6s} {'oracleJ&F':>9s} "
+    print(f"# seeds {seeds}: each seed draws other degradations (and other synthetic scenes)")
+    hdr = (f"{'sequence':24s} {'seed':>4s} {'method':9s} {'frames':>6s} {'obj':>3s} {'J&F':>6s} {'oracleJ&F':>9s} "
            f"{'ratio':>6s} {'IDsw/obj/100f':>13s} {'tracks':>6s} {'sec':>5s}")
     print(hdr)
     rows = []
-    for name, frames, gt, segs in seqs:
-        oracle = evaluate_video_dirs(segs, gt)
-        for method, extra in (("flow+KL", []), ("IoU-only", ["--baseline", "iou"])):
-            out = work / name / f"out_{method.replace('+', '_')}"
-            sec = run_track(frames, segs, out, extra)
-            s = evaluate_video_dirs(out / "labels", gt)
-            ratio = s.JF / oracle.oracle_JF
-            rows.append({"sequence": name, "method": method, "JF": s.JF, "oracle_JF": oracle.oracle_JF,
-                         "ratio": ratio, "idsw_per_obj_100": s.id_switches_per_100, "tracks": s.n_tracks})
-            print(f"{name:24s} {method:9s} {s.n_frames:6d} {s.n_objects:3d} {s.JF:6.3f} {oracle.oracle_JF:9.3f} "
-                  f"{ratio:6.3f} {s.id_switches_per_100:13.2f} {s.n_tracks:6d} {sec:5.1f}")
-    ours = [r for r in rows if r["method"] == "flow+KL"]
-    base = [r for r in rows if r["method"] == "IoU-only"]
-    if ours:
-        print(f"mean ratio flow+KL {np.mean([r['ratio'] for r in ours]):.3f} (min {min(r['ratio'] for r in ours):.3f}), "
-              f"IoU-only {np.mean([r['ratio'] for r in base]):.3f} (min {min(r['ratio'] for r in base):.3f}); "
-              f"max IDsw/obj/100f flow+KL {max(r['idsw_per_obj_100'] for r in ours):.2f}, "
-              f"IoU-only {max(r['idsw_per_obj_100'] for r in base):.2f}")
+    for seed in seeds:
+        for name, frames, gt, segs in prepare(work / f"seed{seed}", data, n_synth, seed):
+            oracle = evaluate_video_dirs(segs, gt)
+            for method, extra in (("flow+KL", []), ("IoU-only", ["--baseline", "iou"])):
+                out = work / f"seed{seed}" / name / f"out_{method.replace('+', '_')}"
+                sec = run_track(frames, segs, out, extra)
+                s = evaluate_video_dirs(out / "labels", gt)
+                ratio = s.JF / oracle.oracle_JF
+                rows.append({"sequence": name, "seed": seed, "method": method, "JF": s.JF, "oracle_JF": oracle.oracle_JF,
+                             "ratio": ratio, "id_switches": s.id_switches, "idsw_per_obj_100": s.id_switches_per_100,
+                             "tracks": s.n_tracks})
+                print(f"{name:24s} {seed:4d} {method:9s} {s.n_frames:6d} {s.n_objects:3d} {s.JF:6.3f} {oracle.oracle_JF:9.3f} "
+                      f"{ratio:6.3f} {s.id_switches_per_100:13.2f} {s.n_tracks:6d} {sec:5.1f}", flush=True)
     (work / "quality.json").write_text(json.dumps(rows, indent=1))
+    print(f"\n## Summary over {len(seeds)} seed(s) (per sequence: mean and worst)")
+    print(f"{'sequence':24s} {'method':9s} {'ratio mean':>10s} {'ratio min':>9s} {'IDsw/obj/100f mean':>18s} "
+          f"{'max':>6s} {'seeds > 0.2':>11s}")
+    for method in ("flow+KL", "IoU-only"):
+        for name in dict.fromkeys(r["sequence"] for r in rows):
+            sel = [r for r in rows if r["sequence"] == name and r["method"] == method]
+            sw = [r["idsw_per_obj_100"] for r in sel]
+            ra = [r["ratio"] for r in sel]
+            print(f"{name:24s} {method:9s} {np.mean(ra):10.3f} {min(ra):9.3f} {np.mean(sw):18.2f} {max(sw):6.2f} "
+                  f"{sum(x > 0.2 for x in sw):5d} of {len(sw)}")
+    for method in ("flow+KL", "IoU-only"):
+        sel = [r for r in rows if r["method"] == method]
+        if sel:
+            print(f"{method}: mean ratio {np.mean([r['ratio'] for r in sel]):.3f} (min {min(r['ratio'] for r in sel):.3f}); "
+                  f"IDsw/obj/100f mean {np.mean([r['idsw_per_obj_100'] for r in sel]):.2f}, "
+                  f"max {max(r['idsw_per_obj_100'] for r in sel):.2f}; runs above 0.2: "
+                  f"{sum(r['idsw_per_obj_100'] > 0.2 for r in sel)} of {len(sel)}")
 
 
 def speed(n: int = 60) -> None:
@@ -200,6 +216,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_temporal"))
     ap.add_argument("--only", choices=("quality", "speed", "memory"), default=None)
     ap.add_argument("--synth-frames", type=int, default=80)
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds of the degradations (quality)")
     ap.add_argument("--rss-frames", type=int, nargs=2, default=(200, 2000))
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -211,7 +228,7 @@ def main() -> None:
         return
     a.work.mkdir(parents=True, exist_ok=True)
     if a.only in (None, "quality"):
-        quality(a.work, a.data, a.synth_frames)
+        quality(a.work, a.data, a.synth_frames, [int(x) for x in a.seeds.split(",")])
     if a.only in (None, "speed"):
         speed()
     if a.only in (None, "memory"):

@@ -365,6 +365,16 @@ class VideoSegmenter:
                     own = float(bhattacharyya(hr[None], tr.hist[None])[0, 0])
                     if own < cfg.split_min_appearance:
                         continue
+                    oh = reg[int(A[int(np.argmax(cov))])].hist
+                    if hists is not None and oh is not None:
+                        # the rest of the segment (outside the track's confirmed warp) looks
+                        # like the track, not like the track the warp says is there: the
+                        # object moved or grew beyond its prediction, nothing swallowed it
+                        rest = np.maximum(hists[j] * float(area_s[j]) - pair_hist[r_ * K + j], 0)
+                        rest = rest / max(float(rest.sum()), 1.0)
+                        if float(bhattacharyya(rest[None], tr.hist[None])[0, 0]) > float(
+                                bhattacharyya(rest[None], oh[None])[0, 0]):
+                            continue
                 # the rest goes to a free track that clearly lives there (most of its warped
                 # mask inside the segment, covering a good part of it), else to a new track
                 others = [(int(inter[o, j]), int(A[o])) for o in range(T)
