@@ -35,6 +35,17 @@ class TrackerConfig:
             pixels do not vote for any track.
         fb_abs: absolute tolerance of the check, pixels at work resolution.
         fb_rel: relative tolerance of the check (fraction of the flow magnitude squared).
+        motion_model: a per-track motion model for tracks the flow lost: each track's robust
+            displacement (median flow of its confirmed pixels, else its last displacement:
+            constant velocity) moves its previous mask rigidly; for a track whose confirmed
+            warp keeps less than ``flow_fallback_valid`` of its area (tracks of at least
+            ``flow_fallback_min_area`` pixels), that translated mask fills the pixels no
+            confirmed warp claims. Fast objects the flow cannot follow keep their id. Needs
+            ``use_flow`` and ``fb_check``.
+        motion_min_valid: a track's displacement is measured when at least this fraction of
+            its previous area (and ``motion_min_pixels``) passed the forward-backward check;
+            otherwise its last displacement is reused.
+        motion_min_pixels: see ``motion_min_valid``.
         w_iou: weight of ``1 - IoU`` (warped track mask vs segment mask) in the cost.
         w_kl: weight of ``1 - exp(-sKL / kl_tau)`` (symmetric KL of proposal maps).
         kl_tau: KL scale (nats) of the KL similarity.
@@ -101,6 +112,9 @@ class TrackerConfig:
     fb_check: bool = True
     fb_abs: float = 1.0
     fb_rel: float = 0.05
+    motion_model: bool = True
+    motion_min_valid: float = 0.1
+    motion_min_pixels: int = 8
     w_iou: float = 1.0
     w_kl: float = 0.5
     kl_tau: float = 2.0
@@ -138,7 +152,7 @@ class TrackerConfig:
         look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
         look_up_option(self.flow_fallback_preset, ("none",) + DIS_PRESETS, "flow fallback preset")
         for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age", "fragment_age",
-                     "flow_fallback_min_area"):
+                     "flow_fallback_min_area", "motion_min_pixels"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
         if int(self.keyframe_every) < 1:
@@ -153,7 +167,7 @@ class TrackerConfig:
         if not float(self.kl_tau) > 0:
             raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
         for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
-                     "split_gain_containment", "split_min_gain", "fragment_containment", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+                     "split_gain_containment", "split_min_gain", "fragment_containment", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "motion_min_valid", "reid_min_similarity", "reid_w_position", "appearance_ema"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")

@@ -186,3 +186,80 @@ def warp_maps(maps: np.ndarray, flow: np.ndarray, renormalize: bool = True,
             tot[bad] = maps[bad].reshape(int(bad.sum()), -1).sum(1)
         out /= np.maximum(tot, eps)[:, None, None]
     return out
+
+
+def label_displacements(labels: np.ndarray, flow: np.ndarray, n: int, res: float = 0.5,
+                        max_disp: float = 64.0) -> tuple[np.ndarray, np.ndarray]:
+    """Robust per-label displacement previous -> current: the median of ``-flow`` per label.
+
+    The median is read off per-label histograms of the flow (bins of ``res`` pixels), so the
+    cost is two ``bincount`` passes over the map whatever the number of labels.
+
+    Args:
+        labels: int ``(H, W)`` labels in the *current* frame (e.g. the previous ids warped
+            with the forward-backward mask: 0 = unreliable pixel, ignored).
+        flow: float32 ``(H, W, 2)`` backward flow current -> previous.
+        n: labels ``0..n-1`` are measured (larger ones are ignored).
+        res: histogram bin width in pixels (the precision of the median).
+        max_disp: displacements are clipped to ``[-max_disp, max_disp]``.
+
+    Returns:
+        ``(disp, count)``: float32 ``(n, 2)`` median displacement ``(dy, dx)`` of each label
+        (0 where it has no pixel) and int64 ``(n,)`` pixels per label. Label 0 is not measured.
+    """
+    lab = np.asarray(labels).ravel()
+    sel = (lab > 0) & (lab < n)
+    lab = lab[sel].astype(np.int64)
+    count = np.bincount(lab, minlength=n)[:n]
+    B = 2 * int(np.ceil(max_disp / res)) + 1
+    disp = np.zeros((n, 2), np.float32)
+    if not len(lab):
+        return disp, count
+    half = (count + 1) // 2
+    for k, c in enumerate((1, 0)):  # (dy, dx) from flow channels (y, x)
+        v = -flow[..., c].ravel()[sel]
+        q = np.clip(np.rint(v * (1.0 / res)) + B // 2, 0, B - 1).astype(np.int64)
+        hist = np.bincount(lab * B + q, minlength=n * B)[: n * B].reshape(n, B)
+        mb = (np.cumsum(hist, 1) < half[:, None]).sum(1)  # first bin reaching half the mass
+        disp[:, k] = (mb - B // 2) * res
+    disp[count == 0] = 0
+    return disp, count
+
+
+def translate_labels(labels: np.ndarray, shifts: np.ndarray, fill: int = 0) -> np.ndarray:
+    """Move every label of a map rigidly by its own integer shift (forward splat).
+
+    Labels that do not move are laid down first, moving ones on top (a moving object
+    occludes the static background it passes); out-of-frame pixels are dropped, pixels
+    nothing lands on get ``fill``.
+
+    Args:
+        labels: int ``(H, W)`` label map (non-negative).
+        shifts: int ``(n, 2)`` shift ``(dy, dx)`` of label ``l`` for ``l < n``; larger labels
+            stay in place.
+        fill: value of pixels no label lands on.
+
+    Returns:
+        int32 ``(H, W)``.
+    """
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    n = len(shifts)
+    sh = np.zeros((max(n, int(labels.max(initial=0)) + 1), 2), np.int64)
+    sh[:n] = np.asarray(shifts, np.int64).reshape(n, 2)
+    moving = np.any(sh != 0, axis=1)
+    mov = np.take(moving, labels)
+    out = np.where(mov, fill, labels).astype(np.int32)
+    ys, xs = np.nonzero(mov)
+    if len(ys):
+        lab = labels[ys, xs]
+        # larger labels first, smaller ones on top (small objects are usually in front)
+        area = np.bincount(lab, minlength=len(sh))
+        rank = np.empty(len(sh), np.int64)
+        rank[np.argsort(-area, kind="stable")] = np.arange(len(sh))
+        order = np.argsort(rank[lab].astype(np.uint16 if len(sh) < 65536 else np.int64), kind="stable")
+        ys, xs, lab = ys[order], xs[order], lab[order]
+        yn, xn = ys + sh[lab, 0], xs + sh[lab, 1]
+        ok = (yn >= 0) & (yn < h) & (xn >= 0) & (xn < w)
+        out[yn[ok], xn[ok]] = lab[ok]
+    return out

@@ -30,7 +30,8 @@ from scipy import ndimage
 from diffseg_core.types import Segmentation
 
 from .config import TrackerConfig
-from .flow import forward_backward_check, make_flow_estimator, resize_flow, warp_labels, warp_maps
+from .flow import (forward_backward_check, label_displacements, make_flow_estimator, resize_flow,
+                   translate_labels, warp_labels, warp_maps)
 from .matching import (bhattacharyya, color_histograms, cost_matrix, hungarian_assign,
                        iou_from_overlap, kl_similarity, overlap_matrix, symmetric_kl_matrix)
 from .proposals import grid_hw, segmentation_from_labels
@@ -303,6 +304,23 @@ class VideoSegmenter:
         A = np.flatnonzero(np.bincount(warped.ravel()))  # O(n) unique of the warped ids
         A = A[A > 0]
         A = A[[int(a) in reg for a in A]] if len(A) else A
+        # per-track motion model: every previous track moved rigidly by its robust displacement
+        shifts = (self._track_shifts(reg, prev, warped, bwd)
+                  if cfg.motion_model and prev is not None and bwd is not None else None)
+        if shifts is not None and valid is not None:
+            # tracks the flow lost (the check confirmed little of them): their translated
+            # mask fills the pixels no confirmed warp claims
+            n = len(shifts)
+            before = np.bincount(prev.ravel(), minlength=n)[:n]
+            after = np.bincount(warped.ravel(), minlength=n)[:n]
+            lost = (before >= max(cfg.flow_fallback_min_area, 1)) & (after < cfg.flow_fallback_valid * before)
+            lost[0] = False
+            if lost.any():
+                moved = translate_labels(np.where(lost[prev], prev, 0), shifts)
+                warped = np.where((warped == 0) & (moved > 0), moved, warped)
+                A = np.flatnonzero(np.bincount(warped.ravel()))
+                A = A[A > 0]
+                A = A[[int(a) in reg for a in A]] if len(A) else A
         T = len(A)
         row_of = np.full(int(warped.max()) + 1 if warped.size else 1, -1, np.int64)
         row_of[A] = np.arange(T)
@@ -332,7 +350,7 @@ class VideoSegmenter:
         # the object split, and the object is whole again): the OLDER id keeps the segment,
         # whichever the assignment picked, so a transient fragment never takes over an object
         if cfg.prefer_older_on_merge and T and len(asg.rows):
-            if inter_raw is None and prev is not None and bwd is not None and valid is not None and cfg.fragment_age > 0:
+            if inter_raw is None and prev is not None and bwd is not None and cfg.fragment_age > 0:
                 inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
             self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx,
                                inter if inter_raw is None else inter_raw)
@@ -585,6 +603,25 @@ class VideoSegmenter:
         rows = np.take(row_of, np.minimum(raw, len(row_of) - 1))
         rows[raw >= len(row_of)] = -1
         return overlap_matrix(rows, T, seg_w, K)
+
+    def _track_shifts(self, reg: TrackRegistry, prev: np.ndarray, warped: np.ndarray, bwd: np.ndarray) -> np.ndarray:
+        """Integer shift ``(dy, dx)`` per previous track id (rows ``0..max id``): the median
+        flow of its confirmed warped pixels, else its last displacement (constant velocity).
+        Updates ``Track.velocity`` of the measured tracks."""
+        cfg = self.config
+        n = int(prev.max(initial=0)) + 1
+        disp, cnt = label_displacements(warped, bwd, n)
+        area = np.bincount(prev.ravel(), minlength=n)[:n]
+        ok = (cnt >= max(cfg.motion_min_pixels, 1)) & (cnt >= cfg.motion_min_valid * area)
+        for tid in (np.flatnonzero(area[1:]) + 1).tolist():
+            t = reg.tracks.get(tid)
+            if t is None:
+                continue
+            if ok[tid]:
+                t.velocity = (float(disp[tid, 0]), float(disp[tid, 1]))
+            else:
+                disp[tid] = t.velocity
+        return np.rint(disp).astype(np.int64)
 
     def _prefer_older(self, reg: TrackRegistry, A: np.ndarray, asg: Any, inter: np.ndarray, area_t: np.ndarray,
                       area_s: np.ndarray, seg_track: np.ndarray, taken: set, idx: int = 0,

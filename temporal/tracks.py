@@ -27,6 +27,8 @@ class Track:
         carved: consecutive keyframes it survived only by carving a merged segment.
         parent: id of the track whose predicted (warped) mask contained the segment this
             track was born from (a split piece the split test refused), else 0.
+        velocity: ``(dy, dx)`` work-resolution pixels per frame, the last displacement
+            measured from the flow (the constant-velocity guess when the flow fails).
     """
 
     id: int
@@ -39,6 +41,7 @@ class Track:
     missed: int = 0
     carved: int = 0
     parent: int = 0
+    velocity: tuple[float, float] = (0.0, 0.0)
 
 
 class TrackRegistry:

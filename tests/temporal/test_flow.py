@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, forward_backward_check, make_flow_estimator,
+from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, forward_backward_check, label_displacements,
+                           make_flow_estimator, translate_labels,
                            resize_flow, warp_labels, warp_maps)
 
 from .conftest import texture
@@ -84,3 +85,35 @@ def test_resize_flow_scales_vectors():
     assert r.shape == (20, 40, 2)
     np.testing.assert_allclose(r[..., 0], 2.0)
     np.testing.assert_allclose(r[..., 1], 2.0)
+
+
+def test_label_displacements_median_ignores_outliers_and_unreliable_pixels():
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:15, 5:20] = 1
+    labels[20:30, 30:50] = 2
+    flow = np.zeros((40, 60, 2), np.float32)
+    flow[labels == 1] = (-3.0, 2.0)  # backward (x, y): label 1 moved by dx=+3, dy=-2
+    flow[5, 5:10] = (40.0, 40.0)  # a few wild vectors do not move the median
+    flow[labels == 2] = (1.5, 0.0)
+    disp, count = label_displacements(labels, flow, 4)
+    assert count.tolist() == [0, 150, 200, 0]
+    np.testing.assert_allclose(disp[1], (-2.0, 3.0))
+    np.testing.assert_allclose(disp[2], (0.0, -1.5))
+    np.testing.assert_allclose(disp[[0, 3]], 0.0)
+
+
+def test_translate_labels_moves_each_label_and_draws_small_on_top():
+    labels = np.ones((20, 30), np.int32)  # background 1, static
+    labels[2:6, 2:8] = 2
+    labels[10:14, 10:14] = 3
+    shifts = np.array([[0, 0], [0, 0], [3, 4], [-8, 0]])
+    out = translate_labels(labels, shifts)
+    # 2 lands on rows 5:9, cols 6:12 and 3 on rows 2:6, cols 10:14: the smaller 3 wins the overlap
+    assert (out[6:9, 6:12] == 2).all() and (out[5, 6:10] == 2).all() and (out == 2).sum() == 22
+    assert (out[2:6, 10:14] == 3).all() and (out == 3).sum() == 16
+    # uncovered parts of the old places are empty, the static background stays
+    assert (out[2:5, 2:6] == 0).all() and (out[10:14, 10:14] == 0).all()
+    assert out[0, 0] == 1 and out[19, 29] == 1
+    # out-of-frame pixels are dropped; labels beyond the shift table stay in place
+    out = translate_labels(labels, np.array([[0, 0], [0, 0], [-4, 0]]))
+    assert (out == 2).sum() == 12 and (out[10:14, 10:14] == 3).all()

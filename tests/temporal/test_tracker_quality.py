@@ -220,3 +220,26 @@ def test_first_frame_halves_of_one_object_reunite_under_one_id(rng):
         tf = vs.step(st, img, seg_from_gt(gt, rng))
         vals, counts = np.unique(tf.labels[gt == 1], return_counts=True)
         assert counts.max() / counts.sum() > 0.95, (t, dict(zip(vals.tolist(), counts.tolist())))
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_motion_model_keeps_an_object_the_flow_loses(rng, motion):
+    # a square moving 6 px per frame; from frame 4 on the flow is broken (every pixel fails
+    # the forward-backward check) and there is no fallback or re-identification: only the
+    # constant-velocity guess of the motion model still predicts where the object went
+    sc = Scene([(1, 30, 10, 20, (230, 200, 40), 0, 6, 0, 99)], hw=(96, 160), seed=6)
+    vs = VideoSegmenter(None, TrackerConfig(motion_model=motion, flow_fallback_preset="none", reid=False))
+    st = vs.init_state()
+    ids = []
+    for t in range(8):
+        if t == 4:
+            vs.flow = _BrokenFlow()
+        img, gt = sc.frame(t)
+        tf = vs.step(st, img, seg_from_gt(gt, rng))
+        ids.append(int(np.bincount(tf.labels[gt == 1]).argmax()))
+    assert len(set(ids[:4])) == 1
+    assert (len(set(ids)) == 1) == motion
+    if motion:
+        # the last measured displacement: 6 px per frame to the right (frames are below the
+        # 240 px work side, so at full resolution)
+        assert st.registry[ids[0]].velocity == pytest.approx((0.0, 6.0), abs=1.0)
