@@ -247,16 +247,17 @@ class VideoSegmenter:
         small = rgb if (h, w) == rgb.shape[:2] else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
         return small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
 
-    def _flow_failed(self, prev: np.ndarray, warped: np.ndarray) -> bool:
-        """Whether the forward-backward check rejected most of some track that was big enough
-        to matter (its confirmed warped area < ``flow_fallback_valid`` x its previous area)."""
+    def _lost_by_flow(self, prev: np.ndarray, warped: np.ndarray) -> np.ndarray:
+        """bool ``(max id + 1,)``: tracks big enough to matter (``flow_fallback_min_area``)
+        whose confirmed warped area is below ``flow_fallback_valid`` x their previous area
+        (the forward-backward check rejected most of them: the flow lost them)."""
         cfg = self.config
-        n = int(prev.max()) + 1
+        n = int(prev.max(initial=0)) + 1
         before = np.bincount(prev.ravel(), minlength=n)
         after = np.bincount(warped.ravel(), minlength=n)[:n]
-        big = before >= max(cfg.flow_fallback_min_area, 1)
-        big[0] = False
-        return bool(np.any(after[big] < cfg.flow_fallback_valid * before[big]))
+        lost = (before >= max(cfg.flow_fallback_min_area, 1)) & (after < cfg.flow_fallback_valid * before)
+        lost[0] = False
+        return lost
 
     def _flows(self, state: VideoState, gray: np.ndarray,
                flow: "Any | None" = None) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -295,32 +296,24 @@ class VideoSegmenter:
             warped = np.zeros_like(seg_w)
         elif bwd is not None:
             warped = warp_labels(prev, bwd, valid, fill=0)
-            if self.flow_fallback is not None and valid is not None and self._flow_failed(prev, warped):
+            if self.flow_fallback is not None and valid is not None and self._lost_by_flow(prev, warped).any():
                 # the cheap flow lost an object (fast motion, blur): redo this pair carefully
                 bwd, valid = self._flows(state, gray, self.flow_fallback)
                 warped = warp_labels(prev, bwd, valid, fill=0)
         else:
             warped = prev
-        A = np.flatnonzero(np.bincount(warped.ravel()))  # O(n) unique of the warped ids
-        A = A[A > 0]
-        A = A[[int(a) in reg for a in A]] if len(A) else A
         # per-track motion model: every previous track moved rigidly by its robust displacement
         shifts = (self._track_shifts(reg, prev, warped, bwd)
                   if cfg.motion_model and prev is not None and bwd is not None else None)
         if shifts is not None and valid is not None:
-            # tracks the flow lost (the check confirmed little of them): their translated
-            # mask fills the pixels no confirmed warp claims
-            n = len(shifts)
-            before = np.bincount(prev.ravel(), minlength=n)[:n]
-            after = np.bincount(warped.ravel(), minlength=n)[:n]
-            lost = (before >= max(cfg.flow_fallback_min_area, 1)) & (after < cfg.flow_fallback_valid * before)
-            lost[0] = False
+            # tracks the flow lost: their translated mask fills the pixels no confirmed warp claims
+            lost = self._lost_by_flow(prev, warped)
             if lost.any():
                 moved = translate_labels(np.where(lost[prev], prev, 0), shifts)
                 warped = np.where((warped == 0) & (moved > 0), moved, warped)
-                A = np.flatnonzero(np.bincount(warped.ravel()))
-                A = A[A > 0]
-                A = A[[int(a) in reg for a in A]] if len(A) else A
+        A = np.flatnonzero(np.bincount(warped.ravel()))  # O(n) unique of the warped ids
+        A = A[A > 0]
+        A = A[[int(a) in reg for a in A]] if len(A) else A
         T = len(A)
         row_of = np.full(int(warped.max()) + 1 if warped.size else 1, -1, np.int64)
         row_of[A] = np.arange(T)
@@ -373,7 +366,8 @@ class VideoSegmenter:
                     continue
                 cov = inter[:, j].copy()
                 cov[r_] = -1
-                if not self._old_enough(state, tr, idx, int(A[int(np.argmax(cov))])):
+                other_id = int(A[int(np.argmax(cov))])  # the track the warp puts in most of the rest
+                if not self._old_enough(state, tr, idx, other_id):
                     continue
                 if small is not None and cfg.hist_bins and tr.hist is not None:
                     if pair_hist is None:
@@ -383,7 +377,7 @@ class VideoSegmenter:
                     own = float(bhattacharyya(hr[None], tr.hist[None])[0, 0])
                     if own < cfg.split_min_appearance:
                         continue
-                    oh = reg[int(A[int(np.argmax(cov))])].hist
+                    oh = reg[other_id].hist
                     if hists is not None and oh is not None:
                         # the rest of the segment (outside the track's confirmed warp) looks
                         # like the track, not like the track the warp says is there: the
@@ -624,8 +618,8 @@ class VideoSegmenter:
         return np.rint(disp).astype(np.int64)
 
     def _prefer_older(self, reg: TrackRegistry, A: np.ndarray, asg: Any, inter: np.ndarray, area_t: np.ndarray,
-                      area_s: np.ndarray, seg_track: np.ndarray, taken: set, idx: int = 0,
-                      inter_raw: "np.ndarray | None" = None) -> None:
+                      area_s: np.ndarray, seg_track: np.ndarray, taken: set, idx: int,
+                      inter_raw: np.ndarray) -> None:
         """Hand a matched segment to an older, unmatched, look-alike track mostly inside it.
 
         Args:
@@ -633,6 +627,9 @@ class VideoSegmenter:
             area_t ``(T,)`` warped track areas; area_s ``(K,)`` segment areas.
             seg_track: int64 ``(K,)`` track id per segment (0 = none); updated in place.
             taken: ids already owning a segment; updated in place.
+            idx: this frame's index (a track at most ``fragment_age`` frames old is fresh).
+            inter_raw: ``(T, K)`` overlaps of the warp without the forward-backward mask
+                (``inter`` when there is no such warp), for the fresh-fragment test.
         """
         cfg = self.config
         matched = np.zeros(len(A), bool)
@@ -644,7 +641,7 @@ class VideoSegmenter:
             cand = np.flatnonzero(~matched & (inter[:, j] >= cfg.merge_containment * np.maximum(area_t, 1))
                                   & (inter[:, j] >= 0.2 * area_s[j]))
             fresh = cfg.fragment_age > 0 and idx - young.first_frame <= cfg.fragment_age
-            if fresh and inter_raw is not None:
+            if fresh:
                 # a track born a few frames ago is most likely a fragment of an object that
                 # split: an older track whose (unchecked) warp lies partly in the segment wins
                 raw_area = np.maximum(inter_raw.sum(1), 1)
