@@ -115,6 +115,11 @@ class TrackerConfig:
     motion_model: bool = True
     motion_min_valid: float = 0.1
     motion_min_pixels: int = 8
+    template_motion: bool = True
+    template_max_area: float = 0.05
+    template_radius: int = 20
+    template_min_score: float = 0.6
+    template_margin: float = 0.1
     w_iou: float = 1.0
     w_kl: float = 0.5
     kl_tau: float = 2.0
@@ -152,7 +157,7 @@ class TrackerConfig:
         look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
         look_up_option(self.flow_fallback_preset, ("none",) + DIS_PRESETS, "flow fallback preset")
         for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age", "fragment_age",
-                     "flow_fallback_min_area", "motion_min_pixels"):
+                     "flow_fallback_min_area", "motion_min_pixels", "template_radius"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
         if int(self.keyframe_every) < 1:
@@ -167,7 +172,7 @@ class TrackerConfig:
         if not float(self.kl_tau) > 0:
             raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
         for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
-                     "split_gain_containment", "split_min_gain", "fragment_containment", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "motion_min_valid", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+                     "split_gain_containment", "split_min_gain", "fragment_containment", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "motion_min_valid", "template_max_area", "template_min_score", "template_margin", "reid_min_similarity", "reid_w_position", "appearance_ema"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")

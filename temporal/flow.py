@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from diffseg_core.errors import look_up_option
 
@@ -263,3 +264,79 @@ def translate_labels(labels: np.ndarray, shifts: np.ndarray, fill: int = 0) -> n
         ok = (yn >= 0) & (yn < h) & (xn >= 0) & (xn < w)
         out[yn[ok], xn[ok]] = lab[ok]
     return out
+
+
+def match_shifts(prev: np.ndarray, cur: np.ndarray, labels: np.ndarray, ids: np.ndarray,
+                 guesses: np.ndarray, radius: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-label displacement previous -> current by masked template matching.
+
+    Dense flow is coarse-to-fine: a small object that moves farther than its own size
+    vanishes at the coarse levels and takes the background's motion, often consistently
+    in both directions, so the forward-backward check confirms the wrong flow. Matching
+    each object's own pixels (its previous mask as the template mask) against the current
+    frame sees it whatever its speed.
+
+    Args:
+        prev, cur: uint8 grayscale ``(H, W)`` previous and current frames.
+        labels: int ``(H, W)`` label map of the previous frame.
+        ids: int ``(n,)`` labels to match.
+        guesses: int ``(n, G, 2)`` candidate shifts ``(dy, dx)`` per label (e.g. zero, the
+            constant-velocity guess, the flow's median): the search covers the box of the
+            guesses widened by ``radius`` pixels.
+        radius: search margin around the guesses, pixels.
+
+    Returns:
+        ``(shift, score, guess_score)``: int64 ``(n, 2)`` best shift ``(dy, dx)``, float32
+        ``(n,)`` its masked normalised correlation (TM_CCOEFF_NORMED, -1..1; -1 = not
+        measured: label absent, flat or nothing of the search inside the frame) and float32
+        ``(n, G)`` the correlation at each guess (-1 where outside the searched window).
+    """
+    prev = np.asarray(prev)
+    cur = np.asarray(cur)
+    labels = np.asarray(labels)
+    if prev.shape != cur.shape or prev.shape != labels.shape:
+        raise ValueError(f"frames {prev.shape}/{cur.shape} and labels {labels.shape} must have one shape")
+    ids = np.asarray(ids, np.int64).ravel()
+    n = len(ids)
+    guesses = np.asarray(guesses, np.int64).reshape(n, -1, 2)
+    G = guesses.shape[1]
+    shift = np.zeros((n, 2), np.int64)
+    score = np.full(n, -1.0, np.float32)
+    gscore = np.full((n, G), -1.0, np.float32)
+    h, w = labels.shape
+    m = int(ids.max(initial=0))
+    found = ndimage.find_objects(labels.astype(np.int32, copy=False), max_label=m) if m > 0 else []
+    objs = [found[k - 1] if 0 < k <= len(found) else None for k in ids.tolist()]
+    for i, (lab, sl) in enumerate(zip(ids.tolist(), objs)):
+        if sl is None:
+            continue
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        mask = (labels[y0:y1, x0:x1] == lab).astype(np.uint8)
+        tpl = prev[y0:y1, x0:x1]
+        if float(tpl[mask > 0].std()) < 1.0:
+            continue  # flat: no texture to match
+        lo = guesses[i].min(0) - radius
+        hi = guesses[i].max(0) + radius
+        # window top-left corner range; the template may leave the frame by up to half its
+        # size (an object crossing the border), the frame is padded by replication there
+        th, tw = y1 - y0, x1 - x0
+        wy0, wx0 = max(y0 + int(lo[0]), -(th // 2)), max(x0 + int(lo[1]), -(tw // 2))
+        wy1, wx1 = min(y0 + int(hi[0]), h - th + th // 2), min(x0 + int(hi[1]), w - tw + tw // 2)
+        if wy1 < wy0 or wx1 < wx0:
+            continue
+        py0, px0 = max(-wy0, 0), max(-wx0, 0)
+        py1, px1 = max(wy1 + th - h, 0), max(wx1 + tw - w, 0)
+        win = cur[max(wy0, 0):min(wy1 + th, h), max(wx0, 0):min(wx1 + tw, w)]
+        if py0 or px0 or py1 or px1:
+            win = cv2.copyMakeBorder(win, py0, py1, px0, px1, cv2.BORDER_REPLICATE)
+        r = cv2.matchTemplate(win, tpl, cv2.TM_CCOEFF_NORMED, mask=mask)
+        r = np.nan_to_num(r, nan=-1.0, posinf=-1.0, neginf=-1.0)
+        _, best, _, (bx, by) = cv2.minMaxLoc(r)
+        shift[i] = (wy0 + by - y0, wx0 + bx - x0)
+        score[i] = best
+        gy = guesses[i, :, 0] + y0 - wy0
+        gx = guesses[i, :, 1] + x0 - wx0
+        ok = (gy >= 0) & (gy < r.shape[0]) & (gx >= 0) & (gx < r.shape[1])
+        gscore[i, ok] = r[gy[ok], gx[ok]]
+    return shift, score, gscore
+

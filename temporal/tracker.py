@@ -30,7 +30,7 @@ from scipy import ndimage
 from diffseg_core.types import Segmentation
 
 from .config import TrackerConfig
-from .flow import (forward_backward_check, label_displacements, make_flow_estimator, resize_flow,
+from .flow import (forward_backward_check, label_displacements, make_flow_estimator, match_shifts, resize_flow,
                    translate_labels, warp_labels, warp_maps)
 from .matching import (bhattacharyya, color_histograms, cost_matrix, hungarian_assign,
                        iou_from_overlap, kl_similarity, overlap_matrix, symmetric_kl_matrix)
@@ -303,8 +303,15 @@ class VideoSegmenter:
         else:
             warped = prev
         # per-track motion model: every previous track moved rigidly by its robust displacement
-        shifts = (self._track_shifts(reg, prev, warped, bwd)
-                  if cfg.motion_model and prev is not None and bwd is not None else None)
+        shifts, measured = (self._track_shifts(reg, prev, warped, bwd)
+                            if cfg.motion_model and prev is not None and bwd is not None else (None, None))
+        tm_moves = None  # tracks whose own pixels, matched as a template, overrule the flow
+        if shifts is not None and cfg.template_motion and gray is not None:
+            tm_moves = self._template_moves(state, prev, gray, shifts, measured)
+            warped = self._apply_moves(warped, tm_moves)
+        if shifts is not None:
+            for tid in measured.tolist():  # the constant-velocity guess of the next frame
+                reg[tid].velocity = (float(shifts[tid, 0]), float(shifts[tid, 1]))
         if shifts is not None and valid is not None:
             # tracks the flow lost: their translated mask fills the pixels no confirmed warp claims
             lost = self._lost_by_flow(prev, warped)
@@ -344,7 +351,7 @@ class VideoSegmenter:
         # whichever the assignment picked, so a transient fragment never takes over an object
         if cfg.prefer_older_on_merge and T and len(asg.rows):
             if inter_raw is None and prev is not None and bwd is not None and cfg.fragment_age > 0:
-                inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
+                inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter, tm_moves)
             self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx,
                                inter if inter_raw is None else inter_raw)
 
@@ -407,7 +414,7 @@ class VideoSegmenter:
                 if area_s[j] == 0:
                     continue
                 if inter_raw is None:
-                    inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
+                    inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter, tm_moves)
                 tid = self._split_owner(reg, A, inter_raw, area_s, seg_track, hists, j)
                 if tid:
                     seg_track[j] = tid
@@ -425,6 +432,11 @@ class VideoSegmenter:
                 for ci, sj in zip(r.rows, r.cols):
                     seg_track[un[sj]] = cand[ci]
                     taken.add(cand[ci])
+        if cfg.reid:
+            # a track born a few frames ago (an object re-entering shows only a sliver, too
+            # little to recognise) takes back the id of a remembered track it looks like
+            # once it is big enough, if that track was gone before it was born
+            self._reid_young(state, idx, seg_track, taken, seg_w, props, hists, area_s, K)
 
         # 5. merges: carve a segment along the warped ids of tracks it swallowed
         if cfg.handle_merges and T:
@@ -464,10 +476,13 @@ class VideoSegmenter:
                 seg_track[j] = tr.id
                 if cfg.prefer_older_on_merge and T and area_s[j] > 0:
                     if inter_raw is None:
-                        inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter)
+                        inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter, tm_moves)
                     t = int(np.argmax(inter_raw[:, j]))
-                    if inter_raw[t, j] >= cfg.split_containment * area_s[j] and int(A[t]) in taken:
-                        tr.parent = int(A[t])
+                    ph = reg[int(A[t])].hist
+                    if (inter_raw[t, j] >= cfg.split_containment * area_s[j] and int(A[t]) in taken
+                            and (hists is None or ph is None or cfg.split_min_appearance <= 0
+                                 or float(bhattacharyya(hists[j:j + 1], ph[None])[0, 0]) >= cfg.split_min_appearance)):
+                        tr.parent = int(A[t])  # and it looks like that track (else a new object)
 
         # outputs
         lut = seg_track.astype(np.int32)
@@ -485,7 +500,8 @@ class VideoSegmenter:
             # carve along the warp WITHOUT the fb mask: pixels the check could not confirm
             # still go to the track the flow moved them from (else a carved object keeps only
             # its confirmed part and the rest leaks to the segment's owner)
-            src = warp_labels(prev, bwd, None, fill=0) if (prev is not None and bwd is not None and valid is not None) else warped
+            src = (self._apply_moves(warp_labels(prev, bwd, None, fill=0), tm_moves)
+                   if (prev is not None and bwd is not None and valid is not None) else warped)
             ys, xs = np.nonzero(keep[seg_w] & (src > 0))
             wt = src[ys, xs]
             ti = np.minimum(np.searchsorted(tids, wt), len(tids) - 1)
@@ -582,9 +598,9 @@ class VideoSegmenter:
             return tid
         return 0
 
-    @staticmethod
-    def _raw_overlap(prev: "np.ndarray | None", bwd: "np.ndarray | None", valid: "np.ndarray | None",
-                     row_of: np.ndarray, T: int, seg_w: np.ndarray, K: int, inter: np.ndarray) -> np.ndarray:
+    def _raw_overlap(self, prev: "np.ndarray | None", bwd: "np.ndarray | None", valid: "np.ndarray | None",
+                     row_of: np.ndarray, T: int, seg_w: np.ndarray, K: int, inter: np.ndarray,
+                     moved: "tuple[np.ndarray, np.ndarray] | None" = None) -> np.ndarray:
         """Overlaps ``(T, K)`` of the previous ids warped without the forward-backward mask.
 
         The check rejects every pixel it cannot confirm (fast motion, blur, thin objects),
@@ -593,29 +609,83 @@ class VideoSegmenter:
         """
         if prev is None or bwd is None or valid is None:
             return inter
-        raw = warp_labels(prev, bwd, None, fill=0)
+        raw = self._apply_moves(warp_labels(prev, bwd, None, fill=0), moved)
         rows = np.take(row_of, np.minimum(raw, len(row_of) - 1))
         rows[raw >= len(row_of)] = -1
         return overlap_matrix(rows, T, seg_w, K)
 
-    def _track_shifts(self, reg: TrackRegistry, prev: np.ndarray, warped: np.ndarray, bwd: np.ndarray) -> np.ndarray:
+    def _template_moves(self, state: VideoState, prev: np.ndarray, gray: np.ndarray,
+                        shifts: np.ndarray, measured: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray] | None":
+        """Tracks whose displacement, found by matching their own pixels (previous mask as a
+        template mask) in this frame, clearly beats the flow's: ``(moved, over)`` or None.
+
+        ``moved`` int32 ``(h, w)``: their previous masks translated by the matched shift;
+        ``over`` bool ``(max id + 1,)``: which ids it holds. Object-sized tracks only
+        (``flow_fallback_min_area`` .. ``template_max_area`` of the frame); a match counts
+        when its correlation is at least ``template_min_score`` and ``template_margin``
+        above the correlation at the flow's shift, and the shifts differ by 2+ pixels.
+        Updates ``shifts`` of those tracks.
+        """
+        cfg = self.config
+        reg = state.registry
+        n = int(prev.max(initial=0)) + 1
+        area = np.bincount(prev.ravel(), minlength=n)[:n]
+        cand = np.flatnonzero((area >= max(cfg.flow_fallback_min_area, cfg.motion_min_pixels, 1))
+                              & (area <= cfg.template_max_area * prev.size))
+        cand = np.array([c for c in cand.tolist() if c > 0 and c in reg], np.int64)
+        if not len(cand):
+            return None
+        vel = np.rint(np.array([reg[int(c)].velocity for c in cand], np.float64)).astype(np.int64)
+        guesses = np.stack([shifts[cand], vel, np.zeros_like(vel)], 1)
+        best, score, gscore = match_shifts(state.prev_gray, gray, prev, cand, guesses, cfg.template_radius)
+        flow_ok = np.isin(cand, measured)
+        ok = (score >= cfg.template_min_score) & (~flow_ok | ((score >= gscore[:, 0] + cfg.template_margin)
+                                                             & (np.abs(best - shifts[cand]).max(1) >= 2)))
+        if not ok.any():
+            return None
+        over = np.zeros(n, bool)
+        over[cand[ok]] = True
+        sh = np.zeros((n, 2), np.int64)
+        sh[cand[ok]] = best[ok]
+        shifts[cand[ok]] = best[ok]
+        moved = translate_labels(np.where(over[prev], prev, 0), sh)
+        # a moved track takes the pixels of bigger tracks (the background it moves over),
+        # not those of smaller ones (likely in front of it)
+        return moved, over, area
+
+    @staticmethod
+    def _apply_moves(warped: np.ndarray, moved: "tuple | None") -> np.ndarray:
+        """``warped`` with the template-moved tracks' pixels replaced by their moved masks."""
+        if moved is None:
+            return warped
+        mv, over, area = moved
+        n = len(over)
+        w_id = np.minimum(warped, n - 1)
+        size = np.where(warped < n, np.take(area, w_id), 0)
+        out = np.where(np.take(over, w_id) & (warped < n), 0, warped)
+        take = (mv > 0) & ((out == 0) | (size > np.take(area, mv)))
+        return np.where(take, mv, out).astype(np.int32, copy=False)
+
+    def _track_shifts(self, reg: TrackRegistry, prev: np.ndarray, warped: np.ndarray,
+                      bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Integer shift ``(dy, dx)`` per previous track id (rows ``0..max id``): the median
-        flow of its confirmed warped pixels, else its last displacement (constant velocity).
-        Updates ``Track.velocity`` of the measured tracks."""
+        flow of its confirmed warped pixels, else its last displacement (constant velocity);
+        and the ids whose shift was measured (not guessed)."""
         cfg = self.config
         n = int(prev.max(initial=0)) + 1
         disp, cnt = label_displacements(warped, bwd, n)
         area = np.bincount(prev.ravel(), minlength=n)[:n]
         ok = (cnt >= max(cfg.motion_min_pixels, 1)) & (cnt >= cfg.motion_min_valid * area)
+        measured = []
         for tid in (np.flatnonzero(area[1:]) + 1).tolist():
             t = reg.tracks.get(tid)
             if t is None:
                 continue
             if ok[tid]:
-                t.velocity = (float(disp[tid, 0]), float(disp[tid, 1]))
+                measured.append(tid)
             else:
                 disp[tid] = t.velocity
-        return np.rint(disp).astype(np.int64)
+        return np.rint(disp).astype(np.int64), np.array(measured, np.int64)
 
     def _prefer_older(self, reg: TrackRegistry, A: np.ndarray, asg: Any, inter: np.ndarray, area_t: np.ndarray,
                       area_s: np.ndarray, seg_track: np.ndarray, taken: set, idx: int,
@@ -688,6 +758,36 @@ class VideoSegmenter:
             p = np.maximum(p, 0)
             p = p / max(float(p.sum()), 1e-12)
         return p.astype(np.float32, copy=False)
+
+    def _reid_young(self, state: VideoState, idx: int, seg_track: np.ndarray, taken: set, seg_w: np.ndarray,
+                    props: np.ndarray, hists: "np.ndarray | None", area_s: np.ndarray, K: int) -> None:
+        """Re-identification of tracks born at most ``fragment_age`` frames ago (not this
+        frame) against remembered tracks last seen before they were born; a match hands all
+        the young track's segments to the remembered id."""
+        cfg = self.config
+        reg = state.registry
+        if cfg.fragment_age <= 0:
+            return
+        ys = sorted({int(y) for y in seg_track[seg_track > 0].tolist()
+                     if 0 < idx - reg[int(y)].first_frame <= cfg.fragment_age and not reg[int(y)].parent})
+        if not ys:
+            return
+        big = [max(np.flatnonzero(seg_track == y).tolist(), key=lambda j: area_s[j]) for y in ys]
+        keep = [k for k, j in enumerate(big) if area_s[j] >= max(cfg.min_segment_area, 1)]
+        ys, big = [ys[k] for k in keep], np.array([big[k] for k in keep], np.int64)
+        first = min((reg[y].first_frame for y in ys), default=idx)
+        cand = [i for i in reg.tracks if i not in taken and reg[i].last_frame < first]
+        if not cand or not ys:
+            return
+        sim = self._reid_similarity(state, cand, big, seg_w, props, hists, K)
+        born = np.array([reg[y].first_frame for y in ys])
+        last = np.array([reg[c].last_frame for c in cand])
+        sim = np.where(last[:, None] < born[None, :], sim, 0.0)
+        r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
+        for ci, k in zip(r.rows.tolist(), r.cols.tolist()):
+            seg_track[seg_track == ys[k]] = cand[ci]
+            taken.discard(ys[k])
+            taken.add(cand[ci])
 
     def _reid_similarity(self, state: VideoState, cand: list[int], un: np.ndarray, seg_w: np.ndarray,
                          props: np.ndarray, hists: "np.ndarray | None", K: int) -> np.ndarray:
@@ -766,12 +866,16 @@ class VideoSegmenter:
                 if o is not None:
                     t.bbox = (o[0].start, o[1].start, o[0].stop, o[1].stop)
                 t.area = int(area[i])
+                t.peak_area = max(t.peak_area, t.area)
                 h_new = hist[i] if hist is not None else None
                 if h_new is None and seg_hists is not None and len(segs):
                     w = area_s[segs].astype(np.float32)
                     h_new = (seg_hists[segs] * (w / max(float(w.sum()), 1.0))[:, None]).sum(0)
                 if h_new is not None:
-                    t.hist = h_new if t.hist is None else ((1 - ema) * t.hist + ema * h_new).astype(np.float32)
+                    # a sliver (an object leaving the frame, mostly hidden) updates the
+                    # remembered look in proportion to how much of the object it shows
+                    a = ema * min(1.0, t.area / max(t.peak_area, 1))
+                    t.hist = h_new if t.hist is None else ((1 - a) * t.hist + a * h_new).astype(np.float32)
         reg.end_frame(idx, present_all)
 
     def _propagate(self, state: VideoState, rgb: np.ndarray, idx: int) -> TrackedFrame:

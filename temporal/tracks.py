@@ -23,6 +23,8 @@ class Track:
         hist: float32 ``(bins**3,)`` colour histogram (EMA), or None without images.
         bbox: ``(y0, x0, y1, x1)`` at work resolution when last seen (exclusive ends).
         area: work-resolution pixels when last seen.
+        peak_area: the most work-resolution pixels it ever had (how much of the object a
+            view shows, for the appearance update).
         missed: consecutive frames it has been absent.
         carved: consecutive keyframes it survived only by carving a merged segment.
         parent: id of the track whose predicted (warped) mask contained the segment this
@@ -38,6 +40,7 @@ class Track:
     hist: Optional[np.ndarray] = None
     bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
     area: int = 0
+    peak_area: int = 0
     missed: int = 0
     carved: int = 0
     parent: int = 0
