@@ -266,30 +266,76 @@ def translate_labels(labels: np.ndarray, shifts: np.ndarray, fill: int = 0) -> n
     return out
 
 
+def _ncc(cur: np.ndarray, tpl: np.ndarray, mask: np.ndarray, y0: int, x0: int,
+         lo: tuple[int, int], hi: tuple[int, int]) -> "tuple[np.ndarray, int, int] | None":
+    """Masked TM_CCOEFF_NORMED of ``tpl`` (top-left at ``(y0, x0)`` in the previous frame)
+    over shifts ``lo..hi`` (inclusive, ``(dy, dx)``) in ``cur``: ``(scores, dy0, dx0)`` with
+    ``scores[a, b]`` the score of shift ``(dy0 + a, dx0 + b)``, or None. The template may
+    leave the frame by up to half its size (an object crossing the border): the frame is
+    padded by replication there."""
+    h, w = cur.shape
+    th, tw = tpl.shape
+    wy0, wx0 = max(y0 + lo[0], -(th // 2)), max(x0 + lo[1], -(tw // 2))
+    wy1, wx1 = min(y0 + hi[0], h - th + th // 2), min(x0 + hi[1], w - tw + tw // 2)
+    if wy1 < wy0 or wx1 < wx0:
+        return None
+    win = cur[max(wy0, 0):min(wy1 + th, h), max(wx0, 0):min(wx1 + tw, w)]
+    pad = (max(-wy0, 0), max(wy1 + th - h, 0), max(-wx0, 0), max(wx1 + tw - w, 0))
+    if any(pad):
+        win = cv2.copyMakeBorder(win, *pad, cv2.BORDER_REPLICATE)
+    r = cv2.matchTemplate(win, tpl, cv2.TM_CCOEFF_NORMED, mask=mask)
+    return np.nan_to_num(r, nan=-1.0, posinf=-1.0, neginf=-1.0), wy0 - y0, wx0 - x0
+
+
+def _ncc_at(cur: np.ndarray, tpl: np.ndarray, mask: np.ndarray, y: int, x: int) -> "float | None":
+    """Masked normalised correlation of ``tpl`` placed at ``(y, x)`` in ``cur`` (the part
+    inside the frame; None when less than half of the mask is inside)."""
+    h, w = cur.shape
+    th, tw = tpl.shape
+    ya, xa, yb, xb = max(y, 0), max(x, 0), min(y + th, h), min(x + tw, w)
+    if yb <= ya or xb <= xa:
+        return None
+    m = mask[ya - y:yb - y, xa - x:xb - x] > 0
+    if 2 * int(m.sum()) < int(np.count_nonzero(mask)):
+        return None
+    a = tpl[ya - y:yb - y, xa - x:xb - x][m].astype(np.float32)
+    b = cur[ya:yb, xa:xb][m].astype(np.float32)
+    a -= a.mean()
+    b -= b.mean()
+    den = float(np.sqrt(float(a @ a) * float(b @ b)))
+    return float(a @ b) / den if den > 0 else -1.0
+
+
 def match_shifts(prev: np.ndarray, cur: np.ndarray, labels: np.ndarray, ids: np.ndarray,
-                 guesses: np.ndarray, radius: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 guesses: np.ndarray, radius: int = 20, accept: float = 1.0,
+                 boxes: "np.ndarray | None" = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-label displacement previous -> current by masked template matching.
 
     Dense flow is coarse-to-fine: a small object that moves farther than its own size
     vanishes at the coarse levels and takes the background's motion, often consistently
     in both directions, so the forward-backward check confirms the wrong flow. Matching
     each object's own pixels (its previous mask as the template mask) against the current
-    frame sees it whatever its speed.
+    frame sees it whatever its speed. The search runs at half resolution and is refined
+    at full resolution (2 pixels around the coarse optimum).
 
     Args:
         prev, cur: uint8 grayscale ``(H, W)`` previous and current frames.
         labels: int ``(H, W)`` label map of the previous frame.
         ids: int ``(n,)`` labels to match.
-        guesses: int ``(n, G, 2)`` candidate shifts ``(dy, dx)`` per label (e.g. zero, the
-            constant-velocity guess, the flow's median): the search covers the box of the
+        guesses: int ``(n, G, 2)`` candidate shifts ``(dy, dx)`` per label (e.g. the flow's
+            median, the constant-velocity guess, zero): the search covers the box of the
             guesses widened by ``radius`` pixels.
         radius: search margin around the guesses, pixels.
+        accept: a label whose first guess already scores at least this is not searched
+            (its first guess is its shift).
+        boxes: optional int ``(n, 4)`` bounding boxes ``(y0, x0, y1, x1)`` (exclusive ends)
+            of the labels in ``labels``, when known (saves a pass over the map).
 
     Returns:
-        ``(shift, score, guess_score)``: int64 ``(n, 2)`` best shift ``(dy, dx)``, float32
+        ``(shift, score, first_score)``: int64 ``(n, 2)`` best shift ``(dy, dx)``, float32
         ``(n,)`` its masked normalised correlation (TM_CCOEFF_NORMED, -1..1; -1 = not
-        measured: label absent, flat or nothing of the search inside the frame) and float32
-        ``(n, G)`` the correlation at each guess (-1 where outside the searched window).
+        measured: label absent, flat or the search outside the frame) and float32 ``(n,)``
+        the correlation at the first guess.
     """
     prev = np.asarray(prev)
     cur = np.asarray(cur)
@@ -298,45 +344,59 @@ def match_shifts(prev: np.ndarray, cur: np.ndarray, labels: np.ndarray, ids: np.
         raise ValueError(f"frames {prev.shape}/{cur.shape} and labels {labels.shape} must have one shape")
     ids = np.asarray(ids, np.int64).ravel()
     n = len(ids)
-    guesses = np.asarray(guesses, np.int64).reshape(n, -1, 2)
-    G = guesses.shape[1]
+    guesses = np.asarray(guesses, np.int64)
+    if guesses.ndim != 3 or guesses.shape[0] != n or guesses.shape[2] != 2 or guesses.shape[1] < 1:
+        raise ValueError(f"guesses must be (n={n}, G >= 1, 2); got {guesses.shape}")
     shift = np.zeros((n, 2), np.int64)
     score = np.full(n, -1.0, np.float32)
-    gscore = np.full((n, G), -1.0, np.float32)
+    first = np.full(n, -1.0, np.float32)
     h, w = labels.shape
-    m = int(ids.max(initial=0))
-    found = ndimage.find_objects(labels.astype(np.int32, copy=False), max_label=m) if m > 0 else []
-    objs = [found[k - 1] if 0 < k <= len(found) else None for k in ids.tolist()]
+    if boxes is not None:
+        objs = [(slice(int(b[0]), int(b[2])), slice(int(b[1]), int(b[3]))) if b[2] > b[0] and b[3] > b[1] else None
+                for b in np.asarray(boxes, np.int64).reshape(n, 4)]
+    else:
+        m = int(ids.max(initial=0))
+        found = ndimage.find_objects(labels.astype(np.int32, copy=False), max_label=m) if m > 0 else []
+        objs = [found[k - 1] if 0 < k <= len(found) else None for k in ids.tolist()]
+    half = None
     for i, (lab, sl) in enumerate(zip(ids.tolist(), objs)):
         if sl is None:
             continue
         y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
         mask = (labels[y0:y1, x0:x1] == lab).astype(np.uint8)
         tpl = prev[y0:y1, x0:x1]
-        if float(tpl[mask > 0].std()) < 1.0:
+        if not mask.any() or float(tpl[mask > 0].std()) < 1.0:
             continue  # flat: no texture to match
+        g0 = (int(guesses[i, 0, 0]), int(guesses[i, 0, 1]))
+        f0 = _ncc_at(cur, tpl, mask, y0 + g0[0], x0 + g0[1])
+        if f0 is not None:
+            first[i] = f0
+            shift[i], score[i] = g0, f0
+            if f0 >= accept:
+                continue
         lo = guesses[i].min(0) - radius
         hi = guesses[i].max(0) + radius
-        # window top-left corner range; the template may leave the frame by up to half its
-        # size (an object crossing the border), the frame is padded by replication there
-        th, tw = y1 - y0, x1 - x0
-        wy0, wx0 = max(y0 + int(lo[0]), -(th // 2)), max(x0 + int(lo[1]), -(tw // 2))
-        wy1, wx1 = min(y0 + int(hi[0]), h - th + th // 2), min(x0 + int(hi[1]), w - tw + tw // 2)
-        if wy1 < wy0 or wx1 < wx0:
+        if min(y1 - y0, x1 - x0) >= 8:
+            # coarse: the same search at half resolution
+            if half is None:
+                # low-pass first (Gaussian pyramid): fine texture at a half-pixel offset
+                # would not correlate at all
+                half = tuple(cv2.pyrDown(a) for a in (prev, cur))
+                lab_h = cv2.resize(labels.astype(np.int32, copy=False), half[0].shape[::-1], interpolation=cv2.INTER_NEAREST)
+            hy0, hx0 = y0 // 2, x0 // 2
+            hy1, hx1 = max(-(-y1 // 2), hy0 + 1), max(-(-x1 // 2), hx0 + 1)
+            hm = (lab_h[hy0:hy1, hx0:hx1] == lab).astype(np.uint8)
+            rc = _ncc(half[1], half[0][hy0:hy1, hx0:hx1], hm, hy0, hx0,
+                      (int(lo[0]) // 2, int(lo[1]) // 2), (-(-int(hi[0]) // 2), -(-int(hi[1]) // 2))) if hm.any() else None
+            if rc is None:
+                continue
+            _, _, _, (bx, by) = cv2.minMaxLoc(rc[0])
+            cy, cx = 2 * (rc[1] + by), 2 * (rc[2] + bx)
+            lo, hi = np.array([cy - 2, cx - 2]), np.array([cy + 2, cx + 2])
+        rf = _ncc(cur, tpl, mask, y0, x0, (int(lo[0]), int(lo[1])), (int(hi[0]), int(hi[1])))
+        if rf is None:
             continue
-        py0, px0 = max(-wy0, 0), max(-wx0, 0)
-        py1, px1 = max(wy1 + th - h, 0), max(wx1 + tw - w, 0)
-        win = cur[max(wy0, 0):min(wy1 + th, h), max(wx0, 0):min(wx1 + tw, w)]
-        if py0 or px0 or py1 or px1:
-            win = cv2.copyMakeBorder(win, py0, py1, px0, px1, cv2.BORDER_REPLICATE)
-        r = cv2.matchTemplate(win, tpl, cv2.TM_CCOEFF_NORMED, mask=mask)
-        r = np.nan_to_num(r, nan=-1.0, posinf=-1.0, neginf=-1.0)
-        _, best, _, (bx, by) = cv2.minMaxLoc(r)
-        shift[i] = (wy0 + by - y0, wx0 + bx - x0)
-        score[i] = best
-        gy = guesses[i, :, 0] + y0 - wy0
-        gx = guesses[i, :, 1] + x0 - wx0
-        ok = (gy >= 0) & (gy < r.shape[0]) & (gx >= 0) & (gx < r.shape[1])
-        gscore[i, ok] = r[gy[ok], gx[ok]]
-    return shift, score, gscore
-
+        _, best, _, (bx, by) = cv2.minMaxLoc(rf[0])
+        if best > score[i]:
+            shift[i], score[i] = (rf[1] + by, rf[2] + bx), best
+    return shift, score, first

@@ -637,9 +637,12 @@ class VideoSegmenter:
             return None
         vel = np.rint(np.array([reg[int(c)].velocity for c in cand], np.float64)).astype(np.int64)
         guesses = np.stack([shifts[cand], vel, np.zeros_like(vel)], 1)
-        best, score, gscore = match_shifts(state.prev_gray, gray, prev, cand, guesses, cfg.template_radius)
         flow_ok = np.isin(cand, measured)
-        ok = (score >= cfg.template_min_score) & (~flow_ok | ((score >= gscore[:, 0] + cfg.template_margin)
+        # a track the flow measured and whose pixels fit well at the flow's shift is not searched
+        best, score, at_flow = match_shifts(state.prev_gray, gray, prev, cand, guesses, cfg.template_radius,
+                                            accept=min(1.0, cfg.template_min_score + 2 * cfg.template_margin),
+                                            boxes=np.array([reg[int(c)].bbox for c in cand], np.int64))
+        ok = (score >= cfg.template_min_score) & (~flow_ok | ((score >= at_flow + cfg.template_margin)
                                                              & (np.abs(best - shifts[cand]).max(1) >= 2)))
         if not ok.any():
             return None
@@ -773,7 +776,7 @@ class VideoSegmenter:
         if not ys:
             return
         big = [max(np.flatnonzero(seg_track == y).tolist(), key=lambda j: area_s[j]) for y in ys]
-        keep = [k for k, j in enumerate(big) if area_s[j] >= max(cfg.min_segment_area, 1)]
+        keep = [k for k, j in enumerate(big) if area_s[j] >= max(cfg.min_segment_area, cfg.flow_fallback_min_area, 1)]
         ys, big = [ys[k] for k in keep], np.array([big[k] for k in keep], np.int64)
         first = min((reg[y].first_frame for y in ys), default=idx)
         cand = [i for i in reg.tracks if i not in taken and reg[i].last_frame < first]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, forward_backward_check, label_displacements,
+from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, forward_backward_check, label_displacements, match_shifts,
                            make_flow_estimator, translate_labels,
                            resize_flow, warp_labels, warp_maps)
 
@@ -117,3 +117,71 @@ def test_translate_labels_moves_each_label_and_draws_small_on_top():
     # out-of-frame pixels are dropped; labels beyond the shift table stay in place
     out = translate_labels(labels, np.array([[0, 0], [0, 0], [-4, 0]]))
     assert (out == 2).sum() == 12 and (out[10:14, 10:14] == 3).all()
+
+
+def _object_scene(rng, shift, hw=(120, 200), size=24, at=(40, 60)):
+    """Two grayscale frames: a textured square on a textured background, moved by ``shift``."""
+    import cv2
+
+    bg = cv2.cvtColor(texture(rng, hw[0] + 40, hw[1] + 40, (110, 120, 100)), cv2.COLOR_RGB2GRAY)
+    obj = cv2.cvtColor(texture(rng, size, size, (200, 60, 60)), cv2.COLOR_RGB2GRAY)
+    prev, cur = bg[:hw[0], :hw[1]].copy(), bg[2:hw[0] + 2, 1:hw[1] + 1].copy()  # the background pans
+    y, x = at
+    prev[y:y + size, x:x + size] = obj
+    lab = np.zeros(hw, np.int32)
+    lab[y:y + size, x:x + size] = 5
+    yy, xx = y + shift[0], x + shift[1]
+    ya, xa, yb, xb = max(yy, 0), max(xx, 0), min(yy + size, hw[0]), min(xx + size, hw[1])
+    cur[ya:yb, xa:xb] = obj[ya - yy:yb - yy, xa - xx:xb - xx]
+    return prev, cur, lab
+
+
+@pytest.mark.parametrize("shift", [(17, -23), (-4, 31), (0, 0)])
+def test_match_shifts_finds_an_object_farther_than_its_size(rng, shift):
+    # DIS sees a 24 px square moving 31 px as background; its own pixels are found anyway
+    prev, cur, lab = _object_scene(rng, shift)
+    guesses = np.array([[[-2, -1], [0, 0]]])  # the flow's (background) guess and zero
+    best, score, first = match_shifts(prev, cur, lab, np.array([5]), guesses, radius=32)
+    assert tuple(best[0]) == shift
+    assert score[0] > 0.95
+    assert first[0] < score[0] - 0.3 or shift == (0, 0)
+    # the same with the bounding box given (no pass over the map)
+    best2, score2, _ = match_shifts(prev, cur, lab, np.array([5]), guesses, radius=32,
+                                    boxes=np.array([[40, 60, 64, 84]]))
+    assert tuple(best2[0]) == shift and score2[0] == pytest.approx(score[0])
+
+
+def test_match_shifts_search_window_and_early_accept(rng):
+    prev, cur, lab = _object_scene(rng, (3, 25))
+    ids = np.array([5])
+    # the search covers the guesses widened by the radius: 25 px is out of reach from 0 +- 8
+    best, score, _ = match_shifts(prev, cur, lab, ids, np.array([[[0, 0]]]), radius=8)
+    assert tuple(best[0]) != (3, 25) and score[0] < 0.9
+    # ... and in reach from a constant-velocity guess next to it
+    best, score, _ = match_shifts(prev, cur, lab, ids, np.array([[[0, 0], [2, 22]]]), radius=8)
+    assert tuple(best[0]) == (3, 25)
+    # a first guess that already fits is taken without a search
+    best, score, first = match_shifts(prev, cur, lab, ids, np.array([[[3, 24], [0, 0]]]), radius=8, accept=0.5)
+    assert tuple(best[0]) == (3, 24) and score[0] == first[0] >= 0.5
+
+
+def test_match_shifts_object_crossing_the_border(rng):
+    # the square leaves the frame by 10 of its 24 rows: the part inside still matches
+    prev, cur, lab = _object_scene(rng, (-50, 6))
+    best, score, _ = match_shifts(prev, cur, lab, np.array([5]), np.array([[[-40, 0]]]), radius=16)
+    assert tuple(best[0]) == (-50, 6) and score[0] > 0.6
+
+
+def test_match_shifts_absent_flat_and_bad_input(rng):
+    prev, cur, lab = _object_scene(rng, (2, 2))
+    # label 9 is absent, label 0 (a flat region once painted so) cannot be matched
+    flat = prev.copy()
+    flat[lab == 5] = 128
+    best, score, first = match_shifts(flat, cur, lab, np.array([9, 5]), np.zeros((2, 1, 2), int))
+    assert score[0] == -1 and first[0] == -1 and score[1] == -1
+    with pytest.raises(ValueError, match="one shape"):
+        match_shifts(prev, cur[:-1], lab, np.array([5]), np.zeros((1, 1, 2), int))
+    with pytest.raises(ValueError, match="guesses"):
+        match_shifts(prev, cur, lab, np.array([5]), np.zeros((2, 1, 2), int))
+    empty = match_shifts(prev, cur, lab, np.zeros(0, int), np.zeros((0, 1, 2), int))
+    assert [a.shape[0] for a in empty] == [0, 0, 0]

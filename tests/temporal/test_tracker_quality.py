@@ -243,3 +243,131 @@ def test_motion_model_keeps_an_object_the_flow_loses(rng, motion):
         # the last measured displacement: 6 px per frame to the right (frames are below the
         # 240 px work side, so at full resolution)
         assert st.registry[ids[0]].velocity == pytest.approx((0.0, 6.0), abs=1.0)
+
+
+class _ZeroFlow:
+    """A flow estimator that sees no motion at all: consistent both ways, so the
+    forward-backward check confirms it (what coarse-to-fine flow does to a small object
+    moving farther than its size)."""
+
+    def __call__(self, a, b):
+        return np.zeros(a.shape[:2] + (2,), np.float32)
+
+
+def _split_at(gt: np.ndarray, g: int, rng) -> "Segmentation":
+    """``seg_from_gt`` with object ``g`` cut into a left and a right half."""
+    lab = gt.copy()
+    ys, xs = np.nonzero(gt == g)
+    mid = (xs.min() + xs.max() + 1) // 2
+    lab[(gt == g) & (np.arange(gt.shape[1])[None, :] >= mid)] = int(gt.max()) + 1
+    return seg_from_gt(lab, rng)
+
+
+@pytest.mark.parametrize("template", [True, False])
+def test_template_motion_keeps_a_fast_object_the_flow_follows_wrongly(rng, template):
+    # a 20 px square moving 15 px per frame while the flow says nothing moves (and the
+    # forward-backward check agrees): the prediction lags behind, and when the object's
+    # segment splits in two the half outside the stale prediction starts a new track.
+    # Matching the object's own pixels finds where it went.
+    sc = Scene([(1, 36, 6, 20, (230, 200, 40), 0, 15, 0, 99)], hw=(96, 200), seed=7)
+    vs = VideoSegmenter(None, TrackerConfig(template_motion=template, flow_fallback_preset="none", reid=False))
+    vs.flow = _ZeroFlow()
+    st = vs.init_state()
+    ids = []
+    for t in range(9):
+        img, gt = sc.frame(t)
+        tf = vs.step(st, img, _split_at(gt, 1, rng) if t in (3, 6) else seg_from_gt(gt, rng))
+        ids.append(set(np.unique(tf.labels[gt == 1]).tolist()))
+    assert all(len(s) == 1 for s in ids[:3])
+    if template:
+        assert all(s == ids[0] for s in ids), ids
+        assert st.registry[min(ids[0])].velocity == pytest.approx((0.0, 15.0), abs=1.0)
+    else:
+        assert any(s != ids[0] for s in ids[3:])
+
+
+def test_template_motion_config_is_validated():
+    from diffseg_core.errors import InputError
+
+    with pytest.raises(InputError, match="template_min_score"):
+        TrackerConfig(template_min_score=1.5)
+    with pytest.raises(InputError, match="template_radius"):
+        TrackerConfig(template_radius=-1)
+
+
+def test_an_object_appearing_over_the_background_is_not_a_piece_of_it(rng):
+    # an object appears in the middle of the frame (out from behind something) inside the
+    # background's predicted mask; it looks nothing like the background, so it is a new
+    # object, not a split piece of the background: when its segment is merged into the
+    # background segment later, it is carved out and keeps its id
+    sc = Scene([(1, 30, 40, 22, (230, 60, 200), 1, 2, 3, 99)], hw=(96, 160), seed=8)
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    ids = {}
+    for t in range(11):
+        img, gt = sc.frame(t)
+        seg = seg_from_gt(np.zeros_like(gt) if t == 8 else gt, rng)
+        tf = vs.step(st, img, seg)
+        if t >= 3:
+            vals, counts = np.unique(tf.labels[gt == 1], return_counts=True)
+            ids[t] = int(vals[np.argmax(counts)])
+            assert counts.max() > 0.8 * counts.sum(), (t, vals, counts)
+    assert len(set(ids.values())) == 1, ids
+    assert st.registry[ids[3]].parent == 0
+
+
+@pytest.mark.parametrize("fragment_age", [5, 0])
+def test_a_young_track_takes_back_the_id_of_a_returning_object(rng, fragment_age):
+    # an object (magenta with a yellow left edge) leaves (frames 0-5 visible), is away for
+    # three frames and comes back from the right border, leading with its yellow edge: that
+    # first sliver looks unlike the object, so it starts a new track. Once the young track
+    # shows the object's look it takes back the remembered id (the lifetimes of the two do
+    # not overlap); with ``fragment_age=0`` it keeps the new id
+    W = 160
+    objs = [(1, 30, 40, 22, (230, 60, 200), 0, 3, 0, 5), (1, 34, W - 4 + 54, 22, (230, 60, 200), 0, -6, 9, 99)]
+    sc = Scene(objs, hw=(96, W), seed=9)  # the second entry: the same object, back at frame 9
+    sc.tex[1][:, :6] = texture(np.random.default_rng(1), 22, 6, (230, 220, 40))
+    vs = VideoSegmenter(None, TrackerConfig(fragment_age=fragment_age))
+    st = vs.init_state()
+    ids = {}
+    for t in range(16):
+        img, gt = sc.frame(t)
+        tf = vs.step(st, img, seg_from_gt(gt, rng))
+        if (gt == 1).any():
+            vals, counts = np.unique(tf.labels[gt == 1], return_counts=True)
+            ids[t] = int(vals[np.argmax(counts)])
+    old = ids[0]
+    assert all(ids[t] == old for t in range(6)) and 6 not in ids
+    assert ids[9] != old, str(ids)  # not re-identified in its first frame back
+    if fragment_age:
+        assert all(ids[t] == old for t in range(11, 16)), str(ids)
+    else:
+        assert all(ids[t] == ids[9] for t in range(9, 16)), str(ids)
+
+
+def test_a_sliver_barely_changes_the_remembered_look(rng):
+    # an object (magenta, yellow left edge) leaves the frame to the right: the last views
+    # show only its yellow edge. The remembered colour histogram is updated in proportion
+    # to how much of the object a view shows, so it still describes the whole object
+    from temporal.matching import bhattacharyya, color_histograms
+
+    W = 128
+    sc = Scene([(1, 30, 70, 24, (230, 60, 200), 0, 6, 0, 99)], hw=(96, W), seed=10)
+    sc.tex[1][:, :6] = texture(np.random.default_rng(1), 24, 6, (230, 220, 40))
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    full = sliver = None
+    for t in range(10):
+        img, gt = sc.frame(t)
+        tf = vs.step(st, img, seg_from_gt(gt, rng))
+        m = (gt == 1).astype(np.int64) - 1  # component 0 = the object, -1 = the rest
+        h = color_histograms(img, m, 1, 8)[0]
+        if t == 0:
+            full = h
+            tid = int(np.bincount(tf.labels[gt == 1]).argmax())
+        elif (gt == 1).any():
+            sliver = h
+            assert int(np.bincount(tf.labels[gt == 1]).argmax()) == tid
+    assert 0 < (sc.frame(9)[1] == 1).sum() <= 6 * 24  # the last view is the yellow edge alone
+    assert float(bhattacharyya(sliver[None], full[None])[0, 0]) < 0.75
+    assert float(bhattacharyya(st.registry[tid].hist[None], full[None])[0, 0]) > 0.9
