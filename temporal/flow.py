@@ -316,7 +316,7 @@ def match_shifts(prev: np.ndarray, cur: np.ndarray, labels: np.ndarray, ids: np.
     in both directions, so the forward-backward check confirms the wrong flow. Matching
     each object's own pixels (its previous mask as the template mask) against the current
     frame sees it whatever its speed. The search runs at half resolution and is refined
-    at full resolution (2 pixels around the coarse optimum).
+    at full resolution (2 pixels around the coarse optimum and around every guess).
 
     Args:
         prev, cur: uint8 grayscale ``(H, W)`` previous and current frames.
@@ -376,8 +376,10 @@ def match_shifts(prev: np.ndarray, cur: np.ndarray, labels: np.ndarray, ids: np.
                 continue
         lo = guesses[i].min(0) - radius
         hi = guesses[i].max(0) + radius
+        spots = [(lo, hi)]  # full-resolution windows (lo, hi) to search
         if min(y1 - y0, x1 - x0) >= 8:
-            # coarse: the same search at half resolution
+            # coarse: the same search at half resolution, refined 2 px around its optimum
+            # and around every guess (a small object may not survive the coarse level)
             if half is None:
                 # low-pass first (Gaussian pyramid): fine texture at a half-pixel offset
                 # would not correlate at all
@@ -388,15 +390,16 @@ def match_shifts(prev: np.ndarray, cur: np.ndarray, labels: np.ndarray, ids: np.
             hm = (lab_h[hy0:hy1, hx0:hx1] == lab).astype(np.uint8)
             rc = _ncc(half[1], half[0][hy0:hy1, hx0:hx1], hm, hy0, hx0,
                       (int(lo[0]) // 2, int(lo[1]) // 2), (-(-int(hi[0]) // 2), -(-int(hi[1]) // 2))) if hm.any() else None
-            if rc is None:
+            centres = {tuple(int(v) for v in g) for g in guesses[i]}
+            if rc is not None:
+                _, _, _, (bx, by) = cv2.minMaxLoc(rc[0])
+                centres.add((2 * (rc[1] + by), 2 * (rc[2] + bx)))
+            spots = [(np.array([cy - 2, cx - 2]), np.array([cy + 2, cx + 2])) for cy, cx in sorted(centres)]
+        for lo, hi in spots:
+            rf = _ncc(cur, tpl, mask, y0, x0, (int(lo[0]), int(lo[1])), (int(hi[0]), int(hi[1])))
+            if rf is None:
                 continue
-            _, _, _, (bx, by) = cv2.minMaxLoc(rc[0])
-            cy, cx = 2 * (rc[1] + by), 2 * (rc[2] + bx)
-            lo, hi = np.array([cy - 2, cx - 2]), np.array([cy + 2, cx + 2])
-        rf = _ncc(cur, tpl, mask, y0, x0, (int(lo[0]), int(lo[1])), (int(hi[0]), int(hi[1])))
-        if rf is None:
-            continue
-        _, best, _, (bx, by) = cv2.minMaxLoc(rf[0])
-        if best > score[i]:
-            shift[i], score[i] = (rf[1] + by, rf[2] + bx), best
+            _, best, _, (bx, by) = cv2.minMaxLoc(rf[0])
+            if best > score[i]:
+                shift[i], score[i] = (rf[1] + by, rf[2] + bx), best
     return shift, score, first
