@@ -46,6 +46,18 @@ class TrackerConfig:
             its previous area (and ``motion_min_pixels``) passed the forward-backward check;
             otherwise its last displacement is reused.
         motion_min_pixels: see ``motion_min_valid``.
+        template_motion: match every object-sized track (``flow_fallback_min_area`` work
+            pixels up to ``template_max_area`` of the frame) by its own pixels: its previous
+            mask is the mask of a normalised-correlation template searched in this frame
+            (`temporal.flow.match_shifts`) around the flow's shift, the constant-velocity
+            guess and zero. Where the match clearly fits better than the flow, the track's
+            prediction is its previous mask moved by the matched shift. Coarse-to-fine flow
+            loses small objects that move farther than their size. Needs ``motion_model``.
+        template_max_area: see ``template_motion`` (fraction of the work frame).
+        template_radius: search margin (work pixels) around the guesses.
+        template_min_score: a match counts when its correlation (-1..1) is at least this...
+        template_margin: ...and, for a track the flow measured, this much above the
+            correlation at the flow's shift, 2+ pixels away from it.
         w_iou: weight of ``1 - IoU`` (warped track mask vs segment mask) in the cost.
         w_kl: weight of ``1 - exp(-sKL / kl_tau)`` (symmetric KL of proposal maps).
         kl_tau: KL scale (nats) of the KL similarity.
