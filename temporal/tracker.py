@@ -617,10 +617,11 @@ class VideoSegmenter:
     def _template_moves(self, state: VideoState, prev: np.ndarray, gray: np.ndarray,
                         shifts: np.ndarray, measured: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray] | None":
         """Tracks whose displacement, found by matching their own pixels (previous mask as a
-        template mask) in this frame, clearly beats the flow's: ``(moved, over)`` or None.
+        template mask) in this frame, clearly beats the flow's: ``(moved, over, area)`` or None.
 
         ``moved`` int32 ``(h, w)``: their previous masks translated by the matched shift;
-        ``over`` bool ``(max id + 1,)``: which ids it holds. Object-sized tracks only
+        ``over`` bool ``(max id + 1,)``: which ids it holds; ``area`` int ``(max id + 1,)``:
+        every id's previous area (see `_apply_moves`). Object-sized tracks only
         (``flow_fallback_min_area`` .. ``template_max_area`` of the frame); a match counts
         when its correlation is at least ``template_min_score`` and ``template_margin``
         above the correlation at the flow's shift, and the shifts differ by 2+ pixels.
@@ -651,14 +652,13 @@ class VideoSegmenter:
         sh = np.zeros((n, 2), np.int64)
         sh[cand[ok]] = best[ok]
         shifts[cand[ok]] = best[ok]
-        moved = translate_labels(np.where(over[prev], prev, 0), sh)
-        # a moved track takes the pixels of bigger tracks (the background it moves over),
-        # not those of smaller ones (likely in front of it)
-        return moved, over, area
+        return translate_labels(np.where(over[prev], prev, 0), sh), over, area
 
     @staticmethod
     def _apply_moves(warped: np.ndarray, moved: "tuple | None") -> np.ndarray:
-        """``warped`` with the template-moved tracks' pixels replaced by their moved masks."""
+        """``warped`` with the template-moved tracks' pixels replaced by their moved masks
+        (`_template_moves`). A moved track takes the pixels of bigger tracks (the background
+        it moves over), not those of smaller ones (likely in front of it)."""
         if moved is None:
             return warped
         mv, over, area = moved
