@@ -55,7 +55,8 @@ class TrackerConfig:
             loses small objects that move farther than their size. Needs ``motion_model``.
         template_max_area: see ``template_motion`` (fraction of the work frame).
         template_radius: search margin (work pixels) around the guesses.
-        template_min_score: a match counts when its correlation (-1..1) is at least this...
+        template_min_score: a match counts when its correlation (-1..1) is at least this
+            (plus up to ``template_margin`` the farther it lies from every guess)...
         template_margin: ...and, for a track the flow measured, this much above the
             correlation at the flow's shift, 2+ pixels away from it.
         w_iou: weight of ``1 - IoU`` (warped track mask vs segment mask) in the cost.

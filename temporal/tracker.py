@@ -643,8 +643,11 @@ class VideoSegmenter:
         best, score, at_flow = match_shifts(state.prev_gray, gray, prev, cand, guesses, cfg.template_radius,
                                             accept=min(1.0, cfg.template_min_score + 2 * cfg.template_margin),
                                             boxes=np.array([reg[int(c)].bbox for c in cand], np.int64))
-        ok = (score >= cfg.template_min_score) & (~flow_ok | ((score >= at_flow + cfg.template_margin)
-                                                             & (np.abs(best - shifts[cand]).max(1) >= 2)))
+        # a match far from every guess (flow, constant velocity, zero) needs a better score:
+        # up to one more margin at the search radius (a far match is more often chance)
+        far = np.abs(best[:, None, :] - guesses).max(2).min(1) / max(cfg.template_radius, 1)
+        ok = (score >= cfg.template_min_score + cfg.template_margin * np.minimum(far, 1.0)) & (
+            ~flow_ok | ((score >= at_flow + cfg.template_margin) & (np.abs(best - shifts[cand]).max(1) >= 2)))
         if not ok.any():
             return None
         over = np.zeros(n, bool)
