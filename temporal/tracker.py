@@ -310,7 +310,8 @@ class VideoSegmenter:
             tm_moves = self._template_moves(state, prev, gray, shifts, measured)
             warped = self._apply_moves(warped, tm_moves)
         if shifts is not None:
-            for tid in measured.tolist():  # the constant-velocity guess of the next frame
+            upd = measured if tm_moves is None else np.union1d(measured, np.flatnonzero(tm_moves[1]))
+            for tid in upd.tolist():  # the constant-velocity guess of the next frame
                 reg[tid].velocity = (float(shifts[tid, 0]), float(shifts[tid, 1]))
         if shifts is not None and valid is not None:
             # tracks the flow lost: their translated mask fills the pixels no confirmed warp claims
@@ -794,6 +795,7 @@ class VideoSegmenter:
             seg_track[seg_track == ys[k]] = cand[ci]
             taken.discard(ys[k])
             taken.add(cand[ci])
+            reg[ys[k]].parent = cand[ci]  # its warped mask is not carved out of the old id's segment
 
     def _reid_similarity(self, state: VideoState, cand: list[int], un: np.ndarray, seg_w: np.ndarray,
                          props: np.ndarray, hists: "np.ndarray | None", K: int) -> np.ndarray:
