@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Protocol
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Protocol
 
 import cv2
 import numpy as np
@@ -42,6 +42,20 @@ from .types import TrackedFrame
 SPLIT_MEMORY_MARGIN = 0.2
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter"]
+
+
+class _Moves(NamedTuple):
+    """Tracks moved by template matching (`VideoSegmenter._template_moves`).
+
+    Attributes:
+        moved: int32 ``(h, w)`` their previous masks translated by the matched shifts.
+        over: bool ``(max id + 1,)`` which previous ids were moved.
+        area: int ``(max id + 1,)`` previous area of every id (who is drawn over whom).
+    """
+
+    moved: np.ndarray
+    over: np.ndarray
+    area: np.ndarray
 
 
 class Segmenter(Protocol):
@@ -247,13 +261,13 @@ class VideoSegmenter:
         small = rgb if (h, w) == rgb.shape[:2] else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
         return small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
 
-    def _lost_by_flow(self, prev: np.ndarray, warped: np.ndarray) -> np.ndarray:
+    def _lost_by_flow(self, before: np.ndarray, warped: np.ndarray) -> np.ndarray:
         """bool ``(max id + 1,)``: tracks big enough to matter (``flow_fallback_min_area``)
         whose confirmed warped area is below ``flow_fallback_valid`` x their previous area
-        (the forward-backward check rejected most of them: the flow lost them)."""
+        ``before`` (per previous id; the forward-backward check rejected most of them: the
+        flow lost them)."""
         cfg = self.config
-        n = int(prev.max(initial=0)) + 1
-        before = np.bincount(prev.ravel(), minlength=n)
+        n = len(before)
         after = np.bincount(warped.ravel(), minlength=n)[:n]
         lost = (before >= max(cfg.flow_fallback_min_area, 1)) & (after < cfg.flow_fallback_valid * before)
         lost[0] = False
@@ -292,30 +306,31 @@ class VideoSegmenter:
         # 1. warp the previous ids into this frame
         bwd, valid = self._flows(state, gray) if gray is not None else (None, None)
         prev = state.prev_labels
+        prev_area = np.bincount(prev.ravel(), minlength=1) if prev is not None else None  # per previous id
         if prev is None:
             warped = np.zeros_like(seg_w)
         elif bwd is not None:
             warped = warp_labels(prev, bwd, valid, fill=0)
-            if self.flow_fallback is not None and valid is not None and self._lost_by_flow(prev, warped).any():
+            if self.flow_fallback is not None and valid is not None and self._lost_by_flow(prev_area, warped).any():
                 # the cheap flow lost an object (fast motion, blur): redo this pair carefully
                 bwd, valid = self._flows(state, gray, self.flow_fallback)
                 warped = warp_labels(prev, bwd, valid, fill=0)
         else:
             warped = prev
         # per-track motion model: every previous track moved rigidly by its robust displacement
-        shifts, measured = (self._track_shifts(reg, prev, warped, bwd)
+        shifts, measured = (self._track_shifts(reg, prev_area, warped, bwd)
                             if cfg.motion_model and prev is not None and bwd is not None else (None, None))
         tm_moves = None  # tracks whose own pixels, matched as a template, overrule the flow
         if shifts is not None and cfg.template_motion and gray is not None:
-            tm_moves = self._template_moves(state, prev, gray, shifts, measured)
+            tm_moves = self._template_moves(state, prev, prev_area, gray, shifts, measured)
             warped = self._apply_moves(warped, tm_moves)
         if shifts is not None:
-            upd = measured if tm_moves is None else np.union1d(measured, np.flatnonzero(tm_moves[1]))
+            upd = measured if tm_moves is None else np.union1d(measured, np.flatnonzero(tm_moves.over))
             for tid in upd.tolist():  # the constant-velocity guess of the next frame
                 reg[tid].velocity = (float(shifts[tid, 0]), float(shifts[tid, 1]))
         if shifts is not None and valid is not None:
             # tracks the flow lost: their translated mask fills the pixels no confirmed warp claims
-            lost = self._lost_by_flow(prev, warped)
+            lost = self._lost_by_flow(prev_area, warped)
             if lost.any():
                 moved = translate_labels(np.where(lost[prev], prev, 0), shifts)
                 warped = np.where((warped == 0) & (moved > 0), moved, warped)
@@ -327,6 +342,13 @@ class VideoSegmenter:
         row_of[A] = np.arange(T)
         rows = np.take(row_of, warped)
         inter = overlap_matrix(rows, T, seg_w, K)
+        # the previous ids warped WITHOUT the forward-backward mask (template moves applied):
+        # the check rejects every pixel it cannot confirm (fast motion, blur, thin objects),
+        # which leaves a track's warped mask too small to contain the pieces of a split; where
+        # a pixel goes is still the flow's best guess, good enough for containment and carving
+        raw = (self._apply_moves(warp_labels(prev, bwd, None, fill=0), tm_moves)
+               if prev is not None and bwd is not None and valid is not None else None)
+        inter_raw = inter if raw is None else self._overlap_of(raw, row_of, T, seg_w, K)
         area_t = inter.sum(1)
         area_s = np.bincount(seg_w.ravel(), minlength=K)[:K]
         iou = iou_from_overlap(inter, area_t, area_s)
@@ -346,15 +368,11 @@ class VideoSegmenter:
         seg_track[asg.cols] = A[asg.rows]
         taken = set(int(x) for x in A[asg.rows])
 
-        inter_raw = None  # overlaps of the warp WITHOUT the fb mask (containment tests), lazily
         # 2a. two tracks that look alike fused into one segment (a fragment made a new id when
         # the object split, and the object is whole again): the OLDER id keeps the segment,
         # whichever the assignment picked, so a transient fragment never takes over an object
         if cfg.prefer_older_on_merge and T and len(asg.rows):
-            if inter_raw is None and prev is not None and bwd is not None and cfg.fragment_age > 0:
-                inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter, tm_moves)
-            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx,
-                               inter if inter_raw is None else inter_raw)
+            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw)
 
         # 2b. a track matched to a segment that is mostly something else (the segment swallowed
         # it: a merge): the track keeps only its warped pixels (carved below); the rest of the
@@ -414,8 +432,6 @@ class VideoSegmenter:
             for j in np.flatnonzero(seg_track == 0):
                 if area_s[j] == 0:
                     continue
-                if inter_raw is None:
-                    inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter, tm_moves)
                 tid = self._split_owner(reg, A, inter_raw, area_s, seg_track, hists, j)
                 if tid:
                     seg_track[j] = tid
@@ -476,8 +492,6 @@ class VideoSegmenter:
                 tr = reg.new(idx)
                 seg_track[j] = tr.id
                 if cfg.prefer_older_on_merge and T and area_s[j] > 0:
-                    if inter_raw is None:
-                        inter_raw = self._raw_overlap(prev, bwd, valid, row_of, T, seg_w, K, inter, tm_moves)
                     t = int(np.argmax(inter_raw[:, j]))
                     ph = reg[int(A[t])].hist
                     if (inter_raw[t, j] >= cfg.split_containment * area_s[j] and int(A[t]) in taken
@@ -501,8 +515,7 @@ class VideoSegmenter:
             # carve along the warp WITHOUT the fb mask: pixels the check could not confirm
             # still go to the track the flow moved them from (else a carved object keeps only
             # its confirmed part and the rest leaks to the segment's owner)
-            src = (self._apply_moves(warp_labels(prev, bwd, None, fill=0), tm_moves)
-                   if (prev is not None and bwd is not None and valid is not None) else warped)
+            src = warped if raw is None else raw
             ys, xs = np.nonzero(keep[seg_w] & (src > 0))
             wt = src[ys, xs]
             ti = np.minimum(np.searchsorted(tids, wt), len(tids) - 1)
@@ -599,30 +612,20 @@ class VideoSegmenter:
             return tid
         return 0
 
-    def _raw_overlap(self, prev: "np.ndarray | None", bwd: "np.ndarray | None", valid: "np.ndarray | None",
-                     row_of: np.ndarray, T: int, seg_w: np.ndarray, K: int, inter: np.ndarray,
-                     moved: "tuple[np.ndarray, np.ndarray] | None" = None) -> np.ndarray:
-        """Overlaps ``(T, K)`` of the previous ids warped without the forward-backward mask.
-
-        The check rejects every pixel it cannot confirm (fast motion, blur, thin objects),
-        which leaves a track's warped mask too small to contain the pieces of a split; where
-        a pixel goes is still the flow's best guess, good enough for containment tests.
-        """
-        if prev is None or bwd is None or valid is None:
-            return inter
-        raw = self._apply_moves(warp_labels(prev, bwd, None, fill=0), moved)
-        rows = np.take(row_of, np.minimum(raw, len(row_of) - 1))
-        rows[raw >= len(row_of)] = -1
+    @staticmethod
+    def _overlap_of(ids: np.ndarray, row_of: np.ndarray, T: int, seg_w: np.ndarray, K: int) -> np.ndarray:
+        """Overlaps ``(T, K)`` of an id map with the segments (ids mapped to rows by ``row_of``;
+        ids without a row count for nobody)."""
+        rows = np.take(row_of, np.minimum(ids, len(row_of) - 1))
+        rows[ids >= len(row_of)] = -1
         return overlap_matrix(rows, T, seg_w, K)
 
-    def _template_moves(self, state: VideoState, prev: np.ndarray, gray: np.ndarray,
-                        shifts: np.ndarray, measured: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray] | None":
+    def _template_moves(self, state: VideoState, prev: np.ndarray, area: np.ndarray, gray: np.ndarray,
+                        shifts: np.ndarray, measured: np.ndarray) -> "_Moves | None":
         """Tracks whose displacement, found by matching their own pixels (previous mask as a
-        template mask) in this frame, clearly beats the flow's: ``(moved, over, area)`` or None.
+        template mask) in this frame, clearly beats the flow's (`_Moves`), or None.
 
-        ``moved`` int32 ``(h, w)``: their previous masks translated by the matched shift;
-        ``over`` bool ``(max id + 1,)``: which ids it holds; ``area`` int ``(max id + 1,)``:
-        every id's previous area (see `_apply_moves`). Object-sized tracks only
+        ``area``: previous area per previous id. Object-sized tracks only
         (``flow_fallback_min_area`` .. ``template_max_area`` of the frame); a match counts
         when its correlation is at least ``template_min_score`` and ``template_margin``
         above the correlation at the flow's shift, and the shifts differ by 2+ pixels.
@@ -630,8 +633,7 @@ class VideoSegmenter:
         """
         cfg = self.config
         reg = state.registry
-        n = int(prev.max(initial=0)) + 1
-        area = np.bincount(prev.ravel(), minlength=n)[:n]
+        n = len(area)
         cand = np.flatnonzero((area >= max(cfg.flow_fallback_min_area, cfg.motion_min_pixels, 1))
                               & (area <= cfg.template_max_area * prev.size))
         cand = np.array([c for c in cand.tolist() if c > 0 and c in reg], np.int64)
@@ -656,10 +658,10 @@ class VideoSegmenter:
         sh = np.zeros((n, 2), np.int64)
         sh[cand[ok]] = best[ok]
         shifts[cand[ok]] = best[ok]
-        return translate_labels(np.where(over[prev], prev, 0), sh), over, area
+        return _Moves(translate_labels(np.where(over[prev], prev, 0), sh), over, area)
 
     @staticmethod
-    def _apply_moves(warped: np.ndarray, moved: "tuple | None") -> np.ndarray:
+    def _apply_moves(warped: np.ndarray, moved: "_Moves | None") -> np.ndarray:
         """``warped`` with the template-moved tracks' pixels replaced by their moved masks
         (`_template_moves`). A moved track takes the pixels of bigger tracks (the background
         it moves over), not those of smaller ones (likely in front of it)."""
@@ -673,15 +675,14 @@ class VideoSegmenter:
         take = (mv > 0) & ((out == 0) | (size > np.take(area, mv)))
         return np.where(take, mv, out).astype(np.int32, copy=False)
 
-    def _track_shifts(self, reg: TrackRegistry, prev: np.ndarray, warped: np.ndarray,
+    def _track_shifts(self, reg: TrackRegistry, area: np.ndarray, warped: np.ndarray,
                       bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Integer shift ``(dy, dx)`` per previous track id (rows ``0..max id``): the median
         flow of its confirmed warped pixels, else its last displacement (constant velocity);
-        and the ids whose shift was measured (not guessed)."""
+        and the ids whose shift was measured (not guessed). ``area``: previous area per id."""
         cfg = self.config
-        n = int(prev.max(initial=0)) + 1
+        n = len(area)
         disp, cnt = label_displacements(warped, bwd, n)
-        area = np.bincount(prev.ravel(), minlength=n)[:n]
         ok = (cnt >= max(cfg.motion_min_pixels, 1)) & (cnt >= cfg.motion_min_valid * area)
         measured = []
         for tid in (np.flatnonzero(area[1:]) + 1).tolist():

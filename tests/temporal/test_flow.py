@@ -174,7 +174,7 @@ def test_match_shifts_object_crossing_the_border(rng):
 
 def test_match_shifts_absent_flat_and_bad_input(rng):
     prev, cur, lab = _object_scene(rng, (2, 2))
-    # label 9 is absent, label 0 (a flat region once painted so) cannot be matched
+    # label 9 is absent; label 5 painted a flat grey in the previous frame has no texture to match
     flat = prev.copy()
     flat[lab == 5] = 128
     best, score, first = match_shifts(flat, cur, lab, np.array([9, 5]), np.zeros((2, 1, 2), int))
