@@ -97,6 +97,13 @@ class TrackerConfig:
             the forward-backward mask) lies inside it and the two look alike at the
             ``split_min_appearance`` level (0 turns this off).
         fragment_containment: see ``fragment_age``.
+        id_correction_window: output delay (frames) for id corrections: a track born at
+            most this many frames ago that turns out to be a piece or a re-appearance of an
+            older track (a fresh fragment that yields to it, a young track re-identified as
+            it) is folded into the older track and its pixels in the frames still held back
+            are rewritten with the older id, so the correction reaches every frame of its
+            short life (`TrackedFrame.absorbed`). `VideoSegmenter.iter_video` holds back
+            this many frames (full-resolution int32 label maps); 0 = no delay, no rewrite.
         max_missed: frames a track that disappeared is remembered for re-identification
             (occlusion); after that it is retired. Ids are never reused.
         reid: re-identify remembered tracks by appearance (proposal KL + colour histogram).
@@ -152,6 +159,7 @@ class TrackerConfig:
     merge_same_appearance: float = 0.7
     fragment_age: int = 5
     fragment_containment: float = 0.3
+    id_correction_window: int = 5
     max_missed: int = 30
     reid: bool = True
     reid_min_similarity: float = 0.55
@@ -169,7 +177,7 @@ class TrackerConfig:
         look_up_option(self.flow_backend, FLOW_BACKENDS, "flow backend")
         look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
         look_up_option(self.flow_fallback_preset, ("none",) + DIS_PRESETS, "flow fallback preset")
-        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age", "fragment_age",
+        for name in ("work_side", "max_missed", "hist_bins", "min_segment_area", "batch_size", "id_offset", "max_carved", "merge_min_age", "fragment_age", "id_correction_window",
                      "flow_fallback_min_area", "motion_min_pixels", "template_radius"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
@@ -210,6 +218,6 @@ def iou_only_baseline(**changes: Any) -> TrackerConfig:
     """The IoU-only linker (no flow, no KL, no splits/merges/re-id): the DEVA/Cellpose-style
     baseline the benchmark compares against."""
     base = dict(use_flow=False, w_kl=0.0, w_iou=1.0, handle_splits=False, handle_merges=False, prefer_older_on_merge=False,
-                reid=False, hist_bins=0, min_iou=0.1, max_cost=0.9)
+                reid=False, hist_bins=0, min_iou=0.1, max_cost=0.9, id_correction_window=0)
     base.update(changes)
     return TrackerConfig(**base)

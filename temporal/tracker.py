@@ -35,6 +35,7 @@ from .flow import (forward_backward_check, label_displacements, make_flow_estima
 from .matching import (bhattacharyya, color_histograms, cost_matrix, hungarian_assign,
                        iou_from_overlap, kl_similarity, overlap_matrix, symmetric_kl_matrix)
 from .proposals import grid_hw, segmentation_from_labels
+from .relabel import IdCorrectionBuffer
 from .tracks import TrackRegistry
 from .types import TrackedFrame
 
@@ -190,9 +191,25 @@ class VideoSegmenter:
             state: continue from this state (default: a fresh one).
 
         Yields:
-            `TrackedFrame` per frame, in order.
+            `TrackedFrame` per frame, in order. With ``config.id_correction_window`` = n > 0
+            a frame is yielded n frames after it was stepped (at the end, all at once), so
+            that the ids of young tracks found out to be pieces or re-appearances of older
+            tracks are corrected in it (`temporal.relabel`). When a step raises, the frames
+            held back are yielded first, then the error is raised.
         """
         state = self.init_state() if state is None else state
+        buf = IdCorrectionBuffer(self.config.id_correction_window)
+        try:
+            for tf in self._iter_steps(frames, segmentations, state):
+                yield from buf.push(tf)
+        except Exception:
+            yield from buf.flush()  # nothing already computed is lost
+            raise
+        yield from buf.flush()
+
+    def _iter_steps(self, frames: "Iterable[Any] | None", segmentations: "Iterable[Segmentation | None] | None",
+                    state: VideoState) -> Iterator[TrackedFrame]:
+        """`iter_video` without the id-correction delay."""
         if segmentations is not None or self.segmenter is None:
             if segmentations is None:
                 raise ValueError("`segmentations` is required: this VideoSegmenter has no segmenter")
@@ -366,13 +383,14 @@ class VideoSegmenter:
         asg = hungarian_assign(cost, allowed=(iou >= cfg.min_iou) & (inter > 0), max_cost=cfg.max_cost)
         seg_track = np.zeros(K, np.int64)
         seg_track[asg.cols] = A[asg.rows]
+        yielded: dict[int, int] = {}  # young track -> the older track it handed its segment(s) to
         taken = set(int(x) for x in A[asg.rows])
 
         # 2a. two tracks that look alike fused into one segment (a fragment made a new id when
         # the object split, and the object is whole again): the OLDER id keeps the segment,
         # whichever the assignment picked, so a transient fragment never takes over an object
         if cfg.prefer_older_on_merge and T and len(asg.rows):
-            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw)
+            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw, yielded)
 
         # 2b. a track matched to a segment that is mostly something else (the segment swallowed
         # it: a merge): the track keeps only its warped pixels (carved below); the rest of the
@@ -453,7 +471,7 @@ class VideoSegmenter:
             # a track born a few frames ago (an object re-entering shows only a sliver, too
             # little to recognise) takes back the id of a remembered track it looks like
             # once it is big enough, if that track was gone before it was born
-            self._reid_young(state, idx, seg_track, taken, seg_w, props, hists, area_s, K)
+            self._reid_young(state, idx, seg_track, taken, seg_w, props, hists, area_s, K, yielded)
 
         # 5. merges: carve a segment along the warped ids of tracks it swallowed
         if cfg.handle_merges and T:
@@ -552,7 +570,40 @@ class VideoSegmenter:
         ids = np.unique(lut[lut > 0])
         if carve:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
-        return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut)
+        absorbed = self._absorb(reg, yielded, ids, idx)
+        return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut, absorbed)
+
+    def _absorb(self, reg: TrackRegistry, yielded: dict[int, int], present: np.ndarray, idx: int) -> dict[int, int]:
+        """Young tracks folded into the older track they yielded to in this frame:
+        ``{young id: older id}`` (see `TrackedFrame.absorbed`).
+
+        A young track is folded when it has no pixels left in this frame and its whole life
+        lies inside ``id_correction_window`` (so every frame it appeared in can still be
+        rewritten); it is then removed from the registry: it was never an object of its own.
+        """
+        win = self.config.id_correction_window
+        if win <= 0 or not yielded:
+            return {}
+        out: dict[int, int] = {}
+        pres = set(np.asarray(present).tolist())
+        for y, o in yielded.items():
+            if y in pres or y not in reg or reg[y].first_frame < idx - win:
+                continue
+            out[y] = o
+        for y in list(out):  # chains (y -> o -> p in one frame) point at the final id
+            o, seen = out[y], {y}
+            while o in out and o not in seen:
+                seen.add(o)
+                o = out[o]
+            out[y] = o
+        for y, o in out.items():
+            t = reg.tracks.pop(y)
+            if o in reg:  # the older track inherits how much of the object was ever seen
+                reg[o].peak_area = max(reg[o].peak_area, t.peak_area)
+            for other in reg.tracks.values():  # pieces of the young track are pieces of the older one
+                if other.parent == y:
+                    other.parent = o
+        return out
 
     def _old_enough(self, state: VideoState, tr: Any, idx: int, other: int) -> bool:
         """Whether track ``tr`` may be carved out of a segment that swallowed it (mostly track
@@ -697,7 +748,7 @@ class VideoSegmenter:
 
     def _prefer_older(self, reg: TrackRegistry, A: np.ndarray, asg: Any, inter: np.ndarray, area_t: np.ndarray,
                       area_s: np.ndarray, seg_track: np.ndarray, taken: set, idx: int,
-                      inter_raw: np.ndarray) -> None:
+                      inter_raw: np.ndarray, yielded: "dict[int, int] | None" = None) -> None:
         """Hand a matched segment to an older, unmatched, look-alike track mostly inside it.
 
         Args:
@@ -708,6 +759,7 @@ class VideoSegmenter:
             idx: this frame's index (a track at most ``fragment_age`` frames old is fresh).
             inter_raw: ``(T, K)`` overlaps of the warp without the forward-backward mask
                 (``inter`` when there is no such warp), for the fresh-fragment test.
+            yielded: ``{young id: older id}`` of the hand-overs; updated in place.
         """
         cfg = self.config
         matched = np.zeros(len(A), bool)
@@ -741,6 +793,8 @@ class VideoSegmenter:
             if best is not None:
                 oid = int(A[best])
                 young.parent = oid  # from now on a piece of the older track (merge tests below)
+                if yielded is not None:
+                    yielded[tid] = oid
                 seg_track[j] = oid
                 taken.discard(tid)
                 taken.add(oid)
@@ -768,7 +822,8 @@ class VideoSegmenter:
         return p.astype(np.float32, copy=False)
 
     def _reid_young(self, state: VideoState, idx: int, seg_track: np.ndarray, taken: set, seg_w: np.ndarray,
-                    props: np.ndarray, hists: "np.ndarray | None", area_s: np.ndarray, K: int) -> None:
+                    props: np.ndarray, hists: "np.ndarray | None", area_s: np.ndarray, K: int,
+                    yielded: "dict[int, int] | None" = None) -> None:
         """Re-identification of tracks born at most ``fragment_age`` frames ago (not this
         frame) against remembered tracks last seen before they were born; a match hands all
         the young track's segments to the remembered id."""
@@ -797,6 +852,8 @@ class VideoSegmenter:
             taken.discard(ys[k])
             taken.add(cand[ci])
             reg[ys[k]].parent = cand[ci]  # its warped mask is not carved out of the old id's segment
+            if yielded is not None:
+                yielded[ys[k]] = cand[ci]
 
     def _reid_similarity(self, state: VideoState, cand: list[int], un: np.ndarray, seg_w: np.ndarray,
                          props: np.ndarray, hists: "np.ndarray | None", K: int) -> np.ndarray:

@@ -23,6 +23,11 @@ class TrackedFrame:
         keyframe: True when the frame was segmented (not only propagated by flow).
         segment_to_track: int32 ``(K,)``: track id given to each segment of
             ``segmentation`` (0 when a segment got no track); empty on propagated frames.
+        absorbed: ``{young id: older id}``: young tracks folded into older ones in this
+            frame (a fragment of the older track, or its re-appearance, found out a few
+            frames late); the young id's pixels in earlier frames should read the older id.
+            `VideoSegmenter.iter_video` applies this to the frames it holds back
+            (``TrackerConfig.id_correction_window``); see `temporal.relabel`.
     """
 
     frame_index: int
@@ -31,6 +36,7 @@ class TrackedFrame:
     segmentation: Optional[Segmentation] = None
     keyframe: bool = True
     segment_to_track: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    absorbed: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass

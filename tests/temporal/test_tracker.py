@@ -267,7 +267,8 @@ def test_state_is_bounded(rng):
     assert len(st.recent) <= 2
 
 
-def test_iter_video_is_lazy_on_an_endless_stream(rng):
+@pytest.mark.parametrize("window", [0, 5])
+def test_iter_video_is_lazy_on_an_endless_stream(rng, window):
     import itertools
 
     sc = Scene(TWO)
@@ -282,10 +283,10 @@ def test_iter_video_is_lazy_on_an_endless_stream(rng):
         for t in itertools.count():
             yield seg_from_gt(sc.frame(t % 20)[1], rng)
 
-    vs = VideoSegmenter(None, TrackerConfig())
+    vs = VideoSegmenter(None, TrackerConfig(id_correction_window=window))
     out = list(itertools.islice(vs.iter_video(frames(), segs()), 5))
     assert [tf.frame_index for tf in out] == [0, 1, 2, 3, 4]
-    assert len(pulled) <= 6
+    assert len(pulled) <= 6 + window  # frames are held back by the id-correction window only
 
 
 def test_segmenter_batches_are_bounded(rng):
