@@ -459,8 +459,17 @@ class VideoSegmenter:
         un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
         if cfg.reid and len(un):
             # lost tracks, and tracks of the previous frame that found no partner (e.g. flow
-            # failed on fast motion, or all their warped pixels were unreliable)
-            cand = [i for i in reg.tracks if i not in taken]
+            # failed on fast motion, or all their warped pixels were unreliable); not a track
+            # whose prediction lies inside a segment another track took: that segment
+            # swallowed it (a merge, carved in step 5), the object has not moved elsewhere
+            swallowed = set()
+            if cfg.handle_merges and T:
+                jb = np.argmax(inter, 1)
+                inside = inter[np.arange(T), jb] >= cfg.merge_containment * np.maximum(area_t, 1)
+                owner = seg_track[jb]
+                swallowed = {int(A[t]) for t in np.flatnonzero(inside & (owner > 0) & (owner != A)
+                                                                 & (area_t >= max(cfg.min_segment_area, 4)))}
+            cand = [i for i in reg.tracks if i not in taken and i not in swallowed]
             if cand:
                 sim = self._reid_similarity(state, cand, un, seg_w, props, hists, K)
                 r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)

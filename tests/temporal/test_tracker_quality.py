@@ -375,3 +375,25 @@ def test_a_sliver_barely_changes_the_remembered_look(rng):
     assert 0 < (sc.frame(9)[1] == 1).sum() <= 6 * 24  # the last view is the yellow edge alone
     assert float(bhattacharyya(sliver[None], full[None])[0, 0]) < 0.75
     assert float(bhattacharyya(st.registry[tid].hist[None], full[None])[0, 0]) > 0.9
+
+
+def test_a_swallowed_track_is_carved_out_not_reidentified_elsewhere(rng):
+    # frames 0-4: a red square (track A) over a green background. Frame 5: its segment is
+    # merged into the background segment, and a red look-alike appears far away. A's
+    # prediction lies inside the merged segment: A is carved out of it (a merge), and the
+    # look-alike is a new object, not A re-identified (colour alone would say it is)
+    objs = [(1, 20, 16, 22, (220, 50, 50), 1, 2, 0, 99), (2, 60, 96, 22, (220, 50, 50), 0, 0, 5, 99)]
+    sc = Scene(objs, hw=(96, 128), seed=3)
+    sc.tex[2] = sc.tex[1].copy()
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    for t in range(7):
+        img, gt = sc.frame(t)
+        lab = np.where(gt == 1, 0, gt) if t == 5 else gt  # the merge, on frame 5 only
+        tf = vs.step(st, img, seg_from_gt(lab, rng))
+        if t == 4:
+            a = int(np.bincount(tf.labels[gt == 1]).argmax())
+        if t == 5:
+            assert np.mean(tf.labels[gt == 1] == a) > 0.8  # carved out of the merged segment
+            assert not np.any(tf.labels[gt == 2] == a)  # the look-alike got an id of its own
+    assert np.mean(tf.labels[gt == 1] == a) > 0.9 and not np.any(tf.labels[gt == 2] == a)
