@@ -108,6 +108,11 @@ class TrackerConfig:
             (occlusion); after that it is retired. Ids are never reused.
         reid: re-identify remembered tracks by appearance (proposal KL + colour histogram).
         reid_min_similarity: gate (0..1) of the re-identification similarity.
+        reid_young_similarity: a track born at most ``fragment_age`` frames ago may take back
+            a remembered id (its lifetime not overlapping the young one's) with a similarity
+            of only this much when the pair is unambiguous (see ``reid_young_margin``).
+        reid_young_margin: lead over every other remembered track for the young track, and
+            over every other young track for the remembered one (0 turns this off).
         reid_w_position: weight of the last-known position (IoU with the old mask) in the
             re-identification similarity; the rest is appearance.
         hist_bins: colour histogram bins per RGB channel (0 = no colour appearance).
@@ -163,6 +168,8 @@ class TrackerConfig:
     max_missed: int = 30
     reid: bool = True
     reid_min_similarity: float = 0.55
+    reid_young_similarity: float = 0.45
+    reid_young_margin: float = 0.15
     reid_w_position: float = 0.3
     hist_bins: int = 8
     proposal_side: int = 32
@@ -193,7 +200,7 @@ class TrackerConfig:
         if not float(self.kl_tau) > 0:
             raise InputError(f"TrackerConfig.kl_tau must be > 0; got {self.kl_tau}")
         for name in ("min_iou", "max_cost", "split_containment", "split_min_appearance",
-                     "split_gain_containment", "split_min_gain", "fragment_containment", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "motion_min_valid", "template_max_area", "template_min_score", "template_margin", "reid_min_similarity", "reid_w_position", "appearance_ema"):
+                     "split_gain_containment", "split_min_gain", "fragment_containment", "merge_containment", "merge_margin", "merge_same_appearance", "flow_fallback_valid", "motion_min_valid", "template_max_area", "template_min_score", "template_margin", "reid_min_similarity", "reid_young_similarity", "reid_young_margin", "reid_w_position", "appearance_ema"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"TrackerConfig.{name} must be in [0, 1]; got {v}")

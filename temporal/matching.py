@@ -135,6 +135,34 @@ def hungarian_assign(cost: np.ndarray, allowed: "np.ndarray | None" = None,
     return Assignment(r, cidx, um_r, um_c)
 
 
+def distinct_pairs(sim: np.ndarray, margin: float) -> np.ndarray:
+    """Pairs that stand out: each is the most similar of its row and of its column, by at
+    least ``margin`` over every other entry there (a ratio-test-like check of ambiguity).
+
+    Args:
+        sim: float ``(M, K)`` similarities.
+        margin: required lead (same units as ``sim``).
+
+    Returns:
+        bool ``(M, K)``; a row or column with one entry needs only that entry to exceed 0
+        by ``margin`` (there is no rival to beat).
+    """
+    sim = np.asarray(sim, np.float64)
+    m, k = sim.shape
+    if m == 0 or k == 0:
+        return np.zeros((m, k), bool)
+
+    def rival(a: np.ndarray) -> np.ndarray:  # per entry: the best OTHER entry of its row
+        if a.shape[1] == 1:
+            return np.zeros_like(a)
+        top2 = np.sort(a, axis=1)[:, -2:]
+        best, second = top2[:, 1:2], top2[:, 0:1]
+        return np.where(a >= best, second, best)
+
+    lead = np.minimum(sim - rival(sim), sim - rival(sim.T).T)
+    return lead >= margin
+
+
 def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:
     """Normalised RGB colour histogram of every label.
 

@@ -32,7 +32,7 @@ from diffseg_core.types import Segmentation
 from .config import TrackerConfig
 from .flow import (forward_backward_check, label_displacements, make_flow_estimator, match_shifts, resize_flow,
                    translate_labels, warp_labels, warp_maps)
-from .matching import (bhattacharyya, color_histograms, cost_matrix, hungarian_assign,
+from .matching import (bhattacharyya, color_histograms, cost_matrix, distinct_pairs, hungarian_assign,
                        iou_from_overlap, kl_similarity, overlap_matrix, symmetric_kl_matrix)
 from .proposals import grid_hw, segmentation_from_labels
 from .relabel import IdCorrectionBuffer
@@ -835,7 +835,9 @@ class VideoSegmenter:
                     yielded: "dict[int, int] | None" = None) -> None:
         """Re-identification of tracks born at most ``fragment_age`` frames ago (not this
         frame) against remembered tracks last seen before they were born; a match hands all
-        the young track's segments to the remembered id."""
+        the young track's segments to the remembered id. A pair below
+        ``reid_min_similarity`` matches too when it reaches ``reid_young_similarity`` and
+        leads every rival of its row and column by ``reid_young_margin``."""
         cfg = self.config
         reg = state.registry
         if cfg.fragment_age <= 0:
@@ -855,7 +857,13 @@ class VideoSegmenter:
         born = np.array([reg[y].first_frame for y in ys])
         last = np.array([reg[c].last_frame for c in cand])
         sim = np.where(last[:, None] < born[None, :], sim, 0.0)
-        r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
+        # a young track has shown itself for a few frames, so a pair below the gate still
+        # counts when it is unambiguous: an object coming out from behind an occluder shows
+        # a shifted part of itself (the last-position cue is weak) but fits no other memory
+        allowed = sim >= cfg.reid_min_similarity
+        if cfg.reid_young_margin > 0:
+            allowed |= (sim >= cfg.reid_young_similarity) & distinct_pairs(sim, cfg.reid_young_margin)
+        r = hungarian_assign(1.0 - sim, allowed=allowed)
         for ci, k in zip(r.rows.tolist(), r.cols.tolist()):
             seg_track[seg_track == ys[k]] = cand[ci]
             taken.discard(ys[k])

@@ -84,3 +84,24 @@ def test_color_histograms_and_bhattacharyya():
     assert h[0, 0] == 1 and h[1, 7] == 1
     b = bhattacharyya(h, h)
     np.testing.assert_allclose(b, np.eye(2), atol=1e-6)
+
+
+def test_distinct_pairs_needs_a_lead_in_row_and_column():
+    from temporal.matching import distinct_pairs
+
+    sim = np.array([[0.50, 0.20, 0.10],
+                    [0.30, 0.45, 0.40],
+                    [0.10, 0.05, 0.00]])
+    got = distinct_pairs(sim, 0.15)
+    # (0, 0): leads its row by 0.30 and its column by 0.20; (1, 1): leads its row by only
+    # 0.05; everything else is not the best of its row or column
+    expected = np.zeros((3, 3), bool)
+    expected[0, 0] = True
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(distinct_pairs(sim, 0.04), [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+    # a single entry has no rival: it needs only to exceed 0 by the margin
+    assert distinct_pairs(np.array([[0.2]]), 0.15).tolist() == [[True]]
+    assert distinct_pairs(np.array([[0.1]]), 0.15).tolist() == [[False]]
+    # ties are never distinct
+    assert not distinct_pairs(np.array([[0.6, 0.6]]), 0.01).any()
+    assert distinct_pairs(np.zeros((0, 3)), 0.1).shape == (0, 3)

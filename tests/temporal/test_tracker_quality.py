@@ -397,3 +397,47 @@ def test_a_swallowed_track_is_carved_out_not_reidentified_elsewhere(rng):
             assert np.mean(tf.labels[gt == 1] == a) > 0.8  # carved out of the merged segment
             assert not np.any(tf.labels[gt == 2] == a)  # the look-alike got an id of its own
     assert np.mean(tf.labels[gt == 1] == a) > 0.9 and not np.any(tf.labels[gt == 2] == a)
+
+
+def _returning_object_ids(rng, twin: bool, **cfg) -> dict[int, int]:
+    """The returning-object scene of the test above (magenta, yellow left edge: gone at
+    frames 6-8, back from the right border at 9); with ``twin`` a look-alike object is
+    visible at frames 0-5 too and never comes back. Returns frame -> the id covering most of
+    the returning object."""
+    W = 160
+    objs = [(1, 30, 40, 22, (230, 60, 200), 0, 3, 0, 5), (1, 34, W - 4 + 54, 22, (230, 60, 200), 0, -6, 9, 99)]
+    if twin:
+        objs.append((2, 66, 30, 22, (230, 60, 200), 0, 3, 0, 5))
+    sc = Scene(objs, hw=(96, W), seed=9)
+    sc.tex[1][:, :6] = texture(np.random.default_rng(1), 22, 6, (230, 220, 40))
+    if twin:
+        sc.tex[2] = sc.tex[1].copy()
+    vs = VideoSegmenter(None, TrackerConfig(**cfg))
+    st = vs.init_state()
+    ids = {}
+    for t in range(16):
+        img, gt = sc.frame(t)
+        tf = vs.step(st, img, seg_from_gt(gt, rng))
+        if (gt == 1).any():
+            vals, counts = np.unique(tf.labels[gt == 1], return_counts=True)
+            ids[t] = int(vals[np.argmax(counts)])
+    return ids
+
+
+@pytest.mark.parametrize("margin", [0.15, 0.0])
+def test_a_young_track_takes_back_an_unambiguous_id_below_the_gate(rng, margin):
+    # the plain gate is out of reach (0.99): only the unambiguous-pair rule can hand the
+    # remembered id back, and does (with the margin on)
+    ids = _returning_object_ids(rng, False, reid_min_similarity=0.99, reid_young_similarity=0.3,
+                                reid_young_margin=margin)
+    old = ids[0]
+    assert ids[9] != old
+    assert all(ids[t] == old for t in range(12, 16)) == (margin > 0), str(ids)
+
+
+def test_an_ambiguous_young_track_keeps_its_new_id(rng):
+    # two look-alike objects left; the one coming back fits both memories equally: below
+    # the plain gate that is no evidence for either, so the young track keeps its id
+    ids = _returning_object_ids(rng, True, reid_min_similarity=0.99, reid_young_similarity=0.3,
+                                reid_young_margin=0.15)
+    assert all(ids[t] == ids[9] for t in range(9, 16)) and ids[9] != ids[0], str(ids)
