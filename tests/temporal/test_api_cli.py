@@ -240,3 +240,14 @@ def test_flow_fallback_option_reaches_the_tracker(tmp_path, capsys):
         out = tmp_path / f"out_{want}"
         assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--no-overlay", *opt]) == 0
         assert json.loads((out / "tracks.json").read_text())["tracker"]["flow_fallback_preset"] == want
+
+
+def test_id_correction_window_option_reaches_the_tracker(tmp_path):
+    _, fdir, sdir, _ = write_scene(tmp_path, n=3)
+    for opt, want in ((["--id-correction-window", "0"], 0), ([], 5)):
+        out = tmp_path / f"out_{want}"
+        assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--no-overlay", *opt]) == 0
+        info = json.loads((out / "tracks.json").read_text())
+        assert info["tracker"]["id_correction_window"] == want and info["n_frames"] == 3
+    assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "bad"), "-q",
+                 "--id-correction-window", "-1"]) == 2
