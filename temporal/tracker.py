@@ -579,8 +579,37 @@ class VideoSegmenter:
         ids = np.unique(lut[lut > 0])
         if carve:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
+        if T and cfg.id_correction_window > 0 and cfg.prefer_older_on_merge:
+            self._stand_ins(reg, A, inter_raw, seg_track, ids, idx, yielded)
         absorbed = self._absorb(reg, yielded, ids, idx)
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut, absorbed)
+
+    def _stand_ins(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, seg_track: np.ndarray,
+                   present: np.ndarray, idx: int, yielded: dict[int, int]) -> None:
+        """Young tracks that stood in for an older one: a track born inside the correction
+        window, gone in this frame, whose prediction (the unchecked warp, ``inter_raw``
+        ``(T, K)``) lies inside a segment an older look-alike track took. Typically an object
+        half hidden or at the border for a frame got a new id, and the next frame its old
+        track re-identified it. Recorded in ``yielded`` (folded by `_absorb`)."""
+        cfg = self.config
+        pres = set(np.asarray(present).tolist())
+        raw_area = inter_raw.sum(1)
+        for t in range(len(A)):
+            y = int(A[t])
+            tr = reg.tracks.get(y)
+            if tr is None or y in pres or y in yielded or tr.first_frame < idx - cfg.id_correction_window:
+                continue
+            j = int(np.argmax(inter_raw[t]))
+            o = int(seg_track[j])
+            if raw_area[t] <= 0 or inter_raw[t, j] < cfg.merge_containment * raw_area[t] or o <= 0 or o == y:
+                continue
+            old = reg.tracks.get(o)
+            if old is None or old.first_frame >= tr.first_frame:
+                continue
+            if (tr.hist is not None and old.hist is not None and cfg.split_min_appearance > 0
+                    and float(bhattacharyya(tr.hist[None], old.hist[None])[0, 0]) < cfg.split_min_appearance):
+                continue  # a different object hidden by the older one: it is only occluded
+            yielded[y] = o
 
     def _absorb(self, reg: TrackRegistry, yielded: dict[int, int], present: np.ndarray, idx: int) -> dict[int, int]:
         """Young tracks folded into the older track they yielded to in this frame:

@@ -123,3 +123,30 @@ def test_frames_held_back_are_yielded_before_an_error():
         for tf in vs.iter_video(frames, segs):
             got.append(tf.frame_index)
     assert got == [0, 1, 2, 3]
+
+
+def test_a_young_stand_in_inside_the_older_tracks_segment_is_folded():
+    # rule of `VideoSegmenter._stand_ins`: track 9 (born at frame 8) is gone at frame 10 and
+    # its prediction lies inside segment 1, which track 2 (older) took; 9 looks like 2: it
+    # stood in for 2 and is folded. Track 7 is in the same position but looks different (a
+    # different object hidden by 2): only occluded. Track 4 is too old for the window.
+    from temporal.tracks import TrackRegistry
+
+    reg = TrackRegistry()
+    for _ in range(9):
+        reg.new(0)
+    red, blue = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[5]
+    for tid, first, hist in ((2, 0, red), (9, 8, red), (7, 8, blue), (4, 2, red)):
+        reg[tid].first_frame, reg[tid].hist = first, hist
+    A = np.array([2, 4, 7, 9])
+    inter_raw = np.array([[50, 0], [0, 40], [0, 30], [2, 20]])  # (T, K) unchecked-warp overlaps
+    seg_track = np.array([5, 2])  # segment 1 went to track 2 (re-identified, say)
+    vs = VideoSegmenter(None, TrackerConfig(id_correction_window=5))
+    yielded: dict[int, int] = {}
+    vs._stand_ins(reg, A, inter_raw, seg_track, np.array([2, 5]), 10, yielded)
+    assert yielded == {9: 2}
+    assert vs._absorb(reg, yielded, np.array([2, 5]), 10) == {9: 2} and 9 not in reg and 7 in reg
+    # present in this frame, or the segment's owner is younger: nothing to fold
+    y2: dict[int, int] = {}
+    vs._stand_ins(reg, A[:3], inter_raw[:3], seg_track, np.array([2, 5, 7]), 10, y2)
+    assert y2 == {}
