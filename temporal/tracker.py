@@ -924,9 +924,13 @@ class VideoSegmenter:
         position = 0.5 * (biou + ksim)
         app = ksim
         if hists is not None:
-            th = [reg[c].hist for c in cand]
-            if all(h is not None for h in th):
-                app = bhattacharyya(np.stack(th), hists[un])
+            # colour for every remembered track that has a look (one never seen whole enough
+            # to get a histogram falls back to its proposal KL, without disabling the colour
+            # cue of all the others)
+            has = np.array([reg[c].hist is not None for c in cand], bool)
+            if has.any():
+                app = ksim.copy()
+                app[has] = bhattacharyya(np.stack([reg[c].hist for c, h in zip(cand, has) if h]), hists[un])
         return cfg.reid_w_position * position + (1 - cfg.reid_w_position) * app
 
     def _update_tracks(self, state: VideoState, out_w: np.ndarray, small: "np.ndarray | None", idx: int,

@@ -7,7 +7,7 @@ import pytest
 
 from temporal.config import TrackerConfig
 from temporal.flow import make_flow_estimator
-from temporal.proposals import segmentation_from_labels
+from temporal.proposals import proposals_from_labels, segmentation_from_labels
 from temporal.tracker import VideoSegmenter
 
 from .conftest import Scene, seg_from_gt, texture
@@ -441,3 +441,29 @@ def test_an_ambiguous_young_track_keeps_its_new_id(rng):
     ids = _returning_object_ids(rng, True, reid_min_similarity=0.99, reid_young_similarity=0.3,
                                 reid_young_margin=0.15)
     assert all(ids[t] == ids[9] for t in range(9, 16)) and ids[9] != ids[0], str(ids)
+
+
+def test_a_remembered_track_without_a_look_does_not_blind_reidentification():
+    # two remembered tracks: one red with a colour histogram, one never seen whole enough to
+    # get one. A red segment far from both last positions: the red track's similarity is
+    # its colour fit (the other falls back to its proposal KL), not position alone
+    from temporal.matching import color_histograms
+
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    st.image_hw = st.work_hw = (64, 64)
+    reg = st.registry
+    rng = np.random.default_rng(0)
+    img = texture(rng, 64, 64, (60, 160, 60))
+    img[40:60, 40:60] = texture(rng, 20, 20, (210, 40, 40))
+    seg_w = np.zeros((64, 64), np.int32)
+    seg_w[40:60, 40:60] = 1
+    hists = color_histograms(img, seg_w, 2, 8)
+    red, blind = reg.new(0), reg.new(0)
+    red.hist, red.bbox = hists[1].copy(), (0, 0, 10, 10)
+    blind.bbox = (0, 50, 10, 60)
+    props = np.stack([proposals_from_labels(seg_w, 2, side=16)[k] for k in range(2)])
+    sim = vs._reid_similarity(st, [red.id, blind.id], np.array([1]), seg_w, props, hists, 2)
+    w = vs.config.reid_w_position
+    assert sim[0, 0] >= (1 - w) * 0.95 and sim[0, 0] >= vs.config.reid_min_similarity
+    assert sim[1, 0] < 0.3  # no look and far away: no evidence
