@@ -320,18 +320,20 @@ def test_an_object_appearing_over_the_background_is_not_a_piece_of_it(rng):
     assert st.registry[ids[3]].parent == 0
 
 
-@pytest.mark.parametrize("fragment_age", [5, 0])
-def test_a_young_track_takes_back_the_id_of_a_returning_object(rng, fragment_age):
-    # an object (magenta with a yellow left edge) leaves (frames 0-5 visible), is away for
-    # three frames and comes back from the right border, leading with its yellow edge: that
-    # first sliver looks unlike the object, so it starts a new track. Once the young track
-    # shows the object's look it takes back the remembered id (the lifetimes of the two do
-    # not overlap); with ``fragment_age=0`` it keeps the new id
+def _returning_object_ids(rng, twin: bool, **cfg) -> dict[int, int]:
+    """The returning-object scene of the test below (magenta, yellow left edge: gone at
+    frames 6-8, back from the right border at 9); with ``twin`` a look-alike object is
+    visible at frames 0-5 too and never comes back. Returns frame -> the id covering most of
+    the returning object."""
     W = 160
     objs = [(1, 30, 40, 22, (230, 60, 200), 0, 3, 0, 5), (1, 34, W - 4 + 54, 22, (230, 60, 200), 0, -6, 9, 99)]
-    sc = Scene(objs, hw=(96, W), seed=9)  # the second entry: the same object, back at frame 9
+    if twin:
+        objs.append((2, 66, 30, 22, (230, 60, 200), 0, 3, 0, 5))
+    sc = Scene(objs, hw=(96, W), seed=9)
     sc.tex[1][:, :6] = texture(np.random.default_rng(1), 22, 6, (230, 220, 40))
-    vs = VideoSegmenter(None, TrackerConfig(fragment_age=fragment_age))
+    if twin:
+        sc.tex[2] = sc.tex[1].copy()
+    vs = VideoSegmenter(None, TrackerConfig(**cfg))
     st = vs.init_state()
     ids = {}
     for t in range(16):
@@ -340,6 +342,17 @@ def test_a_young_track_takes_back_the_id_of_a_returning_object(rng, fragment_age
         if (gt == 1).any():
             vals, counts = np.unique(tf.labels[gt == 1], return_counts=True)
             ids[t] = int(vals[np.argmax(counts)])
+    return ids
+
+
+@pytest.mark.parametrize("fragment_age", [5, 0])
+def test_a_young_track_takes_back_the_id_of_a_returning_object(rng, fragment_age):
+    # an object (magenta with a yellow left edge) leaves (frames 0-5 visible), is away for
+    # three frames and comes back from the right border, leading with its yellow edge: that
+    # first sliver looks unlike the object, so it starts a new track. Once the young track
+    # shows the object's look it takes back the remembered id (the lifetimes of the two do
+    # not overlap); with ``fragment_age=0`` it keeps the new id
+    ids = _returning_object_ids(rng, False, fragment_age=fragment_age)
     old = ids[0]
     assert all(ids[t] == old for t in range(6)) and 6 not in ids
     assert ids[9] != old, str(ids)  # not re-identified in its first frame back
@@ -397,31 +410,6 @@ def test_a_swallowed_track_is_carved_out_not_reidentified_elsewhere(rng):
             assert np.mean(tf.labels[gt == 1] == a) > 0.8  # carved out of the merged segment
             assert not np.any(tf.labels[gt == 2] == a)  # the look-alike got an id of its own
     assert np.mean(tf.labels[gt == 1] == a) > 0.9 and not np.any(tf.labels[gt == 2] == a)
-
-
-def _returning_object_ids(rng, twin: bool, **cfg) -> dict[int, int]:
-    """The returning-object scene of the test above (magenta, yellow left edge: gone at
-    frames 6-8, back from the right border at 9); with ``twin`` a look-alike object is
-    visible at frames 0-5 too and never comes back. Returns frame -> the id covering most of
-    the returning object."""
-    W = 160
-    objs = [(1, 30, 40, 22, (230, 60, 200), 0, 3, 0, 5), (1, 34, W - 4 + 54, 22, (230, 60, 200), 0, -6, 9, 99)]
-    if twin:
-        objs.append((2, 66, 30, 22, (230, 60, 200), 0, 3, 0, 5))
-    sc = Scene(objs, hw=(96, W), seed=9)
-    sc.tex[1][:, :6] = texture(np.random.default_rng(1), 22, 6, (230, 220, 40))
-    if twin:
-        sc.tex[2] = sc.tex[1].copy()
-    vs = VideoSegmenter(None, TrackerConfig(**cfg))
-    st = vs.init_state()
-    ids = {}
-    for t in range(16):
-        img, gt = sc.frame(t)
-        tf = vs.step(st, img, seg_from_gt(gt, rng))
-        if (gt == 1).any():
-            vals, counts = np.unique(tf.labels[gt == 1], return_counts=True)
-            ids[t] = int(vals[np.argmax(counts)])
-    return ids
 
 
 @pytest.mark.parametrize("margin", [0.15, 0.0])
