@@ -384,6 +384,7 @@ class VideoSegmenter:
         seg_track = np.zeros(K, np.int64)
         seg_track[asg.cols] = A[asg.rows]
         yielded: dict[int, int] = {}  # young track -> the older track it handed its segment(s) to
+        reided: dict[int, int] = {}  # track re-identified in step 4 -> the segment it took
         taken = set(int(x) for x in A[asg.rows])
 
         # 2a. two tracks that look alike fused into one segment (a fragment made a new id when
@@ -476,6 +477,7 @@ class VideoSegmenter:
                 for ci, sj in zip(r.rows, r.cols):
                     seg_track[un[sj]] = cand[ci]
                     taken.add(cand[ci])
+                    reided[int(cand[ci])] = int(un[sj])
         if cfg.reid:
             # a track born a few frames ago (an object re-entering shows only a sliver, too
             # little to recognise) takes back the id of a remembered track it looks like
@@ -580,36 +582,55 @@ class VideoSegmenter:
         if carve:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
         if T and cfg.id_correction_window > 0 and cfg.prefer_older_on_merge:
-            self._stand_ins(reg, A, inter_raw, seg_track, ids, idx, yielded)
+            self._stand_ins(reg, A, inter_raw, seg_track, ids, idx, yielded, reided, seg_w)
         absorbed = self._absorb(reg, yielded, ids, idx)
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut, absorbed)
 
     def _stand_ins(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, seg_track: np.ndarray,
-                   present: np.ndarray, idx: int, yielded: dict[int, int]) -> None:
+                   present: np.ndarray, idx: int, yielded: dict[int, int],
+                   reided: "dict[int, int] | None" = None, seg_w: "np.ndarray | None" = None) -> None:
         """Young tracks that stood in for an older one: a track born inside the correction
-        window, gone in this frame, whose prediction (the unchecked warp, ``inter_raw``
-        ``(T, K)``) lies inside a segment an older look-alike track took. Typically an object
-        half hidden or at the border for a frame got a new id, and the next frame its old
+        window, seen in the previous frame and gone in this one, where an older look-alike
+        track took over: its prediction (the unchecked warp, ``inter_raw`` ``(T, K)``) lies
+        inside a segment the older track took, or the older track was re-identified in this
+        frame (``reided``: id -> segment) on a segment next to the young track's last box
+        (grown by its own size: where it could have moved). Typically an object half hidden,
+        at the border or lost by the flow got a new id for a few frames, and then its old
         track re-identified it. Recorded in ``yielded`` (folded by `_absorb`)."""
         cfg = self.config
         pres = set(np.asarray(present).tolist())
+        row = {int(a): t for t, a in enumerate(A.tolist())}
         raw_area = inter_raw.sum(1)
-        for t in range(len(A)):
-            y = int(A[t])
-            tr = reg.tracks.get(y)
-            if tr is None or y in pres or y in yielded or tr.first_frame < idx - cfg.id_correction_window:
+        boxes = None
+        for y, tr in list(reg.tracks.items()):
+            if (y in pres or y in yielded or tr.first_frame < idx - cfg.id_correction_window
+                    or tr.last_frame != idx - 1 or tr.first_frame >= idx):
                 continue
-            j = int(np.argmax(inter_raw[t]))
-            o = int(seg_track[j])
-            if raw_area[t] <= 0 or inter_raw[t, j] < cfg.merge_containment * raw_area[t] or o <= 0 or o == y:
-                continue
-            old = reg.tracks.get(o)
-            if old is None or old.first_frame >= tr.first_frame:
-                continue
-            if (tr.hist is not None and old.hist is not None and cfg.split_min_appearance > 0
-                    and float(bhattacharyya(tr.hist[None], old.hist[None])[0, 0]) < cfg.split_min_appearance):
-                continue  # a different object hidden by the older one: it is only occluded
-            yielded[y] = o
+            owners = []
+            t = row.get(y)
+            if t is not None and raw_area[t] > 0:
+                j = int(np.argmax(inter_raw[t]))
+                if inter_raw[t, j] >= cfg.merge_containment * raw_area[t] and seg_track[j] > 0:
+                    owners.append(int(seg_track[j]))
+            if reided and seg_w is not None:
+                if boxes is None:
+                    boxes = ndimage.find_objects(seg_w + 1, max_label=int(seg_w.max()) + 1)
+                y0, x0, y1, x1 = tr.bbox
+                gy, gx = y1 - y0, x1 - x0
+                for o, j in reided.items():
+                    b = boxes[j] if j < len(boxes) else None
+                    if b is not None and (b[0].start < y1 + gy and b[0].stop > y0 - gy
+                                          and b[1].start < x1 + gx and b[1].stop > x0 - gx):
+                        owners.append(o)
+            for o in owners:
+                old = reg.tracks.get(o)
+                if o == y or old is None or old.first_frame >= tr.first_frame:
+                    continue
+                if (tr.hist is not None and old.hist is not None and cfg.split_min_appearance > 0
+                        and float(bhattacharyya(tr.hist[None], old.hist[None])[0, 0]) < cfg.split_min_appearance):
+                    continue  # a different object: only occluded, or elsewhere
+                yielded[y] = o
+                break
 
     def _absorb(self, reg: TrackRegistry, yielded: dict[int, int], present: np.ndarray, idx: int) -> dict[int, int]:
         """Young tracks folded into the older track they yielded to in this frame:

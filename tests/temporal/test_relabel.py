@@ -137,7 +137,7 @@ def test_a_young_stand_in_inside_the_older_tracks_segment_is_folded():
         reg.new(0)
     red, blue = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[5]
     for tid, first, hist in ((2, 0, red), (9, 8, red), (7, 8, blue), (4, 2, red)):
-        reg[tid].first_frame, reg[tid].hist = first, hist
+        reg[tid].first_frame, reg[tid].last_frame, reg[tid].hist = first, 9, hist  # all seen in frame 9
     A = np.array([2, 4, 7, 9])
     inter_raw = np.array([[50, 0], [0, 40], [0, 30], [2, 20]])  # (T, K) unchecked-warp overlaps
     seg_track = np.array([5, 2])  # segment 1 went to track 2 (re-identified, say)
@@ -149,4 +149,33 @@ def test_a_young_stand_in_inside_the_older_tracks_segment_is_folded():
     # present in this frame, or the segment's owner is younger: nothing to fold
     y2: dict[int, int] = {}
     vs._stand_ins(reg, A[:3], inter_raw[:3], seg_track, np.array([2, 5, 7]), 10, y2)
+    assert y2 == {}
+
+
+def test_a_young_stand_in_next_to_a_reidentified_older_track_is_folded():
+    # the flow lost young track 9 (no warped pixels: not a row of A); this frame track 2
+    # (older, same look) was re-identified on segment 1, right next to 9's last box: 9 stood
+    # in for 2. Track 6 looks the same but was last seen far away; track 7 is next to it but
+    # looks different; track 5 was not seen in the previous frame: none of them is folded
+    from temporal.tracks import TrackRegistry
+
+    reg = TrackRegistry()
+    for _ in range(9):
+        reg.new(0)
+    red, blue = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[5]
+    for tid, first, last, box, hist in ((2, 0, 7, (22, 12, 30, 20), red), (9, 8, 9, (10, 10, 20, 20), red),
+                                        (6, 8, 9, (50, 50, 60, 60), red), (7, 8, 9, (12, 12, 20, 20), blue),
+                                        (5, 8, 8, (10, 10, 20, 20), red)):
+        t = reg[tid]
+        t.first_frame, t.last_frame, t.bbox, t.hist = first, last, box, hist
+    seg_w = np.zeros((64, 64), np.int32)
+    seg_w[24:32, 12:20] = 1  # the segment track 2 was re-identified on
+    A = np.array([3])
+    inter_raw = np.array([[0, 0]])
+    vs = VideoSegmenter(None, TrackerConfig(id_correction_window=5))
+    yielded: dict[int, int] = {}
+    vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, yielded, {2: 1}, seg_w)
+    assert yielded == {9: 2}
+    y2: dict[int, int] = {}  # without the re-identification there is no evidence
+    vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, y2, {}, seg_w)
     assert y2 == {}
