@@ -23,11 +23,13 @@ synthetic 480p video with all outputs written, 200 vs 2,000 frames.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -125,17 +127,8 @@ def quality(work: Path, data: Path, n_synth: int, seeds: list[int], jobs: int = 
     print(hdr)
     rows = []
     args = [(work, data, n_synth, seed) for seed in seeds]
-    if jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs) as ex:
-            results = ex.map(_quality_seed, args)  # in seed order
-            for seed_rows, lines in results:
-                rows += seed_rows
-                print("\n".join(lines), flush=True)
-    else:
-        for a in args:
-            seed_rows, lines = _quality_seed(a)
+    with (ProcessPoolExecutor(jobs) if jobs > 1 else contextlib.nullcontext()) as ex:
+        for seed_rows, lines in (ex.map if ex else map)(_quality_seed, args):  # in seed order
             rows += seed_rows
             print("\n".join(lines), flush=True)
     (work / "quality.json").write_text(json.dumps(rows, indent=1))

@@ -135,6 +135,26 @@ def hungarian_assign(cost: np.ndarray, allowed: "np.ndarray | None" = None,
     return Assignment(r, cidx, um_r, um_c)
 
 
+def containing_segment(inter: np.ndarray, area: np.ndarray, frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each track, the segment holding most of its (warped) mask, and whether it holds
+    at least ``frac`` of it.
+
+    Args:
+        inter: int ``(T, K)`` overlaps of track masks with segments.
+        area: ``(T,)`` track mask areas.
+        frac: fraction of the area the segment must hold.
+
+    Returns:
+        (int64 ``(T,)`` segment index, bool ``(T,)``); with no segments, zeros and False.
+    """
+    inter = np.asarray(inter)
+    T = inter.shape[0]
+    if inter.shape[1] == 0:
+        return np.zeros(T, np.int64), np.zeros(T, bool)
+    j = np.argmax(inter, 1).astype(np.int64)
+    return j, inter[np.arange(T), j] >= frac * np.asarray(area)
+
+
 def distinct_pairs(sim: np.ndarray, margin: float) -> np.ndarray:
     """Pairs that stand out: each is the most similar of its row and of its column, by at
     least ``margin`` over every other entry there (a ratio-test-like check of ambiguity).

@@ -23,16 +23,19 @@ from .types import TrackedFrame
 __all__ = ["IdCorrectionBuffer", "relabel_frame"]
 
 
-def relabel_frame(tf: TrackedFrame, mapping: dict[int, int]) -> None:
+def relabel_frame(tf: TrackedFrame, mapping: dict[int, int]) -> bool:
     """Rewrite ids of one tracked frame in place (new arrays; the old ones are not touched).
 
     Args:
         tf: the frame; ``labels``, ``track_ids`` and ``segment_to_track`` are replaced.
         mapping: ``{old id: new id}``; ids not in the frame are ignored.
+
+    Returns:
+        whether the frame had any of the ids.
     """
-    hit = [(y, o) for y, o in mapping.items() if len(tf.track_ids) and np.any(tf.track_ids == y)]
+    hit = [(y, o) for y, o in mapping.items() if np.any(tf.track_ids == y)]
     if not hit:
-        return
+        return False
     labels = tf.labels
     s2t = tf.segment_to_track
     for y, o in hit:
@@ -45,6 +48,7 @@ def relabel_frame(tf: TrackedFrame, mapping: dict[int, int]) -> None:
     for y, o in hit:
         ids[ids == y] = o
     tf.track_ids = np.unique(ids).astype(np.int32)
+    return True
 
 
 class IdCorrectionBuffer:
@@ -69,10 +73,7 @@ class IdCorrectionBuffer:
         """Add the newest frame; yields the frames now older than the window, oldest first."""
         if tf.absorbed:
             mapping = dict(tf.absorbed)
-            for held in self._held:
-                before = held.track_ids
-                relabel_frame(held, mapping)
-                self.n_corrected += held.track_ids is not before
+            self.n_corrected += sum(relabel_frame(held, mapping) for held in self._held)
         self._held.append(tf)
         while len(self._held) > self.window:
             yield self._held.popleft()

@@ -32,7 +32,7 @@ from diffseg_core.types import Segmentation
 from .config import TrackerConfig
 from .flow import (forward_backward_check, label_displacements, make_flow_estimator, match_shifts, resize_flow,
                    translate_labels, warp_labels, warp_maps)
-from .matching import (bhattacharyya, color_histograms, cost_matrix, distinct_pairs, hungarian_assign,
+from .matching import (bhattacharyya, color_histograms, containing_segment, cost_matrix, distinct_pairs, hungarian_assign,
                        iou_from_overlap, kl_similarity, overlap_matrix, symmetric_kl_matrix)
 from .proposals import grid_hw, segmentation_from_labels
 from .relabel import IdCorrectionBuffer
@@ -458,6 +458,10 @@ class VideoSegmenter:
 
         # 4. re-identification of remembered tracks (lost ones, and present ones left unmatched)
         un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
+        # each track's segment holding most of its warped mask, and whether it holds
+        # merge_containment of it (the swallowed test of re-id, the stand-ins and step 5)
+        jb, inside = containing_segment(inter, area_t, cfg.merge_containment)
+        seg_boxes = ndimage.find_objects(seg_w + 1, max_label=K) if cfg.reid else None  # work-res box per segment
         if cfg.reid and len(un):
             # lost tracks, and tracks of the previous frame that found no partner (e.g. flow
             # failed on fast motion, or all their warped pixels were unreliable); not a track
@@ -465,14 +469,12 @@ class VideoSegmenter:
             # swallowed it (a merge, carved in step 5), the object has not moved elsewhere
             swallowed = set()
             if cfg.handle_merges and T:
-                jb = np.argmax(inter, 1)
-                inside = inter[np.arange(T), jb] >= cfg.merge_containment * np.maximum(area_t, 1)
                 owner = seg_track[jb]
                 swallowed = {int(A[t]) for t in np.flatnonzero(inside & (owner > 0) & (owner != A)
                                                                  & (area_t >= max(cfg.min_segment_area, 4)))}
             cand = [i for i in reg.tracks if i not in taken and i not in swallowed]
             if cand:
-                sim = self._reid_similarity(state, cand, un, seg_w, props, hists, K)
+                sim = self._reid_similarity(state, cand, un, seg_boxes, props, hists)
                 r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
                 for ci, sj in zip(r.rows, r.cols):
                     seg_track[un[sj]] = cand[ci]
@@ -482,7 +484,7 @@ class VideoSegmenter:
             # a track born a few frames ago (an object re-entering shows only a sliver, too
             # little to recognise) takes back the id of a remembered track it looks like
             # once it is big enough, if that track was gone before it was born
-            self._reid_young(state, idx, seg_track, taken, seg_w, props, hists, area_s, K, yielded)
+            self._reid_young(state, idx, seg_track, taken, seg_boxes, props, hists, area_s, yielded)
 
         # 5. merges: carve a segment along the warped ids of tracks it swallowed
         if cfg.handle_merges and T:
@@ -491,8 +493,8 @@ class VideoSegmenter:
                 tr = reg[tid]
                 if tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved:
                     continue
-                j = int(np.argmax(inter[t]))
-                if seg_track[j] == 0 or inter[t, j] < cfg.merge_containment * area_t[t]:
+                j = int(jb[t])
+                if seg_track[j] == 0 or not inside[t]:
                     continue
                 if not self._old_enough(state, tr, idx, int(seg_track[j])):
                     continue
@@ -582,43 +584,40 @@ class VideoSegmenter:
         if carve:
             ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
         if T and cfg.id_correction_window > 0 and cfg.prefer_older_on_merge:
-            self._stand_ins(reg, A, inter_raw, seg_track, ids, idx, yielded, reided, seg_w)
+            self._stand_ins(reg, A, inter_raw, seg_track, ids, idx, yielded, reided, seg_boxes)
         absorbed = self._absorb(reg, yielded, ids, idx)
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut, absorbed)
 
     def _stand_ins(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, seg_track: np.ndarray,
                    present: np.ndarray, idx: int, yielded: dict[int, int],
-                   reided: "dict[int, int] | None" = None, seg_w: "np.ndarray | None" = None) -> None:
+                   reided: "dict[int, int] | None" = None, seg_boxes: "list | None" = None) -> None:
         """Young tracks that stood in for an older one: a track born inside the correction
         window, seen in the previous frame and gone in this one, where an older look-alike
         track took over: its prediction (the unchecked warp, ``inter_raw`` ``(T, K)``) lies
         inside a segment the older track took, or the older track was re-identified in this
         frame (``reided``: id -> segment) on a segment next to the young track's last box
-        (grown by its own size: where it could have moved). Typically an object half hidden,
+        (grown by its own size: where it could have moved; ``seg_boxes``: the segments'
+        `ndimage.find_objects` boxes). Typically an object half hidden,
         at the border or lost by the flow got a new id for a few frames, and then its old
         track re-identified it. Recorded in ``yielded`` (folded by `_absorb`)."""
         cfg = self.config
         pres = set(np.asarray(present).tolist())
         row = {int(a): t for t, a in enumerate(A.tolist())}
         raw_area = inter_raw.sum(1)
-        boxes = None
-        for y, tr in list(reg.tracks.items()):
+        jr, inside = containing_segment(inter_raw, raw_area, cfg.merge_containment)
+        for y, tr in reg.tracks.items():
             if (y in pres or y in yielded or tr.first_frame < idx - cfg.id_correction_window
                     or tr.last_frame != idx - 1 or tr.first_frame >= idx):
                 continue
             owners = []
             t = row.get(y)
-            if t is not None and raw_area[t] > 0:
-                j = int(np.argmax(inter_raw[t]))
-                if inter_raw[t, j] >= cfg.merge_containment * raw_area[t] and seg_track[j] > 0:
-                    owners.append(int(seg_track[j]))
-            if reided and seg_w is not None:
-                if boxes is None:
-                    boxes = ndimage.find_objects(seg_w + 1, max_label=int(seg_w.max()) + 1)
+            if t is not None and raw_area[t] > 0 and inside[t] and seg_track[jr[t]] > 0:
+                owners.append(int(seg_track[jr[t]]))
+            if reided and seg_boxes is not None:
                 y0, x0, y1, x1 = tr.bbox
                 gy, gx = y1 - y0, x1 - x0
                 for o, j in reided.items():
-                    b = boxes[j] if j < len(boxes) else None
+                    b = seg_boxes[j] if j < len(seg_boxes) else None
                     if b is not None and (b[0].start < y1 + gy and b[0].stop > y0 - gy
                                           and b[1].start < x1 + gx and b[1].stop > x0 - gx):
                         owners.append(o)
@@ -880,8 +879,8 @@ class VideoSegmenter:
             p = p / max(float(p.sum()), 1e-12)
         return p.astype(np.float32, copy=False)
 
-    def _reid_young(self, state: VideoState, idx: int, seg_track: np.ndarray, taken: set, seg_w: np.ndarray,
-                    props: np.ndarray, hists: "np.ndarray | None", area_s: np.ndarray, K: int,
+    def _reid_young(self, state: VideoState, idx: int, seg_track: np.ndarray, taken: set, seg_boxes: list,
+                    props: np.ndarray, hists: "np.ndarray | None", area_s: np.ndarray,
                     yielded: "dict[int, int] | None" = None) -> None:
         """Re-identification of tracks born at most ``fragment_age`` frames ago (not this
         frame) against remembered tracks last seen before they were born; a match hands all
@@ -903,7 +902,7 @@ class VideoSegmenter:
         cand = [i for i in reg.tracks if i not in taken and reg[i].last_frame < first]
         if not cand or not ys:
             return
-        sim = self._reid_similarity(state, cand, big, seg_w, props, hists, K)
+        sim = self._reid_similarity(state, cand, big, seg_boxes, props, hists)
         born = np.array([reg[y].first_frame for y in ys])
         last = np.array([reg[c].last_frame for c in cand])
         sim = np.where(last[:, None] < born[None, :], sim, 0.0)
@@ -922,17 +921,17 @@ class VideoSegmenter:
             if yielded is not None:
                 yielded[ys[k]] = cand[ci]
 
-    def _reid_similarity(self, state: VideoState, cand: list[int], un: np.ndarray, seg_w: np.ndarray,
-                         props: np.ndarray, hists: "np.ndarray | None", K: int) -> np.ndarray:
-        """Similarity (len(cand), len(un)) in [0, 1] of remembered tracks vs unmatched segments."""
+    def _reid_similarity(self, state: VideoState, cand: list[int], un: np.ndarray, seg_boxes: list,
+                         props: np.ndarray, hists: "np.ndarray | None") -> np.ndarray:
+        """Similarity (len(cand), len(un)) in [0, 1] of remembered tracks vs unmatched segments
+        (``seg_boxes``: `ndimage.find_objects` of the work-resolution segment map + 1)."""
         cfg = self.config
         reg = state.registry
         P = np.stack([self._proposal_of(reg[c].proposal, props.shape[1:]) for c in cand])
         ksim = kl_similarity(symmetric_kl_matrix(P, props[un]), cfg.kl_tau)
         # bbox IoU of the last known box vs the segment's box (work resolution)
-        objs = ndimage.find_objects(seg_w + 1, max_label=K)
         sb = np.array([(o[0].start, o[1].start, o[0].stop, o[1].stop) if o is not None else (0, 0, 0, 0)
-                       for o in (objs[j] for j in un)], np.float64).reshape(-1, 4)
+                       for o in (seg_boxes[j] for j in un)], np.float64).reshape(-1, 4)
         tb = np.array([reg[c].bbox for c in cand], np.float64).reshape(-1, 4)
         iy = np.clip(np.minimum(tb[:, None, 2], sb[None, :, 2]) - np.maximum(tb[:, None, 0], sb[None, :, 0]), 0, None)
         ix = np.clip(np.minimum(tb[:, None, 3], sb[None, :, 3]) - np.maximum(tb[:, None, 1], sb[None, :, 1]), 0, None)

@@ -105,3 +105,13 @@ def test_distinct_pairs_needs_a_lead_in_row_and_column():
     # ties are never distinct
     assert not distinct_pairs(np.array([[0.6, 0.6]]), 0.01).any()
     assert distinct_pairs(np.zeros((0, 3)), 0.1).shape == (0, 3)
+
+
+def test_containing_segment_picks_the_segment_holding_most_of_each_track():
+    from temporal.matching import containing_segment
+
+    inter = np.array([[8, 2, 0], [3, 3, 4], [0, 0, 0]])
+    j, inside = containing_segment(inter, np.array([10, 10, 0]), 0.6)
+    assert j.tolist() == [0, 2, 0] and inside.tolist() == [True, False, True]  # 0 >= 0.6 * 0
+    j0, in0 = containing_segment(np.zeros((2, 0), np.int64), np.array([1, 1]), 0.6)
+    assert j0.tolist() == [0, 0] and in0.tolist() == [False, False]

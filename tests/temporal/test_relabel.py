@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from temporal.config import TrackerConfig
 from temporal.proposals import segmentation_from_labels
@@ -41,7 +42,7 @@ def test_buffer_delays_by_the_window_and_rewrites_only_held_frames():
     assert out == [] and len(buf) == 2
     out += list(buf.push(_tf(2, [1, 8])))
     assert [f.frame_index for f in out] == [0]
-    # frame 3 folds 7 (frame 1, already out? no: held) and 2 (frame 0, already emitted) into 1
+    # frame 3 folds 7 (frame 1: still held) and 2 (frame 0: already emitted) into 1
     out += list(buf.push(_tf(3, [1, 1], absorbed={7: 1, 2: 1})))
     out += list(buf.flush())
     assert [f.frame_index for f in out] == [0, 1, 2, 3]
@@ -174,8 +175,9 @@ def test_a_young_stand_in_next_to_a_reidentified_older_track_is_folded():
     inter_raw = np.array([[0, 0]])
     vs = VideoSegmenter(None, TrackerConfig(id_correction_window=5))
     yielded: dict[int, int] = {}
-    vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, yielded, {2: 1}, seg_w)
+    boxes = ndimage.find_objects(seg_w + 1, max_label=2)
+    vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, yielded, {2: 1}, boxes)
     assert yielded == {9: 2}
     y2: dict[int, int] = {}  # without the re-identification there is no evidence
-    vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, y2, {}, seg_w)
+    vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, y2, {}, boxes)
     assert y2 == {}

@@ -451,7 +451,10 @@ def test_a_remembered_track_without_a_look_does_not_blind_reidentification():
     red.hist, red.bbox = hists[1].copy(), (0, 0, 10, 10)
     blind.bbox = (0, 50, 10, 60)
     props = np.stack([proposals_from_labels(seg_w, 2, side=16)[k] for k in range(2)])
-    sim = vs._reid_similarity(st, [red.id, blind.id], np.array([1]), seg_w, props, hists, 2)
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(seg_w + 1, max_label=2)
+    sim = vs._reid_similarity(st, [red.id, blind.id], np.array([1]), boxes, props, hists)
     w = vs.config.reid_w_position
     assert sim[0, 0] >= (1 - w) * 0.95 and sim[0, 0] >= vs.config.reid_min_similarity
     assert sim[1, 0] < 0.3  # no look and far away: no evidence
