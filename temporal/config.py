@@ -59,6 +59,12 @@ class TrackerConfig:
             (plus up to ``template_margin`` the farther it lies from every guess)...
         template_margin: ...and, for a track the flow measured, this much above the
             correlation at the flow's shift, 2+ pixels away from it.
+        second_association: tracks of the previous frame left unmatched by the flow-based
+            association get a second one (as in ByteTrack) with the segments left unmatched,
+            each track predicted without motion and at its constant velocity (same cost and
+            gates; the segment must look like the track). The flow's prediction lies beside
+            an object that stops while the camera pans, or a half-hidden object whose pixels
+            the occluder's motion dragged along.
         w_iou: weight of ``1 - IoU`` (warped track mask vs segment mask) in the cost.
         w_kl: weight of ``1 - exp(-sKL / kl_tau)`` (symmetric KL of proposal maps).
         kl_tau: KL scale (nats) of the KL similarity.
@@ -145,6 +151,7 @@ class TrackerConfig:
     template_radius: int = 20
     template_min_score: float = 0.6
     template_margin: float = 0.1
+    second_association: bool = True
     w_iou: float = 1.0
     w_kl: float = 0.5
     kl_tau: float = 2.0
@@ -225,6 +232,7 @@ def iou_only_baseline(**changes: Any) -> TrackerConfig:
     """The IoU-only linker (no flow, no KL, no splits/merges/re-id): the DEVA/Cellpose-style
     baseline the benchmark compares against."""
     base = dict(use_flow=False, w_kl=0.0, w_iou=1.0, handle_splits=False, handle_merges=False, prefer_older_on_merge=False,
-                reid=False, hist_bins=0, min_iou=0.1, max_cost=0.9, id_correction_window=0)
+                reid=False, hist_bins=0, min_iou=0.1, max_cost=0.9, id_correction_window=0,
+                second_association=False)
     base.update(changes)
     return TrackerConfig(**base)

@@ -341,6 +341,8 @@ class VideoSegmenter:
         if shifts is not None and cfg.template_motion and gray is not None:
             tm_moves = self._template_moves(state, prev, prev_area, gray, shifts, measured)
             warped = self._apply_moves(warped, tm_moves)
+        vel_before = ({tid: t.velocity for tid, t in reg.tracks.items()}
+                      if cfg.second_association and prev is not None else {})
         if shifts is not None:
             upd = measured if tm_moves is None else np.union1d(measured, np.flatnonzero(tm_moves.over))
             for tid in upd.tolist():  # the constant-velocity guess of the next frame
@@ -444,6 +446,11 @@ class VideoSegmenter:
                 seg_track[j] = new_owner
                 taken.add(new_owner)
                 carve.setdefault(j, []).append(tid)
+
+        # 2c. second association (ByteTrack-style): tracks of the previous frame the flow
+        # left without a partner and segments nobody took, on the other motion hypotheses
+        if cfg.second_association and prev is not None and bwd is not None and K:
+            self._second_association(reg, prev, prev_area, vel_before, seg_w, area_s, props, hists, seg_track, taken)
 
         # 3. splits (before re-identification, so a piece of a tracked object is not
         # mistaken for an old track that looks alike): unmatched segments inside a track's warped mask join that track
@@ -588,6 +595,67 @@ class VideoSegmenter:
         absorbed = self._absorb(reg, yielded, ids, idx)
         return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut, absorbed)
 
+    def _second_association(self, reg: TrackRegistry, prev: np.ndarray, prev_area: np.ndarray,
+                            vel_before: dict, seg_w: np.ndarray, area_s: np.ndarray, props: np.ndarray,
+                            hists: "np.ndarray | None", seg_track: np.ndarray, taken: set) -> None:
+        """Match tracks of the previous frame that the first (flow) association left unmatched
+        to segments it left unmatched, predicting each track by the other motion hypotheses:
+        no motion, and its constant velocity (``vel_before``: ``{id: (dy, dx)}`` of the previous
+        frame). The flow misleads when an object stops while the camera pans, or when an
+        occluder's motion drags a half-hidden object's pixels along; then the flow's
+        prediction lies beside the object and the first association gates the pair out.
+        Same cost and gates as the first association, on the better IoU of the two
+        hypotheses; with images the segment must look like the track
+        (``split_min_appearance``). Updates ``seg_track`` and ``taken`` in place.
+
+        Args:
+            prev: int32 ``(h, w)`` previous track ids; ``prev_area`` their areas per id.
+            seg_w: int32 ``(h, w)`` segment index map; ``area_s`` ``(K,)`` segment areas.
+            props: ``(K, gh, gw)`` segment proposal maps; ``hists`` ``(K, bins**3)`` or None.
+        """
+        cfg = self.config
+        K = len(area_s)
+        B = np.flatnonzero(prev_area)
+        B = np.array([b for b in B.tolist() if b > 0 and b in reg and b not in taken], np.int64)
+        C = np.flatnonzero((seg_track == 0) & (area_s > 0))
+        if not len(B) or not len(C):
+            return
+        n = len(prev_area)
+        row_of = np.full(n, -1, np.int64)
+        row_of[B] = np.arange(len(B))
+        col_of = np.full(K, -1, np.int64)
+        col_of[C] = np.arange(len(C))
+        cols = np.take(col_of, seg_w)
+        iou = np.zeros((len(B), len(C)))
+        sh = np.zeros((n, 2), np.float64)
+        for b in B.tolist():
+            sh[b] = vel_before.get(b, (0.0, 0.0))
+        sh = np.rint(sh).astype(np.int64)
+        hyps = [prev] + ([translate_labels(np.where(row_of[prev] >= 0, prev, 0), sh)] if np.any(sh[B]) else [])
+        for h in hyps:
+            rows = np.take(row_of, h)
+            inter = overlap_matrix(rows, len(B), cols, len(C))
+            iou = np.maximum(iou, iou_from_overlap(inter, np.bincount(rows[rows >= 0], minlength=len(B)),
+                                                   area_s[C]))
+        skl = None
+        if cfg.w_kl > 0:
+            P = np.stack([self._proposal_of(reg[int(b)].proposal, props.shape[1:]) for b in B])
+            skl = symmetric_kl_matrix(P, props[C])
+        allowed = iou >= max(cfg.min_iou, 1e-9)
+        if hists is not None and cfg.split_min_appearance > 0:
+            has = np.array([reg[int(b)].hist is not None for b in B], bool)
+            if has.any():
+                look = np.ones_like(iou)
+                look[has] = bhattacharyya(np.stack([reg[int(b)].hist for b, h in zip(B, has) if h]), hists[C])
+                allowed &= look >= cfg.split_min_appearance
+        if not allowed.any():
+            return
+        r = hungarian_assign(cost_matrix(iou, skl, cfg.w_iou, cfg.w_kl, cfg.kl_tau), allowed=allowed,
+                             max_cost=cfg.max_cost)
+        for ri, ci in zip(r.rows.tolist(), r.cols.tolist()):
+            seg_track[C[ci]] = int(B[ri])
+            taken.add(int(B[ri]))
+
     def _stand_ins(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, seg_track: np.ndarray,
                    present: np.ndarray, idx: int, yielded: dict[int, int],
                    reided: "dict[int, int] | None" = None, seg_boxes: "list | None" = None) -> None:
@@ -613,6 +681,7 @@ class VideoSegmenter:
             t = row.get(y)
             if t is not None and raw_area[t] > 0 and inside[t] and seg_track[jr[t]] > 0:
                 owners.append(int(seg_track[jr[t]]))
+            inside_owner = owners[:1]
             if reided and seg_boxes is not None:
                 y0, x0, y1, x1 = tr.bbox
                 gy, gx = y1 - y0, x1 - x0
@@ -623,7 +692,12 @@ class VideoSegmenter:
                         owners.append(o)
             for o in owners:
                 old = reg.tracks.get(o)
-                if o == y or old is None or old.first_frame >= tr.first_frame:
+                if o == y or old is None or old.first_frame > tr.first_frame:
+                    continue
+                # a twin born in the same frame (the object was split when both appeared, e.g.
+                # on the first frame, and is whole again) only with the inside test: the
+                # re-identified form says nothing about two tracks that lived side by side
+                if old.first_frame == tr.first_frame and o not in inside_owner:
                     continue
                 if (tr.hist is not None and old.hist is not None and cfg.split_min_appearance > 0
                         and float(bhattacharyya(tr.hist[None], old.hist[None])[0, 0]) < cfg.split_min_appearance):
