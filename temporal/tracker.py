@@ -900,15 +900,18 @@ class VideoSegmenter:
             tid = int(A[r_])
             young = reg[tid]
             # unmatched rows mostly inside segment j and covering a good part of it
+            # (a good part: a fifth of it, or at least half as much as the track that took it:
+            # an object that was mostly hidden comes back as two small predictions)
             cand = np.flatnonzero(~matched & (inter[:, j] >= cfg.merge_containment * np.maximum(area_t, 1))
-                                  & (inter[:, j] >= 0.2 * area_s[j]))
+                                  & ((inter[:, j] >= 0.2 * area_s[j]) | (inter[:, j] >= 0.5 * inter[r_, j])))
             fresh = cfg.fragment_age > 0 and idx - young.first_frame <= cfg.fragment_age
             if fresh:
                 # a track born a few frames ago is most likely a fragment of an object that
                 # split: an older track whose (unchecked) warp lies partly in the segment wins
                 raw_area = np.maximum(inter_raw.sum(1), 1)
-                cand = np.union1d(cand, np.flatnonzero(~matched & (inter_raw[:, j] >= cfg.fragment_containment * raw_area)
-                                                      & (raw_area >= 0.3 * area_s[j])))
+                cand = np.union1d(cand, np.flatnonzero(
+                    ~matched & (inter_raw[:, j] >= cfg.fragment_containment * raw_area)
+                    & ((raw_area >= 0.3 * area_s[j]) | (inter_raw[:, j] >= 0.5 * inter_raw[r_, j]))))
             best = None
             for o in cand.tolist():
                 old = reg[int(A[o])]
