@@ -660,12 +660,14 @@ class VideoSegmenter:
                    present: np.ndarray, idx: int, yielded: dict[int, int],
                    reided: "dict[int, int] | None" = None, seg_boxes: "list | None" = None) -> None:
         """Young tracks that stood in for an older one: a track born inside the correction
-        window, seen in the previous frame and gone in this one, where an older look-alike
-        track took over: its prediction (the unchecked warp, ``inter_raw`` ``(T, K)``) lies
-        inside a segment the older track took, or the older track was re-identified in this
-        frame (``reided``: id -> segment) on a segment next to the young track's last box
-        (grown by its own size: where it could have moved; ``seg_boxes``: the segments'
-        `ndimage.find_objects` boxes). Typically an object half hidden,
+        window and gone in this frame, where an older look-alike track took over: its
+        prediction (the unchecked warp, ``inter_raw`` ``(T, K)``; only for a track seen in
+        the previous frame) lies inside a segment the older track took, or the older track
+        was re-identified in this frame (``reided``: id -> segment) on a segment next to the
+        young track's last box (grown by its own size for every frame since it was last seen:
+        where it could have moved; ``seg_boxes``: the segments' `ndimage.find_objects`
+        boxes). A track born in the same frame as the one that took over counts only by the
+        inside test (two halves of an object that split when both appeared). Typically an object half hidden,
         at the border or lost by the flow got a new id for a few frames, and then its old
         track re-identified it. Recorded in ``yielded`` (folded by `_absorb`)."""
         cfg = self.config
@@ -675,7 +677,7 @@ class VideoSegmenter:
         jr, inside = containing_segment(inter_raw, raw_area, cfg.merge_containment)
         for y, tr in reg.tracks.items():
             if (y in pres or y in yielded or tr.first_frame < idx - cfg.id_correction_window
-                    or tr.last_frame != idx - 1 or tr.first_frame >= idx):
+                    or tr.first_frame >= idx):
                 continue
             owners = []
             t = row.get(y)
@@ -684,7 +686,8 @@ class VideoSegmenter:
             inside_owner = owners[:1]
             if reided and seg_boxes is not None:
                 y0, x0, y1, x1 = tr.bbox
-                gy, gx = y1 - y0, x1 - x0
+                gap = idx - tr.last_frame  # frames it may have moved since (its size each)
+                gy, gx = gap * (y1 - y0), gap * (x1 - x0)
                 for o, j in reided.items():
                     b = seg_boxes[j] if j < len(seg_boxes) else None
                     if b is not None and (b[0].start < y1 + gy and b[0].stop > y0 - gy

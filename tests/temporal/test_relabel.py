@@ -156,8 +156,10 @@ def test_a_young_stand_in_inside_the_older_tracks_segment_is_folded():
 def test_a_young_stand_in_next_to_a_reidentified_older_track_is_folded():
     # the flow lost young track 9 (no warped pixels: not a row of A); this frame track 2
     # (older, same look) was re-identified on segment 1, right next to 9's last box: 9 stood
-    # in for 2. Track 6 looks the same but was last seen far away; track 7 is next to it but
-    # looks different; track 5 was not seen in the previous frame: none of them is folded
+    # in for 2. Track 5 was last seen two frames ago: it may have moved twice its size, which
+    # reaches the segment: folded too. Track 6 looks the same but was last seen far away;
+    # track 7 is next to it but looks different; track 8, also last seen two frames ago, is
+    # too small to have come that far: none of these is folded
     from temporal.tracks import TrackRegistry
 
     reg = TrackRegistry()
@@ -166,7 +168,7 @@ def test_a_young_stand_in_next_to_a_reidentified_older_track_is_folded():
     red, blue = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[5]
     for tid, first, last, box, hist in ((2, 0, 7, (22, 12, 30, 20), red), (9, 8, 9, (10, 10, 20, 20), red),
                                         (6, 8, 9, (50, 50, 60, 60), red), (7, 8, 9, (12, 12, 20, 20), blue),
-                                        (5, 8, 8, (10, 10, 20, 20), red)):
+                                        (5, 8, 8, (10, 10, 16, 16), red), (8, 8, 8, (10, 10, 14, 14), red)):
         t = reg[tid]
         t.first_frame, t.last_frame, t.bbox, t.hist = first, last, box, hist
     seg_w = np.zeros((64, 64), np.int32)
@@ -177,7 +179,7 @@ def test_a_young_stand_in_next_to_a_reidentified_older_track_is_folded():
     yielded: dict[int, int] = {}
     boxes = ndimage.find_objects(seg_w + 1, max_label=2)
     vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, yielded, {2: 1}, boxes)
-    assert yielded == {9: 2}
+    assert yielded == {9: 2, 5: 2}
     y2: dict[int, int] = {}  # without the re-identification there is no evidence
     vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, y2, {}, boxes)
     assert y2 == {}

@@ -250,7 +250,8 @@ def test_motion_model_keeps_an_object_the_flow_loses(rng, motion):
     # the forward-backward check) and there is no fallback or re-identification: only the
     # constant-velocity guess of the motion model still predicts where the object went
     sc = Scene([(1, 30, 10, 20, (230, 200, 40), 0, 6, 0, 99)], hw=(96, 160), seed=6)
-    vs = VideoSegmenter(None, TrackerConfig(motion_model=motion, flow_fallback_preset="none", reid=False))
+    vs = VideoSegmenter(None, TrackerConfig(motion_model=motion, flow_fallback_preset="none", reid=False,
+                                            second_association=False))
     st = vs.init_state()
     ids = []
     for t in range(8):
