@@ -41,6 +41,12 @@ from .types import TrackedFrame
 
 #: the remembered (EMA) look must fit a split piece by this much more than the current look
 SPLIT_MEMORY_MARGIN = 0.2
+#: a track seen this many frames ago or less, unmatched now, may claim a split piece back
+SPLIT_RIVAL_FRAMES = 2
+#: ... when its last box overlaps the piece's this much (IoU) ...
+SPLIT_RIVAL_BOX_IOU = 0.2
+#: ... and it looks more like the piece than the split owner does by this much
+SPLIT_RIVAL_MARGIN = 0.05
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter"]
 
@@ -385,6 +391,7 @@ class VideoSegmenter:
         asg = hungarian_assign(cost, allowed=(iou >= cfg.min_iou) & (inter > 0), max_cost=cfg.max_cost)
         seg_track = np.zeros(K, np.int64)
         seg_track[asg.cols] = A[asg.rows]
+        seg_boxes = ndimage.find_objects(seg_w + 1, max_label=K) if cfg.reid else None  # work-res box per segment
         yielded: dict[int, int] = {}  # young track -> the older track it handed its segment(s) to
         reided: dict[int, int] = {}  # track re-identified in step 4 -> the segment it took
         taken = set(int(x) for x in A[asg.rows])
@@ -393,7 +400,8 @@ class VideoSegmenter:
         # the object split, and the object is whole again): the OLDER id keeps the segment,
         # whichever the assignment picked, so a transient fragment never takes over an object
         if cfg.prefer_older_on_merge and T and len(asg.rows):
-            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw, yielded)
+            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw, yielded,
+                               hists, seg_boxes)
 
         # 2b. a track matched to a segment that is mostly something else (the segment swallowed
         # it: a merge): the track keeps only its warped pixels (carved below); the rest of the
@@ -455,10 +463,16 @@ class VideoSegmenter:
         # 3. splits (before re-identification, so a piece of a tracked object is not
         # mistaken for an old track that looks alike): unmatched segments inside a track's warped mask join that track
         if cfg.handle_splits and T:
+            # rivals: tracks seen in the last frames and not matched in this one, whose
+            # look may claim a piece back from the track whose warp it lies in (a track that
+            # swallowed an object, or took a piece of it, carries the object in its warp)
+            rivals = ([i for i, tr in reg.tracks.items() if i not in taken and tr.hist is not None
+                       and idx - tr.last_frame <= SPLIT_RIVAL_FRAMES]
+                      if cfg.reid and hists is not None and seg_boxes is not None else [])
             for j in np.flatnonzero(seg_track == 0):
                 if area_s[j] == 0:
                     continue
-                tid = self._split_owner(reg, A, inter_raw, area_s, seg_track, hists, j)
+                tid = self._split_owner(reg, A, inter_raw, area_s, seg_track, hists, j, rivals, seg_boxes)
                 if tid:
                     seg_track[j] = tid
                     taken.add(tid)
@@ -468,7 +482,6 @@ class VideoSegmenter:
         # each track's segment holding most of its warped mask, and whether it holds
         # merge_containment of it (the swallowed test of re-id, the stand-ins and step 5)
         jb, inside = containing_segment(inter, area_t, cfg.merge_containment)
-        seg_boxes = ndimage.find_objects(seg_w + 1, max_label=K) if cfg.reid else None  # work-res box per segment
         if cfg.reid and len(un):
             # lost tracks, and tracks of the previous frame that found no partner (e.g. flow
             # failed on fast motion, or all their warped pixels were unreliable); not a track
@@ -757,7 +770,8 @@ class VideoSegmenter:
         return float(bhattacharyya(tr.hist[None], oh[None])[0, 0]) < cfg.merge_same_appearance
 
     def _split_owner(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray,
-                     seg_track: np.ndarray, hists: "np.ndarray | None", j: int) -> int:
+                     seg_track: np.ndarray, hists: "np.ndarray | None", j: int, rivals: "list[int] | None" = None,
+                     seg_boxes: "list | None" = None) -> int:
         """The track an unmatched segment ``j`` is a split piece of, or 0.
 
         Candidates, most overlapping first: tracks whose warped mask (without the
@@ -765,7 +779,14 @@ class VideoSegmenter:
         segment, or at least ``split_gain_containment`` of it when adding the segment to the
         segments the track already took raises their IoU with the warped mask by
         ``split_min_gain`` (a half that the warp of a thin or fast object covers only
-        partly). The piece must also look like the track (colour), see below.
+        partly). The piece must also look like the track (colour), see below, and no rival
+        (``rivals``: ids of tracks seen in the last ``SPLIT_RIVAL_FRAMES`` frames and not
+        matched in this one) whose last box overlaps the piece's (``seg_boxes``, IoU >=
+        ``SPLIT_RIVAL_BOX_IOU``) may look more like it by ``SPLIT_RIVAL_MARGIN``: then the
+        piece goes to the best-looking such rival (returned instead). Typically a background
+        track swallowed a half-hidden object in the previous frame (or took a piece of it),
+        so the object lies inside the background's warp when it shows again, or the flow
+        dragged the object's own prediction onto the background.
         """
         cfg = self.config
         a_j = float(area_s[j])
@@ -793,10 +814,42 @@ class VideoSegmenter:
                 if now is not None or hist is not None:
                     b_now = float(bhattacharyya(hists[j:j + 1], now[None])[0, 0]) if now is not None else -1.0
                     b_mem = float(bhattacharyya(hists[j:j + 1], hist[None])[0, 0]) if hist is not None else -1.0
-                    if max(b_now, b_mem - SPLIT_MEMORY_MARGIN) < cfg.split_min_appearance:
+                    look = max(b_now, b_mem - SPLIT_MEMORY_MARGIN)
+                    if look < cfg.split_min_appearance:
                         continue
+                    if rivals and seg_boxes is not None:
+                        rival = self._rival_claims(reg, rivals, tid, j, look, hists, seg_boxes)
+                        if rival:
+                            return rival
             return tid
         return 0
+
+    @staticmethod
+    def _box_iou(box: tuple, sl: "tuple | None") -> float:
+        """IoU of a ``(y0, x0, y1, x1)`` box and a `ndimage.find_objects` slice pair (0 for None)."""
+        if sl is None:
+            return 0.0
+        y0, x0, y1, x1 = box
+        sy0, sx0, sy1, sx1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
+        inter = max(0, min(y1, sy1) - max(y0, sy0)) * max(0, min(x1, sx1) - max(x0, sx0))
+        union = (y1 - y0) * (x1 - x0) + (sy1 - sy0) * (sx1 - sx0) - inter
+        return inter / union if union > 0 else 0.0
+
+    @staticmethod
+    def _rival_claims(reg: TrackRegistry, rivals: list[int], tid: int, j: int, look: float, hists: np.ndarray,
+                      seg_boxes: list) -> int:
+        """The rival track (not ``tid``) whose last box overlaps segment ``j``'s box and that
+        looks most like the segment, if it beats ``look`` (the split owner's fit) by the
+        margin; else 0."""
+        b = seg_boxes[j] if j < len(seg_boxes) else None
+        best, best_look = 0, look + SPLIT_RIVAL_MARGIN
+        for r in rivals:
+            if r == tid or VideoSegmenter._box_iou(reg[r].bbox, b) < SPLIT_RIVAL_BOX_IOU:
+                continue
+            b_r = float(bhattacharyya(hists[j:j + 1], reg[r].hist[None])[0, 0])
+            if b_r > best_look:
+                best, best_look = r, b_r
+        return best
 
     @staticmethod
     def _overlap_of(ids: np.ndarray, row_of: np.ndarray, T: int, seg_w: np.ndarray, K: int) -> np.ndarray:
@@ -883,7 +936,8 @@ class VideoSegmenter:
 
     def _prefer_older(self, reg: TrackRegistry, A: np.ndarray, asg: Any, inter: np.ndarray, area_t: np.ndarray,
                       area_s: np.ndarray, seg_track: np.ndarray, taken: set, idx: int,
-                      inter_raw: np.ndarray, yielded: "dict[int, int] | None" = None) -> None:
+                      inter_raw: np.ndarray, yielded: "dict[int, int] | None" = None,
+                      hists: "np.ndarray | None" = None, seg_boxes: "list | None" = None) -> None:
         """Hand a matched segment to an older, unmatched, look-alike track mostly inside it.
 
         Args:
@@ -895,6 +949,11 @@ class VideoSegmenter:
             inter_raw: ``(T, K)`` overlaps of the warp without the forward-backward mask
                 (``inter`` when there is no such warp), for the fresh-fragment test.
             yielded: ``{young id: older id}`` of the hand-overs; updated in place.
+            hists: ``(K, bins**3)`` colour histograms of the segments, or None; with
+                ``seg_boxes`` (the segments' `ndimage.find_objects` boxes) a fresh track also
+                yields to an older unmatched track whose prediction the flow put elsewhere
+                but whose last box overlaps the segment's (IoU >= ``SPLIT_RIVAL_BOX_IOU``)
+                and that fits the segment's colour at least as well as the fresh one.
         """
         cfg = self.config
         matched = np.zeros(len(A), bool)
@@ -915,6 +974,16 @@ class VideoSegmenter:
                 cand = np.union1d(cand, np.flatnonzero(
                     ~matched & (inter_raw[:, j] >= cfg.fragment_containment * raw_area)
                     & ((raw_area >= 0.3 * area_s[j]) | (inter_raw[:, j] >= 0.5 * inter_raw[r_, j]))))
+                if hists is not None and seg_boxes is not None and young.hist is not None:
+                    # the flow dragged the older track's prediction off the object (onto the
+                    # background, say): its last box and its look still say where it is
+                    b_young = float(bhattacharyya(hists[j:j + 1], young.hist[None])[0, 0])
+                    near = [o for o in np.flatnonzero(~matched).tolist()
+                            if reg[int(A[o])].hist is not None and reg[int(A[o])].first_frame < young.first_frame
+                            and self._box_iou(reg[int(A[o])].bbox, seg_boxes[j]) >= SPLIT_RIVAL_BOX_IOU]
+                    near = [o for o in near if float(bhattacharyya(hists[j:j + 1], reg[int(A[o])].hist[None])[0, 0])
+                            >= max(b_young, cfg.split_min_appearance)]
+                    cand = np.union1d(cand, np.array(near, np.int64))
             best = None
             for o in cand.tolist():
                 old = reg[int(A[o])]
