@@ -814,11 +814,11 @@ class VideoSegmenter:
                 if now is not None or hist is not None:
                     b_now = float(bhattacharyya(hists[j:j + 1], now[None])[0, 0]) if now is not None else -1.0
                     b_mem = float(bhattacharyya(hists[j:j + 1], hist[None])[0, 0]) if hist is not None else -1.0
-                    look = max(b_now, b_mem - SPLIT_MEMORY_MARGIN)
-                    if look < cfg.split_min_appearance:
+                    if max(b_now, b_mem - SPLIT_MEMORY_MARGIN) < cfg.split_min_appearance:
                         continue
                     if rivals and seg_boxes is not None:
-                        rival = self._rival_claims(reg, rivals, tid, j, look, hists, seg_boxes)
+                        # like for like: the rival's remembered look against the owner's best fit
+                        rival = self._rival_claims(reg, rivals, tid, j, max(b_now, b_mem), hists, seg_boxes)
                         if rival:
                             return rival
             return tid
@@ -953,7 +953,8 @@ class VideoSegmenter:
                 ``seg_boxes`` (the segments' `ndimage.find_objects` boxes) a fresh track also
                 yields to an older unmatched track whose prediction the flow put elsewhere
                 but whose last box overlaps the segment's (IoU >= ``SPLIT_RIVAL_BOX_IOU``)
-                and that fits the segment's colour at least as well as the fresh one.
+                and that fits the segment's colour about as well as the fresh one (within
+                ``SPLIT_RIVAL_MARGIN``) or better.
         """
         cfg = self.config
         matched = np.zeros(len(A), bool)
@@ -982,7 +983,7 @@ class VideoSegmenter:
                             if reg[int(A[o])].hist is not None and reg[int(A[o])].first_frame < young.first_frame
                             and self._box_iou(reg[int(A[o])].bbox, seg_boxes[j]) >= SPLIT_RIVAL_BOX_IOU]
                     near = [o for o in near if float(bhattacharyya(hists[j:j + 1], reg[int(A[o])].hist[None])[0, 0])
-                            >= max(b_young, cfg.split_min_appearance)]
+                            >= max(b_young - SPLIT_RIVAL_MARGIN, cfg.split_min_appearance)]
                     cand = np.union1d(cand, np.array(near, np.int64))
             best = None
             for o in cand.tolist():

@@ -183,3 +183,81 @@ def test_a_young_stand_in_next_to_a_reidentified_older_track_is_folded():
     y2: dict[int, int] = {}  # without the re-identification there is no evidence
     vs._stand_ins(reg, A, inter_raw, np.array([3, 2]), np.array([2, 3]), 10, y2, {}, boxes)
     assert y2 == {}
+
+
+def _look(*weights: float) -> np.ndarray:
+    """A colour histogram (8 cells) with the given weights on its first cells."""
+    h = np.zeros(8, np.float32)
+    h[: len(weights)] = weights
+    return h / h.sum()
+
+
+def test_a_split_piece_goes_to_the_recently_seen_track_it_looks_like():
+    # rule of `VideoSegmenter._split_owner`: segment 1 lies inside the warp of background
+    # track 2 (which swallowed the object last frame) and looks like it enough (0.82),
+    # but track 5, seen last frame right there and unmatched now, looks more like it: the
+    # piece is track 5's. Track 6 looks even more alike but its last box is elsewhere;
+    # track 7 is right there but was last seen 5 frames ago
+    from temporal.tracks import TrackRegistry
+
+    reg = TrackRegistry()
+    for _ in range(7):
+        reg.new(0)
+    piece = _look(1, 1, 0, 0)
+    for tid, last, box, hist in ((2, 9, (0, 0, 64, 64), _look(1, 1, 1)), (5, 9, (20, 20, 30, 30), _look(1, 1, 0.2)),
+                                 (6, 9, (50, 50, 60, 60), piece), (7, 5, (20, 20, 30, 30), piece)):
+        reg[tid].last_frame, reg[tid].bbox, reg[tid].hist = last, box, hist
+    seg_w = np.zeros((64, 64), np.int32)
+    seg_w[21:31, 21:31] = 1
+    boxes = ndimage.find_objects(seg_w + 1, max_label=2)
+    hists = np.stack([_look(0, 1, 1, 1), piece])
+    A = np.array([2])
+    inter_raw = np.array([[3996, 100]])
+    area_s = np.array([3996, 100])
+    seg_track = np.array([2, 0])
+    vs = VideoSegmenter(None, TrackerConfig())
+    rivals = [t for t in (5, 6, 7) if 10 - reg[t].last_frame <= 2]  # as `_link` picks them (frame 10)
+    assert vs._split_owner(reg, A, inter_raw, area_s, seg_track, hists, 1, rivals, boxes) == 5
+    # without rivals (or with only the far one) the background keeps the piece
+    assert vs._split_owner(reg, A, inter_raw, area_s, seg_track, hists, 1, [], boxes) == 2
+    assert vs._split_owner(reg, A, inter_raw, area_s, seg_track, hists, 1, [6], boxes) == 2
+    # a rival that looks no better than the owner (within the margin) does not claim it
+    reg[5].hist = _look(1, 1, 0.8)
+    assert vs._split_owner(reg, A, inter_raw, area_s, seg_track, hists, 1, [5], boxes) == 2
+
+
+@pytest.mark.parametrize("case", ["near", "far", "looks_worse"])
+def test_a_fresh_track_yields_to_an_older_look_alike_whose_prediction_the_flow_dragged_away(case):
+    # rule of `VideoSegmenter._prefer_older`: young track 8 (born at frame 8) took segment 0
+    # at frame 10; older track 4 is unmatched, its prediction lies elsewhere (5 of its 100
+    # warped pixels in the segment: the flow moved it onto the background), but its last
+    # box overlaps the segment's and it fits the segment's colour as well as the young one:
+    # it keeps the segment. Not when its box is far away, or it looks clearly worse.
+    from temporal.matching import Assignment
+    from temporal.tracks import TrackRegistry
+
+    reg = TrackRegistry()
+    for _ in range(8):
+        reg.new(0)
+    reg[8].first_frame = 8
+    look = _look(1, 1, 0, 0)
+    reg[4].bbox = (50, 50, 60, 60) if case == "far" else (20, 20, 30, 30)
+    reg[4].hist = _look(1, 1, 1, 1) if case == "looks_worse" else _look(1, 1, 0.1)
+    reg[8].bbox, reg[8].hist = (22, 22, 31, 31), look
+    seg_w = np.zeros((64, 64), np.int32)
+    seg_w[21:31, 21:31] = 1  # segment 0 of the frame is label 1 here: boxes of label 1 = index 0
+    boxes = ndimage.find_objects(seg_w, max_label=1)
+    hists = np.stack([look])
+    A = np.array([4, 8])
+    asg = Assignment(rows=np.array([1]), cols=np.array([0]), unmatched_rows=np.array([0]),
+                     unmatched_cols=np.array([], np.int64))
+    inter = np.array([[5], [80]])
+    area_t, area_s = np.array([100, 90]), np.array([100])
+    seg_track = np.array([8])
+    taken, yielded = {8}, {}
+    vs = VideoSegmenter(None, TrackerConfig())
+    vs._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, 10, inter, yielded, hists, boxes)
+    if case == "near":
+        assert seg_track.tolist() == [4] and yielded == {8: 4} and taken == {4}
+    else:
+        assert seg_track.tolist() == [8] and yielded == {} and taken == {8}
