@@ -680,9 +680,10 @@ class VideoSegmenter:
         young track's last box (grown by its own size for every frame since it was last seen:
         where it could have moved; ``seg_boxes``: the segments' `ndimage.find_objects`
         boxes). A track born in the same frame as the one that took over counts only by the
-        inside test (two halves of an object that split when both appeared). Typically an object half hidden,
-        at the border or lost by the flow got a new id for a few frames, and then its old
-        track re-identified it. Recorded in ``yielded`` (folded by `_absorb`)."""
+        inside test (two halves of an object that split when both appeared). Typically an
+        object half hidden, at the border or lost by the flow got a new id for a few frames,
+        and then its old track re-identified it. Recorded in ``yielded`` (folded by
+        `_absorb`)."""
         cfg = self.config
         pres = set(np.asarray(present).tolist())
         row = {int(a): t for t, a in enumerate(A.tolist())}
