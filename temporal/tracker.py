@@ -618,8 +618,10 @@ class VideoSegmenter:
         occluder's motion drags a half-hidden object's pixels along; then the flow's
         prediction lies beside the object and the first association gates the pair out.
         Same cost and gates as the first association, on the better IoU of the two
-        hypotheses; with images the segment must look like the track
-        (``split_min_appearance``). Updates ``seg_track`` and ``taken`` in place.
+        hypotheses; the prediction must cover at least half of the segment (else the object
+        merged into something bigger: the merge carving's case), and with images the segment
+        must look like the track (``split_min_appearance``). Updates ``seg_track`` and
+        ``taken`` in place.
 
         Args:
             prev: int32 ``(h, w)`` previous track ids; ``prev_area`` their areas per id.
@@ -640,6 +642,7 @@ class VideoSegmenter:
         col_of[C] = np.arange(len(C))
         cols = np.take(col_of, seg_w)
         iou = np.zeros((len(B), len(C)))
+        cover = np.zeros((len(B), len(C)))  # fraction of the segment the prediction covers
         sh = np.zeros((n, 2), np.float64)
         for b in B.tolist():
             sh[b] = vel_before.get(b, (0.0, 0.0))
@@ -650,11 +653,14 @@ class VideoSegmenter:
             inter = overlap_matrix(rows, len(B), cols, len(C))
             iou = np.maximum(iou, iou_from_overlap(inter, np.bincount(rows[rows >= 0], minlength=len(B)),
                                                    area_s[C]))
+            cover = np.maximum(cover, inter / np.maximum(area_s[C], 1)[None, :])
         skl = None
         if cfg.w_kl > 0:
             P = np.stack([self._proposal_of(reg[int(b)].proposal, props.shape[1:]) for b in B])
             skl = symmetric_kl_matrix(P, props[C])
-        allowed = iou >= max(cfg.min_iou, 1e-9)
+        # a segment the prediction covers less than half of is mostly something else (the
+        # object merged into the background): that is for the merge carving, not a match
+        allowed = (iou >= max(cfg.min_iou, 1e-9)) & (cover >= 0.5)
         if hists is not None and cfg.split_min_appearance > 0:
             has = np.array([reg[int(b)].hist is not None for b in B], bool)
             if has.any():
