@@ -573,3 +573,25 @@ def test_second_association_does_not_hand_an_object_to_a_different_looking_track
             green = int(np.bincount(tf.labels[gt == 2]).argmax())
         if t >= 3:
             assert green not in np.unique(tf.labels[gt == 3]).tolist()
+
+
+def test_second_association_leaves_a_background_segment_the_object_merged_into(rng):
+    # the flow says the scene moved 30 px; on frame 3 the segmentation merges the square
+    # into a background segment (the square covers 44 % of it): that segment is not
+    # the square's (the merge carving's case), so the second association does not hand the
+    # whole of it to the square's track
+    sc = Scene([(1, 30, 40, 20, (230, 40, 40), 0, 0, 0, 99)], hw=(96, 160), seed=9)
+    vs = VideoSegmenter(None, TrackerConfig(template_motion=False, fb_check=False, reid=False, id_correction_window=0,
+                                            handle_merges=False, handle_splits=False))
+    st = vs.init_state()
+    for t in range(4):
+        if t == 3:
+            vs.flow = _PanFlow(30.0)
+        img, gt = sc.frame(t)
+        lab = gt.copy()
+        if t == 3:
+            lab[25:55, 35:65] = 1  # the square (400 px) inside 900 px
+        tf = vs.step(st, img, seg_from_gt(lab, rng))
+        if t == 2:
+            square = int(np.bincount(tf.labels[gt == 1]).argmax())
+    assert (tf.labels[25:55, 35:65] == square).mean() < 0.5
