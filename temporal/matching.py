@@ -39,6 +39,29 @@ def iou_from_overlap(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) 
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
+def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU ``(M, K)`` of two sets of boxes ``(y0, x0, y1, x1)`` (end exclusive; 0 where the
+    union is empty).
+
+    Args:
+        a: ``(M, 4)`` boxes; b: ``(K, 4)`` boxes.
+    """
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    iy = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ix = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iy * ix
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None] + ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def slice_boxes(objs: list) -> np.ndarray:
+    """`scipy.ndimage.find_objects` slice pairs -> ``(n, 4)`` boxes ``(y0, x0, y1, x1)``
+    (an empty box for a label that is absent)."""
+    return np.array([(o[0].start, o[1].start, o[0].stop, o[1].stop) if o is not None else (0, 0, 0, 0)
+                     for o in objs], np.float64).reshape(-1, 4)
+
+
 def symmetric_kl_matrix(p: np.ndarray, q: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Symmetric KL ``KL(p_i || q_j) + KL(q_j || p_i)`` between two sets of distributions.
 

@@ -32,8 +32,9 @@ from diffseg_core.types import Segmentation
 from .config import TrackerConfig
 from .flow import (forward_backward_check, label_displacements, make_flow_estimator, match_shifts, resize_flow,
                    translate_labels, warp_labels, warp_maps)
-from .matching import (bhattacharyya, color_histograms, containing_segment, cost_matrix, distinct_pairs, hungarian_assign,
-                       iou_from_overlap, kl_similarity, overlap_matrix, symmetric_kl_matrix)
+from .matching import (bhattacharyya, box_iou_matrix, color_histograms, containing_segment, cost_matrix, distinct_pairs,
+                       hungarian_assign, iou_from_overlap, kl_similarity, overlap_matrix, slice_boxes,
+                       symmetric_kl_matrix)
 from .proposals import grid_hw, segmentation_from_labels
 from .relabel import IdCorrectionBuffer
 from .tracks import TrackRegistry
@@ -703,7 +704,7 @@ class VideoSegmenter:
             t = row.get(y)
             if t is not None and raw_area[t] > 0 and inside[t] and seg_track[jr[t]] > 0:
                 owners.append(int(seg_track[jr[t]]))
-            inside_owner = owners[:1]
+            inside_owner = owners[0] if owners else 0  # the owner by the inside test
             if reided and seg_boxes is not None:
                 y0, x0, y1, x1 = tr.bbox
                 gap = idx - tr.last_frame  # frames it may have moved since (its size each)
@@ -720,7 +721,7 @@ class VideoSegmenter:
                 # a twin born in the same frame (the object was split when both appeared, e.g.
                 # on the first frame, and is whole again) only with the inside test: the
                 # re-identified form says nothing about two tracks that lived side by side
-                if old.first_frame == tr.first_frame and o not in inside_owner:
+                if old.first_frame == tr.first_frame and o != inside_owner:
                     continue
                 if (tr.hist is not None and old.hist is not None and cfg.split_min_appearance > 0
                         and float(bhattacharyya(tr.hist[None], old.hist[None])[0, 0]) < cfg.split_min_appearance):
@@ -832,26 +833,15 @@ class VideoSegmenter:
         return 0
 
     @staticmethod
-    def _box_iou(box: tuple, sl: "tuple | None") -> float:
-        """IoU of a ``(y0, x0, y1, x1)`` box and a `ndimage.find_objects` slice pair (0 for None)."""
-        if sl is None:
-            return 0.0
-        y0, x0, y1, x1 = box
-        sy0, sx0, sy1, sx1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
-        inter = max(0, min(y1, sy1) - max(y0, sy0)) * max(0, min(x1, sx1) - max(x0, sx0))
-        union = (y1 - y0) * (x1 - x0) + (sy1 - sy0) * (sx1 - sx0) - inter
-        return inter / union if union > 0 else 0.0
-
-    @staticmethod
     def _rival_claims(reg: TrackRegistry, rivals: list[int], tid: int, j: int, look: float, hists: np.ndarray,
                       seg_boxes: list) -> int:
         """The rival track (not ``tid``) whose last box overlaps segment ``j``'s box and that
         looks most like the segment, if it beats ``look`` (the split owner's fit) by the
         margin; else 0."""
-        b = seg_boxes[j] if j < len(seg_boxes) else None
         best, best_look = 0, look + SPLIT_RIVAL_MARGIN
-        for r in rivals:
-            if r == tid or VideoSegmenter._box_iou(reg[r].bbox, b) < SPLIT_RIVAL_BOX_IOU:
+        biou = box_iou_matrix(np.array([reg[r].bbox for r in rivals]), slice_boxes([seg_boxes[j]]))[:, 0]
+        for r, bi in zip(rivals, biou.tolist()):
+            if r == tid or bi < SPLIT_RIVAL_BOX_IOU:
                 continue
             b_r = float(bhattacharyya(hists[j:j + 1], reg[r].hist[None])[0, 0])
             if b_r > best_look:
@@ -987,8 +977,11 @@ class VideoSegmenter:
                     # background, say): its last box and its look still say where it is
                     b_young = float(bhattacharyya(hists[j:j + 1], young.hist[None])[0, 0])
                     near = [o for o in np.flatnonzero(~matched).tolist()
-                            if reg[int(A[o])].hist is not None and reg[int(A[o])].first_frame < young.first_frame
-                            and self._box_iou(reg[int(A[o])].bbox, seg_boxes[j]) >= SPLIT_RIVAL_BOX_IOU]
+                            if reg[int(A[o])].hist is not None and reg[int(A[o])].first_frame < young.first_frame]
+                    if near:
+                        biou = box_iou_matrix(np.array([reg[int(A[o])].bbox for o in near]),
+                                              slice_boxes([seg_boxes[j]]))[:, 0]
+                        near = [o for o, bi in zip(near, biou.tolist()) if bi >= SPLIT_RIVAL_BOX_IOU]
                     near = [o for o in near if float(bhattacharyya(hists[j:j + 1], reg[int(A[o])].hist[None])[0, 0])
                             >= max(b_young - SPLIT_RIVAL_MARGIN, cfg.split_min_appearance)]
                     cand = np.union1d(cand, np.array(near, np.int64))
@@ -1087,15 +1080,7 @@ class VideoSegmenter:
         P = np.stack([self._proposal_of(reg[c].proposal, props.shape[1:]) for c in cand])
         ksim = kl_similarity(symmetric_kl_matrix(P, props[un]), cfg.kl_tau)
         # bbox IoU of the last known box vs the segment's box (work resolution)
-        sb = np.array([(o[0].start, o[1].start, o[0].stop, o[1].stop) if o is not None else (0, 0, 0, 0)
-                       for o in (seg_boxes[j] for j in un)], np.float64).reshape(-1, 4)
-        tb = np.array([reg[c].bbox for c in cand], np.float64).reshape(-1, 4)
-        iy = np.clip(np.minimum(tb[:, None, 2], sb[None, :, 2]) - np.maximum(tb[:, None, 0], sb[None, :, 0]), 0, None)
-        ix = np.clip(np.minimum(tb[:, None, 3], sb[None, :, 3]) - np.maximum(tb[:, None, 1], sb[None, :, 1]), 0, None)
-        at = (tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1])
-        as_ = (sb[:, 2] - sb[:, 0]) * (sb[:, 3] - sb[:, 1])
-        union = at[:, None] + as_[None, :] - iy * ix
-        biou = np.where(union > 0, iy * ix / np.maximum(union, 1e-9), 0.0)
+        biou = box_iou_matrix(np.array([reg[c].bbox for c in cand]), slice_boxes([seg_boxes[j] for j in un]))
         # Proposal maps (attention or derived) are spatially localised, so their KL mostly
         # says "same place"; colour histograms say "looks the same" wherever it reappears.
         position = 0.5 * (biou + ksim)

@@ -115,3 +115,16 @@ def test_containing_segment_picks_the_segment_holding_most_of_each_track():
     assert j.tolist() == [0, 2, 0] and inside.tolist() == [True, False, True]  # 0 >= 0.6 * 0
     j0, in0 = containing_segment(np.zeros((2, 0), np.int64), np.array([1, 1]), 0.6)
     assert j0.tolist() == [0, 0] and in0.tolist() == [False, False]
+
+
+def test_box_iou_matrix_by_hand():
+    from temporal.matching import box_iou_matrix, slice_boxes
+    from scipy import ndimage
+
+    a = np.array([(0, 0, 4, 4), (10, 10, 12, 12)])
+    b = np.array([(2, 2, 6, 6), (0, 0, 4, 4), (20, 20, 20, 20)])
+    # (0,0,4,4) vs (2,2,6,6): 4 / (16 + 16 - 4); identical boxes: 1; disjoint or empty: 0
+    np.testing.assert_allclose(box_iou_matrix(a, b), [[4 / 28, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    lab = np.zeros((8, 8), np.int32)
+    lab[1:3, 2:7] = 1
+    assert slice_boxes(ndimage.find_objects(lab, max_label=2)).tolist() == [[1, 2, 3, 7], [0, 0, 0, 0]]
