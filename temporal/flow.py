@@ -216,14 +216,20 @@ def label_displacements(labels: np.ndarray, flow: np.ndarray, n: int, res: float
     disp = np.zeros((n, 2), np.float32)
     if not len(lab):
         return disp, count
-    half = (count + 1) // 2
+    # histograms of the labels present only: ids grow through a long video (never reused),
+    # and a (max id x bins) table would make every frame slower than the one before
+    present = np.flatnonzero(count)
+    m = len(present)
+    compact = np.zeros(n, np.int64)
+    compact[present] = np.arange(m)
+    row = compact[lab] * B
+    half = (count[present] + 1) // 2
     for k, c in enumerate((1, 0)):  # (dy, dx) from flow channels (y, x)
         v = -flow[..., c].ravel()[sel]
         q = np.clip(np.rint(v * (1.0 / res)) + B // 2, 0, B - 1).astype(np.int64)
-        hist = np.bincount(lab * B + q, minlength=n * B)[: n * B].reshape(n, B)
+        hist = np.bincount(row + q, minlength=m * B)[: m * B].reshape(m, B)
         mb = (np.cumsum(hist, 1) < half[:, None]).sum(1)  # first bin reaching half the mass
-        disp[:, k] = (mb - B // 2) * res
-    disp[count == 0] = 0
+        disp[present, k] = (mb - B // 2) * res
     return disp, count
 
 

@@ -185,3 +185,24 @@ def test_match_shifts_absent_flat_and_bad_input(rng):
         match_shifts(prev, cur, lab, np.array([5]), np.zeros((2, 1, 2), int))
     empty = match_shifts(prev, cur, lab, np.zeros(0, int), np.zeros((0, 1, 2), int))
     assert [a.shape[0] for a in empty] == [0, 0, 0]
+
+
+def test_label_displacements_of_sparse_large_ids_match_small_ids():
+    # ids grow through a long video and are never reused: the histograms are built for the
+    # labels present only, and each id must still get its own median and count
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 4, (30, 40)).astype(np.int32)
+    flow = rng.normal(0, 4, (30, 40, 2)).astype(np.float32)
+    big_of = np.array([0, 7, 90_000, 123_456], np.int32)
+    big = big_of[small]
+    d_small, c_small = label_displacements(small, flow, 4)
+    d_big, c_big = label_displacements(big, flow, 123_457)
+    assert d_big.shape == (123_457, 2) and c_big.shape == (123_457,)
+    np.testing.assert_array_equal(d_big[big_of[1:]], d_small[1:])
+    np.testing.assert_array_equal(c_big[big_of], c_small)
+    others = np.setdiff1d(np.arange(123_457), big_of[1:])
+    assert not d_big[others].any() and not c_big[others[1:]].any()
+    # ids at or above n are not measured
+    d_cut, c_cut = label_displacements(big, flow, 90_000)
+    np.testing.assert_array_equal(d_cut[7], d_small[1])
+    assert c_cut.sum() == c_small[1]
