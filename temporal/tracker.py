@@ -662,12 +662,8 @@ class VideoSegmenter:
         # a segment the prediction covers less than half of is mostly something else (the
         # object merged into the background): that is for the merge carving, not a match
         allowed = (iou >= max(cfg.min_iou, 1e-9)) & (cover >= 0.5)
-        if hists is not None and cfg.split_min_appearance > 0:
-            has = np.array([reg[int(b)].hist is not None for b in B], bool)
-            if has.any():
-                look = np.ones_like(iou)
-                look[has] = bhattacharyya(np.stack([reg[int(b)].hist for b, h in zip(B, has) if h]), hists[C])
-                allowed &= look >= cfg.split_min_appearance
+        if hists is not None and cfg.split_min_appearance > 0:  # a track without a look passes
+            allowed &= self._looks(reg, B, hists[C], np.ones_like(iou)) >= cfg.split_min_appearance
         if not allowed.any():
             return
         r = hungarian_assign(cost_matrix(iou, skl, cfg.w_iou, cfg.w_kl, cfg.kl_tau), allowed=allowed,
@@ -1084,16 +1080,23 @@ class VideoSegmenter:
         # Proposal maps (attention or derived) are spatially localised, so their KL mostly
         # says "same place"; colour histograms say "looks the same" wherever it reappears.
         position = 0.5 * (biou + ksim)
-        app = ksim
-        if hists is not None:
-            # colour for every remembered track that has a look (one never seen whole enough
-            # to get a histogram falls back to its proposal KL, without disabling the colour
-            # cue of all the others)
-            has = np.array([reg[c].hist is not None for c in cand], bool)
-            if has.any():
-                app = ksim.copy()
-                app[has] = bhattacharyya(np.stack([reg[c].hist for c, h in zip(cand, has) if h]), hists[un])
+        # colour for every remembered track that has a look (one never seen whole enough to
+        # get a histogram falls back to its proposal KL, without disabling the colour cue of
+        # all the others)
+        app = ksim if hists is None else self._looks(reg, cand, hists[un], ksim)
         return cfg.reid_w_position * position + (1 - cfg.reid_w_position) * app
+
+    @staticmethod
+    def _looks(reg: TrackRegistry, ids: "Iterable[int]", seg_hists: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        """Colour likeness ``(len(ids), len(seg_hists))``: Bhattacharyya coefficient of each
+        track's remembered histogram with each segment's; the rows of tracks that have none
+        (never seen whole enough) are ``fallback``'s (not modified)."""
+        has = np.array([reg[int(i)].hist is not None for i in ids], bool)
+        if not has.any():
+            return fallback
+        out = np.array(fallback, np.float64)
+        out[has] = bhattacharyya(np.stack([reg[int(i)].hist for i, h in zip(ids, has) if h]), seg_hists)
+        return out
 
     def _update_tracks(self, state: VideoState, out_w: np.ndarray, small: "np.ndarray | None", idx: int,
                        seg_track: np.ndarray, props: np.ndarray, area_s: np.ndarray,
