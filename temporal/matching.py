@@ -206,6 +206,13 @@ def distinct_pairs(sim: np.ndarray, margin: float) -> np.ndarray:
     return lead >= margin
 
 
+def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:
+    """Colour histogram cell of every pixel: int32 ``(H, W)`` in ``0..bins**3 - 1`` (uint8
+    RGB ``(H, W, 3)`` quantised to ``bins`` levels per channel)."""
+    q = (np.asarray(image).astype(np.int32) * bins) >> 8
+    return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+
+
 def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:
     """Normalised RGB colour histogram of every label.
 
@@ -218,9 +225,7 @@ def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 
     Returns:
         float32 ``(n, bins**3)``, rows sum to 1 (all-zero for empty labels).
     """
-    q = (image.astype(np.int32) * bins) >> 8
-    cell = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
-    inter = overlap_matrix(labels, n, cell, bins ** 3).astype(np.float32)
+    inter = overlap_matrix(labels, n, color_cells(image, bins), bins ** 3).astype(np.float32)
     tot = inter.sum(1, keepdims=True)
     return inter / np.maximum(tot, 1)
 

@@ -32,7 +32,7 @@ from diffseg_core.types import Segmentation
 from .config import TrackerConfig
 from .flow import (forward_backward_check, label_displacements, make_flow_estimator, match_shifts, resize_flow,
                    translate_labels, warp_labels, warp_maps)
-from .matching import (bhattacharyya, box_iou_matrix, color_histograms, containing_segment, cost_matrix, distinct_pairs,
+from .matching import (bhattacharyya, box_iou_matrix, color_cells, color_histograms, containing_segment, cost_matrix, distinct_pairs,
                        hungarian_assign, iou_from_overlap, kl_similarity, overlap_matrix, slice_boxes,
                        symmetric_kl_matrix)
 from .proposals import grid_hw, segmentation_from_labels
@@ -48,6 +48,10 @@ SPLIT_RIVAL_FRAMES = 2
 SPLIT_RIVAL_BOX_IOU = 0.2
 #: ... and it looks more like the piece than the split owner does by this much
 SPLIT_RIVAL_MARGIN = 0.05
+#: a track whose prediction lies inside a segment nobody took that is this many times its
+#: predicted area merged into it (object + background): carved out, not re-identified with
+#: the whole segment
+ENGULF_RATIO = 3.0
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter"]
 
@@ -480,6 +484,7 @@ class VideoSegmenter:
 
         # 4. re-identification of remembered tracks (lost ones, and present ones left unmatched)
         un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
+        engulfed: dict[int, int] = {}  # track -> the unowned segment it merged into (step 5)
         # each track's segment holding most of its warped mask, and whether it holds
         # merge_containment of it (the swallowed test of re-id, the stand-ins and step 5)
         jb, inside = containing_segment(inter, area_t, cfg.merge_containment)
@@ -493,6 +498,14 @@ class VideoSegmenter:
                 owner = seg_track[jb]
                 swallowed = {int(A[t]) for t in np.flatnonzero(inside & (owner > 0) & (owner != A)
                                                                  & (area_t >= max(cfg.min_segment_area, 4)))}
+                if small is not None and hists is not None:
+                    # a segment nobody took swallowed it together with much more (the object
+                    # merged with the background there): carved in step 5 like any swallowed
+                    # track, else re-identification would hand it the whole segment and the
+                    # track would go on as object + background
+                    engulfed = self._engulfed(state, idx, A, inside, jb, owner, area_t, inter_raw, area_s, taken,
+                                              small, rows, seg_w, hists)
+                    swallowed |= set(engulfed)
             cand = [i for i in reg.tracks if i not in taken and i not in swallowed]
             if cand:
                 sim = self._reid_similarity(state, cand, un, seg_boxes, props, hists)
@@ -515,6 +528,18 @@ class VideoSegmenter:
                 if tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved:
                     continue
                 j = int(jb[t])
+                if tid in engulfed:  # checked by `_engulfed`
+                    if seg_track[j] == 0:
+                        # the rest of the segment: to a free track that lives there, else a new one
+                        others = [(int(inter[o, j]), int(A[o])) for o in range(T)
+                                  if int(A[o]) not in taken and int(A[o]) not in engulfed
+                                  and inter[o, j] >= cfg.merge_containment * area_t[o]
+                                  and inter[o, j] >= 0.2 * area_s[j]]
+                        seg_track[j] = max(others)[1] if others else reg.new(idx).id
+                        taken.add(int(seg_track[j]))
+                    carve.setdefault(j, []).append(tid)
+                    taken.add(tid)
+                    continue
                 if seg_track[j] == 0 or not inside[t]:
                     continue
                 if not self._old_enough(state, tr, idx, int(seg_track[j])):
@@ -773,6 +798,40 @@ class VideoSegmenter:
             return True
         return float(bhattacharyya(tr.hist[None], oh[None])[0, 0]) < cfg.merge_same_appearance
 
+    def _engulfed(self, state: VideoState, idx: int, A: np.ndarray, inside: np.ndarray, jb: np.ndarray, owner: np.ndarray,
+                  area_t: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray, taken: set, small: np.ndarray,
+                  rows: np.ndarray, seg_w: np.ndarray, hists: np.ndarray) -> dict[int, int]:
+        """Tracks that merged into a segment nobody took: ``{track id: segment}``.
+
+        The track's warped mask lies inside the segment (``inside``, ``jb``: see
+        `containing_segment`), the segment is at least ``ENGULF_RATIO`` times the track's
+        prediction (without the forward-backward mask, ``inter_raw``), the track's part of
+        it looks like the track (``split_min_appearance``) and the rest of it does not: less
+        than the track's part by ``merge_margin`` (else the object grew or came closer, and
+        the whole segment is the object's). Young tracks (``merge_min_age``) and tracks
+        carved ``max_carved`` times in a row are left to the other rules, as in step 5.
+        """
+        cfg = self.config
+        reg = state.registry
+        out: dict[int, int] = {}
+        pred = inter_raw.sum(1)
+        cells = None
+        for t in np.flatnonzero(inside & (owner == 0) & (area_t >= max(cfg.min_segment_area, 4))).tolist():
+            tid, j = int(A[t]), int(jb[t])
+            tr = reg[tid]
+            if (tid in taken or tr.hist is None or tr.carved >= cfg.max_carved
+                    or area_s[j] < ENGULF_RATIO * max(float(pred[t]), 1.0) or not self._old_enough(state, tr, idx, 0)):
+                continue
+            cells = color_cells(small, cfg.hist_bins) if cells is None else cells
+            part = np.bincount(cells[(rows == t) & (seg_w == j)], minlength=hists.shape[1]).astype(np.float32)
+            rest = np.maximum(hists[j] * float(area_s[j]) - part, 0)
+            part = part / max(float(part.sum()), 1.0)
+            rest = rest / max(float(rest.sum()), 1.0)
+            own, other = bhattacharyya(np.stack([part, rest]), tr.hist[None])[:, 0].tolist()
+            if own >= cfg.split_min_appearance and other <= own - cfg.merge_margin:
+                out[tid] = j
+        return out
+
     def _split_owner(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray,
                      seg_track: np.ndarray, hists: "np.ndarray | None", j: int, rivals: "list[int] | None" = None,
                      seg_boxes: "list | None" = None) -> int:
@@ -1009,8 +1068,7 @@ class VideoSegmenter:
     def _pair_histograms(self, small: np.ndarray, rows: np.ndarray, seg_w: np.ndarray, T: int, K: int) -> np.ndarray:
         """Colour histogram counts of every (warped track row, segment) region: ``(T*K, bins**3)``."""
         b = self.config.hist_bins
-        q = (small.astype(np.int32) * b) >> 8
-        cell = (q[..., 0] * b + q[..., 1]) * b + q[..., 2]
+        cell = color_cells(small, b)
         sel = rows >= 0
         idx = (rows[sel].astype(np.int64) * K + seg_w[sel]) * (b ** 3) + cell[sel]
         return np.bincount(idx, minlength=T * K * b ** 3)[: T * K * b ** 3].reshape(T * K, b ** 3).astype(np.float32)

@@ -595,3 +595,45 @@ def test_second_association_leaves_a_background_segment_the_object_merged_into(r
         if t == 2:
             square = int(np.bincount(tf.labels[gt == 1]).argmax())
     assert (tf.labels[25:55, 35:65] == square).mean() < 0.5
+
+
+def _stripes_with_band(gt: np.ndarray, band: "tuple[int, int] | None") -> np.ndarray:
+    """Background in four horizontal stripes (labels 1-4), the object (gt 1) label 5; with
+    ``band`` = (x0, x1), the columns x0..x1 of every stripe and the object are one segment
+    (6) and the stripes' parts left and right of it are segments of their own."""
+    H, W = gt.shape
+    lab = np.repeat(np.arange(4, dtype=np.int32) * 2 + 1, H // 4)[:, None].repeat(W, 1)
+    lab[gt == 1] = 9
+    if band:
+        lab[:, band[1]:] += np.where(lab[:, band[1]:] < 9, 1, 0).astype(np.int32)
+        lab[:, band[0]:band[1]] = 10
+    return lab
+
+
+@pytest.mark.parametrize("handle_merges", [True, False])
+def test_an_object_merged_into_a_segment_nobody_took_is_carved_out(rng, handle_merges):
+    # frames 0-4: a red square over a background segmented as four horizontal stripes.
+    # Frame 5: the segmentation merges the square with a vertical band of the background
+    # (12x its area) that no stripe's track matches or contains: re-identification alone
+    # would hand the square's track the whole band (object + background, and it would go
+    # on as both); the track is carved out of it and the rest of the band gets another id
+    sc = Scene([(1, 37, 69, 22, (230, 40, 40), 0, 0, 0, 99)], hw=(96, 160), seed=4)
+    vs = VideoSegmenter(None, TrackerConfig(handle_merges=handle_merges))
+    st = vs.init_state()
+    for t in range(8):
+        img, gt = sc.frame(t)
+        lab = _stripes_with_band(gt, (50, 110) if t == 5 else None)
+        vals = np.unique(lab)
+        lut = np.zeros(int(vals.max()) + 1, np.int32)
+        lut[vals] = rng.permutation(len(vals))
+        tf = vs.step(st, img, segmentation_from_labels(lut[lab], 16))
+        if t == 4:
+            a = int(np.bincount(tf.labels[gt == 1]).argmax())
+        if t == 5:
+            on_object = np.mean(tf.labels[gt == 1] == a)
+            on_rest = np.mean(tf.labels[(lab == 10) & (gt == 0)] == a)
+    if handle_merges:
+        assert on_object > 0.9 and on_rest < 0.05
+    else:  # the whole band is re-identified as the square's track (or the square is lost)
+        assert on_object < 0.5 or on_rest > 0.5
+    assert np.mean(tf.labels[gt == 1] == a) > 0.9  # after the merge, the square keeps its id
