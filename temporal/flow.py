@@ -95,16 +95,24 @@ def forward_backward_check(backward: np.ndarray, forward: np.ndarray, abs_tol: f
     """
     h, w = backward.shape[:2]
     gx, gy = _grid(h, w)
-    mx, my = gx + backward[..., 0], gy + backward[..., 1]
-    f_at = cv2.remap(forward, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    # per-channel contiguous arithmetic: numpy reductions over a trailing axis of 2 are slow
-    sx, sy = cv2.split(cv2.add(backward, f_at))
+    # per-channel contiguous arithmetic, in place (numpy is slow on a trailing axis of 2)
     bx, by = cv2.split(backward)
-    fx, fy = cv2.split(f_at)
-    err = sx * sx + sy * sy
-    mag = bx * bx + by * by + fx * fx + fy * fy
-    inside = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
-    return (err <= rel_tol * mag + abs_tol * abs_tol) & inside
+    mx, my = gx + bx, gy + by
+    fx, fy = cv2.split(cv2.remap(forward, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
+    sx, sy = bx + fx, by + fy
+    err = sx * sx
+    err += sy * sy
+    for c in (bx, by, fx, fy):
+        c *= c
+    mag = bx
+    mag += by
+    mag += fx
+    mag += fy  # |b|^2 + |f(x+b)|^2
+    mag *= rel_tol
+    mag += abs_tol * abs_tol
+    ok = err <= mag
+    ok &= (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)  # lands inside the previous frame
+    return ok
 
 
 def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None" = None,
@@ -371,7 +379,7 @@ def match_shifts(prev: np.ndarray, cur: np.ndarray, labels: np.ndarray, ids: np.
         y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
         mask = (labels[y0:y1, x0:x1] == lab).astype(np.uint8)
         tpl = prev[y0:y1, x0:x1]
-        if not mask.any() or float(tpl[mask > 0].std()) < 1.0:
+        if not mask.any() or float(cv2.meanStdDev(tpl, mask=mask)[1][0, 0]) < 1.0:
             continue  # flat: no texture to match
         g0 = (int(guesses[i, 0, 0]), int(guesses[i, 0, 1]))
         f0 = _ncc_at(cur, tpl, mask, y0 + g0[0], x0 + g0[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -209,11 +210,15 @@ def distinct_pairs(sim: np.ndarray, margin: float) -> np.ndarray:
 def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:
     """Colour histogram cell of every pixel: int32 ``(H, W)`` in ``0..bins**3 - 1`` (uint8
     RGB ``(H, W, 3)`` quantised to ``bins`` levels per channel)."""
-    q = (np.asarray(image).astype(np.int32) * bins) >> 8
-    return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    if not 1 <= bins <= 256:
+        raise ValueError(f"bins must be in 1..256; got {bins}")
+    levels = ((np.arange(256) * bins) >> 8).astype(np.uint8)  # level of each channel value
+    r, g, b = cv2.split(cv2.LUT(np.ascontiguousarray(image, dtype=np.uint8), levels))
+    return (r.astype(np.int32) * bins + g) * bins + b
 
 
-def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:
+def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8,
+                     cells: "np.ndarray | None" = None) -> np.ndarray:
     """Normalised RGB colour histogram of every label.
 
     Args:
@@ -221,11 +226,13 @@ def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 
         labels: int ``(H, W)`` with values ``-1..n-1`` (-1 ignored).
         n: number of labels.
         bins: bins per channel (``bins**3`` cells).
+        cells: `color_cells` of ``image`` when the caller has it already.
 
     Returns:
         float32 ``(n, bins**3)``, rows sum to 1 (all-zero for empty labels).
     """
-    inter = overlap_matrix(labels, n, color_cells(image, bins), bins ** 3).astype(np.float32)
+    cells = color_cells(image, bins) if cells is None else cells
+    inter = overlap_matrix(labels, n, cells, bins ** 3).astype(np.float32)
     tot = inter.sum(1, keepdims=True)
     return inter / np.maximum(tot, 1)
 

@@ -335,14 +335,17 @@ class VideoSegmenter:
         bwd, valid = self._flows(state, gray) if gray is not None else (None, None)
         prev = state.prev_labels
         prev_area = np.bincount(prev.ravel(), minlength=1) if prev is not None else None  # per previous id
+        raw0 = None  # the previous ids warped WITHOUT the forward-backward mask (see `raw`)
         if prev is None:
             warped = np.zeros_like(seg_w)
         elif bwd is not None:
-            warped = warp_labels(prev, bwd, valid, fill=0)
+            raw0 = warp_labels(prev, bwd, None, fill=0)
+            warped = raw0 if valid is None else np.where(valid, raw0, 0)
             if self.flow_fallback is not None and valid is not None and self._lost_by_flow(prev_area, warped).any():
                 # the cheap flow lost an object (fast motion, blur): redo this pair carefully
                 bwd, valid = self._flows(state, gray, self.flow_fallback)
-                warped = warp_labels(prev, bwd, valid, fill=0)
+                raw0 = warp_labels(prev, bwd, None, fill=0)
+                warped = raw0 if valid is None else np.where(valid, raw0, 0)
         else:
             warped = prev
         # per-track motion model: every previous track moved rigidly by its robust displacement
@@ -376,15 +379,17 @@ class VideoSegmenter:
         # the check rejects every pixel it cannot confirm (fast motion, blur, thin objects),
         # which leaves a track's warped mask too small to contain the pieces of a split; where
         # a pixel goes is still the flow's best guess, good enough for containment and carving
-        raw = (self._apply_moves(warp_labels(prev, bwd, None, fill=0), tm_moves)
-               if prev is not None and bwd is not None and valid is not None else None)
+        raw = self._apply_moves(raw0, tm_moves) if raw0 is not None and valid is not None else None
         inter_raw = inter if raw is None else self._overlap_of(raw, row_of, T, seg_w, K)
         area_t = inter.sum(1)
         area_s = np.bincount(seg_w.ravel(), minlength=K)[:K]
         iou = iou_from_overlap(inter, area_t, area_s)
 
         # 2. costs and Hungarian on tracks present in the previous frame
-        hists = color_histograms(small, seg_w, K, cfg.hist_bins) if (small is not None and cfg.hist_bins) else None
+        # colour cell of every work pixel: once per frame, for the segment histograms and
+        # every (track, segment) histogram the merge rules ask for
+        cells = color_cells(small, cfg.hist_bins) if (small is not None and cfg.hist_bins) else None
+        hists = color_histograms(small, seg_w, K, cfg.hist_bins, cells) if cells is not None else None
         P_warp = None
         skl = None
         if T:
@@ -431,7 +436,7 @@ class VideoSegmenter:
                     continue
                 if small is not None and cfg.hist_bins and tr.hist is not None:
                     if pair_hist is None:
-                        pair_hist = self._pair_histograms(small, rows, seg_w, T, K)
+                        pair_hist = self._pair_histograms(cells, rows, seg_w, T, K)
                     hr = pair_hist[r_ * K + j]
                     hr = hr / max(float(hr.sum()), 1.0)
                     own = float(bhattacharyya(hr[None], tr.hist[None])[0, 0])
@@ -504,7 +509,7 @@ class VideoSegmenter:
                     # track, else re-identification would hand it the whole segment and the
                     # track would go on as object + background
                     engulfed = self._engulfed(state, idx, A, inside, jb, owner, area_t, inter_raw, area_s, taken,
-                                              small, rows, seg_w, hists)
+                                              cells, rows, seg_w, hists)
                     swallowed |= set(engulfed)
             cand = [i for i in reg.tracks if i not in taken and i not in swallowed]
             if cand:
@@ -550,7 +555,7 @@ class VideoSegmenter:
                     # the carved region must look like its own track more than like the
                     # track that swallowed it (else the object left or is occluded)
                     if pair_hist is None:
-                        pair_hist = self._pair_histograms(small, rows, seg_w, T, K)
+                        pair_hist = self._pair_histograms(cells, rows, seg_w, T, K)
                     hr = pair_hist[t * K + j][None]
                     hr = hr / max(float(hr.sum()), 1.0)
                     other = reg[int(seg_track[j])].hist if int(seg_track[j]) in reg else None
@@ -593,20 +598,23 @@ class VideoSegmenter:
             # still go to the track the flow moved them from (else a carved object keeps only
             # its confirmed part and the rest leaks to the segment's owner)
             src = warped if raw is None else raw
-            ys, xs = np.nonzero(keep[seg_w] & (src > 0))
-            wt = src[ys, xs]
-            ti = np.minimum(np.searchsorted(tids, wt), len(tids) - 1)
-            ok = (tids[ti] == wt) & table[seg_w[ys, xs], ti]
-            override = np.zeros_like(out_w)
-            override[ys[ok], xs[ok]] = wt[ok]
-            out_w = np.where(override > 0, override, out_w)
+            # a pixel is carved when its (segment, warped id) pair is in the table: one
+            # lookup per pixel in the flattened table, column 0 = not a carved id
+            col = np.zeros(max(int(src.max()), int(tids[-1])) + 1, np.int32)
+            col[tids] = np.arange(1, len(tids) + 1)
+            flat = np.zeros((K, len(tids) + 1), bool)
+            flat[:, 1:] = table
+            ok = np.take(flat.ravel(), seg_w * (len(tids) + 1) + np.take(col, src))
+            override = np.where(ok, src, 0).astype(np.int32, copy=False)
+            out_w = np.where(ok, src, out_w).astype(np.int32, copy=False)
             # full resolution: the work-resolution carving, upsampled, inside the carved segments
-            if ok.any():
+            ok_rows, ok_cols = np.flatnonzero(ok.any(1)), np.flatnonzero(ok.any(0))
+            if len(ok_rows):
                 # only inside the bounding box of the carved pixels (cheap on big frames)
                 H, W = state.image_hw  # type: ignore[misc]
                 h, w = state.work_hw  # type: ignore[misc]
-                y0, y1 = int(ys[ok].min()), int(ys[ok].max()) + 1
-                x0, x1 = int(xs[ok].min()), int(xs[ok].max()) + 1
+                y0, y1 = int(ok_rows[0]), int(ok_rows[-1]) + 1
+                x0, x1 = int(ok_cols[0]), int(ok_cols[-1]) + 1
                 Y0, Y1 = max(0, (y0 * H) // h - 1), min(H, -(-(y1 * H) // h) + 1)
                 X0, X1 = max(0, (x0 * W) // w - 1), min(W, -(-(x1 * W) // w) + 1)
                 ov_full = self._up(state, override)[Y0:Y1, X0:X1]
@@ -799,7 +807,7 @@ class VideoSegmenter:
         return float(bhattacharyya(tr.hist[None], oh[None])[0, 0]) < cfg.merge_same_appearance
 
     def _engulfed(self, state: VideoState, idx: int, A: np.ndarray, inside: np.ndarray, jb: np.ndarray, owner: np.ndarray,
-                  area_t: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray, taken: set, small: np.ndarray,
+                  area_t: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray, taken: set, cells: np.ndarray,
                   rows: np.ndarray, seg_w: np.ndarray, hists: np.ndarray) -> dict[int, int]:
         """Tracks that merged into a segment nobody took: ``{track id: segment}``.
 
@@ -815,14 +823,12 @@ class VideoSegmenter:
         reg = state.registry
         out: dict[int, int] = {}
         pred = inter_raw.sum(1)
-        cells = None
         for t in np.flatnonzero(inside & (owner == 0) & (area_t >= max(cfg.min_segment_area, 4))).tolist():
             tid, j = int(A[t]), int(jb[t])
             tr = reg[tid]
             if (tid in taken or tr.hist is None or tr.carved >= cfg.max_carved
                     or area_s[j] < ENGULF_RATIO * max(float(pred[t]), 1.0) or not self._old_enough(state, tr, idx, 0)):
                 continue
-            cells = color_cells(small, cfg.hist_bins) if cells is None else cells
             part = np.bincount(cells[(rows == t) & (seg_w == j)], minlength=hists.shape[1]).astype(np.float32)
             rest = np.maximum(hists[j] * float(area_s[j]) - part, 0)
             part = part / max(float(part.sum()), 1.0)
@@ -1065,10 +1071,10 @@ class VideoSegmenter:
                 matched[r_] = False
                 asg.rows[asg.rows == r_] = best
 
-    def _pair_histograms(self, small: np.ndarray, rows: np.ndarray, seg_w: np.ndarray, T: int, K: int) -> np.ndarray:
-        """Colour histogram counts of every (warped track row, segment) region: ``(T*K, bins**3)``."""
+    def _pair_histograms(self, cell: np.ndarray, rows: np.ndarray, seg_w: np.ndarray, T: int, K: int) -> np.ndarray:
+        """Colour histogram counts of every (warped track row, segment) region: ``(T*K, bins**3)``
+        (``cell``: `color_cells` of the work image)."""
         b = self.config.hist_bins
-        cell = color_cells(small, b)
         sel = rows >= 0
         idx = (rows[sel].astype(np.int64) * K + seg_w[sel]) * (b ** 3) + cell[sel]
         return np.bincount(idx, minlength=T * K * b ** 3)[: T * K * b ** 3].reshape(T * K, b ** 3).astype(np.float32)
@@ -1170,13 +1176,14 @@ class VideoSegmenter:
         present = present[present > 0]
         n = len(present)
         if n:
-            comp_of = np.full(max(int(present[-1]), int(out_w.max())) + 1, -1, np.int64)
+            comp_of = np.full(max(int(present[-1]), int(out_w.max())) + 1, -1, np.int32)
             comp_of[present] = np.arange(n)
             comp = np.take(comp_of, out_w)
         else:
-            comp = np.full(out_w.shape, -1, np.int64)
-        area = np.bincount(comp[comp >= 0], minlength=n) if n else np.zeros(0, np.int64)
-        objs = ndimage.find_objects((comp + 1).astype(np.int32), max_label=n) if n else []
+            comp = np.full(out_w.shape, -1, np.int32)
+        comp1 = comp + 1  # 0 = no present track
+        area = np.bincount(comp1.ravel(), minlength=n + 1)[1:n + 1] if n else np.zeros(0, np.int64)
+        objs = ndimage.find_objects(comp1, max_label=n) if n else []
         if seg_hists is None:
             hist = color_histograms(small, comp, n, cfg.hist_bins) if (small is not None and cfg.hist_bins and n) else None
         else:

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from temporal.matching import (bhattacharyya, color_histograms, cost_matrix, hungarian_assign, iou_from_overlap,
+from temporal.matching import (bhattacharyya, color_cells, color_histograms, cost_matrix, hungarian_assign, iou_from_overlap,
                                overlap_matrix, symmetric_kl_matrix)
 from temporal.proposals import proposals_from_labels, relabel_consecutive, segmentation_from_labels
 
@@ -84,6 +85,21 @@ def test_color_histograms_and_bhattacharyya():
     assert h[0, 0] == 1 and h[1, 7] == 1
     b = bhattacharyya(h, h)
     np.testing.assert_allclose(b, np.eye(2), atol=1e-6)
+
+
+def test_color_cells_quantise_each_channel_by_hand():
+    # 4 levels per channel: 0..63 -> 0, 64..127 -> 1, 128..191 -> 2, 192..255 -> 3
+    img = np.array([[[0, 63, 64], [127, 128, 255]],
+                    [[191, 192, 0], [255, 255, 255]]], np.uint8)
+    cells = color_cells(img, 4)
+    assert cells.dtype == np.int32
+    np.testing.assert_array_equal(cells, [[(0 * 4 + 0) * 4 + 1, (1 * 4 + 2) * 4 + 3],
+                                          [(2 * 4 + 3) * 4 + 0, 63]])
+    # the cells a caller computed once give the same histograms
+    lab = np.array([[0, 1], [1, 1]], np.int32)
+    np.testing.assert_array_equal(color_histograms(img, lab, 2, 4, cells), color_histograms(img, lab, 2, 4))
+    with pytest.raises(ValueError, match="bins"):
+        color_cells(img, 0)
 
 
 def test_distinct_pairs_needs_a_lead_in_row_and_column():
