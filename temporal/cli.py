@@ -34,6 +34,9 @@ def add_tracker_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--no-reid", action="store_true", help="never re-identify vanished tracks")
     t.add_argument("--no-splits", action="store_true", help="never give one track several segments")
     t.add_argument("--no-merges", action="store_true", help="never carve merged segments")
+    t.add_argument("--no-common-fate", action="store_true",
+                   help="do not use motion to tell a track's pieces apart (a segment moving unlike a track "
+                        "is otherwise never a piece of it)")
     t.add_argument("--id-correction-window", type=int, default=5,
                    help="frames the output is held back so that a young track found to be a piece or a "
                         "re-appearance of an older track gets the older id in all its frames; 0 = off [%(default)s]")
@@ -58,7 +61,7 @@ def tracker_config_from_args(args: argparse.Namespace):
             use_flow=args.flow != "none", flow_backend=args.flow if args.flow != "none" else "dis",
             dis_preset=args.dis_preset, flow_fallback_preset=args.flow_fallback, work_side=args.work_side, w_iou=args.w_iou, w_kl=args.w_kl,
             min_iou=args.min_iou, max_cost=args.max_cost, max_missed=args.max_missed, reid=not args.no_reid,
-            handle_splits=not args.no_splits, handle_merges=not args.no_merges,
+            handle_splits=not args.no_splits, handle_merges=not args.no_merges, common_fate=not args.no_common_fate,
             keyframe_every=args.keyframe_every, id_offset=args.id_offset,
             id_correction_window=args.id_correction_window)
     except (TypeError, ValueError) as exc:

@@ -46,6 +46,13 @@ class TrackerConfig:
             its previous area (and ``motion_min_pixels``) passed the forward-backward check;
             otherwise its last displacement is reused.
         motion_min_pixels: see ``motion_min_valid``.
+        common_fate: a segment or track that moves unlike a track is never a piece of it:
+            not joined as a split piece, not its child, not handed over to it as a fragment,
+            and carved out of a segment that moves unlike it even when young (an object that
+            the first frame's segmentation merged with the ground it moves over). Motions
+            differ when they are more than 6 work pixels and 3/4 of the larger one apart,
+            each measured by the flow on at least half of its pixels
+            (`temporal.tracker._Motion`).
         template_motion: match every object-sized track (``flow_fallback_min_area`` work
             pixels up to ``template_max_area`` of the frame) by its own pixels: its previous
             mask is the mask of a normalised-correlation template searched in this frame
@@ -146,6 +153,7 @@ class TrackerConfig:
     motion_model: bool = True
     motion_min_valid: float = 0.1
     motion_min_pixels: int = 8
+    common_fate: bool = True
     template_motion: bool = True
     template_max_area: float = 0.05
     template_radius: int = 20
@@ -233,6 +241,6 @@ def iou_only_baseline(**changes: Any) -> TrackerConfig:
     baseline the benchmark compares against."""
     base = dict(use_flow=False, w_kl=0.0, w_iou=1.0, handle_splits=False, handle_merges=False, prefer_older_on_merge=False,
                 reid=False, hist_bins=0, min_iou=0.1, max_cost=0.9, id_correction_window=0,
-                second_association=False)
+                second_association=False, common_fate=False)
     base.update(changes)
     return TrackerConfig(**base)

@@ -13,6 +13,8 @@ Per frame (keyframe):
 4. splits: an unmatched segment lying inside a track's warped mask joins it; merges: a
    segment that swallowed another track's warped mask is carved so both ids survive;
 5. what is left starts new tracks (fresh ids, never reused).
+Common fate throughout: a segment or track moving unlike a track is never a piece of it
+(`_Motion`).
 Non-keyframes (``keyframe_every > 1``) propagate the previous labels by flow.
 State is bounded: the previous frame's work-resolution ids, grayscale image and the live
 tracks; nothing grows with the length of the video.
@@ -52,6 +54,15 @@ SPLIT_RIVAL_MARGIN = 0.05
 #: predicted area merged into it (object + background): carved out, not re-identified with
 #: the whole segment
 ENGULF_RATIO = 3.0
+#: common fate: two measured motions (work-resolution pixels per frame) differ when they are
+#: farther apart than this ...
+MOTION_APART_PX = 6.0
+#: ... and than this fraction of the larger of the two (fast objects measure less exactly)
+MOTION_APART_REL = 0.75
+#: ... each measured on at least this fraction of its pixels (forward-backward check)
+MOTION_APART_VALID = 0.5
+#: segment motion is the median flow on every n-th pixel of every n-th row
+MOTION_SUBSAMPLE = 4
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter"]
 
@@ -68,6 +79,62 @@ class _Moves(NamedTuple):
     moved: np.ndarray
     over: np.ndarray
     area: np.ndarray
+
+
+class _Motion:
+    """This frame's motion evidence for the common-fate tests: a piece that moves unlike a
+    track is not a piece of it, whatever its colour (an object that the first frame's
+    segmentation merged with the ground it runs over, while the camera pans).
+
+    Track motion: the shift of every previous id measured by the flow on at least
+    ``MOTION_APART_VALID`` of its previous area (``firm``; not those template matching
+    overruled). Segment motion: the median flow of a segment's pixels that passed the
+    forward-backward check, where those are at least ``min_pixels`` and
+    ``MOTION_APART_VALID`` of it (on a ``MOTION_SUBSAMPLE`` grid, computed on first use). Motion measured on fewer
+    pixels (small, fast or blurred objects) never separates anything.
+    """
+
+    def __init__(self, shifts: np.ndarray, firm: np.ndarray, seg_w: np.ndarray, bwd: np.ndarray,
+                 valid: "np.ndarray | None", min_pixels: int, min_valid: float = MOTION_APART_VALID) -> None:
+        self.shifts = shifts
+        self.measured = set(np.asarray(firm).tolist())
+        self._seg_args = (seg_w, bwd, valid, max(min_pixels, 1), min_valid)
+        self._seg: "tuple[np.ndarray, np.ndarray] | None" = None
+
+    def track(self, tid: int) -> "np.ndarray | None":
+        return self.shifts[tid].astype(np.float64) if tid in self.measured and tid < len(self.shifts) else None
+
+    def segment(self, j: int) -> "np.ndarray | None":
+        if self._seg is None:
+            # every fourth pixel of every fourth row: a median needs no more (a segment of
+            # fewer than about 16 x min_pixels pixels stays unmeasured), and this runs on
+            # most frames
+            seg_w, bwd, valid, min_pixels, min_valid = self._seg_args
+            K = int(seg_w.max(initial=-1)) + 1
+            sub = seg_w[::MOTION_SUBSAMPLE, ::MOTION_SUBSAMPLE] + 1
+            area = np.bincount(sub.ravel(), minlength=K + 1)
+            lab = sub if valid is None else np.where(valid[::MOTION_SUBSAMPLE, ::MOTION_SUBSAMPLE], sub, 0)
+            disp, cnt = label_displacements(lab, bwd[::MOTION_SUBSAMPLE, ::MOTION_SUBSAMPLE], K + 1)
+            ok = (cnt >= min_pixels) & (cnt >= min_valid * area[:K + 1])
+            self._seg = (disp[1:].astype(np.float64), ok[1:])
+        disp, ok = self._seg
+        return disp[j] if j < len(ok) and ok[j] else None
+
+    @staticmethod
+    def apart(a: "np.ndarray | None", b: "np.ndarray | None") -> bool:
+        """Whether two motions ``(dy, dx)`` differ (False when either is unknown)."""
+        if a is None or b is None:
+            return False
+        gap = float(np.hypot(*(a - b)))
+        return gap > max(MOTION_APART_PX, MOTION_APART_REL * max(float(np.hypot(*a)), float(np.hypot(*b))))
+
+    def segment_apart(self, j: int, tid: int) -> bool:
+        """Segment ``j`` moves unlike track ``tid``."""
+        t = self.track(tid)
+        return t is not None and self.apart(self.segment(j), t)
+
+    def tracks_apart(self, a: int, b: int) -> bool:
+        return self.apart(self.track(a), self.track(b))
 
 
 class Segmenter(Protocol):
@@ -349,14 +416,15 @@ class VideoSegmenter:
         else:
             warped = prev
         # per-track motion model: every previous track moved rigidly by its robust displacement
-        shifts, measured = (self._track_shifts(reg, prev_area, warped, bwd)
-                            if cfg.motion_model and prev is not None and bwd is not None else (None, None))
+        shifts, measured, firm = (self._track_shifts(reg, prev_area, warped, bwd)
+                                  if cfg.motion_model and prev is not None and bwd is not None else (None, None, None))
         tm_moves = None  # tracks whose own pixels, matched as a template, overrule the flow
         if shifts is not None and cfg.template_motion and gray is not None:
             tm_moves = self._template_moves(state, prev, prev_area, gray, shifts, measured)
             warped = self._apply_moves(warped, tm_moves)
         vel_before = ({tid: t.velocity for tid, t in reg.tracks.items()}
                       if cfg.second_association and prev is not None else {})
+        upd = None
         if shifts is not None:
             upd = measured if tm_moves is None else np.union1d(measured, np.flatnonzero(tm_moves.over))
             for tid in upd.tolist():  # the constant-velocity guess of the next frame
@@ -402,6 +470,10 @@ class VideoSegmenter:
         seg_track = np.zeros(K, np.int64)
         seg_track[asg.cols] = A[asg.rows]
         seg_boxes = ndimage.find_objects(seg_w + 1, max_label=K) if cfg.reid else None  # work-res box per segment
+        # common fate: what moves unlike a track is not a piece of it (split, merge, parent tests)
+        motion = (_Motion(shifts, firm if tm_moves is None else np.setdiff1d(firm, np.flatnonzero(tm_moves.over)),
+                          seg_w, bwd, valid, cfg.motion_min_pixels)
+                  if cfg.common_fate and shifts is not None and bwd is not None else None)
         yielded: dict[int, int] = {}  # young track -> the older track it handed its segment(s) to
         reided: dict[int, int] = {}  # track re-identified in step 4 -> the segment it took
         taken = set(int(x) for x in A[asg.rows])
@@ -411,7 +483,7 @@ class VideoSegmenter:
         # whichever the assignment picked, so a transient fragment never takes over an object
         if cfg.prefer_older_on_merge and T and len(asg.rows):
             self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw, yielded,
-                               hists, seg_boxes)
+                               hists, seg_boxes, motion)
 
         # 2b. a track matched to a segment that is mostly something else (the segment swallowed
         # it: a merge): the track keeps only its warped pixels (carved below); the rest of the
@@ -432,8 +504,9 @@ class VideoSegmenter:
                 cov = inter[:, j].copy()
                 cov[r_] = -1
                 other_id = int(A[int(np.argmax(cov))])  # the track the warp puts in most of the rest
-                if not self._old_enough(state, tr, idx, other_id):
-                    continue
+                if not (self._old_enough(state, tr, idx, other_id)
+                        or (motion is not None and motion.segment_apart(j, tid))):
+                    continue  # young, unless the segment (mostly the rest) moves unlike it
                 if small is not None and cfg.hist_bins and tr.hist is not None:
                     if pair_hist is None:
                         pair_hist = self._pair_histograms(cells, rows, seg_w, T, K)
@@ -482,7 +555,7 @@ class VideoSegmenter:
             for j in np.flatnonzero(seg_track == 0):
                 if area_s[j] == 0:
                     continue
-                tid = self._split_owner(reg, A, inter_raw, area_s, seg_track, hists, j, rivals, seg_boxes)
+                tid = self._split_owner(reg, A, inter_raw, area_s, seg_track, hists, j, rivals, seg_boxes, motion)
                 if tid:
                     seg_track[j] = tid
                     taken.add(tid)
@@ -547,9 +620,10 @@ class VideoSegmenter:
                     continue
                 if seg_track[j] == 0 or not inside[t]:
                     continue
-                if not self._old_enough(state, tr, idx, int(seg_track[j])):
+                apart = motion is not None and motion.segment_apart(j, tid)  # the segment moves unlike it
+                if not (apart or self._old_enough(state, tr, idx, int(seg_track[j]))):
                     continue
-                if cfg.prefer_older_on_merge and tr.parent and tr.parent == int(seg_track[j]):
+                if cfg.prefer_older_on_merge and tr.parent and tr.parent == int(seg_track[j]) and not apart:
                     continue  # a piece of the object that took the segment: it is whole again
                 if small is not None and cfg.hist_bins and tr.hist is not None:
                     # the carved region must look like its own track more than like the
@@ -577,6 +651,7 @@ class VideoSegmenter:
                     t = int(np.argmax(inter_raw[:, j]))
                     ph = reg[int(A[t])].hist
                     if (inter_raw[t, j] >= cfg.split_containment * area_s[j] and int(A[t]) in taken
+                            and not (motion is not None and motion.segment_apart(j, int(A[t])))
                             and (hists is None or ph is None or cfg.split_min_appearance <= 0
                                  or float(bhattacharyya(hists[j:j + 1], ph[None])[0, 0]) >= cfg.split_min_appearance)):
                         tr.parent = int(A[t])  # and it looks like that track (else a new object)
@@ -840,7 +915,7 @@ class VideoSegmenter:
 
     def _split_owner(self, reg: TrackRegistry, A: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray,
                      seg_track: np.ndarray, hists: "np.ndarray | None", j: int, rivals: "list[int] | None" = None,
-                     seg_boxes: "list | None" = None) -> int:
+                     seg_boxes: "list | None" = None, motion: "_Motion | None" = None) -> int:
         """The track an unmatched segment ``j`` is a split piece of, or 0.
 
         Candidates, most overlapping first: tracks whose warped mask (without the
@@ -863,6 +938,8 @@ class VideoSegmenter:
         cands = np.flatnonzero(inter_raw[:, j] >= lo * a_j)
         for t in cands[np.argsort(-inter_raw[cands, j], kind="stable")].tolist():
             tid = int(A[t])
+            if motion is not None and motion.segment_apart(j, tid):
+                continue  # moves unlike the track: something else (`_Motion`)
             own = np.flatnonzero(seg_track == tid)
             if inter_raw[t, j] < cfg.split_containment * a_j:
                 if not len(own):
@@ -973,30 +1050,37 @@ class VideoSegmenter:
         return np.where(take, mv, out).astype(np.int32, copy=False)
 
     def _track_shifts(self, reg: TrackRegistry, area: np.ndarray, warped: np.ndarray,
-                      bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                      bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Integer shift ``(dy, dx)`` per previous track id (rows ``0..max id``): the median
         flow of its confirmed warped pixels, else its last displacement (constant velocity);
-        and the ids whose shift was measured (not guessed). ``area``: previous area per id."""
+        the ids whose shift was measured (not guessed), and those measured on at least
+        ``MOTION_APART_VALID`` of their area (firm enough for `_Motion`). ``area``: previous
+        area per id."""
         cfg = self.config
         n = len(area)
         disp, cnt = label_displacements(warped, bwd, n)
         ok = (cnt >= max(cfg.motion_min_pixels, 1)) & (cnt >= cfg.motion_min_valid * area)
-        measured = []
+        firm_ok = ok & (cnt >= MOTION_APART_VALID * area)
+        measured, firm = [], []
         for tid in (np.flatnonzero(area[1:]) + 1).tolist():
             t = reg.tracks.get(tid)
             if t is None:
                 continue
             if ok[tid]:
                 measured.append(tid)
+                if firm_ok[tid]:
+                    firm.append(tid)
             else:
                 disp[tid] = t.velocity
-        return np.rint(disp).astype(np.int64), np.array(measured, np.int64)
+        return np.rint(disp).astype(np.int64), np.array(measured, np.int64), np.array(firm, np.int64)
 
     def _prefer_older(self, reg: TrackRegistry, A: np.ndarray, asg: Any, inter: np.ndarray, area_t: np.ndarray,
                       area_s: np.ndarray, seg_track: np.ndarray, taken: set, idx: int,
                       inter_raw: np.ndarray, yielded: "dict[int, int] | None" = None,
-                      hists: "np.ndarray | None" = None, seg_boxes: "list | None" = None) -> None:
-        """Hand a matched segment to an older, unmatched, look-alike track mostly inside it.
+                      hists: "np.ndarray | None" = None, seg_boxes: "list | None" = None,
+                      motion: "_Motion | None" = None) -> None:
+        """Hand a matched segment to an older, unmatched, look-alike track mostly inside it
+        (and not moving unlike it: ``motion``, see `_Motion`).
 
         Args:
             A: int ``(T,)`` track ids of the warped rows; ``inter`` int ``(T, K)`` overlaps;
@@ -1051,6 +1135,8 @@ class VideoSegmenter:
                 old = reg[int(A[o])]
                 if int(A[o]) in taken or old.first_frame >= young.first_frame:
                     continue
+                if motion is not None and motion.tracks_apart(tid, old.id):
+                    continue  # two things moving apart: not a fragment of the older one
                 if young.parent == old.id:
                     pass  # the young track was born as a piece of this one
                 elif young.hist is not None and old.hist is not None:

@@ -251,3 +251,11 @@ def test_id_correction_window_option_reaches_the_tracker(tmp_path):
         assert info["tracker"]["id_correction_window"] == want and info["n_frames"] == 3
     assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "bad"), "-q",
                  "--id-correction-window", "-1"]) == 2
+
+
+def test_no_common_fate_option_reaches_the_tracker(tmp_path):
+    _, fdir, sdir, _ = write_scene(tmp_path, n=3)
+    for opt, want in ((["--no-common-fate"], False), ([], True)):
+        out = tmp_path / f"out_{want}"
+        assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--no-overlay", *opt]) == 0
+        assert json.loads((out / "tracks.json").read_text())["tracker"]["common_fate"] is want

@@ -637,3 +637,63 @@ def test_an_object_merged_into_a_segment_nobody_took_is_carved_out(rng, handle_m
     else:  # the whole band is re-identified as the square's track (or the square is lost)
         assert on_object < 0.5 or on_rest > 0.5
     assert np.mean(tf.labels[gt == 1] == a) > 0.9  # after the merge, the square keeps its id
+
+
+
+def _panning_scene(t: int, pan: int, bg: np.ndarray, obj: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame ``t`` (120x200) of a camera panning over textured ground (``pan`` pixels per
+    frame to the left) while an object (a textured 40x40 square of the ground's colours)
+    walks slowly (1 pixel per frame, also to the left). Returns (image, object mask, band
+    mask): the band is a stretch of the ground (100 px wide, moving with it) that the
+    object stands in at first."""
+    H, W, s = 120, 200, 40
+    img = bg[:, pan * t:pan * t + W].copy()
+    band = np.zeros((H, W), bool)
+    b0 = 50 - pan * t
+    band[:, max(b0, 0):max(b0 + 100, 0)] = True
+    y, x = 40, 80 - t
+    img[y:y + s, x:x + s] = obj
+    mask = np.zeros((H, W), bool)
+    mask[y:y + s, x:x + s] = True
+    return img, mask, band & ~mask
+
+
+@pytest.mark.parametrize("common_fate", [True, False])
+def test_an_object_merged_with_the_ground_at_first_gets_its_own_id_by_its_motion(rng, common_fate):
+    # frame 0 segments the object together with the band of ground it stands in (one
+    # segment: as DiffSeg may on a low-contrast object); later frames segment them apart.
+    # The colours alike, only motion tells them apart: the camera pans 14 px per frame,
+    # the object moves 1 px. Without the common-fate test the band's track keeps the
+    # object as a split piece of itself (object + ground under one id)
+    pan, n = 14, 5
+    bg = texture(np.random.default_rng(5), 120, 200 + pan * n, (100, 110, 95))
+    obj = texture(np.random.default_rng(6), 40, 40, (105, 112, 92))
+    vs = VideoSegmenter(None, TrackerConfig(common_fate=common_fate))
+    st = vs.init_state()
+    ids = []
+    for t in range(n):
+        img, mask, band = _panning_scene(t, pan, bg, obj)
+        lab = np.zeros(mask.shape, np.int32)
+        lab[band] = 1
+        lab[mask] = 1 if t == 0 else 2
+        perm = rng.permutation(3)
+        tf = vs.step(st, img, segmentation_from_labels(perm[lab].astype(np.int32), 16))
+        ids.append((int(np.bincount(tf.labels[mask]).argmax()), int(np.bincount(tf.labels[band]).argmax())))
+    if common_fate:
+        assert len({o for o, _ in ids[1:]}) == 1  # one id for the object from frame 1 on ...
+        assert all(o != b for o, b in ids[1:])  # ... not the ground's
+    else:
+        assert ids[1][0] == ids[1][1]
+
+
+def test_motions_apart_by_hand():
+    from temporal.tracker import _Motion
+
+    apart = _Motion.apart
+    v = lambda dy, dx: np.array([dy, dx], float)  # noqa: E731
+    assert apart(v(0, 0), v(0, 7))  # 7 px > 6 px and > 3/4 of 7
+    assert not apart(v(0, 0), v(0, 5))  # within 6 px
+    assert apart(v(0, -2), v(0, -12))  # 10 px > 3/4 of 12 (a dog on panned ground)
+    assert not apart(v(0, 10), v(0, 17))  # 7 px < 3/4 of 17: fast motion is measured loosely
+    assert apart(v(8, 0), v(-8, 0))  # opposite directions
+    assert not apart(None, v(0, 20)) and not apart(v(0, 20), None)  # unmeasured: never apart
