@@ -90,19 +90,20 @@ class _Motion:
     ``MOTION_APART_VALID`` of its previous area (``firm``; not those template matching
     overruled). Segment motion: the median flow of a segment's pixels that passed the
     forward-backward check, where those are at least ``min_pixels`` and
-    ``MOTION_APART_VALID`` of it (on a ``MOTION_SUBSAMPLE`` grid, computed on first use). Motion measured on fewer
-    pixels (small, fast or blurred objects) never separates anything.
+    ``MOTION_APART_VALID`` of it (on a ``MOTION_SUBSAMPLE`` grid, computed on first use).
+    Motion measured on fewer pixels (small, fast or blurred objects) never separates
+    anything.
     """
 
     def __init__(self, shifts: np.ndarray, firm: np.ndarray, seg_w: np.ndarray, bwd: np.ndarray,
                  valid: "np.ndarray | None", min_pixels: int, min_valid: float = MOTION_APART_VALID) -> None:
         self.shifts = shifts
-        self.measured = set(np.asarray(firm).tolist())
+        self.firm = set(np.asarray(firm).tolist())
         self._seg_args = (seg_w, bwd, valid, max(min_pixels, 1), min_valid)
         self._seg: "tuple[np.ndarray, np.ndarray] | None" = None
 
     def track(self, tid: int) -> "np.ndarray | None":
-        return self.shifts[tid].astype(np.float64) if tid in self.measured and tid < len(self.shifts) else None
+        return self.shifts[tid].astype(np.float64) if tid in self.firm and tid < len(self.shifts) else None
 
     def segment(self, j: int) -> "np.ndarray | None":
         if self._seg is None:
@@ -424,7 +425,6 @@ class VideoSegmenter:
             warped = self._apply_moves(warped, tm_moves)
         vel_before = ({tid: t.velocity for tid, t in reg.tracks.items()}
                       if cfg.second_association and prev is not None else {})
-        upd = None
         if shifts is not None:
             upd = measured if tm_moves is None else np.union1d(measured, np.flatnonzero(tm_moves.over))
             for tid in upd.tolist():  # the constant-velocity guess of the next frame
