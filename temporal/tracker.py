@@ -21,6 +21,7 @@ tracks; nothing grows with the length of the video.
 """
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Protocol
@@ -136,6 +137,66 @@ class _Motion:
 
     def tracks_apart(self, a: int, b: int) -> bool:
         return self.apart(self.track(a), self.track(b))
+
+
+@dataclass(eq=False)
+class _Frame:
+    """One keyframe's matching state, handed from step to step of `VideoSegmenter._link`.
+
+    Work resolution throughout. ``A`` ``(T,)``: the previous ids present in the warp (row
+    ``t`` of the ``(T, K)`` overlaps ``inter``: checked warp, ``inter_raw``: unchecked);
+    ``rows``: the warp as row indices (-1 = none); ``seg_track`` ``(K,)``: the id given to
+    each segment so far (0 = none); ``taken``: ids holding a segment; ``carve``: ``{segment:
+    [ids carved out of it along the warp]}``; ``yielded``, ``reided``, ``engulfed``: see the
+    steps that fill them.
+    """
+
+    idx: int
+    seg: Segmentation
+    labels: np.ndarray
+    K: int
+    seg_w: np.ndarray
+    small: Optional[np.ndarray]
+    gray: Optional[np.ndarray]
+    props: np.ndarray
+    bwd: Optional[np.ndarray]
+    prev: Optional[np.ndarray]
+    prev_area: Optional[np.ndarray]
+    warped: np.ndarray
+    raw: Optional[np.ndarray]
+    vel_before: dict
+    A: np.ndarray
+    T: int
+    rows: np.ndarray
+    inter: np.ndarray
+    inter_raw: np.ndarray
+    area_t: np.ndarray
+    area_s: np.ndarray
+    cells: Optional[np.ndarray]
+    bins: int
+    motion: Optional[_Motion]
+    hists: Optional[np.ndarray]
+    P_warp: Optional[np.ndarray] = None
+    asg: Any = None
+    seg_track: Any = None
+    seg_boxes: Optional[list] = None
+    taken: set = field(default_factory=set)
+    yielded: dict = field(default_factory=dict)  # young track -> the older track it handed its segment(s) to
+    reided: dict = field(default_factory=dict)  # track re-identified in step 4 -> the segment it took
+    carve: dict = field(default_factory=dict)
+    engulfed: dict = field(default_factory=dict)  # track -> the unowned segment it merged into (step 5)
+    jb: Optional[np.ndarray] = None
+    inside: Optional[np.ndarray] = None
+
+    @functools.cached_property
+    def pair_hist(self) -> np.ndarray:
+        """Colour histogram counts of every (warped track row, segment) region: float32
+        ``(T*K, bins**3)`` (computed on first use: only the merge rules need it)."""
+        b3 = self.bins ** 3
+        sel = self.rows >= 0
+        key = (self.rows[sel].astype(np.int64) * self.K + self.seg_w[sel]) * b3 + self.cells[sel]  # type: ignore[index]
+        n = self.T * self.K * b3
+        return np.bincount(key, minlength=n)[:n].reshape(self.T * self.K, b3).astype(np.float32)
 
 
 class Segmenter(Protocol):
@@ -383,6 +444,26 @@ class VideoSegmenter:
         return bwd, valid
 
     def _link(self, state: VideoState, seg: Segmentation, rgb: "np.ndarray | None", idx: int) -> TrackedFrame:
+        """One keyframe: match the segmentation to the tracks (see the module docstring)."""
+        cfg = self.config
+        f = self._warp_previous(state, seg, rgb, idx)  # 1
+        self._assign(state, f)  # 2, 2a
+        if cfg.handle_merges and f.T:
+            self._carve_matched(state, f)  # 2b
+        if cfg.second_association and f.prev is not None and f.bwd is not None and f.K:  # 2c
+            self._second_association(state.registry, f.prev, f.prev_area, f.vel_before, f.seg_w, f.area_s, f.props,
+                                     f.hists, f.seg_track, f.taken)
+        if cfg.handle_splits and f.T:
+            self._join_splits(state, f)  # 3
+        self._reidentify(state, f)  # 4
+        if cfg.handle_merges and f.T:
+            self._carve_swallowed(state, f)  # 5
+        self._new_tracks(state, f)  # 6
+        return self._finish(state, f)
+
+    def _warp_previous(self, state: VideoState, seg: Segmentation, rgb: "np.ndarray | None", idx: int) -> _Frame:
+        """Step 1: validate the inputs, warp the previous ids into this frame (flow, motion
+        model, template moves) and measure their overlaps with this frame's segments."""
         cfg = self.config
         if not isinstance(seg, Segmentation):
             raise TypeError(f"`segmentation` must be a Segmentation; got {type(seg).__name__}")
@@ -399,7 +480,6 @@ class VideoSegmenter:
         small, gray = self._work_image(state, rgb) if rgb is not None else (None, None)
         props = np.asarray(seg.proposals, np.float32)
 
-        # 1. warp the previous ids into this frame
         bwd, valid = self._flows(state, gray) if gray is not None else (None, None)
         prev = state.prev_labels
         prev_area = np.bincount(prev.ravel(), minlength=1) if prev is not None else None  # per previous id
@@ -451,121 +531,130 @@ class VideoSegmenter:
         inter_raw = inter if raw is None else self._overlap_of(raw, row_of, T, seg_w, K)
         area_t = inter.sum(1)
         area_s = np.bincount(seg_w.ravel(), minlength=K)[:K]
-        iou = iou_from_overlap(inter, area_t, area_s)
-
-        # 2. costs and Hungarian on tracks present in the previous frame
         # colour cell of every work pixel: once per frame, for the segment histograms and
         # every (track, segment) histogram the merge rules ask for
         cells = color_cells(small, cfg.hist_bins) if (small is not None and cfg.hist_bins) else None
-        hists = color_histograms(small, seg_w, K, cfg.hist_bins, cells) if cells is not None else None
-        P_warp = None
-        skl = None
-        if T:
-            P = np.stack([self._proposal_of(reg[a].proposal, props.shape[1:]) for a in A])
-            P_warp = warp_maps(P, bwd) if bwd is not None else P
-            if cfg.w_kl > 0 and K:
-                skl = symmetric_kl_matrix(P_warp, props)
-        cost = cost_matrix(iou, skl, cfg.w_iou, cfg.w_kl, cfg.kl_tau)
-        asg = hungarian_assign(cost, allowed=(iou >= cfg.min_iou) & (inter > 0), max_cost=cfg.max_cost)
-        seg_track = np.zeros(K, np.int64)
-        seg_track[asg.cols] = A[asg.rows]
-        seg_boxes = ndimage.find_objects(seg_w + 1, max_label=K) if cfg.reid else None  # work-res box per segment
         # common fate: what moves unlike a track is not a piece of it (split, merge, parent tests)
         motion = (_Motion(shifts, firm if tm_moves is None else np.setdiff1d(firm, np.flatnonzero(tm_moves.over)),
                           seg_w, bwd, valid, cfg.motion_min_pixels)
                   if cfg.common_fate and shifts is not None and bwd is not None else None)
-        yielded: dict[int, int] = {}  # young track -> the older track it handed its segment(s) to
-        reided: dict[int, int] = {}  # track re-identified in step 4 -> the segment it took
-        taken = set(int(x) for x in A[asg.rows])
+        return _Frame(idx=idx, seg=seg, labels=labels, K=K, seg_w=seg_w, small=small, gray=gray, props=props,
+                      bwd=bwd, prev=prev, prev_area=prev_area, warped=warped, raw=raw, vel_before=vel_before,
+                      A=A, T=T, rows=rows, inter=inter, inter_raw=inter_raw, area_t=area_t, area_s=area_s,
+                      cells=cells, bins=cfg.hist_bins, motion=motion,
+                      hists=color_histograms(small, seg_w, K, cfg.hist_bins, cells) if cells is not None else None)
 
+    def _assign(self, state: VideoState, f: _Frame) -> None:
+        """Step 2: costs and Hungarian on the tracks present in the previous frame; 2a: an
+        older look-alike track keeps a re-fused object."""
+        cfg = self.config
+        reg = state.registry
+        A, T, K, inter = f.A, f.T, f.K, f.inter
+        iou = iou_from_overlap(inter, f.area_t, f.area_s)
+        skl = None
+        if T:
+            P = np.stack([self._proposal_of(reg[a].proposal, f.props.shape[1:]) for a in A])
+            f.P_warp = warp_maps(P, f.bwd) if f.bwd is not None else P
+            if cfg.w_kl > 0 and K:
+                skl = symmetric_kl_matrix(f.P_warp, f.props)
+        cost = cost_matrix(iou, skl, cfg.w_iou, cfg.w_kl, cfg.kl_tau)
+        asg = hungarian_assign(cost, allowed=(iou >= cfg.min_iou) & (inter > 0), max_cost=cfg.max_cost)
+        f.asg = asg
+        f.seg_track = np.zeros(K, np.int64)
+        f.seg_track[asg.cols] = A[asg.rows]
+        f.seg_boxes = ndimage.find_objects(f.seg_w + 1, max_label=K) if cfg.reid else None  # work-res box per segment
+        f.taken = set(int(x) for x in A[asg.rows])
         # 2a. two tracks that look alike fused into one segment (a fragment made a new id when
         # the object split, and the object is whole again): the OLDER id keeps the segment,
         # whichever the assignment picked, so a transient fragment never takes over an object
         if cfg.prefer_older_on_merge and T and len(asg.rows):
-            self._prefer_older(reg, A, asg, inter, area_t, area_s, seg_track, taken, idx, inter_raw, yielded,
-                               hists, seg_boxes, motion)
+            self._prefer_older(reg, A, asg, inter, f.area_t, f.area_s, f.seg_track, f.taken, f.idx, f.inter_raw,
+                               f.yielded, f.hists, f.seg_boxes, f.motion)
 
-        # 2b. a track matched to a segment that is mostly something else (the segment swallowed
-        # it: a merge): the track keeps only its warped pixels (carved below); the rest of the
-        # segment goes to the track that covered it best, or to a new track
-        carve: dict[int, list[int]] = {}
-        pair_hist = None
-        if cfg.handle_merges and T:
-            for r_, j in zip(asg.rows.tolist(), asg.cols.tolist()):
-                tid = int(A[r_])
-                tr = reg[tid]
-                other_cov = int(inter[:, j].sum() - inter[r_, j])  # pixels other tracks vouch for
-                if cfg.prefer_older_on_merge:  # pieces born of this track (or its parent) are family
-                    fam = [o for o in range(T) if o != r_ and reg[int(A[o])].parent == tid]
-                    other_cov -= int(inter[fam, j].sum()) if fam else 0
-                if not (inter[r_, j] >= cfg.merge_containment * area_t[r_] and other_cov >= 0.5 * area_s[j]
-                        and tr.carved < cfg.max_carved):
+    def _carve_matched(self, state: VideoState, f: _Frame) -> None:
+        """Step 2b: a track matched to a segment that is mostly something else (the segment
+        swallowed it: a merge) keeps only its warped pixels (carved in `_finish`); the rest of
+        the segment goes to the track that covered it best, or to a new track."""
+        cfg = self.config
+        reg = state.registry
+        A, T, K, inter, area_t, area_s = f.A, f.T, f.K, f.inter, f.area_t, f.area_s
+        hists, seg_track, taken, motion, idx = f.hists, f.seg_track, f.taken, f.motion, f.idx
+        for r_, j in zip(f.asg.rows.tolist(), f.asg.cols.tolist()):
+            tid = int(A[r_])
+            tr = reg[tid]
+            other_cov = int(inter[:, j].sum() - inter[r_, j])  # pixels other tracks vouch for
+            if cfg.prefer_older_on_merge:  # pieces born of this track (or its parent) are family
+                fam = [o for o in range(T) if o != r_ and reg[int(A[o])].parent == tid]
+                other_cov -= int(inter[fam, j].sum()) if fam else 0
+            if not (inter[r_, j] >= cfg.merge_containment * area_t[r_] and other_cov >= 0.5 * area_s[j]
+                    and tr.carved < cfg.max_carved):
+                continue
+            cov = inter[:, j].copy()
+            cov[r_] = -1
+            other_id = int(A[int(np.argmax(cov))])  # the track the warp puts in most of the rest
+            if not (self._old_enough(state, tr, idx, other_id)
+                    or (motion is not None and motion.segment_apart(j, tid))):
+                continue  # young, unless the segment (mostly the rest) moves unlike it
+            if f.small is not None and cfg.hist_bins and tr.hist is not None:
+                pair = f.pair_hist[r_ * K + j]
+                hr = pair / max(float(pair.sum()), 1.0)
+                own = float(bhattacharyya(hr[None], tr.hist[None])[0, 0])
+                if own < cfg.split_min_appearance:
                     continue
-                cov = inter[:, j].copy()
-                cov[r_] = -1
-                other_id = int(A[int(np.argmax(cov))])  # the track the warp puts in most of the rest
-                if not (self._old_enough(state, tr, idx, other_id)
-                        or (motion is not None and motion.segment_apart(j, tid))):
-                    continue  # young, unless the segment (mostly the rest) moves unlike it
-                if small is not None and cfg.hist_bins and tr.hist is not None:
-                    if pair_hist is None:
-                        pair_hist = self._pair_histograms(cells, rows, seg_w, T, K)
-                    hr = pair_hist[r_ * K + j]
-                    hr = hr / max(float(hr.sum()), 1.0)
-                    own = float(bhattacharyya(hr[None], tr.hist[None])[0, 0])
-                    if own < cfg.split_min_appearance:
+                oh = reg[other_id].hist
+                if hists is not None and oh is not None:
+                    # the rest of the segment (outside the track's confirmed warp) looks
+                    # like the track, not like the track the warp says is there: the
+                    # object moved or grew beyond its prediction, nothing swallowed it
+                    rest = np.maximum(hists[j] * float(area_s[j]) - pair, 0)
+                    rest = rest / max(float(rest.sum()), 1.0)
+                    if float(bhattacharyya(rest[None], tr.hist[None])[0, 0]) > float(
+                            bhattacharyya(rest[None], oh[None])[0, 0]):
                         continue
-                    oh = reg[other_id].hist
-                    if hists is not None and oh is not None:
-                        # the rest of the segment (outside the track's confirmed warp) looks
-                        # like the track, not like the track the warp says is there: the
-                        # object moved or grew beyond its prediction, nothing swallowed it
-                        rest = np.maximum(hists[j] * float(area_s[j]) - pair_hist[r_ * K + j], 0)
-                        rest = rest / max(float(rest.sum()), 1.0)
-                        if float(bhattacharyya(rest[None], tr.hist[None])[0, 0]) > float(
-                                bhattacharyya(rest[None], oh[None])[0, 0]):
-                            continue
-                # the rest goes to a free track that clearly lives there (most of its warped
-                # mask inside the segment, covering a good part of it), else to a new track
-                others = [(int(inter[o, j]), int(A[o])) for o in range(T)
-                          if o != r_ and int(A[o]) not in taken
-                          and inter[o, j] >= cfg.merge_containment * area_t[o] and inter[o, j] >= 0.2 * area_s[j]]
-                if others:
-                    new_owner = max(others)[1]
-                else:
-                    new_owner = reg.new(idx).id
-                seg_track[j] = new_owner
-                taken.add(new_owner)
-                carve.setdefault(j, []).append(tid)
+            # the rest goes to a free track that clearly lives there (most of its warped
+            # mask inside the segment, covering a good part of it), else to a new track
+            others = [(int(inter[o, j]), int(A[o])) for o in range(T)
+                      if o != r_ and int(A[o]) not in taken
+                      and inter[o, j] >= cfg.merge_containment * area_t[o] and inter[o, j] >= 0.2 * area_s[j]]
+            if others:
+                new_owner = max(others)[1]
+            else:
+                new_owner = reg.new(idx).id
+            seg_track[j] = new_owner
+            taken.add(new_owner)
+            f.carve.setdefault(j, []).append(tid)
 
-        # 2c. second association (ByteTrack-style): tracks of the previous frame the flow
-        # left without a partner and segments nobody took, on the other motion hypotheses
-        if cfg.second_association and prev is not None and bwd is not None and K:
-            self._second_association(reg, prev, prev_area, vel_before, seg_w, area_s, props, hists, seg_track, taken)
+    def _join_splits(self, state: VideoState, f: _Frame) -> None:
+        """Step 3 (before re-identification, so that a piece of a tracked object is not
+        mistaken for an old track that looks alike): unmatched segments inside a track's
+        warped mask join that track (`_split_owner`)."""
+        cfg = self.config
+        reg = state.registry
+        # rivals: tracks seen in the last frames and not matched in this one, whose
+        # look may claim a piece back from the track whose warp it lies in (a track that
+        # swallowed an object, or took a piece of it, carries the object in its warp)
+        rivals = ([i for i, tr in reg.tracks.items() if i not in f.taken and tr.hist is not None
+                   and f.idx - tr.last_frame <= SPLIT_RIVAL_FRAMES]
+                  if cfg.reid and f.hists is not None and f.seg_boxes is not None else [])
+        for j in np.flatnonzero(f.seg_track == 0):
+            if f.area_s[j] == 0:
+                continue
+            tid = self._split_owner(reg, f.A, f.inter_raw, f.area_s, f.seg_track, f.hists, j, rivals, f.seg_boxes,
+                                    f.motion)
+            if tid:
+                f.seg_track[j] = tid
+                f.taken.add(tid)
 
-        # 3. splits (before re-identification, so a piece of a tracked object is not
-        # mistaken for an old track that looks alike): unmatched segments inside a track's warped mask join that track
-        if cfg.handle_splits and T:
-            # rivals: tracks seen in the last frames and not matched in this one, whose
-            # look may claim a piece back from the track whose warp it lies in (a track that
-            # swallowed an object, or took a piece of it, carries the object in its warp)
-            rivals = ([i for i, tr in reg.tracks.items() if i not in taken and tr.hist is not None
-                       and idx - tr.last_frame <= SPLIT_RIVAL_FRAMES]
-                      if cfg.reid and hists is not None and seg_boxes is not None else [])
-            for j in np.flatnonzero(seg_track == 0):
-                if area_s[j] == 0:
-                    continue
-                tid = self._split_owner(reg, A, inter_raw, area_s, seg_track, hists, j, rivals, seg_boxes, motion)
-                if tid:
-                    seg_track[j] = tid
-                    taken.add(tid)
-
-        # 4. re-identification of remembered tracks (lost ones, and present ones left unmatched)
-        un = np.flatnonzero((seg_track == 0) & (area_s >= max(cfg.min_segment_area, 1)))
-        engulfed: dict[int, int] = {}  # track -> the unowned segment it merged into (step 5)
+    def _reidentify(self, state: VideoState, f: _Frame) -> None:
+        """Step 4: re-identification of remembered tracks (lost ones, and present ones left
+        unmatched); young tracks take back the id of a remembered track they look like."""
+        cfg = self.config
+        reg = state.registry
+        A, T, area_t, seg_track, taken = f.A, f.T, f.area_t, f.seg_track, f.taken
+        un = np.flatnonzero((seg_track == 0) & (f.area_s >= max(cfg.min_segment_area, 1)))
         # each track's segment holding most of its warped mask, and whether it holds
         # merge_containment of it (the swallowed test of re-id, the stand-ins and step 5)
-        jb, inside = containing_segment(inter, area_t, cfg.merge_containment)
+        f.jb, f.inside = containing_segment(f.inter, area_t, cfg.merge_containment)
         if cfg.reid and len(un):
             # lost tracks, and tracks of the previous frame that found no partner (e.g. flow
             # failed on fast motion, or all their warped pixels were unreliable); not a track
@@ -573,90 +662,101 @@ class VideoSegmenter:
             # swallowed it (a merge, carved in step 5), the object has not moved elsewhere
             swallowed = set()
             if cfg.handle_merges and T:
-                owner = seg_track[jb]
-                swallowed = {int(A[t]) for t in np.flatnonzero(inside & (owner > 0) & (owner != A)
+                owner = seg_track[f.jb]
+                swallowed = {int(A[t]) for t in np.flatnonzero(f.inside & (owner > 0) & (owner != A)
                                                                  & (area_t >= max(cfg.min_segment_area, 4)))}
-                if small is not None and hists is not None:
+                if f.small is not None and f.hists is not None:
                     # a segment nobody took swallowed it together with much more (the object
                     # merged with the background there): carved in step 5 like any swallowed
                     # track, else re-identification would hand it the whole segment and the
                     # track would go on as object + background
-                    engulfed = self._engulfed(state, idx, A, inside, jb, owner, area_t, inter_raw, area_s, taken,
-                                              cells, rows, seg_w, hists)
-                    swallowed |= set(engulfed)
+                    f.engulfed = self._engulfed(state, f.idx, A, f.inside, f.jb, owner, area_t, f.inter_raw, f.area_s,
+                                                taken, f.cells, f.rows, f.seg_w, f.hists)
+                    swallowed |= set(f.engulfed)
             cand = [i for i in reg.tracks if i not in taken and i not in swallowed]
             if cand:
-                sim = self._reid_similarity(state, cand, un, seg_boxes, props, hists)
+                sim = self._reid_similarity(state, cand, un, f.seg_boxes, f.props, f.hists)
                 r = hungarian_assign(1.0 - sim, max_cost=1.0 - cfg.reid_min_similarity)
                 for ci, sj in zip(r.rows, r.cols):
                     seg_track[un[sj]] = cand[ci]
                     taken.add(cand[ci])
-                    reided[int(cand[ci])] = int(un[sj])
+                    f.reided[int(cand[ci])] = int(un[sj])
         if cfg.reid:
             # a track born a few frames ago (an object re-entering shows only a sliver, too
             # little to recognise) takes back the id of a remembered track it looks like
             # once it is big enough, if that track was gone before it was born
-            self._reid_young(state, idx, seg_track, taken, seg_boxes, props, hists, area_s, yielded)
+            self._reid_young(state, f.idx, seg_track, taken, f.seg_boxes, f.props, f.hists, f.area_s, f.yielded)
 
-        # 5. merges: carve a segment along the warped ids of tracks it swallowed
-        if cfg.handle_merges and T:
-            for t in range(T):
-                tid = int(A[t])
-                tr = reg[tid]
-                if tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved:
-                    continue
-                j = int(jb[t])
-                if tid in engulfed:  # checked by `_engulfed`
-                    if seg_track[j] == 0:
-                        # the rest of the segment: to a free track that lives there, else a new one
-                        others = [(int(inter[o, j]), int(A[o])) for o in range(T)
-                                  if int(A[o]) not in taken and int(A[o]) not in engulfed
-                                  and inter[o, j] >= cfg.merge_containment * area_t[o]
-                                  and inter[o, j] >= 0.2 * area_s[j]]
-                        seg_track[j] = max(others)[1] if others else reg.new(idx).id
-                        taken.add(int(seg_track[j]))
-                    carve.setdefault(j, []).append(tid)
-                    taken.add(tid)
-                    continue
-                if seg_track[j] == 0 or not inside[t]:
-                    continue
-                apart = motion is not None and motion.segment_apart(j, tid)  # the segment moves unlike it
-                if not (apart or self._old_enough(state, tr, idx, int(seg_track[j]))):
-                    continue
-                if cfg.prefer_older_on_merge and tr.parent and tr.parent == int(seg_track[j]) and not apart:
-                    continue  # a piece of the object that took the segment: it is whole again
-                if small is not None and cfg.hist_bins and tr.hist is not None:
-                    # the carved region must look like its own track more than like the
-                    # track that swallowed it (else the object left or is occluded)
-                    if pair_hist is None:
-                        pair_hist = self._pair_histograms(cells, rows, seg_w, T, K)
-                    hr = pair_hist[t * K + j][None]
-                    hr = hr / max(float(hr.sum()), 1.0)
-                    other = reg[int(seg_track[j])].hist if int(seg_track[j]) in reg else None
-                    own = float(bhattacharyya(hr, tr.hist[None])[0, 0])
-                    if own < cfg.split_min_appearance:
-                        continue
-                    if other is not None and own < float(bhattacharyya(hr, other[None])[0, 0]) + cfg.merge_margin:
-                        continue  # looks no different from the track that took it: a real merge
-                carve.setdefault(j, []).append(tid)
+    def _carve_swallowed(self, state: VideoState, f: _Frame) -> None:
+        """Step 5: merges: carve a segment along the warped ids of the tracks it swallowed."""
+        cfg = self.config
+        reg = state.registry
+        A, T, K, inter, area_t, area_s = f.A, f.T, f.K, f.inter, f.area_t, f.area_s
+        seg_track, taken, engulfed, motion, idx = f.seg_track, f.taken, f.engulfed, f.motion, f.idx
+        for t in range(T):
+            tid = int(A[t])
+            tr = reg[tid]
+            if tid in taken or area_t[t] < max(cfg.min_segment_area, 4) or tr.carved >= cfg.max_carved:
+                continue
+            j = int(f.jb[t])
+            if tid in engulfed:  # checked by `_engulfed`
+                if seg_track[j] == 0:
+                    # the rest of the segment: to a free track that lives there, else a new one
+                    others = [(int(inter[o, j]), int(A[o])) for o in range(T)
+                              if int(A[o]) not in taken and int(A[o]) not in engulfed
+                              and inter[o, j] >= cfg.merge_containment * area_t[o]
+                              and inter[o, j] >= 0.2 * area_s[j]]
+                    seg_track[j] = max(others)[1] if others else reg.new(idx).id
+                    taken.add(int(seg_track[j]))
+                f.carve.setdefault(j, []).append(tid)
                 taken.add(tid)
+                continue
+            if seg_track[j] == 0 or not f.inside[t]:
+                continue
+            apart = motion is not None and motion.segment_apart(j, tid)  # the segment moves unlike it
+            if not (apart or self._old_enough(state, tr, idx, int(seg_track[j]))):
+                continue
+            if cfg.prefer_older_on_merge and tr.parent and tr.parent == int(seg_track[j]) and not apart:
+                continue  # a piece of the object that took the segment: it is whole again
+            if f.small is not None and cfg.hist_bins and tr.hist is not None:
+                # the carved region must look like its own track more than like the
+                # track that swallowed it (else the object left or is occluded)
+                hr = f.pair_hist[t * K + j][None]
+                hr = hr / max(float(hr.sum()), 1.0)
+                other = reg[int(seg_track[j])].hist if int(seg_track[j]) in reg else None
+                own = float(bhattacharyya(hr, tr.hist[None])[0, 0])
+                if own < cfg.split_min_appearance:
+                    continue
+                if other is not None and own < float(bhattacharyya(hr, other[None])[0, 0]) + cfg.merge_margin:
+                    continue  # looks no different from the track that took it: a real merge
+            f.carve.setdefault(j, []).append(tid)
+            taken.add(tid)
 
-        # 6. new tracks; one born inside a track's predicted mask remembers it as its parent
-        # (a piece of that object, unless it proves otherwise), see `_prefer_older`
-        for j in np.flatnonzero(seg_track == 0):
+    def _new_tracks(self, state: VideoState, f: _Frame) -> None:
+        """Step 6: new tracks; one born inside a track's predicted mask remembers it as its
+        parent (a piece of that object, unless it proves otherwise), see `_prefer_older`."""
+        cfg = self.config
+        reg = state.registry
+        A, T, area_s, inter_raw, motion, hists = f.A, f.T, f.area_s, f.inter_raw, f.motion, f.hists
+        for j in np.flatnonzero(f.seg_track == 0):
             if area_s[j] >= cfg.min_segment_area and (area_s[j] > 0 or cfg.min_segment_area == 0):
-                tr = reg.new(idx)
-                seg_track[j] = tr.id
+                tr = reg.new(f.idx)
+                f.seg_track[j] = tr.id
                 if cfg.prefer_older_on_merge and T and area_s[j] > 0:
                     t = int(np.argmax(inter_raw[:, j]))
                     ph = reg[int(A[t])].hist
-                    if (inter_raw[t, j] >= cfg.split_containment * area_s[j] and int(A[t]) in taken
+                    if (inter_raw[t, j] >= cfg.split_containment * area_s[j] and int(A[t]) in f.taken
                             and not (motion is not None and motion.segment_apart(j, int(A[t])))
                             and (hists is None or ph is None or cfg.split_min_appearance <= 0
                                  or float(bhattacharyya(hists[j:j + 1], ph[None])[0, 0]) >= cfg.split_min_appearance)):
                         tr.parent = int(A[t])  # and it looks like that track (else a new object)
 
-        # outputs
+    def _finish(self, state: VideoState, f: _Frame) -> TrackedFrame:
+        """The frame's track-id maps (segments' ids, carved along the warp), track updates,
+        late id corrections and the state for the next frame."""
+        cfg = self.config
+        reg = state.registry
+        K, seg_w, labels, seg_track, carve = f.K, f.seg_w, f.labels, f.seg_track, f.carve
         lut = seg_track.astype(np.int32)
         out_w = np.take(lut, seg_w)
         out_full = np.take(lut, labels)
@@ -672,7 +772,7 @@ class VideoSegmenter:
             # carve along the warp WITHOUT the fb mask: pixels the check could not confirm
             # still go to the track the flow moved them from (else a carved object keeps only
             # its confirmed part and the rest leaks to the segment's owner)
-            src = warped if raw is None else raw
+            src = f.warped if f.raw is None else f.raw
             # a pixel is carved when its (segment, warped id) pair is in the table: one
             # lookup per pixel in the flattened table, column 0 = not a carved id
             col = np.zeros(max(int(src.max()), int(tids[-1])) + 1, np.int32)
@@ -696,26 +796,26 @@ class VideoSegmenter:
                 sub = out_full[Y0:Y1, X0:X1]
                 sel = (ov_full > 0) & np.take(keep, labels[Y0:Y1, X0:X1])
                 sub[sel] = ov_full[sel]
-        hint = np.concatenate([seg_track[seg_track > 0], np.array([t for v in carve.values() for t in v], np.int64)])
-        self._update_tracks(state, out_w, small, idx, seg_track, props, area_s, A, P_warp, hint, hists)
-        carved_ids = {t for v in carve.values() for t in v}
-        for tid in carved_ids:
+        carved_ids = np.array([t for v in carve.values() for t in v], np.int64)
+        hint = np.concatenate([seg_track[seg_track > 0], carved_ids])
+        self._update_tracks(state, out_w, f.small, f.idx, seg_track, f.props, f.area_s, f.A, f.P_warp, hint, f.hists)
+        for tid in set(carved_ids.tolist()):
             if tid in reg:
                 reg[tid].carved += 1
         for tid in set(seg_track[seg_track > 0].tolist()):
             if tid in reg:
                 reg[tid].carved = 0
         state.prev_labels = out_w
-        state.prev_gray = gray
+        state.prev_gray = f.gray
         state.prev_full = out_full if cfg.keyframe_every > 1 else None
-        state.recent.append(seg)
+        state.recent.append(f.seg)
         ids = np.unique(lut[lut > 0])
         if carve:
-            ids = np.union1d(ids, np.array([t for v in carve.values() for t in v], np.int32))
-        if T and cfg.id_correction_window > 0 and cfg.prefer_older_on_merge:
-            self._stand_ins(reg, A, inter_raw, seg_track, ids, idx, yielded, reided, seg_boxes)
-        absorbed = self._absorb(reg, yielded, ids, idx)
-        return TrackedFrame(idx, out_full, ids.astype(np.int32), seg, True, lut, absorbed)
+            ids = np.union1d(ids, carved_ids.astype(np.int32))
+        if f.T and cfg.id_correction_window > 0 and cfg.prefer_older_on_merge:
+            self._stand_ins(reg, f.A, f.inter_raw, seg_track, ids, f.idx, f.yielded, f.reided, f.seg_boxes)
+        absorbed = self._absorb(reg, f.yielded, ids, f.idx)
+        return TrackedFrame(f.idx, out_full, ids.astype(np.int32), f.seg, True, lut, absorbed)
 
     def _second_association(self, reg: TrackRegistry, prev: np.ndarray, prev_area: np.ndarray,
                             vel_before: dict, seg_w: np.ndarray, area_s: np.ndarray, props: np.ndarray,
@@ -1156,14 +1256,6 @@ class VideoSegmenter:
                 matched[best] = True
                 matched[r_] = False
                 asg.rows[asg.rows == r_] = best
-
-    def _pair_histograms(self, cell: np.ndarray, rows: np.ndarray, seg_w: np.ndarray, T: int, K: int) -> np.ndarray:
-        """Colour histogram counts of every (warped track row, segment) region: ``(T*K, bins**3)``
-        (``cell``: `color_cells` of the work image)."""
-        b = self.config.hist_bins
-        sel = rows >= 0
-        idx = (rows[sel].astype(np.int64) * K + seg_w[sel]) * (b ** 3) + cell[sel]
-        return np.bincount(idx, minlength=T * K * b ** 3)[: T * K * b ** 3].reshape(T * K, b ** 3).astype(np.float32)
 
     def _proposal_of(self, p: "np.ndarray | None", hw: tuple[int, int]) -> np.ndarray:
         h, w = hw
