@@ -519,7 +519,7 @@ class VideoSegmenter:
         A = A[A > 0]
         A = A[[int(a) in reg for a in A]] if len(A) else A
         T = len(A)
-        row_of = np.full(int(warped.max()) + 1 if warped.size else 1, -1, np.int64)
+        row_of = np.full(int(warped.max()) + 1 if warped.size else 1, -1, np.int32)
         row_of[A] = np.arange(T)
         rows = np.take(row_of, warped)
         inter = overlap_matrix(rows, T, seg_w, K)
@@ -845,9 +845,9 @@ class VideoSegmenter:
         if not len(B) or not len(C):
             return
         n = len(prev_area)
-        row_of = np.full(n, -1, np.int64)
+        row_of = np.full(n, -1, np.int32)
         row_of[B] = np.arange(len(B))
-        col_of = np.full(K, -1, np.int64)
+        col_of = np.full(K, -1, np.int32)
         col_of[C] = np.arange(len(C))
         cols = np.take(col_of, seg_w)
         iou = np.zeros((len(B), len(C)))
@@ -1142,6 +1142,7 @@ class VideoSegmenter:
         if moved is None:
             return warped
         mv, over, area = moved
+        area = area.astype(np.int32, copy=False)  # pixel counts: int32 maps below (half the memory traffic)
         n = len(over)
         w_id = np.minimum(warped, n - 1)
         size = np.where(warped < n, np.take(area, w_id), 0)
