@@ -187,6 +187,18 @@ def test_match_shifts_absent_flat_and_bad_input(rng):
     assert [a.shape[0] for a in empty] == [0, 0, 0]
 
 
+def test_translate_labels_of_sparse_large_ids_match_small_ids():
+    # the drawing order (big labels first, small ones on top; ties: smaller label first)
+    # is ranked over the labels present, not every id up to the largest
+    rng = np.random.default_rng(4)
+    small = rng.integers(0, 5, (30, 40)).astype(np.int32)
+    big_of = np.array([0, 7, 90_000, 123_456, 123_457], np.int32)
+    sh_small = np.array([[0, 0], [3, -2], [0, 0], [-4, 5], [2, 2]])
+    sh_big = np.zeros((123_458, 2), np.int64)
+    sh_big[big_of] = sh_small
+    np.testing.assert_array_equal(translate_labels(big_of[small], sh_big), big_of[translate_labels(small, sh_small)])
+
+
 def test_label_displacements_of_sparse_large_ids_match_small_ids():
     # ids grow through a long video and are never reused: the histograms are built for the
     # labels present only, and each id must still get its own median and count
