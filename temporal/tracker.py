@@ -96,31 +96,30 @@ class _Motion:
     anything.
     """
 
-    def __init__(self, shifts: np.ndarray, firm: np.ndarray, seg_w: np.ndarray, bwd: np.ndarray,
-                 valid: "np.ndarray | None", min_pixels: int, min_valid: float = MOTION_APART_VALID) -> None:
+    def __init__(self, shifts: np.ndarray, firm: np.ndarray, seg_w: np.ndarray, K: int, bwd: np.ndarray,
+                 valid: "np.ndarray | None", min_pixels: int) -> None:
         self.shifts = shifts
-        self.firm = set(np.asarray(firm).tolist())
-        self._seg_args = (seg_w, bwd, valid, max(min_pixels, 1), min_valid)
+        self.firm = set(np.asarray(firm).tolist())  # ids of `shifts`
+        self._seg_args = (seg_w, K, bwd, valid, max(min_pixels, 1))
         self._seg: "tuple[np.ndarray, np.ndarray] | None" = None
 
     def track(self, tid: int) -> "np.ndarray | None":
-        return self.shifts[tid].astype(np.float64) if tid in self.firm and tid < len(self.shifts) else None
+        return self.shifts[tid].astype(np.float64) if tid in self.firm else None
 
     def segment(self, j: int) -> "np.ndarray | None":
         if self._seg is None:
             # every fourth pixel of every fourth row: a median needs no more (a segment of
             # fewer than about 16 x min_pixels pixels stays unmeasured), and this runs on
             # most frames
-            seg_w, bwd, valid, min_pixels, min_valid = self._seg_args
-            K = int(seg_w.max(initial=-1)) + 1
+            seg_w, K, bwd, valid, min_pixels = self._seg_args
             sub = seg_w[::MOTION_SUBSAMPLE, ::MOTION_SUBSAMPLE] + 1
             area = np.bincount(sub.ravel(), minlength=K + 1)
             lab = sub if valid is None else np.where(valid[::MOTION_SUBSAMPLE, ::MOTION_SUBSAMPLE], sub, 0)
             disp, cnt = label_displacements(lab, bwd[::MOTION_SUBSAMPLE, ::MOTION_SUBSAMPLE], K + 1)
-            ok = (cnt >= min_pixels) & (cnt >= min_valid * area[:K + 1])
+            ok = (cnt >= min_pixels) & (cnt >= MOTION_APART_VALID * area[:K + 1])
             self._seg = (disp[1:].astype(np.float64), ok[1:])
         disp, ok = self._seg
-        return disp[j] if j < len(ok) and ok[j] else None
+        return disp[j] if ok[j] else None
 
     @staticmethod
     def apart(a: "np.ndarray | None", b: "np.ndarray | None") -> bool:
@@ -192,11 +191,8 @@ class _Frame:
     def pair_hist(self) -> np.ndarray:
         """Colour histogram counts of every (warped track row, segment) region: float32
         ``(T*K, bins**3)`` (computed on first use: only the merge rules need it)."""
-        b3 = self.bins ** 3
-        sel = self.rows >= 0
-        key = (self.rows[sel].astype(np.int64) * self.K + self.seg_w[sel]) * b3 + self.cells[sel]  # type: ignore[index]
-        n = self.T * self.K * b3
-        return np.bincount(key, minlength=n)[:n].reshape(self.T * self.K, b3).astype(np.float32)
+        pair = np.where(self.rows >= 0, self.rows * self.K + self.seg_w, -1)  # row t, segment j -> t*K + j
+        return overlap_matrix(pair, self.T * self.K, self.cells, self.bins ** 3).astype(np.float32)
 
 
 class Segmenter(Protocol):
@@ -536,7 +532,7 @@ class VideoSegmenter:
         cells = color_cells(small, cfg.hist_bins) if (small is not None and cfg.hist_bins) else None
         # common fate: what moves unlike a track is not a piece of it (split, merge, parent tests)
         motion = (_Motion(shifts, firm if tm_moves is None else np.setdiff1d(firm, np.flatnonzero(tm_moves.over)),
-                          seg_w, bwd, valid, cfg.motion_min_pixels)
+                          seg_w, K, bwd, valid, cfg.motion_min_pixels)
                   if cfg.common_fate and shifts is not None and bwd is not None else None)
         return _Frame(idx=idx, seg=seg, labels=labels, K=K, seg_w=seg_w, small=small, gray=gray, props=props,
                       bwd=bwd, prev=prev, prev_area=prev_area, warped=warped, raw=raw, vel_before=vel_before,
@@ -670,8 +666,7 @@ class VideoSegmenter:
                     # merged with the background there): carved in step 5 like any swallowed
                     # track, else re-identification would hand it the whole segment and the
                     # track would go on as object + background
-                    f.engulfed = self._engulfed(state, f.idx, A, f.inside, f.jb, owner, area_t, f.inter_raw, f.area_s,
-                                                taken, f.cells, f.rows, f.seg_w, f.hists)
+                    f.engulfed = self._engulfed(state, f, owner)
                     swallowed |= set(f.engulfed)
             cand = [i for i in reg.tracks if i not in taken and i not in swallowed]
             if cand:
@@ -981,14 +976,13 @@ class VideoSegmenter:
             return True
         return float(bhattacharyya(tr.hist[None], oh[None])[0, 0]) < cfg.merge_same_appearance
 
-    def _engulfed(self, state: VideoState, idx: int, A: np.ndarray, inside: np.ndarray, jb: np.ndarray, owner: np.ndarray,
-                  area_t: np.ndarray, inter_raw: np.ndarray, area_s: np.ndarray, taken: set, cells: np.ndarray,
-                  rows: np.ndarray, seg_w: np.ndarray, hists: np.ndarray) -> dict[int, int]:
-        """Tracks that merged into a segment nobody took: ``{track id: segment}``.
+    def _engulfed(self, state: VideoState, f: _Frame, owner: np.ndarray) -> dict[int, int]:
+        """Tracks that merged into a segment nobody took (``owner``: the id holding each
+        track's containing segment ``f.jb``, 0 = none): ``{track id: segment}``.
 
-        The track's warped mask lies inside the segment (``inside``, ``jb``: see
+        The track's warped mask lies inside the segment (``f.inside``, ``f.jb``: see
         `containing_segment`), the segment is at least ``ENGULF_RATIO`` times the track's
-        prediction (without the forward-backward mask, ``inter_raw``), the track's part of
+        prediction (without the forward-backward mask, ``f.inter_raw``), the track's part of
         it looks like the track (``split_min_appearance``) and the rest of it does not: less
         than the track's part by ``merge_margin`` (else the object grew or came closer, and
         the whole segment is the object's). Young tracks (``merge_min_age``) and tracks
@@ -997,15 +991,16 @@ class VideoSegmenter:
         cfg = self.config
         reg = state.registry
         out: dict[int, int] = {}
-        pred = inter_raw.sum(1)
-        for t in np.flatnonzero(inside & (owner == 0) & (area_t >= max(cfg.min_segment_area, 4))).tolist():
-            tid, j = int(A[t]), int(jb[t])
+        pred = f.inter_raw.sum(1)
+        for t in np.flatnonzero(f.inside & (owner == 0) & (f.area_t >= max(cfg.min_segment_area, 4))).tolist():
+            tid, j = int(f.A[t]), int(f.jb[t])  # type: ignore[index]
             tr = reg[tid]
-            if (tid in taken or tr.hist is None or tr.carved >= cfg.max_carved
-                    or area_s[j] < ENGULF_RATIO * max(float(pred[t]), 1.0) or not self._old_enough(state, tr, idx, 0)):
+            if (tid in f.taken or tr.hist is None or tr.carved >= cfg.max_carved
+                    or f.area_s[j] < ENGULF_RATIO * max(float(pred[t]), 1.0)
+                    or not self._old_enough(state, tr, f.idx, 0)):
                 continue
-            part = np.bincount(cells[(rows == t) & (seg_w == j)], minlength=hists.shape[1]).astype(np.float32)
-            rest = np.maximum(hists[j] * float(area_s[j]) - part, 0)
+            part = f.pair_hist[t * f.K + j]
+            rest = np.maximum(f.hists[j] * float(f.area_s[j]) - part, 0)  # type: ignore[index]
             part = part / max(float(part.sum()), 1.0)
             rest = rest / max(float(rest.sum()), 1.0)
             own, other = bhattacharyya(np.stack([part, rest]), tr.hist[None])[:, 0].tolist()
