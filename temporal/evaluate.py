@@ -51,7 +51,10 @@ def boundary_map(mask: np.ndarray) -> np.ndarray:
 
 
 def _disk(r: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    """uint8 ``(2r+1, 2r+1)`` disk ``x^2 + y^2 <= r^2``: davis2017-evaluation's
+    ``skimage.morphology.disk``. (OpenCV's ``MORPH_ELLIPSE`` is larger: it holds (1, 2) at r = 2.)"""
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return (x * x + y * y <= r * r).astype(np.uint8)
 
 
 def f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:

@@ -90,6 +90,22 @@ def write_frames(folder: Path, n: int, hw: tuple[int, int] = (64, 80), seed: int
     return folder
 
 
+def colour_classes(path: Path) -> np.ndarray:
+    """`FakeSegmenter`'s classes written out independently: int32 ``(H, W)`` for one picture,
+    ``(T, H, W)`` for a folder of frames: the dominant RGB channel (0 red, 1 green, 2 blue),
+    3 where the pixel is dark. In a `write_frames` folder the classes keep their ids in every
+    frame: the tracks a perfect linker of the fake segments must give."""
+    from PIL import Image
+
+    def one(f: Path) -> np.ndarray:
+        rgb = np.asarray(Image.open(f).convert("RGB"))
+        return np.where(rgb.max(axis=2) < 60, 3, np.argmax(rgb, axis=2)).astype(np.int32)
+
+    if path.is_dir():
+        return np.stack([one(f) for f in sorted(path.glob("*.png"))])
+    return one(path)
+
+
 def write_images(folder: Path, names: "list[str]", hw: tuple[int, int] = (64, 64), seed: int = 1) -> list[Path]:
     """PNG photos with two or three colour regions."""
     from PIL import Image

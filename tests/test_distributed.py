@@ -17,7 +17,7 @@ from diffseg_core.io import read_labels, save_labels_png
 from diffseg_core.jobs import (InputSpec, WorkItem, chunk_ranges, classify_inputs, config_hash, plan_items,
                                relabel_agreement, shard_items)
 
-from .conftest import REPO, write_frames, write_images
+from .conftest import REPO, colour_classes, write_frames, write_images
 
 FAKE = "tests.conftest:fake_segmenter"
 
@@ -173,6 +173,45 @@ def test_finalize_video_stitches_chunks(tmp_path):
     assert info["n_frames"] == n and info["n_tracks"] == 3
 
 
+def test_finalize_video_new_object_unmatched_in_the_overlap_gets_a_fresh_id(tmp_path):
+    """Object A (global 1) ends in chunk 0 before the overlap. Object C appears in the overlap,
+    where chunk 0 merged it into B; chunk 1 sees it alone under local id 1, the value of A's
+    global id. C matches nothing and must get a fresh id (3), never A's 1."""
+    n, h, w = 10, 8, 12
+    a_mask = np.zeros((h, w), bool)
+    a_mask[:, :4] = True
+    c_mask = np.zeros((h, w), bool)
+    c_mask[:2, 10:] = True              # 4 px: IoU with B+C = 4 / 36 < 0.3
+    chunk0, chunk1 = [], []
+    for t in range(n):
+        g = np.zeros((h, w), np.int32)
+        g[:, 4:] = 2                    # B: whole video (C merged into it in chunk 0)
+        if t <= 2:
+            g[a_mask] = 1               # A: frames 0-2
+        chunk0.append(g)
+        loc = np.where(g == 2, 2, 0).astype(np.int32)
+        if t >= 4:
+            loc[c_mask] = 1             # chunk 1's own ids: C = 1, B = 2
+        chunk1.append(loc)
+    out = tmp_path / "job"
+    ranges = chunk_ranges(n, 6, 2)      # (0, 6) (4, 10): frames 4-5 shared
+    assert ranges == [(0, 6), (4, 10)]
+    items = []
+    for i, ((a, b), frames) in enumerate(zip(ranges, (chunk0, chunk1))):
+        _write_chunk(out, "clip", i, frames[a:b], a)
+        items.append(WorkItem(key=f"video:clip#c{i:04d}", kind="video_chunk", source="/none", name="clip",
+                              input_kind="frames", start=a, end=b, chunk_index=i, num_chunks=2, num_frames=n))
+    spec = InputSpec(str(tmp_path / "frames"), "frames", "clip", n)
+    finalize_video(spec, items, RunConfig(chunk_frames=6, chunk_overlap=2, overlay=False), out)
+    got = np.stack([read_labels(out / "videos" / "clip" / "labels" / f"{t:05d}.png") for t in range(n)])
+    assert (got[:3][:, a_mask] == 1).all()
+    assert (got[4:6][:, c_mask] == 2).all()          # shared frames come from chunk 0
+    assert (got[6:][:, c_mask] == 3).all()           # fresh id, not A's 1
+    assert (got[6:][:, ~c_mask & (np.arange(w)[None, :] >= 4)] == 2).all()
+    info = json.loads((out / "videos" / "clip" / "tracks.json").read_text())
+    assert info["n_tracks"] == 3
+
+
 # ----------------------------------------------------------------------------- engine, in process
 def test_run_job_fake_segmenter_images_video_volume(tmp_path, images_dir, frames_dir):
     z, y, x = np.mgrid[:6, :32, :32]
@@ -200,11 +239,12 @@ def test_run_job_fake_segmenter_images_video_volume(tmp_path, images_dir, frames
 # ----------------------------------------------------------------------------- 2 processes == 1
 @pytest.mark.timeout(300)
 def test_two_cpu_processes_equal_one_process(tmp_path):
-    """DDP on 2 CPU processes (gloo) with the tiny random model gives the 1-process result."""
+    """DDP on 2 CPU processes (gloo) gives the 1-process result, and both give the right one:
+    the fake segmenter's colour classes, linked into one id per region through 3 chunks."""
     write_images(tmp_path / "in" / "photos", ["a", "b"], hw=(64, 64))
-    write_frames(tmp_path / "in" / "clip" / "frames", 8, hw=(64, 64))
-    inputs = [str(tmp_path / "in" / "photos"), str(tmp_path / "in" / "clip" / "frames")]
-    opts = ["--model", "tiny-random", "--size", "64", "--accelerator", "cpu", "--chunk-frames", "5",
+    frames = write_frames(tmp_path / "in" / "clip" / "frames", 8, hw=(64, 64))
+    inputs = [str(tmp_path / "in" / "photos"), str(frames)]
+    opts = ["--segmenter-factory", FAKE, "--accelerator", "cpu", "--chunk-frames", "4",
             "--chunk-overlap", "2", "--no-overlay", "-q"]
     one = subprocess.run([sys.executable, "-m", "diffseg_core", "run", *inputs, "-o", str(tmp_path / "one"),
                           "--devices", "1", *opts], cwd=REPO, env=_env(), capture_output=True, text=True,
@@ -217,17 +257,20 @@ def test_two_cpu_processes_equal_one_process(tmp_path):
     assert "Traceback" not in two.stderr
     man = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert man["job"]["config"]["devices"] == 2
-    # Both ranks did work (2 images + 2 chunks spread over 2 ranks).
+    # Both ranks did work (2 images + 3 chunks spread over 2 ranks).
     chunk_ranks = {r["rank"] for r in man["items"].values()}
     assert chunk_ranks == {0, 1}
     for name in ("a", "b"):
         a = read_labels(tmp_path / "one" / "images" / "labels" / f"{name}.png")
         b = read_labels(tmp_path / "two" / "images" / "labels" / f"{name}.png")
         np.testing.assert_array_equal(a, b)
+        truth = colour_classes(tmp_path / "in" / "photos" / f"{name}.png")
+        assert relabel_agreement(truth, a) == 1.0 and len(np.unique(a)) == len(np.unique(truth)) == 3
     la = np.stack([read_labels(p) for p in sorted((tmp_path / "one" / "videos" / "clip" / "labels").glob("*.png"))])
     lb = np.stack([read_labels(p) for p in sorted((tmp_path / "two" / "videos" / "clip" / "labels").glob("*.png"))])
     assert la.shape == lb.shape == (8, 64, 64)
-    assert relabel_agreement(la, lb) == 1.0
+    np.testing.assert_array_equal(la, lb)
+    assert relabel_agreement(colour_classes(frames), la) == 1.0 and len(np.unique(la)) == 3
 
 
 def test_folder_mode_numbered_frames_vs_photos(tmp_path):

@@ -22,7 +22,7 @@ from diffseg_core.errors import InputError
 from diffseg_core.progress import progress
 
 from .geometry import inplane_spacing, resize_gray, resize_nearest, square_shape, take_slice, through_plane_axis
-from .intensity import IntensityMap, gray_to_rgb, plan_intensity, to_uint8
+from .intensity import IntensityMap, gray_to_rgb, has_finite_value, plan_intensity, to_uint8
 from .io import (VolumeWarning, default_output_name, output_format, read_label_volume, read_volume,
                  write_labels)
 from .postprocess import relabel_consecutive, remove_fragments, split_at_waists
@@ -172,9 +172,11 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     vol = read_volume(input_path, index=config.index, series=config.series)
     labels_path = resolve_output(output_path, vol)
     output_format(labels_path)  # fail before any work on a bad extension
+    imap = plan_intensity(vol, config.window, config.percentiles)
+    if not has_finite_value(vol):
+        raise InputError(f"{vol.path}: every voxel is NaN or infinite: nothing to segment")
     seg = _make_segmenter(segmenter)
     batch = max(1, int(getattr(getattr(seg, "config", None), "batch_size", 1) or 1))
-    imap = plan_intensity(vol, config.window, config.percentiles)
     log.info("%s: shape %s spacing %s, intensity %s", vol.path, vol.shape, vol.spacing, imap.mode)
     axis = choose_axis(config, vol)
     axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]

@@ -50,6 +50,11 @@ def sample_values(vol: Volume, max_slices: int = SAMPLE_SLICES, max_pixels: int 
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def has_finite_value(vol: Volume) -> bool:
+    """True when any voxel is finite (slice by slice, stops at the first one found)."""
+    return any(np.isfinite(vol.slice_values(0, i)).any() for i in range(vol.shape[0]))
+
+
 def looks_like_ct(vol: Volume, values: np.ndarray) -> bool:
     """True when the volume is CT by its DICOM modality, or its values look like HU.
 

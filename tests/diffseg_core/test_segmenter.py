@@ -133,6 +133,22 @@ def test_refine_and_thresholds_reach_the_merge():
     assert sorted(np.unique(out.labels).tolist()) == list(range(out.num_segments))
 
 
+def test_merge_settings_change_the_segmentation():
+    """The tiny model's attention is nearly uniform: the paper's 1.1 merges it into one
+    segment, a threshold of 1e-5 keeps many, and a 4x4 anchor grid caps them at 16."""
+    from diffseg_core.config import MergeConfig
+
+    img = _image(128, 128, 3)
+
+    def count(**merge) -> int:
+        cfg = SegmenterConfig(model="tiny-random", device="cpu", size=128, merge=MergeConfig(**merge))
+        return DiffSegSegmenter(cfg).segment_one(img).num_segments
+
+    default, fine, coarse_grid = count(), count(kl_threshold=1e-5), count(kl_threshold=1e-5, grid=4)
+    assert default == 1
+    assert 1 < coarse_grid <= 16 < fine
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_cuda_half_precision_matches_cpu_shapes(dtype):

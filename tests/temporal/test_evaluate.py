@@ -90,3 +90,133 @@ def test_dirs_rescale_uniformly_downscaled_prediction(tmp_path):
     _write_dir(tmp_path / "pred", [square(32, 48, 8, 16, 16)])  # --max-side 48 of the same frame
     assert evaluate_video_dirs(tmp_path / "pred", tmp_path / "gt").J == 1.0
     assert same_aspect((360, 640), (480, 854)) and not same_aspect((16, 40), (64, 64))
+
+
+# ----------------------------------------------------------------------------- worked out by hand
+def _disk_reference(r: int) -> np.ndarray:
+    """The structuring element of davis2017-evaluation (``skimage.morphology.disk``)."""
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    return (x * x + y * y) <= r * r
+
+
+def _f_reference(pred: np.ndarray, gt: np.ndarray, r: int) -> float:
+    """DAVIS ``f_measure`` written from its definition, on scipy's binary dilation."""
+    from scipy.ndimage import binary_dilation
+
+    from temporal.evaluate import boundary_map
+
+    bp, bg = boundary_map(pred), boundary_map(gt)
+    if not bp.any() and not bg.any():
+        return 1.0
+    if not bp.any() or not bg.any():
+        return 0.0
+    k = _disk_reference(r)
+    precision = (bp & binary_dilation(bg, k)).sum() / bp.sum()
+    recall = (bg & binary_dilation(bp, k)).sum() / bg.sum()
+    return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
+
+
+def test_boundary_map_of_a_square_by_hand():
+    from temporal.evaluate import boundary_map
+
+    m = square(6, 6, 1, 1, 3)  # rows/cols 1..3
+    expected = np.array([[1, 1, 1, 1, 0, 0],   # row above: outside pixels whose S/SE is inside
+                         [1, 0, 0, 1, 0, 0],   # left column outside, right column inside
+                         [1, 0, 0, 1, 0, 0],
+                         [1, 1, 1, 1, 0, 0],   # bottom row inside
+                         [0, 0, 0, 0, 0, 0],
+                         [0, 0, 0, 0, 0, 0]], bool)
+    np.testing.assert_array_equal(boundary_map(m), expected)
+
+
+def test_f_of_shifted_stripes_by_hand():
+    # 100x100 frames: tolerance ceil(0.008 * 141.4) = 2 px. A vertical stripe's boundary is
+    # two full columns: x0 - 1 (outside) and x1 - 1 (inside).
+    gt = np.zeros((100, 100), bool)
+    gt[:, 20:40] = True                    # boundary columns 19 and 39
+    pred = np.zeros_like(gt)
+    pred[:, 22:45] = True                  # boundary columns 21 (2 px from 19) and 44 (5 px from 39)
+    assert f_measure(pred, gt) == pytest.approx(0.5)  # precision 1/2, recall 1/2
+    pred3 = np.zeros_like(gt)
+    pred3[:, 23:43] = True                 # both columns 3 px away: nothing matches
+    assert f_measure(pred3, gt) == 0.0
+    assert f_measure(pred3, gt, bound_th=3) == 1.0  # a tolerance in pixels
+
+
+def test_f_uses_the_davis_disk_not_a_square_ellipse():
+    # A boundary pixel displaced by (1, 2) is sqrt(5) = 2.24 px away: outside the radius-2
+    # disk. A 1-pixel mask makes the boundary a single point's neighbourhood.
+    gt = np.zeros((100, 100), bool)
+    gt[50, 50] = True
+    pred = np.roll(np.roll(gt, 1, 0), 2, 1)
+    assert f_measure(pred, gt) == pytest.approx(_f_reference(pred, gt, 2))
+    assert f_measure(pred, gt) < 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_f_equals_the_reference_definition_on_random_blobs(seed):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(40, 90)), int(rng.integers(40, 120)))
+
+    def blob() -> np.ndarray:
+        m = np.zeros(shape, np.uint8)
+        for _ in range(3):
+            c = (int(rng.integers(0, shape[1])), int(rng.integers(0, shape[0])))
+            cv2.ellipse(m, c, (int(rng.integers(3, 15)), int(rng.integers(3, 15))),
+                        float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        return m.astype(bool)
+
+    pred, gt = blob(), blob()
+    for th in (0.008, 0.02, 3):
+        r = int(th) if th >= 1 else int(np.ceil(th * np.hypot(*shape)))
+        assert f_measure(pred, gt, th) == pytest.approx(_f_reference(pred, gt, r), abs=1e-12)
+
+
+def _hand_video():
+    """Five 10x10 frames, two objects, four tracks (see the test for the worked-out scores)."""
+    gt, pred = [], []
+    for t in range(5):
+        g = np.zeros((10, 10), np.int32)
+        p = np.zeros((10, 10), np.int32)
+        g[0:4, 0:4] = 1                                 # object 1: 16 px, every frame
+        if t < 4:
+            g[6:10, 6:10] = 2                           # object 2: 16 px, gone in frame 4
+        if t < 2:
+            p[0:4, 2:6] = 5                             # track 5 shifted 2 px: 8 / 24 = 1/3
+        else:
+            p[0:4, 0:4] = 5                             # then exact
+        if t == 0:
+            p[6:10, 5:10] = 7                           # 20 px over 16: 16 / 20 = 0.8
+        elif t == 1:
+            p[6:10, 6] = 9                              # a sliver: 4 / 16 = 0.25
+        elif t < 4:
+            p[6:10, 6:10] = 8                           # exact
+        gt.append(g)
+        pred.append(p)
+    return pred, gt
+
+
+def test_tracked_and_oracle_scores_worked_out_by_hand():
+    pred, gt = _hand_video()
+    s = evaluate_video_arrays(pred, gt)
+    per = {o["object"]: o for o in s.per_object}
+    # object 1 <- track 5: J = (1/3 + 1/3 + 1 + 1 + 1) / 5 = 11/15
+    # object 2 <- track 8: J = (0 + 0 + 1 + 1 + 1 [both absent in frame 4]) / 5 = 3/5
+    assert per[1]["track"] == 5 and per[2]["track"] == 8
+    assert per[1]["J"] == pytest.approx(11 / 15, abs=1e-6)
+    assert per[2]["J"] == pytest.approx(3 / 5, abs=1e-6)
+    assert s.J == pytest.approx((11 / 15 + 3 / 5) / 2)
+    # track 8's F: exact in frames 2-3, both absent in frame 4, absent in 0-1: 3/5
+    assert per[2]["F"] == pytest.approx(3 / 5, abs=1e-6)
+    # oracle: every frame's best match; object 2: (0.8 + 0.25 + 1 + 1 + 1) / 5 = 0.81
+    assert per[1]["oracle_J"] == pytest.approx(11 / 15, abs=1e-6)
+    assert per[2]["oracle_J"] == pytest.approx(0.81, abs=1e-6)
+    assert s.oracle_J == pytest.approx((11 / 15 + 0.81) / 2)
+    # switches: object 2 is 7 in frame 0, the 0.25 sliver of 9 in frame 1 does not count
+    # (IoU < 0.5), 8 in frames 2-3: one switch. Object 1's 1/3 frames do not count either.
+    assert per[1]["id_switches"] == 0 and per[2]["id_switches"] == 1
+    assert s.id_switches == 1
+    assert s.id_switches_per_100 == pytest.approx(100 / 9)  # 5 + 4 frames present
+    assert s.n_tracks == 4 and s.n_objects == 2

@@ -42,3 +42,14 @@ def test_stitch_accumulates_over_frames():
     b[1:, :2] = 8
     m = stitch_ids(list(a), list(b))
     assert m[8] == 1 and m[7] != 1
+
+
+def test_stitch_min_iou_by_hand():
+    # prev id 5 = columns 0-4, next id 7 = columns 3-7: 2 shared columns of 8, IoU 0.25
+    a = np.zeros((2, 3, 10), np.int32)
+    a[:, :, 0:5] = 5
+    b = np.zeros((2, 3, 10), np.int32)
+    b[:, :, 3:8] = 7
+    assert stitch_ids(list(a), list(b), new_id_start=20) == {7: 20}   # 0.25 < 0.3: a new id
+    assert stitch_ids(list(a), list(b), min_iou=0.25) == {7: 5}       # gate at 0.25: joined
+    assert stitch_ids(list(a), list(b), min_iou=0.26, new_id_start=20) == {7: 20}

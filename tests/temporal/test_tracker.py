@@ -300,3 +300,65 @@ def test_segmenter_batches_are_bounded(rng):
     vs = VideoSegmenter(fake, TrackerConfig(keyframe_every=2, batch_size=3))
     out = list(itertools.islice(vs.iter_video(sc.frame(t)[0] for t in itertools.count()), 7))
     assert len(out) == 7 and max(fake.batches) == 3
+
+
+@pytest.mark.parametrize("hidden, same_id", [(3, True), (4, False)])
+def test_retirement_exactly_at_max_missed(rng, hidden, same_id):
+    # max_missed=3: a track absent for 3 frames is still remembered and re-identified; absent
+    # for 4 it was retired at the end of its 4th missing frame and the object comes back new.
+    sc = Scene(TWO)
+    vs = VideoSegmenter(None, TrackerConfig(max_missed=3))
+    st = vs.init_state()
+    ids = []
+    for t in range(4 + hidden + 2):
+        img, gt = sc.frame(t)
+        if 4 <= t < 4 + hidden:
+            hide = gt == 2
+            gt = np.where(hide, 0, gt)
+            img = img.copy()
+            img[hide] = sc.bg[hide]
+        ids.append(gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt))
+    back = 4 + hidden
+    assert bool(ids[back][2] == ids[3][2]) is same_id
+    assert ids[back][2] == ids[back + 1][2]
+    assert ids[back][1] == ids[0][1]  # the other object keeps its id throughout
+
+
+def test_registry_retires_on_the_frame_the_limit_is_passed():
+    from temporal.tracks import TrackRegistry
+
+    reg = TrackRegistry(max_missed=2, id_offset=10)
+    a, b = reg.new(0), reg.new(0)
+    assert (a.id, b.id) == (11, 12)
+    assert reg.end_frame(0, [11, 12]) == []
+    assert reg.end_frame(1, [12]) == [] and reg[11].missed == 1
+    assert reg.end_frame(2, [12]) == [] and reg[11].missed == 2 and reg.lost_ids() == [11]
+    assert reg.end_frame(3, [12]) == [11] and 11 not in reg
+    assert reg[12].last_frame == 3 and reg[12].missed == 0
+    # ids are never reused, even after a retirement
+    assert reg.new(4).id == 13 and reg.max_id == 13
+    assert reg.end_frame(4, []) == [] and reg.end_frame(5, []) == [] and reg.end_frame(6, []) == [12, 13]
+    assert len(reg) == 0 and reg.new(7).id == 14
+
+
+def test_carving_on_frames_larger_than_the_work_resolution(rng):
+    # 384x512 frames are tracked at 240x320 (work_side 240); the carved object is brought
+    # back to full resolution. Ids start at 101, so any blend of ids (an interpolated label
+    # map) would show as ids that no track has.
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    big = [(1, 80, 40, 96, (220, 60, 60), 8, 4, 0, 99), (2, 220, 360, 80, (60, 60, 220), -4, -8, 0, 99)]
+    sc = Scene(big, hw=(384, 512))
+    vs = VideoSegmenter(None, TrackerConfig(id_offset=100))
+    st = vs.init_state()
+    for t in range(4):
+        img, gt = sc.frame(t)
+        t0 = gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt)
+    assert st.work_hw == (240, 320) and sorted(t0.values()) == [101, 102, 103]
+    img, gt = sc.frame(4)
+    tf = vs.step(st, img, seg_from_gt(np.where(gt == 1, 0, gt), rng))  # object 1 swallowed
+    assert set(np.unique(tf.labels).tolist()) <= set(t0.values())
+    obj = gt == 1
+    assert (tf.labels[binary_erosion(obj, iterations=4)] == t0[1]).all()
+    assert not (tf.labels[~binary_dilation(obj, iterations=4)] == t0[1]).any()
+    assert (tf.labels[obj] == t0[1]).mean() > 0.9

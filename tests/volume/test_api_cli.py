@@ -297,3 +297,29 @@ def test_cli_stack_separates_ellipsoids_stacked_end_to_end(tmp_path: Path, capsy
     assert dice["0.75"].n_pred == 2 and min(dice["0.75"].dice.values()) > 0.9
     bad = main(["stack", str(tmp_path / "sl.npy"), "-o", str(tmp_path / "x.npy"), "-q", "--waist-ratio", "1.5"])
     assert bad == 2 and "waist_ratio" in capsys.readouterr().err
+
+
+def test_segment_volume_default_cleanup_removes_real_debris(tmp_path: Path) -> None:
+    # A bright cube over slices 2-9 plus bright specks in the same slices, away from it. The
+    # slice segmenter puts cube and specks in one segment, so the linker gives them one id;
+    # in 3D the specks are small, disconnected pieces of the cube's label: debris that the
+    # default cleanup (min_size=64) hands to the surrounding background.
+    data = np.zeros((12, 32, 32), np.float32)
+    data[2:10, 10:22, 10:22] = 1000.0                  # 8 * 12 * 12 = 1152 voxels
+    specks = [(3, 2, 2), (5, 28, 3), (7, 3, 27), (8, 27, 28)]
+    for z, y, x in specks:
+        data[z, y:y + 2, x:x + 2] = 1000.0             # 4 voxels each
+    np.save(tmp_path / "v.npy", data)
+    res = segment_volume(tmp_path / "v.npy", tmp_path / "o.npy", ThresholdSegmenter(edges=(128,)),
+                         VolumeConfig(window="minmax"))
+    pred = np.load(res.labels_path)
+    truth = np.zeros(data.shape, np.int32)
+    truth[2:10, 10:22, 10:22] = 1
+    assert _partition_equal(pred, truth)
+    for z, y, x in specks:
+        assert pred[z, y, x] == pred[0, 0, 0]
+    # without cleanup the specks keep the cube's id
+    res0 = segment_volume(tmp_path / "v.npy", tmp_path / "o0.npy", ThresholdSegmenter(edges=(128,)),
+                          VolumeConfig(window="minmax", min_size=0, min_label_size=0))
+    raw = np.load(res0.labels_path)
+    assert all(raw[z, y, x] == raw[5, 15, 15] for z, y, x in specks)

@@ -169,3 +169,16 @@ def test_appearance_separates_structures_stacked_end_to_end() -> None:
         ids[gate] = (out[3][10, 10], out[4][10, 12])
     assert ids[0.0][0] == ids[0.0][1]
     assert ids[0.5][0] != ids[0.5][1]
+
+
+@pytest.mark.parametrize("side_a, same", [(3, False), (6, True)])
+def test_min_overlap_gate_by_hand(side_a: int, same: bool) -> None:
+    # Slice 0: a small square A. Slice 1: a 12x12 structure B over A's place. B covers all
+    # of A, but continues A only when IoU >= min_overlap (0.1): 9/144 = 0.06 gives B a new
+    # id; 36/144 = 0.25 continues A.
+    vol = np.zeros((2, 20, 20), np.int32)
+    vol[0, 8:8 + side_a, 8:8 + side_a] = 1
+    vol[1, 4:16, 4:16] = 1
+    out, lk = _link(vol, background=0)
+    assert bool(out[0, 8, 8] == out[1, 10, 10]) is same
+    assert lk.stats.splits_joined == 0

@@ -1,0 +1,266 @@
+"""Mutation check: plant one deliberate bug at a time and see whether the test suite notices.
+
+Each mutant is an exact text replacement in one source file. For every mutant the working
+tree is copied to a temporary folder, the bug is planted there, and pytest runs on the
+mutant's test paths with ``DIFFSEG_SHARED`` pointing nowhere, so the run sees what a user's
+clone sees (no ``../shared``: the parity and real-data tests skip). A mutant is *killed*
+when pytest fails, and *survives* when the tests pass with the bug in place.
+
+Usage::
+
+    python tools/mutation_check.py                 # every mutant
+    python tools/mutation_check.py --only merge    # names containing "merge"
+    python tools/mutation_check.py --list
+
+It prints one line per mutant and a summary; exit code 1 when a mutant survives. It is a
+developer tool, not part of the test suite (each mutant costs a pytest run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One planted bug.
+
+    Attributes:
+        name: short id (area.what).
+        path: source file, relative to the repository.
+        old: exact text to replace (must occur exactly once).
+        new: the buggy text.
+        tests: pytest paths that should catch it.
+        why: what a user would see if it shipped.
+    """
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    why: str
+
+
+CORE = ("tests/diffseg_core",)
+TEMPORAL = ("tests/temporal",)
+VOLUME = ("tests/volume",)
+JOBS = ("tests/test_distributed.py", "tests/test_resume.py", "tests/diffseg_core")
+
+MUTANTS: list[Mutant] = [
+    # ------------------------------------------------------------------ core math
+    Mutant("merge.anchor_threshold_halved", "diffseg_core/merge.py",
+           "merge_anchors(flat, anchors, kl_threshold[0], faithful_fp16=faithful_fp16)",
+           "merge_anchors(flat, anchors, kl_threshold[0] / 2, faithful_fp16=faithful_fp16)",
+           CORE, "over-segmentation: the first merge uses half the threshold"),
+    Mutant("merge.iteration_skipped", "diffseg_core/merge.py",
+           "for thr in kl_threshold[1:]:", "for thr in kl_threshold[2:]:",
+           CORE, "one greedy merge iteration fewer than configured"),
+    Mutant("merge.greedy_no_done_mask", "diffseg_core/merge.py",
+           "            done |= row\n", "",
+           CORE, "every proposal starts its own group: later iterations merge nothing new"),
+    Mutant("merge.anchor_grid_not_centred", "diffseg_core/merge.py",
+           "start = (length - 1 - span) // 2", "start = 0",
+           CORE, "anchors shifted to the top-left corner"),
+    Mutant("merge.kl_one_direction", "diffseg_core/merge.py",
+           "out[:, s:s + chunk] = half_ab + half_ba", "out[:, s:s + chunk] = 2 * half_ab",
+           CORE, "KL(a||b) instead of the symmetric KL (float32 path)"),
+    Mutant("merge.kl_one_direction_fp16", "diffseg_core/merge.py",
+           "(half_ab.half() + half_ba.half())", "(2 * half_ab).half()",
+           CORE, "KL(a||b) instead of the symmetric KL (faithful float16 path, the default)"),
+    Mutant("merge.sum_not_mean", "diffseg_core/merge.py",
+           "merged = (member[keep] @ x) / counts[keep, None]", "merged = member[keep] @ x",
+           CORE, "proposals are sums, not means: big groups dominate the next iterations"),
+    Mutant("aggregate.equal_weights", "diffseg_core/aggregate.py",
+           "return [s / total for s in sides]", "return [1.0 / len(sides) for s in sides]",
+           CORE, "every resolution weighted equally instead of by its side"),
+    Mutant("aggregate.no_renormalise", "diffseg_core/aggregate.py",
+           "sums = keys.sum(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)",
+           "sums = torch.ones_like(keys.sum(dim=(-2, -1), keepdim=True))",
+           CORE, "upsampled keys not renormalised: coarse maps carry the wrong mass"),
+    Mutant("nms.corner_aligned", "diffseg_core/nms.py",
+           "src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0)",
+           "src = (torch.arange(n_out, dtype=torch.float64) * scale).clamp_min(0)",
+           CORE, "labels shifted by half a latent cell"),
+    Mutant("pipeline.no_relabel", "diffseg_core/pipeline.py",
+           "labels, kept = relabel_consecutive(index, props.shape[0])",
+           "labels, kept = index.to(torch.int32), torch.arange(props.shape[0])",
+           CORE, "labels not consecutive; proposals that win no pixel are kept"),
+    Mutant("segmenter.kl_threshold_ignored", "diffseg_core/segmenter.py",
+           "seg = segment_aggregated(item.maps, self.config.merge, out_size=item.image_hw)",
+           "seg = segment_aggregated(item.maps, type(self.config.merge)(), out_size=item.image_hw)",
+           CORE, "--kl-threshold, --grid, --refine have no effect"),
+    # ------------------------------------------------------------------ metrics
+    Mutant("evaluate.j_over_gt_area", "temporal/evaluate.py",
+           "iou = inter / np.maximum(ag[:, None] + ap[None, :] - inter, 1)",
+           "iou = inter / np.maximum(ag[:, None], 1)",
+           TEMPORAL, "J = intersection / ground-truth area (recall), not IoU"),
+    Mutant("evaluate.f_radius_plus_one", "temporal/evaluate.py",
+           "    k = _disk(r)\n", "    k = _disk(r + 1)\n",
+           TEMPORAL, "boundary tolerance one pixel wider than DAVIS"),
+    Mutant("evaluate.switch_any_overlap", "temporal/evaluate.py",
+           "if iou[a, b] >= switch_iou:", "if iou[a, b] > 0:",
+           TEMPORAL, "a sliver of another track counts as the object's id: switches inflated"),
+    Mutant("evaluate.both_absent_dropped", "temporal/evaluate.py",
+           "both_absent = n_frames - n_g[:, None] - n_p[None, :] + both",
+           "both_absent = np.zeros_like(both)",
+           TEMPORAL, "frames where object and track are both absent score 0 instead of 1"),
+    Mutant("evaluate.f_precision_recall_swapped", "temporal/evaluate.py",
+           "precision = float((bp & dg).sum()) / n_p", "precision = float((bp & dg).sum()) / n_g",
+           TEMPORAL, "boundary precision divided by the ground-truth boundary length"),
+    Mutant("volume_dice.no_factor_two", "volume/evaluate.py",
+           "dice[int(gid)] = float(2 * table[i + 1, j + 1] / (g_tot[i] + p_tot[j]))",
+           "dice[int(gid)] = float(table[i + 1, j + 1] / (g_tot[i] + p_tot[j]))",
+           VOLUME, "Dice halved"),
+    Mutant("volume_dice.match_on_intersection", "volume/evaluate.py",
+           "r, c = linear_sum_assignment(-dice)", "r, c = linear_sum_assignment(-inter)",
+           VOLUME, "matching maximises raw overlap: a huge prediction wins over the right one"),
+    Mutant("oracle_dice.pred_area_ignored", "volume/evaluate.py",
+           "        pred_sum[rows] += t[:, 1:].sum(0)[match[hit]]\n", "",
+           VOLUME, "oracle Dice ignores the predicted area (inflated oracle)"),
+    # ------------------------------------------------------------------ linking
+    Mutant("tracks.retire_late", "temporal/tracks.py",
+           "if t.missed > self.max_missed:", "if t.missed > self.max_missed + 1:",
+           TEMPORAL, "a track retires one frame after max_missed"),
+    Mutant("tracks.retire_early", "temporal/tracks.py",
+           "if t.missed > self.max_missed:", "if t.missed >= self.max_missed:",
+           TEMPORAL, "a track retires one frame before max_missed"),
+    Mutant("tracks.ids_reused", "temporal/tracks.py",
+           "        self.next_id += 1\n", "        self.next_id = max(self.tracks) + 1\n",
+           TEMPORAL, "a retired track's id can be handed out again"),
+    Mutant("tracker.bilinear_upscale", "temporal/tracker.py",
+           "return cv2.resize(a, (W, H), interpolation=cv2.INTER_NEAREST)",
+           "return cv2.resize(a.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR).astype(a.dtype)",
+           TEMPORAL, "ids blended at object borders when frames are larger than the work size"),
+    Mutant("matching.gate_ignored", "temporal/matching.py",
+           "    if allowed is not None:\n        ok &= allowed\n", "",
+           TEMPORAL + VOLUME, "gated (forbidden) pairs can be matched"),
+    Mutant("matching.kl_term_dropped", "temporal/matching.py",
+           "    if skl is None or w_kl == 0:", "    if True:",
+           TEMPORAL + VOLUME, "the attention-map KL never enters the matching cost"),
+    Mutant("stitch.min_iou_ignored", "temporal/stitch.py",
+           "asg = hungarian_assign(1.0 - iou, allowed=iou >= min_iou)",
+           "asg = hungarian_assign(1.0 - iou, allowed=iou > 0)",
+           TEMPORAL + ("tests/test_distributed.py",), "chunks joined on a sliver of overlap"),
+    Mutant("stitch.no_new_id_start", "diffseg_core/distributed.py",
+           "mapping = _temporal_stitch(list(prev_overlap), list(next_overlap), new_id_start=int(new_id_start))",
+           "mapping = _temporal_stitch(list(prev_overlap), list(next_overlap))",
+           JOBS, "a new object in chunk 2 takes the id of an object that ended in chunk 1"),
+    Mutant("volume.no_fragment_removal", "volume/api.py",
+           "st = remove_fragments(labels, int(config.min_size),",
+           "st = remove_fragments(labels, 0,",
+           VOLUME, "3D debris kept as labels"),
+    Mutant("volume.fusion_no_vote", "volume/fusion.py",
+           "        r[agree] = a[agree]\n", "",
+           VOLUME, "--axes all returns the reference axis unchanged"),
+    Mutant("volume.linker_gate_zero", "volume/stacking.py",
+           "allowed = iou >= cfg.min_overlap", "allowed = iou >= 0",
+           VOLUME, "any touching segment may continue a structure"),
+    # ------------------------------------------------------------------ job manifest
+    Mutant("manifest.outputs_not_checked", "diffseg_core/jobs.py",
+           "return all((self.out_dir / o).exists() for o in rec.outputs)", "return True",
+           JOBS, "an item whose outputs were deleted is skipped on rerun"),
+    Mutant("manifest.hash_not_checked", "diffseg_core/jobs.py",
+           "if rec is None or rec.status != \"done\" or rec.config_hash != chash:",
+           "if rec is None or rec.status != \"done\":",
+           JOBS, "changing a setting does not redo the items"),
+    Mutant("manifest.done_before_outputs", "diffseg_core/distributed.py",
+           "    outputs = list(res.outputs)\n    status, error = res.status, res.error\n",
+           "    outputs = list(res.outputs)\n    status, error = res.status, res.error\n"
+           "    if status == \"done\" and res.labels is not None:\n"
+           "        manifest.put(ItemRecord(key=res.item.key, kind=res.item.kind, source=res.item.source,\n"
+           "                                status=\"done\", config_hash=chash, outputs=[],\n"
+           "                                error=None, frames=res.frames, seconds=0.0, rank=rank))\n",
+           JOBS, "a kill between the record and the files leaves an item marked done with no outputs"),
+    Mutant("manifest.hash_ignores_tracker", "diffseg_core/distributed.py",
+           "common.update(tracker=self.tracker, max_side=self.max_side, chunk_frames=self.chunk_frames,",
+           "common.update(max_side=self.max_side, chunk_frames=self.chunk_frames,",
+           JOBS, "changing tracker options does not redo the videos"),
+    Mutant("jobs.chunks_no_overlap", "diffseg_core/jobs.py",
+           "    step = chunk_frames - overlap\n", "    step = chunk_frames\n",
+           JOBS, "chunks share no frame: ids cannot be stitched"),
+    Mutant("jobs.shard_duplicates", "diffseg_core/jobs.py",
+           "        if r == rank:\n            mine.append(it)",
+           "        if r == rank or it.cost == 1:\n            mine.append(it)",
+           JOBS, "small items run on every rank"),
+]
+
+
+def _copy_tree(dst: Path) -> None:
+    """Copy the tracked and untracked-but-not-ignored files of the repository to ``dst``."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for f in files:
+        if not f:
+            continue
+        src = REPO / f
+        if src.is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f)
+
+
+def run_mutant(m: Mutant, timeout: float) -> tuple[str, float, str]:
+    """Plant ``m`` in a copy of the tree and run its tests.
+
+    Returns:
+        ``(verdict, seconds, detail)`` with verdict ``killed``, ``SURVIVED``, ``stale``
+        (the text to replace is not in the file, exactly once) or ``timeout``.
+    """
+    src = (REPO / m.path).read_text("utf-8")
+    if src.count(m.old) != 1:
+        return "stale", 0.0, f"{m.path}: the text occurs {src.count(m.old)} times"
+    with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
+        root = Path(tmp)
+        _copy_tree(root)
+        (root / m.path).write_text(src.replace(m.old, m.new), "utf-8")
+        env = dict(os.environ, PYTHONPATH=str(root), DIFFSEG_SHARED=str(root / "no-shared"),
+                   PYTHONDONTWRITEBYTECODE="1")
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                *m.tests], cwd=root, env=env, capture_output=True, text=True,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "timeout", time.perf_counter() - t0, ""
+        dt = time.perf_counter() - t0
+        tail = [ln for ln in p.stdout.splitlines() if ln.startswith("FAILED") or ln.startswith("ERROR")]
+        if p.returncode == 0:
+            return "SURVIVED", dt, ""
+        if p.returncode == 5:
+            return "stale", dt, "no tests collected"
+        return "killed", dt, tail[0] if tail else p.stdout.strip().splitlines()[-1:][0] if p.stdout.strip() else ""
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="run the mutants whose name contains this text")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant [%(default)s]")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTANTS if args.only in m.name]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:40s} {m.path:28s} {m.why}")
+        return 0
+    counts: dict[str, int] = {}
+    t_all = time.perf_counter()
+    for m in chosen:
+        verdict, dt, detail = run_mutant(m, args.timeout)
+        counts[verdict] = counts.get(verdict, 0) + 1
+        print(f"{verdict:8s} {dt:6.1f}s  {m.name:40s} {detail[:110]}", flush=True)
+    print(f"\n{len(chosen)} mutants: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
+          + f" ({time.perf_counter() - t_all:.0f} s; ../shared hidden, as in a user's clone)")
+    return 1 if counts.get("SURVIVED") or counts.get("stale") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
