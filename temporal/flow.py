@@ -162,6 +162,20 @@ def resize_flow(flow: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def remap_channel_limit() -> int:
+    """The most channels the installed OpenCV's ``cv2.remap`` takes in one call (512 in
+    OpenCV 4, 128 in OpenCV 5), found once by trying."""
+    grid = np.zeros((1, 1), np.float32)
+    for n in (512, 256, 128, 64, 32, 16, 4):
+        try:
+            cv2.remap(np.zeros((1, 1, n), np.float32), grid, grid, cv2.INTER_LINEAR)
+            return n
+        except cv2.error:
+            continue
+    return 1
+
+
 def warp_maps(maps: np.ndarray, flow: np.ndarray, renormalize: bool = True,
               eps: float = 1e-8) -> np.ndarray:
     """Warp distributions (proposal/attention maps) into the current frame (bilinear).
@@ -183,10 +197,11 @@ def warp_maps(maps: np.ndarray, flow: np.ndarray, renormalize: bool = True,
     gx, gy = _grid(h, w)
     mx, my = gx + fl[..., 0], gy + fl[..., 1]
     out = np.empty_like(maps)
-    for s in range(0, n, 256):  # OpenCV remaps up to 512 channels at once
-        chunk = np.ascontiguousarray(maps[s:s + 256].transpose(1, 2, 0))
+    step = remap_channel_limit()
+    for s in range(0, n, step):
+        chunk = np.ascontiguousarray(maps[s:s + step].transpose(1, 2, 0))
         r = cv2.remap(chunk, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        out[s:s + 256] = r.reshape(h, w, -1).transpose(2, 0, 1)
+        out[s:s + step] = r.reshape(h, w, -1).transpose(2, 0, 1)
     if renormalize:
         tot = out.reshape(n, -1).sum(1)
         bad = tot <= eps

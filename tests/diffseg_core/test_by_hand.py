@@ -135,3 +135,16 @@ def test_aggregate_upsamples_keys_bilinearly_and_renormalises():
     expected = torch.outer(w, w) / 4
     for q in range(16):  # every fine query tiles the same coarse map
         torch.testing.assert_close(out[q], expected)
+
+
+def test_refinement_changes_the_worked_out_labels():
+    # Anchor threshold 0.5 leaves proposals (M0+M1)/2, (M0+M1+M2)/3, (M1+M2+M3)/3, (M2+M3)/2;
+    # without refinement the two outer ones win (2 segments, see CASES). K-means from these
+    # centres assigns every query map M_c to the proposal centred on it, so each centre
+    # becomes one column's map and every column is its own segment.
+    plain = segment_aggregated(_aggregated(), MergeConfig(kl_threshold=(0.5, 0.01), grid=4), out_size=(2, 8))
+    refined = segment_aggregated(_aggregated(), MergeConfig(kl_threshold=(0.5, 0.01), grid=4, refine=True),
+                                 out_size=(2, 8))
+    np.testing.assert_array_equal(plain.labels[0], [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(refined.labels, [[0, 0, 1, 1, 2, 2, 3, 3]] * 2)
+    np.testing.assert_allclose(refined.proposals, _column_maps().astype(np.float32), atol=1e-6)

@@ -218,3 +218,18 @@ def test_label_displacements_of_sparse_large_ids_match_small_ids():
     d_cut, c_cut = label_displacements(big, flow, 90_000)
     np.testing.assert_array_equal(d_cut[7], d_small[1])
     assert c_cut.sum() == c_small[1]
+
+
+def test_warp_maps_takes_more_maps_than_one_remap_call_allows():
+    # OpenCV 5's remap takes at most 128 channels (OpenCV 4: 512); 300 maps are chunked.
+    from temporal.flow import remap_channel_limit, warp_maps
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((300, 12, 16)).astype(np.float32)
+    maps /= maps.sum(axis=(1, 2), keepdims=True)
+    flow = np.zeros((12, 16, 2), np.float32)
+    flow[..., 0] = 1.0  # every pixel comes from one column to the right
+    out = warp_maps(maps, flow, renormalize=False)
+    assert out.shape == (300, 12, 16) and remap_channel_limit() < 300
+    np.testing.assert_allclose(out[:, :, :-1], maps[:, :, 1:], atol=1e-6)
+    np.testing.assert_allclose(out[:, :, -1], maps[:, :, -1], atol=1e-6)  # border replicated

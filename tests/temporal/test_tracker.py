@@ -362,3 +362,29 @@ def test_carving_on_frames_larger_than_the_work_resolution(rng):
     assert (tf.labels[binary_erosion(obj, iterations=4)] == t0[1]).all()
     assert not (tf.labels[~binary_dilation(obj, iterations=4)] == t0[1]).any()
     assert (tf.labels[obj] == t0[1]).mean() > 0.9
+
+
+def test_frame_with_300_segments_is_tracked(rng):
+    # 300 textured 8x8 tiles panning right by 2 px per frame: more tracks than one OpenCV
+    # remap call takes (128 channels in OpenCV 5), every tile keeps its id.
+    H, W = 120, 200  # 15 x 25 tiles of 8x8 = 375 cells; 300 of them are segments
+    base = np.zeros((H + 8, W + 16, 3), np.uint8)
+    ids = np.zeros((H + 8, W + 16), np.int32)
+    cells = [(r, c) for r in range(15) for c in range(25)][:300]
+    for k, (r, c) in enumerate(cells):
+        base[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = rng.integers(30, 230, 3)
+        ids[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = k + 1
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    first = None
+    for t in range(3):
+        img = np.ascontiguousarray(base[:H, 2 * t:2 * t + W])
+        gt = ids[:H, 2 * t:2 * t + W]
+        tf = vs.step(st, img, seg_from_gt(gt, rng))
+        m = gt_to_track(tf, gt)
+        assert len(set(m.values())) == len(m) == len(np.unique(gt))
+        if first is None:
+            first = m
+        else:
+            common = set(first) & set(m)
+            assert len(common) > 280 and all(m[g] == first[g] for g in common)
