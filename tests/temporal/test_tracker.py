@@ -388,3 +388,22 @@ def test_frame_with_300_segments_is_tracked(rng):
         else:
             common = set(first) & set(m)
             assert len(common) > 280 and all(m[g] == first[g] for g in common)
+
+
+def test_matched_segment_that_is_mostly_background_is_carved(rng):
+    # Frame 4: the background is cut in two; its left part (a third of the frame) is merged
+    # with object 1. The background track takes the larger right part, object 1's track
+    # the merged segment: it must keep only the object and leave the background piece.
+    sc = Scene(TWO)
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state()
+    for t in range(4):
+        img, gt = sc.frame(t)
+        t0 = gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt)
+    img, gt = sc.frame(4)
+    left = (gt == 0) & (np.arange(gt.shape[1])[None, :] < 48)
+    lab = np.where(left, 1, gt)  # 0 = right background, 1 = object 1 + left background, 2
+    tf = vs.step(st, img, seg_from_gt(lab, rng))
+    assert (tf.labels[gt == 1] == t0[1]).mean() > 0.85  # its warped pixels (the leading edge goes with the rest)
+    assert (tf.labels[left] == t0[1]).mean() < 0.05
+    assert (tf.labels[(gt == 0) & ~left] == t0[0]).mean() > 0.95
