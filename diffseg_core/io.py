@@ -154,9 +154,24 @@ def read_labels(path: "str | os.PathLike") -> np.ndarray:
             arr = arr.astype(np.int64)
         else:
             raise InputError(f"{path}: label map must hold integers; got dtype {arr.dtype}")
-    if arr.size and int(arr.min()) < 0:
-        raise InputError(f"{path}: label map has negative values")
+    check_label_range(arr, f"{path}: label map")
     return arr.astype(np.int32)
+
+
+#: Largest label id: labels are int32 ``(H, W)`` / ``(D, H, W)`` everywhere.
+MAX_LABEL_ID = int(np.iinfo(np.int32).max)
+
+
+def check_label_range(arr: np.ndarray, what: str) -> None:
+    """Raise `InputError` unless the integer ids of ``arr`` lie in ``0..MAX_LABEL_ID``
+    (negative ids are not labels; larger ones would wrap around when stored as int32)."""
+    if not arr.size or arr.dtype.kind == "b":
+        return
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0:
+        raise InputError(f"{what} has negative values (min {lo}); ids must be >= 0")
+    if hi > MAX_LABEL_ID:
+        raise InputError(f"{what} has ids up to {hi}; at most {MAX_LABEL_ID} (int32) is supported")
 
 
 # ----------------------------------------------------------------------------- images

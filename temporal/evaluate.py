@@ -310,7 +310,12 @@ def evaluate_video_dirs(pred_dir: "str | Path", gt_dir: "str | Path", bound_th: 
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
         return pred, gt
 
-    return evaluate_video(load, len(stems), bound_th=bound_th)
+    try:
+        return evaluate_video(load, len(stems), bound_th=bound_th)
+    except InputError as exc:
+        if str(exc).startswith("ground truth has no objects"):
+            raise InputError(f"{gt_dir}: {exc}") from None
+        raise
 
 
 def evaluate_video_arrays(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], **kw: Any) -> VideoScores:

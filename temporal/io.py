@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from diffseg_core.errors import InputError
-from diffseg_core.io import IMAGE_EXTENSIONS, read_image, read_labels, to_rgb_uint8
+from diffseg_core.io import IMAGE_EXTENSIONS, check_label_range, read_image, read_labels, to_rgb_uint8
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 LABEL_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
@@ -202,6 +202,7 @@ def read_segment_labels(seg_dir: Path, stem: str, hw: tuple[int, int]) -> np.nda
             raise InputError(f"{p}: cannot read label map ({exc})") from exc
         if arr.ndim != 2 or arr.dtype.kind not in "iub":
             raise InputError(f"{p}: label map must be a 2-D integer image; got shape {arr.shape} dtype {arr.dtype}")
+        check_label_range(arr, f"{p}: label map")  # as for .png / .npy: no negative or beyond-int32 ids
         lab = arr.astype(np.int32)
     else:
         lab = read_labels(p)

@@ -40,24 +40,44 @@ def _candidate_files(folder: Path) -> list[Path]:
 
 
 def list_series(folder: "str | Path") -> dict[str, _SeriesInfo]:
-    """SeriesInstanceUID -> files, description, modality of every DICOM image in ``folder``."""
+    """SeriesInstanceUID -> files, description, modality of every DICOM image in ``folder``.
+
+    Files that are not DICOM are skipped silently; DICOM files whose header cannot be read
+    are skipped with one warning that counts them, so one broken file never hides the rest.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     folder = Path(folder)
     series: dict[str, _SeriesInfo] = {}
+    broken: list[tuple[Path, BaseException]] = []
     for f in _candidate_files(folder):
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+            if "Rows" not in ds or "Columns" not in ds:
+                continue  # not an image (SR, presentation state, ...)
+            int(ds.Rows), int(ds.Columns)  # a damaged size element raises here
+            uid = str(getattr(ds, "SeriesInstanceUID", "") or "unknown")
+            description = str(getattr(ds, "SeriesDescription", "") or "")
+            modality = str(getattr(ds, "Modality", "") or "")
+        except InvalidDicomError:
+            continue  # not DICOM at all (notes, thumbnails, ...)
+        except Exception as exc:  # pydicom raises many types for damaged headers
+            broken.append((f, exc))
             continue
-        if "Rows" not in ds or "Columns" not in ds:
-            continue  # not an image (SR, presentation state, ...)
-        uid = str(getattr(ds, "SeriesInstanceUID", "") or "unknown")
-        info = series.setdefault(uid, _SeriesInfo(uid, str(getattr(ds, "SeriesDescription", "") or ""),
-                                                  str(getattr(ds, "Modality", "") or "")))
+        info = series.setdefault(uid, _SeriesInfo(uid, description, modality))
         info.files.append(f)
+    if broken:
+        f, exc = broken[0]
+        warnings.warn(f"{folder}: {len(broken)} damaged DICOM file(s) skipped, e.g. {f.name} "
+                      f"({type(exc).__name__}: {_short(exc)})", UserWarning, stacklevel=3)
     return series
+
+
+def _short(exc: BaseException, n: int = 160) -> str:
+    """The first line of an exception's message, at most ``n`` characters."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def read_dicom_series(path: "str | Path", series: "str | None" = None) -> Volume:
@@ -93,7 +113,37 @@ def read_dicom_series(path: "str | Path", series: "str | None" = None) -> Volume
         if series not in found:
             raise InputError(f"{folder}: no series {series!r}; found {', '.join(found)}")
         info = found[series]
-    return _read_series(folder, info)
+    try:
+        return _read_series(folder, info)
+    except InputError:
+        raise
+    except Exception as exc:  # a damaged value that no check below names: still one line
+        raise InputError(f"{folder}: series {info.uid} cannot be read ({type(exc).__name__}: {_short(exc)})") from exc
+
+
+def _number(f: Path, ds: Any, name: str, default: float, kind: type = float) -> float:
+    """A numeric tag of one file (``default`` when absent or empty), or an `InputError` that
+    names the file and the tag when its value is not a finite number."""
+    try:
+        v = getattr(ds, name, None)
+    except Exception as exc:
+        raise InputError(f"{f}: {name} cannot be read ({_short(exc)})") from exc
+    if v is None or v == "":
+        return kind(default)
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise InputError(f"{f}: {name} is not a number ({str(v)[:40]!r})") from None
+    if not np.isfinite(x):
+        raise InputError(f"{f}: {name} is not a finite number ({x})")
+    return kind(x)
+
+
+def _pixels(f: Path, ds: Any) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # truncated data, missing Photometric Interpretation, codecs
+        raise InputError(f"{f}: cannot decode pixel data ({type(exc).__name__}: {_short(exc)})") from exc
 
 
 def _floats(ds: Any, name: str, n: int) -> "np.ndarray | None":
@@ -116,10 +166,14 @@ def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
             ds = pydicom.dcmread(str(f))
         except Exception as exc:
             raise InputError(f"{f}: not a readable DICOM file ({exc})") from exc
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        if _number(f, ds, "NumberOfFrames", 1, int) > 1:
             raise InputError(f"{f}: multi-frame (enhanced) DICOM is not supported; export single-frame slices")
         dss.append((f, ds))
-    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in dss}
+    shapes = [(_number(f, ds, "Rows", 0, int), _number(f, ds, "Columns", 0, int)) for f, ds in dss]
+    for (f, _), (r, c) in zip(dss, shapes):
+        if r < 1 or c < 1:
+            raise InputError(f"{f}: image size Rows x Columns = {r} x {c} is empty")
+    sizes = set(shapes)
     if len(sizes) > 1:
         raise InputError(f"{folder}: series {info.uid} has slices of different sizes {sorted(sizes)}")
     rows, cols = sizes.pop()
@@ -166,7 +220,7 @@ def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
                 )
             step = (ipps[order[-1]] - ipps[order[0]]) / (len(pos) - 1)  # type: ignore[operator]
         else:
-            dz = float(getattr(dss[0][1], "SliceThickness", 1.0) or 1.0)
+            dz = _number(dss[0][0], dss[0][1], "SliceThickness", 1.0)
             step = normal * dz
         origin = ipps[order[0]]
     else:
@@ -174,33 +228,32 @@ def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
             f"{folder}: slices lack ImagePositionPatient/ImageOrientationPatient; sorted by InstanceNumber, "
             "spacing from SliceThickness, axis-aligned geometry assumed", UserWarning, stacklevel=3,
         )
-        order = np.argsort([int(getattr(ds, "InstanceNumber", i) or i) for i, (_, ds) in enumerate(dss)],
+        order = np.argsort([_number(f, ds, "InstanceNumber", i, int) for i, (f, ds) in enumerate(dss)],
                            kind="stable")
-        dz = float(getattr(dss[0][1], "SliceThickness", 1.0) or 1.0)
+        dz = _number(dss[0][0], dss[0][1], "SliceThickness", 1.0)
         rowdir, coldir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
         step = np.array([0, 0, dz])
         origin = np.zeros(3)
     if not dz > 0:
         raise InputError(f"{folder}: slice spacing must be positive; got {dz}")
 
-    slopes = {float(getattr(ds, "RescaleSlope", 1) or 1) for _, ds in dss}
-    inters = {float(getattr(ds, "RescaleIntercept", 0) or 0) for _, ds in dss}
-    first = dss[order[0]][1].pixel_array
+    scale = [(_number(f, ds, "RescaleSlope", 1.0) or 1.0, _number(f, ds, "RescaleIntercept", 0.0)) for f, ds in dss]
+    slopes = {a for a, _ in scale}
+    inters = {b for _, b in scale}
     uniform = len(slopes) == 1 and len(inters) == 1
-    dtype = first.dtype if uniform else np.float32
-    data = np.empty((len(dss), rows, cols), dtype=dtype)
+    data: "np.ndarray | None" = None
     for i, k in enumerate(order):
         f, ds = dss[k]
-        try:
-            px = ds.pixel_array
-        except Exception as exc:
-            raise InputError(f"{f}: cannot decode pixel data ({exc})") from exc
+        px = _pixels(f, ds)
         if px.shape != (rows, cols):
             raise InputError(f"{f}: pixel data shape {px.shape} differs from Rows x Columns {(rows, cols)}")
+        if data is None:
+            data = np.empty((len(dss), rows, cols), dtype=px.dtype if uniform else np.float32)
         if uniform:
             data[i] = px
         else:  # per-slice rescale: apply here (float32)
-            data[i] = px * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+            data[i] = px * scale[k][0] + scale[k][1]
+    assert data is not None
     dy, dx = float(ps[0]), float(ps[1])
     lps = np.eye(4)
     lps[:3, 0] = step

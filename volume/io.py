@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from diffseg_core.errors import InputError
-from diffseg_core.io import atomic_path, atomic_save_npy
+from diffseg_core.io import atomic_path, atomic_save_npy, check_label_range
 
 from .types import Volume
 
@@ -125,6 +125,10 @@ def _read_nifti(p: Path, index: "int | None") -> Volume:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"{p}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if raw.dtype.names is not None or raw.dtype.kind == "V":
+        raise InputError(f"{p}: NIfTI holds {raw.dtype} (RGB or structured) voxels; expected one value per voxel")
+    if raw.dtype.kind == "c":
+        raise InputError(f"{p}: NIfTI holds complex ({raw.dtype}) voxels; save the magnitude or phase as a real volume")
     while raw.ndim > 4 and raw.shape[-1] == 1:
         raw = raw[..., 0]
     if raw.ndim == 4:
@@ -132,6 +136,10 @@ def _read_nifti(p: Path, index: "int | None") -> Volume:
     if raw.ndim != 3:
         raise InputError(f"{p}: expected a 3-D NIfTI volume; got shape {shape}")
     zooms = [float(z) for z in hdr.get_zooms()[:3]]
+    raw_zooms = _raw_pixdim(p, type(hdr))
+    if raw_zooms is not None and any(z == 0 for z in raw_zooms):
+        # nibabel silently reads a zero pixdim as 1: the geometry is unknown, not 1 mm
+        raise InputError(f"{p}: voxel spacing (pixdim) must be positive; got {raw_zooms}")
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise InputError(f"{p}: voxel spacing (pixdim) must be positive; got {zooms}")
     # nibabel moves scl_slope/scl_inter from the header into the array proxy on load.
@@ -140,6 +148,10 @@ def _read_nifti(p: Path, index: "int | None") -> Volume:
     if slope is None:
         slope, inter = hdr.get_slope_inter()
     affine_file = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine_file).all() or abs(float(np.linalg.det(affine_file[:3, :3]))) < 1e-12:
+        # checked before any work: writing labels in this geometry would fail at the end
+        raise InputError(f"{p}: the NIfTI affine (sform/qform) is singular or not finite; fix the header "
+                         "(e.g. nibabel: img.set_sform(np.diag([dx, dy, dz, 1])))")
     unit = (hdr.get_xyzt_units()[0] or "mm") if hasattr(hdr, "get_xyzt_units") else "mm"
     if unit == "unknown":
         unit = "mm"
@@ -157,6 +169,18 @@ def _read_nifti(p: Path, index: "int | None") -> Volume:
         slope=1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope),
         intercept=0.0 if inter is None or not np.isfinite(inter) else float(inter),
     )
+
+
+def _raw_pixdim(p: Path, header_class: Any) -> "list[float] | None":
+    """pixdim[1:4] as stored in the file (nibabel's loader replaces zeros by 1), or None."""
+    try:
+        from nibabel.openers import ImageOpener
+
+        with ImageOpener(str(p)) as f:
+            hdr = header_class.from_fileobj(f, check=False)
+        return [float(z) for z in hdr["pixdim"][1:4]]
+    except Exception:
+        return None
 
 
 def _read_tiff(p: Path, index: "int | None") -> Volume:
@@ -273,10 +297,9 @@ def read_label_volume(path: "str | os.PathLike", index: "int | None" = None,
         lab = f.astype(np.int64)
     if vol.slope != 1.0 or vol.intercept != 0.0:
         _warn(f"{path}: label volume has intensity scaling (slope {vol.slope}, inter {vol.intercept}); ignored")
-    # Negative ids: check slab-wise (bounded memory on memmaps).
+    # Negative or beyond-int32 ids: checked slab-wise (bounded memory on memmaps).
     for z0 in range(0, lab.shape[0], 64):
-        if lab.dtype.kind == "i" and int(np.asarray(lab[z0:z0 + 64]).min()) < 0:
-            raise InputError(f"{path}: label volume has negative values")
+        check_label_range(np.asarray(lab[z0:z0 + 64]), f"{path}: label volume")
     return lab, vol
 
 
