@@ -6,12 +6,14 @@ imported lazily here (the core never imports them at module level).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from typing import Callable, Sequence
 
 from .errors import DiffSegError
+from .io import output_lock, protect_inputs, remove_stale_temporaries
 
 log = logging.getLogger("diffseg")
 
@@ -85,6 +87,21 @@ def _setup_logging(verbose: bool) -> None:
                       "lightning_fabric"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
+#: argparse destinations that hold input paths, in every subcommand.
+INPUT_ARGS = ("images", "inputs", "source", "frames", "segments", "input", "labels", "pred", "gt")
+
+
+def _input_paths(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for name in INPUT_ARGS:
+        v = getattr(args, name, None)
+        if isinstance(v, (str, os.PathLike)):
+            out.append(os.fspath(v))
+        elif isinstance(v, (list, tuple)):
+            out.extend(os.fspath(x) for x in v if isinstance(x, (str, os.PathLike)))
+    return [p for p in out if os.path.exists(p)]
+
+
 def main(argv: "Sequence[str] | None" = None) -> int:
     """Entry point of the `diffseg` console script. Returns the exit code."""
     parser = build_parser()
@@ -99,13 +116,22 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     set_progress_enabled(not getattr(args, "quiet", False))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return int(func(args) or 0)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(protect_inputs(_input_paths(args)))  # no output may replace an input
+            if getattr(args, "output_folder", False):
+                # one command per output folder; temporary files of a killed run are removed
+                stack.enter_context(output_lock(args.output, f"diffseg {args.command}"))
+                remove_stale_temporaries(args.output)
+            return int(func(args) or 0)
     except DiffSegError as exc:
         if verbose:
             log.exception("failed")
         print(f"diffseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         print(f"diffseg {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
@@ -120,6 +146,21 @@ def main(argv: "Sequence[str] | None" = None) -> int:
               file=sys.stderr)
         return 2
 
+def console_main() -> None:
+    """The ``diffseg`` console script: `main`, then exit with its code. After Ctrl-C the
+    process ends at once with 130 (interpreter shutdown can otherwise re-raise the signal
+    when it arrived in the middle of a library import, and the shell would see a kill)."""
+    rc = main()
+    if rc == 130:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    console_main()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,27 +44,38 @@ def register(sub: "argparse._SubParsersAction", parent: argparse.ArgumentParser)
     p.add_argument("--npy", action="store_true", help="also write <stem>.npy (int32 labels)")
     p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.png")
     add_segmenter_args(p)
-    p.set_defaults(func=run_image)
+    p.set_defaults(func=run_image, output_folder=True)
 
 
 def register_evaluate(sub: "argparse._SubParsersAction", parent: argparse.ArgumentParser) -> None:
     """Images have no evaluate subcommand (video/volume own them)."""
 
 
-def output_stems(paths: Sequence[Path]) -> list[str]:
-    """Unique output stems, in input order: ``a/x.png, b/x.jpg -> x, x-2``.
+def output_names(stem: str) -> tuple[str, str, str]:
+    """The files one image may write: labels, overlay, npy."""
+    return f"{stem}.png", f"{stem}_overlay.png", f"{stem}.npy"
 
-    A stem that already ends like a generated one (``x-2``) is skipped over too.
+
+def output_stems(paths: Sequence[Path], out_dir: "Path | None" = None) -> list[str]:
+    """Output stems, in input order, such that no two inputs share an output file and no
+    output is an input: ``a/x.png, b/x.jpg -> x, x-2``; inputs ``x.png`` and
+    ``x_overlay.png`` -> ``x``, ``x_overlay-2`` (``x``'s overlay is ``x_overlay.png``); an input
+    inside ``out_dir`` keeps its file (``out/photo.png -> photo-2.png``).
     """
-    used: set[str] = set()
+    taken: set[str] = set()
+    if out_dir is not None:
+        out_real = os.path.realpath(out_dir)
+        for p in paths:
+            if os.path.dirname(os.path.realpath(p)) == out_real:
+                taken.add(p.name.lower())  # never write over an input
     stems: list[str] = []
     for p in paths:
         base = p.stem or "image"
         stem, k = base, 1
-        while stem.lower() in used:
+        while any(n.lower() in taken for n in output_names(stem)):
             k += 1
             stem = f"{base}-{k}"
-        used.add(stem.lower())
+        taken.update(n.lower() for n in output_names(stem))
         stems.append(stem)
     return stems
 
@@ -76,10 +88,11 @@ def run_image(args: argparse.Namespace) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: output exists and is not a folder")
     paths = [Path(p) for p in args.images]
-    stems = output_stems(paths)
+    stems = output_stems(paths, out_dir)
     for p, s in zip(paths, stems):
         if s != (p.stem or "image"):
-            print(f"diffseg image: note: {p} -> {s}.png (another input has the same name)", file=sys.stderr)
+            print(f"diffseg image: note: {p} -> {s}.png (its own name would overwrite another input or output)",
+                  file=sys.stderr)
 
     from .segmenter import DiffSegSegmenter
 

@@ -755,6 +755,20 @@ def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
     video_hash = {s.name: config_hash(cfg.hash_for("video"), source_signature(s.path), s.num_frames)
                   for s in plan.specs if s.kind in ("video", "frames")}
     _check_writable(out)
+    if _env_rank() > 0:  # a rank started by the launcher: rank 0 holds the folder's lock
+        return _run_job_locked(inputs, out, cfg, plan, items, specs, hashes, video_hash, t0)
+    from .io import output_lock, protect_inputs, remove_stale_temporaries
+
+    with output_lock(out, "diffseg run"), protect_inputs(inputs):
+        removed = remove_stale_temporaries(out)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted run", removed)
+        return _run_job_locked(inputs, out, cfg, plan, items, specs, hashes, video_hash, t0)
+
+
+def _run_job_locked(inputs: Sequence["str | os.PathLike"], out: Path, cfg: RunConfig, plan: InputPlan,
+                    items: list[WorkItem], specs: dict[str, InputSpec], hashes: dict[str, str],
+                    video_hash: dict[str, str], t0: float) -> JobSummary:
     manifest = JobManifest(out).load()
     final_done = {n for n, h in video_hash.items() if manifest.is_done(f"video:{n}", h)}
     pending = {it.key for it in items
@@ -767,7 +781,17 @@ def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
         DataModule, Module, Writer = _lightning_classes()
         writer = Writer(cfg, str(out), hashes, len(items))
         trainer = _make_trainer(cfg, [writer])
-        trainer.predict(Module(cfg, str(out)), datamodule=DataModule(items, pending), return_predictions=False)
+        try:
+            trainer.predict(Module(cfg, str(out)), datamodule=DataModule(items, pending), return_predictions=False)
+        except SystemExit:
+            # Lightning turns Ctrl-C into sys.exit(1) after its own clean-up: report it as
+            # what it is (the CLI prints "interrupted" and exits 130; finished items are kept)
+            if getattr(trainer, "interrupted", False):
+                import signal
+
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt from None
+            raise
     rank, world = _dist_info()
     if world == 1 and _env_rank() > 0:
         # A torchrun/SLURM rank with nothing left to run: rank 0 stitches and merges alone.

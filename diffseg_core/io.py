@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -23,24 +24,135 @@ _DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only
 
 def output_error(path: "str | os.PathLike", exc: OSError) -> OutputError:
     """An `OutputError` naming ``path`` and the reason (disk full, read-only, ...)."""
-    reason = _DISK_ERRNOS.get(exc.errno or -1, exc.strerror or str(exc))
+    reason = _DISK_ERRNOS.get(exc.errno or -1)
+    if reason is None:
+        text = str(exc)
+        # numpy's tofile / PIL's encoders report a full disk as a short write, without errno
+        short = "requested and" in text and "written" in text
+        reason = f"no space left on device ({text})" if short else (exc.strerror or text)
     return OutputError(f"cannot write {os.fspath(path)}: {reason}")
 
 
+#: Resolved paths of this process's inputs: `atomic_path` never replaces one of them.
+_PROTECTED: set[str] = set()
+#: Longest file name most file systems take (bytes).
+NAME_MAX = 255
+
+
 @contextmanager
-def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
+def protect_inputs(paths: "Iterable[str | os.PathLike]", max_files: int = 100_000) -> Iterator[None]:
+    """While the block runs, refuse to write an output over any of these inputs (files, or
+    every file below a folder, up to ``max_files`` of them)."""
+    added: set[str] = set()
+    for p in paths:
+        p = Path(p)
+        try:
+            files = [p] if not p.is_dir() else (f for f in p.rglob("*") if f.is_file())
+            for f in files:
+                if len(added) >= max_files:
+                    break
+                real = os.path.realpath(f)
+                if real not in _PROTECTED:
+                    added.add(real)
+        except OSError:
+            continue
+    _PROTECTED.update(added)
+    try:
+        yield
+    finally:
+        _PROTECTED.difference_update(added)
+
+
+def _full_suffix(name: str) -> str:
+    low = name.lower()
+    for ext in (".nii.gz", ".ome.tif", ".ome.tiff"):
+        if low.endswith(ext):
+            return name[-len(ext):]
+    return Path(name).suffix
+
+
+def temporary_name(path: Path) -> Path:
+    """``.tmp-<pid>-<thread>-<name>`` beside ``path``, shortened (hash + full suffix) when that
+    would pass the file-system name limit; the pid lets a later run recognise it as stale."""
+    prefix = f".tmp-{os.getpid()}-{threading.get_ident():x}-"
+    name = prefix + path.name
+    if len(name.encode("utf-8")) > NAME_MAX:
+        digest = hashlib.sha1(path.name.encode("utf-8")).hexdigest()[:16]
+        name = prefix + digest + _full_suffix(path.name)
+    return path.with_name(name)
+
+
+def remove_stale_temporaries(folder: "str | os.PathLike", max_depth: int = 4) -> int:
+    """Delete ``.tmp-<pid>-...`` files left below ``folder`` by processes that no longer run
+    (a killed run); returns how many. Files of running processes are left alone."""
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath).relative_to(root).parts.__len__() >= max_depth:
+            dirnames[:] = []
+        for fn in filenames:
+            if not fn.startswith(".tmp-"):
+                continue
+            pid_text = fn[5:].split("-", 1)[0]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                continue
+            try:
+                os.unlink(os.path.join(dirpath, fn))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+@contextmanager
+def atomic_path(path: "str | os.PathLike", verify: "Callable[[Path], None] | None" = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
 
     The temporary name keeps the full suffix (``.nii.gz``) so writers that pick the format
     from the extension work; it starts with a dot so it never looks like a finished output.
-    On any exception the temporary file is removed and ``path`` is left untouched.
-    OS errors (disk full, read-only file system) become `OutputError` naming ``path``.
+    Before the rename the file is checked (it exists, is not empty, ``verify(tmp)`` passes:
+    an encoder that missed a short write on a full disk is caught here) and flushed to disk
+    (fsync). On any exception the temporary file is removed and ``path`` is left untouched.
+    OS errors (disk full, read-only file system) become `OutputError` naming ``path``; a
+    ``path`` that is one of the inputs (`protect_inputs`) is refused.
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    if _PROTECTED and os.path.realpath(path) in _PROTECTED:
+        raise OutputError(f"cannot write {path}: it is one of the inputs (choose another output folder)")
+    tmp = temporary_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
+        if tmp.is_file():  # (writers of folders, e.g. a zarr store, are checked by themselves)
+            if tmp.stat().st_size == 0:
+                raise OutputError(f"cannot write {path}: the file came out empty (disk full?)")
+            if verify is not None:
+                try:
+                    verify(tmp)
+                except OutputError:
+                    raise
+                except Exception as exc:
+                    raise OutputError(f"cannot write {path}: the written file is incomplete or unreadable "
+                                      f"({type(exc).__name__}: {exc}); disk full?") from exc
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         _unlink_quiet(tmp)
@@ -70,9 +182,16 @@ def atomic_write_text(path: "str | os.PathLike", text: str) -> None:
 
 
 def atomic_save_npy(path: "str | os.PathLike", array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+    array = np.asarray(array)
+
+    def complete(tmp: Path) -> None:  # header + data: a short write leaves it smaller
+        if tmp.stat().st_size < array.nbytes:
+            raise OutputError(f"cannot write {path}: wrote {tmp.stat().st_size} of at least {array.nbytes} bytes "
+                              "(no space left on device?)")
+
+    with atomic_path(path, verify=complete) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
+            np.save(f, array, allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------- palette
@@ -124,7 +243,7 @@ def save_labels_png(path: "str | os.PathLike", labels: np.ndarray) -> None:
         img.putpalette(label_palette(256).reshape(-1).tolist())
     else:
         img = Image.fromarray(labels.astype(np.uint16))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, verify=verify_image) as tmp:
         img.save(tmp, format="PNG")
 
 
@@ -260,8 +379,16 @@ def save_image(path: "str | os.PathLike", rgb: np.ndarray) -> None:
     """Write a uint8 RGB image atomically (format from the extension)."""
     from PIL import Image
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, verify=verify_image) as tmp:
         Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format=_pil_format(path))
+
+
+def verify_image(path: Path) -> None:
+    """Decode a written image completely (a truncated PNG or JPEG raises)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
 
 
 def _pil_format(path: "str | os.PathLike") -> str:
@@ -305,3 +432,58 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours:
     if contours:
         out[label_boundaries(labels)] = 255.0
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- output folder lock
+LOCK_NAME = ".diffseg.lock"
+
+
+@contextmanager
+def output_lock(folder: "str | os.PathLike", command: str = "diffseg") -> Iterator[Path]:
+    """Hold ``folder/.diffseg.lock`` while a command writes into ``folder``.
+
+    A second command on the same folder is refused with an `OutputError` naming the holder
+    (pid, host, command, start time) while that process runs; the lock of a process that no
+    longer runs (killed) is taken over. Removed on exit.
+    """
+    import json
+    import socket
+    import time as _time
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+          "started": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime())}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text("utf-8"))
+            except (OSError, ValueError):
+                held = {}
+            pid = int(held.get("pid", 0) or 0) if isinstance(held, dict) else 0
+            same_host = isinstance(held, dict) and held.get("host") == me["host"]
+            if pid and (not same_host or _pid_alive(pid)):
+                raise OutputError(
+                    f"{folder}: another {held.get('command', 'diffseg')} (pid {pid} on {held.get('host', '?')}, "
+                    f"started {held.get('started', '?')}) is writing into this folder; wait for it to finish, "
+                    f"or use another output folder (remove {lock} if that process is gone)")
+            _unlink_quiet(lock)  # stale: its process is gone
+            continue
+        except OSError as exc:
+            raise output_error(lock, exc) from exc
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(me))
+        break
+    else:
+        raise OutputError(f"{folder}: cannot take the lock {lock}")
+    try:
+        yield lock
+    finally:
+        try:
+            if json.loads(lock.read_text("utf-8")).get("pid") == me["pid"]:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass

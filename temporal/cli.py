@@ -112,7 +112,7 @@ def register(sub, parent) -> None:
     v.add_argument("source", help="video file (mp4, mov, avi, mkv, webm) or folder of frames")
     add_tracker_args(v)
     add_segmenter_args(v)
-    v.set_defaults(func=_video)
+    v.set_defaults(func=_video, output_folder=True)
     t = sub.add_parser("track", parents=[parent], help="link your own per-frame label maps into tracks",
                        description="Link per-frame label maps made by any segmenter (PNG 8/16-bit or "
                                    ".npy with the frames' stems; labels independent per frame) into "
@@ -121,7 +121,7 @@ def register(sub, parent) -> None:
     t.add_argument("frames", help="folder of frames or video file")
     t.add_argument("--segments", required=True, help="folder of per-frame label maps (same stems)")
     add_tracker_args(t)
-    t.set_defaults(func=_track)
+    t.set_defaults(func=_track, output_folder=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -1,0 +1,168 @@
+"""Outputs never destroy inputs or each other, never look complete when they are not, and one
+output folder takes one command at a time (issue 17, classes 4 and 5)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffseg_core.cli import main
+from diffseg_core.errors import OutputError
+from diffseg_core.io import (atomic_path, atomic_save_npy, output_lock, protect_inputs, remove_stale_temporaries,
+                             save_image, temporary_name)
+
+from .conftest import REPO, write_frames, write_images
+
+FAKE = "tests.conftest:fake_segmenter"
+TINY = ["--model", "tiny-random", "--size", "64", "-q"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra)
+    return env
+
+
+def test_image_never_writes_over_its_input(tmp_path):
+    out = tmp_path / "out"
+    (photo,) = write_images(out, ["photo"])
+    before = photo.read_bytes()
+    assert main(["image", str(photo), "-o", str(out), *TINY]) == 0
+    assert photo.read_bytes() == before
+    assert (out / "photo-2.png").exists() and (out / "photo-2_overlay.png").exists()
+
+
+def test_inputs_whose_outputs_would_collide_get_distinct_names(tmp_path):
+    a, b = write_images(tmp_path / "in", ["x", "x_overlay"])
+    out = tmp_path / "out"
+    assert main(["image", str(a), str(b), "-o", str(out), *TINY]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["x.png", "x_overlay-2.png", "x_overlay-2_overlay.png", "x_overlay.png"]
+    # x_overlay.png is x's overlay (RGB), x_overlay-2.png the second input's labels (palette)
+    from PIL import Image
+
+    assert Image.open(out / "x_overlay.png").mode == "RGB"
+    assert Image.open(out / "x_overlay-2.png").mode == "P"
+
+
+def test_atomic_path_refuses_a_protected_input(tmp_path):
+    src = tmp_path / "scan.npy"
+    np.save(src, np.zeros(3))
+    with protect_inputs([tmp_path]):
+        with pytest.raises(OutputError, match="it is one of the inputs"):
+            atomic_save_npy(src, np.ones(3))
+    assert np.load(src).sum() == 0
+    atomic_save_npy(src, np.ones(3))  # outside the block the path is free again
+    assert np.load(src).sum() == 3
+
+
+def test_long_file_names_get_a_short_temporary_name(tmp_path):
+    name = "a" * 240 + ".nii.gz"
+    tmp = temporary_name(tmp_path / name)
+    assert len(tmp.name.encode()) <= 255 and tmp.name.startswith(".tmp-") and tmp.name.endswith(".nii.gz")
+    atomic_save_npy(tmp_path / ("b" * 245 + ".npy"), np.arange(4))
+    assert np.load(tmp_path / ("b" * 245 + ".npy")).tolist() == [0, 1, 2, 3]
+
+
+def test_a_short_write_is_never_published(tmp_path, monkeypatch):
+    """An encoder that stops writing half-way (a full disk it did not notice) leaves nothing
+    under the final name, and the error says what happened."""
+    from PIL import Image
+
+    real_save = Image.Image.save
+
+    def half_save(self, fp, format=None, **kw):
+        real_save(self, fp, format=format, **kw)
+        data = Path(fp).read_bytes()
+        Path(fp).write_bytes(data[: len(data) // 2])
+
+    monkeypatch.setattr(Image.Image, "save", half_save)
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for name in ("o.jpg", "o.png"):
+        with pytest.raises(OutputError, match="incomplete or unreadable"):
+            save_image(tmp_path / name, rgb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_numpy_short_write_reads_as_a_full_disk(tmp_path, monkeypatch):
+    def short(*a, **k):
+        raise OSError("327680 requested and 50144 written")
+
+    monkeypatch.setattr(np, "save", short)
+    with pytest.raises(OutputError, match="no space left on device"):
+        atomic_save_npy(tmp_path / "x.npy", np.zeros(10))
+    assert not list(tmp_path.iterdir())
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / "labels").mkdir()
+    stale = tmp_path / "labels" / f".tmp-{pid}-1f-00003.png"
+    stale.write_bytes(b"half")
+    mine = tmp_path / f".tmp-{os.getpid()}-1f-x.png"
+    mine.write_bytes(b"in progress")
+    other = tmp_path / ".tmp-notes.txt"
+    other.write_text("not ours")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and mine.exists() and other.exists()
+
+
+def test_output_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tmp_path):
+    with output_lock(tmp_path, "diffseg video"):
+        with pytest.raises(OutputError, match=rf"another diffseg video \(pid {os.getpid()} .*writing into this folder"):
+            with output_lock(tmp_path, "diffseg run"):
+                pass
+    assert not (tmp_path / ".diffseg.lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (tmp_path / ".diffseg.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with output_lock(tmp_path, "diffseg run") as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_second_run_into_the_same_folder_is_refused(tmp_path, capsys):
+    frames = write_frames(tmp_path / "clip", 4)
+    out = tmp_path / "out"
+    with output_lock(out, "diffseg run"):
+        rc = main(["run", str(frames), "-o", str(out), "--segmenter-factory", FAKE, "--accelerator", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is writing into this folder" in err and str(os.getpid()) in err
+    assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("command", ["run", "video"])
+def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path, command):
+    frames = write_frames(tmp_path / "clip" / "frames", 40)
+    out = tmp_path / "out"
+    if command == "run":
+        argv = ["run", str(frames), "-o", str(out), "--segmenter-factory", FAKE, "--accelerator", "cpu",
+                "--chunk-frames", "10", "--chunk-overlap", "2"]
+    else:
+        argv = ["video", str(frames), "-o", str(out), "--model", "tiny-random", "--size", "64", "--no-overlay"]
+    proc = subprocess.Popen([sys.executable, "-m", "diffseg_core", *argv], cwd=REPO,
+                            env=_env(DIFFSEG_FAKE_DELAY="0.2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    marker = out / (".diffseg" if command == "run" else "labels")
+    while time.time() < deadline and not marker.exists() and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-6000:]
+    assert f"diffseg {command}: interrupted" in err
+    assert "Traceback" not in err
+    assert not (out / ".diffseg.lock").exists()
