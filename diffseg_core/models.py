@@ -21,6 +21,7 @@ saying how to get it; there is never a silent fallback to random weights.
 from __future__ import annotations
 
 import logging
+import pickle
 import os
 import socket
 import threading
@@ -267,7 +268,13 @@ def _load_folder(source: str, model: str, device: torch.device, dtype: torch.dty
         return attempt(False)
     except ModelNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        # torch.load(weights_only=True) refused a pickle holding more than tensors: never run it
+        raise ModelNotFoundError(
+            f"{model}: its .bin (pickle) weights hold more than plain tensors and are not loaded, since "
+            f"unpickling them could run code ({_short(exc)}); use the model's .safetensors files "
+            "(e.g. `hf download <repo> --include '*.safetensors' '*.json' '*.txt'`) or convert the weights") from exc
+    except (OSError, ValueError, EOFError) as exc:
         raise ModelNotFoundError(_missing_message(model, _short(exc))) from exc
 
 

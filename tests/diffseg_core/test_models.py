@@ -136,3 +136,29 @@ def test_local_diffusers_folder_loads_real_weights(diffusers_folder):
     for (na, pa), (nb, pb) in zip(m.unet.named_parameters(), ref.unet.named_parameters()):
         assert na == nb and torch.equal(pa, pb)
     assert load_model(str(diffusers_folder), "cpu") is m
+
+
+@pytest.mark.parametrize("part, weights, bin_name", [
+    ("unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    ("text_encoder", "model.safetensors", "pytorch_model.bin"),
+])
+def test_pickle_weights_that_are_not_plain_tensors_give_one_clear_error(diffusers_folder, tmp_path, part, weights,
+                                                                        bin_name):
+    """A folder whose weights are a pickle holding more than tensors is refused by the safe
+    loader (never executed); the user gets one error, not an UnpicklingError traceback."""
+    import pickle
+    import shutil
+
+    from diffseg_core.errors import ModelNotFoundError
+
+    folder = tmp_path / "sd"
+    shutil.copytree(diffusers_folder, folder)
+    (folder / part / weights).unlink()
+    with open(folder / part / bin_name, "wb") as f:
+        pickle.dump({"weight": shutil.copytree}, f)  # a global reference: not a plain tensor dict
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ModelNotFoundError) as ei:
+            load_model(str(folder), "cpu")
+    msg = str(ei.value)
+    assert str(folder) in msg and "safetensors" in msg
