@@ -18,6 +18,16 @@ from temporal.proposals import proposals_from_labels
 REPO = Path(__file__).resolve().parents[1]
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a ``python -m diffseg_core`` subprocess: this checkout first on the
+    path, one OpenMP thread (tests run side by side), plus ``extra``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra)
+    return env
+
+
 def shared_root() -> "Path | None":
     """``$DIFFSEG_SHARED`` or the ``shared`` folder beside the repository, if present."""
     env = os.environ.get("DIFFSEG_SHARED")

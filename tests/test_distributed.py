@@ -18,15 +18,11 @@ from diffseg_core.jobs import (InputSpec, WorkItem, chunk_ranges, classify_input
                                relabel_agreement, shard_items)
 
 from .conftest import REPO, colour_classes, write_frames, write_images
+from .conftest import subprocess_env as _env
 
 FAKE = "tests.conftest:fake_segmenter"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 # ----------------------------------------------------------------------------- planning

@@ -2,7 +2,6 @@
 output folder takes one command at a time (issue 17, classes 4 and 5)."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -16,21 +15,16 @@ import pytest
 
 from diffseg_core.cli import main
 from diffseg_core.errors import OutputError
-from diffseg_core.io import (atomic_path, atomic_save_npy, output_lock, protect_inputs, remove_stale_temporaries,
+from diffseg_core.io import (atomic_save_npy, output_lock, protect_inputs, remove_stale_temporaries,
                              save_image, temporary_name)
 
 from .conftest import REPO, write_frames, write_images
+from .conftest import subprocess_env as _env
 
 FAKE = "tests.conftest:fake_segmenter"
 TINY = ["--model", "tiny-random", "--size", "64", "-q"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra)
-    return env
 
 
 def test_image_never_writes_over_its_input(tmp_path):

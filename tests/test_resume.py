@@ -19,6 +19,7 @@ from diffseg_core.io import read_labels
 from diffseg_core.jobs import JobManifest
 
 from .conftest import REPO, colour_classes, write_frames, write_images
+from .conftest import subprocess_env as _env
 
 FAKE = "tests.conftest:fake_segmenter"
 
@@ -29,12 +30,6 @@ def _cfg(**kw) -> RunConfig:
     return RunConfig(**base)
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra)
-    return env
 
 
 def _mtimes(folder: Path) -> dict[str, int]:

@@ -131,13 +131,20 @@ def test_split_segments_join_their_track(rng):
     assert len(np.unique(tf2.labels[gt == 1])) == 2
 
 
-def test_merged_segment_is_carved_so_both_ids_survive(rng):
-    sc = Scene(TWO)
-    vs = VideoSegmenter(None, TrackerConfig())
+def _tracked_for(sc: Scene, n: int, rng, cfg: TrackerConfig = TrackerConfig()):
+    """A tracker run over the first ``n`` frames of ``sc`` with exact segments: (segmenter
+    wrapper, state, gt id -> track id of the last frame)."""
+    vs = VideoSegmenter(None, cfg)
     st = vs.init_state()
-    for t in range(4):
+    for t in range(n):
         img, gt = sc.frame(t)
         t0 = gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt)
+    return vs, st, t0
+
+
+def test_merged_segment_is_carved_so_both_ids_survive(rng):
+    sc = Scene(TWO)
+    vs, st, t0 = _tracked_for(sc, 4, rng)
     img, gt = sc.frame(4)
     merged = np.where(gt == 1, 0, gt)  # object 1 swallowed by the background segment
     tf = vs.step(st, img, seg_from_gt(merged, rng))
@@ -349,11 +356,7 @@ def test_carving_on_frames_larger_than_the_work_resolution(rng):
 
     big = [(1, 80, 40, 96, (220, 60, 60), 8, 4, 0, 99), (2, 220, 360, 80, (60, 60, 220), -4, -8, 0, 99)]
     sc = Scene(big, hw=(384, 512))
-    vs = VideoSegmenter(None, TrackerConfig(id_offset=100))
-    st = vs.init_state()
-    for t in range(4):
-        img, gt = sc.frame(t)
-        t0 = gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt)
+    vs, st, t0 = _tracked_for(sc, 4, rng, TrackerConfig(id_offset=100))
     assert st.work_hw == (240, 320) and sorted(t0.values()) == [101, 102, 103]
     img, gt = sc.frame(4)
     tf = vs.step(st, img, seg_from_gt(np.where(gt == 1, 0, gt), rng))  # object 1 swallowed
@@ -395,11 +398,7 @@ def test_matched_segment_that_is_mostly_background_is_carved(rng):
     # with object 1. The background track takes the larger right part, object 1's track
     # the merged segment: it must keep only the object and leave the background piece.
     sc = Scene(TWO)
-    vs = VideoSegmenter(None, TrackerConfig())
-    st = vs.init_state()
-    for t in range(4):
-        img, gt = sc.frame(t)
-        t0 = gt_to_track(vs.step(st, img, seg_from_gt(gt, rng)), gt)
+    vs, st, t0 = _tracked_for(sc, 4, rng)
     img, gt = sc.frame(4)
     left = (gt == 0) & (np.arange(gt.shape[1])[None, :] < 48)
     lab = np.where(left, 1, gt)  # 0 = right background, 1 = object 1 + left background, 2
