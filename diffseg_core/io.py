@@ -407,9 +407,16 @@ def label_boundaries(labels: np.ndarray) -> np.ndarray:
     return edge
 
 
+#: Rows per block of `overlay`: bounds its float temporaries on huge images.
+OVERLAY_ROWS = 512
+
+
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours: bool = True,
             background: "int | None" = None) -> np.ndarray:
     """Blend label colours over an RGB image and draw white contours.
+
+    Computed in blocks of `OVERLAY_ROWS` rows, so the memory beyond the uint8 result is a few
+    blocks, also for a 16k x 16k image.
 
     Args:
         image: uint8 ``(H, W, 3)``.
@@ -425,13 +432,22 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours:
     labels = np.asarray(labels)
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
-    col = label_colors(labels).astype(np.float32)
-    out = image.astype(np.float32)
-    mask = np.ones(labels.shape, bool) if background is None else labels != background
-    out[mask] = (1 - alpha) * out[mask] + alpha * col[mask]
-    if contours:
-        out[label_boundaries(labels)] = 255.0
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    H = labels.shape[0]
+    pal = label_palette(max(int(labels.max()) + 1, 1) if labels.size else 1).astype(np.float32)
+    out = np.empty(image.shape, np.uint8)
+    for r0 in range(0, H, OVERLAY_ROWS):
+        r1 = min(r0 + OVERLAY_ROWS, H)
+        lab = labels[r0:r1]
+        blk = image[r0:r1].astype(np.float32)
+        col = pal[np.clip(lab, 0, None)]
+        mask = np.ones(lab.shape, bool) if background is None else lab != background
+        blk[mask] = (1 - alpha) * blk[mask] + alpha * col[mask]
+        if contours:
+            # the block's own boundaries plus the row below it (a boundary looks one row down)
+            edge = label_boundaries(labels[r0:min(r1 + 1, H)])[: r1 - r0]
+            blk[edge] = 255.0
+        out[r0:r1] = np.clip(blk + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 # ----------------------------------------------------------------------------- output folder lock

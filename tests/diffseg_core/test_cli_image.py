@@ -155,3 +155,26 @@ def test_shipped_example_is_made_by_its_script_and_segments(tmp_path):
     out = tmp_path / "out"
     assert main(["image", str(example), "-o", str(out), "--model", "tiny-random", "--size", "128", "-q"]) == 0
     assert read_labels(out / "shapes.png").shape == shipped.shape[:2]
+
+
+def test_overlay_in_row_blocks_equals_the_whole_image_formula(monkeypatch):
+    import diffseg_core.io as dio
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (37, 29, 3), dtype=np.uint8)
+    lab = rng.integers(0, 5, (37, 29)).astype(np.int32)
+    lab[10:20, 5:15] = 7
+    # the formula on the whole image at once: 50 % colour, white where the right or lower
+    # neighbour differs
+    col = dio.label_palette(8)[lab].astype(np.float32)
+    expect = 0.5 * img.astype(np.float32) + 0.5 * col
+    edge = np.zeros(lab.shape, bool)
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    expect[edge] = 255
+    expect = np.clip(expect + 0.5, 0, 255).astype(np.uint8)
+    for rows in (1, 4, 36, 512):
+        monkeypatch.setattr(dio, "OVERLAY_ROWS", rows)
+        np.testing.assert_array_equal(dio.overlay(img, lab), expect)
+    keep = dio.overlay(img, lab, background=7)
+    np.testing.assert_array_equal(keep[12:18, 7:13], img[12:18, 7:13])  # inside, off the contour
