@@ -18,6 +18,13 @@ class OutputError(DiffSegError, OSError):
     """An output could not be written (disk full, read-only, permissions)."""
 
 
+def short_message(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed), at most ``limit`` characters:
+    library errors quoted inside our one-line errors."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def did_you_mean(value: str, options: "list[str] | tuple[str, ...]") -> str:
     """' (did you mean X?)' for the closest option, or '' when nothing is close."""
     import difflib

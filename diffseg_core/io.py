@@ -35,6 +35,8 @@ def output_error(path: "str | os.PathLike", exc: OSError) -> OutputError:
 
 #: Resolved paths of this process's inputs: `atomic_path` never replaces one of them.
 _PROTECTED: set[str] = set()
+#: Input roots (files or folders) already walked by an enclosing `protect_inputs`.
+_PROTECTED_ROOTS: set[str] = set()
 #: Longest file name most file systems take (bytes).
 NAME_MAX = 255
 
@@ -44,8 +46,8 @@ def protect_inputs(paths: "Iterable[str | os.PathLike]", max_files: int = 100_00
     """While the block runs, refuse to write an output over any of these inputs (files, or
     every file below a folder, up to ``max_files`` of them)."""
     added: set[str] = set()
-    for p in paths:
-        p = Path(p)
+    roots = {os.path.realpath(p) for p in paths} - _PROTECTED_ROOTS
+    for p in map(Path, sorted(roots)):
         try:
             files = [p] if not p.is_dir() else (f for f in p.rglob("*") if f.is_file())
             for f in files:
@@ -57,18 +59,17 @@ def protect_inputs(paths: "Iterable[str | os.PathLike]", max_files: int = 100_00
         except OSError:
             continue
     _PROTECTED.update(added)
+    _PROTECTED_ROOTS.update(roots)
     try:
         yield
     finally:
         _PROTECTED.difference_update(added)
+        _PROTECTED_ROOTS.difference_update(roots)
 
 
-def _full_suffix(name: str) -> str:
-    low = name.lower()
-    for ext in (".nii.gz", ".ome.tif", ".ome.tiff"):
-        if low.endswith(ext):
-            return name[-len(ext):]
-    return Path(name).suffix
+def full_suffix(name: str) -> str:
+    """The file-type suffix of a name, two-part for ``.nii.gz`` (as written, not lowered)."""
+    return name[-7:] if name.lower().endswith(".nii.gz") else Path(name).suffix
 
 
 def temporary_name(path: Path) -> Path:
@@ -78,7 +79,7 @@ def temporary_name(path: Path) -> Path:
     name = prefix + path.name
     if len(name.encode("utf-8")) > NAME_MAX:
         digest = hashlib.sha1(path.name.encode("utf-8")).hexdigest()[:16]
-        name = prefix + digest + _full_suffix(path.name)
+        name = prefix + digest + full_suffix(path.name)
     return path.with_name(name)
 
 
@@ -90,7 +91,7 @@ def remove_stale_temporaries(folder: "str | os.PathLike", max_depth: int = 4) ->
         return 0
     removed = 0
     for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath).relative_to(root).parts.__len__() >= max_depth:
+        if len(Path(dirpath).relative_to(root).parts) >= max_depth:
             dirnames[:] = []
         for fn in filenames:
             if not fn.startswith(".tmp-"):
@@ -113,7 +114,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:  # e.g. another user's process: alive
         return True
     return True
 
@@ -433,13 +434,12 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours:
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
     H = labels.shape[0]
-    pal = label_palette(max(int(labels.max()) + 1, 1) if labels.size else 1).astype(np.float32)
     out = np.empty(image.shape, np.uint8)
     for r0 in range(0, H, OVERLAY_ROWS):
         r1 = min(r0 + OVERLAY_ROWS, H)
         lab = labels[r0:r1]
         blk = image[r0:r1].astype(np.float32)
-        col = pal[np.clip(lab, 0, None)]
+        col = label_colors(lab)  # colours depend on the id only, so blocks agree
         mask = np.ones(lab.shape, bool) if background is None else lab != background
         blk[mask] = (1 - alpha) * blk[mask] + alpha * col[mask]
         if contours:

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from .errors import InputError
-from .io import IMAGE_EXTENSIONS, atomic_write_text
+from .io import IMAGE_EXTENSIONS, atomic_write_text, full_suffix
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".npy", ".dcm")
@@ -61,11 +61,6 @@ class InputSpec:
     kind: InputKind
     name: str
     num_frames: int = 0
-
-
-def _full_suffix(p: Path) -> str:
-    name = p.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
 
 
 def natural_key(text: str) -> list[Any]:
@@ -243,7 +238,7 @@ def classify_inputs(paths: Sequence["str | os.PathLike"], folder_mode: str = "au
 
 
 def _classify_file(p: Path) -> InputKind:
-    suf = _full_suffix(p)
+    suf = full_suffix(p.name).lower()
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty (0 bytes)")
     if suf in VIDEO_EXTENSIONS:
@@ -276,7 +271,7 @@ def _scan_folder(folder: Path, folder_mode: str, top: bool,
         # A frame folder is one video; other files in it are ignored.
         return [(folder, "frames", folder.parent)]
     for f in files:
-        suf = _full_suffix(f)
+        suf = full_suffix(f.name).lower()
         if suf in VIDEO_EXTENSIONS + VOLUME_EXTENSIONS + TIFF_EXTENSIONS + IMAGE_EXTENSIONS:
             try:
                 out.append((f, _classify_file(f), folder if top else folder.parent))

@@ -21,8 +21,8 @@ saying how to get it; there is never a silent fallback to random weights.
 from __future__ import annotations
 
 import logging
-import pickle
 import os
+import pickle
 import socket
 import threading
 import warnings
@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 import torch
 
 from .config import DEFAULT_MODEL
-from .errors import InputError, ModelNotFoundError, look_up_option
+from .errors import InputError, ModelNotFoundError, look_up_option, short_message
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,10 @@ def _load_folder(source: str, model: str, device: torch.device, dtype: torch.dty
         # torch.load(weights_only=True) refused a pickle holding more than tensors: never run it
         raise ModelNotFoundError(
             f"{model}: its .bin (pickle) weights hold more than plain tensors and are not loaded, since "
-            f"unpickling them could run code ({_short(exc)}); use the model's .safetensors files "
+            f"unpickling them could run code ({short_message(exc)}); use the model's .safetensors files "
             "(e.g. `hf download <repo> --include '*.safetensors' '*.json' '*.txt'`) or convert the weights") from exc
     except (OSError, ValueError, EOFError) as exc:
-        raise ModelNotFoundError(_missing_message(model, _short(exc))) from exc
+        raise ModelNotFoundError(_missing_message(model, short_message(exc))) from exc
 
 
 def _load_single_file(path: Path, model: str, device: torch.device, dtype: torch.dtype, *,
@@ -304,7 +304,7 @@ def _load_single_file(path: Path, model: str, device: torch.device, dtype: torch
             pipe = StableDiffusionPipeline.from_single_file(str(path), **kw)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
-            f"cannot load single-file checkpoint {path} ({_short(exc)}). diffusers needs the matching model "
+            f"cannot load single-file checkpoint {path} ({short_message(exc)}). diffusers needs the matching model "
             f"config the first time (it is fetched from the hub and then cached): run once online, or "
             f"convert the file to a diffusers folder and pass --model FOLDER."
         ) from exc
@@ -324,10 +324,6 @@ def _ddpm_from(scheduler: Any) -> Any:
     except Exception:  # pragma: no cover - exotic scheduler configs
         return _sd_scheduler()
 
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 @torch.inference_mode()

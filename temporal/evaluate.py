@@ -130,7 +130,8 @@ def _ids(a: np.ndarray) -> np.ndarray:
 
 
 def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frames: int,
-                   bound_th: float = 0.008, f_candidates: int = 3, switch_iou: float = 0.5) -> VideoScores:
+                   bound_th: float = 0.008, f_candidates: int = 3, switch_iou: float = 0.5,
+                   gt_name: str = "ground truth") -> VideoScores:
     """Score a sequence; frames are loaded twice (J pass, F pass), never all at once.
 
     Args:
@@ -139,6 +140,7 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
         bound_th: F boundary tolerance (fraction of the diagonal, or pixels if >= 1).
         f_candidates: tracks per object for which F is computed in the tracked protocol.
         switch_iou: IoU an id needs to count as the object's id in a frame.
+        gt_name: how errors name the ground truth (e.g. its folder).
 
     Returns:
         `VideoScores`.
@@ -193,7 +195,7 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
     g_inv = {v: k for k, v in gt_ids.items()}
     p_inv = {v: k for k, v in pr_ids.items()}
     if nG == 0:
-        raise InputError("ground truth has no objects (all frames are 0)")
+        raise InputError(f"{gt_name} has no objects (all frames are 0)")
     n_g = np.zeros(nG, np.int64)
     n_p = np.zeros(nP, np.int64)
     both = np.zeros((nG, nP), np.int64)
@@ -310,12 +312,7 @@ def evaluate_video_dirs(pred_dir: "str | Path", gt_dir: "str | Path", bound_th: 
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
         return pred, gt
 
-    try:
-        return evaluate_video(load, len(stems), bound_th=bound_th)
-    except InputError as exc:
-        if str(exc).startswith("ground truth has no objects"):
-            raise InputError(f"{gt_dir}: {exc}") from None
-        raise
+    return evaluate_video(load, len(stems), bound_th=bound_th, gt_name=f"{gt_dir}: ground truth")
 
 
 def evaluate_video_arrays(pred: Sequence[np.ndarray], gt: Sequence[np.ndarray], **kw: Any) -> VideoScores:

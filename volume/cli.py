@@ -8,8 +8,6 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-import numpy as np
-
 from diffseg_core.errors import InputError
 
 VOLUME_EPILOG = """examples:
@@ -181,9 +179,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         gt, gv = read_label_volume(args.gt, index=args.index)
         if pv.shape != gv.shape:
             raise InputError(f"{args.pred}: shape {pv.shape} differs from ground truth {args.gt} {gv.shape}")
-        if not any(np.asarray(gt[z:z + 64]).any() for z in range(0, gt.shape[0], 64)):
-            raise InputError(f"{args.gt}: ground truth has no labels (every voxel is 0): nothing to score")
-        scores = volume_dice(pred, gt, oracle=not args.no_oracle, axis=args.axis if args.axis is not None else 0)
+        scores = volume_dice(pred, gt, oracle=not args.no_oracle, axis=args.axis if args.axis is not None else 0,
+                             gt_name=f"{args.gt}: ground truth")
     d = scores.to_dict()
     d["pred"], d["gt"] = str(args.pred), str(args.gt)
     print(json.dumps(d, indent=1 if args.pretty else None))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from diffseg_core.errors import InputError
+from diffseg_core.errors import InputError, short_message
 
 from .types import Volume
 
@@ -70,14 +70,8 @@ def list_series(folder: "str | Path") -> dict[str, _SeriesInfo]:
     if broken:
         f, exc = broken[0]
         warnings.warn(f"{folder}: {len(broken)} damaged DICOM file(s) skipped, e.g. {f.name} "
-                      f"({type(exc).__name__}: {_short(exc)})", UserWarning, stacklevel=3)
+                      f"({type(exc).__name__}: {short_message(exc)})", UserWarning, stacklevel=3)
     return series
-
-
-def _short(exc: BaseException, n: int = 160) -> str:
-    """The first line of an exception's message, at most ``n`` characters."""
-    text = (str(exc).strip().splitlines() or [""])[0]
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def read_dicom_series(path: "str | Path", series: "str | None" = None) -> Volume:
@@ -118,7 +112,7 @@ def read_dicom_series(path: "str | Path", series: "str | None" = None) -> Volume
     except InputError:
         raise
     except Exception as exc:  # a damaged value that no check below names: still one line
-        raise InputError(f"{folder}: series {info.uid} cannot be read ({type(exc).__name__}: {_short(exc)})") from exc
+        raise InputError(f"{folder}: series {info.uid} cannot be read ({type(exc).__name__}: {short_message(exc)})") from exc
 
 
 def _number(f: Path, ds: Any, name: str, default: float, kind: type = float) -> float:
@@ -127,7 +121,7 @@ def _number(f: Path, ds: Any, name: str, default: float, kind: type = float) -> 
     try:
         v = getattr(ds, name, None)
     except Exception as exc:
-        raise InputError(f"{f}: {name} cannot be read ({_short(exc)})") from exc
+        raise InputError(f"{f}: {name} cannot be read ({short_message(exc)})") from exc
     if v is None or v == "":
         return kind(default)
     try:
@@ -143,7 +137,7 @@ def _pixels(f: Path, ds: Any) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:  # truncated data, missing Photometric Interpretation, codecs
-        raise InputError(f"{f}: cannot decode pixel data ({type(exc).__name__}: {_short(exc)})") from exc
+        raise InputError(f"{f}: cannot decode pixel data ({type(exc).__name__}: {short_message(exc)})") from exc
 
 
 def _floats(ds: Any, name: str, n: int) -> "np.ndarray | None":

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from diffseg_core.errors import InputError
+
 #: Slices per slab when counting (bounded memory on big volumes).
 SLAB = 16
 
@@ -100,7 +102,8 @@ def _match(table: np.ndarray) -> np.ndarray:
     return match
 
 
-def volume_dice(pred: np.ndarray, gt: np.ndarray, oracle: bool = True, axis: int = 0) -> VolumeScores:
+def volume_dice(pred: np.ndarray, gt: np.ndarray, oracle: bool = True, axis: int = 0,
+                gt_name: str = "ground truth") -> VolumeScores:
     """3D Dice after one global Hungarian matching, and the per-slice-oracle Dice.
 
     Args:
@@ -108,11 +111,14 @@ def volume_dice(pred: np.ndarray, gt: np.ndarray, oracle: bool = True, axis: int
         gt: int ``(D, H, W)`` ground-truth ids (0 = background, not scored).
         oracle: also compute the per-slice-oracle Dice.
         axis: slicing axis of the oracle (0, 1, 2).
+        gt_name: how errors name the ground truth (e.g. its file).
 
     Returns:
         `VolumeScores`.
     """
     table, g_ids, p_ids = contingency(gt, pred)
+    if len(g_ids) == 0:  # every score would be 0/0
+        raise InputError(f"{gt_name} has no labels (every voxel is 0): nothing to score")
     match = _match(table)
     g_tot = table[1:, :].sum(1)
     p_tot = table[:, 1:].sum(0)
