@@ -439,9 +439,8 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours:
         r1 = min(r0 + OVERLAY_ROWS, H)
         lab = labels[r0:r1]
         blk = image[r0:r1].astype(np.float32)
-        col = label_colors(lab)  # colours depend on the id only, so blocks agree
-        mask = np.ones(lab.shape, bool) if background is None else lab != background
-        blk[mask] = (1 - alpha) * blk[mask] + alpha * col[mask]
+        mixed = (1 - alpha) * blk + alpha * label_colors(lab)  # colours depend on the id only
+        blk = mixed if background is None else np.where((lab != background)[..., None], mixed, blk)
         if contours:
             # the block's own boundaries plus the row below it (a boundary looks one row down)
             edge = label_boundaries(labels[r0:min(r1 + 1, H)])[: r1 - r0]

@@ -146,9 +146,11 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path, command):
                 "--chunk-frames", "10", "--chunk-overlap", "2"]
     else:
         argv = ["video", str(frames), "-o", str(out), "--model", "tiny-random", "--size", "64", "--no-overlay"]
+    # Ctrl-C's default action in the child, even when this test runs from a background job
+    # (which inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-m", "diffseg_core", *argv], cwd=REPO,
                             env=_env(DIFFSEG_FAKE_DELAY="0.2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     marker = out / (".diffseg" if command == "run" else "labels")
     while time.time() < deadline and not marker.exists() and proc.poll() is None:
