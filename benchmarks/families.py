@@ -1,0 +1,113 @@
+"""Families of per-frame / per-slice segmentations that the linking engine is judged on.
+
+A linker that is tuned on one generator of segmentations learns that generator. These
+families differ in how they fail, so a figure that holds on all of them says something
+about the linker:
+
+* ``degrade_mild`` / ``degrade_strong``: our DiffSeg-like degradation of the ground truth
+  (`synth_video.diffseg_like`, `volume_sim.diffseg_like_slice`) at two severities; every
+  value is a segment (0 too).
+* ``felzenszwalb_fine`` / ``felzenszwalb_coarse``: scikit-image's graph-based segmenter run
+  on the image at two scales (fine splits objects into pieces, coarse merges them into the
+  ground); 0 is a segment.
+* ``slic``: SLIC superpixels (compact, boundaries at colour edges, about 40 per image); 0 is
+  a segment.
+* ``quickshift``: quickshift mode seeking: **held out** while the engine was designed (run
+  it only to check, never to tune).
+* ``watershed`` (nuclei volume, microscopy time-lapse): Otsu threshold, distance transform,
+  marker watershed: the classical nuclei pipeline; 0 = background.
+
+Every family is a function ``(rgb uint8 (H, W, 3), gt int (H, W), rng) -> int32 (H, W)``;
+per-slice families of grey volumes get the slice repeated to RGB after a percentile window.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+HELD_OUT = ("quickshift",)
+
+
+def _degrade(level: str) -> Callable:
+    from synth_video import Degradation, diffseg_like
+
+    deg = {"mild": Degradation(n_stuff=(2, 4), jitter_px=1.5, p_split=0.04, p_merge=0.03, n_fragments=(0, 2)),
+           "strong": Degradation(n_stuff=(3, 7), jitter_px=4.0, p_split=0.15, p_merge=0.10, n_fragments=(1, 4))}[level]
+
+    def f(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return diffseg_like(gt, rng, deg)
+    return f
+
+
+def felzenszwalb(scale: float, min_size: int) -> Callable:
+    def f(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from skimage.segmentation import felzenszwalb as fz
+
+        return fz(rgb, scale=scale, sigma=0.8, min_size=min_size).astype(np.int32)
+    return f
+
+
+def slic(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from skimage.segmentation import slic as sl
+
+    return sl(rgb, n_segments=40, compactness=10, start_label=0).astype(np.int32)
+
+
+def quickshift(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from skimage.segmentation import quickshift as qs
+
+    return qs(rgb, kernel_size=5, max_dist=12, ratio=0.5, rng=0).astype(np.int32)
+
+
+def watershed(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Classical nuclei segmentation: Otsu mask, distance transform peaks as markers."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.segmentation import watershed as ws
+
+    g = gaussian(rgb[..., 1].astype(np.float32), 1.0)
+    if g.max() <= g.min():
+        return np.zeros(g.shape, np.int32)
+    mask = g > threshold_otsu(g)
+    dist = ndimage.distance_transform_edt(mask)
+    peaks = peak_local_max(dist, min_distance=7, labels=ndimage.label(mask)[0], exclude_border=False)
+    markers = np.zeros(g.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return ws(-dist, markers, mask=mask).astype(np.int32)
+
+
+VIDEO = {
+    "degrade_mild": _degrade("mild"),
+    "degrade_strong": _degrade("strong"),
+    "felzenszwalb_fine": felzenszwalb(60, 40),
+    "felzenszwalb_coarse": felzenszwalb(400, 150),
+    "slic": slic,
+    "quickshift": quickshift,
+}
+
+
+def volume_families(kind: str) -> dict[str, Callable]:
+    """Per-slice families for a volume of ``kind`` ("ct", "mr", "nuclei")."""
+    from volume_sim import SimConfig, diffseg_like_slice
+
+    def sim(cfg: SimConfig) -> Callable:
+        return lambda rgb, gt, rng: diffseg_like_slice(gt, rng, cfg)
+
+    fams = {"degrade_mild": sim(SimConfig(bg_pieces=(2, 4), jitter=0.1, p_split=0.03, p_merge=0.05)),
+            "degrade_strong": sim(SimConfig(bg_pieces=(2, 5), jitter=0.3, p_split=0.05, p_merge=0.1)),
+            "felzenszwalb_fine": felzenszwalb(60, 20),
+            "felzenszwalb_coarse": felzenszwalb(300, 60),
+            "slic": slic,
+            "quickshift": quickshift}
+    if kind == "nuclei":
+        fams["watershed"] = watershed
+    return fams
+
+
+def window_rgb(volume: np.ndarray) -> np.ndarray:
+    """A grey volume ``(D, H, W)`` -> uint8 RGB slices ``(D, H, W, 3)`` (1-99 % window)."""
+    lo, hi = np.percentile(volume, (1, 99))
+    g = np.clip((volume.astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=-1)

@@ -1,0 +1,166 @@
+"""In-process quality harness of the linking engine on videos: families x items x methods.
+
+Used by `bench_temporal.py --only quality` (and by hand while working on the engine)::
+
+    python3 benchmarks/linking_bench.py --data ../shared/data --families all --methods engine,iou
+
+Items: the three DAVIS-2016 sequences of DATA (frames and masks halved to 427x240: the
+engine works at 240 px anyway) and three synthetic multi-object videos (`synth_video`) of
+the same size. Each family (`families.VIDEO`) segments every frame; the label maps are
+cached under WORK (``.npz``), then linked by each method and scored with
+`temporal.evaluate` (DAVIS-2017 unsupervised protocol: J&F of one assignment per sequence
+over the per-frame oracle, id switches per object per 100 frames).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import families  # noqa: E402
+from synth_video import SynthVideo  # noqa: E402
+
+DAVIS = ("davis16_bmx-trees", "davis16_horsejump-high", "davis16_libby")
+HW = (240, 427)
+
+
+def synth_items(n: int, seed: int = 0) -> dict[str, SynthVideo]:
+    k = 1000 * seed
+    return {"synth_occlusion": SynthVideo(n_frames=n, hw=HW, n_objects=5, speed=(2, 4), size=(45, 85), seed=11 + k),
+            "synth_enter_leave": SynthVideo(n_frames=n, hw=HW, n_objects=5, speed=(1, 3), size=(30, 60),
+                                            enter_leave=True, seed=12 + k),
+            "synth_fast": SynthVideo(n_frames=n, hw=HW, n_objects=3, speed=(10, 18), size=(40, 70), seed=13 + k)}
+
+
+def load_items(data: Path, n_synth: int = 60, seed: int = 0) -> Iterator[tuple[str, list, list]]:
+    """(name, RGB frames, ground-truth id maps), all at 427x240."""
+    import cv2
+
+    from diffseg_core.io import read_image, read_labels
+
+    for name in DAVIS:
+        seq = data / name
+        if not (seq / "frames").is_dir():
+            print(f"# skipping {name}: not found in {data}")
+            continue
+        frames = [cv2.resize(read_image(p), HW[::-1], interpolation=cv2.INTER_AREA)
+                  for p in sorted((seq / "frames").glob("*.jpg"))]
+        gt = [cv2.resize(read_labels(p).astype(np.uint8), HW[::-1], interpolation=cv2.INTER_NEAREST)
+              for p in sorted((seq / "masks").glob("*.png"))]
+        yield name, frames, gt
+    for name, vid in synth_items(n_synth, seed).items():
+        pairs = [vid.frame(t) for t in range(vid.n_frames)]
+        yield name, [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def family_maps(work: Path, item: str, family: str, frames: list, gt: list, seed: int) -> list[np.ndarray]:
+    """The family's label maps of an item (cached in WORK)."""
+    path = work / f"{item}__{family}__s{seed}.npz"
+    if path.exists():
+        z = np.load(path)
+        return list(z["labels"])
+    fn = families.VIDEO[family]
+    rng = np.random.default_rng(seed)
+    maps = [np.asarray(fn(f, g, rng), np.int32) for f, g in zip(frames, gt)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, labels=np.stack(maps))
+    return maps
+
+
+# engine variants of the ablation: each removes one mechanism (or changes one weight)
+ABLATION = {
+    "no flow (in place)": {"predict": {"flow": "none", "fallback_preset": "none", "fb_tolerance": 0.0}},
+    "no fb check": {"predict": {"fb_tolerance": 0.0, "fallback_preset": "none"}},
+    "no fallback flow": {"predict": {"fallback_preset": "none"}},
+    "no colour look": {"associate": {"look_weight": 0.0}},
+    "no foreign cost": {"associate": {"foreign_weight": 0.0}},
+    "segment_trust 1.5": {"associate": {"segment_trust": 1.5}},
+    "no carving (trust 100)": {"associate": {"segment_trust": 100.0}},
+    "no re-identification": {"lifecycle": {"reid_threshold": 1.0}},
+    "no late corrections": {"lifecycle": {"correction_window": 0}},
+}
+
+
+def methods(ablation: bool = False) -> dict[str, Callable]:
+    """name -> ``link(frames, label maps) -> list of int32 track-id maps``."""
+    from temporal.config import TrackerConfig, iou_only_baseline
+    from temporal.engine import link_maps, video
+    from temporal.tracker import link_label_maps
+
+    def run(cfg: Callable) -> Callable:
+        def f(frames: list, maps: list) -> list:
+            c = cfg()
+            return [tf.labels for tf in link_label_maps(maps, frames if c.use_flow else None, c)]
+        return f
+
+    def engine(changes: dict) -> Callable:
+        cfg = video().replace(**changes)
+        return lambda frames, maps: list(link_maps(maps, frames, cfg))
+    out = {"engine": engine({}), "rules": run(TrackerConfig), "iou": run(iou_only_baseline)}
+    if ablation:
+        out.update({k: engine(v) for k, v in ABLATION.items()})
+    return out
+
+
+def main() -> None:
+    from temporal.evaluate import evaluate_video_arrays
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/linking_bench"))
+    ap.add_argument("--families", default="tuning", help="'all', 'tuning' (all but the held-out) or a list")
+    ap.add_argument("--methods", default="engine,rules,iou",
+                    help="engine (temporal.engine), rules (the previous tracker), iou (IoU-only), ablation")
+    ap.add_argument("--items", default="", help="comma list of item names (default all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--synth-frames", type=int, default=60)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    fams = (list(families.VIDEO) if a.families == "all" else
+            [f for f in families.VIDEO if f not in families.HELD_OUT] if a.families == "tuning" else a.families.split(","))
+    want_m = a.methods.split(",")
+    meths = {k: v for k, v in methods("ablation" in want_m).items()
+             if k in want_m or ("ablation" in want_m and k in ABLATION)}
+    want = set(filter(None, a.items.split(",")))
+    rows = []
+    print(f"{'item':22s} {'family':20s} {'method':22s} {'J&F':>6s} {'oracle':>6s} {'ratio':>6s} {'sw/obj/100':>10s} "
+          f"{'tracks':>6s} {'s':>5s}")
+    for item, frames, gt in load_items(a.data, a.synth_frames, a.seed):
+        if want and item not in want:
+            continue
+        for fam in fams:
+            maps = family_maps(a.work, item, fam, frames, gt, a.seed)
+            # the per-frame oracle of the raw segmentation (each frame matched alone): the
+            # ceiling of linking alone; a linker that carves or joins can pass it
+            oracle = evaluate_video_arrays(maps, gt).oracle_JF
+            for m, link in meths.items():
+                t0 = time.perf_counter()
+                pred = link(frames, maps)
+                sec = time.perf_counter() - t0
+                s = evaluate_video_arrays(pred, gt)
+                ratio = s.JF / oracle if oracle > 0 else 0.0
+                rows.append(dict(item=item, family=fam, method=m, JF=s.JF, oracle=oracle, ratio=ratio,
+                                 sw=s.id_switches_per_100, tracks=s.n_tracks, sec=sec))
+                print(f"{item:22s} {fam:20s} {m:22s} {s.JF:6.3f} {oracle:6.3f} {ratio:6.3f} "
+                      f"{s.id_switches_per_100:10.2f} {s.n_tracks:6d} {sec:5.1f}", flush=True)
+    print("\n# per method over all items and families: mean ratio, min ratio, mean sw, max sw")
+    for m in meths:
+        sel = [r for r in rows if r["method"] == m]
+        if sel:
+            print(f"{m:22s} ratio mean {np.mean([r['ratio'] for r in sel]):.3f} min {min(r['ratio'] for r in sel):.3f}  "
+                  f"sw mean {np.mean([r['sw'] for r in sel]):.2f} max {max(r['sw'] for r in sel):.2f}")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Stage 3, associate: one decision per frame, a correlation clustering of segment parts.
+
+Every segment ``j`` is cut by the prediction into *parts* ``(j, t)``: its pixels that track
+``t`` predicts, and ``(j, none)``. The frame's labelling gives every part a track or the
+segment's new object, maximising one objective (all terms are fractions of an object, so
+nothing depends on its size in pixels):
+
+* a part given to the track that predicted it gains the fraction of the track's predicted
+  mask it holds, ``n(j,t) / m(t)``, scaled by how alike segment and track look
+  (``1 + look_weight * (2 * look - 1)``): *continue*, and several segments inside one
+  track all continue it (*part-of*, a split);
+* a part given to a track that another track predicted costs ``foreign_weight * n / m(t)``
+  (pixels the track would grow by): a segment mostly made of other things does not take
+  the track's id (pixels no track predicts, those that failed the flow check, are unknown
+  and cost nothing);
+* two parts of one segment given to different owners cost ``2 * segment_trust * f_a * f_b``
+  (``f``: fractions of the segment): the segmenter says they are one thing; a sliver is
+  cheap to leave with its segment and costly to cut, while an object the segmenter merged
+  into a neighbour or into the ground holds most of its own track and is carved out
+  (*contains*, a merge);
+* two tracks are never one object in the same frame (cannot-link); a part no track wins
+  belongs to the segment's new object (*new*; *re-identify* and late corrections are
+  decided by `temporal.engine.lifecycle` on these).
+
+Parts of different segments share no term, so the objective splits into one small
+clustering per segment, solved exactly by enumeration for the segments with few parts
+(almost all of a frame) and by greedy additive edge contraction (GAEC, the multicut
+heuristic micro-sam/elf use across slices) for the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .config import AssociateConfig
+from .evidence import Evidence
+
+# segments with at most this many labellings of their parts are solved exactly by
+# enumeration (all but a few segments per frame); larger ones by GAEC
+EXACT_LIMIT = 4096
+
+
+@dataclass
+class Association:
+    """The frame's decision.
+
+    Attributes:
+        owner: int64 ``(K, T + 1)``: track row each part goes to (-1 = the segment's new
+            object); parts with no pixel are -1.
+        whole: int64 ``(K,)``: the track row owning all of segment j, -1 when all of it is
+            new, -2 when it is carved between owners.
+    """
+
+    owner: np.ndarray
+    whole: np.ndarray
+
+
+def gaec(w: np.ndarray, n_free: int) -> np.ndarray:
+    """Greedy additive edge contraction of a small complete graph.
+
+    Args:
+        w: float64 ``(n, n)`` symmetric edge weights (diagonal ignored); nodes
+            ``n_free..n-1`` are mutually exclusive (never in one cluster).
+        n_free: nodes ``0..n_free-1`` may join anything.
+
+    Returns:
+        int64 ``(n,)`` cluster representative of every node.
+    """
+    n = len(w)
+    w = w.astype(np.float64, copy=True)
+    excl = np.zeros((n, n), bool)
+    excl[n_free:, n_free:] = True
+    np.fill_diagonal(excl, True)
+    rep = np.arange(n)
+    alive = np.ones(n, bool)
+    while True:
+        cand = np.where(excl | ~alive[:, None] | ~alive[None, :], -np.inf, w)
+        k = int(np.argmax(cand))
+        a, b = divmod(k, n)
+        if not cand[a, b] > 0:
+            break
+        if b < a:
+            a, b = b, a
+        w[a] += w[b]
+        w[:, a] += w[:, b]
+        excl[a] |= excl[b]
+        excl[:, a] |= excl[:, b]
+        excl[a, a] = True
+        alive[b] = False
+        rep[rep == b] = a
+    return rep
+
+
+def _exact(w: np.ndarray, A: int, tracks: np.ndarray) -> np.ndarray:
+    """The best labelling of ``A`` parts by enumeration: each part takes one of the
+    candidate tracks or the segment's new object (index ``Tj``)."""
+    Tj = len(tracks)
+    combos = np.array(np.meshgrid(*[np.arange(Tj + 1)] * A, indexing="ij")).reshape(A, -1).T  # (N, A)
+    pt = np.concatenate([w[:A, A:], np.zeros((A, 1))], 1)  # part x label gain (new = 0)
+    score = pt[np.arange(A)[None, :], combos].sum(1)
+    iu, ju = np.triu_indices(A, 1)
+    same = combos[:, iu] == combos[:, ju]
+    score += (same * w[iu, ju][None, :]).sum(1)
+    best = combos[int(np.argmax(score))]
+    return np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)
+
+
+def associate(ev: Evidence, cfg: AssociateConfig, confidence: "np.ndarray | None" = None) -> Association:
+    """Label every part of every segment (see the module docstring).
+
+    Args:
+        ev: the frame's `Evidence`.
+        cfg: `AssociateConfig`.
+        confidence: float ``(T,)`` in 0..1 per predicted track (scales its gains), or None.
+    """
+    inter = ev.inter
+    K, T1 = inter.shape
+    T = T1 - 1
+    owner = np.full((K, T1), -1, np.int64)
+    whole = np.full(K, -1, np.int64)
+    if K == 0 or T == 0:
+        return Association(owner, whole)
+    m = np.maximum(ev.pred_area, 1).astype(np.float64)
+    conf = np.ones(T) if confidence is None else np.asarray(confidence, np.float64)
+    lam = np.ones((K, T)) if ev.look is None else 1.0 + cfg.look_weight * (2.0 * ev.look - 1.0)
+    present = inter > 0
+    n_parts = present.sum(1)
+    # one part: the whole segment goes to the track that predicted it (a positive gain), or
+    # is new when no track predicted any of it
+    one = np.flatnonzero(n_parts == 1)
+    col = np.argmax(present[one], 1)
+    gain_ok = np.zeros(len(one), bool)
+    tr = col >= 1
+    gain_ok[tr] = (conf[col[tr] - 1] * lam[one[tr], col[tr] - 1]) > 0
+    take = one[gain_ok]
+    whole[take] = col[gain_ok] - 1
+    owner[take, col[gain_ok]] = col[gain_ok] - 1
+    for j in np.flatnonzero(n_parts > 1):
+        whole[j], owner[j] = _segment(inter[j], m, conf, lam[j], cfg)
+    return Association(owner, whole)
+
+
+def _segment(n: np.ndarray, m: np.ndarray, conf: np.ndarray, lam: np.ndarray,
+             cfg: AssociateConfig) -> tuple[int, np.ndarray]:
+    """Cluster the parts of one segment: ``n`` int ``(T + 1,)`` its part sizes."""
+    cols = np.flatnonzero(n)
+    tracks = cols[cols >= 1] - 1
+    A, Tj = len(cols), len(tracks)
+    nj = float(n.sum())
+    f = n[cols] / nj
+    w = np.zeros((A + Tj, A + Tj))
+    w[:A, :A] = 2.0 * cfg.segment_trust * np.outer(f, f)
+    # part a vs candidate track t: gain when t predicted it, foreign cost otherwise
+    frac = n[cols][:, None] / m[tracks][None, :]
+    mine = (cols[:, None] - 1) == tracks[None, :]
+    pt = np.where(mine, frac * conf[tracks][None, :] * lam[tracks][None, :], -cfg.foreign_weight * frac)
+    pt[cols == 0] = 0.0  # pixels nothing predicts (failed the flow check) are unknown, not foreign
+    w[:A, A:] = pt
+    w[A:, :A] = pt.T
+    if (Tj + 1) ** A <= EXACT_LIMIT:
+        lab = _exact(w, A, tracks)
+    else:
+        rep = gaec(w, A)
+        track_of_rep = {int(rep[A + i]): int(t) for i, t in enumerate(tracks)}
+        lab = np.array([track_of_rep.get(int(rep[a]), -1) for a in range(A)])
+    out = np.full(len(n), -1, np.int64)
+    out[cols] = lab
+    wl = int(lab[0]) if np.all(lab == lab[0]) else -2
+    return wl, out

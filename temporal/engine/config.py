@@ -1,0 +1,189 @@
+"""`EngineConfig`: every knob of the linking engine, in four small groups, with two presets.
+
+One group per stage. Each default is explained in one line; `video()` and `slices()` are
+the presets (slices: neighbouring slices are aligned, so no flow, and a structure that
+leaves a slice rarely comes back many slices later).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from diffseg_core.errors import InputError, look_up_option
+
+FLOWS = ("dis", "farneback", "none")
+DIS_PRESETS = ("ultrafast", "fast", "medium")
+
+
+def _check_range(obj: Any, name: str, lo: float, hi: float = float("inf")) -> None:
+    v = getattr(obj, name)
+    if not lo <= float(v) <= hi:
+        raise InputError(f"{type(obj).__name__}.{name} must be in [{lo}, {hi}]; got {v}")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Where each live track should be in the new frame.
+
+    Attributes:
+        flow: dense optical flow that carries the previous frame's track ids into this one
+            (``"dis"``: OpenCV DIS, fast; ``"farneback"``; ``"none"``: compare in place,
+            e.g. aligned slices or label maps without images).
+        dis_preset: DIS preset of the first try (``"ultrafast"``: ~3 ms a pair at 240 px).
+        fallback_preset: DIS preset the pair is recomputed with when the first flow loses a
+            track (most of its pixels fail the forward-backward check): fast motion and blur
+            defeat the cheap preset; ``"none"`` = never.
+        fb_tolerance: forward-backward check tolerance (work pixels, plus 5 % of the motion):
+            pixels whose round trip misses by more are occluded or unreliable and predict
+            nothing; 0 = no check.
+        work_side: flow and association run on frames whose shorter side is this many
+            pixels (0 = full size); output labels keep the full size.
+    """
+
+    flow: Literal["dis", "farneback", "none"] = "dis"
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "ultrafast"
+    fallback_preset: Literal["none", "ultrafast", "fast", "medium"] = "medium"
+    fb_tolerance: float = 1.0
+    work_side: int = 240
+
+    def __post_init__(self) -> None:
+        look_up_option(self.flow, FLOWS, "flow")
+        look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
+        look_up_option(self.fallback_preset, ("none",) + DIS_PRESETS, "fallback preset")
+        _check_range(self, "fb_tolerance", 0.0)
+        _check_range(self, "work_side", 0)
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """What is measured for every (track, segment) pair besides overlap.
+
+    Attributes:
+        kl_tau: scale (nats) of the proposal-map similarity ``exp(-sKL / kl_tau)``
+            (DiffSeg's merge threshold is 1.1 nats: maps that far apart are different).
+        hist_bins: colour histogram bins per RGB channel for the appearance similarity
+            (Bhattacharyya); 0 = proposal maps alone.
+    """
+
+    kl_tau: float = 2.0
+    hist_bins: int = 8
+
+    def __post_init__(self) -> None:
+        if not float(self.kl_tau) > 0:
+            raise InputError(f"EvidenceConfig.kl_tau must be > 0; got {self.kl_tau}")
+        _check_range(self, "hist_bins", 0, 32)
+
+
+@dataclass(frozen=True)
+class AssociateConfig:
+    """The weights of the per-frame clustering (see `temporal.engine.associate`).
+
+    Attributes:
+        segment_trust: how much the segmenter's grouping counts against the prediction:
+            cutting a segment into parts owned by different tracks costs
+            ``2 * segment_trust * f_a * f_b`` per pair of parts (``f``: fractions of the
+            segment), while a part gains the fraction of a track's predicted mask it holds.
+            3 keeps boundary slivers and stray flow with their segment and still carves out
+            whole objects that the segmenter merged (derivation in docs/temporal.md).
+        foreign_weight: cost, per fraction of a track's predicted size, of giving that track
+            pixels it did not predict (1 = the IoU's balance of gained and foreign pixels).
+        look_weight: how much the colour likeness of a segment and a track scales their
+            agreement: ``1 + look_weight * (2 * look - 1)``; 0 = overlap only.
+    """
+
+    segment_trust: float = 3.0
+    foreign_weight: float = 1.0
+    look_weight: float = 1.5
+
+    def __post_init__(self) -> None:
+        _check_range(self, "segment_trust", 0.0)
+        _check_range(self, "foreign_weight", 0.0)
+        _check_range(self, "look_weight", 0.0, 2.0)
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Births, memory, re-identification and late id corrections.
+
+    Attributes:
+        memory: frames a track that left is remembered for re-identification (occlusion);
+            then it is retired. Ids are never reused.
+        reid_threshold: look similarity (0..1) a new segment needs to take a remembered id.
+        correction_window: a track at most this many frames old whose object the segmenter
+            shows whole with an older look-alike track is folded into it, and the frames
+            still held back (this many) are rewritten; 0 = no delay, no fold.
+        min_area: segments smaller than this (work pixels) never start a track.
+    """
+
+    memory: int = 30
+    reid_threshold: float = 0.55
+    correction_window: int = 5
+    min_area: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range(self, "memory", 0)
+        _check_range(self, "reid_threshold", 0.0, 1.0)
+        _check_range(self, "correction_window", 0)
+        _check_range(self, "min_area", 0)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The four stage groups (see `video` and `slices` for the presets)."""
+
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    associate: AssociateConfig = field(default_factory=AssociateConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):  # from JSON / YAML
+                object.__setattr__(self, f.name, _from_dict(_GROUPS[f.name], v))
+            elif not isinstance(v, _GROUPS[f.name]):
+                raise InputError(f"EngineConfig.{f.name} must be a {_GROUPS[f.name].__name__}; got {type(v).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EngineConfig":
+        return _from_dict(cls, d)
+
+    def replace(self, **groups: Any) -> "EngineConfig":
+        """A copy with groups replaced; a dict updates the group's fields
+        (``cfg.replace(lifecycle={"memory": 5})``)."""
+        new = {k: (dataclasses.replace(getattr(self, k), **v) if isinstance(v, dict) else v) for k, v in groups.items()}
+        return _from_dict(type(self), {**{k: getattr(self, k) for k in _GROUPS}, **new})
+
+
+_GROUPS = {"predict": PredictConfig, "evidence": EvidenceConfig, "associate": AssociateConfig,
+           "lifecycle": LifecycleConfig}
+
+
+def _from_dict(cls: type, d: Any) -> Any:
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise InputError(f"{cls.__name__} options must be a mapping; got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise InputError(f"unknown {cls.__name__} option(s) {unknown}; expected some of {sorted(names)}")
+    return cls(**d)
+
+
+def video() -> EngineConfig:
+    """The video preset: flow prediction, 30 frames of memory, 5 frames of late corrections."""
+    return EngineConfig()
+
+
+def slices() -> EngineConfig:
+    """The slices preset: aligned neighbours (no flow), a short memory (a structure that
+    leaves for a few slices is the same structure; one absent for long is another), no
+    colour (grey slices) and no held-back output."""
+    return EngineConfig(predict=PredictConfig(flow="none", fallback_preset="none", fb_tolerance=0.0, work_side=0),
+                        evidence=EvidenceConfig(hist_bins=0),
+                        lifecycle=LifecycleConfig(memory=3, correction_window=0))

@@ -1,0 +1,100 @@
+"""Stage 2, evidence: one table per (segment, predicted track) pair, computed once a frame.
+
+* ``inter[j, 0]``: pixels of segment j that no track predicts; ``inter[j, 1 + t]``: pixels
+  of segment j that track ``t`` predicts (the overlap after warping, both ways at once:
+  divided by the segment's area it is the containment of the segment in the track, by the
+  track's predicted area the containment of the track in the segment);
+* ``look[j, t]`` in 0..1: how alike the part (j, t) looks to track t: the Bhattacharyya
+  coefficient of their colour histograms (`part_looks`). The similarity of proposal maps
+  (``exp(-sKL / kl_tau)``, DiffSeg's attention) identifies remembered tracks and late
+  corrections (`look_similarity`): between a segment and a track of other sizes it is low
+  whatever their identity, so it does not weigh parts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..matching import bhattacharyya, color_histograms, kl_similarity, overlap_matrix, symmetric_kl_matrix
+
+
+@dataclass
+class Evidence:
+    """The pair table of one frame.
+
+    Attributes:
+        track_ids: int64 ``(T,)`` ids of the tracks predicted in this frame.
+        inter: int64 ``(K, T + 1)`` overlap counts (column 0 = no prediction).
+        seg_area: int64 ``(K,)``; pred_area: int64 ``(T,)`` predicted pixels per track.
+        look: float32 ``(K, T)`` look similarity in 0..1, or None (no proposals, no images).
+        rows: int32 ``(h, w)`` predicted track row per pixel (-1 = none).
+    """
+
+    track_ids: np.ndarray
+    inter: np.ndarray
+    seg_area: np.ndarray
+    pred_area: np.ndarray
+    look: Optional[np.ndarray]
+    rows: np.ndarray
+
+
+def look_similarity(track_maps: "np.ndarray | None", seg_maps: "np.ndarray | None", kl_tau: float,
+                    track_hists: "np.ndarray | None" = None, seg_hists: "np.ndarray | None" = None
+                    ) -> Optional[np.ndarray]:
+    """float32 ``(K, T)`` look similarity of segments (rows) and tracks (columns), or None.
+
+    Args:
+        track_maps: float32 ``(T, h, w)`` distributions; seg_maps: float32 ``(K, h, w)``.
+        track_hists, seg_hists: float32 ``(T, B)`` / ``(K, B)`` normalised histograms.
+    """
+    sim = None
+    if track_maps is not None and seg_maps is not None and len(track_maps) and len(seg_maps):
+        sim = kl_similarity(symmetric_kl_matrix(seg_maps, track_maps), kl_tau).astype(np.float32)
+    if track_hists is not None and seg_hists is not None and len(track_hists) and len(seg_hists):
+        col = bhattacharyya(seg_hists, track_hists).astype(np.float32)
+        sim = col if sim is None else sim * col
+    return sim
+
+
+def part_looks(small: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, track_hists: np.ndarray,
+               bins: int) -> np.ndarray:
+    """float32 ``(K, T)``: colour likeness of each part (the pixels of segment j that track t
+    predicts) with track t's remembered histogram (Bhattacharyya, 0..1; 0 for empty parts).
+
+    A part is judged by its own pixels: an object the segmenter merged into the ground looks
+    like itself, not like the ground segment around it.
+    """
+    T = len(track_hists)
+    pair = np.where((seg >= 0) & (rows >= 0), seg.astype(np.int64) * T + rows, -1)
+    codes, inv = np.unique(pair, return_inverse=True)
+    keep = codes >= 0
+    inv = inv.reshape(pair.shape)
+    idx = np.where(pair >= 0, inv - int((~keep).sum()), -1)
+    h = color_histograms(small, idx, int(keep.sum()), bins)
+    codes = codes[keep]
+    out = np.zeros((K, T), np.float32)
+    t = codes % T
+    out[codes // T, t] = np.sum(np.sqrt(h * np.maximum(track_hists[t], 0)), 1)
+    return out
+
+
+def gather(pred: np.ndarray, seg: np.ndarray, K: int, look_fn=None) -> Evidence:
+    """The overlap table of the predicted ids ``pred`` and the segment map ``seg``.
+
+    Args:
+        pred: int32 ``(h, w)`` predicted track ids (0 = none).
+        seg: int32 ``(h, w)`` segment index ``0..K-1`` (-1 = no segment: ignored).
+        K: number of segments.
+        look_fn: ``track_ids -> (K, T) look`` or None.
+    """
+    cnt = np.bincount(pred.ravel())
+    ids = np.flatnonzero(cnt)
+    ids = ids[ids > 0].astype(np.int64)
+    T = len(ids)
+    row_of = np.full(len(cnt), -1, np.int32)
+    row_of[ids] = np.arange(T, dtype=np.int32)
+    rows = np.take(row_of, pred)
+    inter = overlap_matrix(seg, K, rows + 1, T + 1)
+    return Evidence(ids, inter, inter.sum(1), inter[:, 1:].sum(0), look_fn(ids) if look_fn and T and K else None, rows)

@@ -1,0 +1,270 @@
+"""`Linker`: the four stages run on one frame (or slice) at a time, with bounded state.
+
+Used by `temporal.tracker.VideoSegmenter` (frames, the `video` preset) and
+`volume.stacking.SliceLinker` (slices as time, the `slices` preset). Everything here is at
+work resolution; the drivers resize.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+
+from ..flow import warp_maps
+from ..matching import bhattacharyya, color_histograms, kl_similarity, symmetric_kl_matrix
+from ..tracks import TrackRegistry
+from .associate import associate
+from .config import EngineConfig
+from .evidence import Evidence, gather, look_similarity, part_looks
+from .lifecycle import folds, reidentify
+from .predict import Prediction, Predictor
+
+APPEARANCE_EMA = 0.5  # weight of the newest frame in a track's remembered look
+
+
+@dataclass
+class LinkState:
+    """What the engine carries from one frame to the next (bounded: one label map, one
+    grey image, one look per remembered track)."""
+
+    registry: TrackRegistry
+    prev: Optional[np.ndarray] = None
+    prev_gray: Optional[np.ndarray] = None
+
+
+@dataclass
+class LinkResult:
+    """One linked frame at work resolution.
+
+    Attributes:
+        labels: int32 ``(h, w)`` track ids (0 = none).
+        part_ids: int64 ``(K, T + 1)`` id given to each part (segment x predicted track).
+        segment_ids: int64 ``(K,)`` id of each segment kept whole (0 = carved or no id).
+        carved: bool ``(K,)`` segments cut between several ids.
+        absorbed: ``{young id: older id}`` folded in this frame.
+        evidence: the frame's `Evidence` (rows map, for the drivers).
+    """
+
+    labels: np.ndarray
+    part_ids: np.ndarray
+    segment_ids: np.ndarray
+    carved: np.ndarray
+    absorbed: dict
+    evidence: Evidence
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+class Linker:
+    """The linking engine of one stream (see the package docstring).
+
+    Args:
+        config: `EngineConfig` (`temporal.engine.config.video` / `slices` presets).
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.cfg = config
+        self.predictor = Predictor(config.predict)
+
+    def init_state(self, id_offset: int = 0) -> LinkState:
+        return LinkState(TrackRegistry(self.cfg.lifecycle.memory, id_offset))
+
+    def predict(self, state: LinkState, gray: "np.ndarray | None") -> Prediction:
+        """Stage 1 (also used alone to propagate labels between keyframes)."""
+        reg = state.registry
+        vel = {tid: t.velocity for tid, t in reg.tracks.items()}
+        p = self.predictor(state.prev, state.prev_gray, gray, vel)
+        for tid, v in p.velocity.items():
+            if tid in reg:
+                reg[tid].velocity = v
+        return p
+
+    def step(self, state: LinkState, seg: np.ndarray, K: int, props: "np.ndarray | None",
+             small: "np.ndarray | None", gray: "np.ndarray | None", idx: int) -> LinkResult:
+        """Link one frame.
+
+        Args:
+            seg: int32 ``(h, w)`` segment index ``0..K-1`` (-1 = no segment).
+            K: number of segments.
+            props: float32 ``(K, ph, pw)`` proposal maps (distributions), or None.
+            small: uint8 ``(h, w, 3)`` the frame (colour looks), or None.
+            gray: uint8 ``(h, w)`` the frame for the flow, or None.
+            idx: frame (slice) index.
+        """
+        cfg = self.cfg
+        reg = state.registry
+        pred = (self.predict(state, gray) if state.prev is not None
+                else Prediction(np.zeros_like(seg), None, {}))
+        bins = cfg.evidence.hist_bins if small is not None else 0
+        seg_hists = color_histograms(small, seg, K, bins) if bins else None
+        has_props = props is not None and len(props) == K and K > 0
+
+        def track_look(ids: np.ndarray, flow: "np.ndarray | None") -> "tuple[np.ndarray | None, np.ndarray | None]":
+            maps = hists = None
+            if has_props and all(reg[i].proposal is not None and reg[i].proposal.shape == props.shape[1:]
+                                 for i in ids):
+                maps = np.stack([reg[i].proposal for i in ids]) if len(ids) else np.zeros((0,) + props.shape[1:],
+                                                                                           np.float32)
+                if flow is not None and len(ids):
+                    maps = warp_maps(maps, flow)
+            if bins and all(reg[i].hist is not None for i in ids):
+                hists = np.stack([reg[i].hist for i in ids]) if len(ids) else None
+            return maps, hists
+
+        ev = gather(pred.labels, seg, K)
+        if bins and len(ev.track_ids) and K:
+            _, hists = track_look(ev.track_ids, None)
+            if hists is not None:
+                ev.look = part_looks(small, seg, ev.rows, K, hists, bins)
+        asg = associate(ev, cfg.associate)
+        T = len(ev.track_ids)
+        row_id = np.concatenate([ev.track_ids, [0]]).astype(np.int64)  # row -1 -> 0 for now
+        part_ids = np.where(asg.owner >= 0, row_id[asg.owner], 0)
+        new_seg = np.flatnonzero(((asg.owner < 0) & (ev.inter > 0)).any(1) & (ev.seg_area > 0))
+
+        # lifecycle: re-identify new objects with remembered tracks, then births
+        remembered = np.array([t for t in reg.lost_ids() if t not in set(ev.track_ids.tolist())], np.int64)
+        assigned: dict[int, int] = {}
+        whole_new = [int(j) for j in new_seg if asg.whole[j] == -1 and ev.seg_area[j] >= cfg.lifecycle.min_area]
+        if len(remembered) and whole_new:
+            maps, hists = track_look(remembered, None)
+            sim = look_similarity(maps, props[whole_new] if has_props else None, cfg.evidence.kl_tau, hists,
+                                  seg_hists[whole_new] if seg_hists is not None else None)
+            if sim is not None:
+                for r, c in reidentify(sim, cfg.lifecycle.reid_threshold):
+                    assigned[whole_new[r]] = int(remembered[c])
+        for j in new_seg.tolist():
+            if j not in assigned and ev.seg_area[j] >= cfg.lifecycle.min_area:
+                assigned[j] = reg.new(idx).id
+        for j, tid in assigned.items():
+            part_ids[j, asg.owner[j] < 0] = tid
+        part_ids[ev.inter == 0] = 0
+
+        carved = asg.whole == -2
+        absorbed: dict[int, int] = {}
+        if carved.any():
+            groups = []
+            for j in np.flatnonzero(carved):
+                sizes: dict[int, int] = {}
+                for c in np.flatnonzero(part_ids[j]):
+                    sizes[int(part_ids[j, c])] = sizes.get(int(part_ids[j, c]), 0) + int(ev.inter[j, c])
+                groups.append(sorted(sizes, key=lambda i: -sizes[i]))
+            absorbed = folds(groups, reg, idx, cfg.lifecycle, lambda a, b: self._alike(reg, a, b))
+            if absorbed:
+                lut = np.arange(max(int(part_ids.max()), max(absorbed)) + 1, dtype=np.int64)
+                for y, o in absorbed.items():
+                    lut[y] = o
+                part_ids = lut[part_ids]
+                for y in absorbed:
+                    reg.tracks.pop(y, None)
+        # a segment whose parts now all carry one id is whole again
+        nz = np.where(ev.inter > 0, part_ids, -1)
+        mx, mn = nz.max(1), np.where(ev.inter > 0, part_ids, np.iinfo(np.int64).max).min(1)
+        single = (mx == mn) & (ev.seg_area > 0)
+        segment_ids = np.where(single, np.maximum(mx, 0), 0)
+        carved = ~single & (ev.seg_area > 0)
+
+        flat = part_ids.reshape(-1)
+        labels = np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + ev.rows + 1), 0).astype(np.int32)
+        ids = np.unique(part_ids[part_ids > 0])
+        self._update(state, labels, ids, segment_ids, props if has_props else None, ev, small, gray, idx, bins)
+        return LinkResult(labels, part_ids, segment_ids, carved, absorbed, ev, ids)
+
+    @staticmethod
+    def _alike(reg: TrackRegistry, a: int, b: int) -> float:
+        ta, tb = reg[a], reg[b]
+        s = 1.0
+        if ta.proposal is not None and tb.proposal is not None and ta.proposal.shape == tb.proposal.shape:
+            s *= float(kl_similarity(symmetric_kl_matrix(ta.proposal[None], tb.proposal[None]), 2.0)[0, 0])
+        if ta.hist is not None and tb.hist is not None:
+            s *= float(bhattacharyya(ta.hist[None], tb.hist[None])[0, 0])
+        return s
+
+    def _update(self, state: LinkState, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
+                props: "np.ndarray | None", ev: Evidence, small: "np.ndarray | None", gray: "np.ndarray | None",
+                idx: int, bins: int) -> None:
+        """Remember each present track's look and close the frame in the registry."""
+        reg = state.registry
+        a = APPEARANCE_EMA
+        if len(ids):
+            if props is not None:
+                area = ev.seg_area.astype(np.float64)
+                for tid in ids.tolist():
+                    own = np.flatnonzero(segment_ids == tid)
+                    if not len(own) or tid not in reg:
+                        continue
+                    p = np.tensordot(area[own] / area[own].sum(), props[own], 1).astype(np.float32)
+                    old = reg[tid].proposal
+                    reg[tid].proposal = p if old is None or old.shape != p.shape else (a * p + (1 - a) * old)
+            if bins and small is not None:
+                comp = np.searchsorted(ids, labels)
+                comp = np.where((comp < len(ids)) & (labels > 0), comp, -1)
+                h = color_histograms(small, comp, len(ids), bins)
+                for k, tid in enumerate(ids.tolist()):
+                    if tid in reg:
+                        old = reg[tid].hist
+                        reg[tid].hist = h[k] if old is None else (a * h[k] + (1 - a) * old)
+        reg.end_frame(idx, ids)
+        state.prev = labels
+        state.prev_gray = gray
+
+
+def link_maps(label_maps: "Iterable[np.ndarray]", frames: "Iterable[np.ndarray] | None" = None,
+              config: "EngineConfig | None" = None, id_offset: int = 0,
+              background: "int | None" = None) -> "Iterator[np.ndarray]":
+    """Link per-frame label maps with the engine (proposal maps derived from the masks).
+
+    Args:
+        label_maps: int ``(H, W)`` per frame, numbers independent per frame.
+        frames: matching uint8 RGB ``(H, W, 3)`` frames (needed for the flow and colour), or
+            None (the preset's flow must be ``"none"``).
+        config: `EngineConfig` (default: the `video` preset).
+        id_offset: first new id is ``id_offset + 1``.
+        background: label value meaning "no segment" (e.g. 0 for Cellpose masks), or None.
+
+    Yields:
+        int32 ``(H, W)`` track ids per frame (0 = none), at most ``correction_window``
+        frames after the frame was read (late corrections rewrite the frames held back).
+    """
+    import cv2
+
+    from ..proposals import grid_hw, proposals_from_labels
+
+    cfg = config or EngineConfig()
+    if frames is None and cfg.predict.flow != "none":
+        raise ValueError("`frames` are required when the preset uses optical flow")
+    linker = Linker(cfg)
+    st = linker.init_state(id_offset)
+    held: deque = deque()
+    it_frames = iter(frames) if frames is not None else None
+    side = cfg.predict.work_side
+    for idx, lab in enumerate(label_maps):
+        lab = np.asarray(lab)
+        H, W = lab.shape
+        wh = grid_hw((H, W), side) if side and min(H, W) > side else (H, W)
+        vals, inv = np.unique(lab, return_inverse=True)
+        seg = inv.reshape(H, W).astype(np.int32)
+        if background is not None and np.any(vals == background):
+            b = int(np.flatnonzero(vals == background)[0])
+            seg = np.where(seg == b, -1, seg - (seg > b)).astype(np.int32)
+            vals = np.delete(vals, b)
+        K = len(vals)
+        small = gray = None
+        rgb = next(it_frames) if it_frames is not None else None
+        if wh != (H, W):
+            seg = cv2.resize(seg, wh[::-1], interpolation=cv2.INTER_NEAREST)
+        if rgb is not None:
+            small = rgb if wh == rgb.shape[:2] else cv2.resize(rgb, wh[::-1], interpolation=cv2.INTER_AREA)
+            gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if cfg.predict.flow != "none" else None
+        props = proposals_from_labels(np.where(seg < 0, K, seg), K + 1, 32)[:K] if K else None
+        r = linker.step(st, seg, K, props, small, gray, idx)
+        out = r.labels if wh == (H, W) else cv2.resize(r.labels, (W, H), interpolation=cv2.INTER_NEAREST)
+        for y, o in r.absorbed.items():
+            for k in range(len(held)):
+                held[k] = np.where(held[k] == y, np.int32(o), held[k])
+        held.append(out)
+        while len(held) > cfg.lifecycle.correction_window:
+            yield held.popleft()
+    while held:
+        yield held.popleft()

@@ -1,0 +1,101 @@
+"""Stage 1, predict: carry the previous frame's track ids into the new frame.
+
+The backward optical flow (new -> previous) pulls every previous track id to the pixel it
+moved to; the forward-backward check drops the pixels whose round trip disagrees
+(occluded, out of frame, unreliable), so they predict nothing. When the cheap flow loses a
+track (most of its pixels fail the check: fast motion, blur) the pair is recomputed with a
+careful preset, and a track the flow still loses moves rigidly at its last measured
+velocity (constant-velocity motion model) into the pixels no confirmed prediction claims.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..flow import (forward_backward_check, label_displacements, make_flow_estimator, translate_labels,
+                    warp_labels)
+from .config import PredictConfig
+
+# a track counts as lost by the flow when less than this fraction of it survives the
+# forward-backward check; tracks smaller than LOST_MIN_AREA work pixels never count (specks
+# fail the check whatever the flow). Fixed: ablation in benchmarks/RESULTS.md.
+LOST_FRACTION = 0.7
+LOST_MIN_AREA = 64
+
+
+@dataclass
+class Prediction:
+    """Where the previous tracks are expected in the new frame (work resolution).
+
+    Attributes:
+        labels: int32 ``(h, w)`` predicted track id per pixel (0 = no prediction).
+        flow: float32 ``(h, w, 2)`` backward flow new -> previous, or None (in place).
+        velocity: ``{track id: (dy, dx)}`` measured this frame (work pixels per frame).
+    """
+
+    labels: np.ndarray
+    flow: Optional[np.ndarray]
+    velocity: dict
+
+
+class Predictor:
+    """Flow estimators of one stream (stateless between frames; the state is passed in)."""
+
+    def __init__(self, cfg: PredictConfig) -> None:
+        self.cfg = cfg
+        self.flow = None if cfg.flow == "none" else make_flow_estimator(cfg.flow, cfg.dis_preset)
+        fb = cfg.fallback_preset
+        self.fallback = (make_flow_estimator("dis", fb) if self.flow is not None and cfg.fb_tolerance > 0
+                         and fb != "none" and not (cfg.flow == "dis" and fb == cfg.dis_preset) else None)
+
+    def _pair(self, est, prev_gray: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        bwd = est(gray, prev_gray)
+        if self.cfg.fb_tolerance <= 0:
+            return bwd, None
+        return bwd, forward_backward_check(bwd, est(prev_gray, gray), self.cfg.fb_tolerance, 0.05)
+
+    def __call__(self, prev: np.ndarray, prev_gray: "np.ndarray | None", gray: "np.ndarray | None",
+                 velocity: "dict | None" = None) -> Prediction:
+        """Predict the previous ids ``prev`` (int32 ``(h, w)``) in the frame ``gray``.
+
+        Args:
+            prev: int32 ``(h, w)`` track ids of the previous frame (0 = none).
+            prev_gray, gray: uint8 ``(h, w)`` previous and new frame, or None (in place).
+            velocity: ``{track id: (dy, dx)}`` last known velocities (motion model).
+        """
+        if self.flow is None or prev_gray is None or gray is None:
+            return Prediction(prev, None, {})
+        bwd, valid = self._pair(self.flow, prev_gray, gray)
+        raw = warp_labels(prev, bwd, None, fill=0)
+        pred = raw if valid is None else np.where(valid, raw, 0)
+        if valid is None:
+            return Prediction(pred.astype(np.int32, copy=False), bwd, {})
+        n = int(prev.max()) + 1
+        before = np.bincount(prev.ravel(), minlength=n)
+        if self.fallback is not None and _lost(before, pred).any():
+            bwd, valid = self._pair(self.fallback, prev_gray, gray)
+            pred = np.where(valid, warp_labels(prev, bwd, None, fill=0), 0)
+        disp, count = label_displacements(pred, bwd, n)
+        firm = np.flatnonzero((count >= 8) & (count >= 0.1 * before))
+        measured = {int(t): (float(disp[t, 0]), float(disp[t, 1])) for t in firm if t > 0}
+        lost = _lost(before, pred)
+        if lost.any() and velocity:
+            shifts = np.zeros((n, 2), np.float32)
+            for t in np.flatnonzero(lost):
+                v = measured.get(int(t), velocity.get(int(t)))
+                if v is not None:
+                    shifts[t] = v
+            moved = translate_labels(np.where(lost[prev], prev, 0), np.rint(shifts).astype(np.int64))
+            pred = np.where((pred == 0) & (moved > 0), moved, pred)
+        return Prediction(pred.astype(np.int32, copy=False), bwd, measured)
+
+
+def _lost(before: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """bool per previous id: big enough to matter and mostly lost by the flow."""
+    n = len(before)
+    after = np.bincount(pred.ravel(), minlength=n)[:n]
+    lost = (before >= LOST_MIN_AREA) & (after < LOST_FRACTION * before)
+    lost[0] = False
+    return lost
