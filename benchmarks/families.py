@@ -14,11 +14,8 @@ about the linker:
   a segment.
 * ``quickshift``: quickshift mode seeking: **held out** while the engine was designed (run
   it only to check, never to tune).
-* ``watershed`` (nuclei volume, microscopy time-lapse): Otsu threshold, distance transform,
-  marker watershed: the classical nuclei pipeline; 0 = background.
 
-Every family is a function ``(rgb uint8 (H, W, 3), gt int (H, W), rng) -> int32 (H, W)``;
-per-slice families of grey volumes get the slice repeated to RGB after a percentile window.
+Every family is a function ``(rgb uint8 (H, W, 3), gt int (H, W), rng) -> int32 (H, W)``.
 """
 from __future__ import annotations
 
@@ -60,24 +57,6 @@ def quickshift(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.
     return qs(rgb, kernel_size=5, max_dist=12, ratio=0.5, rng=0).astype(np.int32)
 
 
-def watershed(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Classical nuclei segmentation: Otsu mask, distance transform peaks as markers."""
-    from scipy import ndimage
-    from skimage.feature import peak_local_max
-    from skimage.filters import gaussian, threshold_otsu
-    from skimage.segmentation import watershed as ws
-
-    g = gaussian(rgb[..., 1].astype(np.float32), 1.0)
-    if g.max() <= g.min():
-        return np.zeros(g.shape, np.int32)
-    mask = g > threshold_otsu(g)
-    dist = ndimage.distance_transform_edt(mask)
-    peaks = peak_local_max(dist, min_distance=7, labels=ndimage.label(mask)[0], exclude_border=False)
-    markers = np.zeros(g.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return ws(-dist, markers, mask=mask).astype(np.int32)
-
-
 VIDEO = {
     "degrade_mild": _degrade("mild"),
     "degrade_strong": _degrade("strong"),
@@ -86,28 +65,3 @@ VIDEO = {
     "slic": slic,
     "quickshift": quickshift,
 }
-
-
-def volume_families(kind: str) -> dict[str, Callable]:
-    """Per-slice families for a volume of ``kind`` ("ct", "mr", "nuclei")."""
-    from volume_sim import SimConfig, diffseg_like_slice
-
-    def sim(cfg: SimConfig) -> Callable:
-        return lambda rgb, gt, rng: diffseg_like_slice(gt, rng, cfg)
-
-    fams = {"degrade_mild": sim(SimConfig(bg_pieces=(2, 4), jitter=0.1, p_split=0.03, p_merge=0.05)),
-            "degrade_strong": sim(SimConfig(bg_pieces=(2, 5), jitter=0.3, p_split=0.05, p_merge=0.1)),
-            "felzenszwalb_fine": felzenszwalb(60, 20),
-            "felzenszwalb_coarse": felzenszwalb(300, 60),
-            "slic": slic,
-            "quickshift": quickshift}
-    if kind == "nuclei":
-        fams["watershed"] = watershed
-    return fams
-
-
-def window_rgb(volume: np.ndarray) -> np.ndarray:
-    """A grey volume ``(D, H, W)`` -> uint8 RGB slices ``(D, H, W, 3)`` (1-99 % window)."""
-    lo, hi = np.percentile(volume, (1, 99))
-    g = np.clip((volume.astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
-    return np.repeat(g[..., None], 3, axis=-1)

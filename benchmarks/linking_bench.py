@@ -2,7 +2,7 @@
 
 Used by `bench_temporal.py --only quality` (and by hand while working on the engine)::
 
-    python3 benchmarks/linking_bench.py --data ../shared/data --families all --methods engine,iou
+    python3 benchmarks/linking_bench.py --data ../shared/data --families all --methods engine,rules,iou
 
 Items: the three DAVIS-2016 sequences of DATA (frames and masks halved to 427x240: the
 engine works at 240 px anyway) and three synthetic multi-object videos (`synth_video`) of

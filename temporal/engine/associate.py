@@ -30,8 +30,6 @@ heuristic micro-sam/elf use across slices) for the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import numpy as np
 
 from .config import AssociateConfig

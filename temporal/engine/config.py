@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from diffseg_core.config import ConfigDict
 from diffseg_core.errors import InputError, look_up_option
 
 FLOWS = ("dis", "farneback", "none")
@@ -23,7 +24,7 @@ def _check_range(obj: Any, name: str, lo: float, hi: float = float("inf")) -> No
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(ConfigDict):
     """Where each live track should be in the new frame.
 
     Attributes:
@@ -56,7 +57,7 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
-class EvidenceConfig:
+class EvidenceConfig(ConfigDict):
     """What is measured for every (track, segment) pair besides overlap.
 
     Attributes:
@@ -76,7 +77,7 @@ class EvidenceConfig:
 
 
 @dataclass(frozen=True)
-class AssociateConfig:
+class AssociateConfig(ConfigDict):
     """The weights of the per-frame clustering (see `temporal.engine.associate`).
 
     Attributes:
@@ -103,7 +104,7 @@ class AssociateConfig:
 
 
 @dataclass(frozen=True)
-class LifecycleConfig:
+class LifecycleConfig(ConfigDict):
     """Births, memory, re-identification and late id corrections.
 
     Attributes:
@@ -129,7 +130,7 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class EngineConfig(ConfigDict):
     """The four stage groups (see `video` and `slices` for the presets)."""
 
     predict: PredictConfig = field(default_factory=PredictConfig)
@@ -138,41 +139,22 @@ class EngineConfig:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
+        for name, group in _GROUPS.items():
+            v = getattr(self, name)
             if isinstance(v, dict):  # from JSON / YAML
-                object.__setattr__(self, f.name, _from_dict(_GROUPS[f.name], v))
-            elif not isinstance(v, _GROUPS[f.name]):
-                raise InputError(f"EngineConfig.{f.name} must be a {_GROUPS[f.name].__name__}; got {type(v).__name__}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EngineConfig":
-        return _from_dict(cls, d)
+                object.__setattr__(self, name, group.from_dict(v))
+            elif not isinstance(v, group):
+                raise InputError(f"EngineConfig.{name} must be a {group.__name__} or a mapping; got {type(v).__name__}")
 
     def replace(self, **groups: Any) -> "EngineConfig":
         """A copy with groups replaced; a dict updates the group's fields
         (``cfg.replace(lifecycle={"memory": 5})``)."""
-        new = {k: (dataclasses.replace(getattr(self, k), **v) if isinstance(v, dict) else v) for k, v in groups.items()}
-        return _from_dict(type(self), {**{k: getattr(self, k) for k in _GROUPS}, **new})
+        return dataclasses.replace(self, **{k: (dataclasses.replace(getattr(self, k), **v) if isinstance(v, dict) else v)
+                                            for k, v in groups.items()})
 
 
 _GROUPS = {"predict": PredictConfig, "evidence": EvidenceConfig, "associate": AssociateConfig,
            "lifecycle": LifecycleConfig}
-
-
-def _from_dict(cls: type, d: Any) -> Any:
-    if isinstance(d, cls):
-        return d
-    if not isinstance(d, dict):
-        raise InputError(f"{cls.__name__} options must be a mapping; got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise InputError(f"unknown {cls.__name__} option(s) {unknown}; expected some of {sorted(names)}")
-    return cls(**d)
 
 
 def video() -> EngineConfig:

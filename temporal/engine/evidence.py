@@ -80,14 +80,16 @@ def part_looks(small: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, tra
     return out
 
 
-def gather(pred: np.ndarray, seg: np.ndarray, K: int, look_fn=None) -> Evidence:
+def gather(pred: np.ndarray, seg: np.ndarray, K: int) -> Evidence:
     """The overlap table of the predicted ids ``pred`` and the segment map ``seg``.
 
     Args:
         pred: int32 ``(h, w)`` predicted track ids (0 = none).
         seg: int32 ``(h, w)`` segment index ``0..K-1`` (-1 = no segment: ignored).
         K: number of segments.
-        look_fn: ``track_ids -> (K, T) look`` or None.
+
+    Returns:
+        `Evidence` without ``look`` (see `part_looks`).
     """
     cnt = np.bincount(pred.ravel())
     ids = np.flatnonzero(cnt)
@@ -97,4 +99,4 @@ def gather(pred: np.ndarray, seg: np.ndarray, K: int, look_fn=None) -> Evidence:
     row_of[ids] = np.arange(T, dtype=np.int32)
     rows = np.take(row_of, pred)
     inter = overlap_matrix(seg, K, rows + 1, T + 1)
-    return Evidence(ids, inter, inter.sum(1), inter[:, 1:].sum(0), look_fn(ids) if look_fn and T and K else None, rows)
+    return Evidence(ids, inter, inter.sum(1), inter[:, 1:].sum(0), None, rows)

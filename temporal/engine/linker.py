@@ -6,14 +6,12 @@ work resolution; the drivers resize.
 """
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from ..flow import warp_maps
-from ..matching import bhattacharyya, color_histograms, kl_similarity, symmetric_kl_matrix
+from ..matching import color_histograms
 from ..tracks import TrackRegistry
 from .associate import associate
 from .config import EngineConfig
@@ -40,20 +38,17 @@ class LinkResult:
 
     Attributes:
         labels: int32 ``(h, w)`` track ids (0 = none).
-        part_ids: int64 ``(K, T + 1)`` id given to each part (segment x predicted track).
         segment_ids: int64 ``(K,)`` id of each segment kept whole (0 = carved or no id).
         carved: bool ``(K,)`` segments cut between several ids.
         absorbed: ``{young id: older id}`` folded in this frame.
-        evidence: the frame's `Evidence` (rows map, for the drivers).
+        ids: int64 sorted ids present.
     """
 
     labels: np.ndarray
-    part_ids: np.ndarray
     segment_ids: np.ndarray
     carved: np.ndarray
     absorbed: dict
-    evidence: Evidence
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ids: np.ndarray
 
 
 class Linker:
@@ -97,24 +92,19 @@ class Linker:
         pred = (self.predict(state, gray) if state.prev is not None
                 else Prediction(np.zeros_like(seg), None, {}))
         bins = cfg.evidence.hist_bins if small is not None else 0
-        seg_hists = color_histograms(small, seg, K, bins) if bins else None
         has_props = props is not None and len(props) == K and K > 0
 
-        def track_look(ids: np.ndarray, flow: "np.ndarray | None") -> "tuple[np.ndarray | None, np.ndarray | None]":
-            maps = hists = None
-            if has_props and all(reg[i].proposal is not None and reg[i].proposal.shape == props.shape[1:]
-                                 for i in ids):
-                maps = np.stack([reg[i].proposal for i in ids]) if len(ids) else np.zeros((0,) + props.shape[1:],
-                                                                                           np.float32)
-                if flow is not None and len(ids):
-                    maps = warp_maps(maps, flow)
-            if bins and all(reg[i].hist is not None for i in ids):
-                hists = np.stack([reg[i].hist for i in ids]) if len(ids) else None
+        def track_look(ids: np.ndarray) -> "tuple[np.ndarray | None, np.ndarray | None]":
+            """Remembered proposal maps and colour histograms of ``ids`` (None when one lacks it)."""
+            tr = [reg[i] for i in ids]
+            maps = (np.stack([t.proposal for t in tr]) if has_props and tr and all(
+                t.proposal is not None and t.proposal.shape == props.shape[1:] for t in tr) else None)
+            hists = np.stack([t.hist for t in tr]) if bins and tr and all(t.hist is not None for t in tr) else None
             return maps, hists
 
         ev = gather(pred.labels, seg, K)
         if bins and len(ev.track_ids) and K:
-            _, hists = track_look(ev.track_ids, None)
+            _, hists = track_look(ev.track_ids)
             if hists is not None:
                 ev.look = part_looks(small, seg, ev.rows, K, hists, bins)
         asg = associate(ev, cfg.associate)
@@ -128,9 +118,14 @@ class Linker:
         assigned: dict[int, int] = {}
         whole_new = [int(j) for j in new_seg if asg.whole[j] == -1 and ev.seg_area[j] >= cfg.lifecycle.min_area]
         if len(remembered) and whole_new:
-            maps, hists = track_look(remembered, None)
+            maps, hists = track_look(remembered)
+            new_hists = None
+            if hists is not None:
+                sub = np.full(K, -1, np.int32)
+                sub[whole_new] = np.arange(len(whole_new), dtype=np.int32)
+                new_hists = color_histograms(small, sub[seg], len(whole_new), bins)
             sim = look_similarity(maps, props[whole_new] if has_props else None, cfg.evidence.kl_tau, hists,
-                                  seg_hists[whole_new] if seg_hists is not None else None)
+                                  new_hists)
             if sim is not None:
                 for r, c in reidentify(sim, cfg.lifecycle.reid_threshold):
                     assigned[whole_new[r]] = int(remembered[c])
@@ -150,7 +145,7 @@ class Linker:
                 for c in np.flatnonzero(part_ids[j]):
                     sizes[int(part_ids[j, c])] = sizes.get(int(part_ids[j, c]), 0) + int(ev.inter[j, c])
                 groups.append(sorted(sizes, key=lambda i: -sizes[i]))
-            absorbed = folds(groups, reg, idx, cfg.lifecycle, lambda a, b: self._alike(reg, a, b))
+            absorbed = folds(groups, reg, idx, cfg.lifecycle, lambda a, b: self._alike(*track_look([a, b])))
             if absorbed:
                 lut = np.arange(max(int(part_ids.max()), max(absorbed)) + 1, dtype=np.int64)
                 for y, o in absorbed.items():
@@ -169,17 +164,14 @@ class Linker:
         labels = np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + ev.rows + 1), 0).astype(np.int32)
         ids = np.unique(part_ids[part_ids > 0])
         self._update(state, labels, ids, segment_ids, props if has_props else None, ev, small, gray, idx, bins)
-        return LinkResult(labels, part_ids, segment_ids, carved, absorbed, ev, ids)
+        return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
-    @staticmethod
-    def _alike(reg: TrackRegistry, a: int, b: int) -> float:
-        ta, tb = reg[a], reg[b]
-        s = 1.0
-        if ta.proposal is not None and tb.proposal is not None and ta.proposal.shape == tb.proposal.shape:
-            s *= float(kl_similarity(symmetric_kl_matrix(ta.proposal[None], tb.proposal[None]), 2.0)[0, 0])
-        if ta.hist is not None and tb.hist is not None:
-            s *= float(bhattacharyya(ta.hist[None], tb.hist[None])[0, 0])
-        return s
+    def _alike(self, maps: "np.ndarray | None", hists: "np.ndarray | None") -> float:
+        """Look similarity (0..1) of two tracks from their remembered maps / histograms."""
+        sim = look_similarity(maps[:1] if maps is not None else None, maps[1:] if maps is not None else None,
+                              self.cfg.evidence.kl_tau, hists[:1] if hists is not None else None,
+                              hists[1:] if hists is not None else None)
+        return 1.0 if sim is None else float(sim[0, 0])
 
     def _update(self, state: LinkState, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
                 props: "np.ndarray | None", ev: Evidence, small: "np.ndarray | None", gray: "np.ndarray | None",
@@ -229,42 +221,35 @@ def link_maps(label_maps: "Iterable[np.ndarray]", frames: "Iterable[np.ndarray] 
     """
     import cv2
 
-    from ..proposals import grid_hw, proposals_from_labels
+    from ..proposals import proposals_from_labels, relabel_consecutive, resize_labels
+    from ..relabel import IdCorrectionBuffer
+    from ..types import TrackedFrame
 
     cfg = config or EngineConfig()
     if frames is None and cfg.predict.flow != "none":
         raise ValueError("`frames` are required when the preset uses optical flow")
     linker = Linker(cfg)
     st = linker.init_state(id_offset)
-    held: deque = deque()
+    held = IdCorrectionBuffer(cfg.lifecycle.correction_window)
     it_frames = iter(frames) if frames is not None else None
-    side = cfg.predict.work_side
     for idx, lab in enumerate(label_maps):
         lab = np.asarray(lab)
-        H, W = lab.shape
-        wh = grid_hw((H, W), side) if side and min(H, W) > side else (H, W)
-        vals, inv = np.unique(lab, return_inverse=True)
-        seg = inv.reshape(H, W).astype(np.int32)
+        seg, vals = relabel_consecutive(resize_labels(lab, cfg.predict.work_side))
         if background is not None and np.any(vals == background):
             b = int(np.flatnonzero(vals == background)[0])
             seg = np.where(seg == b, -1, seg - (seg > b)).astype(np.int32)
             vals = np.delete(vals, b)
         K = len(vals)
         small = gray = None
-        rgb = next(it_frames) if it_frames is not None else None
-        if wh != (H, W):
-            seg = cv2.resize(seg, wh[::-1], interpolation=cv2.INTER_NEAREST)
-        if rgb is not None:
-            small = rgb if wh == rgb.shape[:2] else cv2.resize(rgb, wh[::-1], interpolation=cv2.INTER_AREA)
+        if it_frames is not None:
+            rgb = next(it_frames)
+            small = rgb if seg.shape == rgb.shape[:2] else cv2.resize(rgb, seg.shape[::-1], interpolation=cv2.INTER_AREA)
             gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if cfg.predict.flow != "none" else None
         props = proposals_from_labels(np.where(seg < 0, K, seg), K + 1, 32)[:K] if K else None
         r = linker.step(st, seg, K, props, small, gray, idx)
-        out = r.labels if wh == (H, W) else cv2.resize(r.labels, (W, H), interpolation=cv2.INTER_NEAREST)
-        for y, o in r.absorbed.items():
-            for k in range(len(held)):
-                held[k] = np.where(held[k] == y, np.int32(o), held[k])
-        held.append(out)
-        while len(held) > cfg.lifecycle.correction_window:
-            yield held.popleft()
-    while held:
-        yield held.popleft()
+        out = (r.labels if seg.shape == lab.shape else
+               cv2.resize(r.labels, lab.shape[::-1], interpolation=cv2.INTER_NEAREST))
+        for tf in held.push(TrackedFrame(idx, out, r.ids.astype(np.int32), absorbed=r.absorbed)):
+            yield tf.labels
+    for tf in held.flush():
+        yield tf.labels

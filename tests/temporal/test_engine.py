@@ -71,9 +71,12 @@ def test_unknown_pixels_cost_nothing_but_foreign_pixels_do():
     # (a tenth of track 2 too): the segment continues 2, the sliver of 1 stays with it
     a = associate(evidence([[0, 30, 900], [0, 270, 0], [0, 0, 8100]]), AssociateConfig(look_weight=0.0))
     assert a.whole[0] == 1 and a.whole[1] == 0
-    # with no foreign cost a segment made of another track's pixels could take the id
-    ev = evidence([[0, 0, 500], [0, 10, 0]])
-    assert associate(ev, AssociateConfig(look_weight=0.0)).whole.tolist() == [1, 0]
+    # a segment = all 100 px of track 1 + 900 px of track 2 (a tenth of it): carved, since
+    # giving it whole to track 1 would grow track 1 tenfold with track 2's pixels...
+    ev = evidence([[0, 100, 900], [0, 0, 8100]])
+    assert associate(ev, AssociateConfig(look_weight=0.0)).owner[0].tolist() == [-1, 0, 1]
+    # ...which is free without the foreign cost: then track 1 takes the whole segment
+    assert associate(ev, AssociateConfig(look_weight=0.0, foreign_weight=0.0)).whole[0] == 0
 
 
 def test_segments_that_no_track_predicts_are_new():
@@ -203,3 +206,18 @@ def test_background_value_gets_no_id():
 def test_frames_are_required_with_flow():
     with pytest.raises(ValueError, match="frames"):
         list(link_maps([np.zeros((4, 4), np.int32)], None, video()))
+
+
+def test_an_object_back_from_an_occlusion_takes_its_remembered_id(rng):
+    scene = Scene([(1, 20, 10, 24, (200, 60, 60), 0, 2, 0, 99), (2, 50, 60, 20, (60, 60, 220), 0, 0, 0, 99)])
+    frames, gts, maps = scene_maps(scene, 10, rng)
+    for t in (4, 5, 6):  # object 2 hidden: the ground takes its pixels in image and labels
+        frames[t] = frames[t].copy()
+        hide = gts[t] == 2
+        frames[t][hide] = scene.bg[hide]
+        maps[t] = np.where(hide, maps[t][0, 0], maps[t])
+        gts[t] = np.where(hide, 0, gts[t])
+    out = list(link_maps(maps, frames, video()))
+    assert len(ids_of(out, gts, 2)) == 1
+    no_reid = list(link_maps(maps, frames, video().replace(lifecycle={"reid_threshold": 1.0})))
+    assert len(ids_of(no_reid, gts, 2)) == 2
