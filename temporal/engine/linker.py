@@ -163,7 +163,7 @@ class Linker:
         flat = part_ids.reshape(-1)
         labels = np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + ev.rows + 1), 0).astype(np.int32)
         ids = np.unique(part_ids[part_ids > 0])
-        self._update(state, labels, ids, segment_ids, props if has_props else None, ev, small, gray, idx, bins)
+        self._update(state, seg, labels, ids, segment_ids, props if has_props else None, ev, small, gray, idx, bins)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
     def _alike(self, maps: "np.ndarray | None", hists: "np.ndarray | None") -> float:
@@ -173,7 +173,7 @@ class Linker:
                               hists[1:] if hists is not None else None)
         return 1.0 if sim is None else float(sim[0, 0])
 
-    def _update(self, state: LinkState, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
+    def _update(self, state: LinkState, seg: np.ndarray, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
                 props: "np.ndarray | None", ev: Evidence, small: "np.ndarray | None", gray: "np.ndarray | None",
                 idx: int, bins: int) -> None:
         """Remember each present track's look and close the frame in the registry."""
@@ -190,8 +190,14 @@ class Linker:
                     old = reg[tid].proposal
                     reg[tid].proposal = p if old is None or old.shape != p.shape else (a * p + (1 - a) * old)
             if bins and small is not None:
-                comp = np.searchsorted(ids, labels)
-                comp = np.where((comp < len(ids)) & (labels > 0), comp, -1)
+                # a track's colour is learnt from the segments it owns whole; a track that
+                # only holds carved parts learns from those (else carved-in ground would
+                # teach an object the ground's colour, and the next carve would find it alike)
+                owned = np.where(seg >= 0, np.take(segment_ids, np.maximum(seg, 0)), 0)
+                has_own = np.isin(labels, np.unique(owned[owned > 0]))
+                src = np.where(has_own, owned, labels)
+                comp = np.searchsorted(ids, src)
+                comp = np.where((comp < len(ids)) & (src > 0), comp, -1)
                 h = color_histograms(small, comp, len(ids), bins)
                 for k, tid in enumerate(ids.tolist()):
                     if tid in reg:

@@ -84,13 +84,21 @@ def test_segments_that_no_track_predicts_are_new():
     assert a.whole.tolist() == [-1, 0]
 
 
-def test_colour_likeness_scales_the_agreement():
-    # part of segment 0 holds 40 % of track 2; alike -> carved out, unlike -> left with 1
-    inter = [[0, 1000, 40], [0, 0, 60]]
-    alike = associate(evidence(inter, np.array([[1.0, 1.0], [1.0, 1.0]], np.float32)), AssociateConfig(1.0, 1.0, 1.0))
-    unlike = associate(evidence(inter, np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)), AssociateConfig(1.0, 1.0, 1.0))
-    assert alike.owner[0, 2] == 1
-    assert unlike.owner[0, 2] == 0
+def test_colour_likeness_decides_a_carve():
+    # track 2 (40 px) lies whole inside segment 0, which continues track 1: carved out when
+    # the part looks like track 2, left with its segment when it does not
+    inter = [[0, 1000, 40]]
+    alike = associate(evidence(inter, np.array([[1.0, 1.0]], np.float32)), AssociateConfig(1.0, 1.0, 1.0))
+    unlike = associate(evidence(inter, np.array([[1.0, 0.0]], np.float32)), AssociateConfig(1.0, 1.0, 1.0))
+    assert alike.owner[0].tolist() == [-1, 0, 1]
+    assert unlike.owner[0].tolist() == [-1, 0, 0]
+
+
+def test_a_track_that_continues_elsewhere_is_not_carved():
+    # 40 % of track 2's prediction spilled into segment 0 (track 1's); segment 1 holds the
+    # other 60 % and continues track 2: the spill stays with segment 0
+    a = associate(evidence([[0, 1000, 40], [0, 0, 60]]), AssociateConfig(look_weight=0.0))
+    assert a.whole.tolist() == [0, 1]
 
 
 def test_gather_counts_parts_both_ways():
