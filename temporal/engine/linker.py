@@ -15,7 +15,7 @@ from ..matching import color_histograms
 from ..tracks import TrackRegistry
 from .associate import associate
 from .config import EngineConfig
-from .evidence import Evidence, gather, look_similarity, part_looks
+from .evidence import Evidence, gather, look_similarity, part_looks, part_motion
 from .lifecycle import folds, reidentify
 from .predict import Prediction, Predictor
 
@@ -107,6 +107,10 @@ class Linker:
             _, hists = track_look(ev.track_ids)
             if hists is not None:
                 ev.look = part_looks(small, seg, ev.rows, K, hists, bins)
+        if pred.flow is not None and len(ev.track_ids) and K and cfg.evidence.motion_tolerance > 0:
+            d = np.array([pred.velocity.get(int(i), (np.nan, np.nan)) for i in ev.track_ids], np.float32)
+            mot = part_motion(pred.flow, seg, ev.rows, K, d, cfg.evidence.motion_tolerance)
+            ev.look = mot if ev.look is None else ev.look * mot
         asg = associate(ev, cfg.associate)
         T = len(ev.track_ids)
         row_id = np.concatenate([ev.track_ids, [0]]).astype(np.int64)  # row -1 -> 0 for now

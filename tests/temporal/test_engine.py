@@ -7,7 +7,7 @@ import pytest
 from diffseg_core.errors import InputError
 from temporal.engine import AssociateConfig, EngineConfig, LifecycleConfig, link_maps, slices, video
 from temporal.engine.associate import associate, gaec
-from temporal.engine.evidence import Evidence, gather
+from temporal.engine.evidence import Evidence, gather, part_motion
 from temporal.engine.lifecycle import folds, reidentify
 from temporal.tracks import TrackRegistry
 
@@ -109,6 +109,21 @@ def test_gather_counts_parts_both_ways():
     assert ev.inter.tolist() == [[1, 1, 0], [0, 1, 2]]
     assert ev.pred_area.tolist() == [2, 2]
     assert ev.rows.tolist() == [[-1, 0, 0], [1, 1, -1]]
+
+
+def test_part_motion_by_hand():
+    # track 0 stands still; segment 0 is predicted as track 0 in both halves, but the right
+    # half moved 6 px to the right (backward flow -6 in x): agreement exp(-36 / (2 * 3^2))
+    seg = np.zeros((4, 8), np.int32)
+    seg[:, 4:] = 1
+    rows = np.zeros((4, 8), np.int32)
+    flow = np.zeros((4, 8, 2), np.float32)
+    flow[:, 4:, 0] = -6.0
+    m = part_motion(flow, seg, rows, 2, np.array([[0.0, 0.0]]), tolerance=1.5)
+    assert m[0, 0] == pytest.approx(1.0)
+    assert m[1, 0] == pytest.approx(np.exp(-2.0), rel=1e-4)
+    # a track whose displacement is unknown is not judged
+    assert part_motion(flow, seg, rows, 2, np.array([[np.nan, np.nan]]), 1.5).tolist() == [[1.0], [1.0]]
 
 
 # ---------------------------------------------------------------- lifecycle
