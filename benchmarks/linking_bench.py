@@ -113,6 +113,35 @@ def methods(ablation: bool = False) -> dict[str, Callable]:
     return out
 
 
+def speed(n: int = 60, repeats: int = 3) -> None:
+    """Frames/s (CPU time, one thread) of the engine, today's tracker and IoU-only on a
+    synthetic 854x480 video of our degradation family, all measured in this run."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    vid = SynthVideo(n_frames=n, n_objects=5, seed=21)
+    rng = np.random.default_rng(0)
+    frames, maps = [], []
+    for t in range(n):
+        img, gt = vid.frame(t)
+        frames.append(img)
+        maps.append(families.VIDEO["degrade_mild"](img, gt, rng))
+    print(f"\n## Speed: {n} frames 854x480, one thread, CPU time (median of {repeats}), label maps given")
+    fps = {}
+    for name, link in methods().items():
+        cpu = []
+        for _ in range(repeats):
+            c0 = time.process_time()
+            link(frames, maps)
+            cpu.append(time.process_time() - c0)
+        fps[name] = n / float(np.median(cpu))
+        print(f"{name:8s} {fps[name]:7.1f} frames/s")
+    for name in ("engine", "rules"):
+        print(f"{name} / IoU-only: {fps[name] / fps['iou']:.2f}x")
+
+
 def main() -> None:
     from temporal.evaluate import evaluate_video_arrays
 
@@ -126,7 +155,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--synth-frames", type=int, default=60)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--speed", action="store_true", help="only the speed figures")
     a = ap.parse_args()
+    if a.speed:
+        speed()
+        return
     fams = (list(families.VIDEO) if a.families == "all" else
             [f for f in families.VIDEO if f not in families.HELD_OUT] if a.families == "tuning" else a.families.split(","))
     want_m = a.methods.split(",")

@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from .config import AssociateConfig
 from .evidence import Evidence
@@ -116,30 +117,48 @@ def _exact(w: np.ndarray, A: int, tracks: np.ndarray) -> np.ndarray:
     return np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)
 
 
-def associate(ev: Evidence, cfg: AssociateConfig, confidence: "np.ndarray | None" = None) -> Association:
+def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = None) -> Association:
     """Label every part of every segment (see the module docstring).
 
     Args:
         ev: the frame's `Evidence`.
         cfg: `AssociateConfig`.
-        confidence: float ``(T,)`` in 0..1 per predicted track (scales its gains), or None.
+        reid: float ``(K, R)`` re-identification scores of the segments with the R
+            remembered tracks (look similarity minus its threshold; > 0 = a candidate), or
+            None.
+
+    Returns:
+        `Association`; owner / whole values ``T + r`` stand for remembered track ``r``.
     """
     inter = ev.inter
     K, T1 = inter.shape
     T = T1 - 1
+    R = 0 if reid is None else reid.shape[1]
     owner = np.full((K, T1), -1, np.int64)
     whole = np.full(K, -1, np.int64)
-    if K == 0 or T == 0:
+    if K == 0 or T + R == 0:
         return Association(owner, whole)
     m = np.maximum(ev.pred_area, 1).astype(np.float64)
-    conf = np.ones(T) if confidence is None else np.asarray(confidence, np.float64)
     lam = np.ones((K, T)) if ev.look is None else 1.0 + cfg.look_weight * (2.0 * ev.look - 1.0)
     # pass 1, whole segments: each segment continues the track with the best score of the
-    # whole segment (several segments may continue one track: part-of), or is new
-    gain = inter[:, 1:] / m[None, :] * conf[None, :] * lam
+    # whole segment (several segments may continue one track: part-of), takes back a
+    # remembered track it looks like (one segment per remembered track), or is new
+    gain = inter[:, 1:] / m[None, :] * lam
     predicted = (ev.seg_area - inter[:, 0])[:, None]
     score = gain - cfg.foreign_weight * (predicted - inter[:, 1:]) / m[None, :]
     score = np.where(inter[:, 1:] > 0, score, -np.inf)
+    if R:
+        score = np.concatenate([score, reid], 1)
+        best = np.argmax(score, 1)
+        back = np.flatnonzero(best >= T)
+        if len(back):  # one-to-one among the segments that prefer a remembered track
+            sub = reid[back]
+            rows, cols = linear_sum_assignment(-sub)
+            won = {int(back[i]): T + int(c) for i, c in zip(rows, cols) if sub[i, c] > 0}
+            for j in back.tolist():
+                score[j, T:] = -np.inf
+                if j in won:
+                    score[j, won[j]] = reid[j, won[j] - T]
     best = np.argmax(score, 1)
     ok = score[np.arange(K), best] > 0
     whole[ok] = best[ok]
@@ -147,17 +166,16 @@ def associate(ev: Evidence, cfg: AssociateConfig, confidence: "np.ndarray | None
     # pass 2, contains: a track that continues in no segment (the segmenter merged it into a
     # neighbour or the ground) may be carved out of the segments that hold its prediction
     lost = np.ones(T, bool)
-    lost[whole[whole >= 0]] = False
-    for j in np.flatnonzero((inter[:, 1:][:, lost] > 0).any(1)):
+    lost[whole[(whole >= 0) & (whole < T)]] = False
+    for j in np.flatnonzero((inter[:, 1:][:, lost] > 0).any(1) & (whole < T)):
         cand = np.flatnonzero(lost & (inter[j, 1:] > 0))
         if whole[j] >= 0:
             cand = np.union1d(cand, [whole[j]])
-        whole[j], owner[j] = _segment(inter[j], m, conf, lam[j], cfg, cand)
+        whole[j], owner[j] = _segment(inter[j], m, lam[j], cfg, cand)
     return Association(owner, whole)
 
 
-def _segment(n: np.ndarray, m: np.ndarray, conf: np.ndarray, lam: np.ndarray,
-             cfg: AssociateConfig, tracks: np.ndarray) -> tuple[int, np.ndarray]:
+def _segment(n: np.ndarray, m: np.ndarray, lam: np.ndarray, cfg: AssociateConfig, tracks: np.ndarray) -> tuple[int, np.ndarray]:
     """Cluster the parts of one segment between the candidate ``tracks`` (rows) and new:
     ``n`` int ``(T + 1,)`` its part sizes."""
     cols = np.flatnonzero(n)
@@ -169,7 +187,7 @@ def _segment(n: np.ndarray, m: np.ndarray, conf: np.ndarray, lam: np.ndarray,
     # part a vs candidate track t: gain when t predicted it, foreign cost otherwise
     frac = n[cols][:, None] / m[tracks][None, :]
     mine = (cols[:, None] - 1) == tracks[None, :]
-    pt = np.where(mine, frac * conf[tracks][None, :] * lam[tracks][None, :], -cfg.foreign_weight * frac)
+    pt = np.where(mine, frac * lam[tracks][None, :], -cfg.foreign_weight * frac)
     pt[cols == 0] = 0.0  # pixels nothing predicts (failed the flow check) are unknown, not foreign
     w[:A, A:] = pt
     w[A:, :A] = pt.T

@@ -1,8 +1,8 @@
 """Stage 4, lifecycle: births, memory and retirement, re-identification, late corrections.
 
-* *re-identify*: segments the association left new are matched to remembered tracks
-  (absent for at most ``memory`` frames) by look alone (proposal maps hold the position,
-  colour the appearance): one Hungarian assignment, gated by ``reid_threshold``;
+* *re-identify*: remembered tracks (absent for at most ``memory`` frames) compete in the
+  association itself (`temporal.engine.associate`, scored by look: proposal maps hold the
+  position, colour the appearance, minus ``reid_threshold``);
 * *births*: what is still new gets a fresh id (never reused) when it has ``min_area``;
 * *late corrections*: when the association carves one segment between a young track (at
   most ``correction_window`` frames old) and an older look-alike, the segmenter shows one
@@ -12,23 +12,8 @@
 """
 from __future__ import annotations
 
-import numpy as np
-from scipy.optimize import linear_sum_assignment
-
 from ..tracks import TrackRegistry
 from .config import LifecycleConfig
-
-
-def reidentify(sim: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """Pairs ``(row, col)`` of a max-similarity one-to-one assignment with ``sim >= threshold``.
-
-    Args:
-        sim: float ``(N, R)`` similarity of new objects (rows) and remembered tracks.
-    """
-    if sim.size == 0:
-        return []
-    r, c = linear_sum_assignment(-sim)
-    return [(int(i), int(j)) for i, j in zip(r, c) if sim[i, j] >= threshold]
 
 
 def folds(parts: "list[list[int]]", reg: TrackRegistry, idx: int, cfg: LifecycleConfig,

@@ -16,7 +16,7 @@ from ..tracks import TrackRegistry
 from .associate import associate
 from .config import EngineConfig
 from .evidence import Evidence, gather, look_similarity, part_looks, part_motion
-from .lifecycle import folds, reidentify
+from .lifecycle import folds
 from .predict import Prediction, Predictor
 
 APPEARANCE_EMA = 0.5  # weight of the newest frame in a track's remembered look
@@ -111,28 +111,26 @@ class Linker:
             d = np.array([pred.velocity.get(int(i), (np.nan, np.nan)) for i in ev.track_ids], np.float32)
             mot = part_motion(pred.flow, seg, ev.rows, K, d, cfg.evidence.motion_tolerance)
             ev.look = mot if ev.look is None else ev.look * mot
-        asg = associate(ev, cfg.associate)
+        # remembered tracks (absent from the prediction) compete in the same decision: a
+        # segment takes one back by look (proposal KL x colour) above reid_threshold
+        predicted = set(ev.track_ids.tolist())
+        remembered = np.array([t for t in reg.lost_ids() if t not in predicted], np.int64)
+        reid = None
+        if len(remembered) and K:
+            maps, hists = track_look(remembered)
+            sim = look_similarity(maps, props if has_props else None, cfg.evidence.kl_tau, hists,
+                                  color_histograms(small, seg, K, bins) if hists is not None else None)
+            if sim is not None:
+                reid = sim - cfg.lifecycle.reid_threshold
+                reid[ev.seg_area < cfg.lifecycle.min_area] = -1.0
+        asg = associate(ev, cfg.associate, reid)
         T = len(ev.track_ids)
-        row_id = np.concatenate([ev.track_ids, [0]]).astype(np.int64)  # row -1 -> 0 for now
-        part_ids = np.where(asg.owner >= 0, row_id[asg.owner], 0)
+        row_id = np.concatenate([ev.track_ids, remembered if reid is not None else [], [0]]).astype(np.int64)
+        part_ids = row_id[asg.owner]  # owner -1 -> the trailing 0
         new_seg = np.flatnonzero(((asg.owner < 0) & (ev.inter > 0)).any(1) & (ev.seg_area > 0))
 
-        # lifecycle: re-identify new objects with remembered tracks, then births
-        remembered = np.array([t for t in reg.lost_ids() if t not in set(ev.track_ids.tolist())], np.int64)
+        # lifecycle: births for what no track continues or takes back
         assigned: dict[int, int] = {}
-        whole_new = [int(j) for j in new_seg if asg.whole[j] == -1 and ev.seg_area[j] >= cfg.lifecycle.min_area]
-        if len(remembered) and whole_new:
-            maps, hists = track_look(remembered)
-            new_hists = None
-            if hists is not None:
-                sub = np.full(K, -1, np.int32)
-                sub[whole_new] = np.arange(len(whole_new), dtype=np.int32)
-                new_hists = color_histograms(small, sub[seg], len(whole_new), bins)
-            sim = look_similarity(maps, props[whole_new] if has_props else None, cfg.evidence.kl_tau, hists,
-                                  new_hists)
-            if sim is not None:
-                for r, c in reidentify(sim, cfg.lifecycle.reid_threshold):
-                    assigned[whole_new[r]] = int(remembered[c])
         for j in new_seg.tolist():
             if j not in assigned and ev.seg_area[j] >= cfg.lifecycle.min_area:
                 assigned[j] = reg.new(idx).id

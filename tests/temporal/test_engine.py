@@ -8,7 +8,7 @@ from diffseg_core.errors import InputError
 from temporal.engine import AssociateConfig, EngineConfig, LifecycleConfig, link_maps, slices, video
 from temporal.engine.associate import associate, gaec
 from temporal.engine.evidence import Evidence, gather, part_motion
-from temporal.engine.lifecycle import folds, reidentify
+from temporal.engine.lifecycle import folds
 from temporal.tracks import TrackRegistry
 
 from .conftest import Scene
@@ -127,10 +127,17 @@ def test_part_motion_by_hand():
 
 
 # ---------------------------------------------------------------- lifecycle
-def test_reidentify_is_one_to_one_and_gated():
-    sim = np.array([[0.9, 0.8], [0.85, 0.3], [0.2, 0.1]])
-    assert sorted(reidentify(sim, 0.5)) == [(0, 1), (1, 0)]
-    assert reidentify(sim, 0.95) == []
+def test_remembered_tracks_compete_in_the_association_one_to_one():
+    # segment 0: 100 px inside big track 0 (a hundredth of it: part-of scores 0.01) that looks
+    # like remembered track r (score 0.3): taken back. Segment 1 (unknown pixels) also likes
+    # r (0.2) but r goes to one segment only: new. Segment 2 continues track 0.
+    ev = evidence([[0, 100], [40, 0], [0, 9900]])
+    a = associate(ev, AssociateConfig(look_weight=0.0), reid=np.array([[0.3], [0.2], [-0.5]]))
+    assert a.whole.tolist() == [1, -1, 0]
+    assert a.owner[0].tolist() == [-1, 1]
+    # below the threshold (a negative score) nothing is taken back
+    a = associate(ev, AssociateConfig(look_weight=0.0), reid=np.array([[-0.1], [-0.1], [-0.5]]))
+    assert a.whole.tolist() == [0, -1, 0]
 
 
 def test_folds_only_young_look_alike_tracks_into_the_oldest():
