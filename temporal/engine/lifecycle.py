@@ -21,7 +21,7 @@ def folds(parts: "list[list[int]]", reg: TrackRegistry, idx: int, cfg: Lifecycle
     """Young tracks to fold into older ones.
 
     Args:
-        parts: per carved segment, the ids that share it (largest part first).
+        parts: per carved segment, the ids that share it.
         reg: the registry (ages).
         idx: this frame's index.
         alike: ``(young id, older id) -> look similarity`` in 0..1.
@@ -36,16 +36,15 @@ def folds(parts: "list[list[int]]", reg: TrackRegistry, idx: int, cfg: Lifecycle
         ids = [i for i in ids if i in reg]
         if len(ids) < 2:
             continue
-        # the keeper is the oldest track (the largest part among equally old ones)
-        keep = min(ids, key=lambda i: (reg[i].first_frame, ids.index(i)))
+        # the keeper is the oldest track (the first born among equally old ones: a total
+        # order, so folds never form a cycle across segments)
+        keep = min(ids, key=lambda i: (reg[i].first_frame, i))
         for y in ids:
             if y == keep or y in out:
                 continue
             if idx - reg[y].first_frame <= cfg.correction_window and alike(y, keep) >= cfg.reid_threshold:
                 out[y] = keep
-    for y in list(out):  # a -> b -> c  becomes a -> c
-        seen = {y}
-        while out[y] in out and out[y] not in seen:
-            seen.add(out[y])
+    for y in list(out):  # a -> b -> c  becomes a -> c (keepers come first in the order: no cycle)
+        while out[y] in out:
             out[y] = out[out[y]]
     return out

@@ -141,12 +141,7 @@ class Linker:
         carved = asg.whole == -2
         absorbed: dict[int, int] = {}
         if carved.any():
-            groups = []
-            for j in np.flatnonzero(carved):
-                sizes: dict[int, int] = {}
-                for c in np.flatnonzero(part_ids[j]):
-                    sizes[int(part_ids[j, c])] = sizes.get(int(part_ids[j, c]), 0) + int(ev.inter[j, c])
-                groups.append(sorted(sizes, key=lambda i: -sizes[i]))
+            groups = [np.unique(part_ids[j][part_ids[j] > 0]).tolist() for j in np.flatnonzero(carved)]
             absorbed = folds(groups, reg, idx, cfg.lifecycle, lambda a, b: self._alike(*track_look([a, b])))
             if absorbed:
                 lut = np.arange(max(int(part_ids.max()), max(absorbed)) + 1, dtype=np.int64)

@@ -150,6 +150,15 @@ def test_folds_only_young_look_alike_tracks_into_the_oldest():
     assert folds([[young.id, old.id]], reg, 10, LifecycleConfig(correction_window=0), alike) == {}
 
 
+def test_folds_of_equally_old_tracks_never_form_a_cycle():
+    # two segments carved between the same two tracks born together, largest part first in
+    # opposite orders: one keeper for both (a cycle a -> b -> a lost both ids, KeyError)
+    reg = TrackRegistry(30)
+    a, b = reg.new(3), reg.new(3)
+    got = folds([[a.id, b.id], [b.id, a.id]], reg, 5, LifecycleConfig(), lambda x, y: 1.0)
+    assert got == {b.id: a.id}
+
+
 # ---------------------------------------------------------------- config
 def test_presets_and_validation():
     assert video().predict.flow == "dis" and slices().predict.flow == "none"
