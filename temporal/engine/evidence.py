@@ -58,6 +58,15 @@ def look_similarity(track_maps: "np.ndarray | None", seg_maps: "np.ndarray | Non
     return sim
 
 
+def _compact_pairs(seg: np.ndarray, rows: np.ndarray, K: int, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """Number the (segment, track row) parts present: ``(index map (h, w), -1 = none;
+    int64 codes j * T + t of each index)``, by counting (no sort: this runs every frame)."""
+    pair = np.where((seg >= 0) & (rows >= 0), seg.astype(np.int64) * T + rows, -1)
+    present = np.bincount(pair[pair >= 0], minlength=K * T) > 0
+    lut = np.cumsum(present) - 1
+    return np.where(pair >= 0, lut[np.maximum(pair, 0)], -1), np.flatnonzero(present)
+
+
 def part_looks(small: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, track_hists: np.ndarray,
                bins: int) -> np.ndarray:
     """float32 ``(K, T)``: colour likeness of each part (the pixels of segment j that track t
@@ -67,13 +76,8 @@ def part_looks(small: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, tra
     like itself, not like the ground segment around it.
     """
     T = len(track_hists)
-    pair = np.where((seg >= 0) & (rows >= 0), seg.astype(np.int64) * T + rows, -1)
-    codes, inv = np.unique(pair, return_inverse=True)
-    keep = codes >= 0
-    inv = inv.reshape(pair.shape)
-    idx = np.where(pair >= 0, inv - int((~keep).sum()), -1)
-    h = color_histograms(small, idx, int(keep.sum()), bins)
-    codes = codes[keep]
+    idx, codes = _compact_pairs(seg, rows, K, T)
+    h = color_histograms(small, idx, len(codes), bins)
     out = np.zeros((K, T), np.float32)
     t = codes % T
     out[codes // T, t] = np.sum(np.sqrt(h * np.maximum(track_hists[t], 0)), 1)
@@ -97,12 +101,8 @@ def part_motion(flow: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, tra
     from ..flow import label_displacements
 
     T = len(track_disp)
-    pair = np.where((seg >= 0) & (rows >= 0), seg.astype(np.int64) * T + rows, -1)
-    codes, inv = np.unique(pair, return_inverse=True)
-    first = int(codes[0] < 0) if len(codes) else 0
-    lab = inv.reshape(pair.shape) + 1 - first  # 1.. per present part, 0 = none
-    disp, count = label_displacements(np.where(pair >= 0, lab, 0), flow, len(codes) + 1 - first)
-    codes = codes[first:]
+    idx, codes = _compact_pairs(seg, rows, K, T)
+    disp, count = label_displacements(idx + 1, flow, len(codes) + 1)
     out = np.ones((K, T), np.float32)
     t = codes % T
     d_part, d_track = disp[1:], track_disp[t]

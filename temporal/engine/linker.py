@@ -191,8 +191,9 @@ class Linker:
                 # only holds carved parts learns from those (else carved-in ground would
                 # teach an object the ground's colour, and the next carve would find it alike)
                 owned = np.where(seg >= 0, np.take(segment_ids, np.maximum(seg, 0)), 0)
-                has_own = np.isin(labels, np.unique(owned[owned > 0]))
-                src = np.where(has_own, owned, labels)
+                has_own = np.zeros(int(ids[-1]) + 1, bool)
+                has_own[segment_ids[segment_ids > 0]] = True
+                src = np.where(has_own[labels], owned, labels)
                 comp = np.searchsorted(ids, src)
                 comp = np.where((comp < len(ids)) & (src > 0), comp, -1)
                 h = color_histograms(small, comp, len(ids), bins)
