@@ -2,7 +2,7 @@
 
 Used by `bench_temporal.py --only quality` (and by hand while working on the engine)::
 
-    python3 benchmarks/linking_bench.py --data ../shared/data --families all --methods engine,rules,iou
+    python3 benchmarks/linking_bench.py --data ../shared/data --families all --methods engine,iou
 
 Items: the three DAVIS-2016 sequences of DATA (frames and masks halved to 427x240: the
 engine works at 240 px anyway) and three synthetic multi-object videos (`synth_video`) of
@@ -95,21 +95,15 @@ ABLATION = {
 def methods(ablation: bool = False) -> dict[str, Callable]:
     """name -> ``link(frames, label maps) -> list of int32 track-id maps``."""
     from temporal.config import TrackerConfig, iou_only_baseline
-    from temporal.engine import link_maps, video
     from temporal.tracker import link_label_maps
 
-    def run(cfg: Callable) -> Callable:
-        def f(frames: list, maps: list) -> list:
-            c = cfg()
-            return [tf.labels for tf in link_label_maps(maps, frames if c.use_flow else None, c)]
-        return f
+    def run(cfg: TrackerConfig) -> Callable:
+        flow = cfg.linker == "engine" and cfg.engine.predict.flow != "none"
+        return lambda frames, maps: [tf.labels for tf in link_label_maps(maps, frames if flow else None, cfg)]
 
-    def engine(changes: dict) -> Callable:
-        cfg = video().replace(**changes)
-        return lambda frames, maps: list(link_maps(maps, frames, cfg))
-    out = {"engine": engine({}), "rules": run(TrackerConfig), "iou": run(iou_only_baseline)}
+    out = {"engine": run(TrackerConfig()), "iou": run(iou_only_baseline())}
     if ablation:
-        out.update({k: engine(v) for k, v in ABLATION.items()})
+        out.update({k: run(TrackerConfig().replace(engine=v)) for k, v in ABLATION.items()})
     return out
 
 
@@ -138,8 +132,7 @@ def speed(n: int = 60, repeats: int = 3) -> None:
             cpu.append(time.process_time() - c0)
         fps[name] = n / float(np.median(cpu))
         print(f"{name:8s} {fps[name]:7.1f} frames/s")
-    for name in ("engine", "rules"):
-        print(f"{name} / IoU-only: {fps[name] / fps['iou']:.2f}x")
+    print(f"engine / IoU-only: {fps['engine'] / fps['iou']:.2f}x")
 
 
 def main() -> None:
@@ -149,8 +142,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=Path("/tmp/linking_bench"))
     ap.add_argument("--families", default="tuning", help="'all', 'tuning' (all but the held-out) or a list")
-    ap.add_argument("--methods", default="engine,rules,iou",
-                    help="engine (temporal.engine), rules (the previous tracker), iou (IoU-only), ablation")
+    ap.add_argument("--methods", default="engine,iou",
+                    help="engine (temporal.engine), iou (IoU-only), ablation")
     ap.add_argument("--items", default="", help="comma list of item names (default all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--synth-frames", type=int, default=60)

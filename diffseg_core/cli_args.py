@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .config import DEFAULT_MODEL, DTYPES, CaptureConfig, MergeConfig, SegmenterConfig
 from .errors import InputError
@@ -15,6 +16,16 @@ def _thresholds(text: str) -> tuple[float, ...]:
     if not vals:
         raise argparse.ArgumentTypeError("expected at least one threshold")
     return vals if len(vals) > 1 else vals * 3
+
+
+def background_value(text: str) -> "int | None":
+    """argparse type of ``--background``: an integer label value, or none."""
+    if text.strip().lower() in ("none", "no", "-"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer label value or 'none'; got {text!r}") from None
 
 
 def add_segmenter_args(parser: argparse.ArgumentParser) -> None:
@@ -52,5 +63,66 @@ def segmenter_config_from_args(args: argparse.Namespace) -> SegmenterConfig:
             capture=CaptureConfig(),
             allow_unsafe_ckpt=bool(getattr(args, "allow_unsafe_ckpt", False)),
         )
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from exc
+
+
+def _attribute_help(cls: type) -> dict[str, str]:
+    """``{field: first sentence}`` from the ``Attributes:`` section of ``cls``'s docstring."""
+    import inspect
+    import re
+
+    doc = inspect.getdoc(cls) or ""
+    if "Attributes:" not in doc:
+        return {}
+    out: dict[str, str] = {}
+    name = None
+    for line in doc.split("Attributes:", 1)[1].splitlines():
+        m = re.match(r"^    (\w+): (.*)$", line)
+        if m:
+            name, text = m.group(1), m.group(2)
+            out[name] = text
+        elif name and line.startswith("        "):
+            out[name] += " " + line.strip()
+        elif line.strip() and not line.startswith(" "):
+            break
+    return {k: re.split(r"(?<=[.;])\s", v, 1)[0].rstrip(".;") for k, v in out.items()}
+
+
+def add_config_args(parser: argparse.ArgumentParser, preset: Any, title: str) -> None:
+    """One option per field of a config made of group dataclasses (``preset``: an instance
+    whose fields are dataclasses, e.g. `temporal.engine.EngineConfig`): ``--field-name``,
+    typed from the field, help from the group's docstring, default shown from ``preset``.
+    Options left out keep the preset's value (see `config_from_args`)."""
+    import dataclasses
+    import typing
+
+    for group in dataclasses.fields(preset):
+        sub = getattr(preset, group.name)
+        helps = _attribute_help(type(sub))
+        hints = typing.get_type_hints(type(sub))
+        g = parser.add_argument_group(f"{title}: {group.name}")
+        for f in dataclasses.fields(sub):
+            hint, default = hints[f.name], getattr(sub, f.name)
+            kw: dict[str, Any] = {"default": None, "dest": f"cfg_{group.name}__{f.name}",
+                                  "help": f"{helps.get(f.name, '')} [{default}]".replace("%", "%%")}
+            if typing.get_origin(hint) is typing.Literal:
+                kw["choices"] = typing.get_args(hint)
+            elif hint is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["type"], kw["metavar"] = hint, f.name.upper()
+            g.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def config_from_args(args: argparse.Namespace, preset: Any) -> Any:
+    """``preset`` with the options of `add_config_args` that were given on the command line."""
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg_") and value is not None:
+            group, name = key[4:].split("__", 1)
+            changes.setdefault(group, {})[name] = value
+    try:
+        return preset.replace(**changes) if changes else preset
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc

@@ -99,7 +99,7 @@ def segment_video(source: "str | Path", out_dir: "str | Path", segmenter: Any = 
         out_dir: output folder: ``labels/<stem>.png``, ``tracks.json``, ``overlay.mp4``.
         segmenter: object with ``segment(list[uint8 (H, W, 3)]) -> list[Segmentation]``, a
             `SegmenterConfig`, or None (default `DiffSegSegmenter`).
-        config: tracker settings (``keyframe_every``, flow, gating, ...).
+        config: tracker settings (`TrackerConfig`: keyframes, the engine's knobs).
         start, end, stride: frame range of the source.
         max_side: downscale frames so the longer side is at most this.
         id_offset: track ids start at ``id_offset + 1`` (chunks of one video).
@@ -123,7 +123,7 @@ def segment_video(source: "str | Path", out_dir: "str | Path", segmenter: Any = 
 def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_dir: "str | Path",
                    config: TrackerConfig = TrackerConfig(), *, start: int = 0, end: Optional[int] = None,
                    stride: int = 1, max_side: Optional[int] = None, id_offset: int = 0,
-                   write_overlay: bool = True) -> VideoResult:
+                   write_overlay: bool = True, background: "int | None" = None) -> VideoResult:
     """Link per-frame label maps made by any segmenter into tracks.
 
     Args:
@@ -134,6 +134,8 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
             Proposal maps are derived from the masks (`temporal.proposals`).
         out_dir, config, start, end, stride, max_side, id_offset, write_overlay: see
             `segment_video`.
+        background: the label value meaning "no segment" (0 for DAVIS, SAM 2 or Cellpose
+            masks: those pixels get no track), or None (every value is a segment).
 
     Returns:
         `VideoResult`.
@@ -153,10 +155,11 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
                 return
             stem, rgb = pending[-1]
             lab = read_segment_labels(seg_dir, stem, rgb.shape[:2])
-            yield segmentation_from_labels(lab, cfg.proposal_side, cfg.proposal_floor, cfg.work_side)
+            yield segmentation_from_labels(lab, work_side=cfg.engine.predict.work_side, background=background)
 
     meta = {"job": "track", "source": str(frames_source), "segments": str(seg_dir), "start": start, "end": end,
-            "stride": stride, "max_side": max_side, "id_offset": id_offset, "tracker": cfg.to_dict()}
+            "stride": stride, "max_side": max_side, "id_offset": id_offset, "background": background,
+            "tracker": cfg.to_dict()}
     return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")
 
 
@@ -178,13 +181,14 @@ class _StreamSource:
 def track_stream(frames: Iterable[tuple[str, np.ndarray]], label_maps: Iterable[np.ndarray],
                  out_dir: "str | Path", config: TrackerConfig = TrackerConfig(), *, fps: float = 25.0,
                  n_frames: Optional[int] = None, id_offset: int = 0, write_overlay: bool = True,
-                 source_name: str = "<stream>") -> VideoResult:
+                 source_name: str = "<stream>", background: "int | None" = None) -> VideoResult:
     """`track_segments` on in-memory streams (generators): frames and label maps in step.
 
     Args:
         frames: ``(stem, uint8 (H, W, 3))`` per frame.
         label_maps: int ``(H, W)`` per frame, labels independent per frame.
         out_dir, config, id_offset, write_overlay: see `segment_video`.
+        background: see `track_segments`.
         fps: overlay frame rate.
         n_frames: length for the progress bar (optional).
 
@@ -197,7 +201,8 @@ def track_stream(frames: Iterable[tuple[str, np.ndarray]], label_maps: Iterable[
 
     def segs_for(pending: deque) -> Iterator[Any]:
         for lab in label_maps:
-            yield segmentation_from_labels(np.asarray(lab), cfg.proposal_side, cfg.proposal_floor, cfg.work_side)
+            yield segmentation_from_labels(np.asarray(lab), work_side=cfg.engine.predict.work_side,
+                                           background=background)
 
     meta = {"job": "track", "source": source_name, "id_offset": id_offset, "tracker": cfg.to_dict()}
     return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from diffseg_core.cli_args import add_config_args, background_value, config_from_args
 from diffseg_core.errors import InputError
 
 
@@ -16,35 +17,14 @@ def add_tracker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stride", type=int, default=1, help="use every n-th frame [%(default)s]")
     g.add_argument("--max-side", type=int, default=None, help="downscale frames to this longer side")
     t = p.add_argument_group("tracker")
-    t.add_argument("--flow", default="dis", choices=("dis", "farneback", "none"),
-                   help="optical flow backend; none = IoU of unwarped masks [%(default)s]")
-    t.add_argument("--dis-preset", default="ultrafast", choices=("ultrafast", "fast", "medium"),
-                   help="DIS flow preset [%(default)s]")
-    t.add_argument("--flow-fallback", default="medium", choices=("none", "ultrafast", "fast", "medium"),
-                   help="DIS preset a frame pair's flow is redone with when the forward-backward check "
-                        "confirms < 70%% of some track (fast motion, blur); none = never [%(default)s]")
-    t.add_argument("--work-side", type=int, default=240,
-                   help="shorter side (px) of the resolution flow and matching run at; 0 = full [%(default)s]")
-    t.add_argument("--w-iou", type=float, default=1.0, help="weight of mask IoU in the cost [%(default)s]")
-    t.add_argument("--w-kl", type=float, default=0.5, help="weight of proposal-map KL in the cost [%(default)s]")
-    t.add_argument("--min-iou", type=float, default=0.05, help="gate: minimum IoU to match [%(default)s]")
-    t.add_argument("--max-cost", type=float, default=0.9, help="gate: maximum cost to match [%(default)s]")
-    t.add_argument("--max-missed", type=int, default=30,
-                   help="frames a vanished track is remembered for re-identification [%(default)s]")
-    t.add_argument("--no-reid", action="store_true", help="never re-identify vanished tracks")
-    t.add_argument("--no-splits", action="store_true", help="never give one track several segments")
-    t.add_argument("--no-merges", action="store_true", help="never carve merged segments")
-    t.add_argument("--no-common-fate", action="store_true",
-                   help="do not use motion to tell a track's pieces apart (a segment moving unlike a track "
-                        "is otherwise never a piece of it)")
-    t.add_argument("--id-correction-window", type=int, default=5,
-                   help="frames the output is held back so that a young track found to be a piece or a "
-                        "re-appearance of an older track gets the older id in all its frames; 0 = off [%(default)s]")
     t.add_argument("--keyframe-every", type=int, default=1,
                    help="segment every k-th frame, propagate by flow in between [%(default)s]")
     t.add_argument("--baseline", choices=("iou",), default=None,
-                   help="use the IoU-only linker (no flow, KL, splits, merges, re-id) for comparison")
+                   help="use the IoU-only linker (no flow, look, splits, merges, re-id) for comparison")
     t.add_argument("--id-offset", type=int, default=0, help="ids start at this + 1 [%(default)s]")
+    from .engine import video
+
+    add_config_args(p, video(), "linking engine")
     o = p.add_argument_group("outputs")
     o.add_argument("-o", "--output", required=True, help="output folder")
     o.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
@@ -52,18 +32,13 @@ def add_tracker_args(p: argparse.ArgumentParser) -> None:
 
 def tracker_config_from_args(args: argparse.Namespace):
     from .config import TrackerConfig, iou_only_baseline
+    from .engine import video
 
     try:
+        common = dict(keyframe_every=args.keyframe_every, id_offset=args.id_offset)
         if args.baseline == "iou":
-            return iou_only_baseline(keyframe_every=args.keyframe_every, max_missed=args.max_missed,
-                                     work_side=args.work_side, id_offset=args.id_offset)
-        return TrackerConfig(
-            use_flow=args.flow != "none", flow_backend=args.flow if args.flow != "none" else "dis",
-            dis_preset=args.dis_preset, flow_fallback_preset=args.flow_fallback, work_side=args.work_side, w_iou=args.w_iou, w_kl=args.w_kl,
-            min_iou=args.min_iou, max_cost=args.max_cost, max_missed=args.max_missed, reid=not args.no_reid,
-            handle_splits=not args.no_splits, handle_merges=not args.no_merges, common_fate=not args.no_common_fate,
-            keyframe_every=args.keyframe_every, id_offset=args.id_offset,
-            id_correction_window=args.id_correction_window)
+            return iou_only_baseline(**common)
+        return TrackerConfig(engine=config_from_args(args, video()), **common)
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc
 
@@ -96,7 +71,7 @@ def _track(args: argparse.Namespace) -> int:
     cfg = tracker_config_from_args(args)
     res = track_segments(args.frames, args.segments, args.output, cfg, start=args.start, end=args.end,
                          stride=args.stride, max_side=args.max_side, id_offset=args.id_offset,
-                         write_overlay=not args.no_overlay)
+                         write_overlay=not args.no_overlay, background=args.background)
     return _report(res)
 
 
@@ -120,6 +95,9 @@ def register(sub, parent) -> None:
                        epilog="example: diffseg track frames/ --segments seg/ -o out/")
     t.add_argument("frames", help="folder of frames or video file")
     t.add_argument("--segments", required=True, help="folder of per-frame label maps (same stems)")
+    t.add_argument("--background", type=background_value, default=None,
+                   help="label value meaning 'no segment' (0 for DAVIS / SAM 2 / Cellpose masks) or none "
+                        "(every value is a segment) [none]")
     add_tracker_args(t)
     t.set_defaults(func=_track, output_folder=True)
 

@@ -16,7 +16,8 @@ from scipy import ndimage
 
 from diffseg_core.errors import look_up_option
 
-from .config import DIS_PRESETS, FLOW_BACKENDS
+FLOW_BACKENDS = ("dis", "farneback")
+DIS_PRESETS = ("ultrafast", "fast", "medium")
 
 
 @runtime_checkable

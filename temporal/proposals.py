@@ -73,7 +73,7 @@ def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def segmentation_from_labels(labels: np.ndarray, side: int = 32, floor: float = 1e-3,
-                             work_side: int = 240) -> Segmentation:
+                             work_side: int = 240, background: "int | None" = None) -> Segmentation:
     """A `Segmentation` from any label map (values need not be consecutive).
 
     Proposal maps are derived from the masks (see module docstring); to save time they are
@@ -81,14 +81,21 @@ def segmentation_from_labels(labels: np.ndarray, side: int = 32, floor: float = 
 
     Args:
         labels: int ``(H, W)`` label map; every distinct value is one segment.
+        background: the value meaning "no segment" (its pixels get index -1), or None.
 
     Returns:
-        `Segmentation` with int32 labels ``0..K-1`` and float32 ``(K, h, w)`` proposals;
-        ``meta["source_values"]`` holds the original value of each segment.
+        `Segmentation` with int32 labels ``0..K-1`` (-1 = background) and float32
+        ``(K, h, w)`` proposals; ``meta["source_values"]`` holds the original value of each
+        segment.
     """
     lab, values = relabel_consecutive(labels)
+    if background is not None and np.any(values == background):
+        b = int(np.flatnonzero(values == background)[0])
+        lab = np.where(lab == b, -1, lab - (lab > b)).astype(np.int32)
+        values = np.delete(values, b)
+    K = len(values)
     small = resize_labels(lab, work_side) if work_side else lab
-    props = proposals_from_labels(small, len(values), side=side, floor=floor)
+    props = proposals_from_labels(np.where(small < 0, K, small), K + 1, side=side, floor=floor)[:K]
     return Segmentation(labels=lab, proposals=props, image_hw=lab.shape,
                         meta={"source_values": values.tolist(), "proposals": "derived-from-masks"})
 

@@ -197,8 +197,8 @@ def test_record_is_written_after_the_outputs(tmp_path, images_dir, monkeypatch):
 
 def test_changed_tracker_setting_redoes_the_video_only(tmp_path, images_dir, frames_dir):
     out = tmp_path / "out"
-    run_job([images_dir, frames_dir], out, _cfg(tracker={"max_missed": 5}))
-    s = run_job([images_dir, frames_dir], out, _cfg(tracker={"max_missed": 6}))
+    run_job([images_dir, frames_dir], out, _cfg(tracker={"engine": {"lifecycle": {"memory": 5}}}))
+    s = run_job([images_dir, frames_dir], out, _cfg(tracker={"engine": {"lifecycle": {"memory": 6}}}))
     assert (s.done, s.skipped) == (1, 2)  # the video (stitched from its chunks) is redone
     man = json.loads((out / "manifest.json").read_text())
     assert man["items"]["video:clip"]["status"] == "done"

@@ -8,6 +8,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
+from diffseg_core.cli_args import background_value
 from diffseg_core.errors import InputError
 
 VOLUME_EPILOG = """examples:
@@ -50,15 +51,6 @@ def _percentiles(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH like 1,99; got {text!r}")
     return lo, hi
-
-
-def _background(text: str) -> "int | None":
-    if text.strip().lower() in ("none", "no", "-"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer label value or 'none'; got {text!r}")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -209,7 +201,7 @@ def register(sub, parent) -> None:
                        epilog=STACK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("labels", help="label volume (NIfTI, TIFF, npy), ids independent per slice")
     s.add_argument("--image", default=None, help="intensity volume of the same shape (montage background)")
-    s.add_argument("--background", type=_background, default=0,
+    s.add_argument("--background", type=background_value, default=0,
                    help="input value meaning 'no segment', or 'none' when every value is a segment "
                         "(DiffSeg's 0..K-1) [0]")
     _add_common(s)

@@ -8,7 +8,7 @@ knob with the `video` and `slices` presets.
 """
 from .config import (AssociateConfig, EngineConfig, EvidenceConfig, LifecycleConfig, PredictConfig, slices,
                      video)
-from .linker import Linker, LinkResult, LinkState, link_maps
+from .linker import Linker, LinkResult, LinkState
 
 __all__ = ["EngineConfig", "PredictConfig", "EvidenceConfig", "AssociateConfig", "LifecycleConfig", "video",
-           "slices", "Linker", "LinkState", "LinkResult", "link_maps"]
+           "slices", "Linker", "LinkState", "LinkResult"]

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from diffseg_core.config import ConfigDict
 from diffseg_core.errors import InputError, look_up_option
 
-FLOWS = ("dis", "farneback", "none")
-DIS_PRESETS = ("ultrafast", "fast", "medium")
+from ..flow import DIS_PRESETS, FLOW_BACKENDS
+
+FLOWS = FLOW_BACKENDS + ("none",)
 
 
 def _check_range(obj: Any, name: str, lo: float, hi: float = float("inf")) -> None:
@@ -158,6 +159,18 @@ class EngineConfig(ConfigDict):
         (``cfg.replace(lifecycle={"memory": 5})``)."""
         return dataclasses.replace(self, **{k: (dataclasses.replace(getattr(self, k), **v) if isinstance(v, dict) else v)
                                             for k, v in groups.items()})
+
+    def set(self, **knobs: Any) -> "EngineConfig":
+        """A copy with knobs changed by their (unique) field names, whatever their group
+        (``video().set(memory=5, flow="none")``)."""
+        groups: dict[str, dict[str, Any]] = {}
+        for name, value in knobs.items():
+            group = next((g for g, cls in _GROUPS.items() if name in {f.name for f in dataclasses.fields(cls)}), None)
+            if group is None:
+                known = sorted(f.name for cls in _GROUPS.values() for f in dataclasses.fields(cls))
+                raise InputError(f"unknown engine knob {name!r}; expected one of {known}")
+            groups.setdefault(group, {})[name] = value
+        return self.replace(**groups)
 
 
 _GROUPS = {"predict": PredictConfig, "evidence": EvidenceConfig, "associate": AssociateConfig,

@@ -7,7 +7,7 @@ work resolution; the drivers resize.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .associate import associate
 from .config import EngineConfig
 from .evidence import Evidence, gather, look_similarity, part_looks, part_motion
 from .lifecycle import folds
-from .predict import Prediction, Predictor
+from .predict import Prediction, Predictor, blurred, shift_maps
 
 APPEARANCE_EMA = 0.5  # weight of the newest frame in a track's remembered look
 
@@ -65,15 +65,22 @@ class Linker:
     def init_state(self, id_offset: int = 0) -> LinkState:
         return LinkState(TrackRegistry(self.cfg.lifecycle.memory, id_offset))
 
-    def predict(self, state: LinkState, gray: "np.ndarray | None") -> Prediction:
-        """Stage 1 (also used alone to propagate labels between keyframes)."""
+    def predict(self, state: LinkState, gray: "np.ndarray | None", commit: bool = True) -> Prediction:
+        """Stage 1 (also used alone to propagate labels between keyframes). With ``commit``
+        every measured velocity is remembered; `step` remembers only those of the tracks
+        the frame shows (the flow of an occluded track measures its occluder)."""
         reg = state.registry
         vel = {tid: t.velocity for tid, t in reg.tracks.items()}
         p = self.predictor(state.prev, state.prev_gray, gray, vel)
-        for tid, v in p.velocity.items():
-            if tid in reg:
-                reg[tid].velocity = v
+        if commit:
+            self._remember_velocity(reg, p.velocity, p.velocity)
         return p
+
+    @staticmethod
+    def _remember_velocity(reg: TrackRegistry, velocity: dict, present: "Iterable[int]") -> None:
+        for tid in present:
+            if tid in reg and tid in velocity:
+                reg[tid].velocity = velocity[tid]
 
     def step(self, state: LinkState, seg: np.ndarray, K: int, props: "np.ndarray | None",
              small: "np.ndarray | None", gray: "np.ndarray | None", idx: int) -> LinkResult:
@@ -89,7 +96,7 @@ class Linker:
         """
         cfg = self.cfg
         reg = state.registry
-        pred = (self.predict(state, gray) if state.prev is not None
+        pred = (self.predict(state, gray, commit=False) if state.prev is not None
                 else Prediction(np.zeros_like(seg), None, {}))
         bins = cfg.evidence.hist_bins if small is not None else 0
         has_props = props is not None and len(props) == K and K > 0
@@ -118,8 +125,18 @@ class Linker:
         reid = None
         if len(remembered) and K:
             maps, hists = track_look(remembered)
-            sim = look_similarity(maps, props if has_props else None, cfg.evidence.kl_tau, hists,
-                                  color_histograms(small, seg, K, bins) if hists is not None else None)
+            seg_hists = color_histograms(small, seg, K, bins) if hists is not None else None
+            if maps is not None and has_props:
+                # where each would be now at its last velocity, blurred by how unsure that
+                # is: one grid cell, plus one work pixel per frame out of sight
+                scale = maps.shape[1] / seg.shape[0]
+                gone = np.array([reg[t].missed + 1 for t in remembered.tolist()], np.float32)
+                moves = np.array([reg[t].velocity for t in remembered.tolist()], np.float32) * (gone * scale)[:, None]
+                sim = np.concatenate([look_similarity(*blurred(m[None], props, 1.0 + g * scale), cfg.evidence.kl_tau,
+                                                      None if hists is None else hists[i:i + 1], seg_hists)
+                                      for i, (m, g) in enumerate(zip(shift_maps(maps, moves), gone))], axis=1)
+            else:
+                sim = look_similarity(None, None, cfg.evidence.kl_tau, hists, seg_hists)
             if sim is not None:
                 reid = sim - cfg.lifecycle.reid_threshold
                 reid[ev.seg_area < cfg.lifecycle.min_area] = -1.0
@@ -142,7 +159,7 @@ class Linker:
         absorbed: dict[int, int] = {}
         if carved.any():
             groups = [np.unique(part_ids[j][part_ids[j] > 0]).tolist() for j in np.flatnonzero(carved)]
-            absorbed = folds(groups, reg, idx, cfg.lifecycle, lambda a, b: self._alike(*track_look([a, b])))
+            absorbed = folds(groups, reg, idx, cfg.lifecycle, lambda a, b: self._alike(track_look([a, b])[1]))
             if absorbed:
                 lut = np.arange(max(int(part_ids.max()), max(absorbed)) + 1, dtype=np.int64)
                 for y, o in absorbed.items():
@@ -160,13 +177,15 @@ class Linker:
         flat = part_ids.reshape(-1)
         labels = np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + ev.rows + 1), 0).astype(np.int32)
         ids = np.unique(part_ids[part_ids > 0])
+        self._remember_velocity(reg, pred.velocity, ids.tolist())
         self._update(state, seg, labels, ids, segment_ids, props if has_props else None, ev, small, gray, idx, bins)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
-    def _alike(self, maps: "np.ndarray | None", hists: "np.ndarray | None") -> float:
-        """Look similarity (0..1) of two tracks from their remembered maps / histograms."""
-        sim = look_similarity(maps[:1] if maps is not None else None, maps[1:] if maps is not None else None,
-                              self.cfg.evidence.kl_tau, hists[:1] if hists is not None else None,
+    def _alike(self, hists: "np.ndarray | None") -> float:
+        """Colour likeness (0..1) of two tracks that share a segment (their proposal maps are
+        not compared: pieces of one object lie side by side, not in one place); 1 without
+        colour."""
+        sim = look_similarity(None, None, self.cfg.evidence.kl_tau, hists[:1] if hists is not None else None,
                               hists[1:] if hists is not None else None)
         return 1.0 if sim is None else float(sim[0, 0])
 
@@ -205,55 +224,3 @@ class Linker:
         state.prev = labels
         state.prev_gray = gray
 
-
-def link_maps(label_maps: "Iterable[np.ndarray]", frames: "Iterable[np.ndarray] | None" = None,
-              config: "EngineConfig | None" = None, id_offset: int = 0,
-              background: "int | None" = None) -> "Iterator[np.ndarray]":
-    """Link per-frame label maps with the engine (proposal maps derived from the masks).
-
-    Args:
-        label_maps: int ``(H, W)`` per frame, numbers independent per frame.
-        frames: matching uint8 RGB ``(H, W, 3)`` frames (needed for the flow and colour), or
-            None (the preset's flow must be ``"none"``).
-        config: `EngineConfig` (default: the `video` preset).
-        id_offset: first new id is ``id_offset + 1``.
-        background: label value meaning "no segment" (e.g. 0 for Cellpose masks), or None.
-
-    Yields:
-        int32 ``(H, W)`` track ids per frame (0 = none), at most ``correction_window``
-        frames after the frame was read (late corrections rewrite the frames held back).
-    """
-    import cv2
-
-    from ..proposals import proposals_from_labels, relabel_consecutive, resize_labels
-    from ..relabel import IdCorrectionBuffer
-    from ..types import TrackedFrame
-
-    cfg = config or EngineConfig()
-    if frames is None and cfg.predict.flow != "none":
-        raise ValueError("`frames` are required when the preset uses optical flow")
-    linker = Linker(cfg)
-    st = linker.init_state(id_offset)
-    held = IdCorrectionBuffer(cfg.lifecycle.correction_window)
-    it_frames = iter(frames) if frames is not None else None
-    for idx, lab in enumerate(label_maps):
-        lab = np.asarray(lab)
-        seg, vals = relabel_consecutive(resize_labels(lab, cfg.predict.work_side))
-        if background is not None and np.any(vals == background):
-            b = int(np.flatnonzero(vals == background)[0])
-            seg = np.where(seg == b, -1, seg - (seg > b)).astype(np.int32)
-            vals = np.delete(vals, b)
-        K = len(vals)
-        small = gray = None
-        if it_frames is not None:
-            rgb = next(it_frames)
-            small = rgb if seg.shape == rgb.shape[:2] else cv2.resize(rgb, seg.shape[::-1], interpolation=cv2.INTER_AREA)
-            gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if cfg.predict.flow != "none" else None
-        props = proposals_from_labels(np.where(seg < 0, K, seg), K + 1, 32)[:K] if K else None
-        r = linker.step(st, seg, K, props, small, gray, idx)
-        out = (r.labels if seg.shape == lab.shape else
-               cv2.resize(r.labels, lab.shape[::-1], interpolation=cv2.INTER_NEAREST))
-        for tf in held.push(TrackedFrame(idx, out, r.ids.astype(np.int32), absorbed=r.absorbed)):
-            yield tf.labels
-    for tf in held.flush():
-        yield tf.labels

@@ -99,3 +99,35 @@ def _lost(before: np.ndarray, pred: np.ndarray) -> np.ndarray:
     lost = (before >= LOST_MIN_AREA) & (after < LOST_FRACTION * before)
     lost[0] = False
     return lost
+
+
+def shift_maps(maps: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Move distributions rigidly (the constant-velocity prediction of tracks out of sight).
+
+    Args:
+        maps: float32 ``(T, h, w)`` distributions.
+        shifts: float32 ``(T, 2)`` ``(dy, dx)`` in grid cells.
+
+    Returns:
+        float32 ``(T, h, w)``: shifted (linear interpolation, edge values repeated), each
+        renormalised to sum to 1.
+    """
+    from scipy import ndimage
+
+    out = np.empty_like(maps)
+    for i, (m, d) in enumerate(zip(maps, shifts)):
+        out[i] = m if not np.any(d) else ndimage.shift(m, d, order=1, mode="nearest")
+    out /= np.maximum(out.reshape(len(out), -1).sum(1), 1e-12)[:, None, None]
+    return out
+
+
+def blurred(a: np.ndarray, b: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets of distributions ``(n, h, w)`` smoothed by a Gaussian of ``sigma`` grid
+    cells and renormalised: compared so, a position known to within ``sigma`` costs
+    nothing (used for tracks out of sight, whose position is a guess)."""
+    from scipy import ndimage
+
+    def smooth(m: np.ndarray) -> np.ndarray:
+        out = ndimage.gaussian_filter(m, (0, sigma, sigma), mode="nearest")
+        return out / np.maximum(out.reshape(len(out), -1).sum(1), 1e-12)[:, None, None]
+    return smooth(a), smooth(b)

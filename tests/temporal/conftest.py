@@ -88,3 +88,13 @@ class FakeSegmenter:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def tracker(keyframe_every: int = 1, batch_size: int = 0, id_offset: int = 0, **knobs):
+    """A `TrackerConfig` on the video preset with engine knobs changed by name
+    (``tracker(memory=2, flow="none")``)."""
+    from temporal.config import TrackerConfig
+    from temporal.engine import video
+
+    return TrackerConfig(engine=video().set(**knobs), keyframe_every=keyframe_every, batch_size=batch_size,
+                         id_offset=id_offset)

@@ -234,28 +234,37 @@ def test_real_davis_sequence_with_gt_segments(tmp_path):
         np.testing.assert_array_equal(lab == ids[0][1], gt == 1)
 
 
-def test_flow_fallback_option_reaches_the_tracker(tmp_path, capsys):
+@pytest.mark.parametrize("opt,path,want", [
+    (["--fallback-preset", "none"], ("predict", "fallback_preset"), "none"),
+    ([], ("predict", "fallback_preset"), "medium"),
+    (["--correction-window", "0"], ("lifecycle", "correction_window"), 0),
+    (["--segment-trust", "1.5"], ("associate", "segment_trust"), 1.5),
+    (["--memory", "7"], ("lifecycle", "memory"), 7),
+])
+def test_engine_options_reach_the_tracker(tmp_path, opt, path, want):
     _, fdir, sdir, _ = write_scene(tmp_path, n=3)
-    for opt, want in ((["--flow-fallback", "none"], "none"), ([], "medium")):
-        out = tmp_path / f"out_{want}"
-        assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--no-overlay", *opt]) == 0
-        assert json.loads((out / "tracks.json").read_text())["tracker"]["flow_fallback_preset"] == want
+    out = tmp_path / "out"
+    assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--no-overlay", *opt]) == 0
+    info = json.loads((out / "tracks.json").read_text())
+    assert info["tracker"]["engine"][path[0]][path[1]] == want and info["n_frames"] == 3
 
 
-def test_id_correction_window_option_reaches_the_tracker(tmp_path):
+def test_bad_engine_option_is_a_clear_error(tmp_path, capsys):
     _, fdir, sdir, _ = write_scene(tmp_path, n=3)
-    for opt, want in ((["--id-correction-window", "0"], 0), ([], 5)):
-        out = tmp_path / f"out_{want}"
-        assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--no-overlay", *opt]) == 0
-        info = json.loads((out / "tracks.json").read_text())
-        assert info["tracker"]["id_correction_window"] == want and info["n_frames"] == 3
     assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "bad"), "-q",
-                 "--id-correction-window", "-1"]) == 2
+                 "--correction-window", "-1"]) == 2
+    assert "correction_window" in capsys.readouterr().err
 
 
-def test_no_common_fate_option_reaches_the_tracker(tmp_path):
+def test_background_option_leaves_background_without_a_track(tmp_path):
     _, fdir, sdir, _ = write_scene(tmp_path, n=3)
-    for opt, want in ((["--no-common-fate"], False), ([], True)):
-        out = tmp_path / f"out_{want}"
+    outs = {}
+    for opt in ([], ["--background", "0"]):
+        out = tmp_path / f"out{len(opt)}"
         assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--no-overlay", *opt]) == 0
-        assert json.loads((out / "tracks.json").read_text())["tracker"]["common_fate"] is want
+        outs[len(opt)] = [read_labels(out / "labels" / f"frame{t + 1}.png") for t in range(3)]
+    segs = [read_labels(sdir / f"frame{t + 1}.png") if t % 2 == 0 else np.load(sdir / f"frame{t + 1}.npy")
+            for t in range(3)]
+    for seg, every, bg in zip(segs, outs[0], outs[2]):
+        assert (every[seg == 0] > 0).all()  # label 0 is a segment like any other
+        assert (bg[seg == 0] == 0).all() and (bg[seg > 0] > 0).all()

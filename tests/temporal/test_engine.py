@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from diffseg_core.errors import InputError
-from temporal.engine import AssociateConfig, EngineConfig, LifecycleConfig, link_maps, slices, video
+from temporal.config import TrackerConfig
+from temporal.engine import AssociateConfig, EngineConfig, LifecycleConfig, slices, video
+from temporal.tracker import link_label_maps
 from temporal.engine.associate import associate, gaec
 from temporal.engine.evidence import Evidence, gather, part_motion
 from temporal.engine.lifecycle import folds
@@ -197,6 +199,12 @@ def scene_maps(scene: Scene, n: int, rng: np.random.Generator, merge_at: "int | 
         gts.append(gt)
         maps.append(lut[lab])
     return frames, gts, maps
+
+
+def link_maps(maps, frames, engine, id_offset=0, background=None):
+    """Label maps linked by the driver with this engine preset (int32 track-id maps)."""
+    cfg = TrackerConfig(engine=engine, id_offset=id_offset)
+    return [tf.labels for tf in link_label_maps(maps, frames, cfg, background=background)]
 
 
 def ids_of(out: list, gts: list, gid: int) -> set:

@@ -9,7 +9,7 @@ from temporal.proposals import proposals_from_labels
 from temporal.tracker import VideoSegmenter, VideoState
 from temporal.types import TrackedFrame
 
-from .conftest import FakeSegmenter, Scene, seg_from_gt
+from .conftest import FakeSegmenter, Scene, seg_from_gt, tracker
 
 TWO = [(1, 20, 10, 24, (220, 60, 60), 2, 1, 0, 99),
        (2, 55, 90, 20, (60, 60, 220), -1, -2, 0, 99)]
@@ -60,7 +60,7 @@ def test_tracked_frame_contents(rng):
 
 def test_new_object_gets_new_id_and_ids_are_never_reused(rng):
     objs = TWO + [(3, 10, 60, 16, (240, 240, 40), 1, 0, 5, 8)]
-    maps, st = run(Scene(objs), 14, TrackerConfig(max_missed=2), rng)
+    maps, st = run(Scene(objs), 14, tracker(memory=2), rng)
     before = set(maps[4].values())
     new = maps[5][3]
     assert new not in before and new > max(before)
@@ -73,7 +73,7 @@ def test_new_object_gets_new_id_and_ids_are_never_reused(rng):
 def test_reidentification_after_occlusion(rng):
     # object 2 vanishes for frames 4..6 and comes back where it would have been
     sc = Scene(TWO)
-    vs = VideoSegmenter(None, TrackerConfig(max_missed=5))
+    vs = VideoSegmenter(None, tracker(memory=5))
     st = vs.init_state()
     ids = []
     for t in range(10):
@@ -91,7 +91,7 @@ def test_reidentification_after_occlusion(rng):
 
 def test_retired_track_is_not_reidentified(rng):
     sc = Scene(TWO)
-    vs = VideoSegmenter(None, TrackerConfig(max_missed=1))
+    vs = VideoSegmenter(None, tracker(memory=1))
     st = vs.init_state()
     ids = []
     for t in range(8):
@@ -121,8 +121,8 @@ def test_split_segments_join_their_track(rng):
     img, gt = sc.frame(1)
     tf = vs.step(st, img, split_seg(gt, rng))
     assert np.unique(tf.labels[gt == 1]).tolist() == [t0[1]]
-    # without split handling the lost half becomes a new track
-    vs2 = VideoSegmenter(None, TrackerConfig(handle_splits=False))
+    # the IoU-only baseline, which has no part-of relation, gives the lost half a new id
+    vs2 = VideoSegmenter(None, iou_only_baseline())
     st2 = vs2.init_state()
     img, gt = sc.frame(0)
     vs2.step(st2, img, seg_from_gt(gt, rng))
@@ -205,7 +205,7 @@ def test_keyframe_mode_with_segmenter_batches_and_propagates(rng):
 
 def test_without_flow_no_images_needed(rng):
     sc = Scene(TWO)
-    vs = VideoSegmenter(None, TrackerConfig(use_flow=False))
+    vs = VideoSegmenter(None, tracker(flow="none"))
     segs, gts = [], []
     for t in range(6):
         _, gt = sc.frame(t)
@@ -246,7 +246,9 @@ def test_bad_inputs_raise_clear_errors(rng):
     with pytest.raises(ValueError, match="keyframe_every"):
         TrackerConfig(keyframe_every=0)
     with pytest.raises(ValueError, match="did you mean"):
-        TrackerConfig(flow_backend="farnback")
+        tracker(flow="farnback")
+    with pytest.raises(ValueError, match="unknown engine knob 'max_missed'"):
+        tracker(max_missed=3)
 
 
 def test_float_chw_frames_are_accepted(rng):
@@ -263,7 +265,7 @@ def test_state_is_bounded(rng):
     # a long run with an object flickering in and out keeps at most the live tracks
     objs = TWO + [(3, 10, 60, 12, (240, 240, 40), 0, 0, 0, 999)]
     sc = Scene(objs)
-    vs = VideoSegmenter(None, TrackerConfig(max_missed=2, reid=False))
+    vs = VideoSegmenter(None, tracker(memory=2, reid_threshold=1.0))
     st = vs.init_state()
     for t in range(40):
         img, gt = sc.frame(t % 10)
@@ -271,7 +273,6 @@ def test_state_is_bounded(rng):
             gt = np.where(gt == 3, 0, gt)
         vs.step(st, img, seg_from_gt(gt, rng))
     assert len(st.registry) <= 6
-    assert len(st.recent) <= 2
 
 
 @pytest.mark.parametrize("window", [0, 5])
@@ -290,7 +291,7 @@ def test_iter_video_is_lazy_on_an_endless_stream(rng, window):
         for t in itertools.count():
             yield seg_from_gt(sc.frame(t % 20)[1], rng)
 
-    vs = VideoSegmenter(None, TrackerConfig(id_correction_window=window))
+    vs = VideoSegmenter(None, tracker(correction_window=window))
     out = list(itertools.islice(vs.iter_video(frames(), segs()), 5))
     assert [tf.frame_index for tf in out] == [0, 1, 2, 3, 4]
     assert len(pulled) <= 6 + window  # frames are held back by the id-correction window only
@@ -314,7 +315,7 @@ def test_retirement_exactly_at_max_missed(rng, hidden, same_id):
     # max_missed=3: a track absent for 3 frames is still remembered and re-identified; absent
     # for 4 it was retired at the end of its 4th missing frame and the object comes back new.
     sc = Scene(TWO)
-    vs = VideoSegmenter(None, TrackerConfig(max_missed=3))
+    vs = VideoSegmenter(None, tracker(memory=3))
     st = vs.init_state()
     ids = []
     for t in range(4 + hidden + 2):
