@@ -11,7 +11,9 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..matching import color_histograms
+from scipy.optimize import linear_sum_assignment
+
+from ..matching import bhattacharyya, color_histograms
 from ..tracks import TrackRegistry
 from .associate import associate
 from .config import EngineConfig
@@ -124,19 +126,8 @@ class Linker:
         remembered = np.array([t for t in reg.lost_ids() if t not in predicted], np.int64)
         reid = None
         if len(remembered) and K:
-            maps, hists = track_look(remembered)
-            seg_hists = color_histograms(small, seg, K, bins) if hists is not None else None
-            if maps is not None and has_props:
-                # where each would be now at its last velocity, blurred by how unsure that
-                # is: one grid cell, plus one work pixel per frame out of sight
-                scale = maps.shape[1] / seg.shape[0]
-                gone = np.array([reg[t].missed + 1 for t in remembered.tolist()], np.float32)
-                moves = np.array([reg[t].velocity for t in remembered.tolist()], np.float32) * (gone * scale)[:, None]
-                sim = np.concatenate([look_similarity(*blurred(m[None], props, 1.0 + g * scale), cfg.evidence.kl_tau,
-                                                      None if hists is None else hists[i:i + 1], seg_hists)
-                                      for i, (m, g) in enumerate(zip(shift_maps(maps, moves), gone))], axis=1)
-            else:
-                sim = look_similarity(None, None, cfg.evidence.kl_tau, hists, seg_hists)
+            sim = self._recall(reg, remembered, track_look, props if has_props else None,
+                               color_histograms(small, seg, K, bins) if bins else None, seg.shape[0])
             if sim is not None:
                 reid = sim - cfg.lifecycle.reid_threshold
                 reid[ev.seg_area < cfg.lifecycle.min_area] = -1.0
@@ -159,14 +150,31 @@ class Linker:
         absorbed: dict[int, int] = {}
         if carved.any():
             groups = [np.unique(part_ids[j][part_ids[j] > 0]).tolist() for j in np.flatnonzero(carved)]
-            absorbed = folds(groups, reg, idx, cfg.lifecycle, lambda a, b: self._alike(track_look([a, b])[1]))
-            if absorbed:
-                lut = np.arange(max(int(part_ids.max()), max(absorbed)) + 1, dtype=np.int64)
-                for y, o in absorbed.items():
-                    lut[y] = o
-                part_ids = lut[part_ids]
-                for y in absorbed:
-                    reg.tracks.pop(y, None)
+            now = self._labels(seg, part_ids, ev.rows, T) if bins else None
+
+            def alike(y: int, k: int) -> float:
+                """Colour likeness of two tracks that share a segment (their proposal maps are
+                not compared: pieces of one object lie side by side); a track born in this
+                frame is judged by its pixels now, and without colour it is not folded."""
+                h = [reg[t].hist if reg[t].hist is not None else
+                     (color_histograms(small, np.where(now == t, 0, -1), 1, bins)[0] if now is not None else None)
+                     for t in (y, k)]
+                if h[0] is None or h[1] is None:
+                    return 0.0 if reg[y].first_frame == idx else 1.0
+                return float(bhattacharyya(h[0][None], h[1][None])[0, 0])
+            absorbed = folds(groups, reg, idx, cfg.lifecycle, alike)
+        absorbed.update(self._returns(reg, np.unique(part_ids[part_ids > 0]), remembered, track_look, idx,
+                                      seg.shape[0], set(absorbed)))
+        for y in absorbed:  # a fold into a track that is itself a return: to the returned id
+            while absorbed[y] in absorbed:
+                absorbed[y] = absorbed[absorbed[y]]
+        if absorbed:
+            lut = np.arange(max(int(part_ids.max()), max(absorbed)) + 1, dtype=np.int64)
+            for y, o in absorbed.items():
+                lut[y] = o
+            part_ids = lut[part_ids]
+            for y in absorbed:
+                reg.tracks.pop(y, None)
         # a segment whose parts now all carry one id is whole again
         nz = np.where(ev.inter > 0, part_ids, -1)
         mx, mn = nz.max(1), np.where(ev.inter > 0, part_ids, np.iinfo(np.int64).max).min(1)
@@ -174,20 +182,63 @@ class Linker:
         segment_ids = np.where(single, np.maximum(mx, 0), 0)
         carved = ~single & (ev.seg_area > 0)
 
-        flat = part_ids.reshape(-1)
-        labels = np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + ev.rows + 1), 0).astype(np.int32)
+        labels = self._labels(seg, part_ids, ev.rows, T)
         ids = np.unique(part_ids[part_ids > 0])
         self._remember_velocity(reg, pred.velocity, ids.tolist())
         self._update(state, seg, labels, ids, segment_ids, props if has_props else None, ev, small, gray, idx, bins)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
-    def _alike(self, hists: "np.ndarray | None") -> float:
-        """Colour likeness (0..1) of two tracks that share a segment (their proposal maps are
-        not compared: pieces of one object lie side by side, not in one place); 1 without
-        colour."""
-        sim = look_similarity(None, None, self.cfg.evidence.kl_tau, hists[:1] if hists is not None else None,
-                              hists[1:] if hists is not None else None)
-        return 1.0 if sim is None else float(sim[0, 0])
+    def _recall(self, reg: TrackRegistry, remembered: np.ndarray, track_look, maps: "np.ndarray | None",
+                hists: "np.ndarray | None", work_h: int) -> "np.ndarray | None":
+        """float32 ``(Q, R)`` look similarity of queries (segments or young tracks: proposal
+        maps ``(Q, ph, pw)`` and / or colour histograms ``(Q, B)``) with remembered tracks,
+        or None. A remembered track's map is moved to where it would be now at its last
+        velocity and both are blurred by how unsure that is (one grid cell, plus one work
+        pixel per frame out of sight)."""
+        rmaps, rhists = track_look(remembered)
+        rhists = rhists if hists is not None else None
+        tau = self.cfg.evidence.kl_tau
+        if rmaps is None or maps is None or rmaps.shape[1:] != maps.shape[1:]:
+            return look_similarity(None, None, tau, rhists, hists)
+        scale = rmaps.shape[1] / work_h
+        gone = np.array([reg[t].missed + 1 for t in remembered.tolist()], np.float32)
+        moves = np.array([reg[t].velocity for t in remembered.tolist()], np.float32) * (gone * scale)[:, None]
+        return np.concatenate([look_similarity(*blurred(m[None], maps, 1.0 + g * scale), tau,
+                                               None if rhists is None else rhists[i:i + 1], hists)
+                               for i, (m, g) in enumerate(zip(shift_maps(rmaps, moves), gone))], axis=1)
+
+    def _returns(self, reg: TrackRegistry, present: np.ndarray, remembered: np.ndarray, track_look, idx: int,
+                 work_h: int, taken: set) -> dict[int, int]:
+        """Late re-identification: a young track (born at most ``correction_window`` frames
+        ago, after the remembered track was last seen) that has come to look like a
+        remembered track is that track coming back (its first view was a sliver that looked
+        unlike it): ``{young id: remembered id}``, one to one (Hungarian), by look above
+        ``reid_threshold``."""
+        lc = self.cfg.lifecycle
+        if lc.correction_window <= 0 or not len(remembered):
+            return {}
+        young = np.array([t for t in present.tolist() if t not in taken and t in reg
+                          and 0 < idx - reg[t].first_frame <= lc.correction_window], np.int64)
+        if not len(young):
+            return {}
+        ymaps, yhists = track_look(young)
+        # a young track that has lived a few frames has a colour of its own to compare, and
+        # where it came back is no evidence (an object can return anywhere): colour alone
+        # when there is colour
+        sim = self._recall(reg, remembered, track_look, ymaps if yhists is None else None, yhists, work_h)
+        if sim is None:
+            return {}
+        first = np.array([reg[t].first_frame for t in young.tolist()])[:, None]
+        last = np.array([reg[t].last_frame for t in remembered.tolist()])[None, :]
+        score = np.where(last < first, sim - lc.reid_threshold, -1.0)
+        r, c = linear_sum_assignment(-score)
+        return {int(young[i]): int(remembered[j]) for i, j in zip(r, c) if score[i, j] > 0}
+
+    @staticmethod
+    def _labels(seg: np.ndarray, part_ids: np.ndarray, rows: np.ndarray, T: int) -> np.ndarray:
+        """int32 ``(h, w)`` id of every pixel from the id of its part (segment x track row)."""
+        flat = part_ids.reshape(-1)
+        return np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + rows + 1), 0).astype(np.int32)
 
     def _update(self, state: LinkState, seg: np.ndarray, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
                 props: "np.ndarray | None", ev: Evidence, small: "np.ndarray | None", gray: "np.ndarray | None",
@@ -216,10 +267,15 @@ class Linker:
                 comp = np.searchsorted(ids, src)
                 comp = np.where((comp < len(ids)) & (src > 0), comp, -1)
                 h = color_histograms(small, comp, len(ids), bins)
+                area = np.bincount(comp[comp >= 0], minlength=len(ids))
                 for k, tid in enumerate(ids.tolist()):
                     if tid in reg:
-                        old = reg[tid].hist
-                        reg[tid].hist = h[k] if old is None else (a * h[k] + (1 - a) * old)
+                        t = reg[tid]
+                        t.area, t.peak_area = int(area[k]), max(t.peak_area, int(area[k]))
+                        # a view showing part of the object (a sliver leaving the frame) updates
+                        # the remembered look in proportion to how much of it it shows
+                        w = a * min(1.0, t.area / max(t.peak_area, 1))
+                        t.hist = h[k] if t.hist is None else (w * h[k] + (1 - w) * t.hist)
         reg.end_frame(idx, ids)
         state.prev = labels
         state.prev_gray = gray
