@@ -13,7 +13,7 @@ import numpy as np
 
 from scipy.optimize import linear_sum_assignment
 
-from ..matching import bhattacharyya, color_histograms
+from ..matching import color_histograms
 from ..tracks import TrackRegistry
 from .associate import associate
 from .config import EngineConfig
@@ -153,15 +153,23 @@ class Linker:
             now = self._labels(seg, part_ids, ev.rows, T) if bins else None
 
             def alike(y: int, k: int) -> float:
-                """Colour likeness of two tracks that share a segment (their proposal maps are
-                not compared: pieces of one object lie side by side); a track born in this
-                frame is judged by its pixels now, and without colour it is not folded."""
+                """Look likeness of two tracks that share a segment (proposal KL x colour); a
+                track born in this frame has no proposal yet and is judged by the colour of
+                its pixels now; without any look it is not folded."""
                 h = [reg[t].hist if reg[t].hist is not None else
                      (color_histograms(small, np.where(now == t, 0, -1), 1, bins)[0] if now is not None else None)
                      for t in (y, k)]
+                m = [reg[t].proposal for t in (y, k)]
                 if h[0] is None or h[1] is None:
+                    h = [None, None]
+                if m[0] is None or m[1] is None or m[0].shape != m[1].shape:
+                    m = [None, None]
+                if h[0] is None and m[0] is None:
                     return 0.0 if reg[y].first_frame == idx else 1.0
-                return float(bhattacharyya(h[0][None], h[1][None])[0, 0])
+                sim = look_similarity(None if m[0] is None else m[0][None], None if m[1] is None else m[1][None],
+                                      cfg.evidence.kl_tau, None if h[0] is None else h[0][None],
+                                      None if h[1] is None else h[1][None])
+                return float(sim[0, 0])
             absorbed = folds(groups, reg, idx, cfg.lifecycle, alike)
         absorbed.update(self._returns(reg, np.unique(part_ids[part_ids > 0]), remembered, track_look, idx,
                                       seg.shape[0], set(absorbed)))
@@ -267,15 +275,10 @@ class Linker:
                 comp = np.searchsorted(ids, src)
                 comp = np.where((comp < len(ids)) & (src > 0), comp, -1)
                 h = color_histograms(small, comp, len(ids), bins)
-                area = np.bincount(comp[comp >= 0], minlength=len(ids))
                 for k, tid in enumerate(ids.tolist()):
                     if tid in reg:
                         t = reg[tid]
-                        t.area, t.peak_area = int(area[k]), max(t.peak_area, int(area[k]))
-                        # a view showing part of the object (a sliver leaving the frame) updates
-                        # the remembered look in proportion to how much of it it shows
-                        w = a * min(1.0, t.area / max(t.peak_area, 1))
-                        t.hist = h[k] if t.hist is None else (w * h[k] + (1 - w) * t.hist)
+                        t.hist = h[k] if t.hist is None else (a * h[k] + (1 - a) * t.hist)
         reg.end_frame(idx, ids)
         state.prev = labels
         state.prev_gray = gray
