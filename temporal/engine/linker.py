@@ -211,9 +211,13 @@ class Linker:
         scale = rmaps.shape[1] / work_h
         gone = np.array([reg[t].missed + 1 for t in remembered.tolist()], np.float32)
         moves = np.array([reg[t].velocity for t in remembered.tolist()], np.float32) * (gone * scale)[:, None]
-        return np.concatenate([look_similarity(*blurred(m[None], maps, 1.0 + g * scale), tau,
-                                               None if rhists is None else rhists[i:i + 1], hists)
-                               for i, (m, g) in enumerate(zip(shift_maps(rmaps, moves), gone))], axis=1)
+        moved = shift_maps(rmaps, moves)
+        sim = np.zeros((len(maps), len(remembered)), np.float32)
+        for g in np.unique(gone):  # one blur of the queries per time out of sight
+            cols = np.flatnonzero(gone == g)
+            sim[:, cols] = look_similarity(*blurred(moved[cols], maps, 1.0 + g * scale), tau,
+                                           None if rhists is None else rhists[cols], hists)
+        return sim
 
     def _returns(self, reg: TrackRegistry, present: np.ndarray, remembered: np.ndarray, track_look, idx: int,
                  work_h: int, taken: set) -> dict[int, int]:
