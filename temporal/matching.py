@@ -40,29 +40,6 @@ def iou_from_overlap(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) 
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU ``(M, K)`` of two sets of boxes ``(y0, x0, y1, x1)`` (end exclusive; 0 where the
-    union is empty).
-
-    Args:
-        a: ``(M, 4)`` boxes; b: ``(K, 4)`` boxes.
-    """
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iy = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ix = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iy * ix
-    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None] + ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
-
-
-def slice_boxes(objs: list) -> np.ndarray:
-    """`scipy.ndimage.find_objects` slice pairs -> ``(n, 4)`` boxes ``(y0, x0, y1, x1)``
-    (an empty box for a label that is absent)."""
-    return np.array([(o[0].start, o[1].start, o[0].stop, o[1].stop) if o is not None else (0, 0, 0, 0)
-                     for o in objs], np.float64).reshape(-1, 4)
-
-
 def symmetric_kl_matrix(p: np.ndarray, q: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Symmetric KL ``KL(p_i || q_j) + KL(q_j || p_i)`` between two sets of distributions.
 
@@ -157,54 +134,6 @@ def hungarian_assign(cost: np.ndarray, allowed: "np.ndarray | None" = None,
     um_r = np.setdiff1d(np.arange(m), r)
     um_c = np.setdiff1d(np.arange(k), cidx)
     return Assignment(r, cidx, um_r, um_c)
-
-
-def containing_segment(inter: np.ndarray, area: np.ndarray, frac: float) -> tuple[np.ndarray, np.ndarray]:
-    """For each track, the segment holding most of its (warped) mask, and whether it holds
-    at least ``frac`` of it.
-
-    Args:
-        inter: int ``(T, K)`` overlaps of track masks with segments.
-        area: ``(T,)`` track mask areas.
-        frac: fraction of the area the segment must hold.
-
-    Returns:
-        (int64 ``(T,)`` segment index, bool ``(T,)``); with no segments, zeros and False.
-    """
-    inter = np.asarray(inter)
-    T = inter.shape[0]
-    if inter.shape[1] == 0:
-        return np.zeros(T, np.int64), np.zeros(T, bool)
-    j = np.argmax(inter, 1).astype(np.int64)
-    return j, inter[np.arange(T), j] >= frac * np.asarray(area)
-
-
-def distinct_pairs(sim: np.ndarray, margin: float) -> np.ndarray:
-    """Pairs that stand out: each is the most similar of its row and of its column, by at
-    least ``margin`` over every other entry there (a ratio-test-like check of ambiguity).
-
-    Args:
-        sim: float ``(M, K)`` similarities.
-        margin: required lead (same units as ``sim``).
-
-    Returns:
-        bool ``(M, K)``; a row or column with one entry needs only that entry to exceed 0
-        by ``margin`` (there is no rival to beat).
-    """
-    sim = np.asarray(sim, np.float64)
-    m, k = sim.shape
-    if m == 0 or k == 0:
-        return np.zeros((m, k), bool)
-
-    def rival(a: np.ndarray) -> np.ndarray:  # per entry: the best OTHER entry of its row
-        if a.shape[1] == 1:
-            return np.zeros_like(a)
-        top2 = np.sort(a, axis=1)[:, -2:]
-        best, second = top2[:, 1:2], top2[:, 0:1]
-        return np.where(a >= best, second, best)
-
-    lead = np.minimum(sim - rival(sim), sim - rival(sim.T).T)
-    return lead >= margin
 
 
 def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass
 class Track:
-    """What the tracker remembers about one track.
+    """What the linking engine remembers about one track.
 
     Attributes:
         id: permanent id (>= 1).
@@ -21,16 +21,10 @@ class Track:
         last_frame: last frame index where it was present.
         proposal: float32 ``(h, w)`` distribution (the last merged attention/proposal map).
         hist: float32 ``(bins**3,)`` colour histogram (EMA), or None without images.
-        bbox: ``(y0, x0, y1, x1)`` at work resolution when last seen (exclusive ends).
-        area: work-resolution pixels when last seen.
-        peak_area: the most work-resolution pixels it ever had (how much of the object a
-            view shows, for the appearance update).
         missed: consecutive frames it has been absent.
-        carved: consecutive keyframes it survived only by carving a merged segment.
-        parent: id of the track whose predicted (warped) mask contained the segment this
-            track was born from (a split piece the split test refused), else 0.
         velocity: ``(dy, dx)`` work-resolution pixels per frame, the last displacement
-            measured from the flow (the constant-velocity guess when the flow fails).
+            measured from the flow while it was seen (the constant-velocity guess when the
+            flow loses it or it is out of sight).
     """
 
     id: int
@@ -38,12 +32,7 @@ class Track:
     last_frame: int
     proposal: Optional[np.ndarray] = None
     hist: Optional[np.ndarray] = None
-    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
-    area: int = 0
-    peak_area: int = 0
     missed: int = 0
-    carved: int = 0
-    parent: int = 0
     velocity: tuple[float, float] = (0.0, 0.0)
 
 

@@ -3,9 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, forward_backward_check, label_displacements, match_shifts,
-                           make_flow_estimator, translate_labels,
-                           resize_flow, warp_labels, warp_maps)
+from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, forward_backward_check, label_displacements,
+                           make_flow_estimator, resize_flow, translate_labels, warp_labels)
 
 from .conftest import texture
 
@@ -66,19 +65,6 @@ def test_make_flow_estimator_unknown_name():
         make_flow_estimator("diss")
 
 
-def test_warp_maps_moves_mass_and_stays_normalised():
-    m = np.full((2, 8, 8), 1e-4, np.float32)
-    m[0, 2, 2] = 1.0
-    m[1, 5, 5] = 1.0
-    m /= m.reshape(2, -1).sum(1)[:, None, None]
-    flow = np.zeros((16, 16, 2), np.float32)  # given at twice the map resolution
-    flow[..., 0] = -2.0  # = -1 cell at map resolution
-    out = warp_maps(m, flow)
-    np.testing.assert_allclose(out.reshape(2, -1).sum(1), 1.0, rtol=1e-5)
-    assert np.unravel_index(out[0].argmax(), (8, 8)) == (2, 3)
-    assert np.unravel_index(out[1].argmax(), (8, 8)) == (5, 6)
-
-
 def test_resize_flow_scales_vectors():
     f = np.ones((10, 20, 2), np.float32)
     r = resize_flow(f, (20, 40))
@@ -136,57 +122,6 @@ def _object_scene(rng, shift, hw=(120, 200), size=24, at=(40, 60)):
     return prev, cur, lab
 
 
-@pytest.mark.parametrize("shift", [(17, -23), (-4, 31), (0, 0)])
-def test_match_shifts_finds_an_object_farther_than_its_size(rng, shift):
-    # DIS sees a 24 px square moving 31 px as background; its own pixels are found anyway
-    prev, cur, lab = _object_scene(rng, shift)
-    guesses = np.array([[[-2, -1], [0, 0]]])  # the flow's (background) guess and zero
-    best, score, first = match_shifts(prev, cur, lab, np.array([5]), guesses, radius=32)
-    assert tuple(best[0]) == shift
-    assert score[0] > 0.95
-    assert first[0] < score[0] - 0.3 or shift == (0, 0)
-    # the same with the bounding box given (no pass over the map)
-    best2, score2, _ = match_shifts(prev, cur, lab, np.array([5]), guesses, radius=32,
-                                    boxes=np.array([[40, 60, 64, 84]]))
-    assert tuple(best2[0]) == shift and score2[0] == pytest.approx(score[0])
-
-
-def test_match_shifts_search_window_and_early_accept(rng):
-    prev, cur, lab = _object_scene(rng, (3, 25))
-    ids = np.array([5])
-    # the search covers the guesses widened by the radius: 25 px is out of reach from 0 +- 8
-    best, score, _ = match_shifts(prev, cur, lab, ids, np.array([[[0, 0]]]), radius=8)
-    assert tuple(best[0]) != (3, 25) and score[0] < 0.9
-    # ... and in reach from a constant-velocity guess next to it
-    best, score, _ = match_shifts(prev, cur, lab, ids, np.array([[[0, 0], [2, 22]]]), radius=8)
-    assert tuple(best[0]) == (3, 25)
-    # a first guess that already fits is taken without a search
-    best, score, first = match_shifts(prev, cur, lab, ids, np.array([[[3, 24], [0, 0]]]), radius=8, accept=0.5)
-    assert tuple(best[0]) == (3, 24) and score[0] == first[0] >= 0.5
-
-
-def test_match_shifts_object_crossing_the_border(rng):
-    # the square leaves the frame by 10 of its 24 rows: the part inside still matches
-    prev, cur, lab = _object_scene(rng, (-50, 6))
-    best, score, _ = match_shifts(prev, cur, lab, np.array([5]), np.array([[[-40, 0]]]), radius=16)
-    assert tuple(best[0]) == (-50, 6) and score[0] > 0.6
-
-
-def test_match_shifts_absent_flat_and_bad_input(rng):
-    prev, cur, lab = _object_scene(rng, (2, 2))
-    # label 9 is absent; label 5 painted a flat grey in the previous frame has no texture to match
-    flat = prev.copy()
-    flat[lab == 5] = 128
-    best, score, first = match_shifts(flat, cur, lab, np.array([9, 5]), np.zeros((2, 1, 2), int))
-    assert score[0] == -1 and first[0] == -1 and score[1] == -1
-    with pytest.raises(ValueError, match="one shape"):
-        match_shifts(prev, cur[:-1], lab, np.array([5]), np.zeros((1, 1, 2), int))
-    with pytest.raises(ValueError, match="guesses"):
-        match_shifts(prev, cur, lab, np.array([5]), np.zeros((2, 1, 2), int))
-    empty = match_shifts(prev, cur, lab, np.zeros(0, int), np.zeros((0, 1, 2), int))
-    assert [a.shape[0] for a in empty] == [0, 0, 0]
-
-
 def test_translate_labels_of_sparse_large_ids_match_small_ids():
     # the drawing order (big labels first, small ones on top; ties: smaller label first)
     # is ranked over the labels present, not every id up to the largest
@@ -220,16 +155,3 @@ def test_label_displacements_of_sparse_large_ids_match_small_ids():
     assert c_cut.sum() == c_small[1]
 
 
-def test_warp_maps_takes_more_maps_than_one_remap_call_allows():
-    # OpenCV 5's remap takes at most 128 channels (OpenCV 4: 512); 300 maps are chunked.
-    from temporal.flow import remap_channel_limit, warp_maps
-
-    rng = np.random.default_rng(0)
-    maps = rng.random((300, 12, 16)).astype(np.float32)
-    maps /= maps.sum(axis=(1, 2), keepdims=True)
-    flow = np.zeros((12, 16, 2), np.float32)
-    flow[..., 0] = 1.0  # every pixel comes from one column to the right
-    out = warp_maps(maps, flow, renormalize=False)
-    assert out.shape == (300, 12, 16) and remap_channel_limit() < 300
-    np.testing.assert_allclose(out[:, :, :-1], maps[:, :, 1:], atol=1e-6)
-    np.testing.assert_allclose(out[:, :, -1], maps[:, :, -1], atol=1e-6)  # border replicated

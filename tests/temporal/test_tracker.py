@@ -6,7 +6,7 @@ import pytest
 from diffseg_core.types import Segmentation
 from temporal.config import TrackerConfig, iou_only_baseline
 from temporal.proposals import proposals_from_labels
-from temporal.tracker import VideoSegmenter, VideoState
+from temporal.tracker import VideoSegmenter, VideoState, link_label_maps
 from temporal.types import TrackedFrame
 
 from .conftest import FakeSegmenter, Scene, seg_from_gt, tracker
@@ -407,3 +407,18 @@ def test_matched_segment_that_is_mostly_background_is_carved(rng):
     assert (tf.labels[gt == 1] == t0[1]).mean() > 0.85  # its warped pixels (the leading edge goes with the rest)
     assert (tf.labels[left] == t0[1]).mean() < 0.05
     assert (tf.labels[(gt == 0) & ~left] == t0[0]).mean() > 0.95
+
+
+def test_a_frame_with_300_segments_is_linked():
+    # OpenCV 5's remap takes at most 128 channels: nothing per track may go through one call
+    # (the previous tracker warped one map per track and crashed above 128 tracks). 300
+    # cells of distinct colours moving 1 px per frame keep their 300 ids.
+    rng = np.random.default_rng(3)
+    lab = (np.arange(120)[:, None] // 6) * 15 + np.arange(150)[None, :] // 10  # 20 x 15 cells
+    colours = rng.integers(0, 255, (300, 3), dtype=np.uint8)
+    maps = [np.roll(lab, t, 1) for t in range(3)]
+    out = list(link_label_maps(maps, [colours[m] for m in maps], tracker()))
+    assert [len(tf.track_ids) for tf in out] == [300, 300, 300]
+    first = {v: int(out[0].labels[lab == v][0]) for v in range(300)}
+    for tf, m in zip(out, maps):
+        assert all(np.all(tf.labels[m == v] == first[v]) for v in range(300))

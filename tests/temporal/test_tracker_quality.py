@@ -10,7 +10,7 @@ import pytest
 from temporal.engine.config import PredictConfig
 from temporal.engine.predict import Predictor
 from temporal.flow import make_flow_estimator
-from temporal.proposals import proposals_from_labels, segmentation_from_labels
+from temporal.proposals import segmentation_from_labels
 from temporal.tracker import VideoSegmenter
 
 from .conftest import Scene, seg_from_gt, texture, tracker
