@@ -79,7 +79,6 @@ def family_maps(work: Path, item: str, family: str, frames: list, gt: list, seed
 # engine variants of the ablation: each removes one mechanism (or changes one weight; the
 # motion term, off by default, is added)
 ABLATION = {
-    "+ common fate (motion 3 px)": {"evidence": {"motion_tolerance": 3.0}},
     "no flow (in place)": {"predict": {"flow": "none", "fallback_preset": "none", "fb_tolerance": 0.0}},
     "no fb check": {"predict": {"fb_tolerance": 0.0, "fallback_preset": "none"}},
     "no fallback flow": {"predict": {"fallback_preset": "none"}},

@@ -26,16 +26,18 @@ def proposals_from_labels(labels: np.ndarray, num_segments: "int | None" = None,
                           floor: float = 1e-3) -> np.ndarray:
     """Derive proposal maps from a label map.
 
-    Each grid cell gets the fraction of its area that the segment covers (measured on a
-    nearest-neighbour sampling 4x finer than the grid), then ``floor`` is added and every
-    map is normalised: ``p = (frac + floor) / sum(frac + floor)``.
+    Each grid cell gets its share of the segment's area (measured on a nearest-neighbour
+    sampling 4x finer than the grid), then ``floor`` is spread over the grid and every map
+    is normalised: ``p = (share + floor / cells) / (1 + floor)``. The floor keeps KL finite;
+    as a share of the whole map it leaves a tiny segment's map as concentrated as a big
+    one's (a floor per cell made a few-pixel segment's map almost uniform, alike to
+    anything).
 
     Args:
         labels: int ``(H, W)`` with values ``0..K-1``.
         num_segments: K (default ``labels.max() + 1``).
         side: grid cells on the shorter side (at most the image's shorter side).
-        floor: added to every cell's area fraction (in [0, 1]) before normalising; keeps
-            KL finite.
+        floor: probability mass spread evenly over the grid (keeps KL finite).
 
     Returns:
         float32 ``(K, h, w)``, each summing to 1.
@@ -50,8 +52,9 @@ def proposals_from_labels(labels: np.ndarray, num_segments: "int | None" = None,
         fine = cv2.resize(fine, (w * sub, h * sub), interpolation=cv2.INTER_NEAREST)
     cell = (np.arange(h * sub) // sub)[:, None] * w + (np.arange(w * sub) // sub)[None, :]
     counts = np.bincount((fine.astype(np.int64) * (h * w) + cell).ravel(), minlength=k * h * w)[: k * h * w]
-    out = counts.reshape(k, h, w).astype(np.float32) * np.float32(1.0 / (sub * sub))
-    out += np.float32(floor)
+    out = counts.reshape(k, h, w).astype(np.float32)
+    out /= np.maximum(out.reshape(k, -1).sum(1), 1)[:, None, None]  # where the segment is, whatever its size
+    out += np.float32(floor / (h * w))
     out /= out.reshape(k, -1).sum(1)[:, None, None]
     return out
 

@@ -160,7 +160,13 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
                 if j in won:
                     score[j, won[j]] = reid[j, won[j] - T]
     best = np.argmax(score, 1)
-    ok = score[np.arange(K), best] > 0
+    top = score[np.arange(K), best]
+    ok = top > 0
+    if cfg.split_cost > 0:  # a track's second, third... segment must pay for overriding the segmenter
+        sel = np.flatnonzero(ok & (best < T))
+        order = sel[np.lexsort((-top[sel], best[sel]))]  # by track, best segment first
+        extra = order[1:][best[order][1:] == best[order][:-1]]
+        ok[extra[top[extra] <= cfg.split_cost]] = False
     whole[ok] = best[ok]
     owner[:] = np.where(inter > 0, whole[:, None], -1)
     # pass 2, contains: a track that continues in no segment (the segmenter merged it into a

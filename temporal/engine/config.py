@@ -66,22 +66,15 @@ class EvidenceConfig(ConfigDict):
             (DiffSeg's merge threshold is 1.1 nats: maps that far apart are different).
         hist_bins: colour histogram bins per RGB channel for the appearance similarity
             (Bhattacharyya); 0 = proposal maps alone.
-        motion_tolerance: work pixels (plus a quarter of the motion) by which a part may move
-            unlike its track and still count as moving with it (common fate); 0 (default) =
-            motion is not compared. Off because it did not hold out: at 3 px it raised the
-            five tuning families 0.819 -> 0.869 but lowered the held-out quickshift family
-            0.856 -> 0.824 and raised id switches 0.24 -> 1.02 there (docs/temporal.md).
     """
 
     kl_tau: float = 2.0
     hist_bins: int = 8
-    motion_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if not float(self.kl_tau) > 0:
             raise InputError(f"EvidenceConfig.kl_tau must be > 0; got {self.kl_tau}")
         _check_range(self, "hist_bins", 0, 32)
-        _check_range(self, "motion_tolerance", 0.0)
 
 
 @dataclass(frozen=True)
@@ -99,16 +92,23 @@ class AssociateConfig(ConfigDict):
             pixels it did not predict (1 = the IoU's balance of gained and foreign pixels).
         look_weight: how much the colour likeness of a segment and a track scales their
             agreement: ``1 + look_weight * (2 * look - 1)``; 0 = overlap only.
+        split_cost: what a track pays (a fraction of its predicted mask) for each segment
+            it takes beyond its best one: the segmenter says they are different things, so
+            a piece joins as part of the track (a split) only when it scores more than
+            this, and a smaller one inside the track's prediction is a new object (a
+            structure that starts inside the ground); 0 = every piece inside joins.
     """
 
     segment_trust: float = 3.0
     foreign_weight: float = 1.0
     look_weight: float = 1.5
+    split_cost: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range(self, "segment_trust", 0.0)
         _check_range(self, "foreign_weight", 0.0)
         _check_range(self, "look_weight", 0.0, 2.0)
+        _check_range(self, "split_cost", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,9 @@ def video() -> EngineConfig:
 def slices() -> EngineConfig:
     """The slices preset: aligned neighbours (no flow), a short memory (a structure that
     leaves for a few slices is the same structure; one absent for long is another), no
-    colour (grey slices) and no held-back output."""
+    held-back output, and a split cost (a structure that starts inside a bigger one's
+    previous mask is new, not a piece of it). The look is the slice's intensity histogram
+    when the caller passes the slice image (grey as RGB)."""
     return EngineConfig(predict=PredictConfig(flow="none", fallback_preset="none", fb_tolerance=0.0, work_side=0),
-                        evidence=EvidenceConfig(hist_bins=0),
+                        associate=AssociateConfig(split_cost=0.2),
                         lifecycle=LifecycleConfig(memory=3, correction_window=0))

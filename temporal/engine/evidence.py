@@ -84,36 +84,6 @@ def part_looks(small: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, tra
     return out
 
 
-def part_motion(flow: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, track_disp: np.ndarray,
-                tolerance: float) -> np.ndarray:
-    """float32 ``(K, T)``: how well each part moves with its track, 0..1 (1 = unmeasured).
-
-    A part's motion is the median of the flow over its pixels; the agreement with the
-    track's own displacement ``d`` is ``exp(-|d_part - d|^2 / (2 s^2))`` with
-    ``s = tolerance + 0.25 max(|d_part|, |d|)`` (flow errors grow with the motion). What
-    moves unlike a track is not a piece of it (common fate), whatever its colour.
-
-    Args:
-        flow: float32 ``(h, w, 2)`` backward flow new -> previous.
-        seg, rows: segment index / predicted track row per pixel (-1 = none).
-        track_disp: float ``(T, 2)`` displacement ``(dy, dx)`` of each track (NaN = unknown).
-    """
-    from ..flow import label_displacements
-
-    T = len(track_disp)
-    idx, codes = _compact_pairs(seg, rows, K, T)
-    disp, count = label_displacements(idx + 1, flow, len(codes) + 1)
-    out = np.ones((K, T), np.float32)
-    t = codes % T
-    d_part, d_track = disp[1:], track_disp[t]
-    ok = (count[1:] >= 8) & np.isfinite(d_track).all(1)
-    dist2 = ((d_part - d_track) ** 2).sum(1)
-    s = tolerance + 0.25 * np.maximum(np.hypot(*d_part.T), np.hypot(*np.nan_to_num(d_track).T))
-    agree = np.where(ok, np.exp(-dist2 / (2 * s ** 2)), 1.0)
-    out[codes // T, t] = agree
-    return out
-
-
 def gather(pred: np.ndarray, seg: np.ndarray, K: int) -> Evidence:
     """The overlap table of the predicted ids ``pred`` and the segment map ``seg``.
 

@@ -17,7 +17,7 @@ from ..matching import color_histograms
 from ..tracks import TrackRegistry
 from .associate import associate
 from .config import EngineConfig
-from .evidence import Evidence, gather, look_similarity, part_looks, part_motion
+from .evidence import Evidence, gather, look_similarity, part_looks
 from .lifecycle import folds
 from .predict import Prediction, Predictor, blurred, shift_maps
 
@@ -116,10 +116,6 @@ class Linker:
             _, hists = track_look(ev.track_ids)
             if hists is not None:
                 ev.look = part_looks(small, seg, ev.rows, K, hists, bins)
-        if pred.flow is not None and len(ev.track_ids) and K and cfg.evidence.motion_tolerance > 0:
-            d = np.array([pred.velocity.get(int(i), (np.nan, np.nan)) for i in ev.track_ids], np.float32)
-            mot = part_motion(pred.flow, seg, ev.rows, K, d, cfg.evidence.motion_tolerance)
-            ev.look = mot if ev.look is None else ev.look * mot
         # remembered tracks (absent from the prediction) compete in the same decision: a
         # segment takes one back by look (proposal KL x colour) above reid_threshold
         predicted = set(ev.track_ids.tolist())
@@ -193,7 +189,8 @@ class Linker:
         labels = self._labels(seg, part_ids, ev.rows, T)
         ids = np.unique(part_ids[part_ids > 0])
         self._remember_velocity(reg, pred.velocity, ids.tolist())
-        self._update(state, seg, labels, ids, segment_ids, props if has_props else None, ev, small, gray, idx, bins)
+        self._update(state, seg, labels, ids, segment_ids, part_ids, props if has_props else None, ev, small, gray,
+                     idx, bins)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
     def _recall(self, reg: TrackRegistry, remembered: np.ndarray, track_look, maps: "np.ndarray | None",
@@ -223,9 +220,9 @@ class Linker:
                  work_h: int, taken: set) -> dict[int, int]:
         """Late re-identification: a young track (born at most ``correction_window`` frames
         ago, after the remembered track was last seen) that has come to look like a
-        remembered track is that track coming back (its first view was a sliver that looked
-        unlike it): ``{young id: remembered id}``, one to one (Hungarian), by look above
-        ``reid_threshold``."""
+        remembered track, where that track would be now, is that track coming back (its
+        first view was a sliver that looked unlike it): ``{young id: remembered id}``, one
+        to one (Hungarian), by the same look as re-identification, above ``reid_threshold``."""
         lc = self.cfg.lifecycle
         if lc.correction_window <= 0 or not len(remembered):
             return {}
@@ -234,10 +231,7 @@ class Linker:
         if not len(young):
             return {}
         ymaps, yhists = track_look(young)
-        # a young track that has lived a few frames has a colour of its own to compare, and
-        # where it came back is no evidence (an object can return anywhere): colour alone
-        # when there is colour
-        sim = self._recall(reg, remembered, track_look, ymaps if yhists is None else None, yhists, work_h)
+        sim = self._recall(reg, remembered, track_look, ymaps, yhists, work_h)
         if sim is None:
             return {}
         first = np.array([reg[t].first_frame for t in young.tolist()])[:, None]
@@ -253,7 +247,7 @@ class Linker:
         return np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + rows + 1), 0).astype(np.int32)
 
     def _update(self, state: LinkState, seg: np.ndarray, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
-                props: "np.ndarray | None", ev: Evidence, small: "np.ndarray | None", gray: "np.ndarray | None",
+                part_ids: np.ndarray, props: "np.ndarray | None", ev: Evidence, small: "np.ndarray | None", gray: "np.ndarray | None",
                 idx: int, bins: int) -> None:
         """Remember each present track's look and close the frame in the registry."""
         reg = state.registry
@@ -262,10 +256,18 @@ class Linker:
             if props is not None:
                 area = ev.seg_area.astype(np.float64)
                 for tid in ids.tolist():
-                    own = np.flatnonzero(segment_ids == tid)
-                    if not len(own) or tid not in reg:
+                    if tid not in reg:
                         continue
-                    p = np.tensordot(area[own] / area[own].sum(), props[own], 1).astype(np.float32)
+                    own = np.flatnonzero(segment_ids == tid)
+                    # the map of the segments it owns whole; a track holding only carved parts
+                    # takes those of the segments it was carved from, weighted by its parts
+                    w = area[own] if len(own) else np.where(part_ids == tid, ev.inter, 0).sum(1).astype(np.float64)
+                    if not len(own):
+                        own = np.flatnonzero(w)
+                        w = w[own]
+                    if not len(own):
+                        continue
+                    p = np.tensordot(w / w.sum(), props[own], 1).astype(np.float32)
                     old = reg[tid].proposal
                     reg[tid].proposal = p if old is None or old.shape != p.shape else (a * p + (1 - a) * old)
             if bins and small is not None:

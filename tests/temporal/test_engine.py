@@ -9,7 +9,7 @@ from temporal.config import TrackerConfig
 from temporal.engine import AssociateConfig, EngineConfig, LifecycleConfig, slices, video
 from temporal.tracker import link_label_maps
 from temporal.engine.associate import associate, gaec
-from temporal.engine.evidence import Evidence, gather, part_motion
+from temporal.engine.evidence import Evidence, gather
 from temporal.engine.lifecycle import folds
 from temporal.tracks import TrackRegistry
 
@@ -52,6 +52,17 @@ def test_a_boundary_sliver_stays_with_its_segment():
     a = associate(evidence([[0, 950, 50], [0, 0, 950]]), AssociateConfig(look_weight=0.0))
     assert a.whole.tolist() == [0, 1]
     assert a.owner[0].tolist() == [-1, 0, 0]
+
+
+@pytest.mark.parametrize("split_cost,whole", [(0.0, [0, 0, 0]), (0.2, [0, 0, -1])])
+def test_a_track_pays_the_split_cost_for_each_segment_beyond_its_best(split_cost, whole):
+    # track 1 (1000 px predicted): segment 0 holds 600, segment 1 300 (a split half),
+    # segment 2 50 (a structure starting inside it); without the cost every piece joins
+    a = associate(evidence([[0, 600], [0, 300], [0, 50]]), AssociateConfig(look_weight=0.0, split_cost=split_cost))
+    assert a.whole.tolist() == whole
+    # the best segment never pays: a track seen only as a sliver still continues in it
+    lone = associate(evidence([[0, 50]]), AssociateConfig(look_weight=0.0, split_cost=0.2))
+    assert lone.whole.tolist() == [0]
 
 
 def test_an_object_merged_into_the_ground_is_carved_out():
@@ -111,21 +122,6 @@ def test_gather_counts_parts_both_ways():
     assert ev.inter.tolist() == [[1, 1, 0], [0, 1, 2]]
     assert ev.pred_area.tolist() == [2, 2]
     assert ev.rows.tolist() == [[-1, 0, 0], [1, 1, -1]]
-
-
-def test_part_motion_by_hand():
-    # track 0 stands still; segment 0 is predicted as track 0 in both halves, but the right
-    # half moved 6 px to the right (backward flow -6 in x): agreement exp(-36 / (2 * 3^2))
-    seg = np.zeros((4, 8), np.int32)
-    seg[:, 4:] = 1
-    rows = np.zeros((4, 8), np.int32)
-    flow = np.zeros((4, 8, 2), np.float32)
-    flow[:, 4:, 0] = -6.0
-    m = part_motion(flow, seg, rows, 2, np.array([[0.0, 0.0]]), tolerance=1.5)
-    assert m[0, 0] == pytest.approx(1.0)
-    assert m[1, 0] == pytest.approx(np.exp(-2.0), rel=1e-4)
-    # a track whose displacement is unknown is not judged
-    assert part_motion(flow, seg, rows, 2, np.array([[np.nan, np.nan]]), 1.5).tolist() == [[1.0], [1.0]]
 
 
 # ---------------------------------------------------------------- lifecycle

@@ -304,6 +304,9 @@ def _returning_object_ids(rng, twin: bool, **cfg) -> dict[int, int]:
     return ids
 
 
+@pytest.mark.xfail(strict=True, reason="known gap: late re-identification compares where the remembered track "
+                   "would be at its last velocity; this object comes back from the other side of the frame "
+                   "(colour alone found it, but merged look-alike structures in grey volumes)")
 def test_a_young_track_takes_back_the_id_of_a_returning_object(rng):
     # an object (magenta with a yellow left edge) leaves (frames 0-5 visible), is away for
     # three frames and comes back from the right border, leading with its yellow edge: that
@@ -338,7 +341,6 @@ def test_a_swallowed_track_is_carved_out_not_reidentified_elsewhere(rng):
     assert np.mean(tf.labels[gt == 1] == a) > 0.9 and not np.any(tf.labels[gt == 2] == a)
 
 
-@FRAGMENT_GAP
 def test_first_frame_halves_show_one_id_from_the_first_frame_on(rng):
     # the first frame splits an object into two look-alike halves (two tracks born together);
     # on the next frame it is whole and one of them takes it: the other one, gone inside the
@@ -497,17 +499,18 @@ def _panning_scene(t: int, pan: int, bg: np.ndarray, obj: np.ndarray) -> tuple[n
     return img, mask, band & ~mask
 
 
-@pytest.mark.parametrize("common_fate", [True, False])
-def test_an_object_merged_with_the_ground_at_first_gets_its_own_id_by_its_motion(rng, common_fate):
+@pytest.mark.xfail(strict=True, reason="known gap: only motion tells this object from the ground, and the "
+                   "motion term was removed (it raised the families it was built on and lowered the held-out "
+                   "one, benchmarks/RESULTS.md)")
+def test_an_object_merged_with_the_ground_at_first_gets_its_own_id_once_segmented_apart(rng):
     # frame 0 segments the object together with the band of ground it stands in (one
     # segment: as DiffSeg may on a low-contrast object); later frames segment them apart.
     # The colours alike, only motion tells them apart: the camera pans 14 px per frame,
-    # the object moves 1 px. Without the common-fate test the band's track keeps the
-    # object as a split piece of itself (object + ground under one id)
+    # the object moves 1 px; the band's track keeps the object as a piece of itself
     pan, n = 14, 5
     bg = texture(np.random.default_rng(5), 120, 200 + pan * n, (100, 110, 95))
     obj = texture(np.random.default_rng(6), 40, 40, (105, 112, 92))
-    vs = VideoSegmenter(None, tracker(motion_tolerance=3.0 if common_fate else 0.0))
+    vs = VideoSegmenter(None, tracker())
     st = vs.init_state()
     ids = []
     for t in range(n):
@@ -518,8 +521,5 @@ def test_an_object_merged_with_the_ground_at_first_gets_its_own_id_by_its_motion
         perm = rng.permutation(3)
         tf = vs.step(st, img, segmentation_from_labels(perm[lab].astype(np.int32), 16))
         ids.append((int(np.bincount(tf.labels[mask]).argmax()), int(np.bincount(tf.labels[band]).argmax())))
-    if common_fate:
-        assert len({o for o, _ in ids[1:]}) == 1  # one id for the object from frame 1 on ...
-        assert all(o != b for o, b in ids[1:])  # ... not the ground's
-    else:
-        assert ids[1][0] == ids[1][1]
+    assert len({o for o, _ in ids[1:]}) == 1  # one id for the object from frame 1 on ...
+    assert all(o != b for o, b in ids[1:])  # ... not the ground's

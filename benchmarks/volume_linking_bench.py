@@ -1,0 +1,171 @@
+"""Quality harness of slice linking: families x volumes x linkers (3D Dice / per-slice oracle).
+
+    python3 benchmarks/volume_linking_bench.py --data ../shared/data [--families all] [--seed 0]
+
+Items: the CT, MR and nuclei label volumes of DATA with their images, sliced along axis 0.
+Families (per slice): our DiffSeg-like degradation at two severities
+(`volume_sim.diffseg_like_slice`), scikit-image felzenszwalb at two scales, SLIC,
+watershed of the intensity gradient (the classical nuclei segmenter) and quickshift
+(**held out**: never tuned on). The slice maps are cached under WORK. Linkers:
+
+* ``stacking``: today's `volume.stacking.SliceLinker` (what `diffseg stack` runs), with the
+  slice images as its appearance cue;
+* ``engine``: the linking engine's `slices` preset (`temporal.engine`), the grey slice as
+  its look;
+* ``iou``: Cellpose-style IoU stitching (threshold 0.25), the baseline.
+
+Printed per item x family x linker: 3D mean Dice (one Hungarian matching over the volume),
+the per-slice oracle Dice of the raw slice maps, their ratio, labels made and seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import families  # noqa: E402
+
+VOLUMES = {
+    "ct": ("ct_totalseg_abdomen/labels.nii.gz", "ct_totalseg_abdomen/image.nii.gz"),
+    "mr": ("mr_totalseg_abdomen/labels.nii.gz", "mr_totalseg_abdomen/image.nii.gz"),
+    "nuclei": ("microscopy_nuclei3d_cells3d/labels.tif", "microscopy_nuclei3d_cells3d/image.tif"),
+}
+
+
+def _degrade(level: str) -> Callable:
+    from volume_sim import SimConfig, diffseg_like_slice
+
+    cfg = {"mild": SimConfig(bg_pieces=(2, 4), jitter=0.1, p_split=0.03, p_merge=0.05),
+           "strong": SimConfig(bg_pieces=(2, 5), jitter=0.3, p_split=0.05, p_merge=0.1)}[level]
+    return lambda rgb, gt, rng: diffseg_like_slice(gt, rng, cfg)
+
+
+def watershed(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Watershed of the Sobel gradient from its regional minima (h = 10 grey levels)."""
+    from skimage.filters import sobel
+    from skimage.morphology import h_minima
+    from skimage.segmentation import watershed as ws
+    from scipy import ndimage
+
+    grad = sobel(rgb[..., 0].astype(np.float32))
+    markers, _ = ndimage.label(h_minima(grad, 10.0))
+    return ws(grad, markers).astype(np.int32)
+
+
+SLICES = {"degrade_mild": _degrade("mild"), "degrade_strong": _degrade("strong"),
+          "felzenszwalb_fine": families.VIDEO["felzenszwalb_fine"],
+          "felzenszwalb_coarse": families.VIDEO["felzenszwalb_coarse"], "slic": families.slic,
+          "watershed": watershed, "quickshift": families.quickshift}
+
+
+def load(data: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 labels (D, H, W), uint8 grey slices (D, H, W), 1-99 % window)."""
+    from volume.io import read_label_volume, read_volume
+
+    lab_rel, img_rel = VOLUMES[name]
+    lab = np.asarray(read_label_volume(data / lab_rel)[0]).astype(np.int32)
+    img = np.asarray(read_volume(data / img_rel).data, np.float32)
+    lo, hi = np.percentile(img, [1, 99])
+    return lab, np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+
+
+def slice_maps(work: Path, name: str, fam: str, gt: np.ndarray, grey: np.ndarray, seed: int) -> np.ndarray:
+    path = work / f"vol_{name}__{fam}__s{seed}.npy"
+    if path.exists():
+        return np.load(path)
+    rng = np.random.default_rng(seed)
+    out = np.stack([SLICES[fam](np.repeat(g[..., None], 3, 2), t, rng) for g, t in zip(grey, gt)]).astype(np.int32)
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+def link_stacking(maps: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    from volume.stacking import SliceLinker, segment_index
+    from volume.types import LinkConfig
+
+    lk = SliceLinker(LinkConfig())
+    return np.stack([lk.step(segment_index(m)[0], None, g) for m, g in zip(maps, grey)])
+
+
+def link_engine(maps: np.ndarray, grey: np.ndarray, changes: "dict | None" = None) -> np.ndarray:
+    from temporal.engine import Linker, slices
+    from temporal.proposals import proposals_from_labels
+    from volume.stacking import segment_index
+
+    cfg = slices().set(**(changes or {}))
+    lk = Linker(cfg)
+    st = lk.init_state()
+    out = []
+    for i, (m, g) in enumerate(zip(maps, grey)):
+        seg, vals = segment_index(m)
+        K = len(vals)
+        props = proposals_from_labels(seg, K, 32) if K else None
+        rgb = np.repeat(g[..., None], 3, 2) if cfg.evidence.hist_bins else None
+        out.append(lk.step(st, seg, K, props, rgb, None, i).labels)
+    return np.stack(out)
+
+
+def link_iou(maps: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    from volume.stacking import iou_stitch
+
+    out, nxt, prev = [], 1, np.zeros(maps.shape[1:], np.int32)
+    for m in maps:
+        prev, nxt = iou_stitch(prev, m, nxt, 0.25, background=None)
+        out.append(prev)
+    return np.stack(out)
+
+
+METHODS = {"stacking": link_stacking, "engine": link_engine, "iou": link_iou}
+
+
+def main() -> None:
+    from volume.evaluate import volume_dice
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/volume_linking_bench"))
+    ap.add_argument("--families", default="all", help="all, tuning (all but quickshift) or a comma list")
+    ap.add_argument("--methods", default="stacking,engine,iou")
+    ap.add_argument("--items", default="ct,mr,nuclei")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    fams = (list(SLICES) if a.families == "all" else [f for f in SLICES if f not in families.HELD_OUT]
+            if a.families == "tuning" else a.families.split(","))
+    rows = []
+    print(f"{'item':8s} {'family':20s} {'method':10s} {'Dice':>6s} {'oracle':>6s} {'ratio':>6s} {'labels':>6s} {'s':>5s}")
+    for name in a.items.split(","):
+        if not (a.data / VOLUMES[name][0]).exists():
+            print(f"# skipping {name}: not found in {a.data}")
+            continue
+        gt, grey = load(a.data, name)
+        for fam in fams:
+            maps = slice_maps(a.work, name, fam, gt, grey, a.seed)
+            oracle = volume_dice(maps, gt).mean_oracle_dice
+            for m in a.methods.split(","):
+                t0 = time.perf_counter()
+                pred = METHODS[m](maps, grey)
+                sec = time.perf_counter() - t0
+                d = volume_dice(pred, gt, oracle=False).mean_dice
+                rows.append((name, fam, m, d / oracle))
+                print(f"{name:8s} {fam:20s} {m:10s} {d:6.3f} {oracle:6.3f} {d / oracle:6.3f} "
+                      f"{len(np.unique(pred)):6d} {sec:5.1f}", flush=True)
+    print("\n# per method: mean ratio over tuning families (min) | held-out quickshift")
+    for m in a.methods.split(","):
+        tune = [r[3] for r in rows if r[2] == m and r[1] not in families.HELD_OUT]
+        held = [r[3] for r in rows if r[2] == m and r[1] in families.HELD_OUT]
+        if tune:
+            print(f"{m:10s} {np.mean(tune):.3f} ({min(tune):.3f}) | "
+                  f"{np.mean(held) if held else float('nan'):.3f}")
+
+
+if __name__ == "__main__":
+    main()
