@@ -83,10 +83,10 @@ def gaec(w: np.ndarray, n_free: int) -> np.ndarray:
     excl = np.zeros((n, n), bool)
     excl[n_free:, n_free:] = True
     np.fill_diagonal(excl, True)
+    cand = np.where(excl, -np.inf, w)  # kept up to date: no full rebuild per contraction
     rep = np.arange(n)
     alive = np.ones(n, bool)
     while True:
-        cand = np.where(excl | ~alive[:, None] | ~alive[None, :], -np.inf, w)
         k = int(np.argmax(cand))
         a, b = divmod(k, n)
         if not cand[a, b] > 0:
@@ -99,6 +99,10 @@ def gaec(w: np.ndarray, n_free: int) -> np.ndarray:
         excl[:, a] |= excl[:, b]
         excl[a, a] = True
         alive[b] = False
+        cand[a] = np.where(excl[a] | ~alive, -np.inf, w[a])
+        cand[:, a] = cand[a]
+        cand[b] = -np.inf
+        cand[:, b] = -np.inf
         rep[rep == b] = a
     return rep
 

@@ -254,22 +254,27 @@ class Linker:
         a = APPEARANCE_EMA
         if len(ids):
             if props is not None:
-                area = ev.seg_area.astype(np.float64)
-                for tid in ids.tolist():
-                    if tid not in reg:
+                # the map of the segments a track owns whole (area-weighted); a track holding
+                # only carved parts takes those of the segments it was carved from, weighted
+                # by its parts. One matrix product for all tracks.
+                K = len(props)
+                W = np.zeros((K, len(ids)))
+                own = np.flatnonzero(segment_ids > 0)
+                W[own, np.searchsorted(ids, segment_ids[own])] = ev.seg_area[own]
+                has_own = W.sum(0) > 0
+                jj, cc = np.nonzero(part_ids > 0)
+                tt = np.searchsorted(ids, part_ids[jj, cc])
+                keep = ~has_own[tt]
+                np.add.at(W, (jj[keep], tt[keep]), ev.inter[jj[keep], cc[keep]])
+                tot = W.sum(0)
+                valid = np.flatnonzero(tot > 0)
+                P = ((W[:, valid] / tot[valid]).T @ props.reshape(K, -1)).astype(np.float32)
+                for k, row in zip(valid.tolist(), P):
+                    t = reg.tracks.get(int(ids[k]))
+                    if t is None:
                         continue
-                    own = np.flatnonzero(segment_ids == tid)
-                    # the map of the segments it owns whole; a track holding only carved parts
-                    # takes those of the segments it was carved from, weighted by its parts
-                    w = area[own] if len(own) else np.where(part_ids == tid, ev.inter, 0).sum(1).astype(np.float64)
-                    if not len(own):
-                        own = np.flatnonzero(w)
-                        w = w[own]
-                    if not len(own):
-                        continue
-                    p = np.tensordot(w / w.sum(), props[own], 1).astype(np.float32)
-                    old = reg[tid].proposal
-                    reg[tid].proposal = p if old is None or old.shape != p.shape else (a * p + (1 - a) * old)
+                    p = row.reshape(props.shape[1:])
+                    t.proposal = p if t.proposal is None or t.proposal.shape != p.shape else (a * p + (1 - a) * t.proposal)
             if bins and small is not None:
                 # a track's colour is learnt from the segments it owns whole; a track that
                 # only holds carved parts learns from those (else carved-in ground would
