@@ -199,21 +199,31 @@ class Linker:
         maps ``(Q, ph, pw)`` and / or colour histograms ``(Q, B)``) with remembered tracks,
         or None. A remembered track's map is moved to where it would be now at its last
         velocity and both are blurred by how unsure that is (one grid cell, plus one work
-        pixel per frame out of sight)."""
+        pixel per frame out of sight, rounded up to a power of two frames)."""
         rmaps, rhists = track_look(remembered)
         rhists = rhists if hists is not None else None
         tau = self.cfg.evidence.kl_tau
         if rmaps is None or maps is None or rmaps.shape[1:] != maps.shape[1:]:
             return look_similarity(None, None, tau, rhists, hists)
+        # colour bounds the look (look = map likeness x colour <= colour): the maps are
+        # compared only for the pairs whose colour could still pass reid_threshold
+        col = look_similarity(None, None, tau, rhists, hists)
+        need = np.ones((len(maps), len(remembered)), bool) if col is None else col > self.cfg.lifecycle.reid_threshold
+        sim = np.zeros(need.shape, np.float32)
+        if not need.any():
+            return sim
         scale = rmaps.shape[1] / work_h
         gone = np.array([reg[t].missed + 1 for t in remembered.tolist()], np.float32)
         moves = np.array([reg[t].velocity for t in remembered.tolist()], np.float32) * (gone * scale)[:, None]
-        moved = shift_maps(rmaps, moves)
-        sim = np.zeros((len(maps), len(remembered)), np.float32)
-        for g in np.unique(gone):  # one blur of the queries per time out of sight
-            cols = np.flatnonzero(gone == g)
-            sim[:, cols] = look_similarity(*blurred(moved[cols], maps, 1.0 + g * scale), tau,
-                                           None if rhists is None else rhists[cols], hists)
+        # the blur grows with the time out of sight, rounded up to a power of two frames
+        # (one blur of the queries per level: at most log2(memory) levels)
+        gone = 2.0 ** np.ceil(np.log2(gone))
+        for g in np.unique(gone[need.any(0)]):
+            cols = np.flatnonzero((gone == g) & need.any(0))
+            rows = np.flatnonzero(need[:, cols].any(1))
+            tm, qm = blurred(shift_maps(rmaps[cols], moves[cols]), maps[rows], 1.0 + g * scale)
+            kl = look_similarity(tm, qm, tau)
+            sim[np.ix_(rows, cols)] = kl if col is None else kl * col[np.ix_(rows, cols)]
         return sim
 
     def _returns(self, reg: TrackRegistry, present: np.ndarray, remembered: np.ndarray, track_look, idx: int,
