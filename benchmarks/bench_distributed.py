@@ -1,17 +1,17 @@
-"""Benchmark of `diffseg run`: 1 vs 2 CPU processes, and chunk-stitch agreement.
+"""Benchmark of `diffseg run`: 1 vs 2 CPU processes, and chunked vs whole-video agreement.
 
 1. Throughput: the same job (images and short videos) with ``--devices 1`` and with
    ``--devices 2 --strategy ddp`` (gloo), each in a fresh process, wall-clock timed
    (process start, model load and Lightning set-up included, as a user sees it). The two
    outputs are compared: images must be equal, videos equal up to one relabelling.
-2. Chunk stitching: one long video tracked as a whole (one chunk) and split into chunks
-   of ``--chunk-frames`` with ``--chunk-overlap`` frames of overlap, stitched. Printed:
+2. Chunking: one long video run as a whole (one chunk) and split into chunks of
+   ``--chunk-frames`` (segmented on 2 processes, linked in one pass). Printed:
    the fraction of pixels whose ids agree after one optimal global relabelling
    (`diffseg_core.jobs.relabel_agreement`), over all frames.
 
 Usage:
     python benchmarks/bench_distributed.py [--job PATH ...] [--video PATH]
-        [--model tiny-random] [--size 64] [--chunk-frames 30] [--chunk-overlap 4]
+        [--model tiny-random] [--size 64] [--chunk-frames 30] [--chunk-overlap 0]
 
 ``--job`` (files/folders) and ``--video`` (a video file or frame folder) default to
 synthetic data written to a temporary folder (a moving-squares clip and small pictures).
@@ -155,14 +155,14 @@ def compare_jobs(a: Path, b: Path) -> tuple[int, int, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", nargs="*", default=None, help="inputs of the 1-vs-2-process job [synthetic]")
-    ap.add_argument("--video", default=None, help="long video (file or frame folder) for stitching [synthetic]")
+    ap.add_argument("--video", default=None, help="long video (file or frame folder) for the chunking check [synthetic]")
     ap.add_argument("--video-frames", type=int, default=120, help="frames of the synthetic long video")
     ap.add_argument("--max-frames", type=int, default=0, help="use only the first N frames of --video (0 = all)")
     ap.add_argument("--model", default="tiny-random")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--max-side", type=int, default=0)
     ap.add_argument("--chunk-frames", type=int, default=30)
-    ap.add_argument("--chunk-overlap", type=int, default=4)
+    ap.add_argument("--chunk-overlap", type=int, default=0)
     ap.add_argument("--segmenter-factory", default=None)
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
@@ -215,13 +215,13 @@ def main() -> int:
         info = json.loads((root / "chunked" / "videos" / name / "tracks.json").read_text())
         infw = json.loads((root / "whole" / "videos" / name / "tracks.json").read_text())
         per_frame = [relabel_agreement(x, y) for x, y in zip(a, b)]
-        print(f"[stitch] video {video} : {a.shape[0]} frames {a.shape[1]}x{a.shape[2]}, "
+        print(f"[chunks] video {video} : {a.shape[0]} frames {a.shape[1]}x{a.shape[2]}, "
               f"chunks {info.get('chunks')} (overlap {args.chunk_overlap})")
-        print(f"[stitch] whole video, 1 process: {tw:.1f} s, {infw['n_tracks']} tracks; "
+        print(f"[chunks] whole video, 1 process: {tw:.1f} s, {infw['n_tracks']} tracks; "
               f"chunked on 2 processes: {tc:.1f} s, {info['n_tracks']} tracks")
-        print(f"[stitch] agreement chunked+stitched vs whole (one global relabelling, all frames): "
+        print(f"[chunks] agreement chunked vs whole (one global relabelling, all frames): "
               f"{relabel_agreement(a, b):.4f}")
-        print(f"[stitch] per-frame agreement (each frame relabelled alone): mean {np.mean(per_frame):.4f}, "
+        print(f"[chunks] per-frame agreement (each frame relabelled alone): mean {np.mean(per_frame):.4f}, "
               f"min {np.min(per_frame):.4f}")
     return 0
 

@@ -5,9 +5,10 @@ chunk of a video). A `LightningDataModule` gives each rank its share (an explici
 deterministic rank slice: never frames, the tracker state is sequential), a
 `LightningModule` runs one item end to end in ``predict_step``, and a
 `BasePredictionWriter` writes each result and its manifest record as soon as it is done
-(``trainer.predict(..., return_predictions=False)``). After every rank finished, the
-chunks of each long video are stitched into one consistent id set through their overlap
-frames (videos are shared out among the ranks), and rank 0 merges the manifest.
+(``trainer.predict(..., return_predictions=False)``). A chunk of a long video is only
+segmented; after every rank finished, each video is linked in one pass over its chunks'
+segmentations (videos are shared out among the ranks), so a chunked run gets the ids of one
+pass, and rank 0 merges the manifest.
 
 Launch: ``strategy="ddp"`` re-runs the same command once per extra local rank (Lightning's
 subprocess launcher), ``torchrun`` and SLURM are detected by Lightning, ``ddp_spawn``
@@ -36,7 +37,7 @@ import numpy as np
 from .config import SegmenterConfig
 from .errors import DiffSegError, InputError, OutputError, look_up_option
 from .jobs import (WORK_DIR, InputPlan, InputSpec, ItemRecord, JobManifest, WorkItem,
-                   classify_inputs, config_hash, natural_key, plan_items, shard_items,
+                   classify_inputs, config_hash, plan_items, shard_items,
                    source_signature)
 
 log = logging.getLogger("diffseg.run")
@@ -59,10 +60,11 @@ class RunConfig:
         strategy: ``auto`` (one device: in process; several: ``ddp``), ``ddp`` (Lightning
             launches the extra ranks by re-running the command or script; also for
             torchrun/SLURM) or ``ddp_spawn`` (workers started by multiprocessing ``spawn`` run
-            only the items; stitching then runs in the calling process).
+            only the items; linking the videos then runs in the calling process).
         accelerator: ``auto``, ``cpu``, ``cuda``/``gpu``.
         chunk_frames: a video longer than this is split into chunks of this many frames.
-        chunk_overlap: frames shared by consecutive chunks (ids are stitched through them).
+        chunk_overlap: frames shared by consecutive chunks (segmented twice, the earlier
+            chunk's kept; 0 by default: chunks are linked in one pass, they need no overlap).
         folder_mode: how pictures directly inside a folder are read: ``auto`` (numbered
             like ``00000.jpg`` → one video), ``images`` or ``frames``.
         overlay: write overlays (images: JPEG, videos: one JPEG per frame).
@@ -83,7 +85,7 @@ class RunConfig:
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"
     chunk_frames: int = 300
-    chunk_overlap: int = 8
+    chunk_overlap: int = 0
     folder_mode: Literal["auto", "images", "frames"] = "auto"
     overlay: bool = True
     max_side: int = 0
@@ -330,26 +332,15 @@ def _run_video_chunk(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Pa
     cdir = out_dir / rel
     if cdir.exists():  # leftovers of a killed attempt: start the chunk clean
         shutil.rmtree(cdir, ignore_errors=True)
-    res = temporal_api.segment_video(
-        item.source, cdir, segmenter, _tracker_config(cfg), start=item.start, end=item.end, stride=1,
-        max_side=cfg.max_side or None, id_offset=0, write_overlay=False,
-    )
-    if not getattr(res, "complete", True):
-        raise InputError(f"{item.source}: {res.error or 'video ended early'}")
-    n = len(_label_files(cdir / "labels"))
+    n = temporal_api.segment_frames(item.source, cdir / "segs", segmenter, start=item.start, end=item.end,
+                                    max_side=cfg.max_side or None,
+                                    keyframe_every=_tracker_config(cfg).keyframe_every)
     if n != item.end - item.start:
         raise InputError(
-            f"{item.source}: chunk {item.chunk_index} (frames {item.start}..{item.end - 1}) gave {n} label "
-            f"frames, expected {item.end - item.start}"
+            f"{item.source}: chunk {item.chunk_index} (frames {item.start}..{item.end - 1}) gave {n} frames, "
+            f"expected {item.end - item.start}"
         )
-    return ItemResult(item, "done", outputs=[rel + "/labels"], frames=n, seconds=time.perf_counter() - t0)
-
-
-def _label_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in (".png", ".npy")
-                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    return ItemResult(item, "done", outputs=[rel + "/segs"], frames=n, seconds=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -377,67 +368,25 @@ def write_result(res: ItemResult, cfg: RunConfig, out_dir: Path, manifest: JobMa
     return rec
 
 
-# ----------------------------------------------------------------------------- stitching
-def stitch_ids(prev_overlap: np.ndarray, next_overlap: np.ndarray, new_id_start: int = 1) -> dict[int, int]:
-    """Map the next chunk's local ids to the previous chunk's ids through shared frames.
-
-    Uses `temporal.stitch.stitch_ids` when available; otherwise `_stitch_fallback`, a
-    one-to-one Hungarian assignment on pixel IoU over the overlap frames.
-
-    Args:
-        prev_overlap: int ``(T, H, W)`` global ids of the overlap frames (0 = none).
-        next_overlap: int ``(T, H, W)`` the next chunk's local ids of the same frames.
-        new_id_start: first free global id (ids of the next chunk that do not continue
-            get ``new_id_start``, ``+1``, ... so they never collide with earlier ids).
-
-    Returns:
-        ``{next_local_id: global_id}``: continuing ids map to the previous chunk's ids;
-        ids not listed are assigned fresh ids by the caller.
-    """
-    try:
-        from temporal.stitch import stitch_ids as _temporal_stitch
-    except ImportError:
-        return _stitch_fallback(prev_overlap, next_overlap)
-    mapping = _temporal_stitch(list(prev_overlap), list(next_overlap), new_id_start=int(new_id_start))
-    return {int(k): int(v) for k, v in mapping.items()}
-
-
-def _stitch_fallback(prev: np.ndarray, nxt: np.ndarray, min_iou: float = 0.3) -> dict[int, int]:
-    """Hungarian assignment of ids on the overlap frames, maximising IoU (>= ``min_iou``)."""
-    from scipy.optimize import linear_sum_assignment
-
-    a = np.asarray(prev).ravel()
-    b = np.asarray(nxt).ravel()
-    ua, ia = np.unique(a, return_inverse=True)
-    ub, ib = np.unique(b, return_inverse=True)
-    co = np.bincount(ia * ub.size + ib, minlength=ua.size * ub.size).reshape(ua.size, ub.size)
-    area_a = co.sum(1, keepdims=True)
-    area_b = co.sum(0, keepdims=True)
-    iou = co / np.maximum(area_a + area_b - co, 1)
-    iou[ua == 0, :] = 0
-    iou[:, ub == 0] = 0
-    r, c = linear_sum_assignment(iou, maximize=True)
-    keep = iou[r, c] >= min_iou
-    return {int(ub[j]): int(ua[i]) for i, j in zip(r[keep], c[keep])}
-
-
+# ----------------------------------------------------------------------------- linking
 def finalize_video(spec: InputSpec, chunks: Sequence[WorkItem], cfg: RunConfig, out_dir: Path) -> tuple[list[str], int]:
-    """Stitch a video's chunk labels into one id set; write labels/, tracks.json, overlay.mp4.
+    """Link a video's chunk segmentations in one pass; write labels/, tracks.json, overlay.
 
-    Frames shared by two chunks are taken from the earlier chunk; the later chunk's ids are
-    mapped onto the earlier chunk's global ids through the overlap (`stitch_ids`), ids that
-    do not continue get fresh global ids in order of first appearance. The result depends
-    only on the chunk files, not on which rank made them. Outputs are written by
-    `temporal.writer.VideoOutputWriter`, so they have the layout of ``diffseg video``.
+    The chunks only segmented their frames (`temporal.api.segment_frames`); here the
+    linking engine runs once over the whole video, so a chunked run gets exactly the ids of
+    one pass (linking is cheap next to segmenting: it needs the frames again for the flow,
+    not the model). Frames shared by two chunks are taken from the earlier chunk. Outputs
+    are written by `temporal.writer.VideoOutputWriter`, so they have the layout of
+    ``diffseg video``.
 
     Returns:
         (outputs relative to ``out_dir``, frames written).
     """
+    from temporal.api import FRAMES_LIST, load_segmentation
     from temporal.io import FrameSource
-    from temporal.types import TrackedFrame
+    from temporal.tracker import VideoSegmenter
     from temporal.writer import VideoOutputWriter
 
-    from .io import read_labels
     from .progress import progress
 
     chunks = sorted(chunks, key=lambda c: c.chunk_index)
@@ -447,60 +396,50 @@ def finalize_video(spec: InputSpec, chunks: Sequence[WorkItem], cfg: RunConfig, 
     shutil.rmtree(vdir / "labels", ignore_errors=True)
     for stale in ("tracks.json", "overlay.mp4"):
         (vdir / stale).unlink(missing_ok=True)
-    src = FrameSource(spec.path, max_side=cfg.max_side or None) if cfg.overlay else None
-    frames = iter(src) if src is not None else None
+    segs: list[tuple[str, "Path | None"]] = []  # (stem, segmentation file or None) per frame
+    for c in chunks:
+        sdir = out_dir / chunk_dir(c) / "segs"
+        listing = sdir / FRAMES_LIST
+        if not listing.is_file():
+            raise InputError(f"{sdir}: chunk {c.chunk_index} is incomplete (no {FRAMES_LIST})")
+        stems = listing.read_text().split()
+        if len(stems) != c.end - c.start:
+            raise InputError(f"{sdir}: chunk has {len(stems)} frames, expected {c.end - c.start}")
+        for stem in stems[max(0, len(segs) - c.start):]:  # frames an earlier chunk had are skipped
+            path = sdir / f"{stem}.npz"
+            segs.append((stem, path if path.is_file() else None))
+    if len(segs) != spec.num_frames:
+        raise InputError(f"{spec.path}: chunks cover {len(segs)} frames, expected {spec.num_frames}")
+    tcfg = _tracker_config(cfg)
+    src = FrameSource(spec.path, max_side=cfg.max_side or None)
     meta = {"job": "run", "source": spec.path, "chunks": [[c.start, c.end] for c in chunks],
-            "chunk_overlap": cfg.chunk_overlap, "max_side": cfg.max_side or None, "tracker": dict(cfg.tracker)}
-    writer = VideoOutputWriter(vdir, fps=src.fps if src is not None else 25.0, write_overlay=cfg.overlay, meta=meta)
-    next_free = 1
-    prev_tail: list[np.ndarray] = []  # global labels of the last frames written (bounded)
-    keep_tail = max(cfg.chunk_overlap, 1)
-    prev_end = 0
-    written = 0
-    bar = progress(total=spec.num_frames, desc=f"stitch {spec.name}", unit="frame")
-    try:
-        for c in chunks:
-            files = _label_files(out_dir / chunk_dir(c) / "labels")
-            if len(files) != c.end - c.start:
-                raise InputError(f"{out_dir / chunk_dir(c)}: chunk has {len(files)} label files, expected {c.end - c.start}")
-            n_shared = max(0, prev_end - c.start)
-            lut: dict[int, int] = {0: 0}
-            if n_shared:
-                nxt = np.stack([_read_lab(f, read_labels) for f in files[:n_shared]])
-                prv = np.stack(prev_tail[-n_shared:])
-                lut.update(stitch_ids(prv, nxt, new_id_start=next_free))
-                next_free = max([next_free, *(v + 1 for v in lut.values())])
-            for f in files[n_shared:]:
-                local = _read_lab(f, read_labels)
-                ids = np.unique(local)
-                for u in ids.tolist():
-                    if u not in lut:
-                        lut[u] = next_free
-                    next_free = max(next_free, lut[u] + 1)
-                table = np.zeros(int(ids.max()) + 1, dtype=np.int32)
-                table[ids] = [lut[u] for u in ids.tolist()]
-                glob = table[local]
-                rgb = None
-                if frames is not None:
-                    fr = next(frames, None)
-                    rgb = fr.rgb if fr is not None else None
-                    if rgb is not None and rgb.shape[:2] != glob.shape:
-                        import cv2
+            "max_side": cfg.max_side or None, "tracker": tcfg.to_dict()}
+    writer = VideoOutputWriter(vdir, fps=src.fps, write_overlay=cfg.overlay, meta=meta)
+    rgbs: list[np.ndarray] = []
 
-                        rgb = cv2.resize(rgb, (glob.shape[1], glob.shape[0]), interpolation=cv2.INTER_AREA)
-                gids = np.unique(glob)
-                writer.put(f.stem, rgb, TrackedFrame(frame_index=written, labels=glob,
-                                                     track_ids=gids[gids > 0].astype(np.int32)))
-                prev_tail.append(glob)
-                if len(prev_tail) > keep_tail:
-                    prev_tail.pop(0)
-                written += 1
-                bar.update(1)
-            prev_end = c.end
+    def frames() -> Any:
+        for fr in src:
+            rgbs.append(fr.rgb)
+            yield fr.rgb
+
+    def segmentations() -> Any:
+        for stem, path in segs:
+            yield None if path is None else load_segmentation(path)
+
+    written = 0
+    bar = progress(total=spec.num_frames, desc=f"link {spec.name}", unit="frame")
+    try:
+        for tf in VideoSegmenter(None, tcfg).iter_video(frames(), segmentations()):
+            writer.put(segs[written][0], rgbs.pop(0) if cfg.overlay else None, tf)
+            if not cfg.overlay:
+                rgbs.clear()
+            written += 1
+            bar.update(1)
         if written != spec.num_frames:
-            raise InputError(f"{spec.path}: stitched {written} frames, expected {spec.num_frames}")
+            raise InputError(f"{spec.path}: linked {written} frames, expected {spec.num_frames}")
     except BaseException as exc:
         writer.abort(f"{type(exc).__name__}: {exc}")
+        (vdir / "overlay.mp4").unlink(missing_ok=True)  # the labels stay, flagged by tracks.json
         raise
     finally:
         bar.close()
@@ -509,12 +448,6 @@ def finalize_video(spec: InputSpec, chunks: Sequence[WorkItem], cfg: RunConfig, 
     if info.get("overlay"):
         outputs.append(f"{vrel}/overlay.mp4")
     return outputs, written
-
-
-def _read_lab(path: Path, read_labels: Callable[[Path], np.ndarray]) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False).astype(np.int32)
-    return read_labels(path)
 
 
 # ----------------------------------------------------------------------------- lightning
@@ -794,9 +727,9 @@ def _run_job_locked(inputs: Sequence["str | os.PathLike"], out: Path, cfg: RunCo
             raise
     rank, world = _dist_info()
     if world == 1 and _env_rank() > 0:
-        # A torchrun/SLURM rank with nothing left to run: rank 0 stitches and merges alone.
+        # A torchrun/SLURM rank with nothing left to run: rank 0 links and merges alone.
         return JobSummary(out_dir=out, world_size=1, is_rank_zero=False, seconds=time.perf_counter() - t0)
-    log.debug("rank %d of %d: %d items pending, stitching", rank, world, len(pending))
+    log.debug("rank %d of %d: %d items pending, linking videos", rank, world, len(pending))
     is_zero = rank == 0
     # Stitch videos: every video whose chunks are all done, shared out among the ranks.
     _barrier()
@@ -818,13 +751,13 @@ def _run_job_locked(inputs: Sequence["str | os.PathLike"], out: Path, cfg: RunCo
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            log.debug("stitching %s failed", name, exc_info=True)
+            log.debug("linking %s failed", name, exc_info=True)
             err = str(exc) if specs[name].path in str(exc) else f"{specs[name].path}: {exc}"
             rec = ItemRecord(key=f"video:{name}", kind="video", source=specs[name].path, status="failed",
                              config_hash=video_hash[name], error=err, rank=rank)
         manifest.put(rec)
         if rec.status == "done":
-            for c in chunks:  # chunk files are no longer needed once the video is stitched
+            for c in chunks:  # chunk files are no longer needed once the video is linked
                 manifest.forget(c.key)
             shutil.rmtree(out / WORK_DIR / "chunks" / name, ignore_errors=True)
     _barrier()
@@ -911,7 +844,7 @@ def _check_writable(out: Path) -> None:
 RUN_EPILOG = """examples:
   diffseg run photos/ -o out/ --model tiny-random --size 64
   diffseg run videos/ scans/ -o out/ --devices 2 --strategy ddp
-  diffseg run long.mp4 -o out/ --devices 4 --accelerator cuda --chunk-frames 300 --chunk-overlap 8
+  diffseg run long.mp4 -o out/ --devices 4 --accelerator cuda --chunk-frames 300
   torchrun --nproc-per-node 4 -m diffseg_core run videos/ -o out/ --devices 4
   srun diffseg run cohort/ -o out/ --devices 4 --num-nodes 2      # in an sbatch script
 
@@ -929,8 +862,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         "run", parents=[parent], help="segment many images/videos/volumes, multi-process, resumable",
         description="Segment images, videos (files or frame folders) and volumes (NIfTI, DICOM "
         "folders, TIFF stacks, .npy) on one or many processes/GPUs/nodes with pytorch-lightning. "
-        "Long videos are split into overlapping chunks tracked on different ranks and stitched "
-        "into one consistent id set.",
+        "Long videos are split into chunks segmented on different ranks, then linked in one pass "
+        "(the ids one pass gets).",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
@@ -943,8 +876,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     g.add_argument("--accelerator", default="auto", choices=ACCELERATORS, help="[%(default)s]")
     g = p.add_argument_group("videos")
     g.add_argument("--chunk-frames", type=int, default=300, help="frames per chunk of a long video [%(default)s]")
-    g.add_argument("--chunk-overlap", type=int, default=8,
-                   help="frames shared by consecutive chunks, used to stitch ids [%(default)s]")
+    g.add_argument("--chunk-overlap", type=int, default=0,
+                   help="frames shared by consecutive chunks (segmented twice; not needed: chunks are "
+                        "linked in one pass) [%(default)s]")
     g.add_argument("--max-side", type=int, default=0, help="shrink frames to this longer side (0 = off) [%(default)s]")
     g.add_argument("--folder-mode", default="auto", choices=FOLDER_MODES,
                    help="pictures in a folder: auto (numbered = video frames), images, frames [%(default)s]")

@@ -9,7 +9,7 @@ Layout of a job folder ``OUTDIR``::
     OUTDIR/manifest.json                 merged manifest (atomic), rewritten by rank 0
     OUTDIR/.diffseg/records/<key>.json   one record per finished/failed item (atomic),
                                          written by whichever rank ran it; survives SIGKILL
-    OUTDIR/.diffseg/chunks/<video>/cNNNN chunk label files before stitching
+    OUTDIR/.diffseg/chunks/<video>/cNNNN chunk segmentations before linking
     OUTDIR/images/labels/<name>.png      final outputs (see docs/scale.md)
     OUTDIR/videos/<name>/labels/NNNNN.png, tracks.json, overlay/
     OUTDIR/volumes/<name>.<ext>
@@ -340,7 +340,7 @@ class WorkItem:
 
     @property
     def video_key(self) -> str:
-        """Manifest key of the stitched video this chunk belongs to."""
+        """Manifest key of the linked video this chunk belongs to."""
         return f"video:{self.name}"
 
 
@@ -353,7 +353,7 @@ def chunk_ranges(num_frames: int, chunk_frames: int, overlap: int) -> list[tuple
     Args:
         num_frames: total frames, >= 1.
         chunk_frames: frames per chunk, > overlap.
-        overlap: frames shared by consecutive chunks, >= 0 (>= 1 to stitch ids).
+        overlap: frames shared by consecutive chunks, >= 0.
 
     Returns:
         ``[(start, end), ...]`` with ``start_{i+1} = end_i - overlap``.
@@ -446,7 +446,7 @@ def config_hash(*parts: Any) -> str:
 # ----------------------------------------------------------------------------- manifest
 @dataclass
 class ItemRecord:
-    """What the manifest knows about one item, chunk or stitched video.
+    """What the manifest knows about one item, chunk or linked video.
 
     Attributes:
         key: the `WorkItem.key` (or ``video:NAME`` for the stitched video).

@@ -4,8 +4,8 @@ Public API (modules are imported on demand; this package imports nothing heavy):
 
 - `temporal.tracker`: `VideoSegmenter`, `TrackerConfig`, `VideoState` (init_state/step/iter_video)
 - `temporal.types`: `TrackedFrame`, `VideoResult`
-- `temporal.api`: `segment_video`, `track_segments`, `track_stream`
+- `temporal.api`: `segment_video`, `track_segments`, `track_stream`, `segment_frames`
 - `temporal.matching`, `temporal.flow`: the pure matching and optical-flow functions
-- `temporal.stitch`: `stitch_ids`, `apply_mapping` (chunks of one video)
+- `temporal.engine`: the linking engine (predict, evidence, associate, lifecycle), `EngineConfig`
 - `temporal.evaluate`: DAVIS-2017 unsupervised J/F/J&F, id switches, per-frame oracle
 """

@@ -26,7 +26,8 @@ from .tracker import VideoSegmenter
 from .types import VideoResult
 from .writer import VideoOutputWriter
 
-__all__ = ["segment_video", "track_segments", "track_stream", "VideoResult", "TrackerConfig"]
+__all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", "load_segmentation", "VideoResult",
+           "TrackerConfig"]
 
 
 def _resolve_segmenter(segmenter: Any) -> Any:
@@ -206,3 +207,73 @@ def track_stream(frames: Iterable[tuple[str, np.ndarray]], label_maps: Iterable[
 
     meta = {"job": "track", "source": source_name, "id_offset": id_offset, "tracker": cfg.to_dict()}
     return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")
+
+
+# ----------------------------------------------------------------------------- chunks
+FRAMES_LIST = "frames.txt"
+
+
+def segment_frames(source: "str | Path", seg_dir: "str | Path", segmenter: Any = None, *, start: int = 0,
+                   end: Optional[int] = None, max_side: Optional[int] = None, keyframe_every: int = 1) -> int:
+    """Segment frames ``start..end-1`` of a video and save the segmentations, unlinked.
+
+    The expensive half of `segment_video`, for a chunk of a long video on one rank: the
+    linking runs later in one pass over all chunks (`load_segmentation`), so a chunked run
+    gets the ids one pass gets. Only keyframes (global frame index divisible by
+    ``keyframe_every``) are segmented.
+
+    Writes ``seg_dir/<stem>.npz`` per keyframe (``labels`` int32 ``(H, W)``, ``proposals``
+    float32 ``(K, h, w)``), each atomically, and last ``seg_dir/frames.txt`` with the stems
+    of every frame of the range, in order (its presence marks the chunk complete).
+
+    Returns:
+        frames in the range.
+
+    Raises:
+        InputError: unreadable source or a frame that fails to decode.
+    """
+    from diffseg_core.io import atomic_path, atomic_write_text
+
+    src = FrameSource(source, start, end, 1, max_side)
+    seg = _resolve_segmenter(segmenter)
+    out = Path(seg_dir)
+    bs = max(1, int(getattr(getattr(seg, "config", None), "batch_size", 1) or 1))
+    stems: list[str] = []
+    batch: list[tuple[str, np.ndarray]] = []
+    first: tuple = ()
+
+    def flush() -> None:
+        for (stem, _), s in zip(batch, seg.segment([rgb for _, rgb in batch])):
+            s = s.numpy() if hasattr(s, "numpy") else s
+            with atomic_path(out / f"{stem}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, labels=np.asarray(s.labels, np.int32),
+                                        proposals=np.asarray(s.proposals, np.float32))
+        batch.clear()
+
+    try:
+        for fr in src:
+            if stems and fr.rgb.shape != first:
+                raise InputError(f"{src.path}: frame {fr.stem}: frame size changed within the video: "
+                                 f"{first[:2]} then {fr.rgb.shape[:2]}")
+            first = fr.rgb.shape
+            stems.append(fr.stem)
+            if fr.index % keyframe_every == 0:
+                batch.append((fr.stem, fr.rgb))
+                if len(batch) >= bs:
+                    flush()
+        if batch:
+            flush()
+    except DecodeError as exc:
+        raise InputError(str(exc)) from exc
+    atomic_write_text(out / FRAMES_LIST, "\n".join(stems) + "\n")
+    return len(stems)
+
+
+def load_segmentation(path: "str | Path") -> Any:
+    """A `Segmentation` saved by `segment_frames`."""
+    from diffseg_core.types import Segmentation
+
+    with np.load(path, allow_pickle=False) as z:
+        lab = z["labels"]
+        return Segmentation(labels=lab, proposals=z["proposals"], image_hw=lab.shape)

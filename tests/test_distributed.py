@@ -1,4 +1,4 @@
-"""`diffseg run`: planning, sharding, stitching, and 2 CPU processes == 1 process."""
+"""`diffseg run`: planning, sharding, linking chunks in one pass, and 2 CPU processes == 1 process."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from diffseg_core.config import SegmenterConfig
-from diffseg_core.distributed import RunConfig, _stitch_fallback, finalize_video, run_job, stitch_ids
+from diffseg_core.distributed import RunConfig, finalize_video, run_job
 from diffseg_core.errors import InputError
-from diffseg_core.io import read_labels, save_labels_png
+from diffseg_core.io import read_labels
 from diffseg_core.jobs import (InputSpec, WorkItem, chunk_ranges, classify_inputs, config_hash, plan_items,
                                relabel_agreement, shard_items)
 
@@ -109,103 +109,50 @@ def test_run_config_did_you_mean():
         RunConfig(strategy="dpp")
 
 
-# ----------------------------------------------------------------------------- stitching
-def test_relabel_agreement():
-    a = np.array([[1, 1, 2], [2, 3, 3]])
-    assert relabel_agreement(a, a * 10 + 5) == 1.0
-    b = a.copy()
-    b[0, 0] = 2
-    assert relabel_agreement(a, b) == pytest.approx(5 / 6)
-    # Two ids of b cannot both map to one id of a (one-to-one relabelling).
-    assert relabel_agreement(np.zeros(4, int), np.array([0, 0, 1, 1])) == 0.5
+# ----------------------------------------------------------------------------- linking chunks
+def _segment_chunks(out: Path, frames: Path, n: int, chunk: int, overlap: int) -> list:
+    """Chunk segmentations of a frame folder (fake segmenter) as a run writes them."""
+    from diffseg_core.jobs import WORK_DIR
+    from temporal.api import segment_frames
 
+    from .conftest import fake_segmenter
 
-def test_stitch_maps_continuing_ids_and_fresh_ids_for_new():
-    prev = np.zeros((2, 6, 6), np.int32)
-    prev[:, :3] = 4
-    prev[:, 3:] = 9
-    nxt = np.zeros_like(prev)
-    nxt[:, :3] = 2
-    nxt[:, 3:5] = 1
-    nxt[:, 5:] = 3  # a new object the previous chunk does not have
-    for fn in (stitch_ids, lambda p, n, new_id_start=10: _stitch_fallback(p, n)):
-        m = fn(prev, nxt, new_id_start=10)
-        assert m[2] == 4 and m[1] == 9
-        assert m.get(3, 10) >= 10  # never an id of the previous chunk
-
-
-def _write_chunk(out: Path, name: str, idx: int, frames: "list[np.ndarray]", start: int) -> None:
-    d = out / ".diffseg" / "chunks" / name / f"c{idx:04d}" / "labels"
-    for k, lab in enumerate(frames):
-        save_labels_png(d / f"{start + k:05d}.png", lab)
-
-
-def test_finalize_video_stitches_chunks(tmp_path):
-    """Three chunks with local ids 1..; an object crossing both boundaries keeps one id."""
-    n, h, w = 12, 8, 12
-    truth = np.zeros((n, h, w), np.int32)
-    truth[:, :, :4] = 1  # object A, whole video
-    truth[:, :, 4:8] = 2  # object B, whole video
-    truth[7:, :, 8:] = 3  # object C appears at frame 7 (in chunk 1 only after the overlap)
-    ranges = chunk_ranges(n, 6, 2)  # (0,6) (4,10) (8,12)
-    perms = [{1: 1, 2: 2, 3: 3}, {1: 5, 2: 1, 3: 2}, {1: 2, 2: 3, 3: 1}]  # local ids differ per chunk
-    out = tmp_path / "job"
     items = []
-    for i, (a, b) in enumerate(ranges):
-        lut = np.zeros(4, np.int32)
-        for k, v in perms[i].items():
-            lut[k] = v
-        _write_chunk(out, "clip", i, [lut[t] for t in truth[a:b]], a)
-        items.append(WorkItem(key=f"video:clip#c{i:04d}", kind="video_chunk", source="/none", name="clip",
-                              input_kind="frames", start=a, end=b, chunk_index=i, num_chunks=3, num_frames=n))
-    spec = InputSpec(str(tmp_path / "frames"), "frames", "clip", n)
-    cfg = RunConfig(chunk_frames=6, chunk_overlap=2, overlay=False)
-    outputs, written = finalize_video(spec, items, cfg, out)
-    assert written == n
-    got = np.stack([read_labels(out / "videos" / "clip" / "labels" / f"{t:05d}.png") for t in range(n)])
-    assert relabel_agreement(truth, got) == 1.0
-    assert len(np.unique(got)) == 4  # 0 + exactly three ids over the whole video
-    info = json.loads((out / "videos" / "clip" / "tracks.json").read_text())
-    assert info["n_frames"] == n and info["n_tracks"] == 3
+    for i, (a, b) in enumerate(chunk_ranges(n, chunk, overlap)):
+        segment_frames(frames, out / WORK_DIR / "chunks" / "clip" / f"c{i:04d}" / "segs",
+                       fake_segmenter(SegmenterConfig()), start=a, end=b)
+        items.append(WorkItem(key=f"video:clip#c{i:04d}", kind="video_chunk", source=str(frames), name="clip",
+                              input_kind="frames", start=a, end=b, chunk_index=i, num_chunks=0, num_frames=n))
+    return items
 
 
-def test_finalize_video_new_object_unmatched_in_the_overlap_gets_a_fresh_id(tmp_path):
-    """Object A (global 1) ends in chunk 0 before the overlap. Object C appears in the overlap,
-    where chunk 0 merged it into B; chunk 1 sees it alone under local id 1, the value of A's
-    global id. C matches nothing and must get a fresh id (3), never A's 1."""
-    n, h, w = 10, 8, 12
-    a_mask = np.zeros((h, w), bool)
-    a_mask[:, :4] = True
-    c_mask = np.zeros((h, w), bool)
-    c_mask[:2, 10:] = True              # 4 px: IoU with B+C = 4 / 36 < 0.3
-    chunk0, chunk1 = [], []
-    for t in range(n):
-        g = np.zeros((h, w), np.int32)
-        g[:, 4:] = 2                    # B: whole video (C merged into it in chunk 0)
-        if t <= 2:
-            g[a_mask] = 1               # A: frames 0-2
-        chunk0.append(g)
-        loc = np.where(g == 2, 2, 0).astype(np.int32)
-        if t >= 4:
-            loc[c_mask] = 1             # chunk 1's own ids: C = 1, B = 2
-        chunk1.append(loc)
+@pytest.mark.parametrize("chunk,overlap", [(3, 0), (4, 1), (10, 0)])
+def test_chunks_are_linked_in_one_pass_whatever_the_chunking(tmp_path, chunk, overlap):
+    """Linking the chunks' segmentations gives the labels of one pass over the video (the
+    target of chunked runs: >= 0.99 agreement; here exactly equal), with the right ids."""
+    frames = write_frames(tmp_path / "clip", 10, hw=(48, 64))
+    spec = InputSpec(str(frames), "frames", "clip", 10)
+    out = tmp_path / f"job{chunk}_{overlap}"
+    items = _segment_chunks(out, frames, 10, chunk, overlap)
+    outputs, written = finalize_video(spec, items, RunConfig(chunk_frames=chunk, chunk_overlap=overlap,
+                                                             overlay=False), out)
+    assert written == 10 and outputs == ["videos/clip/labels", "videos/clip/tracks.json"]
+    got = np.stack([read_labels(out / "videos" / "clip" / "labels" / f"{t:05d}.png") for t in range(10)])
+    one = tmp_path / "one"
+    finalize_video(spec, _segment_chunks(one, frames, 10, 10, 0), RunConfig(chunk_frames=10, overlay=False), one)
+    ref = np.stack([read_labels(one / "videos" / "clip" / "labels" / f"{t:05d}.png") for t in range(10)])
+    np.testing.assert_array_equal(got, ref)
+    assert relabel_agreement(colour_classes(frames), got) == 1.0 and len(np.unique(got)) == 3
+
+
+def test_an_incomplete_chunk_is_a_clear_error(tmp_path):
+    frames = write_frames(tmp_path / "clip", 6, hw=(32, 32))
     out = tmp_path / "job"
-    ranges = chunk_ranges(n, 6, 2)      # (0, 6) (4, 10): frames 4-5 shared
-    assert ranges == [(0, 6), (4, 10)]
-    items = []
-    for i, ((a, b), frames) in enumerate(zip(ranges, (chunk0, chunk1))):
-        _write_chunk(out, "clip", i, frames[a:b], a)
-        items.append(WorkItem(key=f"video:clip#c{i:04d}", kind="video_chunk", source="/none", name="clip",
-                              input_kind="frames", start=a, end=b, chunk_index=i, num_chunks=2, num_frames=n))
-    spec = InputSpec(str(tmp_path / "frames"), "frames", "clip", n)
-    finalize_video(spec, items, RunConfig(chunk_frames=6, chunk_overlap=2, overlay=False), out)
-    got = np.stack([read_labels(out / "videos" / "clip" / "labels" / f"{t:05d}.png") for t in range(n)])
-    assert (got[:3][:, a_mask] == 1).all()
-    assert (got[4:6][:, c_mask] == 2).all()          # shared frames come from chunk 0
-    assert (got[6:][:, c_mask] == 3).all()           # fresh id, not A's 1
-    assert (got[6:][:, ~c_mask & (np.arange(w)[None, :] >= 4)] == 2).all()
-    info = json.loads((out / "videos" / "clip" / "tracks.json").read_text())
-    assert info["n_tracks"] == 3
+    items = _segment_chunks(out, frames, 6, 3, 0)
+    (out / ".diffseg" / "chunks" / "clip" / "c0001" / "segs" / "frames.txt").unlink()  # killed before the end
+    with pytest.raises(InputError, match="incomplete"):
+        finalize_video(InputSpec(str(frames), "frames", "clip", 6), items, RunConfig(chunk_frames=3, overlay=False),
+                       out)
 
 
 # ----------------------------------------------------------------------------- engine, in process
@@ -223,7 +170,7 @@ def test_run_job_fake_segmenter_images_video_volume(tmp_path, images_dir, frames
     labels = sorted((out / "videos" / "clip" / "labels").glob("*.png"))
     assert len(labels) == 10
     assert (out / "volumes" / "ball.npy").exists()
-    assert not (out / ".diffseg" / "chunks" / "clip").exists()  # chunk files removed after stitching
+    assert not (out / ".diffseg" / "chunks" / "clip").exists()  # chunk files removed after linking
     man = json.loads((out / "manifest.json").read_text())
     assert {k: v["status"] for k, v in man["items"].items()} == {
         "image:cat": "done", "image:dog": "done", "video:clip": "done", "volume:ball": "done"}
