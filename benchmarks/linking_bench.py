@@ -88,6 +88,7 @@ ABLATION = {
     "no carving (trust 100)": {"associate": {"segment_trust": 100.0}},
     "no re-identification": {"lifecycle": {"reid_threshold": 1.0}},
     "no late corrections": {"lifecycle": {"correction_window": 0}},
+    "+ split cost 0.2": {"associate": {"split_cost": 0.2}},
 }
 
 
@@ -155,7 +156,7 @@ def main() -> None:
     fams = (list(families.VIDEO) if a.families == "all" else
             [f for f in families.VIDEO if f not in families.HELD_OUT] if a.families == "tuning" else a.families.split(","))
     want_m = a.methods.split(",")
-    meths = {k: v for k, v in methods("ablation" in want_m).items()
+    meths = {k: v for k, v in methods("ablation" in want_m or any(m in ABLATION for m in want_m)).items()
              if k in want_m or ("ablation" in want_m and k in ABLATION)}
     want = set(filter(None, a.items.split(",")))
     rows = []
