@@ -158,7 +158,7 @@ def speed(n: int = 60, repeats: int = 5) -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    from temporal.config import TrackerConfig
+    from temporal.config import TrackerConfig, iou_only_baseline
     from temporal.proposals import segmentation_from_labels
     from temporal.tracker import VideoSegmenter
 
@@ -179,9 +179,9 @@ def speed(n: int = 60, repeats: int = 5) -> None:
     # the per-frame cost must not grow with them
     for label, cfg, offset in (("default (DIS ultrafast, fb-check, work side 240)", TrackerConfig(), 0),
                                ("default, ids from 20,001 (late in a long video)", TrackerConfig(), 20_000),
-                               ("no fb-check", TrackerConfig(fb_check=False), 0),
+                               ("no fb-check", TrackerConfig().replace(engine={"predict": {"fb_tolerance": 0.0}}), 0),
                                ("keyframe-every 4 (propagation frames)", TrackerConfig(keyframe_every=4), 0),
-                               ("IoU-only baseline", TrackerConfig(use_flow=False, w_kl=0, reid=False, hist_bins=0), 0)):
+                               ("IoU-only baseline", iou_only_baseline(), 0)):
         vs = VideoSegmenter(None, cfg)
         cpu, wall = [], []
         for _ in range(repeats):  # the machine is shared: its speed drifts, so repeat
