@@ -70,7 +70,7 @@ def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         present = np.bincount(labels.ravel()) > 0  # O(n), no sort
         values = np.flatnonzero(present)
         lut = np.cumsum(present, dtype=np.int32) - 1
-        return lut[labels].astype(np.int32, copy=False), values.astype(np.int64)
+        return np.take(lut, labels), values.astype(np.int64)
     values, inv = np.unique(labels, return_inverse=True)
     return inv.reshape(labels.shape).astype(np.int32), values.astype(np.int64)
 

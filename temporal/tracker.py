@@ -255,9 +255,9 @@ class VideoSegmenter:
         small, gray = self._work_image(state, rgb)
         r = self.linker.step(state.link, self._resize(labels, state.work_hw), K, props, small, gray, idx)
         lut = np.concatenate([r.segment_ids, [0]]).astype(np.int32)
-        out = lut[labels]  # -1 -> the trailing 0
+        out = np.take(lut, labels, mode="wrap")  # -1 -> the trailing 0
         if r.carved.any():
-            sel = np.concatenate([r.carved, [False]])[labels]
+            sel = np.take(np.concatenate([r.carved, [False]]), labels, mode="wrap")
             out[sel] = self._resize(r.labels, state.image_hw)[sel]
         state.prev_full = out if self.config.keyframe_every > 1 else None
         return TrackedFrame(idx, out, r.ids.astype(np.int32), seg, True, lut[:K], r.absorbed)
