@@ -22,6 +22,8 @@ class Track:
         proposal: float32 ``(h, w)`` distribution (the last merged attention/proposal map).
         hist: float32 ``(bins**3,)`` colour histogram (EMA), or None without images.
         missed: consecutive frames it has been absent.
+        carved: consecutive frames it was present only as parts carved out of other
+            segments (no segment of its own).
         velocity: ``(dy, dx)`` work-resolution pixels per frame, the last displacement
             measured from the flow while it was seen (the constant-velocity guess when the
             flow loses it or it is out of sight).
@@ -33,6 +35,7 @@ class Track:
     proposal: Optional[np.ndarray] = None
     hist: Optional[np.ndarray] = None
     missed: int = 0
+    carved: int = 0
     velocity: tuple[float, float] = (0.0, 0.0)
 
 
