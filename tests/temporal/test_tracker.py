@@ -422,3 +422,19 @@ def test_a_frame_with_300_segments_is_linked():
     first = {v: int(out[0].labels[lab == v][0]) for v in range(300)}
     for tf, m in zip(out, maps):
         assert all(np.all(tf.labels[m == v] == first[v]) for v in range(300))
+
+
+def test_a_track_carved_out_for_memory_frames_is_not_carved_any_more():
+    # an object merged into the ground segment from frame 3 on: it is carved out (its id
+    # kept) while the segmenter showed it within `memory` frames, then it is not: a track the
+    # segmenter never shows again must not live on forever as a carved sliver (stuff tracks
+    # of a segmenter that re-tiles the ground every frame did, and every frame got slower)
+    lab = np.zeros((40, 40), np.int32)
+    lab[10:20, 10:20] = 1
+    maps = [lab] * 3 + [np.zeros_like(lab)] * 9
+    cfg = tracker(flow="none", memory=3, hist_bins=0, correction_window=0)
+    out = [tf.labels for tf in link_label_maps(maps, None, cfg)]
+    obj = int(out[0][15, 15])
+    assert obj != int(out[0][0, 0])
+    carved = [bool((o[10:20, 10:20] == obj).all()) for o in out]
+    assert carved == [True] * 6 + [False] * 6, carved  # 3 frames its own segment, 3 carved, then gone
