@@ -152,15 +152,20 @@ class Linker:
         absorbed: dict[int, int] = {}
         if carved.any():
             groups = [np.unique(part_ids[j][part_ids[j] > 0]).tolist() for j in np.flatnonzero(carved)]
-            now = self._labels(seg, part_ids, ev.rows, T) if bins else None
+            now: list = []  # this frame's ids per pixel, made only when a newborn needs its colour
+
+            def colour_now(t: int) -> "np.ndarray | None":
+                if not bins:
+                    return None
+                if not now:
+                    now.append(self._labels(seg, part_ids, ev.rows, T))
+                return color_histograms(small, np.where(now[0] == t, 0, -1), 1, bins)[0]
 
             def alike(y: int, k: int) -> float:
                 """Look likeness of two tracks that share a segment (proposal KL x colour); a
                 track born in this frame has no proposal yet and is judged by the colour of
                 its pixels now; without any look it is not folded."""
-                h = [reg[t].hist if reg[t].hist is not None else
-                     (color_histograms(small, np.where(now == t, 0, -1), 1, bins)[0] if now is not None else None)
-                     for t in (y, k)]
+                h = [reg[t].hist if reg[t].hist is not None else colour_now(t) for t in (y, k)]
                 m = [reg[t].proposal for t in (y, k)]
                 if h[0] is None or h[1] is None:
                     h = [None, None]
