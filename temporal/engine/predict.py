@@ -9,6 +9,7 @@ velocity (constant-velocity motion model) into the pixels no confirmed predictio
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -106,28 +107,49 @@ def shift_maps(maps: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
     Args:
         maps: float32 ``(T, h, w)`` distributions.
-        shifts: float32 ``(T, 2)`` ``(dy, dx)`` in grid cells.
+        shifts: float ``(T, 2)`` ``(dy, dx)`` in grid cells.
 
     Returns:
-        float32 ``(T, h, w)``: shifted (linear interpolation, edge values repeated), each
-        renormalised to sum to 1.
+        float32 ``(T, h, w)``: shifted (bilinear, edge values repeated: what
+        ``scipy.ndimage.shift(order=1, mode="nearest")`` gives), each renormalised to sum
+        to 1; all maps in four gathers.
     """
-    from scipy import ndimage
+    T, h, w = maps.shape
+    d = np.asarray(shifts, np.float64)
+    sy = np.arange(h)[None, :] - d[:, :1]  # (T, h) source rows
+    sx = np.arange(w)[None, :] - d[:, 1:]  # (T, w) source columns
+    y0, x0 = np.floor(sy), np.floor(sx)
+    wy, wx = (sy - y0)[:, :, None], (sx - x0)[:, None, :]
+    ya, yb = np.clip(y0, 0, h - 1).astype(np.int64), np.clip(y0 + 1, 0, h - 1).astype(np.int64)
+    xa, xb = np.clip(x0, 0, w - 1).astype(np.int64), np.clip(x0 + 1, 0, w - 1).astype(np.int64)
+    t = np.arange(T)[:, None, None]
 
-    out = np.empty_like(maps)
-    for i, (m, d) in enumerate(zip(maps, shifts)):
-        out[i] = m if not np.any(d) else ndimage.shift(m, d, order=1, mode="nearest")
-    out /= np.maximum(out.reshape(len(out), -1).sum(1), 1e-12)[:, None, None]
-    return out
+    def at(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return maps[t, r[:, :, None], c[:, None, :]]
+    out = ((1 - wy) * ((1 - wx) * at(ya, xa) + wx * at(ya, xb)) + wy * ((1 - wx) * at(yb, xa) + wx * at(yb, xb)))
+    out /= np.maximum(out.reshape(T, -1).sum(1), 1e-12)[:, None, None]
+    return out.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _gauss_matrix(n: int, sigma: float) -> np.ndarray:
+    """float32 ``(n, n)`` 1-D Gaussian smoothing with edge values repeated (``B @ x``)."""
+    r = int(np.ceil(4 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    B = np.zeros((n, n))
+    for i in range(n):
+        np.add.at(B[i], np.clip(np.arange(i - r, i + r + 1), 0, n - 1), k)
+    return B.astype(np.float32)
 
 
 def blurred(a: np.ndarray, b: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Both sets of distributions ``(n, h, w)`` smoothed by a Gaussian of ``sigma`` grid
     cells and renormalised: compared so, a position known to within ``sigma`` costs
-    nothing (used for tracks out of sight, whose position is a guess)."""
-    from scipy import ndimage
-
+    nothing (used for tracks out of sight, whose position is a guess). Two matrix products
+    per set (the separable Gaussian as ``(h, h)`` and ``(w, w)`` matrices)."""
     def smooth(m: np.ndarray) -> np.ndarray:
-        out = ndimage.gaussian_filter(m, (0, sigma, sigma), mode="nearest")
+        h, w = m.shape[1:]
+        out = _gauss_matrix(h, float(sigma)) @ np.asarray(m, np.float32) @ _gauss_matrix(w, float(sigma)).T
         return out / np.maximum(out.reshape(len(out), -1).sum(1), 1e-12)[:, None, None]
     return smooth(a), smooth(b)
