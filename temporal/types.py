@@ -27,7 +27,7 @@ class TrackedFrame:
             frame (a fragment of the older track, or its re-appearance, found out a few
             frames late); the young id's pixels in earlier frames should read the older id.
             `VideoSegmenter.iter_video` applies this to the frames it holds back
-            (``TrackerConfig.id_correction_window``); see `temporal.relabel`.
+            (the engine's ``lifecycle.correction_window``); see `temporal.relabel`.
     """
 
     frame_index: int
