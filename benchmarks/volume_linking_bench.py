@@ -127,6 +127,41 @@ def link_iou(maps: np.ndarray, grey: np.ndarray) -> np.ndarray:
 METHODS = {"stacking": link_stacking, "engine": link_engine, "iou": link_iou}
 
 
+def big(work: Path, n: int = 600) -> None:
+    """The engine's `slices` preset on an n x 512 x 512 label volume (ellipsoids, ids
+    shuffled per slice, 0 = background, memmap), streamed slice by slice into an int32
+    memmap: seconds and peak RSS against the size of the label array."""
+    import resource
+
+    from bench_volume import _big_labels
+
+    from temporal.engine import Linker, slices
+    from temporal.proposals import proposals_from_labels
+    from volume.stacking import segment_index
+
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / f"big_{n}.npy"
+    if not src.exists():
+        _big_labels(src, shape=(n, 512, 512))
+    lab = np.load(src, mmap_mode="r")
+    out = np.lib.format.open_memmap(work / f"big_{n}_linked.npy", mode="w+", dtype=np.int32, shape=lab.shape)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lk = Linker(slices())
+    st = lk.init_state()
+    t0 = time.perf_counter()
+    for i in range(n):
+        seg, vals = segment_index(np.asarray(lab[i]), 0)
+        K = len(vals)
+        props = proposals_from_labels(np.where(seg < 0, K, seg), K + 1, 32)[:K] if K else None
+        out[i] = lk.step(st, seg, K, props, None, None, i).labels
+    sec = time.perf_counter() - t0
+    out.flush()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{n} x 512 x 512 labels ({lab.nbytes / 2**20:.0f} MiB as stored, int32 output "
+          f"{out.nbytes / 2**20:.0f} MiB): linked in {sec:.1f} s ({n / sec:.1f} slices/s), peak RSS "
+          f"{rss:.0f} MiB (before linking {rss0:.0f} MiB), {len(np.unique(out[::50]))} ids on every 50th slice")
+
+
 def main() -> None:
     from volume.evaluate import volume_dice
 
@@ -137,7 +172,12 @@ def main() -> None:
     ap.add_argument("--methods", default="stacking,engine,iou")
     ap.add_argument("--items", default="ct,mr,nuclei")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--big", type=int, default=0, metavar="N",
+                    help="only: link an N x 512 x 512 label volume with the engine (time, peak RSS)")
     a = ap.parse_args()
+    if a.big:
+        big(a.work, a.big)
+        return
     fams = (list(SLICES) if a.families == "all" else [f for f in SLICES if f not in families.HELD_OUT]
             if a.families == "tuning" else a.families.split(","))
     rows = []
