@@ -382,12 +382,7 @@ def finalize_video(spec: InputSpec, chunks: Sequence[WorkItem], cfg: RunConfig, 
     Returns:
         (outputs relative to ``out_dir``, frames written).
     """
-    from temporal.api import FRAMES_LIST, load_segmentation
-    from temporal.io import FrameSource
-    from temporal.tracker import VideoSegmenter
-    from temporal.writer import VideoOutputWriter
-
-    from .progress import progress
+    from temporal.api import FRAMES_LIST, link_segmentations
 
     chunks = sorted(chunks, key=lambda c: c.chunk_index)
     vrel = video_dir(spec.name)
@@ -396,7 +391,7 @@ def finalize_video(spec: InputSpec, chunks: Sequence[WorkItem], cfg: RunConfig, 
     shutil.rmtree(vdir / "labels", ignore_errors=True)
     for stale in ("tracks.json", "overlay.mp4"):
         (vdir / stale).unlink(missing_ok=True)
-    segs: list[tuple[str, "Path | None"]] = []  # (stem, segmentation file or None) per frame
+    segs: list["Path | None"] = []  # the segmentation file of every frame (None between keyframes)
     for c in chunks:
         sdir = out_dir / chunk_dir(c) / "segs"
         listing = sdir / FRAMES_LIST
@@ -407,47 +402,23 @@ def finalize_video(spec: InputSpec, chunks: Sequence[WorkItem], cfg: RunConfig, 
             raise InputError(f"{sdir}: chunk has {len(stems)} frames, expected {c.end - c.start}")
         for stem in stems[max(0, len(segs) - c.start):]:  # frames an earlier chunk had are skipped
             path = sdir / f"{stem}.npz"
-            segs.append((stem, path if path.is_file() else None))
+            segs.append(path if path.is_file() else None)
     if len(segs) != spec.num_frames:
         raise InputError(f"{spec.path}: chunks cover {len(segs)} frames, expected {spec.num_frames}")
-    tcfg = _tracker_config(cfg)
-    src = FrameSource(spec.path, max_side=cfg.max_side or None)
-    meta = {"job": "run", "source": spec.path, "chunks": [[c.start, c.end] for c in chunks],
-            "max_side": cfg.max_side or None, "tracker": tcfg.to_dict()}
-    writer = VideoOutputWriter(vdir, fps=src.fps, write_overlay=cfg.overlay, meta=meta)
-    rgbs: list[np.ndarray] = []
-
-    def frames() -> Any:
-        for fr in src:
-            rgbs.append(fr.rgb)
-            yield fr.rgb
-
-    def segmentations() -> Any:
-        for stem, path in segs:
-            yield None if path is None else load_segmentation(path)
-
-    written = 0
-    bar = progress(total=spec.num_frames, desc=f"link {spec.name}", unit="frame")
     try:
-        for tf in VideoSegmenter(None, tcfg).iter_video(frames(), segmentations()):
-            writer.put(segs[written][0], rgbs.pop(0) if cfg.overlay else None, tf)
-            if not cfg.overlay:
-                rgbs.clear()
-            written += 1
-            bar.update(1)
-        if written != spec.num_frames:
-            raise InputError(f"{spec.path}: linked {written} frames, expected {spec.num_frames}")
-    except BaseException as exc:
-        writer.abort(f"{type(exc).__name__}: {exc}")
+        res = link_segmentations(spec.path, segs, vdir, _tracker_config(cfg),
+                                 max_side=cfg.max_side or None, write_overlay=cfg.overlay,
+                                 meta={"job": "run", "chunks": [[c.start, c.end] for c in chunks]})
+        if not res.complete or res.n_frames != spec.num_frames:
+            raise InputError(f"{spec.path}: linked {res.n_frames} frames, expected {spec.num_frames}"
+                             + (f" ({res.error})" if res.error else ""))
+    except BaseException:
         (vdir / "overlay.mp4").unlink(missing_ok=True)  # the labels stay, flagged by tracks.json
         raise
-    finally:
-        bar.close()
-    info = writer.close(complete=True)
     outputs = [f"{vrel}/labels", f"{vrel}/tracks.json"]
-    if info.get("overlay"):
+    if res.overlay is not None:
         outputs.append(f"{vrel}/overlay.mp4")
-    return outputs, written
+    return outputs, res.n_frames
 
 
 # ----------------------------------------------------------------------------- lightning

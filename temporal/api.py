@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -22,12 +22,12 @@ from diffseg_core.progress import progress
 from .config import TrackerConfig
 from .io import DecodeError, Frame, FrameSource, read_segment_labels
 from .proposals import segmentation_from_labels
-from .tracker import VideoSegmenter
+from .tracker import VideoSegmenter, segmenter_batch_size
 from .types import VideoResult
 from .writer import VideoOutputWriter
 
-__all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", "load_segmentation", "VideoResult",
-           "TrackerConfig"]
+__all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", "load_segmentation",
+           "link_segmentations", "VideoResult", "TrackerConfig"]
 
 
 def _resolve_segmenter(segmenter: Any) -> Any:
@@ -237,7 +237,7 @@ def segment_frames(source: "str | Path", seg_dir: "str | Path", segmenter: Any =
     src = FrameSource(source, start, end, 1, max_side)
     seg = _resolve_segmenter(segmenter)
     out = Path(seg_dir)
-    bs = max(1, int(getattr(getattr(seg, "config", None), "batch_size", 1) or 1))
+    bs = segmenter_batch_size(seg)
     stems: list[str] = []
     batch: list[tuple[str, np.ndarray]] = []
     first: tuple = ()
@@ -277,3 +277,32 @@ def load_segmentation(path: "str | Path") -> Any:
     with np.load(path, allow_pickle=False) as z:
         lab = z["labels"]
         return Segmentation(labels=lab, proposals=z["proposals"], image_hw=lab.shape)
+
+
+def link_segmentations(frames_source: "str | Path", segmentations: "Sequence[str | Path | None]",
+                       out_dir: "str | Path", config: TrackerConfig = TrackerConfig(), *,
+                       max_side: Optional[int] = None, write_overlay: bool = True,
+                       meta: "dict[str, Any] | None" = None) -> VideoResult:
+    """Link segmentations saved by `segment_frames` in one pass (the chunks of a long video).
+
+    Args:
+        frames_source: the video file or frame folder they were made from (the frames are
+            decoded again for the optical flow and the overlay).
+        segmentations: one ``.npz`` path per frame in order, None on frames that were not
+            segmented (between keyframes).
+        out_dir, config, write_overlay: see `segment_video`; ``max_side`` as the segments.
+        meta: extra fields for ``tracks.json``.
+
+    Returns:
+        `VideoResult` (``complete`` False when a frame failed to decode).
+    """
+    src = FrameSource(frames_source, max_side=max_side)
+    vs = VideoSegmenter(None, config)
+
+    def segs_for(pending: deque) -> Iterator[Any]:
+        for path in segmentations:
+            yield None if path is None else load_segmentation(path)
+
+    info = {"job": "link", "source": str(frames_source), "max_side": max_side, "tracker": config.to_dict(),
+            **(meta or {})}
+    return _run(src, Path(out_dir), vs, config.id_offset, write_overlay, info, segs_for, "link")

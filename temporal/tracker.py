@@ -62,6 +62,11 @@ class VideoState:
         return self.link.registry
 
 
+def segmenter_batch_size(segmenter: Any) -> int:
+    """Images per call of ``segmenter`` (its ``config.batch_size``, else 1)."""
+    return max(1, int(getattr(getattr(segmenter, "config", None), "batch_size", 1) or 1))
+
+
 def _as_rgb(frame: Any) -> np.ndarray:
     """uint8 ``(H, W, 3)`` from uint8 ``(H, W, 3)`` or float ``(3, H, W)`` in [0, 1]."""
     if hasattr(frame, "detach"):
@@ -97,9 +102,7 @@ class VideoSegmenter:
     def init_state(self, id_offset: "int | None" = None) -> VideoState:
         """A fresh state; ids start at ``id_offset + 1`` (default ``config.id_offset``)."""
         off = self.config.id_offset if id_offset is None else int(id_offset)
-        link = self.linker.init_state(off)
-        link.registry.max_missed = self.config.engine.lifecycle.memory
-        return VideoState(link)
+        return VideoState(self.linker.init_state(off))
 
     def is_keyframe(self, state: VideoState) -> bool:
         """Whether the next `step` is a keyframe (segmented) in keyframe mode."""
@@ -189,7 +192,7 @@ class VideoSegmenter:
             return
         if frames is None:
             raise ValueError("`frames` are required to run the segmenter")
-        bs = self.config.batch_size or int(getattr(getattr(self.segmenter, "config", None), "batch_size", 1) or 1)
+        bs = self.config.batch_size or segmenter_batch_size(self.segmenter)
         buf: list[tuple[np.ndarray, bool]] = []
         n_key = 0
         pos = state.n_seen

@@ -122,7 +122,7 @@ def _exact(w: np.ndarray, A: int, tracks: np.ndarray) -> np.ndarray:
 
 
 def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = None,
-              confirmed: "np.ndarray | None" = None) -> Association:
+              carvable: "np.ndarray | None" = None) -> Association:
     """Label every part of every segment (see the module docstring).
 
     Args:
@@ -131,9 +131,9 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
         reid: float ``(K, R)`` re-identification scores of the segments with the R
             remembered tracks (look similarity minus its threshold; > 0 = a candidate), or
             None.
-        confirmed: float ``(T,)`` in [0, 1]: scales what carving each track out gains (0 for
-            a track that has lived only by being carved for ``memory`` frames: the segmenter
-            no longer shows it). None = 1.
+        carvable: bool ``(T,)``: tracks that carving out may still gain from (False for a
+            track that has lived only by being carved for ``memory`` frames: the segmenter
+            no longer shows it); None = all.
 
     Returns:
         `Association`; owner / whole values ``T + r`` stand for remembered track ``r``.
@@ -185,7 +185,7 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
         cand = np.flatnonzero(lost & (inter[j, 1:] > 0))
         if whole[j] >= 0:
             cand = np.union1d(cand, [whole[j]])
-        whole[j], owner[j] = _segment(inter[j], m, lam[j] * (1.0 if confirmed is None else confirmed), cfg, cand)
+        whole[j], owner[j] = _segment(inter[j], m, lam[j] if carvable is None else lam[j] * carvable, cfg, cand)
     return Association(owner, whole)
 
 

@@ -26,7 +26,7 @@ class IouLinker:
         self.cfg = config
 
     def init_state(self, id_offset: int = 0) -> LinkState:
-        return LinkState(TrackRegistry(0, id_offset))
+        return LinkState(TrackRegistry(self.cfg.lifecycle.memory, id_offset))
 
     def predict(self, state: LinkState, gray: "np.ndarray | None") -> Prediction:
         return Prediction(state.prev, None, {})

@@ -1,8 +1,8 @@
 """`Linker`: the four stages run on one frame (or slice) at a time, with bounded state.
 
-Used by `temporal.tracker.VideoSegmenter` (frames, the `video` preset) and
-`volume.stacking.SliceLinker` (slices as time, the `slices` preset). Everything here is at
-work resolution; the drivers resize.
+Driven by `temporal.tracker.VideoSegmenter` (frames, the `video` preset); the `slices` preset
+is benchmarked on volumes (`benchmarks/volume_linking_bench.py`), which still link with
+`volume.stacking.SliceLinker`. Everything here is at work resolution; the driver resizes.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from .lifecycle import folds
 from .predict import Prediction, Predictor, blurred, shift_maps
 
 APPEARANCE_EMA = 0.5  # weight of the newest frame in a track's remembered look
-
 
 
 @dataclass
@@ -132,8 +131,8 @@ class Linker:
         # lived only by being carved out of others) is not carved any more: without this the
         # stuff tracks of a segmenter that re-tiles the ground every frame lived on as carved
         # slivers forever (148 ids in 9 segments after 120 frames, each frame slower)
-        confirmed = np.array([float(reg[t].carved < cfg.lifecycle.memory) for t in ev.track_ids.tolist()])
-        asg = associate(ev, cfg.associate, reid, confirmed)
+        carvable = np.array([reg[t].carved < cfg.lifecycle.memory for t in ev.track_ids.tolist()], bool)
+        asg = associate(ev, cfg.associate, reid, carvable)
         T = len(ev.track_ids)
         row_id = np.concatenate([ev.track_ids, remembered if reid is not None else [], [0]]).astype(np.int64)
         part_ids = row_id[asg.owner]  # owner -1 -> the trailing 0
@@ -142,7 +141,7 @@ class Linker:
         # lifecycle: births for what no track continues or takes back
         assigned: dict[int, int] = {}
         for j in new_seg.tolist():
-            if j not in assigned and ev.seg_area[j] >= cfg.lifecycle.min_area:
+            if ev.seg_area[j] >= cfg.lifecycle.min_area:
                 assigned[j] = reg.new(idx).id
         for j, tid in assigned.items():
             part_ids[j, asg.owner[j] < 0] = tid
@@ -212,13 +211,12 @@ class Linker:
         velocity and both are blurred by how unsure that is (one grid cell, plus one work
         pixel per frame out of sight, rounded up to a power of two frames)."""
         rmaps, rhists = track_look(remembered)
-        rhists = rhists if hists is not None else None
         tau = self.cfg.evidence.kl_tau
+        col = look_similarity(None, None, tau, rhists if hists is not None else None, hists)
         if rmaps is None or maps is None or rmaps.shape[1:] != maps.shape[1:]:
-            return look_similarity(None, None, tau, rhists, hists)
+            return col
         # colour bounds the look (look = map likeness x colour <= colour): the maps are
         # compared only for the pairs whose colour could still pass reid_threshold
-        col = look_similarity(None, None, tau, rhists, hists)
         need = np.ones((len(maps), len(remembered)), bool) if col is None else col > self.cfg.lifecycle.reid_threshold
         sim = np.zeros(need.shape, np.float32)
         if not need.any():
@@ -301,9 +299,9 @@ class Linker:
                 # only holds carved parts learns from those (else carved-in ground would
                 # teach an object the ground's colour, and the next carve would find it alike)
                 owned = np.where(seg >= 0, np.take(segment_ids, np.maximum(seg, 0)), 0)
-                has_own = np.zeros(int(ids[-1]) + 1, bool)
-                has_own[segment_ids[segment_ids > 0]] = True
-                src = np.where(has_own[labels], owned, labels)
+                owns = np.zeros(int(ids[-1]) + 1, bool)  # per id: owns a whole segment
+                owns[segment_ids[segment_ids > 0]] = True
+                src = np.where(owns[labels], owned, labels)
                 comp = np.searchsorted(ids, src)
                 comp = np.where((comp < len(ids)) & (src > 0), comp, -1)
                 h = color_histograms(small, comp, len(ids), bins)

@@ -69,19 +69,20 @@ class Predictor:
         if self.flow is None or prev_gray is None or gray is None:
             return Prediction(prev, None, {})
         bwd, valid = self._pair(self.flow, prev_gray, gray)
-        raw = warp_labels(prev, bwd, None, fill=0)
-        pred = raw if valid is None else np.where(valid, raw, 0)
+        pred = warp_labels(prev, bwd, None, fill=0)
         if valid is None:
-            return Prediction(pred.astype(np.int32, copy=False), bwd, {})
+            return Prediction(pred, bwd, {})
+        pred = np.where(valid, pred, 0)
         n = int(prev.max()) + 1
         before = np.bincount(prev.ravel(), minlength=n)
-        if self.fallback is not None and _lost(before, pred).any():
+        lost = _lost(before, pred)
+        if self.fallback is not None and lost.any():
             bwd, valid = self._pair(self.fallback, prev_gray, gray)
             pred = np.where(valid, warp_labels(prev, bwd, None, fill=0), 0)
+            lost = _lost(before, pred)
         disp, count = label_displacements(pred, bwd, n)
         firm = np.flatnonzero((count >= 8) & (count >= 0.1 * before))
         measured = {int(t): (float(disp[t, 0]), float(disp[t, 1])) for t in firm if t > 0}
-        lost = _lost(before, pred)
         if lost.any() and velocity:
             shifts = np.zeros((n, 2), np.float32)
             for t in np.flatnonzero(lost):
