@@ -160,23 +160,8 @@ class Linker:
                     now.append(self._labels(seg, part_ids, ev.rows, T))
                 return color_histograms(small, np.where(now[0] == t, 0, -1), 1, bins)[0]
 
-            def alike(y: int, k: int) -> float:
-                """Look likeness of two tracks that share a segment (proposal KL x colour); a
-                track born in this frame has no proposal yet and is judged by the colour of
-                its pixels now; without any look it is not folded."""
-                h = [reg[t].hist if reg[t].hist is not None else colour_now(t) for t in (y, k)]
-                m = [reg[t].proposal for t in (y, k)]
-                if h[0] is None or h[1] is None:
-                    h = [None, None]
-                if m[0] is None or m[1] is None or m[0].shape != m[1].shape:
-                    m = [None, None]
-                if h[0] is None and m[0] is None:
-                    return 0.0 if reg[y].first_frame == idx else 1.0
-                sim = look_similarity(None if m[0] is None else m[0][None], None if m[1] is None else m[1][None],
-                                      cfg.evidence.kl_tau, None if h[0] is None else h[0][None],
-                                      None if h[1] is None else h[1][None])
-                return float(sim[0, 0])
-            absorbed = folds(groups, reg, idx, cfg.lifecycle, alike)
+            absorbed = folds(groups, reg, idx, cfg.lifecycle,
+                             lambda y, k: self._fold_likeness(reg, y, k, idx, colour_now))
         absorbed.update(self._returns(reg, np.unique(part_ids[part_ids > 0]), remembered, track_look, idx,
                                       seg.shape[0], set(absorbed)))
         for y in absorbed:  # a fold into a track that is itself a return: to the returned id
@@ -202,6 +187,20 @@ class Linker:
         self._update(state, seg, labels, ids, segment_ids, part_ids, props if has_props else None, ev, small, gray,
                      idx, bins)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
+
+    def _fold_likeness(self, reg: TrackRegistry, y: int, k: int, idx: int, colour_now) -> float:
+        """Look likeness of two tracks that share a segment (proposal KL x colour); a track
+        born in this frame has no proposal yet and is judged by the colour of its pixels now
+        (``colour_now(id)``); one with no look at all is not folded (0), two old tracks
+        without looks are alike (1)."""
+        h = [reg[t].hist if reg[t].hist is not None else colour_now(t) for t in (y, k)]
+        m = [reg[t].proposal for t in (y, k)]
+        hists = None if h[0] is None or h[1] is None else (h[0][None], h[1][None])
+        maps = (None if m[0] is None or m[1] is None or m[0].shape != m[1].shape else (m[0][None], m[1][None]))
+        if hists is None and maps is None:
+            return 0.0 if reg[y].first_frame == idx else 1.0
+        sim = look_similarity(*(maps or (None, None)), self.cfg.evidence.kl_tau, *(hists or (None, None)))
+        return float(sim[0, 0])
 
     def _recall(self, reg: TrackRegistry, remembered: np.ndarray, track_look, maps: "np.ndarray | None",
                 hists: "np.ndarray | None", work_h: int) -> "np.ndarray | None":
