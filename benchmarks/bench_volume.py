@@ -43,7 +43,7 @@ from volume_sim import SimConfig, diffseg_like_volume, phantom  # noqa: E402
 from diffseg_core.cli import main as diffseg_main  # noqa: E402
 from volume.evaluate import volume_dice  # noqa: E402
 from volume.io import read_label_volume, read_volume  # noqa: E402
-from volume.stacking import iou_stitch  # noqa: E402
+from temporal.engine.baseline import iou_stitch  # noqa: E402
 
 LEVELS = {
     "mild": SimConfig(bg_pieces=(2, 4), jitter=0.1, p_split=0.03, p_merge=0.05),

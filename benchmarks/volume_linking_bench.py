@@ -8,10 +8,8 @@ Families (per slice): our DiffSeg-like degradation at two severities
 watershed of the intensity gradient (the classical nuclei segmenter) and quickshift
 (**held out**: never tuned on). The slice maps are cached under WORK. Linkers:
 
-* ``stacking``: today's `volume.stacking.SliceLinker` (what `diffseg stack` runs), with the
-  slice images as its appearance cue;
-* ``engine``: the linking engine's `slices` preset (`temporal.engine`), the grey slice as
-  its look;
+* ``engine``: what `diffseg stack` runs (`volume.api.link_volume`: the linking engine's
+  `slices` preset, the grey slice as its look, then the waist cut);
 * ``iou``: Cellpose-style IoU stitching (threshold 0.25), the baseline.
 
 Printed per item x family x linker: 3D mean Dice (one Hungarian matching over the volume),
@@ -88,34 +86,23 @@ def slice_maps(work: Path, name: str, fam: str, gt: np.ndarray, grey: np.ndarray
     return out
 
 
-def link_stacking(maps: np.ndarray, grey: np.ndarray) -> np.ndarray:
-    from volume.stacking import SliceLinker, segment_index
-    from volume.types import LinkConfig
+def link_engine(maps: np.ndarray, grey: "np.ndarray | None", changes: "dict | None" = None,
+                out: "np.ndarray | None" = None) -> np.ndarray:
+    """`diffseg stack`'s linking (``changes``: engine knobs by name, e.g. ``{"memory": 5}``;
+    ``waist_ratio`` too)."""
+    from temporal.engine import slices
+    from volume.api import _label_slices, link_volume
+    from volume.types import VolumeConfig
 
-    lk = SliceLinker(LinkConfig())
-    return np.stack([lk.step(segment_index(m)[0], None, g) for m, g in zip(maps, grey)])
-
-
-def link_engine(maps: np.ndarray, grey: np.ndarray, changes: "dict | None" = None) -> np.ndarray:
-    from temporal.engine import Linker, slices
-    from temporal.proposals import proposals_from_labels
-    from volume.stacking import segment_index
-
-    cfg = slices().set(**(changes or {}))
-    lk = Linker(cfg)
-    st = lk.init_state()
-    out = []
-    for i, (m, g) in enumerate(zip(maps, grey)):
-        seg, vals = segment_index(m)
-        K = len(vals)
-        props = proposals_from_labels(seg, K, 32) if K else None
-        rgb = np.repeat(g[..., None], 3, 2) if cfg.evidence.hist_bins else None
-        out.append(lk.step(st, seg, K, props, rgb, None, i).labels)
-    return np.stack(out)
+    changes = dict(changes or {})
+    waist = changes.pop("waist_ratio", VolumeConfig().waist_ratio)
+    cfg = VolumeConfig(engine=slices().set(**changes), background=0 if grey is None else None, waist_ratio=waist)
+    gray = None if grey is None else (lambda ax, i: grey[i])
+    return link_volume(maps.shape, 0, _label_slices(maps, 0, cfg.background, gray), cfg, out=out)
 
 
 def link_iou(maps: np.ndarray, grey: np.ndarray) -> np.ndarray:
-    from volume.stacking import iou_stitch
+    from temporal.engine.baseline import iou_stitch
 
     out, nxt, prev = [], 1, np.zeros(maps.shape[1:], np.int32)
     for m in maps:
@@ -124,20 +111,16 @@ def link_iou(maps: np.ndarray, grey: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-METHODS = {"stacking": link_stacking, "engine": link_engine, "iou": link_iou}
+METHODS = {"engine": link_engine, "iou": link_iou}
 
 
 def big(work: Path, n: int = 600) -> None:
-    """The engine's `slices` preset on an n x 512 x 512 label volume (ellipsoids, ids
+    """`diffseg stack`'s linking on an n x 512 x 512 label volume (ellipsoids, ids
     shuffled per slice, 0 = background, memmap), streamed slice by slice into an int32
     memmap: seconds and peak RSS against the size of the label array."""
     import resource
 
     from bench_volume import _big_labels
-
-    from temporal.engine import Linker, slices
-    from temporal.proposals import proposals_from_labels
-    from volume.stacking import segment_index
 
     work.mkdir(parents=True, exist_ok=True)
     src = work / f"big_{n}.npy"
@@ -146,14 +129,8 @@ def big(work: Path, n: int = 600) -> None:
     lab = np.load(src, mmap_mode="r")
     out = np.lib.format.open_memmap(work / f"big_{n}_linked.npy", mode="w+", dtype=np.int32, shape=lab.shape)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    lk = Linker(slices())
-    st = lk.init_state()
     t0 = time.perf_counter()
-    for i in range(n):
-        seg, vals = segment_index(np.asarray(lab[i]), 0)
-        K = len(vals)
-        props = proposals_from_labels(np.where(seg < 0, K, seg), K + 1, 32)[:K] if K else None
-        out[i] = lk.step(st, seg, K, props, None, None, i).labels
+    link_engine(lab, None, out=out)
     sec = time.perf_counter() - t0
     out.flush()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -169,12 +146,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=Path("/tmp/volume_linking_bench"))
     ap.add_argument("--families", default="all", help="all, tuning (all but quickshift) or a comma list")
-    ap.add_argument("--methods", default="stacking,engine,iou")
+    ap.add_argument("--methods", default="engine,iou")
     ap.add_argument("--items", default="ct,mr,nuclei")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--big", type=int, default=0, metavar="N",
                     help="only: link an N x 512 x 512 label volume with the engine (time, peak RSS)")
     a = ap.parse_args()
+    from diffseg_core.progress import set_progress_enabled
+
+    set_progress_enabled(False)
     if a.big:
         big(a.work, a.big)
         return

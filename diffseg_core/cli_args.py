@@ -89,15 +89,19 @@ def _attribute_help(cls: type) -> dict[str, str]:
     return {k: re.split(r"(?<=[.;])\s", v, 1)[0].rstrip(".;") for k, v in out.items()}
 
 
-def add_config_args(parser: argparse.ArgumentParser, preset: Any, title: str) -> None:
+def add_config_args(parser: argparse.ArgumentParser, preset: Any, title: str,
+                    groups: "tuple[str, ...] | None" = None) -> None:
     """One option per field of a config made of group dataclasses (``preset``: an instance
     whose fields are dataclasses, e.g. `temporal.engine.EngineConfig`): ``--field-name``,
     typed from the field, help from the group's docstring, default shown from ``preset``.
-    Options left out keep the preset's value (see `config_from_args`)."""
+    Options left out keep the preset's value (see `config_from_args`); ``groups`` limits
+    the options to those groups (None: all)."""
     import dataclasses
     import typing
 
     for group in dataclasses.fields(preset):
+        if groups is not None and group.name not in groups:
+            continue
         sub = getattr(preset, group.name)
         helps = _attribute_help(type(sub))
         hints = typing.get_type_hints(type(sub))

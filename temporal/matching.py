@@ -1,15 +1,10 @@
-"""Matching math: overlaps, IoU, symmetric KL between proposal maps, the combined cost and
-Hungarian assignment with gating. Pure functions on numpy arrays."""
+"""Matching math: overlaps, IoU, symmetric KL between proposal maps, colour histograms and
+their Bhattacharyya likeness. Pure functions on numpy arrays."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-#: cost given to forbidden pairs before the Hungarian solve (any value > every real cost).
-FORBIDDEN = 1e6
 
 
 def overlap_matrix(a: np.ndarray, n_a: int, b: np.ndarray, n_b: int) -> np.ndarray:
@@ -71,69 +66,6 @@ def symmetric_kl_matrix(p: np.ndarray, q: np.ndarray, eps: float = 1e-8) -> np.n
 def kl_similarity(skl: np.ndarray, tau: float) -> np.ndarray:
     """Map symmetric KL (nats) to a similarity in (0, 1]: ``exp(-skl / tau)``."""
     return np.exp(-np.asarray(skl) / tau)
-
-
-def cost_matrix(iou: np.ndarray, skl: "np.ndarray | None", w_iou: float = 1.0, w_kl: float = 0.5,
-                kl_tau: float = 2.0) -> np.ndarray:
-    """Matching cost in [0, 1]: weighted mean of ``1 - IoU`` and ``1 - exp(-sKL/tau)``.
-
-    Args:
-        iou: ``(M, K)`` IoU of warped track masks vs segment masks.
-        skl: ``(M, K)`` symmetric KL of warped track proposals vs segment proposals, or None
-            (then only IoU counts).
-
-    Returns:
-        float64 ``(M, K)``.
-    """
-    if skl is None or w_kl == 0:
-        return 1.0 - np.asarray(iou, np.float64)
-    c = w_iou * (1.0 - iou) + w_kl * (1.0 - kl_similarity(skl, kl_tau))
-    return c / (w_iou + w_kl)
-
-
-@dataclass
-class Assignment:
-    """Result of `hungarian_assign`.
-
-    Attributes:
-        rows: int64 ``(P,)`` matched row indices (tracks).
-        cols: int64 ``(P,)`` matched column indices (segments), same order.
-        unmatched_rows: int64 rows left without a partner.
-        unmatched_cols: int64 columns left without a partner.
-    """
-
-    rows: np.ndarray
-    cols: np.ndarray
-    unmatched_rows: np.ndarray
-    unmatched_cols: np.ndarray
-
-
-def hungarian_assign(cost: np.ndarray, allowed: "np.ndarray | None" = None,
-                     max_cost: float = np.inf) -> Assignment:
-    """One-to-one minimum-cost assignment (scipy ``linear_sum_assignment``) with gating.
-
-    Args:
-        cost: float ``(M, K)``.
-        allowed: bool ``(M, K)``; False pairs can never be matched (gating).
-        max_cost: matched pairs with a larger cost are dropped.
-
-    Returns:
-        `Assignment`.
-    """
-    cost = np.asarray(cost, np.float64)
-    m, k = cost.shape
-    ok = np.isfinite(cost) & (cost <= max_cost)
-    if allowed is not None:
-        ok &= allowed
-    if m == 0 or k == 0 or not ok.any():
-        return Assignment(np.zeros(0, np.int64), np.zeros(0, np.int64), np.arange(m), np.arange(k))
-    c = np.where(ok, cost, FORBIDDEN)
-    r, cidx = linear_sum_assignment(c)
-    keep = ok[r, cidx]
-    r, cidx = r[keep].astype(np.int64), cidx[keep].astype(np.int64)
-    um_r = np.setdiff1d(np.arange(m), r)
-    um_c = np.setdiff1d(np.arange(k), cidx)
-    return Assignment(r, cidx, um_r, um_c)
 
 
 def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:

@@ -75,6 +75,20 @@ def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inv.reshape(labels.shape).astype(np.int32), values.astype(np.int64)
 
 
+def segment_index(labels: np.ndarray, background: "int | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """Any label map -> segment index ``0..K-1`` (``-1`` where the value is ``background``).
+
+    Returns:
+        ``(int32 (H, W) index, int64 (K,) original value of each segment)``.
+    """
+    lab, values = relabel_consecutive(labels)
+    if background is not None and np.any(values == background):
+        b = int(np.flatnonzero(values == background)[0])
+        lab = np.where(lab == b, -1, lab - (lab > b)).astype(np.int32)
+        values = np.delete(values, b)
+    return lab, values
+
+
 def segmentation_from_labels(labels: np.ndarray, side: int = 32, floor: float = 1e-3,
                              work_side: int = 240, background: "int | None" = None) -> Segmentation:
     """A `Segmentation` from any label map (values need not be consecutive).
@@ -91,11 +105,7 @@ def segmentation_from_labels(labels: np.ndarray, side: int = 32, floor: float = 
         ``(K, h, w)`` proposals; ``meta["source_values"]`` holds the original value of each
         segment.
     """
-    lab, values = relabel_consecutive(labels)
-    if background is not None and np.any(values == background):
-        b = int(np.flatnonzero(values == background)[0])
-        lab = np.where(lab == b, -1, lab - (lab > b)).astype(np.int32)
-        values = np.delete(values, b)
+    lab, values = segment_index(labels, background)
     K = len(values)
     small = resize_labels(lab, work_side) if work_side else lab
     props = proposals_from_labels(np.where(small < 0, K, small), K + 1, side=side, floor=floor)[:K]

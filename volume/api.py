@@ -3,7 +3,8 @@
     segment_volume(input_path, output_path, segmenter, config) -> VolumeResult
     stack_labels(labels_path, output_path, config, image_path=None) -> VolumeResult
 
-Both stream slices in order through a `SliceLinker` (slice index = time index), write the
+Both stream slices in order through the linking engine (`temporal.engine`, its ``slices``
+preset: slice index = time index), write the
 int32 ids into one label volume (the only full-size array besides the input), clean it up
 in 3D (`postprocess`), and write labels, ``labels.json`` and a montage, each atomically.
 """
@@ -27,8 +28,7 @@ from .io import (VolumeWarning, default_output_name, output_format, read_label_v
                  write_labels)
 from .postprocess import relabel_consecutive, remove_fragments, split_at_waists
 from .report import side_paths, write_labels_json, write_montage
-from .stacking import SliceLinker, segment_index
-from .types import LinkConfig, Volume, VolumeConfig, VolumeResult
+from .types import Volume, VolumeConfig, VolumeResult
 
 log = logging.getLogger("diffseg.volume")
 
@@ -39,9 +39,9 @@ class Segmenter(Protocol):
     def segment(self, images: Sequence[np.ndarray]) -> list[Any]: ...
 
 
-#: (segment index int (a, b) with -1 = none, proposals float32 (K, h, w) or None,
+#: (segment index int (a, b) ``0..K-1`` with -1 = none, proposals float32 (K, h, w),
 #:  uint8 (a, b) windowed image of the slice or None)
-SliceSeg = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+SliceSeg = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 def resolve_output(output_path: "str | os.PathLike", vol: Volume) -> Path:
@@ -62,32 +62,44 @@ def choose_axis(config: VolumeConfig, vol: Volume) -> int:
     return through_plane_axis(vol.spacing) if config.axis is None else int(config.axis)
 
 
-def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSeg],
-                link: LinkConfig, out: "np.ndarray | None" = None, desc: str = "linking") -> np.ndarray:
+def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSeg], config: VolumeConfig,
+                out: "np.ndarray | None" = None, desc: str = "linking") -> np.ndarray:
     """Link per-slice segmentations along ``axis`` into one int32 id volume.
 
     Args:
         shape: ``(D, H, W)`` of the volume.
         axis: slicing axis.
         slices: per slice in order, ``(segment index, proposals, gray)``; the index is an
-            int ``(a, b)`` array (the two other axes in order), ``-1`` = no segment; gray is
-            the uint8 slice image (appearance cue) or None.
-        link: linking options.
+            int ``(a, b)`` array (the two other axes in order), ``0..K-1`` with ``-1`` = no
+            segment, proposals one map per segment; gray is the uint8 slice image (the
+            engine's look) or None.
+        config: ``config.engine`` links, ``config.waist_ratio`` cuts stacked structures.
         out: int32 ``(D, H, W)`` array (or memmap) to fill; allocated when None.
 
     Returns:
         int32 ``(D, H, W)`` track ids (0 = none).
     """
+    from temporal.engine import Linker
+
     if out is None:
         out = np.zeros(shape, np.int32)
-    linker = SliceLinker(link)
+    linker = Linker(config.engine)
+    state = linker.init_state()
+    looks = bool(config.engine.evidence.hist_bins)
     n = shape[axis]
     for i, (seg, props, gray) in enumerate(progress(slices, total=n, desc=desc, unit="slice")):
         if i >= n:
             raise ValueError(f"more slices than the volume has along axis {axis} ({n})")
-        take_slice(out, axis, i)[...] = linker.step(seg, props, gray)
-    log.debug("linking axis %d: %s", axis, linker.stats)
-    cuts = split_at_waists(out, axis, float(link.waist_ratio), float(link.confident_iou))
+        rgb = gray_to_rgb(gray) if looks and gray is not None else None
+        r = linker.step(state, seg, len(props), props, rgb, None, i)
+        take_slice(out, axis, i)[...] = r.labels
+        if r.absorbed:  # late corrections: a young track folded into an older one
+            lut = np.arange(int(max(r.absorbed)) + 1, dtype=np.int32)
+            lut[list(r.absorbed)] = list(r.absorbed.values())
+            for j in range(max(0, i - config.engine.lifecycle.correction_window), i):
+                sl = take_slice(out, axis, j)
+                sl[...] = np.where(sl < len(lut), lut[np.minimum(sl, len(lut) - 1)], sl)
+    cuts = split_at_waists(out, axis, float(config.waist_ratio))
     if cuts:
         log.debug("axis %d: %d labels cut at a waist", axis, cuts)
     return out
@@ -184,7 +196,7 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     bad = 0
     for ax in axes:
         images = _SliceImages(vol, ax, imap, config.resample_inplane)
-        results.append(link_volume(vol.shape, ax, _diffseg_slices(images, seg, batch), config.link,
+        results.append(link_volume(vol.shape, ax, _diffseg_slices(images, seg, batch), config,
                                    desc=f"axis {'zyx'[ax]}"))
         bad = max(bad, images.bad)
     labels = results[0]
@@ -209,13 +221,15 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
 # ----------------------------------------------------------------------------- bring your own
 def _label_slices(lab: np.ndarray, axis: int, background: "int | None",
                   gray: "Callable[[int, int], np.ndarray] | None" = None) -> Iterator[SliceSeg]:
+    from temporal.proposals import segmentation_from_labels
+
     for i in range(lab.shape[axis]):
-        seg, _ = segment_index(np.asarray(take_slice(lab, axis, i)), background)
-        yield seg, None, (gray(axis, i) if gray is not None else None)
+        s = segmentation_from_labels(np.asarray(take_slice(lab, axis, i)), work_side=0, background=background)
+        yield s.labels, s.proposals, (gray(axis, i) if gray is not None else None)
 
 
 def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLike",
-                 config: VolumeConfig = VolumeConfig(link=LinkConfig(background=0), min_size=0, min_label_size=0),
+                 config: VolumeConfig = VolumeConfig(background=0, min_size=0, min_label_size=0),
                  image_path: "str | os.PathLike | None" = None) -> VolumeResult:
     """Link a volume whose slices were labelled independently into consistent 3D labels.
 
@@ -223,7 +237,7 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         labels_path: integer label volume (NIfTI, TIFF, npy, DICOM); every slice along the
             slicing axis has its own arbitrary ids.
         output_path: label file or folder, as in `segment_volume`.
-        config: options; ``config.link.background`` is the "no segment" value of the input
+        config: options; ``config.background`` is the "no segment" value of the input
             (0 for most 2D instance segmenters, None when every value is a segment).
         image_path: the intensity volume the labels belong to (same shape): an
             appearance cue for linking (intensity histograms) and the montage background.
@@ -249,7 +263,7 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
             return to_uint8(image.slice_values(ax, i), imap)[0]
 
     axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
-    results = [link_volume(vol.shape, ax, _label_slices(lab, ax, config.link.background, gray_fn), config.link,
+    results = [link_volume(vol.shape, ax, _label_slices(lab, ax, config.background, gray_fn), config,
                            desc=f"axis {'zyx'[ax]}") for ax in axes]
     labels = results[0]
     if len(results) == 3:

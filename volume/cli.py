@@ -70,13 +70,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="whole 3D labels smaller than this many voxels join their neighbour [volume: 8, stack: 0]")
     g.add_argument("--split-disconnected", action="store_true",
                    help="give every 3D connected component its own id")
-    g.add_argument("--memory", type=int, default=3, help="slices a lost structure stays matchable [%(default)s]")
-    g.add_argument("--min-overlap", type=float, default=0.1,
-                   help="IoU needed to continue a structure on the next slice [%(default)s]")
-    g.add_argument("--min-appearance", type=float, default=0.0,
-                   help="with images: intensity-histogram similarity (0..1) an uncertain match must "
-                        "reach; 0.3 separates structures touching end to end along the slicing axis "
-                        "[%(default)s = off]")
     g.add_argument("--waist-ratio", type=float, default=0.75,
                    help="cut a 3D label in two where its area along the slicing axis falls to at most this "
                         "fraction of the slices around it and grows again past an uncertain link (two "
@@ -89,11 +82,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "bone (L400/W1800), brain (L40/W80) or LEVEL,WIDTH in HU [auto: CT window for HU data]")
     g.add_argument("--percentiles", type=_percentiles, default=(1.0, 99.0),
                    help="LOW,HIGH percentiles of --window percentile [1,99]")
+    from diffseg_core.cli_args import add_config_args
+    from temporal.engine import slices
+
+    # slices are aligned: the predict group (optical flow) does not apply
+    add_config_args(p, slices(), "linking engine (slices preset)", groups=("evidence", "associate", "lifecycle"))
 
 
-def _config(args: argparse.Namespace, background: "int | None", kl_weight: float, min_size: int = 64,
-            min_label_size: int = 8):
-    from .types import LinkConfig, VolumeConfig
+def _config(args: argparse.Namespace, background: "int | None", min_size: int = 64, min_label_size: int = 8):
+    from diffseg_core.cli_args import config_from_args
+    from temporal.engine import slices
+
+    from .types import VolumeConfig
 
     if args.min_size is not None:
         min_size = args.min_size
@@ -105,9 +105,7 @@ def _config(args: argparse.Namespace, background: "int | None", kl_weight: float
             axis=args.axis, axes=args.axes, window=args.window, percentiles=tuple(args.percentiles),
             min_size=min_size, min_label_size=min_label_size, split_disconnected=args.split_disconnected,
             resample_inplane=not getattr(args, "no_resample", False), index=args.index, series=args.series,
-            link=LinkConfig(min_overlap=args.min_overlap, memory=args.memory, background=background,
-                            kl_weight=kl_weight, min_appearance=args.min_appearance,
-                            waist_ratio=args.waist_ratio),
+            engine=config_from_args(args, slices()), background=background, waist_ratio=args.waist_ratio,
             montage=not args.no_montage, write_json=not args.no_json,
             output_dtype="int32" if args.int32 else "auto",
         )
@@ -143,7 +141,7 @@ def _run_volume(args: argparse.Namespace) -> int:
 
     from .api import segment_volume
 
-    cfg = _config(args, background=None, kl_weight=args.kl_weight)
+    cfg = _config(args, background=None)
     seg_cfg = segmenter_config_from_args(args)
     with _warnings_as_lines("volume"):
         result = segment_volume(args.input, args.output, seg_cfg, cfg)
@@ -155,7 +153,7 @@ def _run_stack(args: argparse.Namespace) -> int:
     from .api import stack_labels
 
     # Bring-your-own labels are trusted: their small pieces are kept unless asked.
-    cfg = _config(args, background=args.background, kl_weight=0.0, min_size=0, min_label_size=0)
+    cfg = _config(args, background=args.background, min_size=0, min_label_size=0)
     with _warnings_as_lines("stack"):
         result = stack_labels(args.labels, args.output, cfg, image_path=args.image)
     _report(result)
@@ -190,8 +188,6 @@ def register(sub, parent) -> None:
     _add_common(p)
     p.add_argument("--no-resample", action="store_true",
                    help="segment anisotropic slices as they are (default: square pixels first)")
-    p.add_argument("--kl-weight", type=float, default=0.5,
-                   help="weight of the attention-map KL next to overlap when linking slices [%(default)s]")
     add_segmenter_args(p)
     p.set_defaults(func=_run_volume)
 

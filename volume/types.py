@@ -9,6 +9,7 @@ import numpy as np
 
 from diffseg_core.config import ConfigDict
 from diffseg_core.errors import InputError, look_up_option
+from temporal.engine.config import EngineConfig, slices
 
 #: CT window presets in Hounsfield units: name -> (level, width).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -140,92 +141,6 @@ def parse_window(text: str) -> "str | tuple[float, float]":
 
 
 @dataclass(frozen=True)
-class LinkConfig(ConfigDict):
-    """How slice segmentations are linked into 3D labels (slice index = time index).
-
-    Attributes:
-        min_overlap: minimum IoU (or containment, see ``split_fraction``) between a segment
-            and a track's most recent mask to continue that track; below it a new id starts.
-        confident_iou: IoU of a confident continuation: these pairs with the previous
-            slice are matched first, before any track of the memory is considered.
-        age_penalty: cost added per slice of age of a track's reference mask (prefers the
-            structure seen on the previous slice over older memories).
-        min_appearance: when slice images are given, uncertain matches (IoU below
-            ``confident_iou``), split joins and the memory need this Bhattacharyya
-            similarity (0..1) of the segments' intensity histograms; 0 (default) turns the
-            gate off (histograms of small structures are too noisy for a hard gate: it cost
-            0.4-1 Dice point on the CT/MR benchmark).
-        appearance_weight: weight of ``1 - Bhattacharyya`` in the matching cost (with
-            images; +0.8 Dice point on the strongly perturbed CT benchmark).
-        hist_bins: intensity histogram bins (of the uint8 windowed slice).
-        kl_weight: weight of the proposal-KL term (DiffSeg attention maps) in the matching
-            cost, next to ``1 - IoU``; 0 = overlap only. Only used when proposals exist.
-        memory: slices a track stays matchable after it was last seen (bridges gaps and
-            merges in a few slices).
-        split_fraction: an unmatched segment lying at least this fraction inside one track's
-            previous mask joins that track (the segmenter split a structure in two) ...
-        split_min_cover: ... when it also covers at least this fraction of that mask (a
-            small new structure inside a big one, e.g. inside the background, starts a new
-            id instead).
-        merge_fraction: a segment that covers at least this fraction of each of two or more
-            tracks' previous masks is split between them by nearest previous mask (the
-            segmenter merged neighbouring structures) ...
-        merge_min_share: ... when each of the extra tracks makes up at least this fraction of
-            the segment (a structure that ended under a big neighbour is not carved on).
-        background: label value of the input meaning "no segment" (e.g. 0 for Cellpose
-            masks), or None when every value is a segment (DiffSeg's 0..K-1).
-        min_cover: an uncertain continuation (IoU below ``confident_iou``) must also cover
-            at least this fraction of the track's previous mask: a structure that starts
-            inside a much bigger one (a shell's tip inside a background piece) gets its own
-            id instead of the big one's (+0.7 / +0.8 Dice point on the strong phantom /
-            nuclei benchmark, CT/MR unchanged; 0.2 cost 0.5 point on strong CT); 0 = off.
-        waist_ratio: after linking, a label whose area along the slicing axis shrinks to
-            at most this fraction of its peak and grows again past an uncertain link (IoU
-            below ``confident_iou``) is cut there into two ids (two structures stacked end
-            to end, `volume.postprocess.split_at_waists`); 0 = off.
-    """
-
-    min_overlap: float = 0.1
-    confident_iou: float = 0.5
-    age_penalty: float = 0.15
-    min_appearance: float = 0.0
-    appearance_weight: float = 0.5
-    hist_bins: int = 16
-    kl_weight: float = 0.0
-    memory: int = 3
-    split_fraction: float = 0.5
-    split_min_cover: float = 0.2
-    merge_fraction: float = 0.5
-    merge_min_share: float = 0.2
-    background: "int | None" = None
-    waist_ratio: float = 0.75
-    min_cover: float = 0.15
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= float(self.min_cover) <= 1.0:
-            raise InputError(f"min_cover must be in [0, 1]; got {self.min_cover}")
-        if not 0.0 <= float(self.waist_ratio) < 1.0:
-            raise InputError(f"waist_ratio must be in [0, 1); got {self.waist_ratio}")
-        for name in ("min_overlap", "confident_iou", "split_fraction", "split_min_cover", "merge_fraction",
-                     "merge_min_share"):
-            v = float(getattr(self, name))
-            if not 0.0 < v <= 1.0:
-                raise InputError(f"{name} must be in (0, 1]; got {v}")
-        if not 0.0 <= float(self.min_appearance) <= 1.0:
-            raise InputError(f"min_appearance must be in [0, 1]; got {self.min_appearance}")
-        if float(self.appearance_weight) < 0:
-            raise InputError(f"appearance_weight must be >= 0; got {self.appearance_weight}")
-        if not 2 <= int(self.hist_bins) <= 256:
-            raise InputError(f"hist_bins must be in 2..256; got {self.hist_bins}")
-        if float(self.age_penalty) < 0:
-            raise InputError(f"age_penalty must be >= 0; got {self.age_penalty}")
-        if float(self.kl_weight) < 0:
-            raise InputError(f"kl_weight must be >= 0; got {self.kl_weight}")
-        if int(self.memory) < 1:
-            raise InputError(f"memory must be >= 1 slice; got {self.memory}")
-
-
-@dataclass(frozen=True)
 class VolumeConfig(ConfigDict):
     """Options of `segment_volume` / `stack_labels`.
 
@@ -245,7 +160,14 @@ class VolumeConfig(ConfigDict):
         resample_inplane: resample anisotropic slices to square pixels before segmenting.
         index: which volume of a 4-D file to use (None: 4-D input is an error).
         series: DICOM SeriesInstanceUID to read when the folder holds several.
-        link: slice linking options.
+        engine: the linking engine (`temporal.engine`; default its ``slices`` preset: a
+            slice index is a time index, neighbouring slices are aligned).
+        background: label value of the input meaning "no segment" (0 for most 2D instance
+            segmenters), or None when every value is a segment (DiffSeg's own slices).
+        waist_ratio: after linking, a label whose area along the slicing axis shrinks to at
+            most this fraction of its peak and grows again past an uncertain link (IoU below
+            0.5) is cut there into two ids (two structures stacked end to end,
+            `volume.postprocess.split_at_waists`); 0 = off.
         montage: write the quick-look PNG of the three mid-planes.
         write_json: write ``labels.json`` beside the labels.
         output_dtype: ``auto`` (smallest of uint8/int16/uint16/int32 that fits, by format),
@@ -262,7 +184,9 @@ class VolumeConfig(ConfigDict):
     resample_inplane: bool = True
     index: "int | None" = None
     series: "str | None" = None
-    link: LinkConfig = field(default_factory=LinkConfig)
+    engine: EngineConfig = field(default_factory=slices)
+    background: "int | None" = None
+    waist_ratio: float = 0.75
     montage: bool = True
     write_json: bool = True
     output_dtype: Literal["auto", "int32"] = "auto"
@@ -284,8 +208,12 @@ class VolumeConfig(ConfigDict):
             raise InputError(f"min_label_size must be >= 0 voxels; got {self.min_label_size}")
         if self.index is not None and int(self.index) < 0:
             raise InputError(f"index must be >= 0; got {self.index}")
-        if isinstance(self.link, dict):
-            object.__setattr__(self, "link", LinkConfig.from_dict(self.link))
+        if isinstance(self.engine, dict):  # from JSON / YAML: changes to the slices preset
+            object.__setattr__(self, "engine", slices().replace(**self.engine))
+        elif not isinstance(self.engine, EngineConfig):
+            raise InputError(f"VolumeConfig.engine must be an EngineConfig or a mapping; got {type(self.engine).__name__}")
+        if not 0.0 <= float(self.waist_ratio) < 1.0:
+            raise InputError(f"waist_ratio must be in [0, 1); got {self.waist_ratio}")
         look_up_option(self.output_dtype, ("auto", "int32"), "output dtype")
 
 

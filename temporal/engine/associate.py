@@ -12,7 +12,10 @@ nothing depends on its size in pixels):
 * a part given to a track that another track predicted costs ``foreign_weight * n / m(t)``
   (pixels the track would grow by): a segment mostly made of other things does not take
   the track's id (pixels no track predicts, those that failed the flow check, are unknown
-  and cost nothing);
+  and cost nothing). With ``min_iou`` > 0 (slices) a whole segment scores
+  ``IoU * look - min_iou`` instead: a structure's section grows and shrinks several-fold
+  from slice to slice, which the foreign cost, measured against the previous section,
+  reads as another object;
 * two parts of one segment given to different owners cost ``2 * segment_trust * f_a * f_b``
   (``f``: fractions of the segment): the segmenter says they are one thing; a sliver is
   cheap to leave with its segment and costly to cut, while an object the segmenter merged
@@ -151,9 +154,13 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
     # pass 1, whole segments: each segment continues the track with the best score of the
     # whole segment (several segments may continue one track: part-of), takes back a
     # remembered track it looks like (one segment per remembered track), or is new
-    gain = inter[:, 1:] / m[None, :] * lam
-    predicted = (ev.seg_area - inter[:, 0])[:, None]
-    score = gain - cfg.foreign_weight * (predicted - inter[:, 1:]) / m[None, :]
+    if cfg.min_iou > 0:  # sections of a structure grow and shrink: symmetric overlap
+        iou = inter[:, 1:] / np.maximum(ev.seg_area[:, None] + m[None, :] - inter[:, 1:], 1)
+        score = iou * lam - cfg.min_iou
+    else:
+        gain = inter[:, 1:] / m[None, :] * lam
+        predicted = (ev.seg_area - inter[:, 0])[:, None]
+        score = gain - cfg.foreign_weight * (predicted - inter[:, 1:]) / m[None, :]
     score = np.where(inter[:, 1:] > 0, score, -np.inf)
     if R:
         score = np.concatenate([score, reid], 1)
@@ -179,6 +186,8 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
     owner[:] = np.where(inter > 0, whole[:, None], -1)
     # pass 2, contains: a track that continues in no segment (the segmenter merged it into a
     # neighbour or the ground) may be carved out of the segments that hold its prediction
+    if ev.look is None:  # nothing but the segmenter's word: its grouping stands
+        return Association(owner, whole)
     lost = np.ones(T, bool)
     lost[whole[(whole >= 0) & (whole < T)]] = False
     for j in np.flatnonzero((inter[:, 1:][:, lost] > 0).any(1) & (whole < T)):

@@ -1,15 +1,20 @@
-"""The IoU-only linker: the baseline every benchmark compares the engine against.
+"""The IoU-only baselines every benchmark compares the engine against.
 
+`IouLinker` (frames):
 Each segment takes the id of the previous frame's track it overlaps best, one to one
 (Hungarian on IoU, pairs below `MIN_IOU` never match), masks compared in place; anything
 else starts a new id. No flow, no look, no splits, merges or re-identification: what
-DEVA-style and Cellpose-style IoU stitching does. Same interface as `Linker`.
+DEVA-style IoU matching does. Same interface as `Linker`.
+
+`iou_stitch` (slices): Cellpose's ``stitch_threshold``, many-to-one.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..matching import iou_from_overlap
+from ..proposals import relabel_consecutive, segment_index
 from ..tracks import TrackRegistry
 from .config import EngineConfig
 from .evidence import gather
@@ -51,3 +56,37 @@ class IouLinker:
         reg.end_frame(idx, present)
         state.prev, state.prev_gray = labels, gray
         return LinkResult(labels, ids, np.zeros(K, bool), {}, present)
+
+
+def iou_stitch(prev: np.ndarray, cur: np.ndarray, next_id: int, threshold: float = 0.25,
+               background: "int | None" = 0) -> tuple[np.ndarray, int]:
+    """Cellpose-style ``stitch_threshold`` linking of one slice to the previous: every mask
+    of ``cur`` takes the id of the previous slice's mask with the largest IoU if that IoU
+    >= ``threshold`` (not one-to-one: the pieces of a split all continue), else a new id.
+
+    Args:
+        prev: int32 ``(H, W)`` stitched ids of the previous slice (0 = none).
+        cur: int ``(H, W)`` this slice's labels.
+        next_id: first unused id.
+        threshold: IoU threshold.
+        background: value of ``cur`` meaning "no mask", or None.
+
+    Returns:
+        ``(ids int32 (H, W), next_id)``.
+    """
+    seg, values = segment_index(cur, background)
+    k = len(values)
+    pinv, pv = relabel_consecutive(prev)
+    n = len(pv)
+    valid = seg.ravel() >= 0
+    ov = np.bincount(seg.ravel()[valid].astype(np.int64) * n + pinv.ravel()[valid], minlength=k * n)[: k * n]
+    iou = iou_from_overlap(ov.reshape(k, n), np.bincount(seg.ravel()[valid], minlength=k)[:k],
+                           np.bincount(pinv.ravel(), minlength=n))
+    iou[:, pv == 0] = 0.0
+    best = iou.argmax(1) if n else np.zeros(k, np.int64)
+    ok = iou[np.arange(k), best] >= threshold if n else np.zeros(k, bool)
+    ids = np.where(ok, pv[best] if n else 0, 0).astype(np.int64)
+    nn = int((~ok).sum())
+    ids[~ok] = next_id + np.arange(nn)
+    lut = np.concatenate([ids, [0]]).astype(np.int32)
+    return lut[seg], next_id + nn

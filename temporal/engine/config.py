@@ -97,18 +97,24 @@ class AssociateConfig(ConfigDict):
             a piece joins as part of the track (a split) only when it scores more than
             this, and a smaller one inside the track's prediction is a new object (a
             structure that starts inside the ground); 0 = every piece inside joins.
+        min_iou: 0 = a whole segment scores its share of the track's prediction minus the
+            foreign cost (frames: the flow predicts the new mask well); > 0 = it scores
+            ``IoU * look - min_iou`` (slices: a section grows or shrinks several-fold from
+            one slice to the next; 0.25 = Cellpose's stitching threshold).
     """
 
     segment_trust: float = 3.0
     foreign_weight: float = 1.0
     look_weight: float = 1.5
     split_cost: float = 0.0
+    min_iou: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range(self, "segment_trust", 0.0)
         _check_range(self, "foreign_weight", 0.0)
         _check_range(self, "look_weight", 0.0, 2.0)
         _check_range(self, "split_cost", 0.0, 1.0)
+        _check_range(self, "min_iou", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -122,19 +128,16 @@ class LifecycleConfig(ConfigDict):
         correction_window: a track at most this many frames old whose object the segmenter
             shows whole with an older look-alike track is folded into it, and the frames
             still held back (this many) are rewritten; 0 = no delay, no fold.
-        min_area: segments smaller than this (work pixels) never start a track.
     """
 
     memory: int = 30
     reid_threshold: float = 0.55
     correction_window: int = 5
-    min_area: int = 0
 
     def __post_init__(self) -> None:
         _check_range(self, "memory", 0)
         _check_range(self, "reid_threshold", 0.0, 1.0)
         _check_range(self, "correction_window", 0)
-        _check_range(self, "min_area", 0)
 
 
 @dataclass(frozen=True)
@@ -183,11 +186,14 @@ def video() -> EngineConfig:
 
 
 def slices() -> EngineConfig:
-    """The slices preset: aligned neighbours (no flow), a short memory (a structure that
-    leaves for a few slices is the same structure; one absent for long is another), no
-    held-back output, and a split cost (a structure that starts inside a bigger one's
-    previous mask is new, not a piece of it). The look is the slice's intensity histogram
-    when the caller passes the slice image (grey as RGB)."""
+    """The slices preset: aligned neighbours (no flow); a segment continues a structure by
+    IoU (0.25), since sections grow and shrink from slice to slice; a split cost (a
+    structure that starts inside a bigger one's previous section is new, not a piece of
+    it); no re-identification (a structure absent for a few slices that comes back at the
+    same place is more often another one: the core under a shell's tip) and no held-back
+    output. The look is the slice's intensity histogram when the caller passes the slice
+    image (grey as RGB); without one, merged segments are not carved (the segmenter's
+    grouping stands)."""
     return EngineConfig(predict=PredictConfig(flow="none", fallback_preset="none", fb_tolerance=0.0, work_side=0),
-                        associate=AssociateConfig(split_cost=0.2),
-                        lifecycle=LifecycleConfig(memory=3, correction_window=0))
+                        associate=AssociateConfig(split_cost=0.2, min_iou=0.25),
+                        lifecycle=LifecycleConfig(memory=3, reid_threshold=1.0, correction_window=0))

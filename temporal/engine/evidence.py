@@ -27,7 +27,8 @@ class Evidence:
     Attributes:
         track_ids: int64 ``(T,)`` ids of the tracks predicted in this frame.
         inter: int64 ``(K, T + 1)`` overlap counts (column 0 = no prediction).
-        seg_area: int64 ``(K,)``; pred_area: int64 ``(T,)`` predicted pixels per track.
+        seg_area: int64 ``(K,)``; pred_area: int64 ``(T,)`` predicted pixels per track
+            (on a segment or not).
         look: float32 ``(K, T)`` look similarity in 0..1, or None (no proposals, no images).
         rows: int32 ``(h, w)`` predicted track row per pixel (-1 = none).
     """
@@ -103,4 +104,6 @@ def gather(pred: np.ndarray, seg: np.ndarray, K: int) -> Evidence:
     row_of[ids] = np.arange(T, dtype=np.int32)
     rows = np.take(row_of, pred)
     inter = overlap_matrix(seg, K, rows + 1, T + 1)
-    return Evidence(ids, inter, inter.sum(1), inter[:, 1:].sum(0), None, rows)
+    # a track's predicted area counts its pixels on no segment too (background): a structure
+    # that shrank into the background is not a full match of what is left of it
+    return Evidence(ids, inter, inter.sum(1), cnt[ids].astype(np.int64), None, rows)

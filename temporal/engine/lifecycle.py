@@ -3,7 +3,7 @@
 * *re-identify*: remembered tracks (absent for at most ``memory`` frames) compete in the
   association itself (`temporal.engine.associate`, scored by look: proposal maps hold the
   position, colour the appearance, minus ``reid_threshold``);
-* *births*: what is still new gets a fresh id (never reused) when it has ``min_area``;
+* *births*: what is still new gets a fresh id (never reused);
 * *late corrections*: when the association carves one segment between a young track (at
   most ``correction_window`` frames old) and an older look-alike, the segmenter shows one
   object where the young track was a piece of the older one: the young id is folded into

@@ -126,7 +126,6 @@ class Linker:
                                color_histograms(small, seg, K, bins) if bins else None, seg.shape[0])
             if sim is not None:
                 reid = sim - cfg.lifecycle.reid_threshold
-                reid[ev.seg_area < cfg.lifecycle.min_area] = -1.0
         # a track the segmenter has not shown as a segment of its own for `memory` frames (it
         # lived only by being carved out of others) is not carved any more: without this the
         # stuff tracks of a segmenter that re-tiles the ground every frame lived on as carved
@@ -139,10 +138,7 @@ class Linker:
         new_seg = np.flatnonzero(((asg.owner < 0) & (ev.inter > 0)).any(1) & (ev.seg_area > 0))
 
         # lifecycle: births for what no track continues or takes back
-        assigned: dict[int, int] = {}
-        for j in new_seg.tolist():
-            if ev.seg_area[j] >= cfg.lifecycle.min_area:
-                assigned[j] = reg.new(idx).id
+        assigned = {j: reg.new(idx).id for j in new_seg.tolist()}
         for j, tid in assigned.items():
             part_ids[j, asg.owner[j] < 0] = tid
         part_ids[ev.inter == 0] = 0
@@ -262,6 +258,8 @@ class Linker:
     def _labels(seg: np.ndarray, part_ids: np.ndarray, rows: np.ndarray, T: int) -> np.ndarray:
         """int32 ``(h, w)`` id of every pixel from the id of its part (segment x track row)."""
         flat = part_ids.reshape(-1)
+        if flat.size == 0:  # no segment at all (every pixel is background)
+            return np.zeros(seg.shape, np.int32)
         return np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + rows + 1), 0).astype(np.int32)
 
     def _update(self, state: LinkState, seg: np.ndarray, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,

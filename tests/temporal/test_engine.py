@@ -17,9 +17,11 @@ from .conftest import Scene
 
 
 def evidence(inter: list[list[int]], look: "np.ndarray | None" = None) -> Evidence:
-    """An evidence table from literal part sizes: rows = segments, column 0 = unknown."""
+    """An evidence table from literal part sizes: rows = segments, column 0 = unknown; the
+    look neutral (0.5: neither alike nor different) unless given."""
     inter = np.array(inter, np.int64)
     T = inter.shape[1] - 1
+    look = np.full((len(inter), T), 0.5, np.float32) if look is None else look
     return Evidence(np.arange(1, T + 1), inter, inter.sum(1), inter[:, 1:].sum(0), look, np.zeros((1, 1), np.int32))
 
 
@@ -45,6 +47,21 @@ def test_a_merged_segment_is_carved_between_the_two_tracks():
     a = associate(evidence([[0, 100, 100]]), AssociateConfig(look_weight=0.0))
     assert a.owner[0].tolist() == [-1, 0, 1]
     assert a.whole.tolist() == [-2]
+    # without any look (no images) nothing says the parts are two things: the segment
+    # continues one track whole (a structure that ended is not carved on from memory)
+    ev = evidence([[0, 100, 100]])
+    ev.look = None
+    b = associate(ev, AssociateConfig(look_weight=0.0))
+    assert b.whole[0] != -2 and len(set(b.owner[0, 1:].tolist())) == 1
+
+
+@pytest.mark.parametrize("min_iou,continues", [(0.0, False), (0.25, True)])
+def test_min_iou_lets_a_growing_section_continue(min_iou, continues):
+    # a 36-px section grows to 136 px (100 px of it predicted by the ground, track 2): the
+    # prediction's foreign cost reads something else, IoU 0.26 continues the structure
+    a = associate(evidence([[0, 36, 100], [0, 0, 900]]), AssociateConfig(look_weight=0.0, min_iou=min_iou))
+    assert bool(a.whole[0] == 0) is continues
+    assert a.whole[1] == 1
 
 
 def test_a_boundary_sliver_stays_with_its_segment():
@@ -217,7 +234,7 @@ def test_moving_objects_keep_one_id_through_merges_and_splits(rng, flow):
     scene = Scene([(1, 20, 10, 24, (200, 60, 60), 1, 3, 0, 99), (2, 50, 90, 20, (60, 60, 220), -1, -2, 0, 99)])
     frames, gts, maps = scene_maps(scene, 12, rng, merge_at=5, split_at=8)
     cfg = video() if flow == "dis" else slices()
-    out = list(link_maps(maps, frames if flow == "dis" else None, cfg))
+    out = list(link_maps(maps, frames, cfg))
     assert len(out) == 12
     one, two = ids_of(out, gts, 1), ids_of(out, gts, 2)
     assert len(one) == 1 and len(two) == 1 and one != two
@@ -264,3 +281,14 @@ def test_an_object_back_from_an_occlusion_takes_its_remembered_id(rng):
     assert len(ids_of(out, gts, 2)) == 1
     no_reid = list(link_maps(maps, frames, video().replace(lifecycle={"reid_threshold": 1.0})))
     assert len(ids_of(no_reid, gts, 2)) == 2
+
+
+def test_a_frame_with_no_segment_at_all_is_linked():
+    # every pixel background (0 with --background 0) in the middle of a video: no ids there,
+    # and the object that comes back after it is linked (a crash on the empty frame before)
+    lab = np.zeros((30, 30), np.int32)
+    lab[5:15, 5:15] = 7
+    maps = [lab, np.zeros_like(lab), lab]
+    out = [tf.labels for tf in link_label_maps(maps, None, TrackerConfig(engine=slices()), background=0)]
+    assert not out[1].any()
+    assert out[0][10, 10] > 0 and out[2][10, 10] > 0

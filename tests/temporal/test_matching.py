@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temporal.matching import (bhattacharyya, color_cells, color_histograms, cost_matrix, hungarian_assign, iou_from_overlap,
+from temporal.matching import (bhattacharyya, color_cells, color_histograms, iou_from_overlap,
                                overlap_matrix, symmetric_kl_matrix)
 from temporal.proposals import proposals_from_labels, relabel_consecutive, segmentation_from_labels
 
@@ -36,29 +36,6 @@ def test_symmetric_kl_properties(rng):
     b = np.array([[0.9, 0.1]])
     expected = (0.5 - 0.9) * np.log(0.5 / 0.9) + (0.5 - 0.1) * np.log(0.5 / 0.1)
     np.testing.assert_allclose(symmetric_kl_matrix(a, b)[0, 0], expected, rtol=1e-5)
-
-
-def test_cost_matrix_prefers_overlap_and_similar_maps():
-    iou = np.array([[0.9, 0.1], [0.2, 0.8]])
-    skl = np.array([[0.1, 5.0], [5.0, 0.2]])
-    c = cost_matrix(iou, skl, 1.0, 0.5, 2.0)
-    assert c[0, 0] < c[0, 1] and c[1, 1] < c[1, 0]
-    assert ((c >= 0) & (c <= 1)).all()
-    np.testing.assert_allclose(cost_matrix(iou, None), 1 - iou)
-
-
-def test_hungarian_assign_with_gating():
-    cost = np.array([[0.1, 0.2, 0.9],
-                     [0.15, 0.8, 0.95]])
-    a = hungarian_assign(cost)
-    assert sorted(zip(a.rows.tolist(), a.cols.tolist())) == [(0, 1), (1, 0)]
-    np.testing.assert_array_equal(a.unmatched_cols, [2])
-    allowed = np.array([[True, False, True], [False, False, True]])
-    a = hungarian_assign(cost, allowed=allowed, max_cost=0.92)
-    assert list(zip(a.rows.tolist(), a.cols.tolist())) == [(0, 0)]
-    np.testing.assert_array_equal(a.unmatched_rows, [1])
-    empty = hungarian_assign(np.zeros((0, 3)))
-    assert len(empty.rows) == 0 and len(empty.unmatched_cols) == 3
 
 
 def test_proposals_from_labels_are_distributions_on_the_mask():

@@ -432,8 +432,10 @@ def test_a_track_carved_out_for_memory_frames_is_not_carved_any_more():
     lab = np.zeros((40, 40), np.int32)
     lab[10:20, 10:20] = 1
     maps = [lab] * 3 + [np.zeros_like(lab)] * 9
-    cfg = tracker(flow="none", memory=3, hist_bins=0, correction_window=0)
-    out = [tf.labels for tf in link_label_maps(maps, None, cfg)]
+    frame = np.full((40, 40, 3), 30, np.uint8)
+    frame[10:20, 10:20] = (220, 40, 40)  # still there to see: its look asks for carving
+    cfg = tracker(flow="none", memory=3, correction_window=0)
+    out = [tf.labels for tf in link_label_maps(maps, [frame] * 12, cfg)]
     obj = int(out[0][15, 15])
     assert obj != int(out[0][0, 0])
     carved = [bool((o[10:20, 10:20] == obj).all()) for o in out]

@@ -19,7 +19,7 @@ from volume.evaluate import volume_dice
 from volume.geometry import square_shape, through_plane_axis
 from volume.intensity import plan_intensity, to_uint8
 from volume.io import read_label_volume, read_volume
-from volume.types import LinkConfig, Volume, VolumeConfig
+from volume.types import Volume, VolumeConfig
 
 
 def _partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -68,7 +68,7 @@ def test_stack_labels_links_shuffled_phantom(tmp_path: Path) -> None:
     gt = spheres((14, 32, 36))
     np.save(tmp_path / "slices.npy", shuffle_slices(gt, seed=3))
     res = stack_labels(tmp_path / "slices.npy", tmp_path / "out" / "lab.npy",
-                       VolumeConfig(link=LinkConfig(background=None), min_size=4))
+                       VolumeConfig(background=None, min_size=4))
     pred = np.load(res.labels_path, allow_pickle=False)
     assert pred.dtype == np.int32 and pred.shape == gt.shape
     assert _partition_equal(pred, gt)
@@ -104,7 +104,7 @@ def test_stack_axes_all_and_tiff(tmp_path: Path) -> None:
     # Slice-wise labels along z; fusing three axes of an already consistent volume keeps it.
     tifffile.imwrite(tmp_path / "sl.tif", gt.astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})
     res = stack_labels(tmp_path / "sl.tif", tmp_path / "lab.tif",
-                       VolumeConfig(axes="all", min_size=4, link=LinkConfig(background=0)))
+                       VolumeConfig(axes="all", min_size=4, background=0))
     pred = read_label_volume(res.labels_path)[0]
     assert _partition_equal(np.asarray(pred), gt)
 
