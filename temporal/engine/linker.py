@@ -1,8 +1,8 @@
 """`Linker`: the four stages run on one frame (or slice) at a time, with bounded state.
 
-Driven by `temporal.tracker.VideoSegmenter` (frames, the `video` preset); the `slices` preset
-is benchmarked on volumes (`benchmarks/volume_linking_bench.py`), which still link with
-`volume.stacking.SliceLinker`. Everything here is at work resolution; the driver resizes.
+Driven by `temporal.tracker.VideoSegmenter` (frames, the `video` preset) and by
+`volume.api.link_volume` (slices, the `slices` preset). Everything here is at work
+resolution; the driver resizes.
 """
 from __future__ import annotations
 
