@@ -26,7 +26,7 @@ from .tracker import VideoSegmenter, segmenter_batch_size
 from .types import VideoResult
 from .writer import VideoOutputWriter
 
-__all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", "load_segmentation",
+__all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", "save_segmentation", "load_segmentation",
            "link_segmentations", "VideoResult", "TrackerConfig"]
 
 
@@ -83,6 +83,60 @@ def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_o
                        max_track_id=max(info["max_track_id"], state.registry.max_id))
 
 
+#: where `segment_video` keeps the segmentations of a run until it completes (resume)
+SEGMENTATION_CACHE = Path(".diffseg") / "video-segmentations"
+
+
+class _SegmentationCache:
+    """A segmenter whose results are kept on disk by frame content until the run completes,
+    so that a killed `video` run, started again, links the frames it had segmented without
+    running the model on them again (linking from frame 0 is cheap and deterministic: the
+    outputs equal those of an uninterrupted run).
+
+    Results are stored as `save_segmentation` writes them and always handed on in that form
+    (labels int32, proposals float32), fresh or loaded, so both runs link the same input.
+    The folder is named by a hash of the segmenter's configuration: another model or other
+    merge options never reuse a stale entry. A damaged entry is computed again.
+    """
+
+    def __init__(self, segmenter: Any, folder: Path) -> None:
+        self.segmenter, self.folder = segmenter, folder
+        self.config = getattr(segmenter, "config", None)  # batch size, as the segmenter's
+        self.hits = 0
+
+    @staticmethod
+    def key_of(segmenter: Any) -> "str | None":
+        """Hash of the segmenter's configuration, or None (unknown segmenter: no cache)."""
+        import hashlib
+        import json
+
+        cfg = getattr(segmenter, "config", None)
+        if cfg is None or not hasattr(cfg, "to_dict"):
+            return None
+        doc = {"class": type(segmenter).__qualname__, "config": cfg.to_dict()}
+        return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def segment(self, images: list) -> list:
+        import hashlib
+
+        paths = [self.folder / (hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest()
+                                + f"_{im.shape[0]}x{im.shape[1]}.npz") for im in images]
+        out: list = [None] * len(images)
+        for i, p in enumerate(paths):
+            if p.is_file():
+                try:
+                    out[i] = load_segmentation(p)
+                    self.hits += 1
+                except (OSError, ValueError, KeyError, EOFError):
+                    pass  # damaged (a killed write cannot leave one: atomic), computed again
+        miss = [i for i, s in enumerate(out) if s is None]
+        if miss:
+            for i, s in zip(miss, self.segmenter.segment([images[i] for i in miss])):
+                save_segmentation(paths[i], s)
+                out[i] = load_segmentation(paths[i])
+        return out
+
+
 def _config_with_offset(config: TrackerConfig, id_offset: int) -> TrackerConfig:
     if not isinstance(config, TrackerConfig):
         raise TypeError(f"`config` must be a TrackerConfig; got {type(config).__name__}")
@@ -92,7 +146,7 @@ def _config_with_offset(config: TrackerConfig, id_offset: int) -> TrackerConfig:
 def segment_video(source: "str | Path", out_dir: "str | Path", segmenter: Any = None,
                   config: TrackerConfig = TrackerConfig(), *, start: int = 0, end: Optional[int] = None,
                   stride: int = 1, max_side: Optional[int] = None, id_offset: int = 0,
-                  write_overlay: bool = True) -> VideoResult:
+                  write_overlay: bool = True, resume: bool = True) -> VideoResult:
     """Segment a video with DiffSeg and track every segment with a stable id.
 
     Args:
@@ -105,20 +159,35 @@ def segment_video(source: "str | Path", out_dir: "str | Path", segmenter: Any = 
         max_side: downscale frames so the longer side is at most this.
         id_offset: track ids start at ``id_offset + 1`` (chunks of one video).
         write_overlay: encode ``overlay.mp4``.
+        resume: keep each frame's segmentation under ``out_dir/.diffseg/`` until the run
+            completes, so that a run started again after a kill or a crash skips the model
+            on the frames already segmented (outputs identical to an uninterrupted run; only
+            for segmenters with a ``config``, e.g. `DiffSegSegmenter`).
 
     Returns:
-        `VideoResult`.
+        `VideoResult` (``resumed_frames``: segmentations taken from an earlier run).
 
     Raises:
         InputError: unreadable source, bad range, frame size changes.
     """
+    import shutil
+
     src = FrameSource(source, start, end, stride, max_side)
     seg = _resolve_segmenter(segmenter)
+    key = _SegmentationCache.key_of(seg) if resume else None
+    cache = _SegmentationCache(seg, Path(out_dir) / SEGMENTATION_CACHE / key) if key else None
     cfg = _config_with_offset(config, id_offset)
-    vs = VideoSegmenter(seg, cfg)
+    vs = VideoSegmenter(cache or seg, cfg)
     meta = {"job": "video", "source": str(source), "start": start, "end": end, "stride": stride,
             "max_side": max_side, "id_offset": id_offset, "tracker": cfg.to_dict()}
-    return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, None, "video")
+    res = _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, None, "video")
+    if cache is not None:
+        res.resumed_frames = cache.hits
+        if res.complete:  # nothing left to resume: the segmentations go
+            shutil.rmtree(cache.folder.parent, ignore_errors=True)
+            if not any(cache.folder.parent.parent.iterdir()):
+                cache.folder.parent.parent.rmdir()
+    return res
 
 
 def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_dir: "str | Path",
@@ -232,7 +301,7 @@ def segment_frames(source: "str | Path", seg_dir: "str | Path", segmenter: Any =
     Raises:
         InputError: unreadable source or a frame that fails to decode.
     """
-    from diffseg_core.io import atomic_path, atomic_write_text
+    from diffseg_core.io import atomic_write_text
 
     src = FrameSource(source, start, end, 1, max_side)
     seg = _resolve_segmenter(segmenter)
@@ -244,11 +313,7 @@ def segment_frames(source: "str | Path", seg_dir: "str | Path", segmenter: Any =
 
     def flush() -> None:
         for (stem, _), s in zip(batch, seg.segment([rgb for _, rgb in batch])):
-            s = s.numpy() if hasattr(s, "numpy") else s
-            with atomic_path(out / f"{stem}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, labels=np.asarray(s.labels, np.int32),
-                                        proposals=np.asarray(s.proposals, np.float32))
+            save_segmentation(out / f"{stem}.npz", s)
         batch.clear()
 
     try:
@@ -270,8 +335,20 @@ def segment_frames(source: "str | Path", seg_dir: "str | Path", segmenter: Any =
     return len(stems)
 
 
+def save_segmentation(path: "str | Path", seg: Any) -> None:
+    """Write a `Segmentation`'s labels (int32) and proposals (float32) to ``path`` (``.npz``,
+    atomically): what `load_segmentation` reads back and the linking needs."""
+    from diffseg_core.io import atomic_path
+
+    seg = seg.numpy() if hasattr(seg, "numpy") else seg
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=np.asarray(seg.labels, np.int32),
+                                proposals=np.asarray(seg.proposals, np.float32))
+
+
 def load_segmentation(path: "str | Path") -> Any:
-    """A `Segmentation` saved by `segment_frames`."""
+    """A `Segmentation` saved by `segment_frames` / `save_segmentation`."""
     from diffseg_core.types import Segmentation
 
     with np.load(path, allow_pickle=False) as z:

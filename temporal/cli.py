@@ -44,8 +44,11 @@ def tracker_config_from_args(args: argparse.Namespace):
 
 
 def _report(res) -> int:
-    print(json.dumps({"frames": res.n_frames, "tracks": res.n_tracks, "complete": res.complete,
-                      "error": res.error, "seconds": round(res.seconds, 2), "output": str(res.out_dir)}))
+    doc = {"frames": res.n_frames, "tracks": res.n_tracks, "complete": res.complete,
+           "error": res.error, "seconds": round(res.seconds, 2), "output": str(res.out_dir)}
+    if res.resumed_frames:
+        doc["resumed_frames"] = res.resumed_frames
+    print(json.dumps(doc))
     if not res.complete:
         print(f"diffseg: stopped early: {res.error}; {res.n_frames} frames written", file=sys.stderr)
         return 2
@@ -61,7 +64,7 @@ def _video(args: argparse.Namespace) -> int:
     seg_cfg = segmenter_config_from_args(args)
     res = segment_video(args.source, args.output, seg_cfg, cfg, start=args.start, end=args.end,
                         stride=args.stride, max_side=args.max_side, id_offset=args.id_offset,
-                        write_overlay=not args.no_overlay)
+                        write_overlay=not args.no_overlay, resume=not args.no_resume)
     return _report(res)
 
 
@@ -85,6 +88,9 @@ def register(sub, parent) -> None:
                                    "OUT/labels/<stem>.png, OUT/tracks.json, OUT/overlay.mp4.",
                        epilog="example: diffseg video clip.mp4 -o out/ --keyframe-every 4")
     v.add_argument("source", help="video file (mp4, mov, avi, mkv, webm) or folder of frames")
+    v.add_argument("--no-resume", action="store_true",
+                   help="segment every frame again (default: a run started again after a kill reuses the "
+                        "segmentations kept in OUT/.diffseg/ until a run completes)")
     add_tracker_args(v)
     add_segmenter_args(v)
     v.set_defaults(func=_video, output_folder=True)

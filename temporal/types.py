@@ -55,6 +55,8 @@ class VideoResult:
         tracks_json: ``out_dir/tracks.json``.
         overlay: ``out_dir/overlay.mp4`` or None when not written.
         max_track_id: the largest id used (next chunk's ``id_offset`` for the runner).
+        resumed_frames: frames whose segmentation came from an earlier, interrupted run of
+            `segment_video` (0 for a fresh run).
     """
 
     n_frames: int
@@ -67,3 +69,4 @@ class VideoResult:
     tracks_json: Path
     overlay: Optional[Path] = None
     max_track_id: int = 0
+    resumed_frames: int = 0

@@ -202,3 +202,131 @@ def test_changed_tracker_setting_redoes_the_video_only(tmp_path, images_dir, fra
     assert (s.done, s.skipped) == (1, 2)  # the video (stitched from its chunks) is redone
     man = json.loads((out / "manifest.json").read_text())
     assert man["items"]["video:clip"]["status"] == "done"
+
+
+# ----------------------------------------------------------------------------- diffseg video
+def _InterruptAfter(n: int):
+    """A `FakeSegmenter` interrupted (Ctrl-C) when asked for its ``n``-th image."""
+    from .conftest import FakeSegmenter
+
+    seg = FakeSegmenter(SegmenterConfig())
+    inner = seg.segment
+
+    def segment(images):
+        if seg.calls + len(images) > n:
+            raise KeyboardInterrupt
+        return inner(images)
+
+    seg.segment = segment
+    return seg
+
+
+def _video_dir_outputs(out: Path):
+    files = sorted((out / "labels").glob("*.png"))
+    tracks = json.loads((out / "tracks.json").read_text())["tracks"]
+    return [p.name for p in files], np.stack([read_labels(p) for p in files]), tracks
+
+
+def test_video_interrupted_then_rerun_reuses_the_segmentations_and_equals_uninterrupted(tmp_path):
+    from temporal.api import SEGMENTATION_CACHE, segment_video
+    from temporal.config import TrackerConfig
+
+    from .conftest import FakeSegmenter
+
+    frames = write_frames(tmp_path / "frames", 12)
+    cfg = TrackerConfig(batch_size=2)
+    ref = segment_video(frames, tmp_path / "ref", FakeSegmenter(SegmenterConfig()), cfg)
+    assert ref.complete and ref.resumed_frames == 0
+    assert not (tmp_path / "ref" / ".diffseg").exists()  # a complete run keeps nothing behind
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        segment_video(frames, out, _InterruptAfter(7), cfg)
+    cached = list((out / SEGMENTATION_CACHE).rglob("*.npz"))
+    assert len(cached) == 6  # three batches of two finished before the interrupt
+    assert json.loads((out / "tracks.json").read_text())["complete"] is False  # nothing looks complete
+
+    again = FakeSegmenter(SegmenterConfig())
+    res = segment_video(frames, out, again, cfg)
+    assert res.complete and res.resumed_frames == 6
+    assert again.calls == 6  # only the frames the first run had not segmented
+    names_r, lab_r, tr_r = _video_dir_outputs(tmp_path / "ref")
+    names_o, lab_o, tr_o = _video_dir_outputs(out)
+    assert names_r == names_o and len(names_o) == 12
+    np.testing.assert_array_equal(lab_r, lab_o)  # identical, ids included
+    assert tr_r == tr_o
+    assert not (out / ".diffseg").exists()
+
+
+def test_video_cache_is_keyed_by_the_segmenter_configuration(tmp_path):
+    from temporal.api import SEGMENTATION_CACHE, segment_video
+
+    from .conftest import FakeSegmenter
+
+    frames = write_frames(tmp_path / "frames", 6)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        segment_video(frames, out, _InterruptAfter(4), resume=True)
+    assert len(list((out / SEGMENTATION_CACHE).rglob("*.npz"))) == 4
+    other = FakeSegmenter(SegmenterConfig(merge=MergeConfig(kl_threshold=0.9)))  # another model setting
+    res = segment_video(frames, out, other)
+    assert res.resumed_frames == 0 and other.calls == 6
+    # a damaged entry is computed again, not trusted
+    with pytest.raises(KeyboardInterrupt):
+        segment_video(frames, tmp_path / "o2", _InterruptAfter(4))
+    entry = next((tmp_path / "o2" / SEGMENTATION_CACHE).rglob("*.npz"))
+    entry.write_bytes(b"not an npz")
+    fresh = FakeSegmenter(SegmenterConfig())
+    res = segment_video(frames, tmp_path / "o2", fresh)
+    assert res.complete and res.resumed_frames == 3 and fresh.calls == 3
+    # --no-resume: no cache at all
+    plain = FakeSegmenter(SegmenterConfig())
+    with pytest.raises(KeyboardInterrupt):
+        segment_video(frames, tmp_path / "o3", _InterruptAfter(4), resume=False)
+    assert not (tmp_path / "o3" / ".diffseg").exists()
+    segment_video(frames, tmp_path / "o3", plain, resume=False)
+    assert plain.calls == 6
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_mid_diffseg_video_then_rerun_equals_uninterrupted(tmp_path):
+    from temporal.api import SEGMENTATION_CACHE
+
+    frames = write_frames(tmp_path / "frames", 10)
+    base = [sys.executable, "-m", "diffseg_core", "video", str(frames), "--model", "tiny-random", "--size", "64",
+            "--no-overlay"]
+    ref = subprocess.run(base + ["-o", str(tmp_path / "ref"), "-q"], cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=200)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(base + ["-o", str(out), "-q"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    cache = out / SEGMENTATION_CACHE
+    deadline = time.time() + 150
+    try:
+        while time.time() < deadline:  # kill once a few frames are segmented
+            if cache.is_dir() and len(list(cache.rglob("*.npz"))) >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run finished before it could be killed")
+            time.sleep(0.02)
+        else:
+            pytest.fail("no frame was segmented in time")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((out / "tracks.json").read_text())["complete"] is False
+
+    again = subprocess.run(base + ["-o", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    doc = json.loads(again.stdout.strip().splitlines()[-1])
+    assert doc["complete"] and doc["resumed_frames"] >= 3
+    names_r, lab_r, tr_r = _video_dir_outputs(tmp_path / "ref")
+    names_k, lab_k, tr_k = _video_dir_outputs(out)
+    assert names_r == names_k and len(names_k) == 10
+    np.testing.assert_array_equal(lab_r, lab_k)
+    assert tr_r == tr_k
+    assert not (out / ".diffseg").exists() and not list(out.rglob(".tmp-*"))
