@@ -107,6 +107,7 @@ class FrameSource:
                 raise InputError(f"{self.path}: is an image; give a video file or a folder of frames")
             self._vr = self._open_video()
             n = len(self._vr)
+            self._check_one_frame_size()
             try:
                 self.fps = float(self._vr.get_avg_fps()) or 25.0
             except Exception:  # noqa: BLE001 - some containers have no rate
@@ -125,6 +126,31 @@ class FrameSource:
             return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
         except (RuntimeError, decord._ffi.base.DECORDError) as exc:  # type: ignore[attr-defined]
             raise InputError(f"{self.path}: cannot open video ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
+
+    def _check_one_frame_size(self) -> None:
+        """Refuse a video whose frame size changes mid-stream (decord would resize every
+        frame to the first size without a word). A new size starts at a keyframe, so only
+        keyframes are decoded (PyAV, ``skip_frame NONKEY``: milliseconds for most files)."""
+        import av
+
+        try:
+            h, w = self._vr[0].shape[:2] if len(self._vr) else (0, 0)
+            sizes: set = set()
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    return
+                stream = container.streams.video[0]
+                stream.codec_context.skip_frame = "NONKEY"
+                for frame in container.decode(stream):
+                    sizes.add((frame.height, frame.width))
+        except Exception:  # noqa: BLE001 - a damaged file is reported where its frames fail to decode
+            return
+        other = sorted(sz for sz in sizes if sz != (h, w))
+        if other:
+            shown = ", ".join(f"{b}x{a}" for a, b in [(h, w)] + other[:3])
+            raise InputError(f"{self.path}: the frame size changes within the video ({shown}, width x height); "
+                             "split it where the size changes or re-encode it at one size "
+                             "(e.g. ffmpeg -i IN -vf scale=W:H OUT)")
 
     def __len__(self) -> int:
         return len(self._indices)

@@ -107,6 +107,30 @@ def _ball(shape=(6, 32, 32)) -> np.ndarray:
     return v * 100 + np.random.default_rng(0).normal(0, 3, shape).astype(np.float32)
 
 
+def _size_change_ts_bytes(folder: Path) -> bytes:
+    """An MPEG-TS stream whose frame size changes after 6 frames (96x64 then 128x96): two
+    streams of one codec, concatenated (MPEG-TS allows it; decord resizes silently)."""
+    import av
+
+    parts = []
+    for k, (w, h) in enumerate(((96, 64), (128, 96))):
+        path = folder / f"_part{k}.ts"
+        with av.open(str(path), "w", format="mpegts") as c:
+            s = c.add_stream("mpeg2video", rate=25)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            for t in range(6):
+                a = np.zeros((h, w, 3), np.uint8)
+                a[:, : w // 2] = (200, 40, 40)
+                a[:, 4 * t: 4 * t + 8] = 255
+                for pkt in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+        parts.append(path.read_bytes())
+        path.unlink()
+    return b"".join(parts)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """Every bad (and oddly encoded) input, built once."""
@@ -127,7 +151,7 @@ def corpus(tmp_path_factory) -> Path:
         "random.mp4": rng.bytes(5000), "random.nii.gz": rng.bytes(5000), "random.png": rng.bytes(5000),
         "random.npy": rng.bytes(5000), "random.tif": rng.bytes(5000),
         "png_named.mp4": png, "mp4_named.png": mp4, "text.nii": b"this is not a volume\n" * 20,
-        "text.png": b"hello\n", "huge_header.png": _huge_header_png(),
+        "text.png": b"hello\n", "huge_header.png": _huge_header_png(), "size_change.ts": _size_change_ts_bytes(d),
         "pickle.npy": _npy_bytes(np.array([{"a": 1}, None], dtype=object), allow_pickle=True),
         "vol4d.npy": _npy_bytes(np.zeros((2, 4, 16, 16), np.float32)),
         "vol4d.nii.gz": _nii_bytes(np.zeros((16, 16, 4, 2), np.float32)),
@@ -333,6 +357,9 @@ def _cases() -> list[Case]:
     for f in ("empty.mp4", "trunc.mp4", "random.mp4", "png_named.mp4", "missing.mp4", "empty_dir", "only_text",
               "mixed_sizes", "frames_broken", "ok.png"):
         cs.append(Case(f"video-{f}", _video(f), (f, "00003")))
+    cs.append(Case("video-size-change", _video("size_change.ts"), ("size_change.ts", "frame size changes")))
+    cs.append(Case("track-size-change", ["track", "{c}/size_change.ts", "--segments", "{c}/empty_dir", "-o", "{o}",
+                                         "-q"], ("size_change.ts",)))
     cs.append(Case("video-max-side-1", _video("ok.mp4", "--max-side", "1"), ("max-side", "max_side")))
     cs.append(Case("video-size0", ["video", "{c}/ok.mp4", "-o", "{o}", "--model", "tiny-random", "--size", "0", "-q"],
                    ("size",)))
