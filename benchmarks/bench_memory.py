@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Peak memory of the overlay on huge images: `diffseg_core.io.overlay` (row blocks) beside the
-whole-image formula it replaced, each in its own process, on the same synthetic image.
+"""Peak memory on huge images, each measurement in its own process.
 
-    python benchmarks/bench_memory.py [--side 8000] [--side 16000]
+    python benchmarks/bench_memory.py [--side 8000] [--side 16000]      # the overlay alone
+    python benchmarks/bench_memory.py --image 16000                     # all of `diffseg image`
 
-Prints, per side: the inputs' size, and for each implementation the peak RSS above the
-process's RSS before the call (ru_maxrss) and the wall time. The two outputs are compared
-(they must be equal). Target (issue 17): a 16000x16000 image within 2 GB in all.
+``--side``: `diffseg_core.io.overlay` (row blocks) beside the whole-image formula it
+replaced, on the same synthetic image: the inputs' size, the peak RSS above the process's
+RSS before the call (ru_maxrss) and the wall time; the two outputs must be equal.
+
+``--image``: `diffseg image` end to end (read the PNG, tiny-random model at --size 64,
+NMS to full size, labels PNG, overlay PNG) on a synthetic N x N PNG: peak RSS of the
+whole process and of the process once the model is loaded (the model's own memory does
+not depend on the image), seconds, and the image and int32 label sizes for scale.
+Target (issue 17): a 16000x16000 image within 2 GB in all.
 """
 from __future__ import annotations
 
@@ -54,11 +60,60 @@ def run(side: int, impl: str) -> dict:
     return json.loads(p.stdout)
 
 
+IMAGE_CHILD = r"""
+import resource, sys, time
+import numpy as np
+from PIL import Image
+sys.path.insert(0, sys.argv[3])
+n, folder = int(sys.argv[1]), sys.argv[2]
+a = np.zeros((n, n, 3), np.uint8)
+a[: n // 2] = (200, 40, 40)
+a[:, n // 3:, 2] = 180
+Image.fromarray(a).save(folder + "/big.png", compress_level=1)
+"""
+
+IMAGE_RUN = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[3])
+from diffseg_core.config import SegmenterConfig
+from diffseg_core.segmenter import DiffSegSegmenter
+from diffseg_core.cli import main
+DiffSegSegmenter(SegmenterConfig(model="tiny-random", size=64)).model  # loaded (and cached) first
+model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t = time.perf_counter()
+rc = main(["image", sys.argv[1], "-o", sys.argv[2], "--model", "tiny-random", "--size", "64", "-q"])
+print(json.dumps({"rc": rc, "model_mib": model, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "seconds": time.perf_counter() - t}))
+"""
+
+
+def image_job(side: int) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, "-c", IMAGE_CHILD, str(side), d, str(REPO)], check=True)
+        p = subprocess.run([sys.executable, "-c", IMAGE_RUN, d + "/big.png", d + "/out", str(REPO)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            return f"diffseg image {side}x{side}: failed: {(p.stderr.strip().splitlines() or ['killed'])[-1]}"
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+    img, lab = side * side * 3 / 2**20, side * side * 4 / 2**20
+    return (f"diffseg image {side}x{side} (image {img:.0f} MiB, int32 labels {lab:.0f} MiB): peak RSS "
+            f"{r['peak_mib']:.0f} MiB in all, {r['peak_mib'] - r['model_mib']:.0f} MiB above the loaded model "
+            f"({r['model_mib']:.0f} MiB), {r['seconds']:.1f} s, exit {r['rc']}")
+
+
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, action="append", help="image side in pixels (repeatable) [8000]")
     ap.add_argument("--skip-reference", action="store_true", help="only the row-block overlay (huge sides)")
+    ap.add_argument("--image", type=int, action="append", metavar="SIDE",
+                    help="`diffseg image` end to end on a SIDE x SIDE PNG (repeatable)")
     a = ap.parse_args(argv)
+    for side in a.image or []:
+        print(image_job(side), flush=True)
+    if a.image and not a.side:
+        return 0
     for side in a.side or [8000]:
         blocks = run(side, "blocks")
         line = f"overlay {side}x{side}: inputs {blocks.get('inputs_mib', 0):.0f} MiB; row blocks +{blocks.get('extra_mib', 0):.0f} MiB peak RSS, {blocks.get('seconds', 0):.1f} s"

@@ -155,7 +155,8 @@ def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, n
            with_overlay: bool) -> None:
     labels = np.asarray(labels, dtype=np.int32)
     save_labels_png(out_dir / f"{stem}.png", labels)
-    if with_overlay:
-        save_image(out_dir / f"{stem}_overlay.png", overlay(image, labels))
+    if with_overlay:  # the image is not needed afterwards: blended and written in place (huge images)
+        save_image(out_dir / f"{stem}_overlay.png",
+                   overlay(image, labels, out=image if image.flags.writeable else None), consume=True)
     if npy:
         atomic_save_npy(out_dir / f"{stem}.npy", labels)

@@ -248,6 +248,20 @@ def save_labels_png(path: "str | os.PathLike", labels: np.ndarray) -> None:
         img.save(tmp, format="PNG")
 
 
+@contextmanager
+def _pillow_without_bomb_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb limit (179 MP) lifted: callers check sizes themselves
+    (`MAX_IMAGE_PIXELS`) or read our own outputs (a 16000 x 16000 label map is 256 MP)."""
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
 def read_labels(path: "str | os.PathLike") -> np.ndarray:
     """Read a label map (palette/8-bit/16-bit PNG, or ``.npy``) as int32 ``(H, W)``."""
     from PIL import Image, UnidentifiedImageError
@@ -257,7 +271,10 @@ def read_labels(path: "str | os.PathLike") -> np.ndarray:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
-            with Image.open(path) as img:
+            with _pillow_without_bomb_limit(), Image.open(path) as img:
+                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+                    raise InputError(f"{path}: label map is {img.size[0]}x{img.size[1]} pixels, above the "
+                                     f"limit of {MAX_IMAGE_PIXELS}")
                 if img.mode in ("RGB", "RGBA", "CMYK", "LA"):
                     raise InputError(
                         f"{path}: label image is colour ({img.mode}); expected a palette, 8-bit or 16-bit index PNG"
@@ -329,6 +346,33 @@ def to_rgb_uint8(arr: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+#: 8-bit RGB / grey PNG images of at least this many pixels are decoded by OpenCV, straight
+#: into one writeable uint8 array (Pillow holds RGB at 4 bytes a pixel, then copies it out)
+CV_READ_PIXELS = 16_000_000
+
+
+def _read_cv2(path: Path) -> "np.ndarray | None":
+    """uint8 RGB ``(H, W, 3)`` of a PNG decoded by OpenCV and converted in place; None when
+    OpenCV cannot decode it (a truncated PNG, unlike a truncated JPEG, gives None)."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # EXIF orientation applied, as Pillow's exif_transpose
+    if arr is None:
+        return None
+    return swap_red_blue(arr)
+
+
+def swap_red_blue(a: np.ndarray, rows: int = 256) -> np.ndarray:
+    """RGB <-> BGR of a uint8 ``(H, W, 3)`` array in place, in row blocks (OpenCV's
+    ``cvtColor(dst=src)`` still allocates a whole-image temporary)."""
+    import cv2
+
+    for r in range(0, a.shape[0], rows):
+        blk = a[r:r + rows]
+        blk[...] = cv2.cvtColor(blk, cv2.COLOR_RGB2BGR)
+    return a
+
+
 def read_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as uint8 RGB ``(H, W, 3)``.
 
@@ -344,16 +388,20 @@ def read_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS) ->
         raise InputError(f"{path}: is a directory, expected an image file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty (0 bytes)")
-    old = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as img:
+        with _pillow_without_bomb_limit(), Image.open(path) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise InputError(
                     f"{path}: image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}; resize it first"
                 )
-            img = ImageOps.exif_transpose(img)
+            # (not img.getexif(): for a PNG it decodes the whole image to look for a late eXIf)
+            if w * h >= CV_READ_PIXELS and img.mode in ("RGB", "L") and img.format == "PNG":
+                arr = _read_cv2(path)
+                if arr is not None and arr.shape[:2] == (h, w):
+                    return arr  # (a damaged file gives None: Pillow below names the problem)
+            if img.getexif().get(0x0112, 1) not in (0, 1):  # rotated by its EXIF orientation
+                img = ImageOps.exif_transpose(img)  # (a copy: only when needed, huge images)
             mode = img.mode
             if mode in ("RGB", "L"):
                 arr = np.asarray(img)
@@ -371,25 +419,44 @@ def read_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS) ->
         raise InputError(f"{path}: not a readable image (unknown or corrupt format)") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InputError(f"{path}: cannot read image ({exc})") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
     return to_rgb_uint8(arr, name=str(path))
 
 
-def save_image(path: "str | os.PathLike", rgb: np.ndarray) -> None:
-    """Write a uint8 RGB image atomically (format from the extension)."""
+def save_image(path: "str | os.PathLike", rgb: np.ndarray, consume: bool = False) -> None:
+    """Write a uint8 RGB image atomically (format from the extension).
+
+    ``consume=True``: the caller hands the array over (it is turned into BGR in place and
+    written by OpenCV, PNG / JPEG): no copy of a huge image is made (Pillow holds an RGB
+    image at 4 bytes a pixel: 1 GiB more for 16000 x 16000)."""
+    fmt = _pil_format(path)
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    if consume and fmt in ("PNG", "JPEG") and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.flags.writeable \
+            and rgb.flags.c_contiguous:
+        import cv2
+
+        swap_red_blue(rgb)
+        with atomic_path(path, verify=verify_image) as tmp:
+            params = [cv2.IMWRITE_PNG_COMPRESSION, 3] if fmt == "PNG" else [cv2.IMWRITE_JPEG_QUALITY, 95]
+            if not cv2.imwrite(str(tmp), rgb, params):
+                raise OutputError(f"cannot write {path}: OpenCV could not encode it")
+        return
     from PIL import Image
 
     with atomic_path(path, verify=verify_image) as tmp:
-        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format=_pil_format(path))
+        Image.fromarray(rgb).save(tmp, format=fmt)
 
 
 def verify_image(path: Path) -> None:
-    """Decode a written image completely (a truncated PNG or JPEG raises)."""
+    """Check a written image (a truncated PNG or JPEG raises). PNG: every chunk's CRC up to
+    IEND, without decoding the pixels (a 16000 x 16000 overlay would take 1 GiB to decode);
+    other formats: decoded completely. No size limit: the file is our own output."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img.load()
+    with _pillow_without_bomb_limit(), Image.open(path) as img:
+        if img.format == "PNG":
+            img.verify()
+        else:
+            img.load()
 
 
 def _pil_format(path: "str | os.PathLike") -> str:
@@ -409,11 +476,11 @@ def label_boundaries(labels: np.ndarray) -> np.ndarray:
 
 
 #: Rows per block of `overlay`: bounds its float temporaries on huge images.
-OVERLAY_ROWS = 512
+OVERLAY_ROWS = 128
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours: bool = True,
-            background: "int | None" = None) -> np.ndarray:
+            background: "int | None" = None, out: "np.ndarray | None" = None) -> np.ndarray:
     """Blend label colours over an RGB image and draw white contours.
 
     Computed in blocks of `OVERLAY_ROWS` rows, so the memory beyond the uint8 result is a few
@@ -425,16 +492,21 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours:
         alpha: colour opacity in [0, 1].
         contours: draw segment boundaries.
         background: a label left uncoloured (e.g. 0 = "no track"), or None.
+        out: uint8 ``(H, W, 3)`` to write into; may be ``image`` itself (blended in place,
+            block by block: a huge image is then not held twice).
 
     Returns:
-        uint8 ``(H, W, 3)``.
+        uint8 ``(H, W, 3)`` (``out`` when given).
     """
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
     H = labels.shape[0]
-    out = np.empty(image.shape, np.uint8)
+    if out is None:
+        out = np.empty(image.shape, np.uint8)
+    elif out.shape != image.shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {image.shape}; got {out.dtype} {out.shape}")
     for r0 in range(0, H, OVERLAY_ROWS):
         r1 = min(r0 + OVERLAY_ROWS, H)
         lab = labels[r0:r1]

@@ -31,7 +31,8 @@ def upsample_argmax(proposals: torch.Tensor, out_size: tuple[int, int],
     even for 4K frames. Ties go to the lowest index, like the original.
 
     Returns:
-        int64 ``(H, W)`` proposal index per pixel.
+        int32 ``(H, W)`` proposal index per pixel (4 bytes a pixel: a 16000 x 16000 image's
+        index is 1 GiB, not 2).
     """
     H, W = int(out_size[0]), int(out_size[1])
     K, h, w = proposals.shape
@@ -39,21 +40,28 @@ def upsample_argmax(proposals: torch.Tensor, out_size: tuple[int, int],
     wy = interp_matrix(h, H, device=p.device)
     wx = interp_matrix(w, W, device=p.device)
     cols = torch.einsum("khw,xw->khx", p, wx)  # (K, h, W)
-    out = torch.empty(H, W, dtype=torch.long, device=p.device)
+    out = torch.empty(H, W, dtype=torch.int32, device=p.device)
     for r in range(0, H, row_chunk):
         block = torch.einsum("yh,khx->kyx", wy[r:r + row_chunk], cols)
         out[r:r + row_chunk] = block.argmax(0)
     return out
 
 
-def relabel_consecutive(index: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map the indices present in ``index`` to ``0..K-1`` keeping their order.
+def relabel_consecutive(index: torch.Tensor, num: int, row_chunk: int = ROW_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map the indices present in ``index`` (``0..num-1``) to ``0..K-1`` keeping their order,
+    in place when ``index`` is int32 (row chunks: no full-size temporary).
 
     Returns:
         ``(labels, kept)``: int32 labels like ``index`` and the long ``(K,)`` original indices.
     """
-    present = torch.bincount(index.reshape(-1), minlength=num) > 0
+    labels = index if index.dtype == torch.int32 else index.to(torch.int32)
+    flat = labels.reshape(labels.shape[0], -1) if labels.ndim else labels.reshape(1, 1)
+    present = torch.zeros(num, dtype=torch.bool, device=index.device)
+    for r in range(0, flat.shape[0], row_chunk):
+        present |= torch.bincount(flat[r:r + row_chunk].reshape(-1).long(), minlength=num)[:num] > 0
     kept = torch.nonzero(present).reshape(-1)
-    lut = torch.full((num,), -1, dtype=torch.long, device=index.device)
-    lut[kept] = torch.arange(len(kept), device=index.device)
-    return lut[index].to(torch.int32), kept
+    lut = torch.full((num,), -1, dtype=torch.int32, device=index.device)
+    lut[kept] = torch.arange(len(kept), dtype=torch.int32, device=index.device)
+    for r in range(0, flat.shape[0], row_chunk):
+        flat[r:r + row_chunk] = lut[flat[r:r + row_chunk].long()]
+    return labels, kept

@@ -57,7 +57,9 @@ def model_input_size(image_hw: tuple[int, int], size: int = 512, multiple: int =
 
 
 def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
-    """Validate and normalise images to a list of float32 ``(3, H, W)`` CPU tensors in [0, 1].
+    """Validate and normalise images to a list of ``(3, H, W)`` CPU tensors: float32 in
+    [0, 1], or a uint8 view of a uint8 image (made float after the resize to the model's
+    input, `_model_input`, so a huge image is never copied whole as float).
 
     Accepts one image or a list of images: uint8 ``(H, W, 3)`` (numpy or torch), float
     ``(3, H, W)`` in [0, 1], or a float batch ``(B, 3, H, W)`` in [0, 1]; also a uint8 batch
@@ -92,7 +94,9 @@ def _as_chw(x: Any, name: str) -> torch.Tensor:
     if t.dtype == torch.uint8:
         if t.ndim != 3 or t.shape[2] != 3:
             raise InputError(f"`{name}` must be {expect}; got shape {tuple(t.shape)} dtype uint8")
-        t = t.permute(2, 0, 1).float().div_(255.0)
+        if t.shape[0] < 1 or t.shape[1] < 1:
+            raise InputError(f"`{name}` is empty; got shape {tuple(t.shape)}")
+        return t.permute(2, 0, 1)  # uint8 view: made float after the resize (`_model_input`)
     elif t.is_floating_point():
         if t.ndim != 3 or t.shape[0] != 3:
             raise InputError(f"`{name}` must be {expect}; got shape {tuple(t.shape)} dtype {t.dtype}")
@@ -108,6 +112,27 @@ def _as_chw(x: Any, name: str) -> torch.Tensor:
     if t.shape[1] < 1 or t.shape[2] < 1:
         raise InputError(f"`{name}` is empty; got shape {tuple(t.shape)}")
     return t.contiguous()
+
+
+#: a uint8 image more than this many times the model input on both sides is first shrunk
+#: by area averaging on uint8 (a 16000 x 16000 RGB image in float32 would take 3 GiB)
+PRESHRINK = 4
+
+
+def _model_input(image: torch.Tensor, hw: tuple[int, int], device: Any) -> torch.Tensor:
+    """float32 ``(3, *hw)`` in [0, 1]: ``image`` (uint8 ``(3, H, W)`` view or float) resized
+    with antialiasing. Huge uint8 images are first shrunk to ``PRESHRINK`` x the input size
+    on uint8 (OpenCV area averaging), so no float copy of the whole image is made."""
+    if image.dtype == torch.uint8:
+        H, W = int(image.shape[1]), int(image.shape[2])
+        if H > PRESHRINK * hw[0] and W > PRESHRINK * hw[1]:
+            import cv2
+
+            small = cv2.resize(image.permute(1, 2, 0).numpy(), (PRESHRINK * hw[1], PRESHRINK * hw[0]),
+                               interpolation=cv2.INTER_AREA)
+            image = torch.from_numpy(small).permute(2, 0, 1)
+        image = image.float().div_(255.0)
+    return F.interpolate(image[None].to(device), size=hw, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
 @dataclass
@@ -172,7 +197,10 @@ class DiffSegSegmenter:
             image's own size (0..K-1), float32 proposals ``(K, h, w)`` on the latent grid,
             ``meta`` with model id, sizes and timings (seconds).
         """
-        chw = as_image_list(images)
+        return self._segment(as_image_list(images), generator)
+
+    @torch.inference_mode()
+    def _segment(self, chw: list[torch.Tensor], generator: "torch.Generator | None") -> list[Segmentation]:
         out: list[Segmentation | None] = [None] * len(chw)
         for item in self._aggregated(chw, generator):
             t0 = time.perf_counter()
@@ -189,7 +217,7 @@ class DiffSegSegmenter:
         chw = as_image_list(image, "image")
         if len(chw) != 1:
             raise InputError(f"`image` must be one image; got a batch of {len(chw)} (use segment())")
-        return self.segment(chw, generator)[0]
+        return self._segment(chw, generator)[0]
 
     @torch.inference_mode()
     def attention(self, images: Any, generator: "torch.Generator | None" = None) -> list[AttentionMaps]:
@@ -235,10 +263,7 @@ class DiffSegSegmenter:
         m, c = self.model, self.config
         dev, dt = m.device, m.dtype
         t0 = time.perf_counter()
-        x = torch.stack([
-            F.interpolate(images[i][None].to(dev), size=hw, mode="bilinear", align_corners=False,
-                          antialias=True)[0] for i in idx
-        ])
+        x = torch.stack([_model_input(images[i], hw, dev) for i in idx])
         x = (x.clamp(0, 1) * 2.0 - 1.0).to(dt)
         latents = m.vae.encode(x).latent_dist.mean * m.scaling_factor
         _sync(dev)

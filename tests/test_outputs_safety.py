@@ -162,3 +162,49 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path, command):
     assert f"diffseg {command}: interrupted" in err
     assert "Traceback" not in err
     assert not (out / ".diffseg.lock").exists()
+
+
+# ----------------------------------------------------------------------------- huge images
+def test_an_image_above_pillows_bomb_limit_is_written_and_verified(tmp_path, monkeypatch):
+    # a 16000 x 16000 label PNG is 256 MP, above Pillow's decompression-bomb limit (179 MP):
+    # the check before publishing opened it with that limit and refused our own output
+    from PIL import Image
+
+    from diffseg_core.io import read_labels, save_image, save_labels_png
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the same limit, at a test's size
+    lab = (np.arange(60 * 80).reshape(60, 80) // 700).astype(np.int32)
+    save_labels_png(tmp_path / "lab.png", lab)
+    np.testing.assert_array_equal(read_labels(tmp_path / "lab.png"), lab)
+    rgb = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    save_image(tmp_path / "im.png", rgb)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+
+
+def test_huge_png_paths_give_the_same_pixels(tmp_path, monkeypatch):
+    # above CV_READ_PIXELS a PNG is decoded by OpenCV into one writeable array; an overlay
+    # handed over (consume=True) is blended and written in place: same pixels as Pillow's way
+    import diffseg_core.io as dio
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (300, 410, 3), dtype=np.uint8)
+    dio.save_image(tmp_path / "in.png", rgb)
+    small = dio.read_image(tmp_path / "in.png")
+    monkeypatch.setattr(dio, "CV_READ_PIXELS", 1000)
+    big = dio.read_image(tmp_path / "in.png")
+    np.testing.assert_array_equal(big, small)
+    assert big.flags.writeable and not small.flags.writeable  # Pillow's array is a read-only copy
+    lab = (np.arange(300)[:, None] // 50 + np.arange(410)[None, :] // 100).astype(np.int32)
+    ref = dio.overlay(small, lab)
+    out = dio.overlay(big, lab, out=big)
+    assert out is big
+    np.testing.assert_array_equal(out, ref)
+    dio.save_image(tmp_path / "ov.png", out, consume=True)
+    np.testing.assert_array_equal(dio.read_image(tmp_path / "ov.png"), ref)
+    # a damaged huge PNG still gets the reader's error, not a partial image
+    data = (tmp_path / "in.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    from diffseg_core.errors import InputError
+
+    with pytest.raises(InputError, match="cut.png"):
+        dio.read_image(tmp_path / "cut.png")

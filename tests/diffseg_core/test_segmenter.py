@@ -117,7 +117,10 @@ def test_extreme_aspect_ratio_is_refused(seg):
 def test_as_image_list_batch_and_single():
     batch = np.zeros((3, 10, 12, 3), np.uint8)
     out = as_image_list(batch)
-    assert len(out) == 3 and tuple(out[0].shape) == (3, 10, 12) and out[0].dtype == torch.float32
+    # uint8 images stay uint8 views (made float after the resize: no float copy of a huge image)
+    assert len(out) == 3 and tuple(out[0].shape) == (3, 10, 12) and out[0].dtype == torch.uint8
+    assert out[0].data_ptr() == torch.from_numpy(batch[0]).data_ptr()
+    assert as_image_list(torch.zeros(2, 3, 10, 12))[0].dtype == torch.float32
     assert len(as_image_list(np.zeros((10, 12, 3), np.uint8))) == 1
     with pytest.raises(InputError, match="one image"):
         DiffSegSegmenter(SegmenterConfig(model="tiny-random")).segment_one(batch)
