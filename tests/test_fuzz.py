@@ -93,6 +93,15 @@ def _nii_bytes(arr: np.ndarray) -> bytes:
     return gzip.compress(bio.getvalue())
 
 
+def _patched_nii(gz: bytes, offset: int, value: int) -> bytes:
+    """A gzipped NIfTI with one header byte replaced."""
+    import gzip
+
+    raw = bytearray(gzip.decompress(gz))
+    raw[offset] = value
+    return gzip.compress(bytes(raw))
+
+
 def _npy_bytes(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
     import io
 
@@ -155,6 +164,8 @@ def corpus(tmp_path_factory) -> Path:
         "pickle.npy": _npy_bytes(np.array([{"a": 1}, None], dtype=object), allow_pickle=True),
         "vol4d.npy": _npy_bytes(np.zeros((2, 4, 16, 16), np.float32)),
         "vol4d.nii.gz": _nii_bytes(np.zeros((16, 16, 4, 2), np.float32)),
+        # header fields that load but fail when interpreted: a unit code out of range (byte 123)
+        "bad_units.nii.gz": _patched_nii(nii, 123, 5),
         "vol2d.npy": _npy_bytes(np.zeros((16, 16), np.float32)),
         "nan.npy": _npy_bytes(np.where(small > 50, np.nan, small).astype(np.float32)),
         "allnan.npy": _npy_bytes(np.full((3, 16, 16), np.nan, np.float32)),
@@ -377,7 +388,7 @@ def _cases() -> list[Case]:
     # volume
     for f in ("empty.nii.gz", "trunc.nii.gz", "random.nii.gz", "text.nii", "empty.npy", "trunc.npy", "random.npy",
               "random.tif", "empty.tif", "pickle.npy", "vol4d.npy", "vol4d.nii.gz", "vol2d.npy",
-              "missing.nii.gz", "empty_dir", "ok.png"):
+              "missing.nii.gz", "empty_dir", "ok.png", "bad_units.nii.gz"):
         cs.append(Case(f"volume-{f}", _volume(f), (f,)))
     for f in ("nan.npy", "inf.npy"):  # repaired, with a warning that counts the voxels
         cs.append(Case(f"volume-{f}", _volume(f), (f, "NaN/inf voxels replaced"), expect="ok_with_warning"))

@@ -111,20 +111,27 @@ def _select_4d(arr: Any, p: Path, index: "int | None", axis: int) -> Any:
 
 
 def _read_nifti(p: Path, index: "int | None") -> Volume:
-    import nibabel as nib
-
+    """One error boundary: whatever nibabel raises on a damaged header or data, at load or
+    while the header is interpreted (a unit code out of range, a broken affine), becomes an
+    `InputError` naming the file."""
     try:
-        img = nib.load(str(p))
-        hdr = img.header
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise InputError(f"{p}: not a NIfTI image ({type(img).__name__})")
-        shape = tuple(int(s) for s in img.shape)
-        raw = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else np.asarray(img.dataobj)
-        raw = np.asanyarray(raw)
+        return _nifti_volume(p, index)
     except InputError:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"{p}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+
+
+def _nifti_volume(p: Path, index: "int | None") -> Volume:
+    import nibabel as nib
+
+    img = nib.load(str(p))
+    hdr = img.header
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{p}: not a NIfTI image ({type(img).__name__})")
+    shape = tuple(int(s) for s in img.shape)
+    raw = img.dataobj.get_unscaled() if hasattr(img.dataobj, "get_unscaled") else np.asarray(img.dataobj)
+    raw = np.asanyarray(raw)
     if raw.dtype.names is not None or raw.dtype.kind == "V":
         raise InputError(f"{p}: NIfTI holds {raw.dtype} (RGB or structured) voxels; expected one value per voxel")
     if raw.dtype.kind == "c":
