@@ -113,6 +113,25 @@ def _video_outputs(out: Path, name: str) -> tuple[list[str], np.ndarray, list]:
     return [p.name for p in files], labels, tracks
 
 
+def _sigkill_when(proc: subprocess.Popen, ready, what: str, limit: float = 150) -> None:
+    """SIGKILL ``proc``'s process group as soon as ``ready()``; fail when it ends first or
+    ``ready`` does not come within ``limit`` seconds."""
+    deadline = time.time() + limit
+    try:
+        while time.time() < deadline:
+            if ready():
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run finished before it could be killed")
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"{what} in time")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
 @pytest.mark.timeout(240)
 def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path):
     frames = write_frames(tmp_path / "clip" / "frames", 16)
@@ -125,20 +144,8 @@ def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path):
     proc = subprocess.Popen(args + ["-o", str(out)], cwd=REPO, env=_env(DIFFSEG_FAKE_DELAY="0.25"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     records = out / ".diffseg" / "records"
-    deadline = time.time() + 150
-    try:
-        while time.time() < deadline:  # kill once the first chunk is recorded, mid-video
-            if records.is_dir() and any(records.glob("video_clip*.json")):
-                break
-            if proc.poll() is not None:
-                pytest.fail("the run finished before it could be killed")
-            time.sleep(0.05)
-        else:
-            pytest.fail("no chunk finished in time")
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    # kill once the first chunk is recorded, mid-video
+    _sigkill_when(proc, lambda: records.is_dir() and any(records.glob("video_clip*.json")), "no chunk finished")
     assert not (out / "manifest.json").exists() or json.loads((out / "manifest.json").read_text())[
         "items"].get("video:clip", {}).get("status") != "done"
     assert not (out / "videos" / "clip" / "tracks.json").exists()  # nothing looks complete
@@ -303,20 +310,8 @@ def test_sigkill_mid_diffseg_video_then_rerun_equals_uninterrupted(tmp_path):
     proc = subprocess.Popen(base + ["-o", str(out), "-q"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     cache = out / SEGMENTATION_CACHE
-    deadline = time.time() + 150
-    try:
-        while time.time() < deadline:  # kill once a few frames are segmented
-            if cache.is_dir() and len(list(cache.rglob("*.npz"))) >= 3:
-                break
-            if proc.poll() is not None:
-                pytest.fail("the run finished before it could be killed")
-            time.sleep(0.02)
-        else:
-            pytest.fail("no frame was segmented in time")
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    # kill once a few frames are segmented
+    _sigkill_when(proc, lambda: cache.is_dir() and len(list(cache.rglob("*.npz"))) >= 3, "no frame was segmented")
     assert json.loads((out / "tracks.json").read_text())["complete"] is False
 
     again = subprocess.run(base + ["-o", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True,
