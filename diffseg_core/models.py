@@ -180,7 +180,8 @@ def _missing_message(model: str, why: str) -> str:
     example = model if _looks_like_hub_id(model) and not Path(model).exists() else DEFAULT_MODEL
     return (
         f"model {model!r} not found ({why}). To fix: download it once with "
-        f"`huggingface-cli download {example} --local-dir models/{example.split('/')[-1]}` and pass "
+        f"`hf download {example} --local-dir models/{example.split('/')[-1]}` (huggingface_hub >= 0.34; "
+        f"older: `huggingface-cli download`) and pass "
         f"`--model models/{example.split('/')[-1]}` (a local diffusers folder), or pass a single "
         f"`.safetensors` file; or run once with internet access so it lands in the Hugging Face "
         f"cache (set HF_HOME to choose where). `--model tiny-random` runs offline but gives "

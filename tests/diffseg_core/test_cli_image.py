@@ -107,7 +107,7 @@ def test_missing_model_is_one_line_exit_2(tmp_path, capsys):
     rc = main(["image", str(img), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "nope"), "-q"])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "huggingface-cli download" in err[0] and "Traceback" not in err[0]
+    assert len(err) == 1 and "hf download" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "out" / "x.png").exists()
 
 

@@ -63,7 +63,7 @@ def test_missing_path_says_how_to_fix(tmp_path):
     with pytest.raises(ModelNotFoundError) as ei:
         load_model(str(tmp_path / "no-such-model"), "cpu")
     msg = str(ei.value)
-    assert "huggingface-cli download" in msg and "--model" in msg
+    assert "hf download" in msg and "--model" in msg
 
 
 def test_folder_without_unet_is_not_a_model(tmp_path):
@@ -77,7 +77,7 @@ def test_uncached_hub_id_offline_is_model_not_found(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelNotFoundError) as ei:
         load_model("no-such-org/no-such-model-diffseg", "cpu", local_files_only=None)
-    assert "huggingface-cli download no-such-org/no-such-model-diffseg" in str(ei.value)
+    assert "hf download no-such-org/no-such-model-diffseg" in str(ei.value)
 
 
 def test_ckpt_is_refused_without_opt_in(tmp_path):
