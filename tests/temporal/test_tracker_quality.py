@@ -523,3 +523,21 @@ def test_an_object_merged_with_the_ground_at_first_gets_its_own_id_once_segmente
         ids.append((int(np.bincount(tf.labels[mask]).argmax()), int(np.bincount(tf.labels[band]).argmax())))
     assert len({o for o, _ in ids[1:]}) == 1  # one id for the object from frame 1 on ...
     assert all(o != b for o, b in ids[1:])  # ... not the ground's
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: the first frame's granularity is kept for good; every later "
+                   "segment inside a track's prediction continues it (part-of), even three regions of three "
+                   "colours; deciding granularity over several frames (DEVA's in-clip consensus) is not built")
+def test_an_under_segmented_first_frame_does_not_lock_in_one_id_for_everything():
+    # frame 0: the segmenter shows one segment for the whole frame (DiffSeg's segment count
+    # varies frame to frame); frames 1-5: three regions of clearly different colours, shown
+    # as three segments every time. The three should end up with three ids.
+    H, W = 96, 144
+    img = np.concatenate([texture(np.random.default_rng(k), H, 48, c)
+                          for k, c in enumerate(((200, 40, 40), (40, 200, 60), (50, 60, 210)))], 1)
+    regions = np.repeat(np.arange(3), 48)[None, :].repeat(H, 0).astype(np.int32)
+    vs = VideoSegmenter(None, tracker())
+    st = vs.init_state()
+    for t in range(6):
+        tf = vs.step(st, img, segmentation_from_labels(np.zeros_like(regions) if t == 0 else regions, 16))
+    assert len({int(np.bincount(tf.labels[regions == r]).argmax()) for r in range(3)}) == 3
