@@ -41,8 +41,11 @@ def common_parent() -> argparse.ArgumentParser:
     """Options every subcommand takes: --quiet and --verbose."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("output control")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    # SUPPRESS: left out, an option sets nothing, so the subcommand's copy does not reset
+    # what was given before the subcommand (`diffseg -q video ...` = `diffseg video ... -q`)
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging and full tracebacks")
     return p
 
 def build_parser() -> argparse.ArgumentParser:

@@ -888,7 +888,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.is_rank_zero:
         text = summary.format()
         if summary.ok:
-            if not args.quiet:
+            if not getattr(args, "quiet", False):
                 print(text, file=sys.stderr)
         else:
             first, *rest = text.splitlines()

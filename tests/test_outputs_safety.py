@@ -208,3 +208,16 @@ def test_huge_png_paths_give_the_same_pixels(tmp_path, monkeypatch):
 
     with pytest.raises(InputError, match="cut.png"):
         dio.read_image(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("argv,quiet", [(["-q", "stack"], True), (["stack", "-q"], True), (["stack"], False)])
+def test_quiet_works_before_and_after_the_subcommand(argv, quiet, tmp_path):
+    # the subcommand's own -q (default False) used to reset a -q given before it
+    from diffseg_core.progress import progress_enabled, set_progress_enabled
+
+    np.save(tmp_path / "lab.npy", np.ones((3, 8, 8), np.int32))
+    try:
+        assert main(argv + [str(tmp_path / "lab.npy"), "-o", str(tmp_path / "out.npy")]) == 0
+        assert progress_enabled() is (not quiet)
+    finally:
+        set_progress_enabled(True)
