@@ -8,6 +8,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+
+def software_version() -> str:
+    """The installed diffseg-vv version (package metadata), else ``__version__`` (a checkout)."""
+    try:
+        from importlib.metadata import version
+
+        return version("diffseg-vv")
+    except Exception:  # noqa: BLE001 - not installed
+        return __version__
+
+
 from .config import CaptureConfig, MergeConfig, SegmenterConfig
 from .errors import DiffSegError, InputError, ModelNotFoundError, OutputError
 from .types import AttentionMaps, Segmentation

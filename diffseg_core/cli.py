@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from . import software_version
 from .errors import DiffSegError
 from .io import output_lock, protect_inputs, remove_stale_temporaries
 
@@ -27,15 +28,6 @@ EPILOG = """examples:
   diffseg run videos/ scans/ -o out/ --devices 2
 """
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("diffseg-vv")
-    except Exception:  # not installed (running from a checkout)
-        from . import __version__
-
-        return __version__
 
 def common_parent() -> argparse.ArgumentParser:
     """Options every subcommand takes: --quiet and --verbose."""
@@ -58,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[parent],
     )
-    parser.add_argument("--version", action="version", version=f"diffseg-vv {_version()}")
+    parser.add_argument("--version", action="version", version=f"diffseg-vv {software_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from . import cli_image
 

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from diffseg_core import software_version
 from diffseg_core.errors import OutputError
 from diffseg_core.io import atomic_path, overlay, save_labels_png
 
@@ -37,7 +38,9 @@ class OverlayVideoWriter:
         self.path = Path(path)
         self._stack = contextlib.ExitStack()
         self._tmp = self._stack.enter_context(atomic_path(self.path))
-        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        # faststart: the index (moov) goes before the data, so players and browsers can start
+        # the file before it is downloaded whole
+        self._container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "faststart"})
         rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
         self.codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         self._stream = self._container.add_stream(self.codec, rate=rate)
@@ -155,6 +158,7 @@ class VideoOutputWriter:
             raise OutputError(f"cannot create {self.labels_dir}: {exc.strerror or exc}") from exc
         self.fps = fps
         self.meta = dict(meta or {})
+        self.frame_size: Optional[list[int]] = None  # [H, W] of the labels, from the first frame
         self.stats = TrackStats()
         self.max_id = 0
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=queue_size)
@@ -194,6 +198,8 @@ class VideoOutputWriter:
 
     def _write_one(self, stem: str, rgb: Optional[np.ndarray], tf: TrackedFrame) -> None:
         pos = len(self.stats.stems)
+        if self.frame_size is None:
+            self.frame_size = [int(tf.labels.shape[0]), int(tf.labels.shape[1])]
         save_labels_png(self.labels_dir / f"{stem}.png", tf.labels)
         self.stats.stems.append(stem)
         self.stats.add(pos, tf.labels, tf.track_ids)
@@ -207,6 +213,7 @@ class VideoOutputWriter:
     def _write_json(self, complete: bool, error: Optional[str], status: str) -> None:
         head = {"complete": complete, "status": status, "error": error,
                 "n_frames": len(self.stats.stems), "n_tracks": self.stats.n_tracks(), "max_track_id": self.max_id,
+                "fps": self.fps, "frame_size": self.frame_size, "software": f"diffseg-vv {software_version()}",
                 "seconds": round(time.time() - self._t0, 3), **self.meta, "frames": self.stats.stems}
         # Streamed one track per line: memory stays flat however long the video is.
         with atomic_path(self.tracks_json) as tmp:

@@ -268,3 +268,38 @@ def test_background_option_leaves_background_without_a_track(tmp_path):
     for seg, every, bg in zip(segs, outs[0], outs[2]):
         assert (every[seg == 0] > 0).all()  # label 0 is a segment like any other
         assert (bg[seg == 0] == 0).all() and (bg[seg > 0] > 0).all()
+
+
+def _top_level_boxes(path) -> list[str]:
+    """Names of the top-level boxes of an MP4 file, in order."""
+    import struct
+
+    data, out, pos = path.read_bytes(), [], 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[pos + 8:pos + 16])[0]
+        out.append(kind.decode("latin-1"))
+        if size < 8:
+            break
+        pos += size
+    return out
+
+
+def test_video_outputs_say_what_made_them_and_stream(tmp_path):
+    # provenance in tracks.json (a tiny-random result must not pass for a real one) and an
+    # overlay whose index comes first (faststart: it plays before it is fully downloaded)
+    from diffseg_core import software_version
+    from diffseg_core.cli import main
+
+    from ..conftest import write_frames
+
+    frames = write_frames(tmp_path / "frames", 4, hw=(48, 64))
+    assert main(["video", str(frames), "-o", str(tmp_path / "out"), "--model", "tiny-random", "--size", "64",
+                 "-q"]) == 0
+    tj = json.loads((tmp_path / "out" / "tracks.json").read_text())
+    assert tj["frame_size"] == [48, 64] and tj["fps"] > 0
+    assert tj["software"] == f"diffseg-vv {software_version()}"
+    assert tj["segmenter"]["random_weights"] is True and tj["segmenter"]["config"]["model"] == "tiny-random"
+    boxes = _top_level_boxes(tmp_path / "out" / "overlay.mp4")
+    assert "moov" in boxes and "mdat" in boxes and boxes.index("moov") < boxes.index("mdat")
