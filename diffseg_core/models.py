@@ -416,3 +416,15 @@ def tiny_random_model(device: "str | torch.device" = "cpu", dtype: torch.dtype =
         emb = text_encoder(ids)[0]
     del text_encoder
     return _finish(unet, vae, _sd_scheduler(), emb, TINY_RANDOM, dev, dtype, is_random=True)
+
+
+def segmenter_info(segmenter: Any) -> dict[str, Any]:
+    """Provenance of a segmenter for the outputs: its class, its configuration (model id,
+    size, merge settings) when it has one, and whether its weights are random (the
+    ``tiny-random`` test model: a result that must not be mistaken for a real one)."""
+    cfg = getattr(segmenter, "config", None)
+    info: dict[str, Any] = {"class": type(segmenter).__name__}
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        info["config"] = cfg.to_dict()
+        info["random_weights"] = getattr(cfg, "model", None) == TINY_RANDOM
+    return info

@@ -83,20 +83,6 @@ def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_o
                        max_track_id=max(info["max_track_id"], state.registry.max_id))
 
 
-def segmenter_info(segmenter: Any) -> dict[str, Any]:
-    """Provenance of a segmenter for the outputs: its class, its configuration (model id,
-    size, merge settings) when it has one, and whether its weights are random (the
-    ``tiny-random`` test model: a result that must not be mistaken for a real one)."""
-    from diffseg_core.models import TINY_RANDOM
-
-    cfg = getattr(segmenter, "config", None)
-    info: dict[str, Any] = {"class": type(segmenter).__name__}
-    if cfg is not None and hasattr(cfg, "to_dict"):
-        info["config"] = cfg.to_dict()
-        info["random_weights"] = getattr(cfg, "model", None) == TINY_RANDOM
-    return info
-
-
 #: where `segment_video` keeps the segmentations of a run until it completes (resume)
 SEGMENTATION_CACHE = Path(".diffseg") / "video-segmentations"
 
@@ -185,6 +171,8 @@ def segment_video(source: "str | Path", out_dir: "str | Path", segmenter: Any = 
         InputError: unreadable source, bad range, frame size changes.
     """
     import shutil
+
+    from diffseg_core.models import segmenter_info
 
     src = FrameSource(source, start, end, stride, max_side)
     seg = _resolve_segmenter(segmenter)

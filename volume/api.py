@@ -214,8 +214,11 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     def gray(ax: int, i: int) -> np.ndarray:
         return to_uint8(vol.slice_values(ax, i), imap)[0]
 
+    from diffseg_core.models import segmenter_info
+
     return _write_outputs(labels, vol, labels_path, axis, n, config, gray, t0, notes,
-                          {"intensity": imap.mode, "slicing": config.axes})
+                          {"intensity": imap.mode, "slicing": config.axes, "segmenter": segmenter_info(seg),
+                           "engine": config.engine.to_dict()})
 
 
 # ----------------------------------------------------------------------------- bring your own
@@ -273,7 +276,8 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         del results
     n = cleanup(labels, config)
 
-    return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [], {"slicing": config.axes})
+    return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [],
+                          {"slicing": config.axes, "engine": config.engine.to_dict()})
 
 
 def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int, n: int,

@@ -38,7 +38,10 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
     """
     stats = label_stats(labels, vol.spacing if vol.spacing_known else (1.0, 1.0, 1.0), axis)
     unit = f"{vol.unit}3" if vol.spacing_known else "voxels"
+    from diffseg_core import software_version
+
     doc: dict[str, Any] = {
+        "software": f"diffseg-vv {software_version()}",
         "source": str(vol.path) if vol.path else None,
         "source_format": vol.source_format,
         "shape": list(labels.shape),

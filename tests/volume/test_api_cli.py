@@ -133,6 +133,9 @@ def test_segment_volume_nifti_fake_segmenter(tmp_path: Path) -> None:
     assert _partition_equal(pred, expect)
     doc = json.loads(res.json_path.read_text())
     assert "soft-tissue" in doc["intensity"]
+    # provenance: what made the labels, with which linking knobs
+    assert doc["software"].startswith("diffseg-vv ") and doc["segmenter"]["class"] == "ThresholdSegmenter"
+    assert doc["engine"]["associate"]["min_iou"] == VolumeConfig().engine.associate.min_iou
 
 
 def test_segment_volume_resamples_anisotropic_slices(tmp_path: Path) -> None:
