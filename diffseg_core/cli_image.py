@@ -12,6 +12,7 @@ output names (``name``, ``name-2``, ...), reported on stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -21,9 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
+from . import software_version
 from .cli_args import add_segmenter_args, segmenter_config_from_args
 from .errors import DiffSegError, InputError, OutputError
-from .io import atomic_save_npy, overlay, read_image, save_image, save_labels_png
+from .io import atomic_save_npy, atomic_write_text, overlay, read_image, save_image, save_labels_png, segment_ids
 from .progress import progress
 
 log = logging.getLogger("diffseg")
@@ -41,7 +43,7 @@ def register(sub: "argparse._SubParsersAction", parent: argparse.ArgumentParser)
     )
     p.add_argument("images", nargs="+", metavar="IMG", help="image files (png, jpg, bmp, tif, webp)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
-    p.add_argument("--npy", action="store_true", help="also write <stem>.npy (int32 labels)")
+    p.add_argument("--npy", action="store_true", help="also write <stem>.npy (int32 labels 1..K)")
     p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.png")
     add_segmenter_args(p)
     p.set_defaults(func=run_image, output_folder=True)
@@ -51,9 +53,9 @@ def register_evaluate(sub: "argparse._SubParsersAction", parent: argparse.Argume
     """Images have no evaluate subcommand (video/volume own them)."""
 
 
-def output_names(stem: str) -> tuple[str, str, str]:
-    """The files one image may write: labels, overlay, npy."""
-    return f"{stem}.png", f"{stem}_overlay.png", f"{stem}.npy"
+def output_names(stem: str) -> tuple[str, str, str, str]:
+    """The files one image may write: labels, overlay, npy, sidecar JSON."""
+    return f"{stem}.png", f"{stem}_overlay.png", f"{stem}.npy", f"{stem}.json"
 
 
 def output_stems(paths: Sequence[Path], out_dir: "Path | None" = None) -> list[str]:
@@ -94,6 +96,7 @@ def run_image(args: argparse.Namespace) -> int:
             print(f"diffseg image: note: {p} -> {s}.png (its own name would overwrite another input or output)",
                   file=sys.stderr)
 
+    from .models import segmenter_info
     from .segmenter import DiffSegSegmenter
 
     segmenter = DiffSegSegmenter(config)
@@ -101,6 +104,7 @@ def run_image(args: argparse.Namespace) -> int:
     if segmenter.model.is_random:
         log.warning("model 'tiny-random' has random weights: its segments are meaningless (a test model)")
 
+    info = segmenter_info(segmenter)
     failed: list[str] = []
     done = 0
     bs = max(1, int(config.batch_size))
@@ -132,7 +136,9 @@ def run_image(args: argparse.Namespace) -> int:
                 batch = kept
             for (p, stem, im), seg in zip(batch, segs):
                 try:
-                    _write(out_dir, stem, im, seg.labels, npy=args.npy, with_overlay=not args.no_overlay)
+                    _write(out_dir, stem, im, seg.labels, npy=args.npy, with_overlay=not args.no_overlay,
+                           meta={"software": f"diffseg-vv {software_version()}", "source": str(p),
+                                 "segmenter": info})
                     done += 1
                 except (OutputError, ValueError) as exc:
                     if isinstance(exc, OutputError) and "space" in str(exc):
@@ -152,9 +158,13 @@ def _fail(failed: list[str], exc: Exception) -> None:
 
 
 def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, npy: bool,
-           with_overlay: bool) -> None:
-    labels = np.asarray(labels, dtype=np.int32)
+           with_overlay: bool, meta: dict) -> None:
+    labels = segment_ids(labels, consume=True)  # 1..K: 0 = no segment in every tool
     save_labels_png(out_dir / f"{stem}.png", labels)
+    ids, area = np.unique(labels, return_counts=True)
+    doc = {**meta, "size": list(labels.shape), "labels": f"{stem}.png",
+           "segments": [{"id": int(i), "area": int(a)} for i, a in zip(ids, area)]}
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(doc, indent=1) + "\n")
     if with_overlay:  # the image is not needed afterwards: blended and written in place (huge images)
         save_image(out_dir / f"{stem}_overlay.png",
                    overlay(image, labels, out=image if image.flags.writeable else None), consume=True)

@@ -347,13 +347,14 @@ def _run_video_chunk(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Pa
 def write_result(res: ItemResult, cfg: RunConfig, out_dir: Path, manifest: JobManifest, rank: int,
                  chash: str) -> ItemRecord:
     """Write an item's remaining outputs, then its manifest record (in that order)."""
-    from .io import overlay, save_image, save_labels_png
+    from .io import overlay, save_image, save_labels_png, segment_ids
 
     outputs = list(res.outputs)
     status, error = res.status, res.error
     if status == "done" and res.item.kind == "image" and res.labels is not None:
         lab_rel, ov_rel = image_outputs(res.item.name)
         try:
+            res.labels = segment_ids(res.labels, consume=True)  # 1..K: 0 = no segment, as `image` writes
             save_labels_png(out_dir / lab_rel, res.labels)
             outputs.append(lab_rel)
             if cfg.overlay and res.image is not None:

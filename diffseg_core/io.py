@@ -225,6 +225,17 @@ def label_colors(labels: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- labels
+def segment_ids(labels: np.ndarray, consume: bool = False) -> np.ndarray:
+    """A segmentation's labels ``0..K-1`` as the ids written to files: ``1..K``, so that 0
+    means "no segment" as in DAVIS, napari, ITK-SNAP and 3D Slicer (segment 0 would otherwise
+    be invisible or read as background). int32; in place when ``consume`` (huge images)."""
+    labels = np.asarray(labels)
+    if consume and labels.dtype == np.int32 and labels.flags.writeable:
+        labels += 1
+        return labels
+    return labels.astype(np.int32) + 1
+
+
 def save_labels_png(path: "str | os.PathLike", labels: np.ndarray) -> None:
     """Write an int label map as a PNG, atomically.
 

@@ -209,6 +209,7 @@ def test_two_cpu_processes_equal_one_process(tmp_path):
         np.testing.assert_array_equal(a, b)
         truth = colour_classes(tmp_path / "in" / "photos" / f"{name}.png")
         assert relabel_agreement(truth, a) == 1.0 and len(np.unique(a)) == len(np.unique(truth)) == 3
+        assert a.min() == 1  # segments 1..K, as `diffseg image` writes them (0 = no segment)
     la = np.stack([read_labels(p) for p in sorted((tmp_path / "one" / "videos" / "clip" / "labels").glob("*.png"))])
     lb = np.stack([read_labels(p) for p in sorted((tmp_path / "two" / "videos" / "clip" / "labels").glob("*.png"))])
     assert la.shape == lb.shape == (8, 64, 64)

@@ -41,7 +41,8 @@ def test_inputs_whose_outputs_would_collide_get_distinct_names(tmp_path):
     out = tmp_path / "out"
     assert main(["image", str(a), str(b), "-o", str(out), *TINY]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["x.png", "x_overlay-2.png", "x_overlay-2_overlay.png", "x_overlay.png"]
+    assert names == ["x.json", "x.png", "x_overlay-2.json", "x_overlay-2.png", "x_overlay-2_overlay.png",
+                     "x_overlay.png"]
     # x_overlay.png is x's overlay (RGB), x_overlay-2.png the second input's labels (palette)
     from PIL import Image
 

@@ -1,6 +1,7 @@
 """`diffseg image`: outputs, bad inputs, duplicate names, missing model; in-process and subprocess."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,12 @@ def test_writes_labels_overlay_and_npy(tmp_path, capsys):
     assert rc == 0
     labels = read_labels(out / "photo.png")
     assert labels.shape == (60, 90) and labels.dtype == np.int32
+    assert labels.min() >= 1  # segments 1..K: 0 means "no segment" in DAVIS / napari / ITK tools
+    side = json.loads((out / "photo.json").read_text())
+    ids, area = np.unique(labels, return_counts=True)
+    assert [(s["id"], s["area"]) for s in side["segments"]] == list(zip(ids.tolist(), area.tolist()))
+    assert side["size"] == [60, 90] and side["labels"] == "photo.png"
+    assert side["segmenter"]["random_weights"] is True and side["software"].startswith("diffseg-vv ")
     with Image.open(out / "photo.png") as im:
         assert im.mode == "P"
     np.testing.assert_array_equal(np.load(out / "photo.npy", allow_pickle=False), labels)
