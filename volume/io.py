@@ -393,12 +393,17 @@ def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
         hdr = hdr.copy()
         hdr.set_data_shape(data.shape)
         img = cls(data, affine_file, header=hdr)
-        # Keep the input's qform/sform codes (the constructor may reset them).
+        # Keep the input's qform and sform as they were, codes included: when they differ,
+        # ITK-based tools (3D Slicer, ITK-SNAP, SimpleITK) read the qform and nibabel the
+        # sform, so writing one over the other moves the labels away from the image in one
+        # kind of tool (the constructor may reset them, hence set both again).
         qc, sc = int(hdr["qform_code"]), int(hdr["sform_code"])
         if qc == 0 and sc == 0:
-            sc = 2  # no code in the input: the affine is still the geometry we used
-        img.set_qform(affine_file, qc)
-        img.set_sform(affine_file, sc)
+            img.set_qform(affine_file, 0)
+            img.set_sform(affine_file, 2)  # no code in the input: the affine is still the geometry we used
+        else:
+            img.set_qform(hdr.get_qform() if qc > 0 else affine_file, qc)
+            img.set_sform(hdr.get_sform() if sc > 0 else affine_file, sc)
     else:
         img = cls(data, affine_file)
         img.set_qform(affine_file, 1)

@@ -54,6 +54,24 @@ def test_nifti_roundtrip_keeps_affine_header_and_array_order(tmp_path: Path) -> 
     assert np.array_equal(np.asarray(back.dataobj), (data > 0) * 3)
 
 
+def test_nifti_labels_keep_a_qform_that_differs_from_the_sform(tmp_path: Path) -> None:
+    # ITK-based tools (3D Slicer, ITK-SNAP, SimpleITK) place a volume by its qform, nibabel
+    # by its sform: a label file must carry both as the image had them, or the labels land
+    # 70 mm away from the image in one kind of tool
+    q = np.array([[-0.9, 0, 0, 90], [0, 0.9, 0, -100], [0, 0, 2.5, -40], [0, 0, 0, 1]])
+    s = q.copy()
+    s[:3, 3] += [70.0, 0.0, 0.0]
+    img = nib.Nifti1Image(np.ones((12, 10, 5), np.int16), s)
+    img.set_qform(q, 1)
+    img.set_sform(s, 2)
+    nib.save(img, tmp_path / "scan.nii.gz")
+    vol = read_volume(tmp_path / "scan.nii.gz")
+    write_labels(tmp_path / "labels.nii.gz", np.ones(vol.shape, np.int32), vol)
+    back = nib.load(tmp_path / "labels.nii.gz")
+    assert np.allclose(back.get_qform(), q) and int(back.header["qform_code"]) == 1
+    assert np.allclose(back.get_sform(), s) and int(back.header["sform_code"]) == 2
+
+
 def test_nifti_label_dtype_grows_with_ids(tmp_path: Path) -> None:
     vol = read_volume(_nifti(tmp_path / "a.nii", np.zeros((4, 5, 6), np.float32)))
     lab = np.zeros(vol.shape, np.int32)
