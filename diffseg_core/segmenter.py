@@ -61,7 +61,8 @@ def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
     [0, 1], or a uint8 view of a uint8 image (made float after the resize to the model's
     input, `_model_input`, so a huge image is never copied whole as float).
 
-    Accepts one image or a list of images: uint8 ``(H, W, 3)`` (numpy or torch), float
+    Accepts one image or a list of images: uint8 ``(H, W, 3)`` (numpy or torch), a PIL
+    image (any mode: converted to RGB like `diffseg_core.io.read_image`), float
     ``(3, H, W)`` in [0, 1], or a float batch ``(B, 3, H, W)`` in [0, 1]; also a uint8 batch
     ``(B, H, W, 3)`` numpy array.
 
@@ -76,6 +77,8 @@ def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
             items = [images]
     elif isinstance(images, (list, tuple)):
         items = list(images)
+    elif type(images).__module__.startswith("PIL.") and hasattr(images, "convert"):
+        items = [images]
     else:
         raise InputError(f"`{name}` must be an array, a tensor or a list of them; got {type(images).__name__}")
     if not items:
@@ -84,6 +87,10 @@ def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
 
 
 def _as_chw(x: Any, name: str) -> torch.Tensor:
+    if type(x).__module__.startswith("PIL.") and hasattr(x, "convert"):  # a PIL image, any mode
+        from .io import to_rgb_uint8
+
+        x = to_rgb_uint8(np.asarray(x if x.mode in ("RGB", "L", "I;16", "I", "F") else x.convert("RGB")), name)
     if isinstance(x, np.ndarray):
         t = torch.from_numpy(np.require(x, requirements=("C", "W")))
     elif isinstance(x, torch.Tensor):

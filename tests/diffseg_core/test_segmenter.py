@@ -126,6 +126,22 @@ def test_as_image_list_batch_and_single():
         DiffSegSegmenter(SegmenterConfig(model="tiny-random")).segment_one(batch)
 
 
+def test_pil_images_are_accepted_like_arrays():
+    from PIL import Image
+
+    rgb = (np.random.default_rng(0).random((40, 52, 3)) * 255).astype(np.uint8)
+    seg = DiffSegSegmenter(SegmenterConfig(model="tiny-random", device="cpu", size=64))
+    ref = seg.segment_one(rgb)
+    for img in (Image.fromarray(rgb), Image.fromarray(rgb).convert("RGBA"), Image.fromarray(rgb).convert("P")):
+        out = seg.segment_one(img)
+        assert out.labels.shape == (40, 52)
+        if img.mode != "P":  # (a palette quantises the colours)
+            np.testing.assert_array_equal(out.labels, ref.labels)
+    assert len(seg.segment([Image.fromarray(rgb), rgb])) == 2
+    gray = Image.fromarray(rgb[:, :, 0])
+    assert as_image_list(gray)[0].shape == (3, 40, 52)
+
+
 def test_refine_and_thresholds_reach_the_merge():
     from diffseg_core.config import MergeConfig
 
