@@ -216,7 +216,7 @@ def rss_child(n: int, out: Path) -> None:
 
 
 def memory(work: Path, short: int, long: int) -> None:
-    print(f"\n## Memory (peak RSS of the whole track job, 854x480 streamed, labels + overlay + tracks.json)")
+    print("\n## Memory (peak RSS of the whole track job, 854x480 streamed, labels + overlay + tracks.json)")
     res = {}
     for n in (short, long):
         out = work / f"rss_{n}"

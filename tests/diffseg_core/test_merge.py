@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from diffseg_core.merge import (anchor_grid, axis_anchor_positions, iterative_merge, merge_anchors,

@@ -532,7 +532,7 @@ def test_an_under_segmented_first_frame_does_not_lock_in_one_id_for_everything()
     # frame 0: the segmenter shows one segment for the whole frame (DiffSeg's segment count
     # varies frame to frame); frames 1-5: three regions of clearly different colours, shown
     # as three segments every time. The three should end up with three ids.
-    H, W = 96, 144
+    H = 96
     img = np.concatenate([texture(np.random.default_rng(k), H, 48, c)
                           for k, c in enumerate(((200, 40, 40), (40, 200, 60), (50, 60, 210)))], 1)
     regions = np.repeat(np.arange(3), 48)[None, :].repeat(H, 0).astype(np.int32)
