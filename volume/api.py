@@ -286,6 +286,6 @@ def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int
     write_labels(labels_path, labels, vol, config.output_dtype)
     json_path, montage_path = side_paths(labels_path)
     jp = write_labels_json(json_path, labels, vol, axis, extra) if config.write_json else None
-    mp = write_montage(montage_path, labels, vol.spacing, gray) if config.montage else None
+    mp = write_montage(montage_path, labels, vol.spacing, gray, vol.affine) if config.montage else None
     return VolumeResult(shape=vol.shape, n_labels=n, seconds=time.perf_counter() - t0, labels_path=labels_path,
                         json_path=jp, montage_path=mp, axis=axis, spacing=vol.spacing, warnings=notes)

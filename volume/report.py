@@ -70,31 +70,77 @@ def _panel(gray: np.ndarray, lab: np.ndarray, pix: tuple[float, float]) -> np.nd
     return cv2.resize(ov, size, interpolation=cv2.INTER_NEAREST)
 
 
+def _view(affine: "np.ndarray | None", ax: int) -> "tuple[int, tuple[int, int], tuple[bool, bool]]":
+    """How to show the array plane perpendicular to array axis ``ax``: ``(panel position,
+    (row axis, column axis) among the two other array axes as 0/1, (flip rows, flip columns))``.
+
+    With an affine (RAS+ world) the panels are the radiological views of 3D Slicer and
+    ITK-SNAP whatever the array order: axial (superior-inferior normal), coronal, sagittal in
+    that order, superior / anterior at the top, the patient's right on the left of axial and
+    coronal views, anterior on the left of the sagittal view. Without one: the array planes
+    as stored."""
+    others = [a for a in range(3) if a != ax]
+    if affine is None:
+        return ax, (0, 1), (False, False)
+    from nibabel.orientations import io_orientation
+
+    orient = io_orientation(np.asarray(affine, np.float64))  # per array axis: (world axis, +1/-1)
+    world = int(orient[ax, 0])  # 0 R, 1 A, 2 S: the plane's normal
+    position = {2: 0, 1: 1, 0: 2}[world]  # axial, coronal, sagittal
+    # the world axis shown down the rows: S (top = superior) unless the plane is axial (A)
+    row_world = 1 if world == 2 else 2
+    row = 0 if int(orient[others[0], 0]) == row_world else 1
+    col = 1 - row
+    flip_rows = orient[others[row], 1] > 0  # increasing index goes up the world axis: top = far end
+    # columns (R or A): the patient's right on the left, anterior on the left (decreasing)
+    flip_cols = orient[others[col], 1] > 0
+    return position, (row, col), (bool(flip_rows), bool(flip_cols))
+
+
 def write_montage(path: "str | Path", labels: np.ndarray, spacing: tuple[float, float, float],
-                  gray_slice: "Callable[[int, int], np.ndarray] | None" = None) -> Path:
-    """Quick-look PNG: the three mid-planes (axis 0, 1, 2) side by side, labels overlaid.
+                  gray_slice: "Callable[[int, int], np.ndarray] | None" = None,
+                  affine: "np.ndarray | None" = None) -> Path:
+    """Quick-look PNG: the three mid-planes side by side, labels overlaid.
 
     Args:
         path: PNG to write (atomically).
         labels: int ``(D, H, W)``.
         spacing: ``(dz, dy, dx)`` for the panels' aspect ratio.
         gray_slice: ``(axis, index) -> uint8 (a, b)`` image of that plane, or None (black).
+        affine: ``(d, h, w)`` -> RAS+ mm, or None: with one, the panels are the axial,
+            coronal and sagittal views in radiological orientation (`_view`), whatever the
+            array order; without, the array planes of axes 0, 1, 2 as stored.
     """
-    panels = []
+    panels: list = [None, None, None]
+    signs = None
+    if affine is not None:
+        from nibabel.orientations import io_orientation
+
+        signs = io_orientation(np.asarray(affine, np.float64))[:, 1]
     for ax in range(3):
-        mid = labels.shape[ax] // 2
+        n = labels.shape[ax]
+        # the middle plane in the world, not in the array: the same plane whichever way the
+        # axis is stored (for an even count, the lower of the two middle ones)
+        mid = n // 2 if signs is None else (n - 1) // 2 if signs[ax] > 0 else n - 1 - (n - 1) // 2
         lab = np.asarray(np.take(labels, mid, axis=ax)).astype(np.int64)
-        gray = gray_slice(ax, mid) if gray_slice is not None else np.zeros(lab.shape, np.uint8)
-        pix = tuple(float(s) for i, s in enumerate(spacing) if i != ax)
-        panels.append(_panel(np.asarray(gray, np.uint8), lab, pix))  # type: ignore[arg-type]
+        gray = np.asarray(gray_slice(ax, mid) if gray_slice is not None else np.zeros(lab.shape, np.uint8), np.uint8)
+        pix = [float(s) for i, s in enumerate(spacing) if i != ax]
+        position, (row, _), (flip_rows, flip_cols) = _view(affine, ax)
+        if row == 1:  # rows must run along the other in-plane axis
+            lab, gray, pix = lab.T, gray.T, pix[::-1]
+        if flip_rows:
+            lab, gray = lab[::-1], gray[::-1]
+        if flip_cols:
+            lab, gray = lab[:, ::-1], gray[:, ::-1]
+        panels[position] = _panel(np.ascontiguousarray(gray), np.ascontiguousarray(lab), (pix[0], pix[1]))
     h = max(p.shape[0] for p in panels)
     gap = np.full((h, 4, 3), 255, np.uint8)
-    row = []
+    row_img = []
     for i, p in enumerate(panels):
         pad = np.zeros((h, p.shape[1], 3), np.uint8)
         pad[: p.shape[0]] = p
-        row.append(pad)
+        row_img.append(pad)
         if i < 2:
-            row.append(gap)
-    save_image(path, np.concatenate(row, axis=1))
+            row_img.append(gap)
+    save_image(path, np.concatenate(row_img, axis=1))
     return Path(path)

@@ -258,3 +258,36 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "e" / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match="no DICOM"):
         read_volume(tmp_path / "e")
+
+
+def test_montage_shows_the_same_views_whatever_the_array_orientation(tmp_path: Path) -> None:
+    # one phantom stored twice: RAS (i -> right, j -> anterior) and LPS-like (both flipped),
+    # the same world content. The montage must be the same picture, in radiological views:
+    # axial first with anterior at the top and the patient's right on the left
+    from PIL import Image
+
+    from volume.report import write_montage
+
+    data = np.zeros((20, 24, 10), np.int16)  # file order (i, j, k)
+    data[2:10, 2:20, 2:8] = 1                # a block on the left... in RAS: low i = patient's left
+    data[14:18, 18:22, 4:6] = 2              # a marker: right (high i) and anterior (high j)
+    ras = np.diag([1.0, 1.0, 2.0, 1.0])
+    lps = np.diag([-1.0, -1.0, 2.0, 1.0])
+    lps[:2, 3] = [19.0, 23.0]  # voxel (i, j) of the flipped array lands where (19 - i, 23 - j) did
+    nib.save(nib.Nifti1Image(data, ras), tmp_path / "ras.nii.gz")
+    nib.save(nib.Nifti1Image(data[::-1, ::-1].copy(), lps), tmp_path / "lps.nii.gz")
+    pictures = []
+    for name in ("ras", "lps"):
+        vol = read_volume(tmp_path / f"{name}.nii.gz")
+        lab = np.asarray(vol.data).astype(np.int32)
+        out = write_montage(tmp_path / f"{name}.png", lab, vol.spacing, None, vol.affine)
+        pictures.append(np.asarray(Image.open(out).convert("RGB")))
+    np.testing.assert_array_equal(pictures[0], pictures[1])
+    # the axial panel (first): the marker (label 2's colour) is in its top half (anterior)
+    # and its left half (the patient's right)
+    from diffseg_core.io import label_colors
+
+    colour = label_colors(np.array([[2]]))[0, 0] * 0.45  # blended over black at alpha 0.45
+    panel = pictures[0][:, : pictures[0].shape[1] // 3].astype(np.float32)
+    hit = np.argwhere(np.abs(panel - colour).sum(2) < 6)
+    assert len(hit) and hit[:, 0].mean() < panel.shape[0] / 2 and hit[:, 1].mean() < panel.shape[1] / 2
