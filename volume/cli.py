@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -141,7 +142,7 @@ def _run_volume(args: argparse.Namespace) -> int:
 
     from .api import segment_volume
 
-    cfg = _config(args, background=None)
+    cfg = dataclasses.replace(_config(args, background=None), clear_outside=args.background == "auto")
     seg_cfg = segmenter_config_from_args(args)
     with _warnings_as_lines("volume"):
         result = segment_volume(args.input, args.output, seg_cfg, cfg)
@@ -188,6 +189,10 @@ def register(sub, parent) -> None:
     _add_common(p)
     p.add_argument("--no-resample", action="store_true",
                    help="segment anisotropic slices as they are (default: square pixels first)")
+    p.add_argument("--background", choices=("auto", "none"), default="auto",
+                   help="auto: labels lying mostly outside the body or sample (the dark region reaching the "
+                        "sides of the slices: air around a patient, medium around cells) become 0; none: "
+                        "every voxel keeps a label [auto]")
     add_segmenter_args(p)
     p.set_defaults(func=_run_volume)
 

@@ -321,3 +321,57 @@ def split_at_waists(labels: np.ndarray, axis: int = 0, ratio: float = 0.75, max_
         lut = np.where(piece[z] > 0, base + piece[z] - 1, np.arange(n)).astype(labels.dtype)
         vol[z] = lut[vol[z]]
     return int(cuts.sum())
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of the finite values (maximum between-class variance of a histogram)."""
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0 or v.min() == v.max():
+        return float(v.min()) if v.size else 0.0
+    hist, edges = np.histogram(v, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 4) -> np.ndarray:
+    """bool ``(D, H, W)``: the region outside the body or sample, i.e. the voxels darker than
+    Otsu's threshold (computed on every ``sample``-th voxel) that are connected to a side of
+    the slices along ``axis``: the air around a patient in CT and MR, the empty medium around
+    cells in microscopy. Only the four faces parallel to ``axis`` count: a scan's first and
+    last slices cut through the body, and dark tissue reaching them (lungs, gas) is inside."""
+    values = np.asarray(values)
+    thr = otsu_threshold(values.ravel()[::sample])
+    dark = values < thr
+    comp, n = ndimage.label(dark)
+    if n == 0:
+        return np.zeros(values.shape, bool)
+    moved = np.moveaxis(comp, axis, 0)
+    faces = np.concatenate([moved[:, 0].ravel(), moved[:, -1].ravel(), moved[:, :, 0].ravel(),
+                            moved[:, :, -1].ravel()])
+    touching = np.zeros(n + 1, bool)
+    touching[faces] = True
+    touching[0] = False
+    return touching[comp]
+
+
+def clear_outside(labels: np.ndarray, outside: np.ndarray, min_fraction: float = 0.5) -> int:
+    """Set to 0, in place, every label whose voxels lie at least ``min_fraction`` outside
+    (`outside_mask`): the labels of the air or the medium, not those of the body or sample.
+    Returns how many labels were cleared."""
+    n = int(labels.max()) + 1 if labels.size else 1
+    total = np.bincount(labels.ravel(), minlength=n)
+    out = np.bincount(labels[outside].ravel(), minlength=n)
+    gone = np.flatnonzero((out >= min_fraction * np.maximum(total, 1)) & (total > 0))
+    gone = gone[gone > 0]
+    if len(gone):
+        lut = np.arange(n, dtype=labels.dtype)
+        lut[gone] = 0
+        labels[...] = lut[labels]
+    return int(len(gone))

@@ -326,3 +326,61 @@ def test_segment_volume_default_cleanup_removes_real_debris(tmp_path: Path) -> N
                           VolumeConfig(window="minmax", min_size=0, min_label_size=0))
     raw = np.load(res0.labels_path)
     assert all(raw[z, y, x] == raw[5, 15, 15] for z, y, x in specks)
+
+
+def _body_phantom() -> np.ndarray:
+    """HU (10, 40, 40): air around an elliptic body (60 HU) that runs through every slice,
+    a lung-like dark region (-600) inside it, and gas (-600) in the last two slices that
+    reaches the last slice (a face the scan cuts through) but no side."""
+    z, y, x = np.meshgrid(np.arange(10), np.arange(40), np.arange(40), indexing="ij")
+    hu = np.full((10, 40, 40), -1000, np.int16)
+    hu[((y - 20) / 15.0) ** 2 + ((x - 20) / 17.0) ** 2 < 1] = 60
+    hu[(abs(y - 16) < 4) & (abs(x - 14) < 4)] = -600          # lung: inside, all slices
+    hu[(z >= 8) & (abs(y - 24) < 3) & (abs(x - 26) < 3)] = -600  # gas at the end of the scan
+    return hu
+
+
+@pytest.mark.parametrize("clear", [True, False])
+def test_volume_background_auto_clears_the_air_around_the_body_only(tmp_path: Path, clear: bool) -> None:
+    hu = _body_phantom()
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0), np.diag([1.0, 1.0, 3.0, 1.0])), tmp_path / "ct.nii.gz")
+    seg = ThresholdSegmenter(edges=(100, 200), batch_size=4)  # lung window: air | lung, gas | body
+    res = segment_volume(tmp_path / "ct.nii.gz", tmp_path / "out", seg,
+                         VolumeConfig(window="lung", min_size=0, min_label_size=0, clear_outside=clear))
+    pred = np.asarray(nib.load(res.labels_path).dataobj).transpose(2, 1, 0)
+    air, body = hu == -1000, hu == 60
+    lung = (hu == -600) & (np.arange(10)[:, None, None] < 8)
+    gas = (hu == -600) & ~lung
+    if clear:
+        assert (pred[air] == 0).all()
+    else:
+        assert (pred[air] > 0).all()
+    for region in (body, lung, gas):  # inside the body: always labelled
+        assert (pred[region] > 0).all()
+    assert len(np.unique(pred[body])) == 1 and pred[body][0] != pred[lung][0]
+
+
+def test_outside_mask_is_background_on_the_shared_volumes() -> None:
+    # the rule on real data: what `auto` calls outside never holds a labelled structure of the
+    # CT or MR, and clearing the labels mostly outside removes the medium of the nuclei stack
+    # while all 20 nuclei keep their labels
+    from volume.geometry import through_plane_axis
+    from volume.postprocess import clear_outside, outside_mask
+
+    data = shared_data()
+    if data is None:
+        pytest.skip("shared data not found")
+    for lab, img in (("ct_totalseg_abdomen/labels.nii.gz", "ct_totalseg_abdomen/image.nii.gz"),
+                     ("mr_totalseg_abdomen/labels.nii.gz", "mr_totalseg_abdomen/image.nii.gz"),
+                     ("microscopy_nuclei3d_cells3d/labels.tif", "microscopy_nuclei3d_cells3d/image.tif")):
+        vol = read_volume(data / img)
+        gt = np.asarray(read_label_volume(data / lab)[0]).astype(np.int32)
+        out = outside_mask(np.asarray(vol.data), through_plane_axis(vol.spacing))
+        assert out.mean() > 0.2  # there is an outside to find
+        if "nuclei" in img:
+            labels = gt + 1  # the medium is a label of its own, as a segmenter gives it
+            assert clear_outside(labels, out) == 1
+            assert (labels[gt == 0] == 0).mean() > 0.99
+            assert all((labels[gt == g] == g + 1).all() for g in np.unique(gt) if g > 0)
+        else:
+            assert not (out & (gt > 0)).any()
