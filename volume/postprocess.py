@@ -340,38 +340,53 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
-def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 4) -> np.ndarray:
-    """bool ``(D, H, W)``: the region outside the body or sample, i.e. the voxels darker than
-    Otsu's threshold (computed on every ``sample``-th voxel) that are connected to a side of
-    the slices along ``axis``: the air around a patient in CT and MR, the empty medium around
-    cells in microscopy. Only the four faces parallel to ``axis`` count: a scan's first and
-    last slices cut through the body, and dark tissue reaching them (lungs, gas) is inside."""
-    values = np.asarray(values)
-    thr = otsu_threshold(values.ravel()[::sample])
-    dark = values < thr
-    comp, n = ndimage.label(dark)
+def _outside_slice(values: np.ndarray, threshold: float) -> np.ndarray:
+    """bool ``(a, b)``: pixels below ``threshold`` connected to the slice's border."""
+    comp, n = ndimage.label(values < threshold)
     if n == 0:
         return np.zeros(values.shape, bool)
-    moved = np.moveaxis(comp, axis, 0)
-    faces = np.concatenate([moved[:, 0].ravel(), moved[:, -1].ravel(), moved[:, :, 0].ravel(),
-                            moved[:, :, -1].ravel()])
     touching = np.zeros(n + 1, bool)
-    touching[faces] = True
+    touching[np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]])] = True
     touching[0] = False
     return touching[comp]
 
 
-def clear_outside(labels: np.ndarray, outside: np.ndarray, min_fraction: float = 0.5) -> int:
-    """Set to 0, in place, every label whose voxels lie at least ``min_fraction`` outside
-    (`outside_mask`): the labels of the air or the medium, not those of the body or sample.
-    Returns how many labels were cleared."""
+def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 4) -> np.ndarray:
+    """bool ``(D, H, W)``: the region outside the body or sample, slice by slice along
+    ``axis``: the pixels darker than Otsu's threshold of the volume (computed on every
+    ``sample``-th voxel) that are connected to the slice's border: the air around a patient
+    in CT and MR, the empty medium around cells in microscopy. Dark regions inside a slice
+    (lungs, gas, a pocket no border reaches) are not outside; the first and last slices of a
+    scan cut through the body and do not count as a border."""
+    values = np.asarray(values)
+    thr = otsu_threshold(values.ravel()[::sample])
+    out = np.zeros(values.shape, bool)
+    for i in range(values.shape[axis]):
+        np.moveaxis(out, axis, 0)[i] = _outside_slice(np.asarray(np.take(values, i, axis=axis)), thr)
+    return out
+
+
+def clear_outside(labels: np.ndarray, values: np.ndarray, axis: int = 0, min_fraction: float = 0.5,
+                  sample: int = 4) -> int:
+    """Set to 0, in place, every label lying at least ``min_fraction`` outside (see
+    `outside_mask`; computed slice by slice: memory of one slice): the labels of the air or
+    the medium, not those of the body or sample. Segments are never cut. Returns how many
+    labels were cleared."""
+    values = np.asarray(values)
+    thr = otsu_threshold(values.ravel()[::sample])
     n = int(labels.max()) + 1 if labels.size else 1
-    total = np.bincount(labels.ravel(), minlength=n)
-    out = np.bincount(labels[outside].ravel(), minlength=n)
+    total = np.zeros(n, np.int64)
+    out = np.zeros(n, np.int64)
+    for i in range(labels.shape[axis]):
+        lab = np.asarray(np.take(labels, i, axis=axis))
+        total += np.bincount(lab.ravel(), minlength=n)[:n]
+        out += np.bincount(lab[_outside_slice(np.asarray(np.take(values, i, axis=axis)), thr)], minlength=n)[:n]
     gone = np.flatnonzero((out >= min_fraction * np.maximum(total, 1)) & (total > 0))
     gone = gone[gone > 0]
     if len(gone):
         lut = np.arange(n, dtype=labels.dtype)
         lut[gone] = 0
-        labels[...] = lut[labels]
+        for i in range(labels.shape[axis]):
+            sl = np.moveaxis(labels, axis, 0)[i]
+            sl[...] = lut[sl]
     return int(len(gone))

@@ -165,9 +165,9 @@ class VolumeConfig(ConfigDict):
         background: label value of the input meaning "no segment" (0 for most 2D instance
             segmenters), or None when every value is a segment (DiffSeg's own slices).
         clear_outside: (`segment_volume`) labels lying at least half outside the body or
-            sample become 0: the region darker than Otsu's threshold that reaches the sides
-            of the slices (`volume.postprocess.outside_mask`): the air around a patient, the
-            medium around cells. False: every voxel keeps a label.
+            sample become 0: the region darker than Otsu's threshold that reaches the
+            border of its slice (`volume.postprocess.outside_mask`): the air around a
+            patient, the medium around cells. False: every voxel keeps a label.
         waist_ratio: after linking, a label whose area along the slicing axis shrinks to at
             most this fraction of its peak and grows again past an uncertain link (IoU below
             0.5) is cut there into two ids (two structures stacked end to end,
