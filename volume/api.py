@@ -27,7 +27,7 @@ from .intensity import IntensityMap, gray_to_rgb, has_finite_value, plan_intensi
 from .io import (VolumeWarning, default_output_name, output_format, read_label_volume, read_volume,
                  write_labels)
 from .postprocess import relabel_consecutive, remove_fragments, split_at_waists
-from .report import side_paths, write_labels_json, write_montage
+from .report import side_paths, write_color_table, write_labels_json, write_montage
 from .types import Volume, VolumeConfig, VolumeResult
 
 log = logging.getLogger("diffseg.volume")
@@ -292,6 +292,8 @@ def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int
     write_labels(labels_path, labels, vol, config.output_dtype)
     json_path, montage_path = side_paths(labels_path)
     jp = write_labels_json(json_path, labels, vol, axis, extra) if config.write_json else None
+    if config.write_json:  # the same colours in 3D Slicer
+        write_color_table(json_path.with_suffix(".ctbl"), list(range(1, n + 1)))
     mp = write_montage(montage_path, labels, vol.spacing, gray, vol.affine) if config.montage else None
     return VolumeResult(shape=vol.shape, n_labels=n, seconds=time.perf_counter() - t0, labels_path=labels_path,
                         json_path=jp, montage_path=mp, axis=axis, spacing=vol.spacing, warnings=notes)

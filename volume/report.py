@@ -18,6 +18,18 @@ from .types import Volume
 PANEL_SIDE = 384
 
 
+def write_color_table(path: "str | Path", ids: "list[int]") -> Path:
+    """A 3D Slicer colour table (``.ctbl``: ``id name R G B A`` per line) of the label ids, in
+    the colours of our overlays, so the labels show alike in Slicer (load it with the labels)."""
+    from diffseg_core.io import label_palette
+
+    pal = label_palette(max(ids, default=0) + 1)
+    lines = ["# diffseg-vv label colours (3D Slicer colour table: id name R G B A)", "0 background 0 0 0 0"]
+    lines += [f"{i} label_{i} {pal[i][0]} {pal[i][1]} {pal[i][2]} 255" for i in ids if i > 0]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return Path(path)
+
+
 def side_paths(labels_path: "str | Path") -> tuple[Path, Path]:
     """``labels.json`` and ``<stem>_montage.png`` beside the label file."""
     p = Path(labels_path)
@@ -40,6 +52,12 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
     unit = f"{vol.unit}3" if vol.spacing_known else "voxels"
     from diffseg_core import software_version
 
+    from diffseg_core.io import label_palette
+
+    stats_rows = [asdict(st) for st in stats]
+    pal = label_palette(max([r["id"] for r in stats_rows], default=0) + 1)
+    for r in stats_rows:  # the colour the overlays and the colour table give the label
+        r["color"] = [int(c) for c in pal[r["id"]]]
     doc: dict[str, Any] = {
         "software": f"diffseg-vv {software_version()}",
         "source": str(vol.path) if vol.path else None,
@@ -51,7 +69,7 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
         "volume_unit": unit,
         "slicing_axis": int(axis),
         "n_labels": len(stats),
-        "labels": [asdict(s) for s in stats],
+        "labels": stats_rows,
     }
     if extra:
         doc.update(extra)

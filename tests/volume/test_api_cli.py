@@ -76,6 +76,14 @@ def test_stack_labels_links_shuffled_phantom(tmp_path: Path) -> None:
     doc = json.loads(res.json_path.read_text())
     assert doc["n_labels"] == 5 and doc["volume_unit"] == "voxels"
     assert sum(e["voxels"] for e in doc["labels"]) == gt.size
+    # each label's colour: the overlays' colour, also in the 3D Slicer colour table beside it
+    from diffseg_core.io import label_colors
+
+    table = [ln.split() for ln in res.json_path.with_suffix(".ctbl").read_text().splitlines() if not ln.startswith("#")]
+    assert [int(r[0]) for r in table] == [0, 1, 2, 3, 4, 5]
+    for e in doc["labels"]:
+        assert e["color"] == label_colors(np.array([[e["id"]]]))[0, 0].tolist()
+        assert [int(v) for v in table[e["id"]][2:5]] == e["color"]
     assert res.montage_path.exists() and res.montage_path.stat().st_size > 0
 
 
