@@ -46,7 +46,8 @@ def _resolve_segmenter(segmenter: Any) -> Any:
 def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_overlay: bool,
          meta: dict[str, Any], segs_for: Any, desc: str) -> VideoResult:
     t0 = time.time()
-    writer = VideoOutputWriter(out_dir, fps=source.fps, write_overlay=write_overlay, meta=meta)
+    writer = VideoOutputWriter(out_dir, fps=source.fps, write_overlay=write_overlay, meta=meta,
+                               label_hw=getattr(source, "full_hw", None))
     pending: deque = deque()
     failure: list[DecodeError] = []
 

@@ -152,6 +152,18 @@ class FrameSource:
                              "split it where the size changes or re-encode it at one size "
                              "(e.g. ffmpeg -i IN -vf scale=W:H OUT)")
 
+    @property
+    def full_hw(self) -> "tuple[int, int] | None":
+        """``(H, W)`` of the source's frames before ``max_side`` shrank them (outputs are
+        written back at this size), or None when frames are not shrunk."""
+        if self.max_side is None:
+            return None
+        if self.kind == "folder":
+            h, w = read_image(self._files[self._indices[0]]).shape[:2]
+        else:
+            h, w = self._vr[0].shape[:2]
+        return None if max(h, w) <= self.max_side else (int(h), int(w))
+
     def __len__(self) -> int:
         return len(self._indices)
 

@@ -147,7 +147,8 @@ class VideoOutputWriter:
     """
 
     def __init__(self, out_dir: "str | Path", fps: float = 25.0, write_overlay: bool = True,
-                 meta: Optional[dict[str, Any]] = None, queue_size: int = 8) -> None:
+                 meta: Optional[dict[str, Any]] = None, queue_size: int = 8,
+                 label_hw: "tuple[int, int] | None" = None) -> None:
         self.out_dir = Path(out_dir)
         self.labels_dir = self.out_dir / "labels"
         self.tracks_json = self.out_dir / "tracks.json"
@@ -159,6 +160,7 @@ class VideoOutputWriter:
         self.fps = fps
         self.meta = dict(meta or {})
         self.frame_size: Optional[list[int]] = None  # [H, W] of the labels, from the first frame
+        self.label_hw = label_hw  # labels written at this size (the source's, under --max-side)
         self.stats = TrackStats()
         self.max_id = 0
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=queue_size)
@@ -198,11 +200,17 @@ class VideoOutputWriter:
 
     def _write_one(self, stem: str, rgb: Optional[np.ndarray], tf: TrackedFrame) -> None:
         pos = len(self.stats.stems)
+        labels = tf.labels  # at the size of the frames processed (the overlay's)
+        if self.label_hw is not None and labels.shape != tuple(self.label_hw):
+            # --max-side shrank the frames: ids go back to the source's size (nearest), so the
+            # labels line up with the original frames and their ground truth
+            h, w = self.label_hw
+            labels = cv2.resize(labels.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
         if self.frame_size is None:
-            self.frame_size = [int(tf.labels.shape[0]), int(tf.labels.shape[1])]
-        save_labels_png(self.labels_dir / f"{stem}.png", tf.labels)
+            self.frame_size = [int(labels.shape[0]), int(labels.shape[1])]
+        save_labels_png(self.labels_dir / f"{stem}.png", labels)
         self.stats.stems.append(stem)
-        self.stats.add(pos, tf.labels, tf.track_ids)
+        self.stats.add(pos, labels, tf.track_ids)
         if len(tf.track_ids):
             self.max_id = max(self.max_id, int(tf.track_ids[-1]))
         if self.overlay_path is not None and rgb is not None:

@@ -303,3 +303,21 @@ def test_video_outputs_say_what_made_them_and_stream(tmp_path):
     assert tj["segmenter"]["random_weights"] is True and tj["segmenter"]["config"]["model"] == "tiny-random"
     boxes = _top_level_boxes(tmp_path / "out" / "overlay.mp4")
     assert "moov" in boxes and "mdat" in boxes and boxes.index("moov") < boxes.index("mdat")
+
+
+def test_max_side_labels_are_written_at_the_source_size(tmp_path):
+    # --max-side shrinks the frames for the work; the label maps go back to the frames' own
+    # size (nearest), so they line up with the source and its ground truth (DAVIS: 854x480)
+    from tests.conftest import FakeSegmenter, colour_classes, write_frames
+    from diffseg_core.config import SegmenterConfig
+    from diffseg_core.io import read_labels
+    from diffseg_core.jobs import relabel_agreement
+    from temporal.api import segment_video
+
+    frames = write_frames(tmp_path / "frames", 3, hw=(96, 128))
+    res = segment_video(frames, tmp_path / "out", FakeSegmenter(SegmenterConfig()), max_side=64)
+    assert res.complete
+    labels = np.stack([read_labels(p) for p in sorted((tmp_path / "out" / "labels").glob("*.png"))])
+    assert labels.shape == (3, 96, 128)
+    assert json.loads(res.tracks_json.read_text())["frame_size"] == [96, 128]
+    assert relabel_agreement(colour_classes(frames), labels) > 0.97  # regions in place, at full size
