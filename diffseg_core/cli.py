@@ -78,9 +78,13 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     if not verbose:
+        # libraries' own chatter (a damaged TIFF's tags, a NIfTI header fixed up on load): the
+        # problem, when it is one, reaches the user as our one error line; -v shows it all
         for noisy in ("diffusers", "transformers", "pytorch_lightning", "lightning", "lightning.pytorch",
                       "lightning_fabric"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        for reader in ("tifffile", "nibabel", "pydicom"):  # they log what they recover from as errors
+            logging.getLogger(reader).setLevel(logging.CRITICAL)
 
 #: argparse destinations that hold input paths, in every subcommand.
 INPUT_ARGS = ("images", "inputs", "source", "frames", "segments", "input", "labels", "pred", "gt")

@@ -541,3 +541,21 @@ def test_pickled_npy_is_never_unpickled(corpus, tmp_path, monkeypatch):
         except SystemExit:
             pass
     assert not called
+
+
+def test_a_damaged_tiff_gives_one_line_without_the_readers_log(tmp_path):
+    # tifffile logs the tags it recovers from at ERROR level ("<TiffTag.fromfile> raised ...");
+    # the user gets our one error line only (-v shows the library's lines)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "seed.tif", (np.arange(6 * 20 * 24).reshape(6, 20, 24) % 7).astype(np.uint16))
+    data = bytearray((tmp_path / "seed.tif").read_bytes())
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        data[rng.integers(0, min(len(data), 600))] = rng.integers(0, 256)
+    (tmp_path / "bad.tif").write_bytes(bytes(data))
+    # a subprocess: in process, pytest's log capture would hide the library's lines anyway
+    p = subprocess.run([sys.executable, "-m", "diffseg_core", "stack", str(tmp_path / "bad.tif"), "-o",
+                        str(tmp_path / "out"), "-q"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    err = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(err) == 1 and "bad.tif" in err[0], err
