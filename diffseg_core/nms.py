@@ -54,8 +54,8 @@ def relabel_consecutive(index: torch.Tensor, num: int, row_chunk: int = ROW_CHUN
     Returns:
         ``(labels, kept)``: int32 labels like ``index`` and the long ``(K,)`` original indices.
     """
-    labels = index if index.dtype == torch.int32 else index.to(torch.int32)
-    flat = labels.reshape(labels.shape[0], -1) if labels.ndim else labels.reshape(1, 1)
+    labels = (index if index.dtype == torch.int32 else index.to(torch.int32)).contiguous()
+    flat = labels.reshape(labels.shape[0], -1) if labels.ndim else labels.reshape(1, 1)  # a view: writes reach labels
     present = torch.zeros(num, dtype=torch.bool, device=index.device)
     for r in range(0, flat.shape[0], row_chunk):
         present |= torch.bincount(flat[r:r + row_chunk].reshape(-1).long(), minlength=num)[:num] > 0

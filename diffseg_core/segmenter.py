@@ -77,7 +77,7 @@ def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
             items = [images]
     elif isinstance(images, (list, tuple)):
         items = list(images)
-    elif type(images).__module__.startswith("PIL.") and hasattr(images, "convert"):
+    elif _is_pil(images):
         items = [images]
     else:
         raise InputError(f"`{name}` must be an array, a tensor or a list of them; got {type(images).__name__}")
@@ -86,8 +86,13 @@ def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
     return [_as_chw(x, f"{name}[{i}]") for i, x in enumerate(items)]
 
 
+def _is_pil(x: Any) -> bool:
+    """A PIL image (checked without importing PIL)."""
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "convert")
+
+
 def _as_chw(x: Any, name: str) -> torch.Tensor:
-    if type(x).__module__.startswith("PIL.") and hasattr(x, "convert"):  # a PIL image, any mode
+    if _is_pil(x):  # any mode
         from .io import to_rgb_uint8
 
         x = to_rgb_uint8(np.asarray(x if x.mode in ("RGB", "L", "I;16", "I", "F") else x.convert("RGB")), name)
@@ -190,7 +195,6 @@ class DiffSegSegmenter:
         return model_input_size(image_hw, self.config.size, 8 * self.model.vae_scale_factor)
 
     # ------------------------------------------------------------------ public API
-    @torch.inference_mode()
     def segment(self, images: Any, generator: "torch.Generator | None" = None) -> list[Segmentation]:
         """Segment images.
 

@@ -108,14 +108,12 @@ class _SegmentationCache:
     @staticmethod
     def key_of(segmenter: Any) -> "str | None":
         """Hash of the segmenter's configuration, or None (unknown segmenter: no cache)."""
-        import hashlib
-        import json
+        from diffseg_core.jobs import config_hash
 
         cfg = getattr(segmenter, "config", None)
         if cfg is None or not hasattr(cfg, "to_dict"):
             return None
-        doc = {"class": type(segmenter).__qualname__, "config": cfg.to_dict()}
-        return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return config_hash(type(segmenter).__qualname__, cfg.to_dict())
 
     def segment(self, images: list) -> list:
         import hashlib
@@ -133,8 +131,7 @@ class _SegmentationCache:
         miss = [i for i, s in enumerate(out) if s is None]
         if miss:
             for i, s in zip(miss, self.segmenter.segment([images[i] for i in miss])):
-                save_segmentation(paths[i], s)
-                out[i] = load_segmentation(paths[i])
+                out[i] = save_segmentation(paths[i], s)
         return out
 
 
@@ -338,16 +335,22 @@ def segment_frames(source: "str | Path", seg_dir: "str | Path", segmenter: Any =
     return len(stems)
 
 
-def save_segmentation(path: "str | Path", seg: Any) -> None:
+def save_segmentation(path: "str | Path", seg: Any) -> Any:
     """Write a `Segmentation`'s labels (int32) and proposals (float32) to ``path`` (``.npz``,
-    atomically): what `load_segmentation` reads back and the linking needs."""
+    atomically): what `load_segmentation` reads back and the linking needs.
+
+    Returns:
+        the `Segmentation` as stored (what `load_segmentation` will return).
+    """
     from diffseg_core.io import atomic_path
+    from diffseg_core.types import Segmentation
 
     seg = seg.numpy() if hasattr(seg, "numpy") else seg
+    lab, props = np.asarray(seg.labels, np.int32), np.asarray(seg.proposals, np.float32)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, labels=np.asarray(seg.labels, np.int32),
-                                proposals=np.asarray(seg.proposals, np.float32))
+            np.savez_compressed(f, labels=lab, proposals=props)
+    return Segmentation(labels=lab, proposals=props, image_hw=lab.shape)
 
 
 def load_segmentation(path: "str | Path") -> Any:

@@ -134,7 +134,7 @@ class FrameSource:
         import av
 
         try:
-            h, w = self._vr[0].shape[:2] if len(self._vr) else (0, 0)
+            h, w = self._first_hw = tuple(self._vr[0].shape[:2]) if len(self._vr) else (0, 0)
             sizes: set = set()
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
@@ -161,7 +161,7 @@ class FrameSource:
         if self.kind == "folder":
             h, w = read_image(self._files[self._indices[0]]).shape[:2]
         else:
-            h, w = self._vr[0].shape[:2]
+            h, w = getattr(self, "_first_hw", None) or self._vr[0].shape[:2]  # (decoded once when opened)
         return None if max(h, w) <= self.max_side else (int(h), int(w))
 
     def __len__(self) -> int:

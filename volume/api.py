@@ -93,12 +93,10 @@ def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSe
         rgb = gray_to_rgb(gray) if looks and gray is not None else None
         r = linker.step(state, seg, len(props), props, rgb, None, i)
         take_slice(out, axis, i)[...] = r.labels
-        if r.absorbed:  # late corrections: a young track folded into an older one
-            lut = np.arange(int(max(r.absorbed)) + 1, dtype=np.int32)
-            lut[list(r.absorbed)] = list(r.absorbed.values())
-            for j in range(max(0, i - config.engine.lifecycle.correction_window), i):
-                sl = take_slice(out, axis, j)
-                sl[...] = np.where(sl < len(lut), lut[np.minimum(sl, len(lut) - 1)], sl)
+        for j in range(max(0, i - config.engine.lifecycle.correction_window), i) if r.absorbed else ():
+            sl = take_slice(out, axis, j)  # late corrections: a young track folded into an older one
+            for young, old in r.absorbed.items():
+                sl[sl == young] = old
     cuts = split_at_waists(out, axis, float(config.waist_ratio))
     if cuts:
         log.debug("axis %d: %d labels cut at a waist", axis, cuts)

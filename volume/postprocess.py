@@ -351,15 +351,21 @@ def _outside_slice(values: np.ndarray, threshold: float) -> np.ndarray:
     return touching[comp]
 
 
-def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 4) -> np.ndarray:
+def _subsample(values: np.ndarray, step: int) -> np.ndarray:
+    """Every ``step``-th voxel along each axis: a strided view, copied small (``ravel`` of a
+    transposed NIfTI view would copy the whole volume first)."""
+    return np.asarray(values[::step, ::step, ::step]).ravel()
+
+
+def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 2) -> np.ndarray:
     """bool ``(D, H, W)``: the region outside the body or sample, slice by slice along
     ``axis``: the pixels darker than Otsu's threshold of the volume (computed on every
-    ``sample``-th voxel) that are connected to the slice's border: the air around a patient
+    ``sample``-th voxel along each axis) that are connected to the slice's border: the air around a patient
     in CT and MR, the empty medium around cells in microscopy. Dark regions inside a slice
     (lungs, gas, a pocket no border reaches) are not outside; the first and last slices of a
     scan cut through the body and do not count as a border."""
     values = np.asarray(values)
-    thr = otsu_threshold(values.ravel()[::sample])
+    thr = otsu_threshold(_subsample(values, sample))
     out = np.zeros(values.shape, bool)
     for i in range(values.shape[axis]):
         np.moveaxis(out, axis, 0)[i] = _outside_slice(np.asarray(np.take(values, i, axis=axis)), thr)
@@ -367,13 +373,13 @@ def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 4) -> np.ndarr
 
 
 def clear_outside(labels: np.ndarray, values: np.ndarray, axis: int = 0, min_fraction: float = 0.5,
-                  sample: int = 4) -> int:
+                  sample: int = 2) -> int:
     """Set to 0, in place, every label lying at least ``min_fraction`` outside (see
     `outside_mask`; computed slice by slice: memory of one slice): the labels of the air or
     the medium, not those of the body or sample. Segments are never cut. Returns how many
     labels were cleared."""
     values = np.asarray(values)
-    thr = otsu_threshold(values.ravel()[::sample])
+    thr = otsu_threshold(_subsample(values, sample))
     n = int(labels.max()) + 1 if labels.size else 1
     total = np.zeros(n, np.int64)
     out = np.zeros(n, np.int64)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..matching import iou_from_overlap
+from ..matching import iou_from_overlap, overlap_matrix
 from ..proposals import relabel_consecutive, segment_index
 from ..tracks import TrackRegistry
 from .config import EngineConfig
@@ -78,10 +78,8 @@ def iou_stitch(prev: np.ndarray, cur: np.ndarray, next_id: int, threshold: float
     k = len(values)
     pinv, pv = relabel_consecutive(prev)
     n = len(pv)
-    valid = seg.ravel() >= 0
-    ov = np.bincount(seg.ravel()[valid].astype(np.int64) * n + pinv.ravel()[valid], minlength=k * n)[: k * n]
-    iou = iou_from_overlap(ov.reshape(k, n), np.bincount(seg.ravel()[valid], minlength=k)[:k],
-                           np.bincount(pinv.ravel(), minlength=n))
+    ov = overlap_matrix(seg, k, pinv, n)
+    iou = iou_from_overlap(ov, ov.sum(1), np.bincount(pinv.ravel(), minlength=n))
     iou[:, pv == 0] = 0.0
     best = iou.argmax(1) if n else np.zeros(k, np.int64)
     ok = iou[np.arange(k), best] >= threshold if n else np.zeros(k, bool)

@@ -123,3 +123,21 @@ def test_more_slices_than_the_volume_is_an_error() -> None:
     vol = np.zeros((3, 8, 8), np.int32)
     with pytest.raises(ValueError, match="more slices"):
         link_volume((2, 8, 8), 0, _label_slices(vol, 0, None), VolumeConfig())
+
+
+def test_iou_stitch_baseline_by_hand() -> None:
+    # Cellpose's stitching, the benchmarks' baseline: many-to-one by best IoU >= threshold
+    from temporal.engine.baseline import iou_stitch
+
+    prev = np.zeros((10, 10), np.int32)
+    prev[2:8, 2:8] = 5
+    cur = np.zeros((10, 10), np.int32)
+    cur[2:8, 2:5] = 1
+    cur[2:8, 5:8] = 2  # a split: both halves have IoU 0.5 -> both take id 5 (not one-to-one)
+    cur[0, 0] = 3      # a new speck
+    ids, nxt = iou_stitch(prev, cur, next_id=6, threshold=0.25, background=0)
+    assert ids[3, 3] == 5 and ids[3, 6] == 5
+    assert ids[0, 0] == 6 and nxt == 7
+    assert ids[9, 9] == 0
+    ids, _ = iou_stitch(prev, cur, next_id=6, threshold=0.6, background=0)
+    assert ids[3, 3] != 5 and ids[3, 6] != 5 and ids[3, 3] != ids[3, 6]
