@@ -25,7 +25,8 @@ import numpy as np
 from . import software_version
 from .cli_args import add_segmenter_args, segmenter_config_from_args
 from .errors import DiffSegError, InputError, OutputError
-from .io import atomic_save_npy, atomic_write_text, overlay, read_image, save_image, save_labels_png, segment_ids
+from .io import (atomic_save_npy, atomic_write_text, label_areas, overlay, read_image, save_image,
+                 save_labels_png, segment_ids)
 from .progress import progress
 
 log = logging.getLogger("diffseg")
@@ -121,14 +122,14 @@ def run_image(args: argparse.Namespace) -> int:
             if not batch:
                 continue
             try:
-                segs = segmenter.segment([im for _, _, im in batch])
+                segs = segmenter.segment([im for _, _, im in batch], compact_labels=True)  # uint8: huge images
             except InputError:
                 segs = None
             if segs is None:  # one bad image (e.g. extreme aspect ratio): run them one by one
                 segs, kept = [], []
                 for item in batch:
                     try:
-                        segs.append(segmenter.segment([item[2]])[0])
+                        segs.append(segmenter.segment([item[2]], compact_labels=True)[0])
                         kept.append(item)
                     except InputError as exc:
                         _fail(failed, InputError(f"{item[0]}: {exc}"))
@@ -161,7 +162,7 @@ def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, n
            with_overlay: bool, meta: dict) -> None:
     labels = segment_ids(labels, consume=True)  # 1..K: 0 = no segment in every tool
     save_labels_png(out_dir / f"{stem}.png", labels)
-    ids, area = np.unique(labels, return_counts=True)
+    ids, area = label_areas(labels)
     doc = {**meta, "size": list(labels.shape), "labels": f"{stem}.png",
            "segments": [{"id": int(i), "area": int(a)} for i, a in zip(ids, area)]}
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(doc, indent=1) + "\n")
@@ -169,4 +170,4 @@ def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, n
         save_image(out_dir / f"{stem}_overlay.png",
                    overlay(image, labels, out=image if image.flags.writeable else None), consume=True)
     if npy:
-        atomic_save_npy(out_dir / f"{stem}.npy", labels)
+        atomic_save_npy(out_dir / f"{stem}.npy", labels.astype(np.int32, copy=False))

@@ -228,12 +228,31 @@ def label_colors(labels: np.ndarray) -> np.ndarray:
 def segment_ids(labels: np.ndarray, consume: bool = False) -> np.ndarray:
     """A segmentation's labels ``0..K-1`` as the ids written to files: ``1..K``, so that 0
     means "no segment" as in DAVIS, napari, ITK-SNAP and 3D Slicer (segment 0 would otherwise
-    be invisible or read as background). int32; in place when ``consume`` (huge images)."""
+    be invisible or read as background). int32, or in place when ``consume`` and the
+    labels' own integer type holds ``K`` (huge images; see ``compact_labels``)."""
     labels = np.asarray(labels)
-    if consume and labels.dtype == np.int32 and labels.flags.writeable:
+    if consume and labels.dtype.kind in "iu" and labels.flags.writeable and \
+            (labels.size == 0 or int(labels.max()) < np.iinfo(labels.dtype).max):
         labels += 1
         return labels
     return labels.astype(np.int32) + 1
+
+
+def label_areas(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, areas)`` of the non-negative int labels present, ascending, counted in row
+    blocks (``np.unique`` sorts a copy: 1 GiB more for a 16k x 16k int32 map)."""
+    labels = np.asarray(labels)
+    counts = np.zeros(0, np.int64)
+    rows = labels.reshape(labels.shape[0], -1) if labels.ndim else labels.reshape(1, 1)
+    for r in range(0, rows.shape[0], OVERLAY_ROWS):
+        c = np.bincount(rows[r:r + OVERLAY_ROWS].ravel())
+        if len(c) > len(counts):
+            c[:len(counts)] += counts
+            counts = c
+        else:
+            counts[:len(c)] += c
+    ids = np.flatnonzero(counts)
+    return ids, counts[ids]
 
 
 def save_labels_png(path: "str | os.PathLike", labels: np.ndarray) -> None:
@@ -250,11 +269,16 @@ def save_labels_png(path: "str | os.PathLike", labels: np.ndarray) -> None:
     lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
     if lo < 0 or hi > 65535:
         raise ValueError(f"labels must be in 0..65535 for PNG; got range {lo}..{hi}")
-    if hi <= 255:
-        img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    narrow = labels
+    if labels.dtype != (np.uint8 if hi <= 255 else np.uint16) or not labels.flags.c_contiguous:
+        narrow = np.empty(labels.shape, np.uint8 if hi <= 255 else np.uint16)
+        for r in range(0, labels.shape[0], OVERLAY_ROWS):  # no whole-size temporaries (huge images)
+            narrow[r:r + OVERLAY_ROWS] = labels[r:r + OVERLAY_ROWS]
+    mode = "P" if hi <= 255 else "I;16"
+    # frombuffer shares `narrow`'s memory (fromarray would copy it once more)
+    img = Image.frombuffer(mode, narrow.shape[::-1], narrow, "raw", mode, 0, 1)
+    if mode == "P":
         img.putpalette(label_palette(256).reshape(-1).tolist())
-    else:
-        img = Image.fromarray(labels.astype(np.uint16))
     with atomic_path(path, verify=verify_image) as tmp:
         img.save(tmp, format="PNG")
 
@@ -362,12 +386,19 @@ def to_rgb_uint8(arr: np.ndarray, name: str = "image") -> np.ndarray:
 CV_READ_PIXELS = 16_000_000
 
 
-def _read_cv2(path: Path) -> "np.ndarray | None":
+def _read_cv2(path: Path, hw: tuple[int, int]) -> "np.ndarray | None":
     """uint8 RGB ``(H, W, 3)`` of a PNG decoded by OpenCV and converted in place; None when
     OpenCV cannot decode it (a truncated PNG, unlike a truncated JPEG, gives None)."""
     import cv2
 
-    arr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # EXIF orientation applied, as Pillow's exif_transpose
+    # EXIF orientation applied, as Pillow's exif_transpose. Decoded into `dst` where this
+    # OpenCV takes one (4.10+): otherwise it decodes into a buffer and copies (2x the image).
+    dst = np.empty((hw[0], hw[1], 3), np.uint8)
+    try:
+        arr = cv2.imread(str(path), dst, cv2.IMREAD_COLOR)
+    except (TypeError, cv2.error):
+        del dst
+        arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if arr is None:
         return None
     return swap_red_blue(arr)
@@ -408,7 +439,7 @@ def read_image(path: "str | os.PathLike", max_pixels: int = MAX_IMAGE_PIXELS) ->
                 )
             # (not img.getexif(): for a PNG it decodes the whole image to look for a late eXIf)
             if w * h >= CV_READ_PIXELS and img.mode in ("RGB", "L") and img.format == "PNG":
-                arr = _read_cv2(path)
+                arr = _read_cv2(path, (h, w))
                 if arr is not None and arr.shape[:2] == (h, w):
                     return arr  # (a damaged file gives None: Pillow below names the problem)
             if img.getexif().get(0x0112, 1) not in (0, 1):  # rotated by its EXIF orientation

@@ -23,16 +23,22 @@ def interp_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float32,
     return m.to(dtype=dtype, device=device)
 
 
+def compact_dtype(num: int) -> torch.dtype:
+    """The narrowest integer type that holds ``0..num`` (room for the 1..K ids of files):
+    uint8 up to 255, int16 up to 32767, else int32."""
+    return torch.uint8 if num <= 255 else torch.int16 if num <= 32767 else torch.int32
+
+
 def upsample_argmax(proposals: torch.Tensor, out_size: tuple[int, int],
-                    row_chunk: int = ROW_CHUNK) -> torch.Tensor:
+                    row_chunk: int = ROW_CHUNK, dtype: torch.dtype = torch.int32) -> torch.Tensor:
     """Bilinearly upsample ``(K, h, w)`` proposals to ``out_size`` and argmax over K.
 
     Computed separably (``Wy @ P @ Wx^T``) in row chunks so memory stays ``O(K * chunk * W)``
     even for 4K frames. Ties go to the lowest index, like the original.
 
     Returns:
-        int32 ``(H, W)`` proposal index per pixel (4 bytes a pixel: a 16000 x 16000 image's
-        index is 1 GiB, not 2).
+        ``(H, W)`` proposal index per pixel, of ``dtype`` (int32: 4 bytes a pixel, a 16000 x
+        16000 image's index is 1 GiB; `compact_dtype` of K: a quarter of that).
     """
     H, W = int(out_size[0]), int(out_size[1])
     K, h, w = proposals.shape
@@ -40,7 +46,7 @@ def upsample_argmax(proposals: torch.Tensor, out_size: tuple[int, int],
     wy = interp_matrix(h, H, device=p.device)
     wx = interp_matrix(w, W, device=p.device)
     cols = torch.einsum("khw,xw->khx", p, wx)  # (K, h, W)
-    out = torch.empty(H, W, dtype=torch.int32, device=p.device)
+    out = torch.empty(H, W, dtype=dtype, device=p.device)
     for r in range(0, H, row_chunk):
         block = torch.einsum("yh,khx->kyx", wy[r:r + row_chunk], cols)
         out[r:r + row_chunk] = block.argmax(0)
@@ -49,19 +55,19 @@ def upsample_argmax(proposals: torch.Tensor, out_size: tuple[int, int],
 
 def relabel_consecutive(index: torch.Tensor, num: int, row_chunk: int = ROW_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """Map the indices present in ``index`` (``0..num-1``) to ``0..K-1`` keeping their order,
-    in place when ``index`` is int32 (row chunks: no full-size temporary).
+    in place (row chunks: no full-size temporary); an int64 index becomes int32.
 
     Returns:
-        ``(labels, kept)``: int32 labels like ``index`` and the long ``(K,)`` original indices.
+        ``(labels, kept)``: labels of ``index``'s type and the long ``(K,)`` original indices.
     """
-    labels = (index if index.dtype == torch.int32 else index.to(torch.int32)).contiguous()
+    labels = (index.to(torch.int32) if index.dtype == torch.int64 else index).contiguous()
     flat = labels.reshape(labels.shape[0], -1) if labels.ndim else labels.reshape(1, 1)  # a view: writes reach labels
     present = torch.zeros(num, dtype=torch.bool, device=index.device)
     for r in range(0, flat.shape[0], row_chunk):
         present |= torch.bincount(flat[r:r + row_chunk].reshape(-1).long(), minlength=num)[:num] > 0
     kept = torch.nonzero(present).reshape(-1)
-    lut = torch.full((num,), -1, dtype=torch.int32, device=index.device)
-    lut[kept] = torch.arange(len(kept), dtype=torch.int32, device=index.device)
+    lut = torch.zeros((num,), dtype=labels.dtype, device=index.device)
+    lut[kept] = torch.arange(len(kept), device=index.device).to(labels.dtype)
     for r in range(0, flat.shape[0], row_chunk):
         flat[r:r + row_chunk] = lut[flat[r:r + row_chunk].long()]
     return labels, kept

@@ -195,27 +195,32 @@ class DiffSegSegmenter:
         return model_input_size(image_hw, self.config.size, 8 * self.model.vae_scale_factor)
 
     # ------------------------------------------------------------------ public API
-    def segment(self, images: Any, generator: "torch.Generator | None" = None) -> list[Segmentation]:
+    def segment(self, images: Any, generator: "torch.Generator | None" = None,
+                compact_labels: bool = False) -> list[Segmentation]:
         """Segment images.
 
         Args:
             images: list of uint8 ``(H, W, 3)`` arrays, or float ``(B, 3, H, W)`` / ``(3, H, W)``
                 tensors in [0, 1] (sizes may differ between list items).
             generator: randomness of the optional latent noise (``config.add_noise``).
+            compact_labels: labels in the narrowest integer type that holds ``0..K`` (uint8
+                for K <= 255) instead of int32: a quarter of the memory for huge images.
 
         Returns:
-            One `Segmentation` per image, in input order: int32 labels ``(H, W)`` at the
-            image's own size (0..K-1), float32 proposals ``(K, h, w)`` on the latent grid,
+            One `Segmentation` per image, in input order: int32 (or compact) labels ``(H, W)``
+            at the image's own size (0..K-1), float32 proposals ``(K, h, w)`` on the latent grid,
             ``meta`` with model id, sizes and timings (seconds).
         """
-        return self._segment(as_image_list(images), generator)
+        return self._segment(as_image_list(images), generator, compact_labels)
 
     @torch.inference_mode()
-    def _segment(self, chw: list[torch.Tensor], generator: "torch.Generator | None") -> list[Segmentation]:
+    def _segment(self, chw: list[torch.Tensor], generator: "torch.Generator | None",
+                 compact_labels: bool = False) -> list[Segmentation]:
         out: list[Segmentation | None] = [None] * len(chw)
         for item in self._aggregated(chw, generator):
             t0 = time.perf_counter()
-            seg = segment_aggregated(item.maps, self.config.merge, out_size=item.image_hw)
+            seg = segment_aggregated(item.maps, self.config.merge, out_size=item.image_hw,
+                                     compact_labels=compact_labels)
             item.maps = None  # type: ignore[assignment]  # free (N, h, w) early
             seg = seg.numpy() if not isinstance(seg.labels, np.ndarray) else seg
             timings = dict(item.timings, post_s=time.perf_counter() - t0)

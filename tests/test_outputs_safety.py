@@ -222,3 +222,31 @@ def test_quiet_works_before_and_after_the_subcommand(argv, quiet, tmp_path):
         assert progress_enabled() is (not quiet)
     finally:
         set_progress_enabled(True)
+
+
+def test_huge_image_helpers_agree_with_the_whole_array_formulas(tmp_path):
+    # the row-block and narrow-type paths of the image writer (16k images) give what the
+    # plain numpy formulas give: label areas, 1..K ids in place, PNGs of any integer type
+    from diffseg_core.io import label_areas, read_labels, save_labels_png, segment_ids
+
+    rng = np.random.default_rng(4)
+    lab = rng.integers(0, 7, (300, 90)).astype(np.uint8)
+    lab[lab == 3] = 0
+    ids, area = label_areas(lab)
+    ref_ids, ref_area = np.unique(lab, return_counts=True)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(area, ref_area)
+    big = np.array([[0, 70000], [70000, 5]], np.int64)
+    np.testing.assert_array_equal(label_areas(big)[0], [0, 5, 70000])
+    for dtype in (np.uint8, np.int16, np.int32):
+        one = segment_ids(lab.astype(dtype), consume=True)
+        assert one.dtype == dtype
+        np.testing.assert_array_equal(one, lab.astype(np.int32) + 1)
+        save_labels_png(tmp_path / f"{np.dtype(dtype).name}.png", one)
+        np.testing.assert_array_equal(read_labels(tmp_path / f"{np.dtype(dtype).name}.png"), one)
+    full = np.full((2, 3), 255, np.uint8)  # no room for 256 in uint8: an int32 copy
+    out = segment_ids(full, consume=True)
+    assert out.dtype == np.int32 and int(out.max()) == 256 and int(full.max()) == 255
+    wide = (np.arange(600 * 4).reshape(600, 4) // 3).astype(np.int16)  # > 255: 16-bit PNG
+    save_labels_png(tmp_path / "wide.png", wide[:, ::2])  # a strided view is copied, not misread
+    np.testing.assert_array_equal(read_labels(tmp_path / "wide.png"), wide[:, ::2])

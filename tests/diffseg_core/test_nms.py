@@ -1,7 +1,8 @@
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffseg_core.nms import interp_matrix, relabel_consecutive, upsample_argmax
+from diffseg_core.nms import compact_dtype, interp_matrix, relabel_consecutive, upsample_argmax
 
 
 def test_interp_matrix_equals_bilinear_interpolate():
@@ -26,3 +27,30 @@ def test_relabel_consecutive_keeps_order_and_drops_absent():
     assert kept.tolist() == [1, 4, 6]
     assert labels.tolist() == [[1, 1, 0], [0, 2, 2]]
     assert labels.dtype == torch.int32
+
+
+def test_compact_labels_are_the_same_labels_in_a_narrower_type():
+    g = torch.Generator().manual_seed(2)
+    for k, dtype in [(6, torch.uint8), (300, torch.int16)]:
+        p = torch.rand(k, 9, 7, generator=g)
+        ref, ref_kept = relabel_consecutive(upsample_argmax(p, (45, 33)), k)
+        got, kept = relabel_consecutive(upsample_argmax(p, (45, 33), row_chunk=4, dtype=compact_dtype(k)), k)
+        assert got.dtype == dtype and ref.dtype == torch.int32
+        assert torch.equal(got.to(torch.int32), ref) and torch.equal(kept, ref_kept)
+        assert int(got.max()) + 1 <= torch.iinfo(dtype).max  # room for the 1..K ids of files
+    assert compact_dtype(255) == torch.uint8 and compact_dtype(256) == torch.int16
+    assert compact_dtype(40000) == torch.int32
+
+
+def test_segment_aggregated_compact_labels_match_int32():
+    from diffseg_core.config import MergeConfig
+    from diffseg_core.pipeline import segment_aggregated
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand(64, 8, 8, generator=g) ** 3
+    maps = maps / maps.sum(dim=(1, 2), keepdim=True)
+    a = segment_aggregated(maps, MergeConfig(grid=4), out_size=(70, 50))
+    b = segment_aggregated(maps, MergeConfig(grid=4), out_size=(70, 50), compact_labels=True)
+    assert a.labels.dtype == np.int32 and b.labels.dtype == np.uint8 and a.num_segments > 1
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.proposals, b.proposals)
