@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import threading
 from contextlib import contextmanager
@@ -281,6 +282,42 @@ def save_labels_png(path: "str | os.PathLike", labels: np.ndarray) -> None:
         img.putpalette(label_palette(256).reshape(-1).tolist())
     with atomic_path(path, verify=verify_image) as tmp:
         img.save(tmp, format="PNG")
+
+
+@contextmanager
+def damage_reported_by(logger_name: str, path: "str | os.PathLike", what: str) -> Iterator[None]:
+    """Refuse a file that a reader library loaded while logging damage at ERROR level.
+
+    tifffile recovers from a damaged page list or tag (``invalid page offset``, ``corrupted
+    tag list of page 4``) by logging it and returning what it could read: fewer slices, or
+    an empty series. Inside this block such records (from this thread) raise `InputError`
+    ``"<path>: damaged <what> (<the library's message>)"``; they are not shown on stderr.
+    """
+    records: list[logging.LogRecord] = []
+    me = threading.get_ident()
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == me:
+                records.append(record)
+
+    lg = logging.getLogger(logger_name)
+    handler = _Collect(level=logging.ERROR)
+    old_level, old_propagate = lg.level, lg.propagate
+    if not lg.isEnabledFor(logging.ERROR):  # silenced (no -v): hear it, without printing it
+        lg.setLevel(logging.ERROR)
+        lg.propagate = False
+    lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        lg.removeHandler(handler)
+        lg.setLevel(old_level)
+        lg.propagate = old_propagate
+    if records:
+        msg = records[0].getMessage().splitlines()[0][:200]
+        more = f"; {len(records) - 1} more" if len(records) > 1 else ""
+        raise InputError(f"{os.fspath(path)}: damaged {what} ({msg}{more})")
 
 
 @contextmanager

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 
 from diffseg_core.errors import InputError
-from diffseg_core.io import IMAGE_EXTENSIONS, check_label_range, read_image, read_labels, to_rgb_uint8
+from diffseg_core.io import (IMAGE_EXTENSIONS, check_label_range, damage_reported_by, read_image, read_labels,
+                            to_rgb_uint8)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 LABEL_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
@@ -235,7 +236,10 @@ def read_segment_labels(seg_dir: Path, stem: str, hw: tuple[int, int]) -> np.nda
         import tifffile
 
         try:
-            arr = np.asarray(tifffile.imread(p))
+            with damage_reported_by("tifffile", p, "TIFF label map"):
+                arr = np.asarray(tifffile.imread(p))
+        except InputError:
+            raise
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types
             raise InputError(f"{p}: cannot read label map ({exc})") from exc
         if arr.ndim != 2 or arr.dtype.kind not in "iub":

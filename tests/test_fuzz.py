@@ -139,6 +139,22 @@ def _size_change_ts_bytes(folder: Path) -> bytes:
     return b"".join(parts)
 
 
+def _page_cut_tiff_bytes(folder: Path) -> bytes:
+    """A 6-slice TIFF (no shape metadata) whose third page points past the end of the file:
+    tifffile logs the damage and reads 3 slices, a shorter volume that looks whole."""
+    import struct
+
+    import tifffile
+
+    tifffile.imwrite(folder / "seed_cut.tif", (_ball() > 50).astype(np.uint16), metadata=None)
+    with tifffile.TiffFile(folder / "seed_cut.tif") as tf:
+        page = tf.pages[2]
+        ptr = page.offset + 2 + 12 * len(page.tags)  # classic TIFF: the next-IFD offset
+    data = bytearray((folder / "seed_cut.tif").read_bytes())
+    data[ptr:ptr + 4] = struct.pack("<I", len(data) + 1000)
+    return bytes(data)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """Every bad (and oddly encoded) input, built once."""
@@ -166,6 +182,7 @@ def corpus(tmp_path_factory) -> Path:
         # header fields that load but fail when interpreted: a unit code out of range (byte 123)
         "bad_units.nii.gz": _patched_nii(nii, 123, 5),
         "vol2d.npy": _npy_bytes(np.zeros((16, 16), np.float32)),
+        "pages_cut.tif": _page_cut_tiff_bytes(d),
         "nan.npy": _npy_bytes(np.where(small > 50, np.nan, small).astype(np.float32)),
         "allnan.npy": _npy_bytes(np.full((3, 16, 16), np.nan, np.float32)),
         "inf.npy": _npy_bytes(np.where(small > 50, np.inf, small).astype(np.float32)),
@@ -387,7 +404,7 @@ def _cases() -> list[Case]:
     # volume
     for f in ("empty.nii.gz", "trunc.nii.gz", "random.nii.gz", "text.nii", "empty.npy", "trunc.npy", "random.npy",
               "random.tif", "empty.tif", "pickle.npy", "vol4d.npy", "vol4d.nii.gz", "vol2d.npy",
-              "missing.nii.gz", "empty_dir", "ok.png", "bad_units.nii.gz"):
+              "missing.nii.gz", "empty_dir", "ok.png", "bad_units.nii.gz", "pages_cut.tif"):
         cs.append(Case(f"volume-{f}", _volume(f), (f,)))
     for f in ("nan.npy", "inf.npy"):  # repaired, with a warning that counts the voxels
         cs.append(Case(f"volume-{f}", _volume(f), (f, "NaN/inf voxels replaced"), expect="ok_with_warning"))
@@ -401,7 +418,8 @@ def _cases() -> list[Case]:
     cs.append(Case("volume-enospc", _volume("ok.npy"), ("space",), patch="enospc"))
     cs.append(Case("volume-erofs", _volume("ok.npy"), ("read-only",), patch="erofs"))
     # stack
-    for f in ("empty.nii.gz", "random.nii.gz", "trunc.npy", "pickle.npy", "vol4d.npy", "nan.npy", "missing.npy"):
+    for f in ("empty.nii.gz", "random.nii.gz", "trunc.npy", "pickle.npy", "vol4d.npy", "nan.npy", "missing.npy",
+              "pages_cut.tif"):
         cs.append(Case(f"stack-{f}", _stack(f), (f,)))
     cs.append(Case("stack-enospc", _stack("labels_ok.npy"), ("space",), patch="enospc"))
     # run
@@ -430,7 +448,8 @@ def _cases() -> list[Case]:
                             ("pickle.npy", "labels_ok.npy", ("pickle.npy",)),
                             ("missing.npy", "labels_ok.npy", ("missing.npy",)),
                             ("labels_ok.npy", "vol4d.npy", ("vol4d.npy",)),
-                            ("nan.npy", "labels_ok.npy", ("nan.npy",))):
+                            ("nan.npy", "labels_ok.npy", ("nan.npy",)),
+                            ("pages_cut.tif", "labels_ok.npy", ("pages_cut.tif", "damaged"))):
         cs.append(Case(f"eval-volume-{pred}-{gt}", ["evaluate", "volume", "{c}/" + pred, "{c}/" + gt, "-q"], names))
     return cs
 
@@ -559,3 +578,54 @@ def test_a_damaged_tiff_gives_one_line_without_the_readers_log(tmp_path):
                         str(tmp_path / "out"), "-q"], cwd=REPO, capture_output=True, text=True, timeout=120)
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(err) == 1 and "bad.tif" in err[0], err
+
+
+def test_damage_reported_by_a_reader_library_is_an_error(tmp_path, capsys):
+    # ERROR records of the reader's logger, from this thread, while reading: one InputError
+    # naming the file; the logger's level and propagation are restored; other threads' records
+    # and warnings do not count
+    import logging
+    import threading
+
+    from diffseg_core.errors import InputError
+    from diffseg_core.io import damage_reported_by
+
+    lg = logging.getLogger("tifffile")
+    old = lg.level, lg.propagate
+    lg.setLevel(logging.CRITICAL)  # as the CLI leaves it without -v
+    try:
+        with damage_reported_by("tifffile", tmp_path / "x.tif", "TIFF file"):
+            lg.warning("an odd tag value")  # recovered without loss: not refused
+            t = threading.Thread(target=lambda: lg.error("another file's damage"))
+            t.start()
+            t.join()
+        with pytest.raises(InputError, match=r"x\.tif: damaged TIFF file \(invalid page offset 7846; 1 more\)"):
+            with damage_reported_by("tifffile", tmp_path / "x.tif", "TIFF file"):
+                lg.error("invalid page offset 7846\ndetails")
+                lg.error("invalid page offset 7798")
+        assert lg.level == logging.CRITICAL and lg.propagate is True
+    finally:
+        lg.setLevel(old[0])
+        lg.propagate = old[1]
+    assert "invalid page offset" not in capsys.readouterr().err
+
+
+def test_a_damaged_label_tiff_is_refused_by_track(tmp_path):
+    # the per-frame label maps of `track` go through the same check (a page list cut short)
+    import struct
+
+    import tifffile
+
+    from diffseg_core.errors import InputError
+    from temporal.io import read_segment_labels
+
+    lab = (np.arange(32)[None, :].repeat(24, 0) > 15).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "00000.tif", np.stack([lab, lab]), metadata=None)
+    with tifffile.TiffFile(tmp_path / "00000.tif") as tf:
+        page = tf.pages[0]
+        ptr = page.offset + 2 + 12 * len(page.tags)
+    data = bytearray((tmp_path / "00000.tif").read_bytes())
+    data[ptr:ptr + 4] = struct.pack("<I", len(data) + 999)
+    (tmp_path / "00000.tif").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="00000.tif: damaged TIFF label map"):
+        read_segment_labels(tmp_path, "00000", (24, 32))

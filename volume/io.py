@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from diffseg_core.errors import InputError
-from diffseg_core.io import atomic_path, atomic_save_npy, check_label_range
+from diffseg_core.io import atomic_path, atomic_save_npy, check_label_range, damage_reported_by
 
 from .types import Volume
 
@@ -194,7 +194,7 @@ def _read_tiff(p: Path, index: "int | None") -> Volume:
     import tifffile
 
     try:
-        with tifffile.TiffFile(str(p)) as tf:
+        with damage_reported_by("tifffile", p, "TIFF file"), tifffile.TiffFile(str(p)) as tf:
             if not tf.series:
                 raise InputError(f"{p}: TIFF has no image data")
             s = tf.series[0]
