@@ -356,10 +356,16 @@ def _finish(unet: Any, vae: Any, scheduler: Any, emb: torch.Tensor, model: str,
 
 
 def _to(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """``module`` on ``device`` in ``dtype``, eval mode, convolution weights channels-last.
+
+    Channels-last (NHWC) picks the faster convolution kernels (oneDNN on CPU, cuDNN tensor
+    cores on CUDA): SD 1.5's VAE encoder at 512 px on 2 CPU cores 4.5 -> 3.6 s in float32 and
+    2.05 -> 0.81 s in bfloat16, the UNet 5-13 % faster (`benchmarks/bench_e2e.py`); the
+    results stay within the dtype's rounding."""
     # Cast only when needed: diffusers warns on every dtype `.to()`, even a no-op one.
     if next(module.parameters()).dtype != dtype:
         module = module.to(dtype=dtype)
-    return module.to(device).eval().requires_grad_(False)
+    return module.to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- tiny-random

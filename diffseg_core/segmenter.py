@@ -280,7 +280,7 @@ class DiffSegSegmenter:
         dev, dt = m.device, m.dtype
         t0 = time.perf_counter()
         x = torch.stack([_model_input(images[i], hw, dev) for i in idx])
-        x = (x.clamp(0, 1) * 2.0 - 1.0).to(dt)
+        x = (x.clamp(0, 1) * 2.0 - 1.0).to(dt).contiguous(memory_format=torch.channels_last)  # as the weights
         latents = m.vae.encode(x).latent_dist.mean * m.scaling_factor
         _sync(dev)
         t_enc = time.perf_counter()
