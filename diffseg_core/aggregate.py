@@ -84,8 +84,32 @@ def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
     weights = resolution_weights(grid_list)
     device = maps[0].device
     out: "torch.Tensor | None" = None
-    # Finest grid first: it initialises `out` (one N x N allocation in all).
+    pending: "tuple[tuple[int, int], torch.Tensor] | None" = None  # coarse levels summed so far
+
+    def flush() -> None:
+        """Add the pending coarse sum to every fine query under its coarse query."""
+        nonlocal out, pending
+        if pending is None:
+            return
+        (hr, wr), keys = pending
+        pending = None
+        if out is None:
+            out = torch.zeros(B, h * w, h, w, dtype=torch.float32, device=device)
+        if h % hr == 0 and w % wr == 0:
+            # Tile the queries by broadcasting into a strided view of `out`: no N x N temporary.
+            view = out.view(B, hr, h // hr, wr, w // wr, h * w)
+            view.add_(keys[:, :, None, :, None, :])
+        else:  # odd sizes (ceil halving): nearest parent by index
+            iy = torch.div(torch.arange(h, device=device) * hr, h, rounding_mode="floor")
+            ix = torch.div(torch.arange(w, device=device) * wr, w, rounding_mode="floor")
+            tiled = keys.index_select(1, iy).index_select(2, ix)
+            out.add_(tiled.reshape(B, h * w, h, w))
+
+    # Finest grid first: it initialises `out` (one N x N allocation in all). The coarser
+    # grids, coarsest first, are summed on their own (small) query grids, each tiled onto the
+    # next finer one, so that the N x N result is written once for all of them.
     order = sorted(range(len(grid_list)), key=lambda i: -grid_list[i][0] * grid_list[i][1])
+    order = order[:1] + order[1:][::-1]
     for (hr, wr), wt in ((grid_list[i], weights[i]) for i in order):
         if hr > h or wr > w:
             raise ValueError(f"attention grid {hr}x{wr} is finer than the latent grid {h}x{w}")
@@ -101,17 +125,15 @@ def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
             else:
                 out.add_((keys / sums).reshape(B, h * w, h, w), alpha=wt)
             continue
-        keys = (keys / sums).reshape(B, hr, wr, h * w)
-        if out is None:
-            out = torch.zeros(B, h * w, h, w, dtype=torch.float32, device=device)
-        if h % hr == 0 and w % wr == 0:
-            # Tile the queries by broadcasting into a strided view of `out`: no N x N temporary.
-            view = out.view(B, hr, h // hr, wr, w // wr, h * w)
-            view.add_(keys[:, :, None, :, None, :], alpha=wt)
-        else:  # odd sizes (ceil halving): nearest parent by index
-            iy = torch.div(torch.arange(h, device=device) * hr, h, rounding_mode="floor")
-            ix = torch.div(torch.arange(w, device=device) * wr, w, rounding_mode="floor")
-            tiled = keys.index_select(1, iy).index_select(2, ix)
-            out.add_(tiled.reshape(B, h * w, h, w), alpha=wt)
+        keys = torch.div(keys, sums / wt).reshape(B, hr, wr, h * w)
+        if pending is not None:
+            (hc, wc), coarse = pending
+            if hr % hc == 0 and wr % wc == 0:
+                keys.view(B, hc, hr // hc, wc, wr // wc, h * w).add_(coarse[:, :, None, :, None, :])
+                pending = None
+            else:
+                flush()
+        pending = ((hr, wr), keys)
+    flush()
     assert out is not None
     return out

@@ -16,9 +16,12 @@ import torch
 
 #: Rows of maps per matrix product: bounds memory and keeps each chunk's temporaries in cache.
 KL_CHUNK = 1024
-#: Pairs whose float16 matrix-product KL lies this close to the threshold are recomputed
-#: with the original's elementwise float16 rounding (observed gap <= 0.002 = 2 ulps at 1.1).
+#: Pairs whose float32 matrix-product KL lies this close to the threshold are recomputed
+#: with the original's elementwise float16 rounding (observed gap <= 0.0011, about one
+#: float16 ulp at 1.1, on the reference generator's attention).
 FP16_RECHECK_MARGIN = 0.01
+#: Largest value that float16 rounds to 0 (round to nearest even): 2**-25.
+FP16_ZERO = 2.0 ** -25
 #: Pairs per chunk in that elementwise recomputation.
 PAIR_CHUNK = 1024
 
@@ -56,8 +59,7 @@ def _safe_log(x: torch.Tensor) -> torch.Tensor:
 
 
 def sym_kl_matrix(a: torch.Tensor, b: torch.Tensor, nan_on_zero: bool = False,
-                  eps: float = 0.0, round_fp16: bool = False, round_inputs: bool = False,
-                  chunk: int = KL_CHUNK) -> torch.Tensor:
+                  eps: float = 0.0, chunk: int = KL_CHUNK) -> torch.Tensor:
     """Symmetric KL ``0.5 * (KL(a||b) + KL(b||a))`` between all rows of ``a`` and ``b``.
 
     Args:
@@ -66,36 +68,27 @@ def sym_kl_matrix(a: torch.Tensor, b: torch.Tensor, nan_on_zero: bool = False,
         nan_on_zero: reproduce elementwise ``x * log x`` semantics: a pair whose rows hold an
             exact zero gets NaN (it then never passes a ``<`` threshold), like the original.
         eps: clamp both inputs to at least ``eps`` before the logs (0 = no clamping).
-        round_fp16: round the two halves ``KL(a||b)/2`` and ``KL(b||a)/2`` and their sum to
-            float16, as the original's float16 first merge does (its result is float16).
-        round_inputs: round ``a`` and ``b`` to float16 values first (chunk by chunk, so the
-            rounded copy of ``b`` never exists whole).
         chunk: rows of ``b`` per matrix product (memory bound).
 
     Returns:
         ``(M, N)`` in ``a``'s dtype, >= 0 up to rounding.
     """
     if eps > 0:
-        a, b = a.clamp_min(eps), b.clamp_min(eps)
-    if round_inputs:
-        a = _r16(a)
+        a = a.clamp_min(eps)  # (b chunk by chunk below: no clamped copy of it all)
     # With nan_on_zero a zero gives log 0 = -inf and 0 * -inf = NaN in the row's entropy
     # term, which flags the row for free; otherwise clamp so the logs stay finite.
-    log = torch.log if nan_on_zero else _safe_log
+    log = torch.log if nan_on_zero or eps > 0 else _safe_log
     la = log(a)
     ea = (a * la).sum(1)
     out = torch.empty(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
     zb = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
     for s in range(0, b.shape[0], chunk):
-        bc = _r16(b[s:s + chunk]) if round_inputs else b[s:s + chunk]
+        bc = b[s:s + chunk].clamp_min(eps) if eps > 0 else b[s:s + chunk]
         lb = log(bc)
         eb = (bc * lb).sum(1)
-        half_ab = 0.5 * (ea[:, None] - a @ lb.T)  # KL(a||b) / 2
-        half_ba = 0.5 * (eb[None, :] - la @ bc.T)  # KL(b||a) / 2
-        if round_fp16:
-            out[:, s:s + chunk] = (half_ab.half() + half_ba.half()).to(a.dtype)
-        else:
-            out[:, s:s + chunk] = half_ab + half_ba
+        o = out[:, s:s + chunk]
+        torch.matmul(a, lb.T, out=o)  # KL(a||b) + KL(b||a) = ea + eb - a.lb - la.b
+        o.addmm_(la, bc.T).mul_(-0.5).add_(0.5 * (ea[:, None] + eb[None, :]))
         if nan_on_zero:
             zb[s:s + chunk] = torch.isnan(eb)
     if nan_on_zero:
@@ -140,13 +133,13 @@ def merge_anchors(maps: torch.Tensor, anchors: torch.Tensor, threshold: float,
         maps: float ``(N, D)``: the aggregated attention map of every query (rows sum to 1).
         anchors: long ``(M,)`` query indices of the anchors.
         threshold: symmetric-KL threshold (strict ``<``).
-        faithful_fp16: reproduce the original's float16 first merge: anchors, maps and the
-            threshold rounded to float16 (1.1 -> 1.099609375), the KL as matrix products on
-            the rounded values, and every pair within `FP16_RECHECK_MARGIN` of the threshold
-            recomputed with the original's elementwise float16 rounding (`fp16_kl_pairs`), so
-            the decisions equal a float16 run at matrix-product speed. Maps holding a value
-            that underflows to 0 get NaN divergences and their anchors vanish, as in the
-            original. ``False``: float32, eps-clamped.
+        faithful_fp16: reproduce the original's float16 first merge: the threshold rounded
+            to float16 (1.1 -> 1.099609375), the KL as float32 matrix products, and every pair
+            within `FP16_RECHECK_MARGIN` of the threshold recomputed with the original's
+            elementwise float16 rounding (`fp16_kl_pairs`), so the decisions equal a float16
+            run at matrix-product speed. Maps holding a value that underflows to 0 in float16
+            get NaN divergences and their anchors vanish, as in the original. ``False``:
+            float32, eps-clamped.
 
     Returns:
         ``(M', D)`` merged maps (means of the un-rounded maps), ``M' <= M``: anchors that match
@@ -155,7 +148,8 @@ def merge_anchors(maps: torch.Tensor, anchors: torch.Tensor, threshold: float,
     x = maps.float()
     if faithful_fp16:
         a16 = _r16(x[anchors])
-        kl = sym_kl_matrix(a16, x, nan_on_zero=True, round_fp16=True, round_inputs=True)
+        kl = sym_kl_matrix(a16, x, nan_on_zero=True)
+        kl[:, x.amin(1) <= FP16_ZERO] = float("nan")  # maps with a float16 zero (a16's give NaN)
         thr = float(np.float16(threshold))
         rows, cols = torch.nonzero((kl - thr).abs() < FP16_RECHECK_MARGIN, as_tuple=True)
         if len(rows):

@@ -54,3 +54,13 @@ def test_segment_aggregated_compact_labels_match_int32():
     assert a.labels.dtype == np.int32 and b.labels.dtype == np.uint8 and a.num_segments > 1
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.proposals, b.proposals)
+
+
+def test_upsample_argmax_ties_go_to_the_lowest_index():
+    p = torch.zeros(5, 4, 4)
+    p[1, :2] = 1.0
+    p[3] = 1.0  # equal to proposal 1 on the top half: 1 wins there, 3 elsewhere
+    out = upsample_argmax(p, (8, 8), row_chunk=3)
+    ref = F.interpolate(p[None], size=(8, 8), mode="bilinear", align_corners=False)[0]
+    first = (ref == ref.max(0).values).int().argmax(0)  # lowest index among the maxima
+    assert torch.equal(out.long(), first.long()) and set(out.unique().tolist()) == {1, 3}

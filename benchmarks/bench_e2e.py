@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Where the time of one frame goes, end to end, beside the passes it cannot avoid.
+
+    python benchmarks/bench_e2e.py [--arch sd15,sd21-base] [--dtype float32,bfloat16]
+                                   [--frames 6] [--keyframe-every 4] [--reps 2] [--no-video]
+
+For each architecture (Stable Diffusion 1.5 and 2.1-base UNets and the SD VAE, built from
+their configs with random weights: the speed does not depend on the weights) and dtype, on a
+synthetic 512x512 clip (the example scene, H.264 through PyAV):
+
+* per-stage seconds of one frame: decode, VAE encode, UNet with attention capture,
+  aggregation, merge, NMS (from `DiffSegSegmenter`'s own timings), linking (the engine's
+  `VideoSegmenter.step` on the segmentations just made) and writing (label PNG, overlay,
+  overlay MP4 frame); and the segmenter's wall time per frame, all stages together;
+* the baselines measured in the same run: **diffusers' default passes** (the VAE encode and a
+  plain UNet forward, default memory format and attention processors: what a user's own
+  diffusers code would spend) and **the two KL matrix products** of the first merge
+  (``(M, D) @ (D, N)`` twice, M = 256 anchors, D = N = the finest grid's tokens);
+* frames/s of `segment_video` (what `diffseg video` runs) in every-frame mode and with
+  ``--keyframe-every``, on ``--frames`` frames (linking, writing and the overlay included);
+* with CUDA: the same in float16, batch 1 and 8.
+
+Targets (issue 19): the whole segmenter <= 1.0x diffusers' default passes in every dtype;
+post-UNet (aggregate + merge + NMS) <= 3.0x the two KL products. CPU figures depend on the
+machine: compare only figures of one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_core import sd15_unet_config, sd21_base_unet_config  # noqa: E402
+
+ARCHS: dict[str, tuple[Callable[[], dict], int]] = {
+    "sd15": (sd15_unet_config, 768),
+    "sd21-base": (sd21_base_unet_config, 1024),
+}
+SIDE = 512
+
+
+def sd_vae_config() -> dict[str, Any]:
+    """The VAE of Stable Diffusion 1.x / 2.x (``AutoencoderKL``, 4 latent channels)."""
+    return dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                block_out_channels=(128, 256, 512, 512), norm_num_groups=32, sample_size=512,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def build_model(arch: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """A `LoadedModel` of ``arch`` with random weights, prepared as `load_model` prepares a
+    real one (dtype, device, channels-last, eval)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from diffseg_core.models import _finish, _sd_scheduler
+
+    unet_cfg, text_dim = ARCHS[arch]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**unet_cfg())
+    vae = AutoencoderKL(**sd_vae_config())
+    emb = torch.randn(1, 77, text_dim)
+    return _finish(unet, vae, _sd_scheduler(), emb, f"{arch}-random-arch", device, dtype, is_random=True)
+
+
+def make_clip(path: Path, n: int) -> None:
+    """``n`` frames of the example scene at 512x512 (H.264 through PyAV)."""
+    import cv2
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from make_example_clip import Scene
+
+    from temporal.writer import OverlayVideoWriter
+
+    scene = Scene(0)
+    w = OverlayVideoWriter(path, 12.0)
+    for i in range(n):
+        w.write(cv2.resize(scene.frame(i, n), (SIDE, SIDE), interpolation=cv2.INTER_CUBIC))
+    w.close()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], Any], reps: int, device: torch.device) -> float:
+    fn()  # warm-up
+    sync(device)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def default_passes(model: Any, frame: np.ndarray, reps: int) -> tuple[float, float]:
+    """Seconds of diffusers' VAE encode and plain UNet forward, default memory format and
+    attention processors, on ``frame``'s model input (the segmenter's own preprocessing)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from diffseg_core.segmenter import _model_input, as_image_list
+
+    dev, dt = model.device, model.dtype
+    x = (_model_input(as_image_list(frame)[0], (SIDE, SIDE), dev)[None] * 2 - 1).to(dt)
+    vae, unet = model.vae, model.unet
+    saved = dict(unet.attn_processors)
+    vae.to(memory_format=torch.contiguous_format)
+    unet.to(memory_format=torch.contiguous_format)
+    unet.set_attn_processor(AttnProcessor2_0())
+    try:
+        with torch.inference_mode():
+            t_vae = median_time(lambda: vae.encode(x).latent_dist.mean, reps, dev)
+            lat = vae.encode(x).latent_dist.mean * model.scaling_factor
+            t = torch.tensor([300], device=dev)
+            emb = model.empty_embedding.expand(1, -1, -1)
+            t_unet = median_time(lambda: unet(lat, t, encoder_hidden_states=emb), reps, dev)
+    finally:
+        unet.set_attn_processor(saved)
+        vae.to(memory_format=torch.channels_last)
+        unet.to(memory_format=torch.channels_last)
+    return t_vae, t_unet
+
+
+def kl_products(n: int, reps: int, device: torch.device) -> float:
+    """Seconds of the first merge's two KL products, (256, n) @ (n, n) twice, float32."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, n, generator=g).to(device)
+    a = x[:256].clone()
+    lx, la = x.log(), a.log()
+    return median_time(lambda: (a @ lx.T, la @ x.T), max(reps, 5), device)
+
+
+def frame_stages(model: Any, clip: Path, out: Path) -> dict[str, float]:
+    """Per-stage seconds of one frame (medians over the clip's frames)."""
+    from diffseg_core.config import SegmenterConfig
+    from diffseg_core.io import overlay, save_labels_png, segment_ids
+    from diffseg_core.segmenter import DiffSegSegmenter
+    from temporal.config import TrackerConfig
+    from temporal.io import FrameSource
+    from temporal.tracker import VideoSegmenter
+    from temporal.writer import OverlayVideoWriter
+
+    t0 = time.perf_counter()
+    frames = [f.rgb for f in FrameSource(clip)]
+    decode = (time.perf_counter() - t0) / len(frames)
+    seg = DiffSegSegmenter(SegmenterConfig(model=model.model_id, size=SIDE), model=model)
+    seg.segment_one(frames[0])  # warm-up (allocator, kernels, workspaces)
+    sync(model.device)
+    walls, segs, timings = [], [], []
+    for f in frames:
+        t = time.perf_counter()
+        s = seg.segment_one(f)
+        walls.append(time.perf_counter() - t)
+        segs.append(s)
+        timings.append({**s.meta["timings"], "merge_s": s.meta["merge_s"], "nms_s": s.meta["nms_s"]})
+    vs = VideoSegmenter(None, TrackerConfig())
+    st = vs.init_state(0)
+    link = []
+    for f, s in zip(frames, segs):
+        t = time.perf_counter()
+        vs.step(st, f, s)
+        link.append(time.perf_counter() - t)
+    write = []
+    w = OverlayVideoWriter(out / "overlay.mp4", 12.0)
+    for i, (f, s) in enumerate(zip(frames, segs)):
+        t = time.perf_counter()
+        ids = segment_ids(s.labels)
+        save_labels_png(out / f"{i:05d}.png", ids)
+        w.write(overlay(f, ids))
+        write.append(time.perf_counter() - t)
+    w.close()
+    med = statistics.median
+    return {"decode": decode, "encode": med(t["encode_s"] for t in timings),
+            "unet": med(t["unet_s"] for t in timings), "aggregate": med(t["aggregate_s"] for t in timings),
+            "merge": med(t["merge_s"] for t in timings), "nms": med(t["nms_s"] for t in timings),
+            "post": med(t["aggregate_s"] + t["post_s"] for t in timings),
+            "link": med(link[1:] or link), "write": med(write), "segmenter": med(walls),
+            "segments": med(s.num_segments for s in segs), "latent": segs[0].meta["latent_hw"]}
+
+
+def video_fps(model: Any, clip: Path, keyframe_every: int, out: Path) -> tuple[float, int]:
+    """frames/s of `segment_video` (decode, segment, link, write, overlay) and the frames."""
+    from diffseg_core.config import SegmenterConfig
+    from diffseg_core.segmenter import DiffSegSegmenter
+    from temporal.api import segment_video
+    from temporal.config import TrackerConfig
+
+    seg = DiffSegSegmenter(SegmenterConfig(model=model.model_id, size=SIDE), model=model)
+    t = time.perf_counter()
+    res = segment_video(clip, out, seg, TrackerConfig(keyframe_every=keyframe_every), resume=False)
+    return res.n_frames / (time.perf_counter() - t), res.n_frames
+
+
+def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argparse.Namespace) -> None:
+    name = f"[{arch} {str(dtype)[6:]} {device.type}]"
+    model = build_model(arch, device, dtype)
+    with tempfile.TemporaryDirectory() as d:
+        st = frame_stages(model, clip, Path(d))
+    frame = np.zeros((SIDE, SIDE, 3), np.uint8)
+    t_vae, t_unet = default_passes(model, frame, a.reps)
+    lh, lw = st["latent"]
+    t_kl = kl_products(lh * lw, a.reps, device)
+    base = t_vae + t_unet
+    print(f"{name} one {SIDE}x{SIDE} frame, median s: decode {st['decode']:.3f} | VAE encode {st['encode']:.3f} | "
+          f"UNet+capture {st['unet']:.3f} | aggregate {st['aggregate']:.3f} | merge {st['merge']:.3f} | "
+          f"NMS {st['nms']:.3f} | link {st['link']:.3f} | write {st['write']:.3f} || segmenter {st['segmenter']:.3f} "
+          f"(K = {st['segments']:.0f} segments)", flush=True)
+    print(f"{name}   diffusers' default passes: VAE encode {t_vae:.3f} + UNet {t_unet:.3f} = {base:.3f} s -> "
+          f"segmenter {st['segmenter'] / base:.2f}x (target <= 1.00x: "
+          f"{'OK' if st['segmenter'] <= base else 'MISSED'}); VAE {st['encode'] / t_vae:.2f}x, "
+          f"UNet+capture {st['unet'] / t_unet:.2f}x", flush=True)
+    print(f"{name}   post-UNet (aggregate + merge + NMS) {st['post']:.3f} s vs the two KL products "
+          f"{t_kl:.3f} s ({lh * lw} tokens): {st['post'] / t_kl:.2f}x (target <= 3.0x: "
+          f"{'OK' if st['post'] <= 3 * t_kl else 'MISSED'})", flush=True)
+    if not a.no_video:
+        for k in (1, a.keyframe_every):
+            with tempfile.TemporaryDirectory() as d:
+                fps, n = video_fps(model, clip, k, Path(d))
+            mode = "every frame" if k == 1 else f"keyframe-every {k}"
+            print(f"{name}   segment_video ({n} frames, {mode}): {fps:.3f} frames/s", flush=True)
+    del model
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="sd15,sd21-base", help="comma list of " + ", ".join(ARCHS))
+    ap.add_argument("--dtype", default="float32,bfloat16", help="comma list (CPU); CUDA adds float16")
+    ap.add_argument("--frames", type=int, default=6, help="frames of the synthetic clip [6]")
+    ap.add_argument("--keyframe-every", type=int, default=4, help="keyframe mode's k [4]")
+    ap.add_argument("--reps", type=int, default=2, help="repetitions of the timed passes [2]")
+    ap.add_argument("--no-video", action="store_true", help="skip the segment_video frames/s")
+    a = ap.parse_args(argv)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"bench_e2e: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {load:.1f}", flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        clip = Path(d) / "clip.mp4"
+        make_clip(clip, a.frames)
+        for arch in a.arch.split(","):
+            for dt in a.dtype.split(","):
+                run(arch, getattr(torch, dt), torch.device("cpu"), clip, a)
+            if torch.cuda.is_available():
+                run(arch, torch.float16, torch.device("cuda"), clip, a)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
