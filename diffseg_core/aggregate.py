@@ -51,7 +51,7 @@ def resolution_weights(shapes: Sequence[tuple[int, int]]) -> list[float]:
 
 
 def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
-              latent_hw: tuple[int, int]) -> torch.Tensor:
+              latent_hw: tuple[int, int], inplace: bool = False) -> torch.Tensor:
     """Aggregate per-resolution attention into the finest grid.
 
     Args:
@@ -60,6 +60,10 @@ def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
         shapes: the grid ``(h_i, w_i)`` of every entry of ``maps``. Layers sharing a grid are
             averaged first (the original averages all heads of a resolution).
         latent_hw: the finest grid ``(h, w)``; coarser grids must divide it by powers of 2.
+        inplace: the caller gives its maps up: the finest grid's map, when it is the only
+            one of its grid and a contiguous float32 tensor, is weighted in place and becomes
+            the result (a fresh N x N tensor costs page faults about as much as the
+            arithmetic: 15 ms of 34 at 64x64 on 2 CPU cores).
 
     Returns:
         float32 ``(B, N, h, w)`` with ``N = h * w``: ``out[b, q]`` is the aggregated attention
@@ -121,7 +125,8 @@ def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
         sums = keys.sum(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         if (hr, wr) == (h, w):
             if out is None:
-                out = torch.div(keys, sums / wt).reshape(B, h * w, h, w)
+                own = inplace and len(groups[(hr, wr)]) == 1 and keys.data_ptr() == groups[(hr, wr)][0].data_ptr()
+                out = (keys.div_(sums / wt) if own else torch.div(keys, sums / wt)).reshape(B, h * w, h, w)
             else:
                 out.add_((keys / sums).reshape(B, h * w, h, w), alpha=wt)
             continue

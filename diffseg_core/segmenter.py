@@ -300,7 +300,7 @@ class DiffSegSegmenter:
         # The finest attention grid: the latent itself for SD; coarser for models without
         # attention at full latent resolution (the tiny test model).
         attn_hw = shapes[0]
-        agg = aggregate(maps, shapes, attn_hw)  # float32 (B, N, h, w), N = h*w of attn_hw
+        agg = aggregate(maps, shapes, attn_hw, inplace=True)  # float32 (B, N, h, w), N = h*w of attn_hw
         del maps
         _sync(dev)
         t_agg = time.perf_counter()

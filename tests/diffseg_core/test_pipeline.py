@@ -86,3 +86,40 @@ def test_merge_config_validates():
         MergeConfig(kl_threshold=(1.1, -1.0))
     assert MergeConfig(kl_threshold=0.9).kl_threshold == (0.9, 0.9, 0.9)
     assert MergeConfig.from_dict(MergeConfig(grid=8).to_dict()) == MergeConfig(grid=8)
+
+
+def _aggregate_by_definition(maps, shapes, hw):
+    """Each level on its own: keys upsampled (bilinear) and renormalised, queries tiled by
+    nearest parent, weighted by the level's side."""
+    import torch.nn.functional as F
+
+    h, w = hw
+    sides = [np.sqrt(a * b) for a, b in shapes]
+    out = torch.zeros(maps[0].shape[0], h * w, h, w, dtype=torch.float64)
+    for m, (hr, wr), side in zip(maps, shapes, sides):
+        keys = F.interpolate(m.double().reshape(-1, 1, hr, wr), size=(h, w), mode="bilinear", align_corners=False)
+        keys = (keys / keys.sum((-2, -1), keepdim=True)).reshape(m.shape[0], hr, wr, h * w)
+        iy, ix = np.arange(h) * hr // h, np.arange(w) * wr // w
+        tiled = keys[:, iy][:, :, ix].reshape(m.shape[0], h * w, h, w)
+        out += tiled * (side / sum(sides))
+    return out
+
+
+@pytest.mark.parametrize("hw,shapes", [((8, 8), [(8, 8), (4, 4), (2, 2), (1, 1)]),
+                                       ((6, 10), [(6, 10), (3, 5), (2, 3)])])  # (2, 3): ceil halving
+def test_aggregate_equals_its_definition_level_by_level(hw, shapes):
+    g = torch.Generator().manual_seed(5)
+    maps = []
+    for hr, wr in shapes:
+        m = torch.rand(2, hr * wr, hr * wr, generator=g) ** 3
+        maps.append(m / m.sum(-1, keepdim=True))
+    ref = _aggregate_by_definition(maps, shapes, hw)
+    got = aggregate([m.clone() for m in maps], shapes, hw)
+    torch.testing.assert_close(got.double(), ref, atol=1e-6, rtol=1e-5)
+    given = [m.clone() for m in maps]
+    own = aggregate(given, shapes, hw, inplace=True)  # the finest map becomes the result
+    torch.testing.assert_close(own, got)
+    assert own.data_ptr() == given[0].data_ptr()
+    kept = [m.clone() for m in maps]
+    aggregate(kept, shapes, hw)
+    assert all(torch.equal(a, b) for a, b in zip(kept, maps))  # without inplace: inputs untouched
