@@ -2,7 +2,7 @@
 
 Usage:
     python3 benchmarks/bench_temporal.py --data ../shared/data [--work /tmp/bench_temporal]
-        [--only quality|speed|memory] [--synth-frames 80] [--seeds 0-9] [--jobs 2]
+        [--only quality|keyframes|speed|memory] [--synth-frames 80] [--seeds 0-9] [--jobs 2]
 
 Quality: per-frame segmentations that behave like DiffSeg's are made from ground truth
 (`synth_video.diffseg_like`: numbers shuffled per frame, background split into changing
@@ -15,6 +15,9 @@ Printed: tracked J&F, the per-frame-oracle J&F of the raw segmentations, their r
 switches per object per 100 frames, per seed and summarised over seeds (mean and worst):
 one seed is one draw of the random degradations, and a tracker tuned on one draw can be
 lucky there.
+
+Keyframes: `--keyframe-every auto` and `--keyframe-every 3` against every-frame mode on the
+same sequences and stand-in segmentations: segmenter calls saved and J&F kept.
 
 Speed: tracker alone (flow + matching, segmentation given with its proposal maps, one
 thread) at 854x480. Memory: peak RSS (VmHWM) of a subprocess tracking a streamed
@@ -89,13 +92,66 @@ def prepare(work: Path, data: Path, n_synth: int, seed: int = 0) -> list[tuple[s
 
 
 def run_track(frames: Path, segs: Path, out: Path, extra: list[str]) -> float:
+    return run_track_summary(frames, segs, out, extra)[0]
+
+
+def run_track_summary(frames: Path, segs: Path, out: Path, extra: list[str]) -> tuple[float, dict]:
+    """``diffseg track`` as a user runs it: (seconds, its JSON summary line)."""
     t0 = time.time()
     cmd = [sys.executable, "-m", "diffseg_core", "track", str(frames), "--segments", str(segs), "-o", str(out),
            "-q", "--no-overlay", *extra]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"diffseg track failed ({r.returncode}): {r.stderr.strip()}")
-    return time.time() - t0
+    return time.time() - t0, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+#: adaptive keyframes: tuning videos (the defaults were chosen on these) and held-out ones
+KEYFRAME_TUNING = ("synth_occlusion", "synth_fast", "davis16_bmx-trees")
+
+
+def _keyframes_seed(args: tuple[Path, Path, int, int]) -> list[dict]:
+    from temporal.evaluate import evaluate_video_dirs
+
+    work, data, n_synth, seed = args
+    rows = []
+    for name, frames, gt, segs in prepare(work / f"kf_seed{seed}", data, n_synth, seed):
+        for mode, extra in (("every frame", []), ("auto", ["--keyframe-every", "auto"]),
+                            ("every 3rd", ["--keyframe-every", "3"])):
+            out = work / f"kf_seed{seed}" / name / f"out_{mode.replace(' ', '_')}"
+            _, summary = run_track_summary(frames, segs, out, extra)
+            s = evaluate_video_dirs(out / "labels", gt)
+            rows.append({"sequence": name, "seed": seed, "mode": mode, "JF": s.JF, "frames": summary["frames"],
+                         "calls": summary.get("keyframes", summary["frames"]), "idsw": s.id_switches_per_100})
+    return rows
+
+
+def keyframes(work: Path, data: Path, n_synth: int, seeds: list[int], jobs: int = 1) -> None:
+    """Adaptive keyframes (`--keyframe-every auto`) against every-frame mode: segmenter calls
+    and J&F per sequence (the stand-in segmenter is `diffseg_like`, one draw per seed)."""
+    print("\n## Keyframes: segmenter calls and J&F against every-frame mode (DiffSeg-like stand-in)")
+    print(f"# tuning: {', '.join(KEYFRAME_TUNING)}; the others are held out")
+    rows: list[dict] = []
+    args = [(work, data, n_synth, seed) for seed in seeds]
+    with (ProcessPoolExecutor(jobs) if jobs > 1 else contextlib.nullcontext()) as ex:
+        for seed_rows in (ex.map if ex else map)(_keyframes_seed, args):
+            rows += seed_rows
+    print(f"{'sequence':24s} {'mode':12s} {'calls fewer':>11s} {'J&F / every frame':>17s} {'IDsw/obj/100f':>13s}")
+    summary: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    for name in dict.fromkeys(r["sequence"] for r in rows):
+        for mode in ("auto", "every 3rd"):
+            pairs = []
+            for seed in seeds:
+                base = next(r for r in rows if r["sequence"] == name and r["seed"] == seed and r["mode"] == "every frame")
+                r = next(r for r in rows if r["sequence"] == name and r["seed"] == seed and r["mode"] == mode)
+                pairs.append((r["frames"] / r["calls"], r["JF"] / base["JF"], r["idsw"]))
+            fewer, ratio, sw = (float(np.mean([p[i] for p in pairs])) for i in range(3))
+            print(f"{name:24s} {mode:12s} {fewer:10.2f}x {ratio:17.3f} {sw:13.2f}")
+            summary.setdefault((mode, name in KEYFRAME_TUNING), []).append((fewer, ratio))
+    for (mode, tuning), vals in sorted(summary.items()):
+        print(f"{mode:12s} {'tuning' if tuning else 'held out':8s}: {np.mean([v[0] for v in vals]):.2f}x fewer calls, "
+              f"J&F {np.mean([v[1] for v in vals]):.3f} of every-frame mode (worst {min(v[1] for v in vals):.3f}) "
+              f"target >= 3x at >= 0.98")
 
 
 def _quality_seed(args: tuple[Path, Path, int, int]) -> tuple[list[dict], list[str]]:
@@ -244,7 +300,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_temporal"))
-    ap.add_argument("--only", choices=("quality", "speed", "memory"), default=None)
+    ap.add_argument("--only", choices=("quality", "speed", "memory", "keyframes"), default=None)
     ap.add_argument("--synth-frames", type=int, default=80)
     ap.add_argument("--seeds", default="0-9", help="seeds of the degradations (quality): '0,1,2' or a range '0-9'")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel (quality; one process each)")
@@ -261,6 +317,8 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     if a.only in (None, "quality"):
         quality(a.work, a.data, a.synth_frames, parse_seeds(a.seeds), a.jobs)
+    if a.only in (None, "keyframes"):
+        keyframes(a.work, a.data, a.synth_frames, parse_seeds(a.seeds), a.jobs)
     if a.only in (None, "speed"):
         speed(repeats=a.speed_repeats)
     if a.only in (None, "memory"):

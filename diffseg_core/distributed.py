@@ -117,6 +117,9 @@ class RunConfig:
             raise InputError(f"segmenter_factory must look like 'module:callable'; got {self.segmenter_factory!r}")
         if not float(self.timeout_s) > 0:
             raise InputError(f"timeout_s must be > 0; got {self.timeout_s}")
+        if dict(self.tracker).get("keyframe_every") == "auto":
+            raise InputError("tracker keyframe_every='auto' is not available in `run`: its chunks are segmented "
+                             "before they are linked, so keyframes cannot follow the flow; give an integer k")
 
     @property
     def world_size(self) -> int:

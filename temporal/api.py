@@ -60,12 +60,14 @@ def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_o
             failure.append(exc)
 
     state = vs.init_state(id_offset)
+    n_key = 0
     bar = progress(total=len(source) if hasattr(source, "__len__") else None, desc=desc, unit="frame")
     try:
         seg_iter = segs_for(pending) if segs_for is not None else None
         for tf in vs.iter_video(frames(), seg_iter, state=state):
             stem, rgb = pending.popleft()
             writer.put(stem, rgb, tf)
+            n_key += tf.keyframe
             bar.update(1)
     except ValueError as exc:
         writer.abort(str(exc))
@@ -81,7 +83,7 @@ def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_o
     return VideoResult(n_frames=info["n_frames"], n_tracks=info["n_tracks"], complete=error is None, error=error,
                        seconds=time.time() - t0, out_dir=Path(out_dir), labels_dir=writer.labels_dir,
                        tracks_json=writer.tracks_json, overlay=info["overlay"],
-                       max_track_id=max(info["max_track_id"], state.registry.max_id))
+                       max_track_id=max(info["max_track_id"], state.registry.max_id), keyframes=n_key)
 
 
 #: where `segment_video` keeps the segmentations of a run until it completes (resume)
@@ -303,6 +305,9 @@ def segment_frames(source: "str | Path", seg_dir: "str | Path", segmenter: Any =
     """
     from diffseg_core.io import atomic_write_text
 
+    if not isinstance(keyframe_every, int) or keyframe_every < 1:
+        raise InputError(f"keyframe_every must be an integer >= 1 here (frames are segmented before they are "
+                         f"linked); got {keyframe_every!r}")
     src = FrameSource(source, start, end, 1, max_side)
     seg = _resolve_segmenter(segmenter)
     out = Path(seg_dir)

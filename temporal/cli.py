@@ -17,8 +17,16 @@ def add_tracker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stride", type=int, default=1, help="use every n-th frame [%(default)s]")
     g.add_argument("--max-side", type=int, default=None, help="downscale frames to this longer side")
     t = p.add_argument_group("tracker")
-    t.add_argument("--keyframe-every", type=int, default=1,
-                   help="segment every k-th frame, propagate by flow in between [%(default)s]")
+    from .config import TrackerConfig as _T  # defaults declared once, in the dataclass
+
+    t.add_argument("--keyframe-every", type=_keyframe_every, default=_T.keyframe_every, metavar="K|auto",
+                   help="segment every k-th frame, propagate by flow in between; 'auto': segment a frame "
+                        "only when the carried labels lose their cover [%(default)s]")
+    t.add_argument("--keyframe-coverage", type=float, default=_T.keyframe_coverage, metavar="F",
+                   help="auto: segment a frame when a track keeps fewer than this fraction of its pixels "
+                        "on consistent flow since the last keyframe [%(default)s]")
+    t.add_argument("--keyframe-max-gap", type=int, default=_T.keyframe_max_gap, metavar="N",
+                   help="auto: at most N carried frames between keyframes [%(default)s]")
     t.add_argument("--baseline", choices=("iou",), default=None,
                    help="use the IoU-only linker (no flow, look, splits, merges, re-id) for comparison")
     t.add_argument("--id-offset", type=int, default=0, help="ids start at this + 1 [%(default)s]")
@@ -30,12 +38,22 @@ def add_tracker_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
 
 
+def _keyframe_every(text: str) -> "int | str":
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto'; got {text!r}") from None
+
+
 def tracker_config_from_args(args: argparse.Namespace):
     from .config import TrackerConfig, iou_only_baseline
     from .engine import video
 
     try:
-        common = dict(keyframe_every=args.keyframe_every, id_offset=args.id_offset)
+        common = dict(keyframe_every=args.keyframe_every, keyframe_coverage=args.keyframe_coverage,
+                      keyframe_max_gap=args.keyframe_max_gap, id_offset=args.id_offset)
         if args.baseline == "iou":
             return iou_only_baseline(**common)
         return TrackerConfig(engine=config_from_args(args, video()), **common)
@@ -46,6 +64,8 @@ def tracker_config_from_args(args: argparse.Namespace):
 def _report(res) -> int:
     doc = {"frames": res.n_frames, "tracks": res.n_tracks, "complete": res.complete,
            "error": res.error, "seconds": round(res.seconds, 2), "output": str(res.out_dir)}
+    if res.keyframes != res.n_frames:
+        doc["keyframes"] = res.keyframes  # frames segmented; the others carried by flow
     if res.resumed_frames:
         doc["resumed_frames"] = res.resumed_frames
     print(json.dumps(doc))

@@ -24,14 +24,24 @@ class TrackerConfig(ConfigDict):
             take the id of the previous frame's mask they overlap best, one to one, IoU >=
             0.1; for comparisons, as in the benchmarks).
         keyframe_every: segment every k-th frame and carry the labels by optical flow in
-            between (1 = every frame).
+            between (1 = every frame); ``"auto"``: segment a frame only when the labels
+            carried from the last keyframe lose their cover (see ``keyframe_coverage``) or
+            after ``keyframe_max_gap`` carried frames.
+        keyframe_coverage: ``"auto"``: a frame is segmented when a track of the last
+            keyframe keeps fewer than this fraction of its pixels on unbroken chains of
+            forward-backward-consistent flow back to it (occlusion, fast motion, leaving the
+            frame all break chains; tracks under 64 work pixels do not count).
+        keyframe_max_gap: ``"auto"``: at most this many carried frames between keyframes
+            (what flow cannot see: an object that appears in place, a change of look).
         batch_size: frames per segmenter call (0 = the segmenter's own ``config.batch_size``).
         id_offset: the first new track id is ``id_offset + 1`` (unique ids across chunks).
     """
 
     engine: EngineConfig = field(default_factory=video)
     linker: Literal["engine", "iou"] = "engine"
-    keyframe_every: int = 1
+    keyframe_every: "int | Literal['auto']" = 1
+    keyframe_coverage: float = 0.9
+    keyframe_max_gap: int = 4
     batch_size: int = 0
     id_offset: int = 0
 
@@ -41,11 +51,32 @@ class TrackerConfig(ConfigDict):
         elif not isinstance(self.engine, EngineConfig):
             raise InputError(f"TrackerConfig.engine must be an EngineConfig or a mapping; got {type(self.engine).__name__}")
         look_up_option(self.linker, LINKERS, "linker")
-        if int(self.keyframe_every) < 1:
-            raise InputError(f"TrackerConfig.keyframe_every must be >= 1; got {self.keyframe_every}")
+        if self.keyframe_every != "auto":
+            try:
+                k = int(self.keyframe_every)
+            except (TypeError, ValueError):
+                k = 0
+            if k < 1 or k != self.keyframe_every:
+                raise InputError(f"TrackerConfig.keyframe_every must be an integer >= 1 or 'auto'; "
+                                 f"got {self.keyframe_every!r}")
+            object.__setattr__(self, "keyframe_every", k)
+        if not 0.0 <= float(self.keyframe_coverage) <= 1.0:
+            raise InputError(f"TrackerConfig.keyframe_coverage must be in [0, 1]; got {self.keyframe_coverage}")
+        if int(self.keyframe_max_gap) < 0:
+            raise InputError(f"TrackerConfig.keyframe_max_gap must be >= 0; got {self.keyframe_max_gap}")
         for name in ("batch_size", "id_offset"):
             if int(getattr(self, name)) < 0:
                 raise InputError(f"TrackerConfig.{name} must be >= 0; got {getattr(self, name)}")
+
+    @property
+    def adaptive(self) -> bool:
+        """Keyframes decided by the flow's cover (``keyframe_every="auto"``)."""
+        return self.keyframe_every == "auto"
+
+    @property
+    def propagates(self) -> bool:
+        """Some frames are carried by flow instead of segmented (keyframe mode)."""
+        return self.adaptive or self.keyframe_every > 1
 
     def replace(self, **changes: Any) -> "TrackerConfig":
         """A copy with ``changes`` applied (validated); ``engine`` may be a mapping of group

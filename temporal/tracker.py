@@ -21,11 +21,22 @@ from diffseg_core.types import Segmentation
 from .config import TrackerConfig
 from .engine import Linker, LinkState
 from .engine.baseline import IouLinker
-from .flow import resize_flow, warp_labels
+from .engine.predict import LOST_MIN_AREA
+from .flow import resize_flow, warp_image, warp_labels
 from .proposals import grid_hw, segmentation_from_labels
 from .relabel import IdCorrectionBuffer
 from .tracks import TrackRegistry
 from .types import TrackedFrame
+
+#: adaptive keyframes: tracks smaller than this (work pixels) at the keyframe do not count
+#: in the cover (specks fail the forward-backward check whatever the flow); the predict
+#: stage's own threshold for a lost track
+COVER_MIN_AREA = LOST_MIN_AREA
+#: adaptive keyframes: a pixel whose grey level differs by more than this from the previous
+#: frame pulled along the flow shows new content (an object gone or appeared in place, a
+#: change of look: what the forward-backward check cannot see); its chain breaks. Ablation
+#: in benchmarks/RESULTS.md (without it one tuning video of three lost its tracks).
+PHOTO_TOLERANCE = 24
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter", "link_label_maps"]
 
@@ -48,6 +59,10 @@ class VideoState:
         work_hw: ``(h, w)`` of the work resolution.
         prev_full: int32 ``(H, W)`` previous track ids at full resolution (kept only in
             keyframe mode, for propagation).
+        since_key: frames carried by flow since the last keyframe.
+        chained: bool ``(h, w)`` (adaptive keyframes): work pixels whose label has an
+            unbroken chain of consistent flow back to the last keyframe.
+        key_area: int64 work pixels of each track id at the last keyframe (adaptive).
     """
 
     link: LinkState
@@ -55,6 +70,9 @@ class VideoState:
     image_hw: Optional[tuple[int, int]] = None
     work_hw: Optional[tuple[int, int]] = None
     prev_full: Optional[np.ndarray] = None
+    since_key: int = 0
+    chained: Optional[np.ndarray] = None
+    key_area: Optional[np.ndarray] = None
 
     @property
     def registry(self) -> TrackRegistry:
@@ -105,8 +123,14 @@ class VideoSegmenter:
         return VideoState(self.linker.init_state(off))
 
     def is_keyframe(self, state: VideoState) -> bool:
-        """Whether the next `step` is a keyframe (segmented) in keyframe mode."""
-        return state.n_seen % self.config.keyframe_every == 0
+        """Whether the next `step` is a keyframe (segmented) whatever the frame shows: every
+        k-th frame, or with ``keyframe_every="auto"`` the first frame and the frame after
+        ``keyframe_max_gap`` carried ones (other frames are keyframes when the carried
+        labels lose their cover, decided in `step`)."""
+        c = self.config
+        if c.adaptive:
+            return state.link.prev is None or state.since_key >= c.keyframe_max_gap
+        return state.n_seen % c.keyframe_every == 0
 
     def step(self, state: VideoState, frame: Any = None, segmentation: "Segmentation | None" = None,
              frame_index: "int | None" = None) -> TrackedFrame:
@@ -128,12 +152,20 @@ class VideoSegmenter:
         idx = state.n_seen if frame_index is None else int(frame_index)
         rgb = None if frame is None else _as_rgb(frame)
         key = self.is_keyframe(state)
+        if self.config.adaptive and not key:
+            carried = self._propagate(state, rgb, idx, self.config.keyframe_coverage)
+            if carried is not None:  # the flow still covers the frame: no segmenter call
+                state.n_seen += 1
+                return carried
+            key = True
+            if segmentation is None and self.segmenter is None:
+                raise ValueError("`segmentation` is required on this frame (the carried labels lost their cover)")
         if segmentation is None:
             if key and self.segmenter is not None:
                 if rgb is None:
                     raise ValueError("`frame` is required to run the segmenter")
                 segmentation = self.segmenter.segment([rgb])[0]
-            elif state.link.prev is None or self.config.keyframe_every == 1:
+            elif state.link.prev is None or not self.config.propagates:
                 raise ValueError(
                     "`segmentation` is required: this VideoSegmenter has no segmenter"
                     if self.segmenter is None else "`segmentation` is required on this frame")
@@ -186,12 +218,17 @@ class VideoSegmenter:
                     yield self.step(state, None, seg)
                 return
             for fr, seg in zip(frames, segmentations):
-                if seg is not None and not self.is_keyframe(state) and self.config.keyframe_every > 1:
+                if seg is not None and not self.config.adaptive and not self.is_keyframe(state) \
+                        and self.config.propagates:
                     seg = None  # keyframe mode: only keyframes are linked
                 yield self.step(state, fr, seg)
             return
         if frames is None:
             raise ValueError("`frames` are required to run the segmenter")
+        if self.config.adaptive:  # whether a frame is segmented depends on the frames before it
+            for fr in frames:
+                yield self.step(state, fr, None)
+            return
         bs = self.config.batch_size or segmenter_batch_size(self.segmenter)
         buf: list[tuple[np.ndarray, bool]] = []
         n_key = 0
@@ -262,18 +299,42 @@ class VideoSegmenter:
         if r.carved.any():
             sel = np.take(np.concatenate([r.carved, [False]]), labels, mode="wrap")
             out[sel] = self._resize(r.labels, state.image_hw)[sel]
-        state.prev_full = out if self.config.keyframe_every > 1 else None
+        state.prev_full = out if self.config.propagates else None
+        state.since_key = 0
+        if self.config.adaptive:
+            state.chained = r.labels > 0
+            state.key_area = np.bincount(r.labels.ravel())
         return TrackedFrame(idx, out, r.ids.astype(np.int32), seg, True, lut[:K], r.absorbed)
 
-    def _propagate(self, state: VideoState, rgb: "np.ndarray | None", idx: int) -> TrackedFrame:
-        """Non-keyframe: move the previous labels with the flow (or hold them without)."""
+    def _propagate(self, state: VideoState, rgb: "np.ndarray | None", idx: int,
+                   min_cover: "float | None" = None) -> "TrackedFrame | None":
+        """Non-keyframe: move the previous labels with the flow (or hold them without).
+
+        With ``min_cover`` (adaptive keyframes): None, and nothing changed, when a track of
+        the last keyframe (of `COVER_MIN_AREA` work pixels or more) keeps fewer than
+        ``min_cover`` of its pixels on chains of consistent flow (the frame is then
+        segmented instead)."""
         prev_full = state.prev_full if state.prev_full is not None else self._resize(state.link.prev, state.image_hw)
         flow = None
         if rgb is not None and self.use_flow:
             if rgb.shape[:2] != state.image_hw:
                 raise ValueError(f"frame size changed within the video: {state.image_hw} then {rgb.shape[:2]}")
             _, gray = self._work_image(state, rgb)
-            flow = self.linker.predict(state.link, gray).flow
+            p = self.linker.predict(state.link, gray, commit=min_cover is None)
+            flow = p.flow
+            if min_cover is not None:
+                # a pixel stays chained when the flow that brings it here passes the
+                # forward-backward check (p.labels > 0) and it comes from a chained pixel
+                chained = (p.labels > 0) & (warp_labels(state.chained.view(np.uint8), flow) > 0)
+                chained &= cv2.absdiff(gray, warp_image(state.link.prev_gray, flow)) <= PHOTO_TOLERANCE
+                key = state.key_area
+                kept = np.bincount(p.labels[chained], minlength=len(key))[:len(key)]
+                big = key >= COVER_MIN_AREA
+                big[0] = False
+                if (kept[big] < min_cover * key[big]).any():
+                    return None
+                state.chained = chained
+                self.linker.predict_commit(state.link, p)
             state.link.prev_gray = gray
         out = prev_full.copy() if flow is None else warp_labels(prev_full, resize_flow(flow, state.image_hw),
                                                                 border_replicate=True)
@@ -282,6 +343,7 @@ class VideoSegmenter:
         ids = ids[ids > 0]
         state.registry.end_frame(idx, ids)
         state.prev_full = out
+        state.since_key += 1
         return TrackedFrame(idx, out, ids.astype(np.int32), None, False)
 
 

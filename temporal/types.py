@@ -57,6 +57,8 @@ class VideoResult:
         max_track_id: the largest id used (next chunk's ``id_offset`` for the runner).
         resumed_frames: frames whose segmentation came from an earlier, interrupted run of
             `segment_video` (0 for a fresh run).
+        keyframes: frames linked from a segmentation (the others were carried by flow:
+            keyframe mode); ``n_frames`` when every frame was segmented.
     """
 
     n_frames: int
@@ -70,3 +72,4 @@ class VideoResult:
     overlay: Optional[Path] = None
     max_track_id: int = 0
     resumed_frames: int = 0
+    keyframes: int = 0

@@ -78,6 +78,10 @@ class Linker:
             self._remember_velocity(reg, p.velocity, p.velocity)
         return p
 
+    def predict_commit(self, state: LinkState, p: Prediction) -> None:
+        """Remember the velocities of a `predict` made with ``commit=False`` (kept after all)."""
+        self._remember_velocity(state.registry, p.velocity, p.velocity)
+
     @staticmethod
     def _remember_velocity(reg: TrackRegistry, velocity: dict, present: "Iterable[int]") -> None:
         for tid in present:

@@ -321,3 +321,26 @@ def test_max_side_labels_are_written_at_the_source_size(tmp_path):
     assert labels.shape == (3, 96, 128)
     assert json.loads(res.tracks_json.read_text())["frame_size"] == [96, 128]
     assert relabel_agreement(colour_classes(frames), labels) > 0.97  # regions in place, at full size
+
+
+def test_track_cli_keyframe_every_auto(tmp_path, capsys):
+    # the summary line says how many frames were linked from a segmentation; a slow scene
+    # needs far fewer than all; a bad value is an argparse error; `run` refuses auto
+    sc, fdir, sdir, gts = write_scene(tmp_path, n=10)
+    rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "out"), "-q",
+               "--keyframe-every", "auto", "--keyframe-max-gap", "3"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames"] == 10 and 3 <= summary["keyframes"] <= 6
+    ids = majority_ids(tmp_path / "out" / "labels", [f"frame{t + 1}" for t in range(10)], gts)
+    assert all(d == ids[0] for d in ids)
+    with pytest.raises(SystemExit) as e:
+        main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "o2"), "--keyframe-every", "often"])
+    assert e.value.code == 2 and "often" in capsys.readouterr().err
+    from diffseg_core.distributed import RunConfig
+    from temporal.api import segment_frames
+
+    with pytest.raises(InputError, match="auto"):
+        RunConfig(tracker={"keyframe_every": "auto"})
+    with pytest.raises(InputError, match="keyframe_every"):
+        segment_frames(fdir, tmp_path / "segs", FakeSegmenter(sc), keyframe_every="auto")

@@ -440,3 +440,60 @@ def test_a_track_carved_out_for_memory_frames_is_not_carved_any_more():
     assert obj != int(out[0][0, 0])
     carved = [bool((o[10:20, 10:20] == obj).all()) for o in out]
     assert carved == [True] * 6 + [False] * 6, carved  # 3 frames its own segment, 3 carved, then gone
+
+
+def _scene_frames(sc: Scene, n: int, fake: "FakeSegmenter | None" = None) -> list:
+    frames = []
+    for t in range(n):
+        img, gt = sc.frame(t)
+        if fake is not None:
+            fake.register(t, img, gt)
+        frames.append((img, gt))
+    return frames
+
+
+def test_auto_keyframes_follow_the_flow_and_the_gap_cap(rng):
+    # slow motion the flow follows: only the first frame and every (max gap + 1)-th one are
+    # segmented; the ids hold through the carried frames
+    sc = Scene(TWO)
+    fake = FakeSegmenter(sc)
+    frames = _scene_frames(sc, 11, fake)
+    vs = VideoSegmenter(fake, TrackerConfig(keyframe_every="auto", keyframe_max_gap=4))
+    out = list(vs.iter_video(f for f, _ in frames))
+    assert [t for t, tf in enumerate(out) if tf.keyframe] == [0, 5, 10]
+    assert fake.calls == 3 and fake.batches == [1, 1, 1]  # decided frame by frame
+    ids = [gt_to_track(tf, gt) for tf, (_, gt) in zip(out, frames)]
+    assert all(m == ids[0] for m in ids)
+
+
+def test_auto_keyframe_where_the_flow_loses_a_track(rng):
+    # object 2 jumps 80 px at frame 4 (a cut the flow cannot follow): that frame is segmented
+    # although the gap cap is far, and only that one; with the cover check off (coverage 0)
+    # the jump is carried by flow and the square is lost
+    objs = [(1, 30, 20, 40, (220, 60, 60), 1, 1, 0, 99), (2, 100, 60, 36, (60, 60, 220), 0, 0, 0, 3),
+            (2, 100, 140, 36, (60, 60, 220), 0, 0, 4, 99)]
+    frames = _scene_frames(Scene(objs, hw=(160, 240)), 8)
+    segs = [seg_from_gt(gt, rng) for _, gt in frames]
+
+    def keyframes_and_cover(coverage):
+        cfg = TrackerConfig(keyframe_every="auto", keyframe_coverage=coverage, keyframe_max_gap=50)
+        out = list(VideoSegmenter(None, cfg).iter_video([f for f, _ in frames], segs))
+        obj = frames[5][1] == 2
+        mine = out[5].labels == gt_to_track(out[5], frames[5][1])[2]
+        return [t for t, tf in enumerate(out) if tf.keyframe], (mine & obj).sum() / (mine | obj).sum()
+
+    keys, cover = keyframes_and_cover(0.9)
+    assert keys == [0, 4] and cover > 0.9  # IoU of the square's track with the square
+    keys, cover = keyframes_and_cover(0.0)
+    assert keys == [0] and cover < 0.5
+
+
+@pytest.mark.parametrize("bad", ["x", 0, -2, 2.5, "4"])
+def test_keyframe_every_takes_an_integer_or_auto(bad):
+    from diffseg_core.errors import InputError
+
+    with pytest.raises(InputError, match="keyframe_every"):
+        TrackerConfig(keyframe_every=bad)
+    with pytest.raises(InputError, match="keyframe_coverage"):
+        TrackerConfig(keyframe_every="auto", keyframe_coverage=1.5)
+    assert TrackerConfig(keyframe_every="auto").adaptive and not TrackerConfig(keyframe_every=3).adaptive
