@@ -168,6 +168,31 @@ def test_merge_settings_change_the_segmentation():
     assert 1 < coarse_grid <= 16 < fine
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_keeps_latents_and_maps_within_dtype_rounding(dtype):
+    # the loaded model runs channels-last (faster kernels); the same weights in the default
+    # memory format give the same latents and captured maps up to the dtype's rounding
+    from diffseg_core.models import tiny_random_model
+
+    model = tiny_random_model(dtype=dtype)
+    assert model.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    seg = DiffSegSegmenter(SegmenterConfig(model="tiny-random", size=128), model=model)
+    img = np.random.default_rng(0).integers(0, 255, (128, 160, 3), dtype=np.uint8)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.inference_mode():
+        fast_lat = model.vae.encode(x.to(dtype).contiguous(memory_format=torch.channels_last)).latent_dist.mean
+        fast = seg.attention([img])[0].maps
+        model.vae.to(memory_format=torch.contiguous_format)
+        model.unet.to(memory_format=torch.contiguous_format)
+        assert not model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        plain_lat = model.vae.encode(x.to(dtype)).latent_dist.mean
+        plain = seg.attention([img])[0].maps
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(fast_lat.float(), plain_lat.float(), atol=tol, rtol=tol)
+    np.testing.assert_allclose(fast, plain, atol=1e-6 if dtype == torch.float32 else 2e-4, rtol=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_cuda_half_precision_matches_cpu_shapes(dtype):
