@@ -3,6 +3,7 @@
 
     python benchmarks/bench_e2e.py [--arch sd15,sd21-base] [--dtype float32,bfloat16]
                                    [--frames 6] [--keyframe-every 4] [--reps 2] [--no-video]
+                                   [--reference ../shared/reference]
 
 For each architecture (Stable Diffusion 1.5 and 2.1-base UNets and the SD VAE, built from
 their configs with random weights: the speed does not depend on the weights) and dtype, on a
@@ -12,12 +13,14 @@ synthetic 512x512 clip (the example scene, H.264 through PyAV):
   aggregation, merge, NMS (from `DiffSegSegmenter`'s own timings), linking (the engine's
   `VideoSegmenter.step` on the segmentations just made) and writing (label PNG, overlay,
   overlay MP4 frame); and the segmenter's wall time per frame, all stages together;
+* the post-UNet path on a realistic attention set (random weights give one flat segment);
 * the baselines measured in the same run: **diffusers' default passes** (the VAE encode and a
   plain UNet forward, default memory format and attention processors: what a user's own
   diffusers code would spend) and **the two KL matrix products** of the first merge
   (``(M, D) @ (D, N)`` twice, M = 256 anchors, D = N = the finest grid's tokens);
-* frames/s of `segment_video` (what `diffseg video` runs) in every-frame mode and with
-  ``--keyframe-every``, on ``--frames`` frames (linking, writing and the overlay included);
+* frames/s of `segment_video` (what `diffseg video` runs) in every-frame mode, with
+  ``--keyframe-every`` k and with ``auto`` keyframes, on ``--frames`` frames (linking,
+  writing and the overlay included);
 * with CUDA: the same in float16, batch 1 and 8.
 
 Targets (issue 19): the whole segmenter <= 1.0x diffusers' default passes in every dtype;
@@ -142,6 +145,31 @@ def kl_products(n: int, reps: int, device: torch.device) -> float:
     return median_time(lambda: (a @ lx.T, la @ x.T), max(reps, 5), device)
 
 
+def post_unet_realistic(reference: "str | None", reps: int) -> tuple[float, int]:
+    """Seconds of the segmenter's post-UNet path (aggregate in place, merge, NMS to 512x512)
+    on a realistic 64x64 attention set (random weights give one flat segment): the reference
+    generator's hardest case with ``--reference``, else bench_core's blocky generator."""
+    from bench_core import RES, blocky_attention, reference_attention
+
+    from diffseg_core.aggregate import aggregate
+    from diffseg_core.config import MergeConfig
+    from diffseg_core.pipeline import segment_aggregated
+
+    w = reference_attention(reference) if reference else blocky_attention()
+    per_res = [torch.from_numpy(w[r]).mean(0, keepdim=True) for r in RES]
+
+    def run() -> Any:
+        maps = [m.clone() for m in per_res]  # what the capture hands over (owned)
+        t0 = time.perf_counter()
+        agg = aggregate(maps, [(r, r) for r in RES], (64, 64), inplace=True)[0]
+        seg = segment_aggregated(agg, MergeConfig(), out_size=(SIDE, SIDE))
+        return time.perf_counter() - t0, seg.num_segments
+
+    run()
+    runs = [run() for _ in range(max(reps, 5))]
+    return statistics.median(r[0] for r in runs), runs[0][1]
+
+
 def frame_stages(model: Any, clip: Path, out: Path) -> dict[str, float]:
     """Per-stage seconds of one frame (medians over the clip's frames)."""
     from diffseg_core.config import SegmenterConfig
@@ -190,8 +218,9 @@ def frame_stages(model: Any, clip: Path, out: Path) -> dict[str, float]:
             "segments": med(s.num_segments for s in segs), "latent": segs[0].meta["latent_hw"]}
 
 
-def video_fps(model: Any, clip: Path, keyframe_every: int, out: Path) -> tuple[float, int]:
-    """frames/s of `segment_video` (decode, segment, link, write, overlay) and the frames."""
+def video_fps(model: Any, clip: Path, keyframe_every: "int | str", out: Path) -> tuple[float, int, int]:
+    """frames/s of `segment_video` (decode, segment, link, write, overlay), the frames and
+    the frames segmented."""
     from diffseg_core.config import SegmenterConfig
     from diffseg_core.segmenter import DiffSegSegmenter
     from temporal.api import segment_video
@@ -200,7 +229,7 @@ def video_fps(model: Any, clip: Path, keyframe_every: int, out: Path) -> tuple[f
     seg = DiffSegSegmenter(SegmenterConfig(model=model.model_id, size=SIDE), model=model)
     t = time.perf_counter()
     res = segment_video(clip, out, seg, TrackerConfig(keyframe_every=keyframe_every), resume=False)
-    return res.n_frames / (time.perf_counter() - t), res.n_frames
+    return res.n_frames / (time.perf_counter() - t), res.n_frames, res.keyframes
 
 
 def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argparse.Namespace) -> None:
@@ -224,12 +253,18 @@ def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argp
     print(f"{name}   post-UNet (aggregate + merge + NMS) {st['post']:.3f} s vs the two KL products "
           f"{t_kl:.3f} s ({lh * lw} tokens): {st['post'] / t_kl:.2f}x (target <= 3.0x: "
           f"{'OK' if st['post'] <= 3 * t_kl else 'MISSED'})", flush=True)
+    if (lh, lw) == (64, 64):
+        t_real, k = post_unet_realistic(a.reference, a.reps)
+        src = "reference generator" if a.reference else "blocky generator"
+        print(f"{name}   post-UNet on a realistic attention set ({src}, K = {k}) {t_real:.3f} s: "
+              f"{t_real / t_kl:.2f}x the KL products (target <= 3.0x: "
+              f"{'OK' if t_real <= 3 * t_kl else 'MISSED'})", flush=True)
     if not a.no_video:
-        for k in (1, a.keyframe_every):
+        for k in (1, a.keyframe_every, "auto"):
             with tempfile.TemporaryDirectory() as d:
-                fps, n = video_fps(model, clip, k, Path(d))
+                fps, n, keys = video_fps(model, clip, k, Path(d))
             mode = "every frame" if k == 1 else f"keyframe-every {k}"
-            print(f"{name}   segment_video ({n} frames, {mode}): {fps:.3f} frames/s", flush=True)
+            print(f"{name}   segment_video ({n} frames, {mode}): {fps:.3f} frames/s ({keys} segmented)", flush=True)
     del model
 
 
@@ -241,7 +276,12 @@ def main(argv: "list[str] | None" = None) -> int:
     ap.add_argument("--keyframe-every", type=int, default=4, help="keyframe mode's k [4]")
     ap.add_argument("--reps", type=int, default=2, help="repetitions of the timed passes [2]")
     ap.add_argument("--no-video", action="store_true", help="skip the segment_video frames/s")
+    ap.add_argument("--reference", help="../shared/reference (gen_attention.py): the realistic attention set "
+                                        "of the post-UNet line [bench_core's blocky generator]")
     a = ap.parse_args(argv)
+    from diffseg_core.progress import set_progress_enabled
+
+    set_progress_enabled(False)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"bench_e2e: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {load:.1f}", flush=True)
