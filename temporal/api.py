@@ -110,7 +110,7 @@ class _SegmentationCache:
     @staticmethod
     def key_of(segmenter: Any) -> "str | None":
         """Hash of the segmenter's configuration, or None (unknown segmenter: no cache)."""
-        from diffseg_core.jobs import config_hash
+        from diffseg_core.config import config_hash
 
         cfg = getattr(segmenter, "config", None)
         if cfg is None or not hasattr(cfg, "to_dict"):

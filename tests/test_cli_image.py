@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffseg_core.cli import main
+from diffseg.cli import main
 from diffseg_core.io import read_labels
 
 FAST = ["--model", "tiny-random", "--device", "cpu", "--size", "64", "-q"]
@@ -136,7 +136,7 @@ def test_subprocess_console_entry(tmp_path):
     img = _save(tmp_path / "shot.png", _rgb(48, 64))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "diffseg_core", "image", str(img), "-o", str(out), *FAST],
+    proc = subprocess.run([sys.executable, "-m", "diffseg", "image", str(img), "-o", str(out), *FAST],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert read_labels(out / "shot.png").shape == (48, 64)
