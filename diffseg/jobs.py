@@ -28,9 +28,8 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from diffseg_core.errors import InputError
-from diffseg_core.io import IMAGE_EXTENSIONS, atomic_write_text, full_suffix
-
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+from diffseg_core.io import IMAGE_EXTENSIONS, atomic_write_text, full_suffix, natural_key
+from temporal.io import VIDEO_EXTENSIONS  # what the video reader opens
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".npy", ".dcm")
 #: Multi-page TIFFs are volumes; single-page TIFFs are images.
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -61,11 +60,6 @@ class InputSpec:
     kind: InputKind
     name: str
     num_frames: int = 0
-
-
-def natural_key(text: str) -> list[Any]:
-    """Sort key that orders ``frame2`` before ``frame10``."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
 def _is_dicom_file(p: Path) -> bool:
