@@ -7,7 +7,7 @@
 2. Chunking: one long video run as a whole (one chunk) and split into chunks of
    ``--chunk-frames`` (segmented on 2 processes, linked in one pass). Printed:
    the fraction of pixels whose ids agree after one optimal global relabelling
-   (`diffseg_core.jobs.relabel_agreement`), over all frames.
+   (`diffseg.jobs.relabel_agreement`), over all frames.
 
 Usage:
     python benchmarks/bench_distributed.py [--job PATH ...] [--video PATH]
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from diffseg_core.io import read_labels  # noqa: E402
-from diffseg_core.jobs import relabel_agreement  # noqa: E402
+from diffseg.jobs import relabel_agreement  # noqa: E402
 
 
 class ComponentSegmenter:
@@ -126,7 +126,7 @@ def synth_job(root: Path) -> list[Path]:
 def run_cli(inputs: list[Path], out: Path, opts: list[str], devices: int) -> tuple[float, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "benchmarks"), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "diffseg_core", "run", *map(str, inputs), "-o", str(out), "--devices", str(devices),
+    cmd = [sys.executable, "-m", "diffseg", "run", *map(str, inputs), "-o", str(out), "--devices", str(devices),
            *(["--strategy", "ddp"] if devices > 1 else []), *opts]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -198,7 +198,7 @@ def main() -> int:
         if args.max_frames and video.is_dir():
             sub = root / "long_cut" / "frames"
             sub.mkdir(parents=True)
-            from diffseg_core.jobs import _image_files
+            from diffseg.jobs import _image_files
 
             for p in _image_files(video)[: args.max_frames]:
                 os.symlink(p, sub / p.name)

@@ -77,7 +77,7 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[3])
 from diffseg_core.config import SegmenterConfig
 from diffseg_core.segmenter import DiffSegSegmenter
-from diffseg_core.cli import main
+from diffseg.cli import main
 DiffSegSegmenter(SegmenterConfig(model="tiny-random", size=64)).model  # loaded (and cached) first
 model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = time.perf_counter()

@@ -98,7 +98,7 @@ def run_track(frames: Path, segs: Path, out: Path, extra: list[str]) -> float:
 def run_track_summary(frames: Path, segs: Path, out: Path, extra: list[str]) -> tuple[float, dict]:
     """``diffseg track`` as a user runs it: (seconds, its JSON summary line)."""
     t0 = time.time()
-    cmd = [sys.executable, "-m", "diffseg_core", "track", str(frames), "--segments", str(segs), "-o", str(out),
+    cmd = [sys.executable, "-m", "diffseg", "track", str(frames), "--segments", str(segs), "-o", str(out),
            "-q", "--no-overlay", *extra]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from volume_sim import SimConfig, diffseg_like_volume, phantom  # noqa: E402
 
-from diffseg_core.cli import main as diffseg_main  # noqa: E402
+from diffseg.cli import main as diffseg_main  # noqa: E402
 from volume.evaluate import volume_dice  # noqa: E402
 from volume.io import read_label_volume, read_volume  # noqa: E402
 from temporal.engine.baseline import iou_stitch  # noqa: E402
@@ -261,7 +261,7 @@ def bench_big(tmp: Path, model: bool) -> None:
     _big_labels(p)
     size_mb = p.stat().st_size / 2 ** 20
     print(f"  made 512x512x600 slice-shuffled label volume ({size_mb:.0f} MiB uint16) in {time.perf_counter() - t0:.1f} s")
-    diffseg = [sys.executable, "-m", "diffseg_core"]
+    diffseg = [sys.executable, "-m", "diffseg"]
     rss, wall, so = _peak_rss(diffseg + ["stack", str(p), "-o", str(tmp / "big_out.npy"), "-q"])
     print(f"  diffseg stack 512x512x600: peak RSS {rss:.0f} MiB, wall {wall:.1f} s "
           f"(int32 label volume alone = {600 * 512 * 512 * 4 / 2 ** 20:.0f} MiB); {so}")

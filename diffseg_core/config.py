@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -128,3 +130,9 @@ class SegmenterConfig(ConfigDict):
             object.__setattr__(self, "merge", MergeConfig.from_dict(self.merge))
         if isinstance(self.capture, dict):
             object.__setattr__(self, "capture", CaptureConfig.from_dict(self.capture))
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable 16-hex-digit hash of JSON-serialisable parts (dict keys sorted)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

@@ -5,6 +5,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,11 @@ MAX_IMAGE_PIXELS = 16384 * 16384
 _DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
                 errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded",
                 errno.EPERM: "operation not permitted"}
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``frame2`` before ``frame10`` (case-insensitive)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 def output_error(path: "str | os.PathLike", exc: OSError) -> OutputError:

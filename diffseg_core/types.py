@@ -6,7 +6,7 @@ Canonical storage is numpy (what OpenCV, scipy and the file writers consume);
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -107,3 +107,24 @@ class Segmentation:
             image_hw=self.image_hw,
             meta=dict(self.meta),
         )
+
+
+class Segmenter(Protocol):
+    """Anything with DiffSeg's batch interface: uint8 RGB ``(H, W, 3)`` images in, one
+    `Segmentation` per image out (`DiffSegSegmenter`, a stand-in, your own model)."""
+
+    def segment(self, images: Sequence[np.ndarray]) -> list[Any]: ...  # pragma: no cover - protocol
+
+
+def resolve_segmenter(segmenter: Any) -> Any:
+    """The segmenter an API call was given: an object with ``.segment`` as it is, a
+    `SegmenterConfig` or None as a `DiffSegSegmenter` (the default config for None)."""
+    if segmenter is not None and hasattr(segmenter, "segment"):
+        return segmenter
+    from .config import SegmenterConfig
+
+    if segmenter is None or isinstance(segmenter, SegmenterConfig):
+        from .segmenter import DiffSegSegmenter  # heavy: imported only when needed
+
+        return DiffSegSegmenter(segmenter if segmenter is not None else SegmenterConfig())
+    raise TypeError(f"`segmenter` must have .segment(images) or be a SegmenterConfig; got {type(segmenter).__name__}")

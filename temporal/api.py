@@ -18,6 +18,7 @@ import numpy as np
 
 from diffseg_core.errors import InputError
 from diffseg_core.progress import progress
+from diffseg_core.types import resolve_segmenter
 
 from .config import TrackerConfig
 from .io import DecodeError, Frame, FrameSource, read_segment_labels
@@ -28,19 +29,6 @@ from .writer import VideoOutputWriter
 
 __all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", "save_segmentation", "load_segmentation",
            "link_segmentations", "VideoResult", "TrackerConfig"]
-
-
-def _resolve_segmenter(segmenter: Any) -> Any:
-    """A segmenter object from an object with ``.segment`` or a `SegmenterConfig`."""
-    if hasattr(segmenter, "segment"):
-        return segmenter
-    from diffseg_core.config import SegmenterConfig
-
-    if segmenter is None or isinstance(segmenter, SegmenterConfig):
-        from diffseg_core.segmenter import DiffSegSegmenter  # heavy: imported only when needed
-
-        return DiffSegSegmenter(segmenter if segmenter is not None else SegmenterConfig())
-    raise TypeError(f"`segmenter` must have .segment(images) or be a SegmenterConfig; got {type(segmenter).__name__}")
 
 
 def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_overlay: bool,
@@ -110,7 +98,7 @@ class _SegmentationCache:
     @staticmethod
     def key_of(segmenter: Any) -> "str | None":
         """Hash of the segmenter's configuration, or None (unknown segmenter: no cache)."""
-        from diffseg_core.jobs import config_hash
+        from diffseg_core.config import config_hash
 
         cfg = getattr(segmenter, "config", None)
         if cfg is None or not hasattr(cfg, "to_dict"):
@@ -175,7 +163,7 @@ def segment_video(source: "str | Path", out_dir: "str | Path", segmenter: Any = 
     from diffseg_core.models import segmenter_info
 
     src = FrameSource(source, start, end, stride, max_side)
-    seg = _resolve_segmenter(segmenter)
+    seg = resolve_segmenter(segmenter)
     key = _SegmentationCache.key_of(seg) if resume else None
     cache = _SegmentationCache(seg, Path(out_dir) / SEGMENTATION_CACHE / key) if key else None
     cfg = _config_with_offset(config, id_offset)
@@ -309,7 +297,7 @@ def segment_frames(source: "str | Path", seg_dir: "str | Path", segmenter: Any =
         raise InputError(f"keyframe_every must be an integer >= 1 here (frames are segmented before they are "
                          f"linked); got {keyframe_every!r}")
     src = FrameSource(source, start, end, 1, max_side)
-    seg = _resolve_segmenter(segmenter)
+    seg = resolve_segmenter(segmenter)
     out = Path(seg_dir)
     bs = segmenter_batch_size(seg)
     stems: list[str] = []

@@ -4,7 +4,6 @@ Everything streams: a source yields one frame at a time; nothing holds the whole
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -13,8 +12,8 @@ import cv2
 import numpy as np
 
 from diffseg_core.errors import InputError
-from diffseg_core.io import (IMAGE_EXTENSIONS, check_label_range, damage_reported_by, read_image, read_labels,
-                            to_rgb_uint8)
+from diffseg_core.io import (IMAGE_EXTENSIONS, check_label_range, damage_reported_by, natural_key, read_image,
+                            read_labels, to_rgb_uint8)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 LABEL_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
@@ -30,11 +29,6 @@ class DecodeError(InputError):
     def __init__(self, message: str, frame: int) -> None:
         super().__init__(message)
         self.frame = frame
-
-
-def natural_key(name: str) -> list:
-    """Sort key that orders ``frame2`` before ``frame10``."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 @dataclass

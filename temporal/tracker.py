@@ -11,12 +11,12 @@ the previous full-resolution labels; nothing grows with the length of the video.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Optional, Protocol
+from typing import Any, Iterable, Iterator, Optional
 
 import cv2
 import numpy as np
 
-from diffseg_core.types import Segmentation
+from diffseg_core.types import Segmentation, Segmenter
 
 from .config import TrackerConfig
 from .engine import Linker, LinkState
@@ -39,13 +39,6 @@ COVER_MIN_AREA = LOST_MIN_AREA
 PHOTO_TOLERANCE = 24
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter", "link_label_maps"]
-
-
-class Segmenter(Protocol):
-    """Anything with ``segment(list of uint8 (H, W, 3)) -> list[Segmentation]``."""
-
-    def segment(self, images: list) -> list:  # pragma: no cover - protocol
-        ...
 
 
 @dataclass

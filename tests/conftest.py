@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for a ``python -m diffseg_core`` subprocess: this checkout first on the
+    """Environment for a ``python -m diffseg`` subprocess: this checkout first on the
     path, one OpenMP thread (tests run side by side), plus ``extra``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

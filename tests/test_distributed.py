@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffseg_core.config import SegmenterConfig
-from diffseg_core.distributed import RunConfig, finalize_video, run_job
+from diffseg_core.config import SegmenterConfig, config_hash
+from diffseg.distributed import RunConfig, finalize_video, run_job
 from diffseg_core.errors import InputError
 from diffseg_core.io import read_labels
-from diffseg_core.jobs import (InputSpec, WorkItem, chunk_ranges, classify_inputs, config_hash, plan_items,
+from diffseg.jobs import (InputSpec, WorkItem, chunk_ranges, classify_inputs, plan_items,
                                relabel_agreement, shard_items)
 
 from .conftest import REPO, colour_classes, write_frames, write_images
@@ -112,7 +112,7 @@ def test_run_config_did_you_mean():
 # ----------------------------------------------------------------------------- linking chunks
 def _segment_chunks(out: Path, frames: Path, n: int, chunk: int, overlap: int) -> list:
     """Chunk segmentations of a frame folder (fake segmenter) as a run writes them."""
-    from diffseg_core.jobs import WORK_DIR
+    from diffseg.jobs import WORK_DIR
     from temporal.api import segment_frames
 
     from .conftest import fake_segmenter
@@ -189,11 +189,11 @@ def test_two_cpu_processes_equal_one_process(tmp_path):
     inputs = [str(tmp_path / "in" / "photos"), str(frames)]
     opts = ["--segmenter-factory", FAKE, "--accelerator", "cpu", "--chunk-frames", "4",
             "--chunk-overlap", "2", "--no-overlay", "-q"]
-    one = subprocess.run([sys.executable, "-m", "diffseg_core", "run", *inputs, "-o", str(tmp_path / "one"),
+    one = subprocess.run([sys.executable, "-m", "diffseg", "run", *inputs, "-o", str(tmp_path / "one"),
                           "--devices", "1", *opts], cwd=REPO, env=_env(), capture_output=True, text=True,
                          timeout=240)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "diffseg_core", "run", *inputs, "-o", str(tmp_path / "two"),
+    two = subprocess.run([sys.executable, "-m", "diffseg", "run", *inputs, "-o", str(tmp_path / "two"),
                           "--devices", "2", "--strategy", "ddp", *opts], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -5,7 +5,7 @@ problem: no traceback, no hang, no output file left looking complete, and nothin
 was already in the output folder lost. Images in unusual but valid modes (RGBA, 16-bit,
 grayscale, CMYK, palette) must instead be segmented (exit 0).
 
-Most cases run in process through `diffseg_core.cli.main` (fast; the tiny model is loaded
+Most cases run in process through `diffseg.cli.main` (fast; the tiny model is loaded
 once); a few run as subprocesses to check stderr for tracebacks. Cases are pytest
 parameters, so ``pytest -q tests/test_fuzz.py`` reports how many were tried and passed.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffseg_core.cli import main
+from diffseg.cli import main
 
 from .conftest import REPO, write_frames
 
@@ -506,7 +506,7 @@ def test_unreadable_input(entry, corpus, tmp_path, capsys, monkeypatch):
         (out / SENTINEL).write_text("an earlier result")
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        p = subprocess.run([*prefix, sys.executable, "-m", "diffseg_core", *_fill(argv, corpus, out)], cwd=REPO,
+        p = subprocess.run([*prefix, sys.executable, "-m", "diffseg", *_fill(argv, corpus, out)], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=100)
         assert p.returncode == 2, p.stderr[-2000:]
         assert "Traceback" not in p.stderr
@@ -531,7 +531,7 @@ SUBPROCESS_CASES = [
 def test_bad_input_subprocess_no_traceback(entry, argv, name, corpus, tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, "-m", "diffseg_core", *_fill(argv, corpus, tmp_path / "out")], cwd=REPO,
+    p = subprocess.run([sys.executable, "-m", "diffseg", *_fill(argv, corpus, tmp_path / "out")], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=100)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
@@ -574,7 +574,7 @@ def test_a_damaged_tiff_gives_one_line_without_the_readers_log(tmp_path):
         data[rng.integers(0, min(len(data), 600))] = rng.integers(0, 256)
     (tmp_path / "bad.tif").write_bytes(bytes(data))
     # a subprocess: in process, pytest's log capture would hide the library's lines anyway
-    p = subprocess.run([sys.executable, "-m", "diffseg_core", "stack", str(tmp_path / "bad.tif"), "-o",
+    p = subprocess.run([sys.executable, "-m", "diffseg", "stack", str(tmp_path / "bad.tif"), "-o",
                         str(tmp_path / "out"), "-q"], cwd=REPO, capture_output=True, text=True, timeout=120)
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(err) == 1 and "bad.tif" in err[0], err

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffseg_core.cli import main
+from diffseg.cli import main
 from diffseg_core.errors import OutputError
 from diffseg_core.io import (atomic_save_npy, output_lock, protect_inputs, remove_stale_temporaries,
                              save_image, temporary_name)
@@ -149,7 +149,7 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path, command):
         argv = ["video", str(frames), "-o", str(out), "--model", "tiny-random", "--size", "64", "--no-overlay"]
     # Ctrl-C's default action in the child, even when this test runs from a background job
     # (which inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)
-    proc = subprocess.Popen([sys.executable, "-m", "diffseg_core", *argv], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "diffseg", *argv], cwd=REPO,
                             env=_env(DIFFSEG_FAKE_DELAY="0.2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120

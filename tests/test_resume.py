@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffseg_core.cli import main
+from diffseg.cli import main
 from diffseg_core.config import MergeConfig, SegmenterConfig
-from diffseg_core.distributed import RunConfig, run_job
+from diffseg.distributed import RunConfig, run_job
 from diffseg_core.io import read_labels
-from diffseg_core.jobs import JobManifest
+from diffseg.jobs import JobManifest
 
 from .conftest import REPO, colour_classes, write_frames, write_images
 from .conftest import subprocess_env as _env
@@ -135,7 +135,7 @@ def _sigkill_when(proc: subprocess.Popen, ready, what: str, limit: float = 150) 
 @pytest.mark.timeout(240)
 def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path):
     frames = write_frames(tmp_path / "clip" / "frames", 16)
-    args = [sys.executable, "-m", "diffseg_core", "run", str(frames), "--segmenter-factory", FAKE,
+    args = [sys.executable, "-m", "diffseg", "run", str(frames), "--segmenter-factory", FAKE,
             "--accelerator", "cpu", "--chunk-frames", "6", "--chunk-overlap", "2", "-q"]
     ref = run_job([frames], tmp_path / "ref", _cfg(chunk_frames=6, chunk_overlap=2))  # uninterrupted, in process
     assert ref.exit_code == 0, ref.format()
@@ -167,7 +167,7 @@ def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path):
     assert tr_r == tr_k
     # ... and right, by an expectation that does not come from our code: three tracks, the
     # colour regions of the frames, one id each through all 16 frames and 4 chunks
-    from diffseg_core.jobs import relabel_agreement
+    from diffseg.jobs import relabel_agreement
 
     truth = colour_classes(frames)
     assert relabel_agreement(truth, lab_k) == 1.0
@@ -300,7 +300,7 @@ def test_sigkill_mid_diffseg_video_then_rerun_equals_uninterrupted(tmp_path):
     from temporal.api import SEGMENTATION_CACHE
 
     frames = write_frames(tmp_path / "frames", 10)
-    base = [sys.executable, "-m", "diffseg_core", "video", str(frames), "--model", "tiny-random", "--size", "64",
+    base = [sys.executable, "-m", "diffseg", "video", str(frames), "--model", "tiny-random", "--size", "64",
             "--no-overlay"]
     ref = subprocess.run(base + ["-o", str(tmp_path / "ref"), "-q"], cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=200)

@@ -54,7 +54,7 @@ class Mutant:
 CORE = ("tests/diffseg_core",)
 TEMPORAL = ("tests/temporal",)
 VOLUME = ("tests/volume",)
-JOBS = ("tests/test_distributed.py", "tests/test_resume.py", "tests/diffseg_core")
+JOBS = ("tests/test_distributed.py", "tests/test_resume.py", "tests/test_cli_image.py", "tests/diffseg_core")
 
 MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ core math
@@ -176,7 +176,7 @@ MUTANTS: list[Mutant] = [
     Mutant("flow.fb_check_off", "temporal/flow.py",
            "    ok = err <= mag\n", "    ok = err >= 0\n",
            TEMPORAL, "occluded pixels keep a flow they do not have"),
-    Mutant("run.link_per_chunk", "diffseg_core/distributed.py",
+    Mutant("run.link_per_chunk", "diffseg/distributed.py",
            "        for stem in stems[max(0, len(segs) - c.start):]:",
            "        for stem in stems[:0]:",
            JOBS, "a chunked video is not linked over all its chunks"),
@@ -191,14 +191,14 @@ MUTANTS: list[Mutant] = [
            "        r[agree] = a[agree]\n", "",
            VOLUME, "--axes all returns the reference axis unchanged"),
     # ------------------------------------------------------------------ job manifest
-    Mutant("manifest.outputs_not_checked", "diffseg_core/jobs.py",
+    Mutant("manifest.outputs_not_checked", "diffseg/jobs.py",
            "return all((self.out_dir / o).exists() for o in rec.outputs)", "return True",
            JOBS, "an item whose outputs were deleted is skipped on rerun"),
-    Mutant("manifest.hash_not_checked", "diffseg_core/jobs.py",
+    Mutant("manifest.hash_not_checked", "diffseg/jobs.py",
            "if rec is None or rec.status != \"done\" or rec.config_hash != chash:",
            "if rec is None or rec.status != \"done\":",
            JOBS, "changing a setting does not redo the items"),
-    Mutant("manifest.done_before_outputs", "diffseg_core/distributed.py",
+    Mutant("manifest.done_before_outputs", "diffseg/distributed.py",
            "    outputs = list(res.outputs)\n    status, error = res.status, res.error\n",
            "    outputs = list(res.outputs)\n    status, error = res.status, res.error\n"
            "    if status == \"done\" and res.labels is not None:\n"
@@ -206,11 +206,11 @@ MUTANTS: list[Mutant] = [
            "                                status=\"done\", config_hash=chash, outputs=[],\n"
            "                                error=None, frames=res.frames, seconds=0.0, rank=rank))\n",
            JOBS, "a kill between the record and the files leaves an item marked done with no outputs"),
-    Mutant("manifest.hash_ignores_tracker", "diffseg_core/distributed.py",
+    Mutant("manifest.hash_ignores_tracker", "diffseg/distributed.py",
            "common.update(tracker=self.tracker, max_side=self.max_side, chunk_frames=self.chunk_frames,",
            "common.update(max_side=self.max_side, chunk_frames=self.chunk_frames,",
            JOBS, "changing tracker options does not redo the videos"),
-    Mutant("jobs.shard_duplicates", "diffseg_core/jobs.py",
+    Mutant("jobs.shard_duplicates", "diffseg/jobs.py",
            "        if r == rank:\n            mine.append(it)",
            "        if r == rank or it.cost == 1:\n            mine.append(it)",
            JOBS, "small items run on every rank"),

@@ -15,12 +15,13 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from diffseg_core.errors import InputError
 from diffseg_core.progress import progress
+from diffseg_core.types import Segmenter, resolve_segmenter
 
 from .geometry import inplane_spacing, resize_gray, resize_nearest, square_shape, take_slice, through_plane_axis
 from .intensity import IntensityMap, gray_to_rgb, has_finite_value, plan_intensity, to_uint8
@@ -31,12 +32,6 @@ from .report import side_paths, write_color_table, write_labels_json, write_mont
 from .types import Volume, VolumeConfig, VolumeResult
 
 log = logging.getLogger("diffseg.volume")
-
-
-class Segmenter(Protocol):
-    """Anything with DiffSeg's batch interface: uint8 RGB images -> `Segmentation`s."""
-
-    def segment(self, images: Sequence[np.ndarray]) -> list[Any]: ...
 
 
 #: (segment index int (a, b) ``0..K-1`` with -1 = none, proposals float32 (K, h, w),
@@ -144,18 +139,6 @@ def _diffseg_slices(images: _SliceImages, segmenter: Segmenter, batch: int) -> I
             yield lab.astype(np.int32), np.asarray(s.proposals, np.float32), g
 
 
-def _make_segmenter(segmenter: "Segmenter | Any | None") -> Segmenter:
-    if segmenter is None or not hasattr(segmenter, "segment"):
-        from diffseg_core.config import SegmenterConfig
-        from diffseg_core.segmenter import DiffSegSegmenter
-
-        cfg = segmenter if segmenter is not None else SegmenterConfig()
-        if not isinstance(cfg, SegmenterConfig):
-            raise TypeError(f"`segmenter` must have .segment(images) or be a SegmenterConfig; got {type(segmenter)}")
-        return DiffSegSegmenter(cfg)
-    return segmenter
-
-
 def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathLike",
                    segmenter: "Segmenter | Any | None" = None, config: VolumeConfig = VolumeConfig(),
                    ) -> VolumeResult:
@@ -185,7 +168,7 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     imap = plan_intensity(vol, config.window, config.percentiles)
     if not has_finite_value(vol):
         raise InputError(f"{vol.path}: every voxel is NaN or infinite: nothing to segment")
-    seg = _make_segmenter(segmenter)
+    seg = resolve_segmenter(segmenter)
     batch = max(1, int(getattr(getattr(seg, "config", None), "batch_size", 1) or 1))
     log.info("%s: shape %s spacing %s, intensity %s", vol.path, vol.shape, vol.spacing, imap.mode)
     axis = choose_axis(config, vol)

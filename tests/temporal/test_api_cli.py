@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffseg_core.cli import main
+from diffseg.cli import main
 from diffseg_core.errors import InputError
 from diffseg_core.io import read_labels
 from temporal.api import segment_video, track_segments
@@ -290,7 +290,7 @@ def test_video_outputs_say_what_made_them_and_stream(tmp_path):
     # provenance in tracks.json (a tiny-random result must not pass for a real one) and an
     # overlay whose index comes first (faststart: it plays before it is fully downloaded)
     from diffseg_core import software_version
-    from diffseg_core.cli import main
+    from diffseg.cli import main
 
     from ..conftest import write_frames
 
@@ -311,7 +311,7 @@ def test_max_side_labels_are_written_at_the_source_size(tmp_path):
     from tests.conftest import FakeSegmenter, colour_classes, write_frames
     from diffseg_core.config import SegmenterConfig
     from diffseg_core.io import read_labels
-    from diffseg_core.jobs import relabel_agreement
+    from diffseg.jobs import relabel_agreement
     from temporal.api import segment_video
 
     frames = write_frames(tmp_path / "frames", 3, hw=(96, 128))
@@ -337,7 +337,7 @@ def test_track_cli_keyframe_every_auto(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "o2"), "--keyframe-every", "often"])
     assert e.value.code == 2 and "often" in capsys.readouterr().err
-    from diffseg_core.distributed import RunConfig
+    from diffseg.distributed import RunConfig
     from temporal.api import segment_frames
 
     with pytest.raises(InputError, match="auto"):

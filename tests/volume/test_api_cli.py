@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from diffseg_core.cli import main
+from diffseg.cli import main
 from diffseg_core.errors import InputError
 from tests.volume.helpers import (ThresholdSegmenter, shared_data, shuffle_slices, spheres, stacked_ellipsoids,
                                   write_dicom_series)

@@ -91,7 +91,7 @@ def test_negative_ids_are_refused_in_every_label_format(tmp_path: Path) -> None:
 
 
 def test_evaluate_volume_with_empty_ground_truth_is_an_error(tmp_path: Path, capsys) -> None:
-    from diffseg_core.cli import main
+    from diffseg.cli import main
 
     np.save(tmp_path / "gt.npy", np.zeros((3, 4, 5), np.int32))
     np.save(tmp_path / "pred.npy", np.ones((3, 4, 5), np.int32))

@@ -1,6 +1,6 @@
 """`diffseg run`: many images, videos and volumes on one or many processes with Lightning.
 
-The job is a list of `diffseg_core.jobs.WorkItem` descriptors (an image, a volume, or a
+The job is a list of `diffseg.jobs.WorkItem` descriptors (an image, a volume, or a
 chunk of a video). A `LightningDataModule` gives each rank its share (an explicit,
 deterministic rank slice: never frames, the tracker state is sequential), a
 `LightningModule` runs one item end to end in ``predict_step``, and a
@@ -34,10 +34,10 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from .config import SegmenterConfig
-from .errors import DiffSegError, InputError, OutputError, look_up_option
+from diffseg_core.config import SegmenterConfig, config_hash
+from diffseg_core.errors import DiffSegError, InputError, OutputError, look_up_option
 from .jobs import (WORK_DIR, InputPlan, InputSpec, ItemRecord, JobManifest, WorkItem,
-                   classify_inputs, config_hash, plan_items, shard_items,
+                   classify_inputs, plan_items, shard_items,
                    source_signature)
 
 log = logging.getLogger("diffseg.run")
@@ -256,7 +256,7 @@ def make_segmenter(cfg: RunConfig, device: str) -> Any:
         except (ImportError, AttributeError) as exc:
             raise InputError(f"segmenter factory {cfg.segmenter_factory!r} cannot be imported: {exc}") from exc
         return factory(seg_cfg)
-    from .segmenter import DiffSegSegmenter
+    from diffseg_core.segmenter import DiffSegSegmenter
 
     return DiffSegSegmenter(seg_cfg)
 
@@ -280,7 +280,7 @@ def run_item(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Path) -> I
     t0 = time.perf_counter()
     try:
         if item.kind == "image":
-            from .io import read_image
+            from diffseg_core.io import read_image
 
             rgb = read_image(item.source)
             seg = segmenter.segment([rgb])[0]
@@ -350,7 +350,7 @@ def _run_video_chunk(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Pa
 def write_result(res: ItemResult, cfg: RunConfig, out_dir: Path, manifest: JobManifest, rank: int,
                  chash: str) -> ItemRecord:
     """Write an item's remaining outputs, then its manifest record (in that order)."""
-    from .io import overlay, save_image, save_labels_png, segment_ids
+    from diffseg_core.io import overlay, save_image, save_labels_png, segment_ids
 
     outputs = list(res.outputs)
     status, error = res.status, res.error
@@ -512,7 +512,7 @@ def _lightning_classes() -> tuple[type, type, type]:
             self.bar: Any = None
 
         def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
-            from .progress import progress
+            from diffseg_core.progress import progress
 
             n = sum(len(dl) for dl in trainer.predict_dataloaders) if isinstance(
                 trainer.predict_dataloaders, list) else len(trainer.predict_dataloaders)
@@ -665,7 +665,7 @@ def run_job(inputs: Sequence["str | os.PathLike"], out_dir: "str | os.PathLike",
     _check_writable(out)
     if _env_rank() > 0:  # a rank started by the launcher: rank 0 holds the folder's lock
         return _run_job_locked(inputs, out, cfg, plan, items, specs, hashes, video_hash, t0)
-    from .io import output_lock, protect_inputs, remove_stale_temporaries
+    from diffseg_core.io import output_lock, protect_inputs, remove_stale_temporaries
 
     with output_lock(out, "diffseg run"), protect_inputs(inputs):
         removed = remove_stale_temporaries(out)
@@ -797,14 +797,14 @@ def _jsonable(cfg: RunConfig) -> dict[str, Any]:
 
 def _check_writable(out: Path) -> None:
     """Create ``out`` and prove it is writable, or raise `OutputError` naming it."""
-    from .io import atomic_write_text
+    from diffseg_core.io import atomic_write_text
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: output exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from .io import output_error
+        from diffseg_core.io import output_error
 
         raise output_error(out, exc) from exc
     probe = out / WORK_DIR / ".write-test"
@@ -820,7 +820,7 @@ RUN_EPILOG = """examples:
   diffseg run photos/ -o out/ --model tiny-random --size 64
   diffseg run videos/ scans/ -o out/ --devices 2 --strategy ddp
   diffseg run long.mp4 -o out/ --devices 4 --accelerator cuda --chunk-frames 300
-  torchrun --nproc-per-node 4 -m diffseg_core run videos/ -o out/ --devices 4
+  torchrun --nproc-per-node 4 -m diffseg run videos/ -o out/ --devices 4
   srun diffseg run cohort/ -o out/ --devices 4 --num-nodes 2      # in an sbatch script
 
 Rerun the same command to resume: finished items (same settings, outputs present) are
@@ -831,7 +831,7 @@ Exit code 0 when everything succeeded, 2 otherwise.
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     """Add the ``run`` subcommand."""
-    from .cli_args import add_segmenter_args
+    from diffseg_core.cli_args import add_segmenter_args
 
     p = sub.add_parser(
         "run", parents=[parent], help="segment many images/videos/volumes, multi-process, resumable",
@@ -872,7 +872,7 @@ def register_evaluate(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """Build a validated `RunConfig` from parsed ``run`` options."""
-    from .cli_args import segmenter_config_from_args
+    from diffseg_core.cli_args import segmenter_config_from_args
 
     try:
         return RunConfig(

@@ -22,12 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
-from . import software_version
-from .cli_args import add_segmenter_args, segmenter_config_from_args
-from .errors import DiffSegError, InputError, OutputError
-from .io import (atomic_save_npy, atomic_write_text, label_areas, overlay, read_image, save_image,
+from diffseg_core import software_version
+from diffseg_core.cli_args import add_segmenter_args, segmenter_config_from_args
+from diffseg_core.errors import DiffSegError, InputError, OutputError
+from diffseg_core.io import (atomic_save_npy, atomic_write_text, label_areas, overlay, read_image, save_image,
                  save_labels_png, segment_ids)
-from .progress import progress
+from diffseg_core.progress import progress
 
 log = logging.getLogger("diffseg")
 
@@ -97,8 +97,8 @@ def run_image(args: argparse.Namespace) -> int:
             print(f"diffseg image: note: {p} -> {s}.png (its own name would overwrite another input or output)",
                   file=sys.stderr)
 
-    from .models import segmenter_info
-    from .segmenter import DiffSegSegmenter
+    from diffseg_core.models import segmenter_info
+    from diffseg_core.segmenter import DiffSegSegmenter
 
     segmenter = DiffSegSegmenter(config)
     _ = segmenter.model  # load now: a missing model is one error, not one per image

@@ -1,7 +1,8 @@
 """`diffseg` command line: one parser, one subcommand per job, one-line errors (exit 2).
 
-Subcommands are registered by the package that owns them; `temporal` and `volume` are
-imported lazily here (the core never imports them at module level).
+Subcommands are registered by the package that owns them (`register(sub, parent)` of
+`cli_image`, `temporal.cli`, `volume.cli` and `distributed`); this app layer is the only
+place that knows them all.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from . import software_version
-from .errors import DiffSegError
-from .io import output_lock, protect_inputs, remove_stale_temporaries
+from diffseg_core import software_version
+from diffseg_core.errors import DiffSegError
+from diffseg_core.io import output_lock, protect_inputs, remove_stale_temporaries
 
 log = logging.getLogger("diffseg")
 
@@ -55,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_image
 
     cli_image.register(sub, parent)
-    # Lazy imports: the app layer is the only place the core reaches the other packages.
     from temporal import cli as temporal_cli
     from volume import cli as volume_cli
     from . import distributed
@@ -110,7 +110,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         return 2
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose)
-    from .progress import set_progress_enabled
+    from diffseg_core.progress import set_progress_enabled
 
     set_progress_enabled(not getattr(args, "quiet", False))
     func: Callable[[argparse.Namespace], int] = args.func

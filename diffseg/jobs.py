@@ -27,10 +27,9 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .io import IMAGE_EXTENSIONS, atomic_write_text, full_suffix
-
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+from diffseg_core.errors import InputError
+from diffseg_core.io import IMAGE_EXTENSIONS, atomic_write_text, full_suffix, natural_key
+from temporal.io import VIDEO_EXTENSIONS  # what the video reader opens
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".npy", ".dcm")
 #: Multi-page TIFFs are volumes; single-page TIFFs are images.
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -61,11 +60,6 @@ class InputSpec:
     kind: InputKind
     name: str
     num_frames: int = 0
-
-
-def natural_key(text: str) -> list[Any]:
-    """Sort key that orders ``frame2`` before ``frame10``."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
 def _is_dicom_file(p: Path) -> bool:
@@ -195,7 +189,7 @@ def classify_inputs(paths: Sequence["str | os.PathLike"], folder_mode: str = "au
         InputError: a path given by the user does not exist or is unreadable, or nothing
             usable was found at all (the message is the first problem).
     """
-    from .errors import look_up_option
+    from diffseg_core.errors import look_up_option
 
     look_up_option(folder_mode, ("auto", "images", "frames"), "folder mode")
     if not paths:
@@ -435,12 +429,6 @@ def source_signature(path: "str | os.PathLike") -> dict[str, int]:
         return {"files": 1, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     except OSError:
         return {"files": 0, "size": 0, "mtime_ns": 0}
-
-
-def config_hash(*parts: Any) -> str:
-    """Stable 16-hex-digit hash of JSON-serialisable parts (dict keys sorted)."""
-    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- manifest
