@@ -82,10 +82,22 @@ def sym_kl_matrix(a: torch.Tensor, b: torch.Tensor, nan_on_zero: bool = False,
     ea = (a * la).sum(1)
     out = torch.empty(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
     zb = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+    # One buffer for every chunk's logs (and clamped rows): fresh chunk-sized tensors cost
+    # page faults on the CPU, about a quarter of this function's time at 64x64.
+    lb_buf = torch.empty(min(chunk, b.shape[0]), b.shape[1], dtype=b.dtype, device=b.device)
+    cb_buf = torch.empty_like(lb_buf) if eps > 0 else None
+    tiny = torch.finfo(b.dtype).tiny
     for s in range(0, b.shape[0], chunk):
-        bc = b[s:s + chunk].clamp_min(eps) if eps > 0 else b[s:s + chunk]
-        lb = log(bc)
-        eb = (bc * lb).sum(1)
+        bc = b[s:s + chunk]
+        n = bc.shape[0]
+        if cb_buf is not None:
+            bc = torch.clamp_min(bc, eps, out=cb_buf[:n])
+        lb = lb_buf[:n]
+        if log is _safe_log:
+            torch.log(torch.clamp_min(bc, tiny, out=lb), out=lb)
+        else:
+            torch.log(bc, out=lb)
+        eb = torch.linalg.vecdot(bc, lb)
         o = out[:, s:s + chunk]
         torch.matmul(a, lb.T, out=o)  # KL(a||b) + KL(b||a) = ea + eb - a.lb - la.b
         o.addmm_(la, bc.T).mul_(-0.5).add_(0.5 * (ea[:, None] + eb[None, :]))

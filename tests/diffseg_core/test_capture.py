@@ -199,3 +199,22 @@ def test_cuda_float16_capture_matches_default():
             out = unet(x, 300, encoder_hidden_states=e).sample.float()
     torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)
     assert all(m.dtype == torch.float32 for m in store.maps()[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_captured_map_is_the_head_mean_in_every_dtype(dtype):
+    # float32 sums the heads with one reduction, bf16/fp16 on the CPU head by head: both must
+    # give the mean over heads of each head's own probabilities (not one head twice)
+    torch.manual_seed(3)
+    attn = Attention(query_dim=16, heads=4, dim_head=8).eval().to(dtype)
+    x = torch.randn(1, 12, 16).to(dtype)
+    with torch.inference_mode():
+        store = AttentionStore(latent_hw=(3, 4))
+        SelfAttentionCapture("layer", store, query_chunk=5)(attn, x)
+        q = attn.head_to_batch_dim(attn.to_q(x))
+        k = attn.head_to_batch_dim(attn.to_k(x))
+        per_head = attn.get_attention_scores(q, k, None).float()  # (heads, 12, 12)
+    got = store.maps()[0][0][0]
+    assert not torch.allclose(per_head[0], per_head[1], atol=1e-2)  # the heads differ
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, per_head.mean(0), atol=tol, rtol=0)
