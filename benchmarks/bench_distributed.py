@@ -198,9 +198,9 @@ def main() -> int:
         if args.max_frames and video.is_dir():
             sub = root / "long_cut" / "frames"
             sub.mkdir(parents=True)
-            from diffseg.jobs import _image_files
+            from diffseg.jobs import image_files
 
-            for p in _image_files(video)[: args.max_frames]:
+            for p in image_files(video)[: args.max_frames]:
                 os.symlink(p, sub / p.name)
             video = sub
         extra = ["--max-side", str(args.max_side)] if args.max_side else []

@@ -99,7 +99,7 @@ def run_track_summary(frames: Path, segs: Path, out: Path, extra: list[str]) -> 
     """``diffseg track`` as a user runs it: (seconds, its JSON summary line)."""
     t0 = time.time()
     cmd = [sys.executable, "-m", "diffseg", "track", str(frames), "--segments", str(segs), "-o", str(out),
-           "-q", "--no-overlay", *extra]
+           "-q", "--json", "--no-overlay", *extra]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"diffseg track failed ({r.returncode}): {r.stderr.strip()}")

@@ -262,7 +262,7 @@ def bench_big(tmp: Path, model: bool) -> None:
     size_mb = p.stat().st_size / 2 ** 20
     print(f"  made 512x512x600 slice-shuffled label volume ({size_mb:.0f} MiB uint16) in {time.perf_counter() - t0:.1f} s")
     diffseg = [sys.executable, "-m", "diffseg"]
-    rss, wall, so = _peak_rss(diffseg + ["stack", str(p), "-o", str(tmp / "big_out.npy"), "-q"])
+    rss, wall, so = _peak_rss(diffseg + ["stack", str(p), "-o", str(tmp / "big_out.npy"), "-q", "--json"])
     print(f"  diffseg stack 512x512x600: peak RSS {rss:.0f} MiB, wall {wall:.1f} s "
           f"(int32 label volume alone = {600 * 512 * 512 * 4 / 2 ** 20:.0f} MiB); {so}")
     if model:
@@ -273,7 +273,7 @@ def bench_big(tmp: Path, model: bool) -> None:
             mm[z:z + 50] = (src[z:z + 50] % 7).astype(np.int16) * 150 - 1000
         mm.flush()
         del mm
-        rss, wall, so = _peak_rss(diffseg + ["volume", str(scan), "-o", str(tmp / "big_model.npy"), "-q",
+        rss, wall, so = _peak_rss(diffseg + ["volume", str(scan), "-o", str(tmp / "big_model.npy"), "-q", "--json",
                                             "--model", "tiny-random", "--size", "64", "--batch-size", "16",
                                             "--device", "cpu"])
         print(f"  diffseg volume 512x512x600 (tiny-random, --size 64): peak RSS {rss:.0f} MiB, wall {wall:.1f} s; {so}")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
 from typing import Callable, Sequence
 
 from diffseg_core import software_version
+from diffseg_core.cli_args import CommandResult
 from diffseg_core.errors import DiffSegError
 from diffseg_core.io import output_lock, protect_inputs, remove_stale_temporaries
 
@@ -36,9 +38,12 @@ def common_parent() -> argparse.ArgumentParser:
     g = p.add_argument_group("output control")
     # SUPPRESS: left out, an option sets nothing, so the subcommand's copy does not reset
     # what was given before the subcommand (`diffseg -q video ...` = `diffseg video ... -q`)
-    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bars and no summary line (errors and warnings still print)")
     g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging and full tracebacks")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the command's summary as one JSON line on stdout")
     return p
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +106,18 @@ def _input_paths(args: argparse.Namespace) -> list[str]:
     return [p for p in out if os.path.exists(p)]
 
 
+def _report(args: argparse.Namespace, result: "CommandResult | int | None") -> int:
+    """The end of every command: its summary line on stderr (not with -q, unless it failed),
+    its JSON summary on stdout with --json; returns the exit code."""
+    if not isinstance(result, CommandResult):
+        return int(result or 0)
+    if result.code or not getattr(args, "quiet", False):
+        print(result.line, file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps(result.doc), flush=True)
+    return result.code
+
+
 def main(argv: "Sequence[str] | None" = None) -> int:
     """Entry point of the `diffseg` console script. Returns the exit code."""
     parser = build_parser()
@@ -121,7 +138,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                 # one command per output folder; temporary files of a killed run are removed
                 stack.enter_context(output_lock(args.output, f"diffseg {args.command}"))
                 remove_stale_temporaries(args.output)
-            return int(func(args) or 0)
+            return _report(args, func(args))
     except DiffSegError as exc:
         if verbose:
             log.exception("failed")
@@ -133,6 +150,11 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         print(f"diffseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (`diffseg evaluate ... | head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as exc:
         # Disk full, read-only output, unreadable input that slipped through: one line.
         if verbose:

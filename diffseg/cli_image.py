@@ -1,7 +1,8 @@
-"""`diffseg image IMG... -o OUTDIR`: segment still images with DiffSeg.
+"""`diffseg image IMG... -o OUTDIR`: segment still images (files, or folders of them) with DiffSeg.
 
 Writes, per input ``<stem>.<ext>``:
-    ``<stem>.png``          labels 0..K-1 (palette PNG; 16-bit grayscale when K > 256)
+    ``<stem>.png``          labels 1..K, 0 = none (palette PNG; 16-bit grayscale when K > 255)
+    ``<stem>.json``         provenance and the segments' ids and areas
     ``<stem>_overlay.png``  segment colours and white contours over the image (unless --no-overlay)
     ``<stem>.npy``          int32 labels (with --npy)
 
@@ -23,11 +24,13 @@ from typing import Sequence
 import numpy as np
 
 from diffseg_core import software_version
-from diffseg_core.cli_args import add_segmenter_args, segmenter_config_from_args
+from diffseg_core.cli_args import CommandResult, add_segmenter_args, segmenter_config_from_args
 from diffseg_core.errors import DiffSegError, InputError, OutputError
-from diffseg_core.io import (atomic_save_npy, atomic_write_text, label_areas, overlay, read_image, save_image,
-                 save_labels_png, segment_ids)
+from diffseg_core.io import (IMAGE_EXTENSIONS, atomic_save_npy, atomic_write_text, label_areas, overlay,
+                            read_image, save_image, save_labels_png, segment_ids)
 from diffseg_core.progress import progress
+
+from .jobs import image_files
 
 log = logging.getLogger("diffseg")
 
@@ -42,7 +45,7 @@ def register(sub: "argparse._SubParsersAction", parent: argparse.ArgumentParser)
                "  diffseg image photos/*.jpg -o out/ --model models/stable-diffusion-v1-4 --refine",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", metavar="IMG", help="image files (png, jpg, bmp, tif, webp)")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files (png, jpg, bmp, tif, webp) or folders of them")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
     p.add_argument("--npy", action="store_true", help="also write <stem>.npy (int32 labels 1..K)")
     p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.png")
@@ -83,14 +86,22 @@ def output_stems(paths: Sequence[Path], out_dir: "Path | None" = None) -> list[s
     return stems
 
 
-def run_image(args: argparse.Namespace) -> int:
-    """Handler of ``diffseg image``; returns the exit code (0 ok, 2 if any input failed)."""
+def run_image(args: argparse.Namespace) -> CommandResult:
+    """Handler of ``diffseg image``: what was done, exit code 0 ok, 2 if any input failed."""
     t_start = time.perf_counter()
     config = segmenter_config_from_args(args)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: output exists and is not a folder")
-    paths = [Path(p) for p in args.images]
+    failed: list[str] = []
+    paths: list[Path] = []
+    for p in map(Path, args.images):  # a folder stands for its images, as in `run`
+        if not p.is_dir():
+            paths.append(p)
+        elif files := image_files(p):
+            paths += files
+        else:
+            _fail(failed, InputError(f"{p}: no image files in this folder ({', '.join(IMAGE_EXTENSIONS)})"))
     stems = output_stems(paths, out_dir)
     for p, s in zip(paths, stems):
         if s != (p.stem or "image"):
@@ -106,7 +117,6 @@ def run_image(args: argparse.Namespace) -> int:
         log.warning("model 'tiny-random' has random weights: its segments are meaningless (a test model)")
 
     info = segmenter_info(segmenter)
-    failed: list[str] = []
     done = 0
     bs = max(1, int(config.batch_size))
     bar = progress(total=len(paths), desc="images", unit="img")
@@ -149,8 +159,9 @@ def run_image(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     secs = time.perf_counter() - t_start
-    print(f"diffseg image: {done} done, {len(failed)} failed in {secs:.1f} s -> {out_dir}")
-    return 2 if failed else 0
+    return CommandResult(f"diffseg image: {done} done, {len(failed)} failed in {secs:.1f} s -> {out_dir}",
+                         {"done": done, "failed": len(failed), "seconds": round(secs, 2), "output": str(out_dir)},
+                         2 if failed else 0)
 
 
 def _fail(failed: list[str], exc: Exception) -> None:

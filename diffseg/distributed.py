@@ -34,6 +34,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
+from diffseg_core.cli_args import CommandResult
 from diffseg_core.config import SegmenterConfig, config_hash
 from diffseg_core.errors import DiffSegError, InputError, OutputError, look_up_option
 from .jobs import (WORK_DIR, InputPlan, InputSpec, ItemRecord, JobManifest, WorkItem,
@@ -886,17 +887,13 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         raise InputError(str(exc)) from exc
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace) -> "CommandResult | int":
     cfg = run_config_from_args(args)
     summary = run_job(args.inputs, args.output, cfg)
-    if summary.is_rank_zero:
-        text = summary.format()
-        if summary.ok:
-            if not getattr(args, "quiet", False):
-                print(text, file=sys.stderr)
-        else:
-            first, *rest = text.splitlines()
-            for k, e in summary.failures:
-                print(f"diffseg run: error: {e}", file=sys.stderr)
-            print(first, file=sys.stderr)
-    return summary.exit_code
+    if not summary.is_rank_zero:  # the other ranks' summaries are partial: rank 0 reports
+        return summary.exit_code
+    for _, e in summary.failures:
+        print(f"diffseg run: error: {e}", file=sys.stderr)
+    doc = {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "total": summary.total,
+           "frames": summary.frames, "seconds": round(summary.seconds, 2), "output": str(summary.out_dir)}
+    return CommandResult(summary.format().splitlines()[0], doc, summary.exit_code)

@@ -73,7 +73,8 @@ def _is_dicom_file(p: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder (not recursive, hidden files skipped), in natural order."""
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
              and p.suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(files, key=lambda p: natural_key(p.name))
@@ -218,7 +219,7 @@ def classify_inputs(paths: Sequence["str | os.PathLike"], folder_mode: str = "au
             if kind == "video":
                 nframes = frame_count(path)
             elif kind == "frames":
-                nframes = len(_image_files(path))
+                nframes = len(image_files(path))
         except InputError as exc:
             rejected.append(RejectedInput(str(path), str(exc)))
             continue
@@ -259,7 +260,7 @@ def _scan_folder(folder: Path, folder_mode: str, top: bool,
     files = [e for e in entries if e.is_file()]
     if files and all(_is_dicom_file(f) for f in files):
         return [(folder, "volume", folder.parent)]
-    images = _image_files(folder)
+    images = image_files(folder)
     out: list[tuple[Path, InputKind, Path]] = []
     if images and _looks_like_frames(folder, images, folder_mode):
         # A frame folder is one video; other files in it are ignored.

@@ -18,9 +18,10 @@ def progress_enabled() -> bool:
 
 def progress(iterable: "Iterable[Any] | None" = None, *, total: "int | None" = None,
              desc: str = "", unit: str = "it", enabled: "bool | None" = None, **kw: Any):
-    """A tqdm bar with ETA on stderr, or a silent pass-through when disabled."""
+    """A tqdm bar with ETA on stderr, or a silent pass-through when disabled. A finished bar
+    stays on screen at 100 % (``leave=False`` erases it)."""
     from tqdm.auto import tqdm
 
     on = _ENABLED if enabled is None else enabled
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not on, dynamic_ncols=True,
-                leave=False, **kw)
+    kw.setdefault("leave", True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not on, dynamic_ncols=True, **kw)

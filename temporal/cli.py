@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from diffseg_core.cli_args import add_config_args, background_value, config_from_args
+from diffseg_core.cli_args import CommandResult, add_config_args, background_value, config_from_args
 from diffseg_core.errors import InputError
 
 
@@ -61,21 +60,22 @@ def tracker_config_from_args(args: argparse.Namespace):
         raise InputError(str(exc)) from exc
 
 
-def _report(res) -> int:
+def _report(res, command: str) -> CommandResult:
     doc = {"frames": res.n_frames, "tracks": res.n_tracks, "complete": res.complete,
-           "error": res.error, "seconds": round(res.seconds, 2), "output": str(res.out_dir)}
-    if res.keyframes != res.n_frames:
-        doc["keyframes"] = res.keyframes  # frames segmented; the others carried by flow
+           "error": res.error, "seconds": round(res.seconds, 2), "output": str(res.out_dir),
+           "keyframes": res.keyframes}  # frames segmented; the others carried by flow
     if res.resumed_frames:
         doc["resumed_frames"] = res.resumed_frames
-    print(json.dumps(doc))
+    keys = f" ({res.keyframes} segmented)" if res.keyframes != res.n_frames else ""
+    resumed = f", {res.resumed_frames} segmentations resumed" if res.resumed_frames else ""
     if not res.complete:
-        print(f"diffseg: stopped early: {res.error}; {res.n_frames} frames written", file=sys.stderr)
-        return 2
-    return 0
+        return CommandResult(f"diffseg {command}: stopped early: {res.error}; {res.n_frames} frames written "
+                             f"-> {res.out_dir}", doc, 2)
+    return CommandResult(f"diffseg {command}: {res.n_frames} frames{keys}, {res.n_tracks} tracks{resumed} in "
+                         f"{res.seconds:.1f} s -> {res.out_dir}", doc)
 
 
-def _video(args: argparse.Namespace) -> int:
+def _video(args: argparse.Namespace) -> CommandResult:
     from diffseg_core.cli_args import segmenter_config_from_args
 
     from .api import segment_video
@@ -85,17 +85,17 @@ def _video(args: argparse.Namespace) -> int:
     res = segment_video(args.source, args.output, seg_cfg, cfg, start=args.start, end=args.end,
                         stride=args.stride, max_side=args.max_side, id_offset=args.id_offset,
                         write_overlay=not args.no_overlay, resume=not args.no_resume)
-    return _report(res)
+    return _report(res, "video")
 
 
-def _track(args: argparse.Namespace) -> int:
+def _track(args: argparse.Namespace) -> CommandResult:
     from .api import track_segments
 
     cfg = tracker_config_from_args(args)
     res = track_segments(args.frames, args.segments, args.output, cfg, start=args.start, end=args.end,
                          stride=args.stride, max_side=args.max_side, id_offset=args.id_offset,
                          write_overlay=not args.no_overlay, background=args.background)
-    return _report(res)
+    return _report(res, "track")
 
 
 def register(sub, parent) -> None:

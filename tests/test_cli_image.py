@@ -50,7 +50,7 @@ def test_writes_labels_overlay_and_npy(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(out / "photo.npy", allow_pickle=False), labels)
     with Image.open(out / "photo_overlay.png") as ov:
         assert ov.size == (90, 60) and ov.mode == "RGB"
-    assert "1 done, 0 failed" in capsys.readouterr().out
+    assert capsys.readouterr().out == ""  # the summary goes to stderr; -q hides it when all went well
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
 
 
@@ -86,7 +86,7 @@ def test_bad_inputs_fail_one_line_each_good_ones_written(tmp_path, capsys):
     for p in (empty, junk, folder, missing):
         assert any(str(p) in line for line in errors), p
     assert "Traceback" not in cap.err
-    assert "1 done, 4 failed" in cap.out
+    assert "diffseg image: 1 done, 4 failed" in cap.err  # a failed run always says so, -q or not
 
 
 def test_extreme_aspect_ratio_fails_alone_in_a_batch(tmp_path, capsys):
@@ -137,11 +137,13 @@ def test_subprocess_console_entry(tmp_path):
     img = _save(tmp_path / "shot.png", _rgb(48, 64))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "diffseg", "image", str(img), "-o", str(out), *FAST],
+    proc = subprocess.run([sys.executable, "-m", "diffseg", "image", str(img), "-o", str(out), *FAST[:-1], "--json"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert read_labels(out / "shot.png").shape == (48, 64)
-    assert "1 done, 0 failed" in proc.stdout
+    assert "diffseg image: 1 done, 0 failed" in proc.stderr  # the human line
+    assert json.loads(proc.stdout) == {"done": 1, "failed": 0, "seconds": json.loads(proc.stdout)["seconds"],
+                                       "output": str(out)}  # --json: the machine summary, alone on stdout
 
 
 
@@ -183,3 +185,20 @@ def test_overlay_in_row_blocks_equals_the_whole_image_formula(monkeypatch):
         np.testing.assert_array_equal(dio.overlay(img, lab), expect)
     keep = dio.overlay(img, lab, background=7)
     np.testing.assert_array_equal(keep[12:18, 7:13], img[12:18, 7:13])  # inside, off the contour
+
+
+def test_a_folder_stands_for_its_images(tmp_path, capsys):
+    # as in `run`: the images of a folder (natural order, hidden and other files skipped);
+    # an empty folder is one error line, the rest is still written
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("p10.png", "p2.png"):
+        _save(photos / name, _rgb(40, 48))
+    (photos / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    rc = main(["image", str(photos), str(tmp_path / "empty"), "-o", str(out), "--no-overlay", *FAST[:-1], "--json"])
+    cap = capsys.readouterr()
+    assert rc == 2 and json.loads(cap.out)["done"] == 2
+    assert sorted(p.name for p in out.glob("*.png")) == ["p10.png", "p2.png"]
+    assert any("empty" in line and "no image files" in line for line in cap.err.splitlines())

@@ -224,6 +224,37 @@ def test_quiet_works_before_and_after_the_subcommand(argv, quiet, tmp_path):
         set_progress_enabled(True)
 
 
+@pytest.mark.parametrize("before", [True, False])
+def test_every_command_ends_with_one_line_and_json_on_request(before, tmp_path, capsys):
+    # stack: the human line on stderr, the JSON summary alone on stdout with --json (given
+    # before or after the subcommand); -q drops the line of a successful run
+    np.save(tmp_path / "lab.npy", np.ones((3, 8, 8), np.int32))
+    args = ["stack", str(tmp_path / "lab.npy"), "-o", str(tmp_path / "out.npy")]
+    assert main((["--json"] + args) if before else (args + ["--json"])) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["labels"] == str(tmp_path / "out.npy") and doc["n_labels"] == 1 and doc["shape"] == [3, 8, 8]
+    assert cap.err.strip().splitlines()[-1].startswith("diffseg stack: 1 labels")
+    assert main(args + ["-q"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "diffseg stack:" not in cap.err
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    # `diffseg ... --json | head -c0`: stdout's reader is gone before the summary is written
+    np.save(tmp_path / "lab.npy", np.ones((3, 8, 8), np.int32))
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "diffseg", "stack", str(tmp_path / "lab.npy"), "-o",
+                            str(tmp_path / "out.npy"), "-q", "--json"], cwd=REPO, env=_env(), stdout=w,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert p.returncode == 0 and "rror" not in p.stderr, p.stderr
+    assert (tmp_path / "out.npy").exists()
+
+
 def test_huge_image_helpers_agree_with_the_whole_array_formulas(tmp_path):
     # the row-block and narrow-type paths of the image writer (16k images) give what the
     # plain numpy formulas give: label areas, 1..K ids in place, PNGs of any integer type

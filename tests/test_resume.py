@@ -314,7 +314,7 @@ def test_sigkill_mid_diffseg_video_then_rerun_equals_uninterrupted(tmp_path):
     _sigkill_when(proc, lambda: cache.is_dir() and len(list(cache.rglob("*.npz"))) >= 3, "no frame was segmented")
     assert json.loads((out / "tracks.json").read_text())["complete"] is False
 
-    again = subprocess.run(base + ["-o", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True,
+    again = subprocess.run(base + ["-o", str(out), "--json"], cwd=REPO, env=_env(), capture_output=True, text=True,
                            timeout=200)
     assert again.returncode == 0, again.stderr[-2000:]
     doc = json.loads(again.stdout.strip().splitlines()[-1])

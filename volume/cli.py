@@ -9,7 +9,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from diffseg_core.cli_args import background_value
+from diffseg_core.cli_args import CommandResult, background_value
 from diffseg_core.errors import InputError
 
 VOLUME_EPILOG = """examples:
@@ -130,14 +130,18 @@ def _warnings_as_lines(command: str) -> Iterator[None]:
                     print(f"diffseg {command}: warning: {msg}", file=sys.stderr)
 
 
-def _report(result) -> None:
+def _report(result, command: str) -> CommandResult:
     extra = f", {result.json_path.name}" if result.json_path else ""
     extra += f", {result.montage_path.name}" if result.montage_path else ""
-    print(f"wrote {result.labels_path}{extra}: {result.n_labels} labels, shape {list(result.shape)}, "
-          f"axis {'zyx'[result.axis]}, {result.seconds:.1f} s")
+    doc = {"labels": str(result.labels_path), "n_labels": result.n_labels, "shape": list(result.shape),
+           "axis": "zyx"[result.axis], "seconds": round(result.seconds, 2),
+           "labels_json": str(result.json_path) if result.json_path else None,
+           "montage": str(result.montage_path) if result.montage_path else None}
+    return CommandResult(f"diffseg {command}: {result.n_labels} labels, shape {list(result.shape)}, axis "
+                         f"{'zyx'[result.axis]} in {result.seconds:.1f} s -> {result.labels_path}{extra}", doc)
 
 
-def _run_volume(args: argparse.Namespace) -> int:
+def _run_volume(args: argparse.Namespace) -> CommandResult:
     from diffseg_core.cli_args import segmenter_config_from_args
 
     from .api import segment_volume
@@ -146,19 +150,17 @@ def _run_volume(args: argparse.Namespace) -> int:
     seg_cfg = segmenter_config_from_args(args)
     with _warnings_as_lines("volume"):
         result = segment_volume(args.input, args.output, seg_cfg, cfg)
-    _report(result)
-    return 0
+    return _report(result, "volume")
 
 
-def _run_stack(args: argparse.Namespace) -> int:
+def _run_stack(args: argparse.Namespace) -> CommandResult:
     from .api import stack_labels
 
     # Bring-your-own labels are trusted: their small pieces are kept unless asked.
     cfg = _config(args, background=args.background, min_size=0, min_label_size=0)
     with _warnings_as_lines("stack"):
         result = stack_labels(args.labels, args.output, cfg, image_path=args.image)
-    _report(result)
-    return 0
+    return _report(result, "stack")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

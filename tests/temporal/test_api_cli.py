@@ -78,7 +78,7 @@ def majority_ids(labels_dir: Path, stems, gts) -> list[dict]:
 def test_track_cli_end_to_end(tmp_path, capsys):
     sc, fdir, sdir, gts = write_scene(tmp_path, n=10)
     out = tmp_path / "out"
-    rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q"])
+    rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(out), "-q", "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["frames"] == 10 and summary["complete"] is True
@@ -197,8 +197,8 @@ def test_corrupt_video_keeps_frames_before_failure(tmp_path, capsys):
     # the CLI reports it on one line and a non-zero exit code
     from temporal import cli as tcli
 
-    assert tcli._report(res) == 2
-    assert "stopped early" in capsys.readouterr().err
+    r = tcli._report(res, "video")
+    assert r.code == 2 and "stopped early" in r.line and r.doc["complete"] is False
 
 
 def test_evaluate_video_cli(tmp_path, capsys):
@@ -328,7 +328,7 @@ def test_track_cli_keyframe_every_auto(tmp_path, capsys):
     # needs far fewer than all; a bad value is an argparse error; `run` refuses auto
     sc, fdir, sdir, gts = write_scene(tmp_path, n=10)
     rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "out"), "-q",
-               "--keyframe-every", "auto", "--keyframe-max-gap", "3"])
+               "--keyframe-every", "auto", "--keyframe-max-gap", "3", "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["frames"] == 10 and 3 <= summary["keyframes"] <= 6

@@ -280,7 +280,7 @@ def test_cli_volume_with_tiny_random_model(tmp_path: Path, capsys: pytest.Captur
     tifffile.imwrite(tmp_path / "s.tif", data, imagej=True, resolution=(2.0, 2.0),
                      metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"})
     rc = main(["volume", str(tmp_path / "s.tif"), "-o", str(tmp_path / "out"), "--model", "tiny-random",
-               "--size", "64", "--batch-size", "2", "--device", "cpu", "-q"])
+               "--size", "64", "--batch-size", "2", "--device", "cpu", "-q", "--json"])
     assert rc == 0
     out = read_volume(tmp_path / "out" / "labels.tif")
     assert out.shape == data.shape and out.spacing == pytest.approx((1.5, 0.5, 0.5), rel=1e-4)
@@ -288,7 +288,8 @@ def test_cli_volume_with_tiny_random_model(tmp_path: Path, capsys: pytest.Captur
     doc = json.loads((tmp_path / "out" / "labels.json").read_text())
     assert doc["n_labels"] == len(np.unique(lab[lab > 0])) >= 1
     assert (tmp_path / "out" / "labels_montage.png").exists()
-    assert "labels.tif" in capsys.readouterr().out
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["labels"].endswith("labels.tif") and summary["n_labels"] == doc["n_labels"]
 
 
 def test_cli_stack_separates_ellipsoids_stacked_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
