@@ -19,6 +19,8 @@ from diffseg_core.cli_args import CommandResult
 from diffseg_core.errors import DiffSegError
 from diffseg_core.io import output_lock, protect_inputs, remove_stale_temporaries
 
+from .settings import add_settings_args, apply_settings
+
 log = logging.getLogger("diffseg")
 
 EPILOG = """examples:
@@ -44,6 +46,7 @@ def common_parent() -> argparse.ArgumentParser:
                    help="debug logging and full tracebacks")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print the command's summary as one JSON line on stdout")
+    add_settings_args(p.add_argument_group("settings"))
     return p
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +121,16 @@ def _report(args: argparse.Namespace, result: "CommandResult | int | None") -> i
     return result.code
 
 
+def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command ``args`` came from (``evaluate video`` included)."""
+    for dest in ("command", "evaluate_kind"):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[getattr(args, dest)]
+        if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+            break
+    return parser
+
+
 def main(argv: "Sequence[str] | None" = None) -> int:
     """Entry point of the `diffseg` console script. Returns the exit code."""
     parser = build_parser()
@@ -127,6 +140,11 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         return 2
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose)
+    try:
+        apply_settings(args, _subparser(parser, args), args.command)
+    except DiffSegError as exc:
+        print(f"diffseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     from diffseg_core.progress import set_progress_enabled
 
     set_progress_enabled(not getattr(args, "quiet", False))

@@ -1,0 +1,72 @@
+"""`--config FILE` and `--set KEY=VALUE` (issue 15): every option of a command from a file or
+the command line, with one precedence (default < file < typed option < --set) and one error
+line for a wrong key, value or file."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from diffseg.cli import main
+
+
+@pytest.fixture
+def labels(tmp_path):
+    np.save(tmp_path / "lab.npy", np.ones((3, 8, 8), np.int32))
+    return tmp_path / "lab.npy"
+
+
+def _memory(out):
+    return json.loads(out.with_suffix(".json").read_text())["engine"]["lifecycle"]["memory"]
+
+
+def test_set_and_config_reach_the_command_with_one_precedence(labels, tmp_path):
+    out = tmp_path / "o.npy"
+    stack = ["stack", str(labels), "-o", str(out), "-q"]
+    assert main(stack) == 0 and _memory(out) == 3  # the slices preset
+    assert main(stack + ["--set", "memory=2"]) == 0 and _memory(out) == 2
+    (tmp_path / "c.yaml").write_text("volume:\n  memory: 5\n  int32: true\n")
+    assert main(stack + ["--config", str(tmp_path / "c.yaml")]) == 0 and _memory(out) == 5
+    assert np.load(out).dtype == np.int32  # a switch from the file
+    assert main(stack + ["--config", str(tmp_path / "c.yaml"), "--memory", "4"]) == 0 and _memory(out) == 4
+    assert main(["--set", "memory=6"] + stack + ["--config", str(tmp_path / "c.yaml"), "--memory", "4"]) == 0
+    assert _memory(out) == 6  # --set wins, also given before the subcommand
+    (tmp_path / "c.json").write_text(json.dumps({"split_cost": 0.5, "memory": 1}))
+    assert main(stack + ["--config", str(tmp_path / "c.json")]) == 0 and _memory(out) == 1
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["engine"]["associate"]["split_cost"] == 0.5  # underscores work as dashes
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--set", "memry=2"], ["memry", "did you mean memory"]),
+    (["--set", "split-cost=x"], ["split-cost", "'x'"]),
+    (["--set", "memory"], ["KEY=VALUE"]),
+    (["--set", "int32=maybe"], ["int32", "true or false"]),
+    (["--set", "axes=magic"], ["axes", "one of"]),
+    (["--config", "{tmp}/missing.yaml"], ["missing.yaml", "cannot read"]),
+    (["--config", "{tmp}/bad.json"], ["bad.json", "not valid JSON"]),
+    (["--config", "{tmp}/list.yaml"], ["list.yaml", "mapping"]),
+])
+def test_a_wrong_setting_is_one_error_line(extra, words, labels, tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{memory: 2")
+    (tmp_path / "list.yaml").write_text("- memory\n- 2\n")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    rc = main(["stack", str(labels), "-o", str(tmp_path / "o.npy"), "-q"] + extra)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("diffseg stack: error:"), err
+    assert all(w in err[0] for w in words), err[0]
+    assert not (tmp_path / "o.npy").exists()  # refused before any work
+
+
+def test_settings_reach_video_tracker_options(tmp_path, capsys):
+    from tests.temporal.test_api_cli import write_scene
+
+    _, fdir, sdir, _ = write_scene(tmp_path, n=6)
+    (tmp_path / "t.json").write_text(json.dumps({"tracker": {"keyframe-every": "auto", "keyframe-max-gap": 2}}))
+    rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "out"), "-q", "--json",
+               "--config", str(tmp_path / "t.json")])
+    assert rc == 0
+    tj = json.loads((tmp_path / "out" / "tracks.json").read_text())
+    assert tj["tracker"]["keyframe_every"] == "auto" and tj["tracker"]["keyframe_max_gap"] == 2
+    assert json.loads(capsys.readouterr().out)["keyframes"] < 6
