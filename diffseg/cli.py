@@ -141,7 +141,9 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose)
     try:
-        apply_settings(args, _subparser(parser, args), args.command)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sections = {name: sub.choices[name] for name in getattr(args, "settings_sections", ())}
+        args.section_settings = apply_settings(args, _subparser(parser, args), args.command, sections)
     except DiffSegError as exc:
         print(f"diffseg {args.command}: error: {exc}", file=sys.stderr)
         return 2

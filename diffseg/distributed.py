@@ -864,11 +864,27 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     g.add_argument("--segmenter-factory", default=None, metavar="MODULE:CALLABLE",
                    help="build the segmenter with this callable(SegmenterConfig) instead of DiffSeg")
     add_segmenter_args(p)
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, settings_sections=("video", "volume"))  # --set video.memory=10
 
 
 def register_evaluate(sub: Any, parent: argparse.ArgumentParser) -> None:
     """`run` has no evaluate subcommand (kept for the CLI framework's symmetry)."""
+
+
+def _section_configs(args: argparse.Namespace) -> dict[str, dict]:
+    """``tracker`` / ``volume`` of the run from the ``video.*`` / ``volume.*`` settings (the
+    options of `diffseg video` / `diffseg volume`); absent when none was given."""
+    found = getattr(args, "section_settings", None) or {}
+    out: dict[str, dict] = {}
+    if "video" in found:
+        from temporal.cli import tracker_config_from_args
+
+        out["tracker"] = tracker_config_from_args(found["video"]).to_dict()
+    if "volume" in found:
+        from volume.cli import volume_config_from_args
+
+        out["volume"] = volume_config_from_args(found["volume"]).to_dict()
+    return out
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -881,7 +897,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             strategy=args.strategy, accelerator=args.accelerator, chunk_frames=args.chunk_frames,
             chunk_overlap=args.chunk_overlap, folder_mode=args.folder_mode, overlay=not args.no_overlay,
             max_side=args.max_side, segmenter_factory=args.segmenter_factory,
-            retry_failed=not args.no_retry_failed,
+            retry_failed=not args.no_retry_failed, **_section_configs(args),
         )
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc

@@ -5,7 +5,9 @@ A command's settings are its options: the keys of a config file (JSON or YAML) a
 ``keyframe_every``, ``memory``), and the values what the option takes (``--set
 keyframe-every=auto``, ``{"size": 256, "refine": true, "kl-threshold": [1.1, 1.1, 1.1]}``).
 A file may group its keys in sections of one level (``segmenter:``, ``tracker:``); the
-section names are for the reader. Precedence: the option's default < the config file < the
+section names are for the reader. ``diffseg run`` also takes the options of ``video`` and
+``volume`` with a prefix (``--set video.memory=10``, ``volume.window: brain``), for its
+videos and volumes. Precedence: the option's default < the config file < the
 options typed on the command line < ``--set``. An unknown key, a value the option refuses or
 an unreadable file is one error line naming it.
 """
@@ -55,8 +57,8 @@ def read_config_file(path: "str | Path") -> dict[str, Any]:
         raise InputError(f"--config {p}: expected a mapping of option: value; got {type(doc).__name__}")
     flat: dict[str, Any] = {}
     for k, v in doc.items():
-        if isinstance(v, dict):  # a section
-            flat.update({str(kk): vv for kk, vv in v.items()})
+        if isinstance(v, dict):  # a section: "section.key" (see `apply_settings`)
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
         else:
             flat[str(k)] = v
     return flat
@@ -116,27 +118,55 @@ def _convert_one(action: argparse.Action, key: str, value: Any, where: str) -> A
     return out
 
 
-def apply_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> None:
-    """Apply ``args.config`` and ``args.set`` to ``args`` (see the module docstring)."""
+def defaults_of(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """A namespace holding every option's default (what parsing no option would give)."""
+    return argparse.Namespace(**{a.dest: a.default for a in parser._actions if a.dest != argparse.SUPPRESS})
+
+
+def apply_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str,
+                   sections: "dict[str, argparse.ArgumentParser] | None" = None) -> dict[str, argparse.Namespace]:
+    """Apply ``args.config`` and ``args.set`` to ``args`` (see the module docstring).
+
+    Args:
+        sections: ``{prefix: parser}``: keys ``prefix.option`` are options of that other
+            command (``diffseg run``'s ``video.memory``, ``volume.window``).
+
+    Returns:
+        ``{prefix: namespace}``: for each prefix used, that command's defaults with its
+        settings applied.
+    """
     config, sets = getattr(args, "config", None), getattr(args, "set", None)
     if not config and not sets:
-        return
-    options = _options(parser)
+        return {}
+    sections = sections or {}
+    found: dict[str, argparse.Namespace] = {}
 
-    def action_of(key: str) -> tuple[str, argparse.Action]:
+    def target(key: str) -> tuple[str, argparse.Action, argparse.Namespace, argparse.ArgumentParser, str]:
+        prefix, dot, rest = key.strip().partition(".")
+        if dot and prefix in sections:
+            p, cmd = sections[prefix], f"{command}: {prefix}"
+            ns = found.setdefault(prefix, defaults_of(p))
+            key = rest
+        else:  # a section name is only for the reader
+            p, cmd, ns = parser, command, args
+            key = rest if dot else key
+        options = _options(p)
         name = key.strip().lstrip("-")
         for cand in (name, name.replace("_", "-")):
             if cand in options:
-                return cand, options[cand]
+                return cand, options[cand], ns, p, cmd
         near = difflib.get_close_matches(name.replace("_", "-"), options, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else f" (`diffseg {command} --help` lists them)"
-        raise InputError(f"setting {key!r}: `diffseg {command}` has no option --{name}{hint}")
+        more = f"; options of other commands take a prefix: {', '.join(f'{s}.' for s in sections)}" if sections \
+            and not dot else ""
+        raise InputError(f"setting {key!r}: `diffseg {cmd}` has no option --{name}{hint}{more}")
 
     if config:
         for key, value in read_config_file(config).items():
-            name, act = action_of(key)
-            if getattr(args, act.dest, None) == parser.get_default(act.dest):  # not typed on the command line
-                setattr(args, act.dest, _convert(act, name, value))
+            name, act, ns, p, _ = target(key)
+            if getattr(ns, act.dest, None) == p.get_default(act.dest):  # not typed on the command line
+                setattr(ns, act.dest, _convert(act, name, value))
     for key, value in parse_set(sets or ()):
-        name, act = action_of(key)
-        setattr(args, act.dest, _convert(act, name, value))
+        name, act, ns, _, _ = target(key)
+        setattr(ns, act.dest, _convert(act, name, value))
+    return found

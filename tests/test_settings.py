@@ -70,3 +70,23 @@ def test_settings_reach_video_tracker_options(tmp_path, capsys):
     tj = json.loads((tmp_path / "out" / "tracks.json").read_text())
     assert tj["tracker"]["keyframe_every"] == "auto" and tj["tracker"]["keyframe_max_gap"] == 2
     assert json.loads(capsys.readouterr().out)["keyframes"] < 6
+
+
+def test_run_takes_video_and_volume_options_with_a_prefix(labels, tmp_path, capsys):
+    # `run` has its own options; those of `video` / `volume` come as video.* / volume.*
+    # (the two engines share knob names), from --set or from a file's sections
+    fake = ["--segmenter-factory", "tests.conftest:fake_segmenter", "-q"]
+    out = tmp_path / "job"
+    assert main(["run", str(labels), "-o", str(out), *fake, "--set", "volume.memory=2"]) == 0
+    assert json.loads((out / "volumes" / "lab.json").read_text())["engine"]["lifecycle"]["memory"] == 2
+    (tmp_path / "run.yaml").write_text("volume:\n  memory: 5\n  min-iou: 0.4\nvideo:\n  memory: 9\n")
+    out2 = tmp_path / "job2"
+    assert main(["run", str(labels), "-o", str(out2), *fake, "--config", str(tmp_path / "run.yaml")]) == 0
+    eng = json.loads((out2 / "volumes" / "lab.json").read_text())["engine"]
+    assert eng["lifecycle"]["memory"] == 5 and eng["associate"]["min_iou"] == 0.4
+    capsys.readouterr()
+    assert main(["run", str(labels), "-o", str(tmp_path / "job3"), *fake, "--set", "memory=2"]) == 2
+    err = capsys.readouterr().err
+    assert "no option --memory" in err and "video., volume." in err
+    assert main(["run", str(labels), "-o", str(tmp_path / "job3"), *fake, "--set", "video.keyframe-every=auto"]) == 2
+    assert "not available in `run`" in capsys.readouterr().err

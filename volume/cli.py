@@ -141,12 +141,17 @@ def _report(result, command: str) -> CommandResult:
                          f"{'zyx'[result.axis]} in {result.seconds:.1f} s -> {result.labels_path}{extra}", doc)
 
 
+def volume_config_from_args(args: argparse.Namespace):
+    """The `VolumeConfig` of ``diffseg volume``'s options (``--background auto|none``)."""
+    return dataclasses.replace(_config(args, background=None), clear_outside=args.background == "auto")
+
+
 def _run_volume(args: argparse.Namespace) -> CommandResult:
     from diffseg_core.cli_args import segmenter_config_from_args
 
     from .api import segment_volume
 
-    cfg = dataclasses.replace(_config(args, background=None), clear_outside=args.background == "auto")
+    cfg = volume_config_from_args(args)
     seg_cfg = segmenter_config_from_args(args)
     with _warnings_as_lines("volume"):
         result = segment_volume(args.input, args.output, seg_cfg, cfg)
