@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -288,6 +289,35 @@ def save_labels_png(path: "str | os.PathLike", labels: np.ndarray) -> None:
         img.putpalette(label_palette(256).reshape(-1).tolist())
     with atomic_path(path, verify=verify_image) as tmp:
         img.save(tmp, format="PNG")
+
+
+@contextmanager
+def native_stderr_quiet(logger: str = "diffseg.native") -> Iterator[None]:
+    """Keep what C code writes straight to file descriptor 2 off the terminal: FFmpeg inside
+    decord (``moov atom not found``) and decord's C++ logger print there, not through
+    Python. Inside the block, descriptor 2 goes to a temporary file; its lines are logged at
+    DEBUG afterwards (``-v`` shows them). Keep the block short: Python's own writes to stderr
+    from other threads in the meantime land there too."""
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real descriptor 2 (embedded, pythonw)
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            for line in text.splitlines():
+                if line.strip():
+                    logging.getLogger(logger).debug(line)
 
 
 @contextmanager

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 
 from diffseg_core.errors import InputError
-from diffseg_core.io import (IMAGE_EXTENSIONS, check_label_range, damage_reported_by, natural_key, read_image,
-                            read_labels, to_rgb_uint8)
+from diffseg_core.io import (IMAGE_EXTENSIONS, check_label_range, damage_reported_by, native_stderr_quiet,
+                            natural_key, read_image, read_labels, to_rgb_uint8)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 LABEL_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
@@ -118,7 +118,8 @@ class FrameSource:
         import decord
 
         try:
-            return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
+            with native_stderr_quiet():  # FFmpeg's and decord's own lines ("moov atom not found")
+                return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
         except (RuntimeError, decord._ffi.base.DECORDError) as exc:  # type: ignore[attr-defined]
             raise InputError(f"{self.path}: cannot open video ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
 
@@ -179,7 +180,8 @@ class FrameSource:
         todo = list(self._indices)
         for k, i in enumerate(todo):
             try:
-                arr = vr[i].asnumpy()
+                with native_stderr_quiet():  # a broken packet: FFmpeg prints it itself
+                    arr = vr[i].asnumpy()
             except errors:
                 # decord's decoder thread reports a broken packet asynchronously, sometimes
                 # frames before the broken one: decode the rest sequentially with PyAV, which

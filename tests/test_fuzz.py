@@ -537,6 +537,10 @@ def test_bad_input_subprocess_no_traceback(entry, argv, name, corpus, tmp_path):
     assert "Traceback" not in p.stderr
     errors = [ln for ln in p.stderr.splitlines() if ": error:" in ln]
     assert len(errors) == 1 and name in errors[0], p.stderr[-2000:]
+    # and nothing else: no decoder noise ("moov atom not found", decord's C++ log lines)
+    others = [ln for ln in p.stderr.splitlines() if ln.strip() and ": error:" not in ln
+              and "random weights" not in ln]  # (the tiny-random warning)
+    assert not others, others
 
 
 def test_pickled_npy_is_never_unpickled(corpus, tmp_path, monkeypatch):
