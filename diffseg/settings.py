@@ -109,8 +109,7 @@ def _convert(action: argparse.Action, key: str, value: Any) -> Any:
 
 def _convert_one(action: argparse.Action, key: str, value: Any, where: str) -> Any:
     try:
-        out = action.type(str(value)) if action.type is not None else (value if not isinstance(value, (int, float))
-                                                                       else str(value))
+        out = action.type(str(value)) if action.type is not None else str(value)  # as argparse would
     except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
         raise InputError(f"{where}: {exc}") from exc
     if action.choices is not None and out not in action.choices:
