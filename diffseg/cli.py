@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -121,6 +122,23 @@ def _report(args: argparse.Namespace, result: "CommandResult | int | None") -> i
     return result.code
 
 
+#: a validation message's subject: ``TrackerConfig.keyframe_every must ...``, ``size must ...``
+_SUBJECT = re.compile(r"\b(?:[A-Z]\w*Config\.)?([a-z_][a-z0-9_]*)(?= must\b)")
+
+
+def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A config validation message as the command line user sees it: the field it names
+    becomes the option that sets it (``TrackerConfig.keyframe_every must be ...`` ->
+    ``--keyframe-every must be ...``) when the command has one."""
+    flags: dict[str, str] = {}
+    for a in parser._actions:
+        long = next((o for o in a.option_strings if o.startswith("--")), None)
+        if long:  # generated engine options: dest ``cfg_<group>__<field>``
+            flags.setdefault(a.dest.split("__")[-1], long)
+            flags[a.dest] = long
+    return _SUBJECT.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+
+
 def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the command ``args`` came from (``evaluate video`` included)."""
     for dest in ("command", "evaluate_kind"):
@@ -162,7 +180,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     except DiffSegError as exc:
         if verbose:
             log.exception("failed")
-        print(f"diffseg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"diffseg {args.command}: error: {_name_flags(str(exc), _subparser(parser, args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         import signal

@@ -428,7 +428,7 @@ def _cases() -> list[Case]:
         cs.append(Case(f"run-{f}", _run(f), (f, "00003")))
     cs.append(Case("run-size0", ["run", "{c}/ok.png", "-o", "{o}", "--size", "0", "-q"], ("size",)))
     cs.append(Case("run-devices0", _run("ok.png", "--devices", "0"), ("devices",)))
-    cs.append(Case("run-overlap", _run("ok.png", "--chunk-frames", "4", "--chunk-overlap", "4"), ("chunk_overlap",)))
+    cs.append(Case("run-overlap", _run("ok.png", "--chunk-frames", "4", "--chunk-overlap", "4"), ("--chunk-overlap",)))
     for f in ("rgba.png", "gray16.png", "cmyk.jpg"):
         cs.append(Case(f"run-mode-{f}", _run(f), (f,), expect="ok"))
     cs.append(Case("run-enospc", _run("ok.png"), ("space",), patch="enospc"))

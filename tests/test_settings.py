@@ -90,3 +90,14 @@ def test_run_takes_video_and_volume_options_with_a_prefix(labels, tmp_path, caps
     assert "no option --memory" in err and "video., volume." in err
     assert main(["run", str(labels), "-o", str(tmp_path / "job3"), *fake, "--set", "video.keyframe-every=auto"]) == 2
     assert "not available in `run`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,flag", [
+    (["--min-iou", "7"], "--min-iou must be in"),        # an engine knob (AssociateConfig.min_iou)
+    (["--set", "memory=-3"], "--memory must be in"),     # LifecycleConfig.memory, through --set
+    (["--waist-ratio", "-1"], "--waist-ratio must be"),  # VolumeConfig.waist_ratio
+])
+def test_errors_name_the_flag_not_the_dataclass_field(extra, flag, labels, tmp_path, capsys):
+    assert main(["stack", str(labels), "-o", str(tmp_path / "o.npy"), "-q", *extra]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Config." not in err and "_" not in err.split("must")[0], err

@@ -253,7 +253,7 @@ def test_bad_engine_option_is_a_clear_error(tmp_path, capsys):
     _, fdir, sdir, _ = write_scene(tmp_path, n=3)
     assert main(["track", str(fdir), "--segments", str(sdir), "-o", str(tmp_path / "bad"), "-q",
                  "--correction-window", "-1"]) == 2
-    assert "correction_window" in capsys.readouterr().err
+    assert "--correction-window" in capsys.readouterr().err
 
 
 def test_background_option_leaves_background_without_a_track(tmp_path):

@@ -308,7 +308,7 @@ def test_cli_stack_separates_ellipsoids_stacked_end_to_end(tmp_path: Path, capsy
     assert dice["0"].n_pred == 1 and min(dice["0"].dice.values()) < 0.1  # joined: one id for both
     assert dice["0.75"].n_pred == 2 and min(dice["0.75"].dice.values()) > 0.9
     bad = main(["stack", str(tmp_path / "sl.npy"), "-o", str(tmp_path / "x.npy"), "-q", "--waist-ratio", "1.5"])
-    assert bad == 2 and "waist_ratio" in capsys.readouterr().err
+    assert bad == 2 and "--waist-ratio" in capsys.readouterr().err
 
 
 def test_segment_volume_default_cleanup_removes_real_debris(tmp_path: Path) -> None:
