@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 from typing import Callable, Sequence
 
@@ -20,7 +19,7 @@ from diffseg_core.cli_args import CommandResult
 from diffseg_core.errors import DiffSegError
 from diffseg_core.io import output_lock, protect_inputs, remove_stale_temporaries
 
-from .settings import add_settings_args, apply_settings
+from .settings import add_settings_args, apply_settings, name_flags
 
 log = logging.getLogger("diffseg")
 
@@ -36,7 +35,7 @@ EPILOG = """examples:
 
 
 def common_parent() -> argparse.ArgumentParser:
-    """Options every subcommand takes: --quiet and --verbose."""
+    """Options every subcommand takes: output control and settings."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("output control")
     # SUPPRESS: left out, an option sets nothing, so the subcommand's copy does not reset
@@ -49,6 +48,7 @@ def common_parent() -> argparse.ArgumentParser:
                    help="print the command's summary as one JSON line on stdout")
     add_settings_args(p.add_argument_group("settings"))
     return p
+
 
 def build_parser() -> argparse.ArgumentParser:
     parent = common_parent()
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     volume_cli.register_evaluate(ev_sub, parent)
     return parser
 
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -94,6 +95,7 @@ def _setup_logging(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
         for reader in ("tifffile", "nibabel", "pydicom"):  # they log what they recover from as errors
             logging.getLogger(reader).setLevel(logging.CRITICAL)
+
 
 #: argparse destinations that hold input paths, in every subcommand.
 INPUT_ARGS = ("images", "inputs", "source", "frames", "segments", "input", "labels", "pred", "gt")
@@ -122,30 +124,19 @@ def _report(args: argparse.Namespace, result: "CommandResult | int | None") -> i
     return result.code
 
 
-#: a validation message's subject: ``TrackerConfig.keyframe_every must ...``, ``size must ...``
-_SUBJECT = re.compile(r"\b(?:[A-Z]\w*Config\.)?([a-z_][a-z0-9_]*)(?= must\b)")
-
-
-def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
-    """A config validation message as the command line user sees it: the field it names
-    becomes the option that sets it (``TrackerConfig.keyframe_every must be ...`` ->
-    ``--keyframe-every must be ...``) when the command has one."""
-    flags: dict[str, str] = {}
-    for a in parser._actions:
-        long = next((o for o in a.option_strings if o.startswith("--")), None)
-        if long:  # generated engine options: dest ``cfg_<group>__<field>``
-            flags.setdefault(a.dest.split("__")[-1], long)
-            flags[a.dest] = long
-    return _SUBJECT.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+def _subcommands(parser: argparse.ArgumentParser) -> "dict[str, argparse.ArgumentParser]":
+    """``{name: parser}`` of ``parser``'s subcommands (empty when it has none)."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    return dict(sub.choices) if sub is not None else {}
 
 
 def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the command ``args`` came from (``evaluate video`` included)."""
     for dest in ("command", "evaluate_kind"):
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = sub.choices[getattr(args, dest)]
-        if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+        subs = _subcommands(parser)
+        if not subs:
             break
+        parser = subs[getattr(args, dest)]
     return parser
 
 
@@ -159,8 +150,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose)
     try:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        sections = {name: sub.choices[name] for name in getattr(args, "settings_sections", ())}
+        sections = {name: _subcommands(parser)[name] for name in getattr(args, "settings_sections", ())}
         args.section_settings = apply_settings(args, _subparser(parser, args), args.command, sections)
     except DiffSegError as exc:
         print(f"diffseg {args.command}: error: {exc}", file=sys.stderr)
@@ -180,7 +170,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     except DiffSegError as exc:
         if verbose:
             log.exception("failed")
-        print(f"diffseg {args.command}: error: {_name_flags(str(exc), _subparser(parser, args))}", file=sys.stderr)
+        print(f"diffseg {args.command}: error: {name_flags(str(exc), _subparser(parser, args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         import signal
@@ -204,6 +194,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         print(f"diffseg {args.command}: error: out of memory (try a smaller --size or --batch-size)",
               file=sys.stderr)
         return 2
+
 
 def console_main() -> None:
     """The ``diffseg`` console script: `main`, then exit with its code. After Ctrl-C the

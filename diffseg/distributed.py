@@ -37,9 +37,9 @@ import numpy as np
 from diffseg_core.cli_args import CommandResult
 from diffseg_core.config import SegmenterConfig, config_hash
 from diffseg_core.errors import DiffSegError, InputError, OutputError, look_up_option
-from .jobs import (WORK_DIR, InputPlan, InputSpec, ItemRecord, JobManifest, WorkItem,
-                   classify_inputs, plan_items, shard_items,
-                   source_signature)
+
+from .jobs import (WORK_DIR, InputPlan, InputSpec, ItemRecord, JobManifest, WorkItem, classify_inputs, plan_items,
+                   shard_items, source_signature)
 
 log = logging.getLogger("diffseg.run")
 

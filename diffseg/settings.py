@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -86,6 +87,21 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return out
 
 
+#: a validation message's subject: ``TrackerConfig.keyframe_every must ...``, ``size must ...``
+_SUBJECT = re.compile(r"\b(?:[A-Z]\w*Config\.)?([a-z_][a-z0-9_]*)(?= must\b)")
+
+
+def name_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A config validation message as the command line user sees it: the field it names
+    becomes the option that sets it (``TrackerConfig.keyframe_every must be ...`` ->
+    ``--keyframe-every must be ...``) when the command has one."""
+    flags: dict[str, str] = {}
+    for name, a in _options(parser).items():  # generated engine options: dest ``cfg_<group>__<field>``
+        flags.setdefault(a.dest, f"--{name}")
+        flags.setdefault(a.dest.split("__")[-1], f"--{name}")
+    return _SUBJECT.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+
+
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
@@ -139,6 +155,7 @@ def apply_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, co
         return {}
     sections = sections or {}
     found: dict[str, argparse.Namespace] = {}
+    tables: dict[int, dict[str, argparse.Action]] = {}  # option table per parser
 
     def target(key: str) -> tuple[str, argparse.Action, argparse.Namespace, argparse.ArgumentParser, str]:
         prefix, dot, rest = key.strip().partition(".")
@@ -149,7 +166,7 @@ def apply_settings(args: argparse.Namespace, parser: argparse.ArgumentParser, co
         else:  # a section name is only for the reader
             p, cmd, ns = parser, command, args
             key = rest if dot else key
-        options = _options(p)
+        options = tables.setdefault(id(p), _options(p))
         name = key.strip().lstrip("-")
         for cand in (name, name.replace("_", "-")):
             if cand in options:

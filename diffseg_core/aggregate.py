@@ -63,7 +63,7 @@ def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
         inplace: the caller gives its maps up: the finest grid's map, when it is the only
             one of its grid and a contiguous float32 tensor, is weighted in place and becomes
             the result (a fresh N x N tensor costs page faults about as much as the
-            arithmetic: 15 ms of 34 at 64x64 on 2 CPU cores).
+            arithmetic: 15 ms of 34 at 64x64 on 2 CPU cores, in a micro-benchmark).
 
     Returns:
         float32 ``(B, N, h, w)`` with ``N = h * w``: ``out[b, q]`` is the aggregated attention

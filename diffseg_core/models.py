@@ -359,9 +359,9 @@ def _to(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
     """``module`` on ``device`` in ``dtype``, eval mode, convolution weights channels-last.
 
     Channels-last (NHWC) picks the faster convolution kernels (oneDNN on CPU, cuDNN tensor
-    cores on CUDA): SD 1.5's VAE encoder at 512 px on 2 CPU cores 4.5 -> 3.6 s in float32 and
-    2.05 -> 0.81 s in bfloat16, the UNet 5-13 % faster (`benchmarks/bench_e2e.py`); the
-    results stay within the dtype's rounding."""
+    cores on CUDA): SD 1.5's VAE encode at 512 px on 2 CPU cores, 4.25 -> 3.49 s in float32
+    and 1.97 -> 0.73 s in bfloat16 (`benchmarks/bench_e2e.py`, default memory format vs
+    this); the results stay within the dtype's rounding (tests/diffseg_core/test_segmenter.py)."""
     # Cast only when needed: diffusers warns on every dtype `.to()`, even a no-op one.
     if next(module.parameters()).dtype != dtype:
         module = module.to(dtype=dtype)

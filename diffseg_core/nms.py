@@ -49,7 +49,8 @@ def upsample_argmax(proposals: torch.Tensor, out_size: tuple[int, int],
     out = torch.empty(H, W, dtype=dtype, device=p.device)
     for r in range(0, H, row_chunk):
         block = torch.einsum("yh,khx->kyx", wy[r:r + row_chunk], cols)
-        # the first maximum (argmax(0) gives the same, through a slow CPU path: 24 vs 0.9 ms)
+        # the first maximum (argmax(0) gives the same through a slow CPU path: 24 vs 0.9 ms
+        # for 6 proposals x 256 x 512 in a micro-benchmark)
         out[r:r + row_chunk] = torch.max(block, 0).indices
     return out
 

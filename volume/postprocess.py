@@ -7,6 +7,7 @@ temporary beyond one bool mask is made.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -357,6 +358,13 @@ def _subsample(values: np.ndarray, step: int) -> np.ndarray:
     return np.asarray(values[::step, ::step, ::step]).ravel()
 
 
+def _outside_slices(values: np.ndarray, axis: int, sample: int) -> Iterator[np.ndarray]:
+    """The outside of each slice along ``axis`` in turn (see `outside_mask`), one slice in memory."""
+    thr = otsu_threshold(_subsample(values, sample))
+    for i in range(values.shape[axis]):
+        yield _outside_slice(np.asarray(np.take(values, i, axis=axis)), thr)
+
+
 def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 2) -> np.ndarray:
     """bool ``(D, H, W)``: the region outside the body or sample, slice by slice along
     ``axis``: the pixels darker than Otsu's threshold of the volume (computed on every
@@ -365,10 +373,9 @@ def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 2) -> np.ndarr
     (lungs, gas, a pocket no border reaches) are not outside; the first and last slices of a
     scan cut through the body and do not count as a border."""
     values = np.asarray(values)
-    thr = otsu_threshold(_subsample(values, sample))
     out = np.zeros(values.shape, bool)
-    for i in range(values.shape[axis]):
-        np.moveaxis(out, axis, 0)[i] = _outside_slice(np.asarray(np.take(values, i, axis=axis)), thr)
+    for i, outside in enumerate(_outside_slices(values, axis, sample)):
+        np.moveaxis(out, axis, 0)[i] = outside
     return out
 
 
@@ -379,14 +386,13 @@ def clear_outside(labels: np.ndarray, values: np.ndarray, axis: int = 0, min_fra
     the medium, not those of the body or sample. Segments are never cut. Returns how many
     labels were cleared."""
     values = np.asarray(values)
-    thr = otsu_threshold(_subsample(values, sample))
     n = int(labels.max()) + 1 if labels.size else 1
     total = np.zeros(n, np.int64)
     out = np.zeros(n, np.int64)
-    for i in range(labels.shape[axis]):
+    for i, outside in enumerate(_outside_slices(values, axis, sample)):
         lab = np.asarray(np.take(labels, i, axis=axis))
         total += np.bincount(lab.ravel(), minlength=n)[:n]
-        out += np.bincount(lab[_outside_slice(np.asarray(np.take(values, i, axis=axis)), thr)], minlength=n)[:n]
+        out += np.bincount(lab[outside], minlength=n)[:n]
     gone = np.flatnonzero((out >= min_fraction * np.maximum(total, 1)) & (total > 0))
     gone = gone[gone > 0]
     if len(gone):

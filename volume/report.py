@@ -9,7 +9,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from diffseg_core.io import atomic_write_text, overlay, save_image
+from diffseg_core import software_version
+from diffseg_core.io import atomic_write_text, label_palette, overlay, save_image
 
 from .postprocess import label_stats
 from .types import Volume
@@ -21,8 +22,6 @@ PANEL_SIDE = 384
 def write_color_table(path: "str | Path", ids: "list[int]") -> Path:
     """A 3D Slicer colour table (``.ctbl``: ``id name R G B A`` per line) of the label ids, in
     the colours of our overlays, so the labels show alike in Slicer (load it with the labels)."""
-    from diffseg_core.io import label_palette
-
     pal = label_palette(max(ids, default=0) + 1)
     lines = ["# diffseg-vv label colours (3D Slicer colour table: id name R G B A)", "0 background 0 0 0 0"]
     lines += [f"{i} label_{i} {pal[i][0]} {pal[i][1]} {pal[i][2]} 255" for i in ids if i > 0]
@@ -50,10 +49,6 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
     """
     stats = label_stats(labels, vol.spacing if vol.spacing_known else (1.0, 1.0, 1.0), axis)
     unit = f"{vol.unit}3" if vol.spacing_known else "voxels"
-    from diffseg_core import software_version
-
-    from diffseg_core.io import label_palette
-
     stats_rows = [asdict(st) for st in stats]
     pal = label_palette(max([r["id"] for r in stats_rows], default=0) + 1)
     for r in stats_rows:  # the colour the overlays and the colour table give the label
