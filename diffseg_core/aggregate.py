@@ -142,3 +142,37 @@ def aggregate(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
     flush()
     assert out is not None
     return out
+
+
+def aggregate_cross(maps: Sequence[torch.Tensor], shapes: Sequence[tuple[int, int]],
+                    out_hw: tuple[int, int]) -> torch.Tensor:
+    """Aggregate per-resolution cross-attention into one map per prompt token.
+
+    As the original's semantic mode: each resolution's ``(h_r, w_r)`` token maps are
+    bilinearly upsampled to ``out_hw`` (half-pixel centres), renormalised over the tokens at
+    every pixel, and the resolutions summed with `resolution_weights`.
+
+    Args:
+        maps: float ``(B, N_i, L)`` per grid (heads and layers of the grid averaged): each
+            query's distribution over the ``L`` prompt tokens.
+        shapes: the grid ``(h_i, w_i)`` of each entry (one entry per grid).
+        out_hw: ``(h, w)`` of the result (the finest attention grid).
+
+    Returns:
+        float32 ``(B, L, h, w)``; at every pixel the ``L`` values sum to 1.
+    """
+    if len(maps) == 0 or len(maps) != len(shapes):
+        raise ValueError(f"aggregate_cross needs one map per grid; got {len(maps)} maps and {len(shapes)} shapes")
+    h, w = int(out_hw[0]), int(out_hw[1])
+    weights = resolution_weights([tuple(s) for s in shapes])
+    out: "torch.Tensor | None" = None
+    for m, (hr, wr), wt in zip(maps, shapes, weights):
+        if m.ndim != 3 or m.shape[1] != hr * wr:
+            raise ValueError(f"cross map for grid {(hr, wr)} must be (B, {hr * wr}, L); got {tuple(m.shape)}")
+        x = m.to(torch.float32).reshape(m.shape[0], hr, wr, m.shape[2]).permute(0, 3, 1, 2)
+        if (hr, wr) != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        x = x / x.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        out = x * wt if out is None else out.add_(x, alpha=wt)
+    assert out is not None
+    return out.contiguous()

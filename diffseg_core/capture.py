@@ -14,6 +14,12 @@ one float32 ``(B, N_r, N_r)`` map per resolution ``r`` (rows sum to 1), which is
 its sequence length and the latent's shape (no hard-coded 64/4096): SD halves the latent
 ``(h, w)`` with stride-2 convolutions, so ``h_r = ceil(h / 2**k)``.
 
+With ``cross_attention=True`` (`capture_attention`) the ``attn2`` layers are captured too:
+their probabilities ``(B, N_r, L)`` over the ``L`` prompt tokens are small, so they are
+computed whole, head-averaged and summed per grid like the self-attention
+(`AttentionStore.cross_maps`; `diffseg_core.aggregate.aggregate_cross` brings them to one
+grid). The names of segments come from them (`diffseg_core.naming`).
+
 On exit the original processors (the very same objects) are put back, also when the forward
 pass raises.
 """
@@ -29,7 +35,7 @@ import torch
 from .aggregate import layer_grid
 from .config import CaptureConfig
 
-__all__ = ["AttentionStore", "SelfAttentionCapture", "capture_self_attention",
+__all__ = ["AttentionStore", "SelfAttentionCapture", "capture_self_attention", "capture_attention",
            "self_attention_layer_names", "expected_layer_count", "release_workspace"]
 
 
@@ -61,6 +67,10 @@ class AttentionStore:
         counts: grid -> number of layer calls summed into ``sums[grid]``.
         layers: names of the layers captured, in call order (one entry per call).
         layer_grids: layer name -> its grid.
+        cross_sums: grid -> float32 ``(B, N_r, L)`` sum of head-mean cross-attention
+            probabilities over the ``L`` prompt tokens (`capture_attention` with
+            ``cross_attention=True``).
+        cross_counts: grid -> number of cross-attention layer calls summed.
     """
 
     latent_hw: tuple[int, int]
@@ -68,6 +78,8 @@ class AttentionStore:
     counts: dict[tuple[int, int], int] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     layer_grids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    cross_sums: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    cross_counts: dict[tuple[int, int], int] = field(default_factory=dict)
     _work: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def reset(self, latent_hw: "tuple[int, int] | None" = None) -> None:
@@ -78,6 +90,8 @@ class AttentionStore:
         self.counts.clear()
         self.layers.clear()
         self.layer_grids.clear()
+        self.cross_sums.clear()
+        self.cross_counts.clear()
         self._work.clear()
 
     def workspace(self, key: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -110,6 +124,25 @@ class AttentionStore:
         self.counts[grid] += 1
         return acc
 
+    def begin_cross(self, name: str, seq_len: int, n_tokens: int, batch: int, device: torch.device) -> torch.Tensor:
+        """Register one cross-attention layer call; return its float32 ``(B, N, L)`` accumulator."""
+        grid = layer_grid(seq_len, self.latent_hw)
+        self.layers.append(name)
+        self.layer_grids[name] = grid
+        acc = self.cross_sums.get(grid)
+        if acc is None or acc.shape[0] != batch or acc.shape[2] != n_tokens:
+            acc = torch.zeros((batch, seq_len, n_tokens), dtype=torch.float32, device=device)
+            self.cross_sums[grid] = acc
+            self.cross_counts[grid] = 0
+        self.cross_counts[grid] += 1
+        return acc
+
+    def cross_maps(self) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """Mean cross-attention per grid, finest first: float32 ``(B, N_i, L)`` (each query's
+        row is a distribution over the ``L`` tokens) and the grids ``(h_i, w_i)``."""
+        grids = sorted(self.cross_sums, key=lambda g: -(g[0] * g[1]))
+        return [self.cross_sums[g] / float(self.cross_counts[g]) for g in grids], grids
+
     @property
     def grids(self) -> list[tuple[int, int]]:
         """Captured grids, finest first."""
@@ -141,10 +174,11 @@ class SelfAttentionCapture:
     float32.
     """
 
-    def __init__(self, name: str, store: AttentionStore, query_chunk: int = 1024) -> None:
+    def __init__(self, name: str, store: AttentionStore, query_chunk: int = 1024, cross: bool = False) -> None:
         self.name = name
         self.store = store
         self.query_chunk = int(query_chunk)
+        self.cross = bool(cross)  # an attn2 layer: capture its probabilities over the prompt tokens
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor,
                  encoder_hidden_states: "torch.Tensor | None" = None,
@@ -211,8 +245,11 @@ class SelfAttentionCapture:
         """
         dtype = query.dtype
         n_q, n_k = query.shape[1], key.shape[1]
-        if n_q != n_k:  # not self-attention (e.g. attn1 used as cross-attention): no capture
+        if n_q != n_k or self.cross:  # cross-attention: (B*heads, Nq, L) is small, computed whole
             probs = attn.get_attention_scores(query, key, mask)
+            if self.cross:
+                acc = self.store.begin_cross(self.name, n_q, n_k, batch, query.device)
+                acc.add_(probs.view(batch, heads, n_q, n_k).sum(1, dtype=torch.float32), alpha=1.0 / heads)
             return torch.bmm(probs, value)
         acc = self.store.begin(self.name, n_q, batch, query.device)
         if attn.upcast_attention:
@@ -259,16 +296,27 @@ class SelfAttentionCapture:
 @contextmanager
 def capture_self_attention(unet: Any, latent_hw: tuple[int, int],
                            config: "CaptureConfig | None" = None) -> Iterator[AttentionStore]:
-    """Install `SelfAttentionCapture` on every ``attn1`` layer of ``unet``; restore on exit.
+    """`capture_attention` of the self-attention layers only (what segmenting needs)."""
+    with capture_attention(unet, latent_hw, config) as store:
+        yield store
 
-    Only the self-attention processors are replaced; cross-attention (``attn2``) keeps its
-    processor. The original processor objects are put back on exit, also after an error.
+
+@contextmanager
+def capture_attention(unet: Any, latent_hw: tuple[int, int], config: "CaptureConfig | None" = None, *,
+                      self_attention: bool = True, cross_attention: bool = False) -> Iterator[AttentionStore]:
+    """Install `SelfAttentionCapture` on every ``attn1`` layer of ``unet`` (and on every
+    ``attn2`` layer with ``cross_attention``); restore on exit.
+
+    Layers not captured keep their processors (fused attention). The original processor
+    objects are put back on exit, also after an error.
 
     Args:
         unet: a diffusers ``UNet2DConditionModel`` (anything with ``attn_processors`` and
             ``set_attn_processor``).
         latent_hw: ``(h, w)`` of the latent the next forward pass gets (layer grids follow).
         config: capture settings (``query_chunk``).
+        self_attention: capture the ``attn1`` layers (`AttentionStore.maps`).
+        cross_attention: capture the ``attn2`` layers (`AttentionStore.cross_maps`).
 
     Yields:
         The `AttentionStore` filled by the forward passes run inside the context; call
@@ -281,13 +329,18 @@ def capture_self_attention(unet: Any, latent_hw: tuple[int, int],
     """
     config = config or CaptureConfig()
     originals = dict(unet.attn_processors)
-    names = self_attention_layer_names(unet, config.layers)
-    if not names:
+    names = self_attention_layer_names(unet, config.layers) if self_attention else []
+    if self_attention and not names:
         raise ValueError("the UNet has no self-attention ('attn1') layers to capture")
+    cross = self_attention_layer_names(unet, "attn2") if cross_attention else []
+    if cross_attention and not cross:
+        raise ValueError("the UNet has no cross-attention ('attn2') layers to capture")
     store = AttentionStore(latent_hw=(int(latent_hw[0]), int(latent_hw[1])))
     new = dict(originals)
     for n in names:
         new[n] = SelfAttentionCapture(n, store, config.query_chunk)
+    for n in cross:
+        new[n] = SelfAttentionCapture(n, store, config.query_chunk, cross=True)
     unet.set_attn_processor(new)  # (diffusers pops entries from the dict it is given)
     try:
         yield store

@@ -88,6 +88,40 @@ class CaptureConfig(ConfigDict):
 
 
 @dataclass(frozen=True)
+class NamingConfig(ConfigDict):
+    """Names for segments from the cross-attention of a vocabulary (`diffseg_core.naming`).
+
+    Attributes:
+        vocabulary: the words segments may be named with (``("person", "dog", "grass")``);
+            empty = segments are not named (their ``name`` is null).
+        voting: ``"mean"`` (the mean share of each word over a segment's pixels) or
+            ``"majority"`` (the share of its pixels where the word leads), as the original.
+        min_score: a segment (track, 3D label) is named only if at least this share of its
+            evidence goes to one word; otherwise its name is None ("unknown").
+        same_pass: take the segments from the prompted UNet pass too (one pass, as the
+            original's semantic mode: the prompt changes the self-attention, so the segments
+            differ from unnamed ones); False = a second, prompted pass gives only the names
+            and the segments are those of the empty prompt.
+    """
+
+    vocabulary: tuple[str, ...] = ()
+    voting: Literal["mean", "majority"] = "mean"
+    min_score: float = 0.3
+    same_pass: bool = False
+
+    def __post_init__(self) -> None:
+        v = self.vocabulary
+        if isinstance(v, str) or v:
+            from .naming import parse_vocabulary
+
+            v = parse_vocabulary(v)
+        object.__setattr__(self, "vocabulary", tuple(v))
+        look_up_option(self.voting, ("mean", "majority"), "voting")
+        if not 0.0 <= float(self.min_score) <= 1.0:
+            raise InputError(f"min_score must be in [0, 1]; got {self.min_score}")
+
+
+@dataclass(frozen=True)
 class SegmenterConfig(ConfigDict):
     """Everything `DiffSegSegmenter` needs: model, input size, UNet pass and merging.
 
@@ -103,6 +137,7 @@ class SegmenterConfig(ConfigDict):
         batch_size: images per UNet forward.
         merge: the post-UNet algorithm.
         capture: attention capture settings.
+        naming: names for segments from a vocabulary (none by default).
         allow_unsafe_ckpt: allow loading a single-file ``.ckpt`` (a Python pickle, which can
             run arbitrary code): only for trusted files. ``.safetensors`` never needs it.
     """
@@ -116,6 +151,7 @@ class SegmenterConfig(ConfigDict):
     batch_size: int = 1
     merge: MergeConfig = field(default_factory=MergeConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    naming: NamingConfig = field(default_factory=NamingConfig)
     allow_unsafe_ckpt: bool = False
 
     def __post_init__(self) -> None:
@@ -130,6 +166,8 @@ class SegmenterConfig(ConfigDict):
             object.__setattr__(self, "merge", MergeConfig.from_dict(self.merge))
         if isinstance(self.capture, dict):
             object.__setattr__(self, "capture", CaptureConfig.from_dict(self.capture))
+        if isinstance(self.naming, dict):
+            object.__setattr__(self, "naming", NamingConfig.from_dict(self.naming))
 
 
 def config_hash(*parts: Any) -> str:

@@ -14,7 +14,8 @@ Sources (`load_model`):
   but **its segments are meaningless**.
 
 The empty-prompt text embedding is computed once at load time; the tokenizer and text
-encoder are then dropped to save memory. Loaded models are cached per (model, device,
+encoder are then dropped to save memory, and loaded again (once) only when segments are to
+be named from a vocabulary (`LoadedModel.text`). Loaded models are cached per (model, device,
 dtype) in-process. A model that cannot be found raises `ModelNotFoundError` with a message
 saying how to get it; there is never a silent fallback to random weights.
 """
@@ -26,9 +27,9 @@ import pickle
 import socket
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import torch
@@ -38,7 +39,7 @@ from .errors import InputError, ModelNotFoundError, look_up_option, short_messag
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "load_model", "resolve_device", "resolve_dtype", "clear_model_cache",
+__all__ = ["LoadedModel", "TextEncoder", "load_model", "resolve_device", "resolve_dtype", "clear_model_cache",
            "tiny_random_model", "TINY_RANDOM", "KNOWN_MODELS"]
 
 TINY_RANDOM = "tiny-random"
@@ -67,6 +68,7 @@ class LoadedModel:
         vae_scale_factor: image pixels per latent pixel (8 for SD).
         scaling_factor: VAE latent scaling (0.18215 for SD 1.x/2.x).
         is_random: True for ``tiny-random`` (meaningless segments).
+        text_loader: builds the `TextEncoder` when first needed (`text`).
     """
 
     unet: Any
@@ -79,6 +81,53 @@ class LoadedModel:
     vae_scale_factor: int
     scaling_factor: float
     is_random: bool = False
+    text_loader: "Callable[[], TextEncoder] | None" = field(default=None, repr=False)
+    _text: "TextEncoder | None" = field(default=None, repr=False)
+
+    def text(self) -> "TextEncoder":
+        """The model's tokenizer and text encoder (loaded on first use, then kept)."""
+        if self._text is None:
+            if self.text_loader is None:
+                raise ModelNotFoundError(f"{self.model_id}: no text encoder is available to encode a vocabulary")
+            with _LOCK:
+                if self._text is None:
+                    self._text = self.text_loader()
+        return self._text
+
+
+class TextEncoder:
+    """A tokenizer and text encoder as the naming of segments needs them.
+
+    Args:
+        tokenize: a word -> its token ids (no special tokens).
+        encoder: token ids ``(P, L)`` (int64 tensor) -> ``(P, L, C)`` embeddings.
+        bos, eos, pad: special token ids; separator: ids put between words (a comma).
+        max_length: tokens per prompt (77 for SD).
+        device, dtype: where and in which precision `encode` returns the embeddings.
+    """
+
+    def __init__(self, tokenize: Callable[[str], list], encoder: Any, *, bos: int, eos: int, pad: int,
+                 separator: list, max_length: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.tokenize, self.encoder = tokenize, encoder
+        self.bos, self.eos, self.pad, self.separator = int(bos), int(eos), int(pad), list(separator)
+        self.max_length, self.device, self.dtype = int(max_length), device, dtype
+
+    @torch.inference_mode()
+    def encode(self, ids: Any) -> torch.Tensor:
+        """Embeddings ``(P, L, C)`` of token ids ``(P, L)``, ``dtype`` on ``device``."""
+        t = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        return self.encoder(t)[0].to(self.dtype)
+
+
+def _clip_text(tokenizer: Any, text_encoder: Any, device: torch.device, dtype: torch.dtype) -> TextEncoder:
+    enc = text_encoder.to(device).eval()
+
+    def tokenize(word: str) -> list:
+        return list(tokenizer(word, add_special_tokens=False).input_ids)
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return TextEncoder(tokenize, enc, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=pad,
+                       separator=tokenize(","), max_length=tokenizer.model_max_length, device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- device / dtype
@@ -254,7 +303,15 @@ def _load_folder(source: str, model: str, device: torch.device, dtype: torch.dty
             scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only)
         except (OSError, ValueError):
             scheduler = _sd_scheduler()
-        return _finish(unet, vae, scheduler, emb, model, device, dtype)
+        loaded = _finish(unet, vae, scheduler, emb, model, device, dtype)
+
+        def text() -> TextEncoder:  # the vocabulary's embeddings: loaded again only when names are asked for
+            tok = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only)
+            return _clip_text(tok, _from_pretrained(CLIPTextModel, source, "text_encoder", local_only),
+                              device, dtype)
+
+        loaded.text_loader = text
+        return loaded
 
     try:
         if local_files_only is not False:
@@ -312,8 +369,11 @@ def _load_single_file(path: Path, model: str, device: torch.device, dtype: torch
     emb = _empty_embedding(pipe.tokenizer, pipe.text_encoder.to(device))
     unet, vae = pipe.unet, pipe.vae
     scheduler = _ddpm_from(pipe.scheduler)
+    text = _clip_text(pipe.tokenizer, pipe.text_encoder, device, dtype)  # kept: a single file is not re-read
     del pipe
-    return _finish(unet, vae, scheduler, emb, model, device, dtype)
+    loaded = _finish(unet, vae, scheduler, emb, model, device, dtype)
+    loaded._text = text
+    return loaded
 
 
 def _ddpm_from(scheduler: Any) -> Any:
@@ -420,8 +480,20 @@ def tiny_random_model(device: "str | torch.device" = "cpu", dtype: torch.dtype =
     ids[0, 0], ids[0, 1] = 0, 2
     with torch.inference_mode():
         emb = text_encoder(ids)[0]
-    del text_encoder
-    return _finish(unet, vae, _sd_scheduler(), emb, TINY_RANDOM, dev, dtype, is_random=True)
+    loaded = _finish(unet, vae, _sd_scheduler(), emb, TINY_RANDOM, dev, dtype, is_random=True)
+    loaded._text = TextEncoder(_tiny_tokenize, text_encoder.to(dev), bos=0, eos=2, pad=1, separator=[3],
+                               max_length=77, device=dev, dtype=dtype)
+    return loaded
+
+
+def _tiny_tokenize(word: str) -> list:
+    """The tiny model's tokenizer (it has no vocabulary files): pieces of up to 4 characters
+    (so that long words have several tokens, like real ones), each hashed to an id in
+    4..999 (0-3: BOS, pad, EOS, separator)."""
+    import zlib
+
+    w = word.lower()
+    return [4 + zlib.crc32(w[i:i + 4].encode("utf-8")) % 996 for i in range(0, len(w), 4)]
 
 
 def segmenter_info(segmenter: Any) -> dict[str, Any]:

@@ -6,6 +6,11 @@ unlike the original), VAE-encode (``latent_dist.mean * scaling_factor``), run th
 ``config.timestep`` with the empty-prompt embedding while `capture_self_attention` records
 every ``attn1`` layer, aggregate the resolutions, then merge + NMS at the input's own size.
 
+With a vocabulary (``config.naming``), a second UNet pass with the vocabulary as prompt
+captures the cross-attention of its words (self-attention layers keep their fused kernels
+there) and every segment gets a name (`diffseg_core.naming`); with ``same_pass`` one
+prompted pass gives both the segments and the names.
+
 Images of different sizes in one call are grouped by model input size and sent through the
 UNet ``config.batch_size`` at a time. The UNet may run in float16/bfloat16; the attention is
 accumulated and post-processed in float32. Results are numpy on the CPU.
@@ -20,13 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .aggregate import aggregate
-from .capture import capture_self_attention
+from .aggregate import aggregate, aggregate_cross
+from .capture import capture_attention
 from .config import SegmenterConfig
 from .errors import InputError
 from .models import LoadedModel, load_model
+from .naming import PromptPlan, parse_vocabulary, pick_names, plan_prompts, word_maps, word_scores
 from .pipeline import segment_aggregated
-from .types import AttentionMaps, Segmentation
+from .types import AttentionMaps, SegmentNames, Segmentation
 
 __all__ = ["DiffSegSegmenter", "model_input_size", "MAX_LATENT_TOKENS", "as_image_list"]
 
@@ -155,6 +161,7 @@ class _Aggregated:
     input_hw: tuple[int, int]
     latent_hw: tuple[int, int]  # finest attention grid (= the VAE latent for SD)
     timings: dict[str, float]
+    word_maps: "np.ndarray | None" = None  # float32 (V, h, w) with a vocabulary
 
 
 class DiffSegSegmenter:
@@ -175,6 +182,7 @@ class DiffSegSegmenter:
     def __init__(self, config: "SegmenterConfig | None" = None, *, model: "LoadedModel | None" = None) -> None:
         self.config = config or SegmenterConfig()
         self._model = model
+        self._prompts: "tuple[tuple[str, ...], PromptPlan, torch.Tensor] | None" = None
 
     # ------------------------------------------------------------------ model
     @property
@@ -223,6 +231,8 @@ class DiffSegSegmenter:
                                      compact_labels=compact_labels)
             item.maps = None  # type: ignore[assignment]  # free (N, h, w) early
             seg = seg.numpy() if not isinstance(seg.labels, np.ndarray) else seg
+            if item.word_maps is not None:
+                seg.names = self._names(seg.labels, seg.num_segments, item.word_maps)
             timings = dict(item.timings, post_s=time.perf_counter() - t0)
             seg.meta.update(self._meta(item, timings))
             out[item.index] = seg
@@ -244,7 +254,42 @@ class DiffSegSegmenter:
             out[item.index] = AttentionMaps(maps=item.maps.cpu().numpy(), latent_hw=tuple(item.maps.shape[1:]))
         return [a for a in out if a is not None]
 
+    @torch.inference_mode()
+    def word_maps(self, images: Any, vocabulary: Any = None,
+                  generator: "torch.Generator | None" = None) -> list[np.ndarray]:
+        """Cross-attention of every vocabulary word per image: float32 ``(V, h, w)`` on the
+        finest attention grid (each pixel's values over the words' tokens come from one
+        distribution over the prompt); `diffseg_core.naming.name_segments` names any label
+        map with them.
+
+        Args:
+            vocabulary: words (a list, or ``"a,b,c"``); default ``config.naming.vocabulary``.
+        """
+        vocab = parse_vocabulary(vocabulary if vocabulary is not None else self.config.naming.vocabulary)
+        chw = as_image_list(images)
+        out: list[np.ndarray | None] = [None] * len(chw)
+        for item in self._aggregated(chw, generator, vocab, segments=False):
+            out[item.index] = item.word_maps
+        return [a for a in out if a is not None]
+
     # ------------------------------------------------------------------ internals
+    def _names(self, labels: np.ndarray, k: int, maps: np.ndarray) -> SegmentNames:
+        nc = self.config.naming
+        ids, sc, _ = word_scores(labels, maps, nc.voting)
+        scores = np.zeros((k, len(nc.vocabulary)), np.float32)
+        scores[ids[ids < k]] = sc[ids < k]
+        return SegmentNames(vocabulary=nc.vocabulary, scores=scores,
+                            names=[n for n, _ in pick_names(scores, nc.vocabulary, nc.min_score)])
+
+    def _prompt_embeddings(self, vocab: tuple[str, ...]) -> tuple[PromptPlan, torch.Tensor]:
+        """The vocabulary's prompts and their embeddings ``(P, L, C)`` (kept for the next call)."""
+        if self._prompts is None or self._prompts[0] != vocab:
+            text = self.model.text()
+            plan = plan_prompts(vocab, text.tokenize, bos=text.bos, eos=text.eos, pad=text.pad,
+                                separator=text.separator, max_length=text.max_length)
+            self._prompts = (vocab, plan, text.encode(plan.ids))
+        return self._prompts[1], self._prompts[2]
+
     def _meta(self, item: _Aggregated, timings: dict[str, float]) -> dict[str, Any]:
         m = self.model
         return {
@@ -255,8 +300,11 @@ class DiffSegSegmenter:
             "timings": timings,
         }
 
-    def _aggregated(self, images: list[torch.Tensor], generator: "torch.Generator | None") -> Iterator[_Aggregated]:
-        """Run the UNet in size groups and batches; yield each image's aggregated attention."""
+    def _aggregated(self, images: list[torch.Tensor], generator: "torch.Generator | None",
+                    vocabulary: "tuple[str, ...] | None" = None, segments: bool = True) -> Iterator[_Aggregated]:
+        """Run the UNet in size groups and batches; yield each image's aggregated attention
+        (and its word maps when there is a vocabulary: ``config.naming``'s by default)."""
+        vocab = self.config.naming.vocabulary if vocabulary is None else vocabulary
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(self.input_size((int(im.shape[1]), int(im.shape[2]))), []).append(i)
@@ -272,10 +320,11 @@ class DiffSegSegmenter:
             bs = int(self.config.batch_size)
             for s in range(0, len(idx), bs):
                 chunk = idx[s:s + bs]
-                yield from self._run_batch(images, chunk, hw, generator)
+                yield from self._run_batch(images, chunk, hw, generator, vocab, segments)
 
     def _run_batch(self, images: list[torch.Tensor], idx: Sequence[int], hw: tuple[int, int],
-                   generator: "torch.Generator | None") -> Iterator[_Aggregated]:
+                   generator: "torch.Generator | None", vocab: tuple[str, ...] = (),
+                   segments: bool = True) -> Iterator[_Aggregated]:
         m, c = self.model, self.config
         dev, dt = m.device, m.dtype
         t0 = time.perf_counter()
@@ -290,25 +339,54 @@ class DiffSegSegmenter:
             noise = torch.randn(latents.shape, generator=generator, device=gdev, dtype=torch.float32)
             latents = m.scheduler.add_noise(latents.float(), noise.to(dev), timestep).to(dt)
         latent_hw = (int(latents.shape[2]), int(latents.shape[3]))
-        emb = m.empty_embedding.expand(len(idx), -1, -1)
-        with capture_self_attention(m.unet, latent_hw, c.capture) as store:
-            m.unet(latents, timestep, encoder_hidden_states=emb)
-        maps, shapes = store.maps()
-        store.reset()
+        n = len(idx)
+        plan, pemb = self._prompt_embeddings(vocab) if vocab else (None, None)
+        same = plan is not None and segments and c.naming.same_pass
+        if same and plan.num_prompts > 1:
+            raise InputError(f"the vocabulary needs {plan.num_prompts} prompts of {plan.ids.shape[1]} tokens; "
+                             "same_pass takes one: shorten the vocabulary or name in a second pass")
+        cross: "tuple[list, list] | None" = None
+        agg, attn_hw = None, None
+        if segments:
+            emb = (pemb if same else m.empty_embedding).expand(n, -1, -1)
+            with capture_attention(m.unet, latent_hw, c.capture, cross_attention=same) as store:
+                m.unet(latents, timestep, encoder_hidden_states=emb)
+            maps, shapes = store.maps()
+            cross = store.cross_maps() if same else None
+            store.reset()
+            # The finest attention grid: the latent itself for SD; coarser for models without
+            # attention at full latent resolution (the tiny test model).
+            attn_hw = shapes[0]
         _sync(dev)
         t_unet = time.perf_counter()
-        # The finest attention grid: the latent itself for SD; coarser for models without
-        # attention at full latent resolution (the tiny test model).
-        attn_hw = shapes[0]
-        agg = aggregate(maps, shapes, attn_hw, inplace=True)  # float32 (B, N, h, w), N = h*w of attn_hw
-        del maps
+        if plan is not None and cross is None:  # the names' own pass: all prompts x all images at once
+            P = plan.num_prompts
+            with capture_attention(m.unet, latent_hw, c.capture, self_attention=False, cross_attention=True) as store:
+                m.unet(latents.repeat(P, 1, 1, 1), timestep, encoder_hidden_states=pemb.repeat_interleave(n, dim=0))
+            cross = store.cross_maps()
+            store.reset()
+        words = None
+        if cross is not None:
+            attn_hw = attn_hw or cross[1][0]
+            tok = aggregate_cross(cross[0], cross[1], attn_hw)  # (P*B, L, h, w), prompt-major
+            tok = tok.reshape(-1, n, *tok.shape[1:]).transpose(0, 1).cpu().numpy()  # (B, P, L, h, w)
+            words = [word_maps(tok[j], plan) for j in range(n)]
+            del tok, cross
+        _sync(dev)
+        t_names = time.perf_counter()
+        if segments:
+            agg = aggregate(maps, shapes, attn_hw, inplace=True)  # float32 (B, N, h, w), N = h*w of attn_hw
+            del maps
         _sync(dev)
         t_agg = time.perf_counter()
-        n = len(idx)
-        timings = {"encode_s": (t_enc - t0) / n, "unet_s": (t_unet - t_enc) / n, "aggregate_s": (t_agg - t_unet) / n}
+        timings = {"encode_s": (t_enc - t0) / n, "unet_s": (t_unet - t_enc) / n, "aggregate_s": (t_agg - t_names) / n}
+        if plan is not None:
+            timings["names_s"] = (t_names - t_unet) / n
         for j, i in enumerate(idx):
-            yield _Aggregated(index=i, maps=agg[j], image_hw=(int(images[i].shape[1]), int(images[i].shape[2])),
-                              input_hw=hw, latent_hw=attn_hw, timings=dict(timings))
+            yield _Aggregated(index=i, maps=agg[j] if agg is not None else None,  # type: ignore[arg-type]
+                              image_hw=(int(images[i].shape[1]), int(images[i].shape[2])),
+                              input_hw=hw, latent_hw=attn_hw, timings=dict(timings),
+                              word_maps=None if words is None else words[j])
 
 
 def _sync(device: torch.device) -> None:

@@ -35,6 +35,26 @@ class AttentionMaps:
 
 
 @dataclass
+class SegmentNames:
+    """Names of the segments of one image (`diffseg_core.naming`).
+
+    Attributes:
+        vocabulary: the ``V`` words.
+        scores: float32 ``(K, V)``: per segment, the share of its evidence that goes to each
+            word (rows sum to 1; 0 where the segment had no attention).
+        names: per segment ``0..K-1``, its word or None (no word reached ``min_score``).
+    """
+
+    vocabulary: tuple[str, ...]
+    scores: Any
+    names: list
+
+    def score(self, k: int) -> float:
+        """The score of segment ``k``'s best word."""
+        return float(self.scores[k].max()) if len(self.vocabulary) else 0.0
+
+
+@dataclass
 class Segmentation:
     """DiffSeg result for one image.
 
@@ -44,12 +64,14 @@ class Segmentation:
             latent grid, each a distribution (sums to 1). Drives KL matching across frames.
         image_hw: ``(H, W)`` of the image the labels belong to.
         meta: free-form provenance (model id, thresholds, timings).
+        names: the segments' names when a vocabulary was given (`SegmentNames`), else None.
     """
 
     labels: Any
     proposals: Any
     image_hw: tuple[int, int] = (0, 0)
     meta: dict = field(default_factory=dict)
+    names: "SegmentNames | None" = None
 
     def __post_init__(self) -> None:
         if tuple(self.image_hw) == (0, 0):
@@ -92,6 +114,7 @@ class Segmentation:
             proposals=torch.as_tensor(self.proposals).to(device),
             image_hw=self.image_hw,
             meta=dict(self.meta),
+            names=self.names,
         )
 
     def numpy(self) -> "Segmentation":
@@ -106,6 +129,7 @@ class Segmentation:
             proposals=np.ascontiguousarray(prop, dtype=np.float32),
             image_hw=self.image_hw,
             meta=dict(self.meta),
+            names=self.names,
         )
 
 
