@@ -96,8 +96,9 @@ class NamingConfig(ConfigDict):
             empty = segments are not named (their ``name`` is null).
         voting: ``"mean"`` (the mean share of each word over a segment's pixels) or
             ``"majority"`` (the share of its pixels where the word leads), as the original.
-        min_score: a segment (track, 3D label) is named only if at least this share of its
-            evidence goes to one word; otherwise its name is None ("unknown").
+        min_score: a segment (track, 3D label) is named only if its best word's share of
+            the evidence leads the runner-up's by at least this much (0.1: ten points);
+            otherwise its name is None ("unknown").
         same_pass: take the segments from the prompted UNet pass too (one pass, as the
             original's semantic mode: the prompt changes the self-attention, so the segments
             differ from unnamed ones); False = a second, prompted pass gives only the names
@@ -106,7 +107,7 @@ class NamingConfig(ConfigDict):
 
     vocabulary: tuple[str, ...] = ()
     voting: Literal["mean", "majority"] = "mean"
-    min_score: float = 0.3
+    min_score: float = 0.1
     same_pass: bool = False
 
     def __post_init__(self) -> None:

@@ -14,8 +14,10 @@ into one map per word. Then, for a label map of segments:
 3. a segment's score for word ``w``: ``mean`` voting, the mean of ``p(w | x)`` over its
    pixels; ``majority`` voting, the fraction of its pixels where ``w`` has the largest share.
    Either way the scores of a segment sum to 1 over the vocabulary;
-4. the segment takes the best word when its score is at least ``min_score``, else no name
-   (None, shown as "unknown").
+4. the segment takes the best word when it leads: its *score* is its share minus the
+   runner-up's (0: a tie, 1: all the evidence on one word; with one word, its share), and a
+   score below ``min_score`` gives no name (None, shown as "unknown"). A lead, not a share,
+   so that the rule means the same for 2 words and for 100 (a uniform vote is a tie).
 
 `NameVotes` keeps the names of tracks and 3D labels stable: each frame (slice) adds the
 area-weighted scores of the segments under a track, the track's name is the word with the
@@ -245,21 +247,21 @@ def word_scores(labels: np.ndarray, token_maps: np.ndarray, voting: str = "mean"
 
 
 def pick_names(scores: np.ndarray, vocabulary: Sequence[str], min_score: float) -> list[tuple["str | None", float]]:
-    """Per row of ``scores`` ``(K, V)``: ``(best word or None, its score)``; None when the best
-    score is below ``min_score``."""
+    """Per row of ``scores`` ``(K, V)`` (shares): ``(best word or None, its lead)``, the lead
+    being its share minus the runner-up's; None when the lead is below ``min_score`` or the
+    row has no evidence."""
     sc = np.asarray(scores, dtype=np.float64)
-    if sc.ndim != 2 or sc.shape[1] != len(vocabulary):
-        raise ValueError(f"scores must be (K, {len(vocabulary)}); got {sc.shape}")
-    out: list[tuple[str | None, float]] = []
-    for row in sc:
-        j = int(row.argmax()) if row.size else 0
-        best = float(row[j]) if row.size else 0.0
-        out.append((vocabulary[j] if best >= min_score and best > 0 else None, best))
-    return out
+    if sc.ndim != 2 or sc.shape[1] != len(vocabulary) or not len(vocabulary):
+        raise ValueError(f"scores must be (K, {len(vocabulary)}) with a vocabulary; got {sc.shape}")
+    top = np.sort(sc, axis=1)[:, ::-1]
+    lead = top[:, 0] - (top[:, 1] if sc.shape[1] > 1 else 0.0)
+    best = sc.argmax(1)
+    return [(vocabulary[int(j)] if top[k, 0] > 0 and lead[k] >= min_score else None, float(lead[k]))
+            for k, j in enumerate(best)]
 
 
 def name_segments(labels: np.ndarray, token_maps: np.ndarray, vocabulary: Sequence[str], voting: str = "mean",
-                  min_score: float = 0.3) -> dict[int, "str | None"]:
+                  min_score: float = 0.1) -> dict[int, "str | None"]:
     """Name every segment of ``labels`` with a word of ``vocabulary`` (or None).
 
     Works with cross-attention from any model, like `segment_from_attention`.
@@ -270,8 +272,8 @@ def name_segments(labels: np.ndarray, token_maps: np.ndarray, vocabulary: Sequen
         vocabulary: the ``V`` words, in the order of ``token_maps``.
         voting: ``"mean"`` (mean share of each word over the segment's pixels) or
             ``"majority"`` (share of the segment's pixels where the word leads).
-        min_score: a segment is named only if at least this share of its evidence goes to
-            one word (0.3: a clear plurality among a handful of words); below, None.
+        min_score: a segment is named only if its best word's share leads the runner-up's
+            by at least this much (0.1: ten points of the evidence); below, None.
 
     Returns:
         ``{segment_id: name or None}`` for every id present in ``labels``.
@@ -299,15 +301,15 @@ class NameVotes:
 
     Attributes:
         vocabulary: the words.
-        min_score: a track is named only if at least this share of its area-weighted votes
-            goes to one word.
+        min_score: a track is named only if its best word's share of the area-weighted votes
+            leads the runner-up's by at least this much (as `name_segments`).
         switch_margin: the name shown for a track (`shown`) changes only when another word's
             total leads the shown one's by this share of the track's votes, so that a name
             never flickers frame to frame.
     """
 
     vocabulary: tuple[str, ...]
-    min_score: float = 0.3
+    min_score: float = 0.1
     switch_margin: float = 0.1
     totals: dict[int, np.ndarray] = field(default_factory=dict)
     areas: dict[int, int] = field(default_factory=dict)
@@ -342,10 +344,8 @@ class NameVotes:
         for t, v, a in zip(tracks.tolist(), votes, area):
             self.totals[t] = self.totals.get(t, 0) + v
             self.areas[t] = self.areas.get(t, 0) + int(a)
-            j = int(v.argmax())
-            share = float(v[j] / a) if a > 0 else 0.0
-            self.history.setdefault(t, []).append(
-                [int(index), self.vocabulary[j] if share >= self.min_score and share > 0 else None, round(share, 4)])
+            name, lead = pick_names((v / max(a, 1))[None], self.vocabulary, self.min_score)[0]
+            self.history.setdefault(t, []).append([int(index), name, round(lead, 4)])
             self._update_shown(t)
 
     def relabel(self, mapping: dict[int, int]) -> None:
@@ -362,15 +362,17 @@ class NameVotes:
 
     def _update_shown(self, t: int) -> None:
         tot, a = self.totals[t], max(1, self.areas[t])
-        lead = int(tot.argmax())
+        best = int(tot.argmax())
         cur = self._shown.get(t)
         if cur is None:
-            self._shown[t] = lead if tot[lead] / a >= self.min_score and tot[lead] > 0 else None
-        elif lead != cur and (tot[lead] - tot[cur]) / a > self.switch_margin:
-            self._shown[t] = lead
+            name, _ = pick_names((tot / a)[None], self.vocabulary, self.min_score)[0]
+            self._shown[t] = None if name is None else best
+        elif best != cur and (tot[best] - tot[cur]) / a > self.switch_margin:
+            self._shown[t] = best
 
     def name(self, t: int) -> tuple["str | None", float]:
-        """The track's name from all its votes (None below ``min_score``) and its score."""
+        """The track's name from all its votes (None below ``min_score``) and its score (the
+        lead of its share over the runner-up's)."""
         if t not in self.totals:
             return None, 0.0
         return pick_names((self.totals[t] / max(1, self.areas[t]))[None], self.vocabulary, self.min_score)[0]

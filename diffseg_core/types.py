@@ -50,8 +50,9 @@ class SegmentNames:
     names: list
 
     def score(self, k: int) -> float:
-        """The score of segment ``k``'s best word."""
-        return float(self.scores[k].max()) if len(self.vocabulary) else 0.0
+        """The score of segment ``k``'s name: its best word's share minus the runner-up's."""
+        top = np.sort(np.asarray(self.scores[k], dtype=np.float64))[::-1]
+        return float(top[0] - (top[1] if len(top) > 1 else 0.0)) if len(top) else 0.0
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffseg_core.capture import (AttentionStore, SelfAttentionCapture, capture_self_attention,
+from diffseg_core.capture import (AttentionStore, SelfAttentionCapture, capture_attention, capture_self_attention,
                                   self_attention_layer_names)
 from diffseg_core.config import CaptureConfig
 
@@ -218,3 +218,59 @@ def test_captured_map_is_the_head_mean_in_every_dtype(dtype):
     assert not torch.allclose(per_head[0], per_head[1], atol=1e-2)  # the heads differ
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got, per_head.mean(0), atol=tol, rtol=0)
+
+
+class CrossRecordingProcessor(AttnProcessor):
+    """diffusers' AttnProcessor that records the head-mean cross-attention per layer."""
+
+    def __init__(self, name: str, log: dict) -> None:
+        self.name, self.log = name, log
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        p = attn.get_attention_scores(q, k, None)
+        self.log[self.name] = p.reshape(hidden_states.shape[0], attn.heads, *p.shape[1:]).float().mean(1)
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def test_cross_attention_capture_equals_reference_probs_and_keeps_the_output(unet):
+    x, e = _inputs(b=2, hw=(8, 8), seed=5)
+    log: dict = {}
+    originals = dict(unet.attn_processors)
+    rec = {n: (CrossRecordingProcessor(n, log) if n.endswith("attn2.processor") else p) for n, p in originals.items()}
+    with torch.inference_mode():
+        ref = unet(x, 300, encoder_hidden_states=e).sample
+        unet.set_attn_processor(rec)
+        try:
+            unet(x, 300, encoder_hidden_states=e)
+        finally:
+            unet.set_attn_processor(originals)
+        with capture_attention(unet, (8, 8), self_attention=False, cross_attention=True) as store:
+            out = unet(x, 300, encoder_hidden_states=e).sample
+            during = dict(unet.attn_processors)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    assert store.sums == {}  # self-attention not captured: those layers kept their processors
+    assert all(during[n] is originals[n] for n in originals if n.endswith("attn1.processor"))
+    maps, shapes = store.cross_maps()
+    assert shapes == [(8, 8), (4, 4)]
+    for m, (h, w) in zip(maps, shapes):
+        assert tuple(m.shape) == (2, h * w, 7)  # 7 prompt tokens
+        expected = torch.stack([log[n] for n, g in store.layer_grids.items() if g == (h, w)]).mean(0)
+        torch.testing.assert_close(m, expected, atol=1e-6, rtol=1e-5)
+    assert all(unet.attn_processors[n] is originals[n] for n in originals)
+
+
+def test_self_and_cross_in_one_pass_equal_separate_captures(unet):
+    x, e = _inputs(b=1, hw=(8, 8), seed=6)
+    with torch.inference_mode():
+        with capture_self_attention(unet, (8, 8)) as s1:
+            unet(x, 300, encoder_hidden_states=e)
+        with capture_attention(unet, (8, 8), self_attention=False, cross_attention=True) as s2:
+            unet(x, 300, encoder_hidden_states=e)
+        with capture_attention(unet, (8, 8), cross_attention=True) as both:
+            unet(x, 300, encoder_hidden_states=e)
+    for a, b in zip(both.maps()[0], s1.maps()[0]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for a, b in zip(both.cross_maps()[0], s2.cross_maps()[0]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
