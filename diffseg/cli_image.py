@@ -2,8 +2,9 @@
 
 Writes, per input ``<stem>.<ext>``:
     ``<stem>.png``          labels 1..K, 0 = none (palette PNG; 16-bit grayscale when K > 255)
-    ``<stem>.json``         provenance and the segments' ids and areas
-    ``<stem>_overlay.png``  segment colours and white contours over the image (unless --no-overlay)
+    ``<stem>.json``         provenance and the segments: id, name, score, area
+    ``<stem>_overlay.png``  segment colours and white contours over the image (unless --no-overlay),
+                            with a legend of the segments' names when there is a vocabulary
     ``<stem>.npy``          int32 labels (with --npy)
 
 Unreadable inputs are reported one line each (file and problem); the good ones are still
@@ -24,11 +25,14 @@ from typing import Sequence
 import numpy as np
 
 from diffseg_core import software_version
-from diffseg_core.cli_args import CommandResult, add_segmenter_args, segmenter_config_from_args
+from diffseg_core.cli_args import (CommandResult, add_segmenter_args, naming_config_from_args,
+                                   segmenter_config_from_args)
 from diffseg_core.errors import DiffSegError, InputError, OutputError
-from diffseg_core.io import (IMAGE_EXTENSIONS, atomic_save_npy, atomic_write_text, label_areas, overlay,
-                            read_image, save_image, save_labels_png, segment_ids)
+from diffseg_core.io import (IMAGE_EXTENSIONS, atomic_save_npy, atomic_write_text, draw_legend, label_areas,
+                            overlay, read_image, save_image, save_labels_png, segment_ids)
+from diffseg_core.naming import nouns_of_caption
 from diffseg_core.progress import progress
+from diffseg_core.types import SegmentNames
 
 from .jobs import image_files
 
@@ -117,8 +121,13 @@ def run_image(args: argparse.Namespace) -> CommandResult:
         log.warning("model 'tiny-random' has random weights: its segments are meaningless (a test model)")
 
     info = segmenter_info(segmenter)
+    captioner = None
+    if args.caption:  # a vocabulary per image: its caption's nouns (+ --vocab)
+        from diffseg_core.caption import Captioner
+
+        captioner = Captioner(args.captioner, args.device)
     done = 0
-    bs = max(1, int(config.batch_size))
+    bs = 1 if captioner is not None else max(1, int(config.batch_size))
     bar = progress(total=len(paths), desc="images", unit="img")
     try:
         for s in range(0, len(paths), bs):
@@ -131,15 +140,20 @@ def run_image(args: argparse.Namespace) -> CommandResult:
                     bar.update(1)
             if not batch:
                 continue
+            vocab, caption = None, None
+            if captioner is not None:
+                caption = captioner.caption(batch[0][2])
+                vocab = naming_config_from_args(args, extra=nouns_of_caption(caption)).vocabulary
             try:
-                segs = segmenter.segment([im for _, _, im in batch], compact_labels=True)  # uint8: huge images
+                segs = segmenter.segment([im for _, _, im in batch], compact_labels=True,  # uint8: huge images
+                                         vocabulary=vocab)
             except InputError:
                 segs = None
             if segs is None:  # one bad image (e.g. extreme aspect ratio): run them one by one
                 segs, kept = [], []
                 for item in batch:
                     try:
-                        segs.append(segmenter.segment([item[2]], compact_labels=True)[0])
+                        segs.append(segmenter.segment([item[2]], compact_labels=True, vocabulary=vocab)[0])
                         kept.append(item)
                     except InputError as exc:
                         _fail(failed, InputError(f"{item[0]}: {exc}"))
@@ -147,9 +161,11 @@ def run_image(args: argparse.Namespace) -> CommandResult:
                 batch = kept
             for (p, stem, im), seg in zip(batch, segs):
                 try:
+                    meta = {"software": f"diffseg-vv {software_version()}", "source": str(p), "segmenter": info}
+                    if caption is not None:
+                        meta["caption"] = caption
                     _write(out_dir, stem, im, seg.labels, npy=args.npy, with_overlay=not args.no_overlay,
-                           meta={"software": f"diffseg-vv {software_version()}", "source": str(p),
-                                 "segmenter": info})
+                           meta=meta, names=seg.names)
                     done += 1
                 except (OutputError, ValueError) as exc:
                     if isinstance(exc, OutputError) and "space" in str(exc):
@@ -170,15 +186,21 @@ def _fail(failed: list[str], exc: Exception) -> None:
 
 
 def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, npy: bool,
-           with_overlay: bool, meta: dict) -> None:
+           with_overlay: bool, meta: dict, names: "SegmentNames | None" = None) -> None:
     labels = segment_ids(labels, consume=True)  # 1..K: 0 = no segment in every tool
     save_labels_png(out_dir / f"{stem}.png", labels)
     ids, area = label_areas(labels)
-    doc = {**meta, "size": list(labels.shape), "labels": f"{stem}.png",
-           "segments": [{"id": int(i), "area": int(a)} for i, a in zip(ids, area)]}
+    segments = []
+    for i, a in zip(ids.tolist(), area.tolist()):  # segment index i - 1
+        name, score = (names.names[i - 1], round(names.score(i - 1), 4)) if names is not None else (None, None)
+        segments.append({"id": i, "name": name, "score": score, "area": a})
+    doc = {**meta, "vocabulary": list(names.vocabulary) if names is not None else [],
+           "size": list(labels.shape), "labels": f"{stem}.png", "segments": segments}
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(doc, indent=1) + "\n")
     if with_overlay:  # the image is not needed afterwards: blended and written in place (huge images)
-        save_image(out_dir / f"{stem}_overlay.png",
-                   overlay(image, labels, out=image if image.flags.writeable else None), consume=True)
+        ov = overlay(image, labels, out=image if image.flags.writeable else None)
+        if names is not None:
+            draw_legend(ov, [(s["id"], s["name"] or "unknown") for s in segments])
+        save_image(out_dir / f"{stem}_overlay.png", ov, consume=True)
     if npy:
         atomic_save_npy(out_dir / f"{stem}.npy", labels.astype(np.int32, copy=False))

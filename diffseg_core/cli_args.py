@@ -5,8 +5,11 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import DEFAULT_MODEL, DTYPES, CaptureConfig, MergeConfig, SegmenterConfig
+from .config import DEFAULT_MODEL, DTYPES, CaptureConfig, MergeConfig, NamingConfig, SegmenterConfig
 from .errors import InputError
+
+#: The captioner of ``--caption`` (BLIP base, as the original DiffSeg's semantic mode).
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 
 
 @dataclass
@@ -67,6 +70,20 @@ def add_segmenter_args(parser: argparse.ArgumentParser) -> None:
                    help="first merge in float32 instead of the original's float16 rounding")
     g.add_argument("--allow-unsafe-ckpt", action="store_true",
                    help="allow a pickle .ckpt --model file (can run arbitrary code: trusted files only)")
+    n = parser.add_argument_group("names (open vocabulary, from cross-attention)")
+    n.add_argument("--vocab", metavar="WORDS", help="name segments with these words: 'person,dog,grass'")
+    n.add_argument("--vocab-file", metavar="FILE", help="the words, one per line ('#' comments)")
+    n.add_argument("--caption", action="store_true",
+                   help="add the nouns of a caption of the image (video: first frame; volume: middle slice) "
+                        "to the vocabulary (needs --captioner's weights)")
+    n.add_argument("--captioner", default=DEFAULT_CAPTIONER, metavar="MODEL",
+                   help="BLIP captioning model for --caption: hub id or local folder [%(default)s]")
+    n.add_argument("--voting", default="mean", choices=("mean", "majority"),
+                   help="how a segment's pixels vote for a word [%(default)s]")
+    n.add_argument("--min-score", type=float, default=NamingConfig.min_score,
+                   help="a name's lead over the runner-up word needed to name a segment, else 'unknown' [%(default)s]")
+    n.add_argument("--same-pass", action="store_true",
+                   help="segments and names from one prompted UNet pass (faster; the prompt changes the segments)")
 
 
 def segmenter_config_from_args(args: argparse.Namespace) -> SegmenterConfig:
@@ -78,10 +95,28 @@ def segmenter_config_from_args(args: argparse.Namespace) -> SegmenterConfig:
             merge=MergeConfig(kl_threshold=tuple(args.kl_threshold), grid=args.grid,
                               refine=args.refine, faithful_fp16=not args.no_fp16_merge),
             capture=CaptureConfig(),
+            naming=naming_config_from_args(args),
             allow_unsafe_ckpt=bool(getattr(args, "allow_unsafe_ckpt", False)),
         )
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc
+
+
+def naming_config_from_args(args: argparse.Namespace, extra: "tuple[str, ...]" = ()) -> NamingConfig:
+    """`NamingConfig` of ``--vocab`` / ``--vocab-file`` (plus ``extra`` words, e.g. a
+    caption's nouns) and the voting options; no words: no names."""
+    from .naming import parse_vocabulary, read_vocabulary
+
+    words: list[str] = []
+    if getattr(args, "vocab", None):
+        words += parse_vocabulary(args.vocab)
+    if getattr(args, "vocab_file", None):
+        words += read_vocabulary(args.vocab_file)
+    words += list(extra)
+    return NamingConfig(vocabulary=parse_vocabulary(words) if words else (),
+                        voting=getattr(args, "voting", "mean"),
+                        min_score=getattr(args, "min_score", NamingConfig.min_score),
+                        same_pass=bool(getattr(args, "same_pass", False)))
 
 
 def _attribute_help(cls: type) -> dict[str, str]:

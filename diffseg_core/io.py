@@ -10,7 +10,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -634,6 +634,36 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, contours:
             blk[edge] = 255.0
         out[r0:r1] = np.clip(blk + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+def draw_legend(image: np.ndarray, entries: "Sequence[tuple[int, str]]") -> np.ndarray:
+    """Draw a legend in the top-left corner of a uint8 RGB image, in place: one row per
+    ``(label id, text)`` with the label's overlay colour and its text (names of segments,
+    tracks and 3D labels). Rows that do not fit the image's height are left out, with a last
+    row saying how many; text outside ASCII is drawn as ``?`` (OpenCV's Hershey fonts)."""
+    import cv2
+
+    if not entries or image.shape[0] < 16 or image.shape[1] < 32:
+        return image
+    H, W = image.shape[:2]
+    scale = float(np.clip(min(H, W) / 600.0, 0.35, 1.2))
+    thick = max(1, int(round(scale * 1.5)))
+    (tw, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    row = th + base + 4
+    fit = max(1, (H - 8) // row)
+    shown = list(entries) if len(entries) <= fit else list(entries)[: fit - 1] + [(-1, f"... {len(entries) - fit + 1} more")]
+    texts = [t.encode("ascii", "replace").decode("ascii") for _, t in shown]
+    width = min(W - 4, max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t in texts) + row + 12)
+    box = image[2:4 + row * len(shown), 2:2 + width]
+    box[...] = (box.astype(np.float32) * 0.35).astype(np.uint8)  # darkened: the text reads on any scene
+    pal = label_palette(max(i for i, _ in shown) + 1 if shown else 1)
+    for k, ((lid, _), text) in enumerate(zip(shown, texts)):
+        y = 4 + k * row
+        if lid >= 0:
+            cv2.rectangle(image, (6, y + 2), (6 + row - 6, y + row - 4), tuple(int(c) for c in pal[lid]), -1)
+        cv2.putText(image, text, (10 + row - 4, y + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    thick, cv2.LINE_AA)
+    return image
 
 
 # ----------------------------------------------------------------------------- output folder lock

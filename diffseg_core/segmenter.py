@@ -204,7 +204,7 @@ class DiffSegSegmenter:
 
     # ------------------------------------------------------------------ public API
     def segment(self, images: Any, generator: "torch.Generator | None" = None,
-                compact_labels: bool = False) -> list[Segmentation]:
+                compact_labels: bool = False, vocabulary: Any = None) -> list[Segmentation]:
         """Segment images.
 
         Args:
@@ -213,26 +213,31 @@ class DiffSegSegmenter:
             generator: randomness of the optional latent noise (``config.add_noise``).
             compact_labels: labels in the narrowest integer type that holds ``0..K`` (uint8
                 for K <= 255) instead of int32: a quarter of the memory for huge images.
+            vocabulary: words to name the segments with in this call (a list or
+                ``"a,b,c"``), instead of ``config.naming.vocabulary``; ``()`` = no names.
 
         Returns:
             One `Segmentation` per image, in input order: int32 (or compact) labels ``(H, W)``
             at the image's own size (0..K-1), float32 proposals ``(K, h, w)`` on the latent grid,
-            ``meta`` with model id, sizes and timings (seconds).
+            ``meta`` with model id, sizes and timings (seconds), and ``names``
+            (`SegmentNames`) when there is a vocabulary.
         """
-        return self._segment(as_image_list(images), generator, compact_labels)
+        vocab = None if vocabulary is None else (parse_vocabulary(vocabulary) if len(vocabulary) else ())
+        return self._segment(as_image_list(images), generator, compact_labels, vocab)
 
     @torch.inference_mode()
     def _segment(self, chw: list[torch.Tensor], generator: "torch.Generator | None",
-                 compact_labels: bool = False) -> list[Segmentation]:
+                 compact_labels: bool = False, vocab: "tuple[str, ...] | None" = None) -> list[Segmentation]:
         out: list[Segmentation | None] = [None] * len(chw)
-        for item in self._aggregated(chw, generator):
+        vocab = self.config.naming.vocabulary if vocab is None else vocab
+        for item in self._aggregated(chw, generator, vocab):
             t0 = time.perf_counter()
             seg = segment_aggregated(item.maps, self.config.merge, out_size=item.image_hw,
                                      compact_labels=compact_labels)
             item.maps = None  # type: ignore[assignment]  # free (N, h, w) early
             seg = seg.numpy() if not isinstance(seg.labels, np.ndarray) else seg
             if item.word_maps is not None:
-                seg.names = self._names(seg.labels, seg.num_segments, item.word_maps)
+                seg.names = self._names(seg.labels, seg.num_segments, item.word_maps, vocab)
             timings = dict(item.timings, post_s=time.perf_counter() - t0)
             seg.meta.update(self._meta(item, timings))
             out[item.index] = seg
@@ -273,13 +278,13 @@ class DiffSegSegmenter:
         return [a for a in out if a is not None]
 
     # ------------------------------------------------------------------ internals
-    def _names(self, labels: np.ndarray, k: int, maps: np.ndarray) -> SegmentNames:
+    def _names(self, labels: np.ndarray, k: int, maps: np.ndarray, vocab: tuple[str, ...]) -> SegmentNames:
         nc = self.config.naming
         ids, sc, _ = word_scores(labels, maps, nc.voting)
-        scores = np.zeros((k, len(nc.vocabulary)), np.float32)
+        scores = np.zeros((k, len(vocab)), np.float32)
         scores[ids[ids < k]] = sc[ids < k]
-        return SegmentNames(vocabulary=nc.vocabulary, scores=scores,
-                            names=[n for n, _ in pick_names(scores, nc.vocabulary, nc.min_score)])
+        return SegmentNames(vocabulary=vocab, scores=scores,
+                            names=[n for n, _ in pick_names(scores, vocab, nc.min_score)])
 
     def _prompt_embeddings(self, vocab: tuple[str, ...]) -> tuple[PromptPlan, torch.Tensor]:
         """The vocabulary's prompts and their embeddings ``(P, L, C)`` (kept for the next call)."""
