@@ -34,8 +34,10 @@ __all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", 
 def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_overlay: bool,
          meta: dict[str, Any], segs_for: Any, desc: str) -> VideoResult:
     t0 = time.time()
+    naming = getattr(getattr(vs.segmenter, "config", None), "naming", None)
     writer = VideoOutputWriter(out_dir, fps=source.fps, write_overlay=write_overlay, meta=meta,
-                               label_hw=getattr(source, "full_hw", None))
+                               label_hw=getattr(source, "full_hw", None),
+                               min_score=getattr(naming, "min_score", None))
     pending: deque = deque()
     failure: list[DecodeError] = []
 
@@ -340,19 +342,27 @@ def save_segmentation(path: "str | Path", seg: Any) -> Any:
 
     seg = seg.numpy() if hasattr(seg, "numpy") else seg
     lab, props = np.asarray(seg.labels, np.int32), np.asarray(seg.proposals, np.float32)
+    names = getattr(seg, "names", None)
+    extra = {} if names is None else {  # the names' evidence travels with the segments (plain arrays, no pickle)
+        "vocabulary": np.asarray(names.vocabulary, dtype=str), "name_scores": np.asarray(names.scores, np.float32),
+        "names": np.asarray(["" if n is None else n for n in names.names], dtype=str)}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, labels=lab, proposals=props)
-    return Segmentation(labels=lab, proposals=props, image_hw=lab.shape)
+            np.savez_compressed(f, labels=lab, proposals=props, **extra)
+    return Segmentation(labels=lab, proposals=props, image_hw=lab.shape, names=names)
 
 
 def load_segmentation(path: "str | Path") -> Any:
     """A `Segmentation` saved by `segment_frames` / `save_segmentation`."""
-    from diffseg_core.types import Segmentation
+    from diffseg_core.types import SegmentNames, Segmentation
 
     with np.load(path, allow_pickle=False) as z:
         lab = z["labels"]
-        return Segmentation(labels=lab, proposals=z["proposals"], image_hw=lab.shape)
+        names = None
+        if "vocabulary" in z.files:
+            names = SegmentNames(vocabulary=tuple(str(w) for w in z["vocabulary"]), scores=z["name_scores"],
+                                 names=[str(n) or None for n in z["names"]])
+        return Segmentation(labels=lab, proposals=z["proposals"], image_hw=lab.shape, names=names)
 
 
 def link_segmentations(frames_source: "str | Path", segmentations: "Sequence[str | Path | None]",

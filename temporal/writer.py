@@ -20,7 +20,8 @@ from scipy import ndimage
 
 from diffseg_core import software_version
 from diffseg_core.errors import OutputError
-from diffseg_core.io import atomic_path, overlay, save_labels_png
+from diffseg_core.io import atomic_path, draw_legend, overlay, save_labels_png
+from diffseg_core.naming import NameVotes
 
 from .types import TrackedFrame
 
@@ -148,7 +149,7 @@ class VideoOutputWriter:
 
     def __init__(self, out_dir: "str | Path", fps: float = 25.0, write_overlay: bool = True,
                  meta: Optional[dict[str, Any]] = None, queue_size: int = 8,
-                 label_hw: "tuple[int, int] | None" = None) -> None:
+                 label_hw: "tuple[int, int] | None" = None, min_score: "float | None" = None) -> None:
         self.out_dir = Path(out_dir)
         self.labels_dir = self.out_dir / "labels"
         self.tracks_json = self.out_dir / "tracks.json"
@@ -161,7 +162,9 @@ class VideoOutputWriter:
         self.meta = dict(meta or {})
         self.frame_size: Optional[list[int]] = None  # [H, W] of the labels, from the first frame
         self.label_hw = label_hw  # labels written at this size (the source's, under --max-side)
+        self.name_options = {} if min_score is None else {"min_score": float(min_score)}
         self.stats = TrackStats()
+        self.votes: Optional[NameVotes] = None  # names of tracks, from keyframes with named segments
         self.max_id = 0
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=queue_size)
         self._exc: Optional[BaseException] = None
@@ -213,22 +216,34 @@ class VideoOutputWriter:
         self.stats.add(pos, labels, tf.track_ids)
         if len(tf.track_ids):
             self.max_id = max(self.max_id, int(tf.track_ids[-1]))
+        names = getattr(tf.segmentation, "names", None)
+        if names is not None:
+            if self.votes is None:
+                self.votes = NameVotes(tuple(names.vocabulary), **self.name_options)
+            if tuple(names.vocabulary) == self.votes.vocabulary:
+                self.votes.add(pos, tf.labels, tf.segmentation.labels, names.scores)
         if self.overlay_path is not None and rgb is not None:
             if self._video is None:
                 self._video = OverlayVideoWriter(self.overlay_path, self.fps)
-            self._video.write(overlay(rgb, tf.labels, alpha=0.5, contours=True, background=0))
+            ov = overlay(rgb, tf.labels, alpha=0.5, contours=True, background=0)
+            if self.votes is not None:  # the sticky names: a name does not flicker frame to frame
+                draw_legend(ov, [(int(t), f"{int(t)} {self.votes.shown(int(t)) or 'unknown'}") for t in tf.track_ids])
+            self._video.write(ov)
 
     def _write_json(self, complete: bool, error: Optional[str], status: str) -> None:
+        votes = self.votes
         head = {"complete": complete, "status": status, "error": error,
                 "n_frames": len(self.stats.stems), "n_tracks": self.stats.n_tracks(), "max_track_id": self.max_id,
                 "fps": self.fps, "frame_size": self.frame_size, "software": f"diffseg-vv {software_version()}",
-                "seconds": round(time.time() - self._t0, 3), **self.meta, "frames": self.stats.stems}
+                "seconds": round(time.time() - self._t0, 3), **self.meta,
+                "vocabulary": list(votes.vocabulary) if votes is not None else [], "frames": self.stats.stems}
         # Streamed one track per line: memory stays flat however long the video is.
         with atomic_path(self.tracks_json) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(json.dumps(head)[:-1])
                 f.write(', "tracks": [')
                 for k, t in enumerate(self.stats.iter_json_tracks()):
+                    t.update(votes.record(t["id"]) if votes is not None else {"name": None, "name_score": None})
                     f.write(("\n" if k == 0 else ",\n") + json.dumps(t, separators=(",", ":")))
                 f.write("\n]}\n")
 
