@@ -126,16 +126,50 @@ class _SliceImages:
         return gray_to_rgb(resize_gray(gray, self.seg_hw))
 
 
-def _diffseg_slices(images: _SliceImages, segmenter: Segmenter, batch: int) -> Iterator[SliceSeg]:
+class _SliceNames:
+    """The named segments of the slices along one axis, kept until the 3D labels are final
+    (then each label's name is a vote over its slices: `votes`). Segment indices are kept
+    as int16, one value per voxel, only when the segmenter names its segments."""
+
+    def __init__(self, shape: tuple[int, int, int], axis: int) -> None:
+        self.shape, self.axis = shape, axis
+        self.index: "np.ndarray | None" = None
+        self.scores: dict[int, np.ndarray] = {}
+        self.vocabulary: tuple[str, ...] = ()
+
+    def keep(self, i: int, lab: np.ndarray, names: Any) -> None:
+        if names is None:
+            return
+        if self.index is None:
+            self.index = np.full(self.shape, -1, np.int16)
+            self.vocabulary = tuple(names.vocabulary)
+        take_slice(self.index, self.axis, i)[...] = lab
+        self.scores[i] = np.asarray(names.scores, np.float32)
+
+    def votes(self, labels: np.ndarray, min_score: "float | None") -> "Any | None":
+        if self.index is None:
+            return None
+        from diffseg_core.naming import NameVotes
+
+        votes = NameVotes(self.vocabulary, **({} if min_score is None else {"min_score": float(min_score)}))
+        for i, sc in self.scores.items():
+            votes.add(i, take_slice(labels, self.axis, i), take_slice(self.index, self.axis, i), sc)
+        return votes
+
+
+def _diffseg_slices(images: _SliceImages, segmenter: Segmenter, batch: int,
+                    names: "_SliceNames | None" = None) -> Iterator[SliceSeg]:
     n = images.vol.shape[images.axis]
     for b0 in range(0, n, batch):
         grays = [images.gray(i) for i in range(b0, min(n, b0 + batch))]
         segs = segmenter.segment([images.rgb(g) for g in grays])
         if len(segs) != len(grays):
             raise ValueError(f"segmenter returned {len(segs)} results for {len(grays)} slices")
-        for s, g in zip(segs, grays):
+        for k, (s, g) in enumerate(zip(segs, grays)):
             s = s.numpy() if hasattr(s, "numpy") else s
             lab = resize_nearest(np.asarray(s.labels), images.hw)  # back to the input grid
+            if names is not None:
+                names.keep(b0 + k, lab, getattr(s, "names", None))
             yield lab.astype(np.int32), np.asarray(s.proposals, np.float32), g
 
 
@@ -175,10 +209,11 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
     results = []
     bad = 0
+    names = _SliceNames(vol.shape, axis)  # the names' evidence, from the main axis's slices
     for ax in axes:
         images = _SliceImages(vol, ax, imap, config.resample_inplane)
-        results.append(link_volume(vol.shape, ax, _diffseg_slices(images, seg, batch), config,
-                                   desc=f"axis {'zyx'[ax]}"))
+        results.append(link_volume(vol.shape, ax, _diffseg_slices(images, seg, batch, names if ax == axis else None),
+                                   config, desc=f"axis {'zyx'[ax]}"))
         bad = max(bad, images.bad)
     labels = results[0]
     if len(results) == 3:
@@ -203,9 +238,12 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
 
     from diffseg_core.models import segmenter_info
 
+    naming = getattr(getattr(seg, "config", None), "naming", None)
+    votes = names.votes(labels, getattr(naming, "min_score", None))
+    del names
     return _write_outputs(labels, vol, labels_path, axis, n, config, gray, t0, notes,
                           {"intensity": imap.mode, "slicing": config.axes, "segmenter": segmenter_info(seg),
-                           "engine": config.engine.to_dict()})
+                           "engine": config.engine.to_dict()}, votes)
 
 
 # ----------------------------------------------------------------------------- bring your own
@@ -269,12 +307,14 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
 
 def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int, n: int,
                    config: VolumeConfig, gray: "Callable[[int, int], np.ndarray] | None", t0: float,
-                   notes: list[str], extra: dict) -> VolumeResult:
+                   notes: list[str], extra: dict, votes: Any = None) -> VolumeResult:
     write_labels(labels_path, labels, vol, config.output_dtype)
     json_path, montage_path = side_paths(labels_path)
-    jp = write_labels_json(json_path, labels, vol, axis, extra) if config.write_json else None
-    if config.write_json:  # the same colours in 3D Slicer
-        write_color_table(json_path.with_suffix(".ctbl"), list(range(1, n + 1)))
-    mp = write_montage(montage_path, labels, vol.spacing, gray, vol.affine) if config.montage else None
+    names = {i: votes.name(i)[0] for i in range(1, n + 1)} if votes is not None else {}
+    jp = write_labels_json(json_path, labels, vol, axis, extra, votes) if config.write_json else None
+    if config.write_json:  # the same colours (and names) in 3D Slicer
+        write_color_table(json_path.with_suffix(".ctbl"), list(range(1, n + 1)), names)
+    mp = (write_montage(montage_path, labels, vol.spacing, gray, vol.affine, names if votes is not None else None)
+          if config.montage else None)
     return VolumeResult(shape=vol.shape, n_labels=n, seconds=time.perf_counter() - t0, labels_path=labels_path,
                         json_path=jp, montage_path=mp, axis=axis, spacing=vol.spacing, warnings=notes)

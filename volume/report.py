@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from diffseg_core import software_version
-from diffseg_core.io import atomic_write_text, label_palette, overlay, save_image
+from diffseg_core.io import atomic_write_text, draw_legend, label_palette, overlay, save_image
 
 from .postprocess import label_stats
 from .types import Volume
@@ -19,12 +19,19 @@ from .types import Volume
 PANEL_SIDE = 384
 
 
-def write_color_table(path: "str | Path", ids: "list[int]") -> Path:
+def write_color_table(path: "str | Path", ids: "list[int]", names: "dict[int, str | None] | None" = None) -> Path:
     """A 3D Slicer colour table (``.ctbl``: ``id name R G B A`` per line) of the label ids, in
-    the colours of our overlays, so the labels show alike in Slicer (load it with the labels)."""
+    the colours of our overlays, so the labels show alike in Slicer (load it with the labels).
+    A label's name is its word from ``names`` (spaces as ``_``), else ``label_<id>``."""
     pal = label_palette(max(ids, default=0) + 1)
+    names = names or {}
+
+    def name(i: int) -> str:
+        n = names.get(i)
+        return f"{'_'.join(n.split())}_{i}" if n else f"label_{i}"  # unique: two labels may share a word
+
     lines = ["# diffseg-vv label colours (3D Slicer colour table: id name R G B A)", "0 background 0 0 0 0"]
-    lines += [f"{i} label_{i} {pal[i][0]} {pal[i][1]} {pal[i][2]} 255" for i in ids if i > 0]
+    lines += [f"{i} {name(i)} {pal[i][0]} {pal[i][1]} {pal[i][2]} 255" for i in ids if i > 0]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return Path(path)
 
@@ -42,10 +49,12 @@ def side_paths(labels_path: "str | Path") -> tuple[Path, Path]:
 
 
 def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis: int,
-                      extra: "dict[str, Any] | None" = None) -> Path:
+                      extra: "dict[str, Any] | None" = None, votes: Any = None) -> Path:
     """Write per-label statistics (voxels, volume, bbox, slice range) as JSON, atomically.
 
-    Volumes are in ``unit**3`` (e.g. mm3) when the input has a spacing, else voxels.
+    Volumes are in ``unit**3`` (e.g. mm3) when the input has a spacing, else voxels. Every
+    label has a ``name`` (null without a vocabulary); with ``votes`` (`NameVotes` over the
+    slices) also ``name_score`` and the per-slice ``name_votes``.
     """
     stats = label_stats(labels, vol.spacing if vol.spacing_known else (1.0, 1.0, 1.0), axis)
     unit = f"{vol.unit}3" if vol.spacing_known else "voxels"
@@ -53,6 +62,7 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
     pal = label_palette(max([r["id"] for r in stats_rows], default=0) + 1)
     for r in stats_rows:  # the colour the overlays and the colour table give the label
         r["color"] = [int(c) for c in pal[r["id"]]]
+        r.update(votes.record(r["id"]) if votes is not None else {"name": None, "name_score": None})
     doc: dict[str, Any] = {
         "software": f"diffseg-vv {software_version()}",
         "source": str(vol.path) if vol.path else None,
@@ -64,6 +74,7 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
         "volume_unit": unit,
         "slicing_axis": int(axis),
         "n_labels": len(stats),
+        "vocabulary": list(votes.vocabulary) if votes is not None else [],
         "labels": stats_rows,
     }
     if extra:
@@ -112,7 +123,7 @@ def _view(affine: "np.ndarray | None", ax: int) -> "tuple[int, tuple[int, int], 
 
 def write_montage(path: "str | Path", labels: np.ndarray, spacing: tuple[float, float, float],
                   gray_slice: "Callable[[int, int], np.ndarray] | None" = None,
-                  affine: "np.ndarray | None" = None) -> Path:
+                  affine: "np.ndarray | None" = None, names: "dict[int, str | None] | None" = None) -> Path:
     """Quick-look PNG: the three mid-planes side by side, labels overlaid.
 
     Args:
@@ -123,8 +134,11 @@ def write_montage(path: "str | Path", labels: np.ndarray, spacing: tuple[float, 
         affine: ``(d, h, w)`` -> RAS+ mm, or None: with one, the panels are the axial,
             coronal and sagittal views in radiological orientation (`_view`), whatever the
             array order; without, the array planes of axes 0, 1, 2 as stored.
+        names: label id -> name: a legend of the labels seen in the panels ("unknown" for
+            None); None = no legend.
     """
     panels: list = [None, None, None]
+    mids: list[int] = []
     signs = None
     if affine is not None:
         from nibabel.orientations import io_orientation
@@ -135,6 +149,7 @@ def write_montage(path: "str | Path", labels: np.ndarray, spacing: tuple[float, 
         # the middle plane in the world, not in the array: the same plane whichever way the
         # axis is stored (for an even count, the lower of the two middle ones)
         mid = n // 2 if signs is None else (n - 1) // 2 if signs[ax] > 0 else n - 1 - (n - 1) // 2
+        mids.append(mid)
         lab = np.asarray(np.take(labels, mid, axis=ax)).astype(np.int64)
         gray = np.asarray(gray_slice(ax, mid) if gray_slice is not None else np.zeros(lab.shape, np.uint8), np.uint8)
         pix = [float(s) for i, s in enumerate(spacing) if i != ax]
@@ -155,5 +170,10 @@ def write_montage(path: "str | Path", labels: np.ndarray, spacing: tuple[float, 
         row_img.append(pad)
         if i < 2:
             row_img.append(gap)
-    save_image(path, np.concatenate(row_img, axis=1))
+    img = np.concatenate(row_img, axis=1)
+    if names is not None:
+        seen = sorted(set(np.unique(np.concatenate([np.unique(np.take(labels, m, axis=a))
+                                                       for a, m in enumerate(mids)]))) - {0})
+        draw_legend(img, [(int(i), f"{int(i)} {names.get(int(i)) or 'unknown'}") for i in seen])
+    save_image(path, img)
     return Path(path)
