@@ -150,6 +150,7 @@ class ItemResult:
         error: one-line error when failed.
         labels: images only: int32 ``(H, W)`` labels still to be written by the writer.
         image: images only: uint8 ``(H, W, 3)`` for the overlay.
+        names: images only: the segments' names (`SegmentNames`) for the overlay's legend.
         outputs: outputs already written (relative to the job folder).
         frames: frames / slices / images processed.
         seconds: wall time of the item.
@@ -160,6 +161,7 @@ class ItemResult:
     error: "str | None" = None
     labels: "np.ndarray | None" = None
     image: "np.ndarray | None" = None
+    names: Any = None
     outputs: list[str] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
@@ -288,7 +290,7 @@ def run_item(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Path) -> I
             labels = np.asarray(seg.numpy().labels if hasattr(seg, "numpy") else seg.labels, dtype=np.int32)
             if labels.shape != rgb.shape[:2]:
                 raise ValueError(f"segmenter returned labels {labels.shape} for an image of {rgb.shape[:2]}")
-            return ItemResult(item, "done", labels=labels, image=rgb, frames=1,
+            return ItemResult(item, "done", labels=labels, image=rgb, frames=1, names=getattr(seg, "names", None),
                               seconds=time.perf_counter() - t0)
         if item.kind == "volume":
             return _run_volume(item, segmenter, cfg, out_dir, t0)
@@ -351,7 +353,7 @@ def _run_video_chunk(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Pa
 def write_result(res: ItemResult, cfg: RunConfig, out_dir: Path, manifest: JobManifest, rank: int,
                  chash: str) -> ItemRecord:
     """Write an item's remaining outputs, then its manifest record (in that order)."""
-    from diffseg_core.io import overlay, save_image, save_labels_png, segment_ids
+    from diffseg_core.io import draw_legend, overlay, save_image, save_labels_png, segment_ids
 
     outputs = list(res.outputs)
     status, error = res.status, res.error
@@ -362,7 +364,10 @@ def write_result(res: ItemResult, cfg: RunConfig, out_dir: Path, manifest: JobMa
             save_labels_png(out_dir / lab_rel, res.labels)
             outputs.append(lab_rel)
             if cfg.overlay and res.image is not None:
-                save_image(out_dir / ov_rel, overlay(res.image, res.labels))
+                ov = overlay(res.image, res.labels)
+                if res.names is not None:  # segment k is id k + 1
+                    draw_legend(ov, [(k + 1, f"{k + 1} {n or 'unknown'}") for k, n in enumerate(res.names.names)])
+                save_image(out_dir / ov_rel, ov)
                 outputs.append(ov_rel)
         except (OSError, ValueError) as exc:
             status, error = "failed", _error_line(exc, res.item)
