@@ -18,6 +18,10 @@ synthetic 512x512 clip (the example scene, H.264 through PyAV):
   plain UNet forward, default memory format and attention processors: what a user's own
   diffusers code would spend) and **the two KL matrix products** of the first merge
   (``(M, D) @ (D, N)`` twice, M = 256 anchors, D = N = the finest grid's tokens);
+* names for segments (issue 18): the segmenter's wall time per frame with a 10-word
+  vocabulary, named in a second prompted pass and in the same pass (the vocabulary's text
+  embedding is made once per vocabulary and not timed: random embeddings of the model's
+  width stand in for the text encoder);
 * frames/s of `segment_video` (what `diffseg video` runs) in every-frame mode, with
   ``--keyframe-every`` k and with ``auto`` keyframes, on ``--frames`` frames (linking,
   writing and the overlay included);
@@ -65,14 +69,21 @@ def build_model(arch: str, device: torch.device, dtype: torch.dtype) -> Any:
     real one (dtype, device, channels-last, eval)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from diffseg_core.models import _finish, _sd_scheduler
+    from diffseg_core.models import TextEncoder, _finish, _sd_scheduler
 
     unet_cfg, text_dim = ARCHS[arch]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_cfg())
     vae = AutoencoderKL(**sd_vae_config())
     emb = torch.randn(1, 77, text_dim)
-    return _finish(unet, vae, _sd_scheduler(), emb, f"{arch}-random-arch", device, dtype, is_random=True)
+    model = _finish(unet, vae, _sd_scheduler(), emb, f"{arch}-random-arch", device, dtype, is_random=True)
+    model._text = TextEncoder(lambda w: [100 + len(w)], lambda ids: (torch.randn(ids.shape[0], ids.shape[1], text_dim),),
+                              bos=0, eos=2, pad=1, separator=[3], max_length=77, device=device, dtype=dtype)
+    return model
+
+
+#: the vocabulary of the names' timings (10 words, one prompt)
+VOCABULARY = ("person", "dog", "car", "tree", "sky", "road", "grass", "building", "water", "sun")
 
 
 def make_clip(path: Path, n: int) -> None:
@@ -172,7 +183,7 @@ def post_unet_realistic(reference: "str | None", reps: int) -> tuple[float, int]
 
 def frame_stages(model: Any, clip: Path, out: Path) -> dict[str, float]:
     """Per-stage seconds of one frame (medians over the clip's frames)."""
-    from diffseg_core.config import SegmenterConfig
+    from diffseg_core.config import NamingConfig, SegmenterConfig
     from diffseg_core.io import overlay, save_labels_png, segment_ids
     from diffseg_core.segmenter import DiffSegSegmenter
     from temporal.config import TrackerConfig
@@ -193,6 +204,18 @@ def frame_stages(model: Any, clip: Path, out: Path) -> dict[str, float]:
         walls.append(time.perf_counter() - t)
         segs.append(s)
         timings.append({**s.meta["timings"], "merge_s": s.meta["merge_s"], "nms_s": s.meta["nms_s"]})
+    names = {}
+    for mode, same in (("second", False), ("same", True)):
+        named = DiffSegSegmenter(SegmenterConfig(model=model.model_id, size=SIDE, naming=NamingConfig(
+            vocabulary=VOCABULARY, same_pass=same)), model=model)
+        named.segment_one(frames[0])
+        sync(model.device)
+        w = []
+        for f in frames:
+            t = time.perf_counter()
+            named.segment_one(f)
+            w.append(time.perf_counter() - t)
+        names[mode] = statistics.median(w)
     vs = VideoSegmenter(None, TrackerConfig())
     st = vs.init_state(0)
     link = []
@@ -215,7 +238,8 @@ def frame_stages(model: Any, clip: Path, out: Path) -> dict[str, float]:
             "merge": med(t["merge_s"] for t in timings), "nms": med(t["nms_s"] for t in timings),
             "post": med(t["aggregate_s"] + t["post_s"] for t in timings),
             "link": med(link[1:] or link), "write": med(write), "segmenter": med(walls),
-            "segments": med(s.num_segments for s in segs), "latent": segs[0].meta["latent_hw"]}
+            "segments": med(s.num_segments for s in segs), "latent": segs[0].meta["latent_hw"],
+            "names_second": names["second"], "names_same": names["same"]}
 
 
 def video_fps(model: Any, clip: Path, keyframe_every: "int | str", out: Path) -> tuple[float, int, int]:
@@ -253,6 +277,9 @@ def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argp
     print(f"{name}   post-UNet (aggregate + merge + NMS) {st['post']:.3f} s vs the two KL products "
           f"{t_kl:.3f} s ({lh * lw} tokens): {st['post'] / t_kl:.2f}x (target <= 3.0x: "
           f"{'OK' if st['post'] <= 3 * t_kl else 'MISSED'})", flush=True)
+    print(f"{name}   names ({len(VOCABULARY)} words): segmenter with a second prompted pass {st['names_second']:.3f} s "
+          f"({st['names_second'] / st['segmenter']:.2f}x the segmenter alone), in the same pass {st['names_same']:.3f} s "
+          f"({st['names_same'] / st['segmenter']:.2f}x)", flush=True)
     if (lh, lw) == (64, 64):
         t_real, k = post_unet_realistic(a.reference, a.reps)
         src = "reference generator" if a.reference else "blocky generator"

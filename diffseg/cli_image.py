@@ -93,7 +93,7 @@ def output_stems(paths: Sequence[Path], out_dir: "Path | None" = None) -> list[s
 def run_image(args: argparse.Namespace) -> CommandResult:
     """Handler of ``diffseg image``: what was done, exit code 0 ok, 2 if any input failed."""
     t_start = time.perf_counter()
-    config = segmenter_config_from_args(args)
+    config = segmenter_config_from_args(argparse.Namespace(**{**vars(args), "caption": False}))  # captions: per image
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: output exists and is not a folder")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .config import DEFAULT_MODEL, DTYPES, CaptureConfig, MergeConfig, NamingConfig, SegmenterConfig
 from .errors import InputError
@@ -86,8 +86,23 @@ def add_segmenter_args(parser: argparse.ArgumentParser) -> None:
                    help="segments and names from one prompted UNet pass (faster; the prompt changes the segments)")
 
 
-def segmenter_config_from_args(args: argparse.Namespace) -> SegmenterConfig:
-    """Build a validated `SegmenterConfig` from parsed `add_segmenter_args` options."""
+def segmenter_config_from_args(args: argparse.Namespace,
+                               caption_image: "Callable[[], Any] | None" = None) -> SegmenterConfig:
+    """Build a validated `SegmenterConfig` from parsed `add_segmenter_args` options.
+
+    Args:
+        caption_image: with ``--caption``, gives the uint8 RGB image whose caption's nouns
+            join the vocabulary (a video's first frame, a volume's middle slice); None where
+            a command cannot caption (then ``--caption`` is an error).
+    """
+    extra: tuple[str, ...] = ()
+    if getattr(args, "caption", False):
+        if caption_image is None:
+            raise InputError("--caption is not available with this command (each input would need its own "
+                             "vocabulary): give the words with --vocab or --vocab-file")
+        from .caption import Captioner
+
+        extra = Captioner(args.captioner, args.device).nouns(caption_image())
     try:
         return SegmenterConfig(
             model=args.model, device=args.device, dtype=args.dtype, size=args.size,
@@ -95,7 +110,7 @@ def segmenter_config_from_args(args: argparse.Namespace) -> SegmenterConfig:
             merge=MergeConfig(kl_threshold=tuple(args.kl_threshold), grid=args.grid,
                               refine=args.refine, faithful_fp16=not args.no_fp16_merge),
             capture=CaptureConfig(),
-            naming=naming_config_from_args(args),
+            naming=naming_config_from_args(args, extra),
             allow_unsafe_ckpt=bool(getattr(args, "allow_unsafe_ckpt", False)),
         )
     except (TypeError, ValueError) as exc:

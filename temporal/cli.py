@@ -81,7 +81,13 @@ def _video(args: argparse.Namespace) -> CommandResult:
     from .api import segment_video
 
     cfg = tracker_config_from_args(args)
-    seg_cfg = segmenter_config_from_args(args)
+
+    def first_frame():  # --caption: the vocabulary from the first frame's caption
+        from .io import FrameSource
+
+        return next(iter(FrameSource(args.source, start=args.start, end=args.end, max_side=args.max_side))).rgb
+
+    seg_cfg = segmenter_config_from_args(args, first_frame)
     res = segment_video(args.source, args.output, seg_cfg, cfg, start=args.start, end=args.end,
                         stride=args.stride, max_side=args.max_side, id_offset=args.id_offset,
                         write_overlay=not args.no_overlay, resume=not args.no_resume)

@@ -223,3 +223,38 @@ def test_a_missing_captioner_is_a_clear_error(tmp_path):
     assert r.returncode != 0
     assert "captioner" in r.stderr and "hf download" in r.stderr and "--vocab" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_video_and_volume_caption_their_first_frame_and_middle_slice(tmp_path, tiny_blip):
+    frames = write_frames(tmp_path / "clip", 3)
+    r = _cli("video", str(frames), "-o", str(tmp_path / "v"), "--model", "tiny-random", "--size", "64",
+             "--vocab", "zebra", "--caption", "--captioner", str(tiny_blip), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    from diffseg_core.caption import Captioner
+    from diffseg_core.naming import nouns_of_caption
+
+    cap = Captioner(str(tiny_blip), device="cpu")
+    first = np.asarray(Image.open(frames / "00000.png").convert("RGB"))
+    expected = ["zebra", *[w for w in nouns_of_caption(cap.caption(first)) if w != "zebra"]]
+    assert json.loads((tmp_path / "v" / "tracks.json").read_text())["vocabulary"] == expected
+
+    vol = np.zeros((5, 32, 32), np.float32)
+    vol[:, 8:24, 8:24] = 100
+    np.save(tmp_path / "vol.npy", vol)
+    r = _cli("volume", str(tmp_path / "vol.npy"), "-o", str(tmp_path / "vo"), "--model", "tiny-random",
+             "--size", "64", "--background", "none", "--vocab", "zebra", "--caption", "--captioner", str(tiny_blip),
+             "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from volume.api import middle_slice_rgb
+
+    mid = ["zebra", *[w for w in nouns_of_caption(cap.caption(middle_slice_rgb(tmp_path / "vol.npy")))
+                      if w != "zebra"]]
+    assert json.loads((tmp_path / "vo" / "labels.json").read_text())["vocabulary"] == mid
+
+
+def test_run_refuses_caption_with_a_clear_error(tmp_path):
+    imgs = write_images(tmp_path / "in", ["a"], hw=(64, 64))
+    r = _cli("run", str(imgs[0]), "-o", str(tmp_path / "out"), "--model", "tiny-random", "--caption", cwd=tmp_path)
+    assert r.returncode == 2 and "--caption is not available" in r.stderr and "--vocab" in r.stderr

@@ -157,6 +157,15 @@ class _SliceNames:
         return votes
 
 
+def middle_slice_rgb(input_path: "str | os.PathLike", config: VolumeConfig = VolumeConfig()) -> np.ndarray:
+    """The middle slice of the main axis as `segment_volume` shows it to the segmenter
+    (uint8 RGB): what ``--caption`` captions."""
+    vol = read_volume(input_path, index=config.index, series=config.series)
+    axis = choose_axis(config, vol)
+    images = _SliceImages(vol, axis, plan_intensity(vol, config.window, config.percentiles), config.resample_inplane)
+    return images.rgb(images.gray(vol.shape[axis] // 2))
+
+
 def _diffseg_slices(images: _SliceImages, segmenter: Segmenter, batch: int,
                     names: "_SliceNames | None" = None) -> Iterator[SliceSeg]:
     n = images.vol.shape[images.axis]

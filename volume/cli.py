@@ -151,8 +151,10 @@ def _run_volume(args: argparse.Namespace) -> CommandResult:
 
     from .api import segment_volume
 
+    from .api import middle_slice_rgb
+
     cfg = volume_config_from_args(args)
-    seg_cfg = segmenter_config_from_args(args)
+    seg_cfg = segmenter_config_from_args(args, lambda: middle_slice_rgb(args.input, cfg))
     with _warnings_as_lines("volume"):
         result = segment_volume(args.input, args.output, seg_cfg, cfg)
     return _report(result, "volume")
