@@ -193,7 +193,10 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
             videos: the file's frame number).
         segments_dir: one label map per frame with the frame's stem: PNG 8/16-bit
             (palette or gray), ``.npy`` or ``.tif``; labels independent per frame.
-            Proposal maps are derived from the masks (`temporal.proposals`).
+            Proposal maps are derived from the masks (`temporal.proposals`). Or a
+            segmentation with its attention, ``<stem>.npz`` as `save_segmentation` writes
+            it (labels ``0..K-1``, ``-1`` none, the proposal maps and, when the segments
+            were named, their names' scores: the tracks are then named too).
         out_dir, config, start, end, stride, max_side, id_offset, write_overlay: see
             `segment_video`.
         background: the label value meaning "no segment" (0 for DAVIS, SAM 2 or Cellpose
@@ -216,6 +219,10 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
             if not pending:
                 return
             stem, rgb = pending[-1]
+            npz = seg_dir / f"{stem}.npz"
+            if npz.is_file():  # a segmentation with its attention (and names)
+                yield _saved_segmentation(npz, rgb.shape[:2])
+                continue
             lab = read_segment_labels(seg_dir, stem, rgb.shape[:2])
             yield segmentation_from_labels(lab, work_side=cfg.engine.predict.work_side, background=background)
 
@@ -363,6 +370,18 @@ def load_segmentation(path: "str | Path") -> Any:
             names = SegmentNames(vocabulary=tuple(str(w) for w in z["vocabulary"]), scores=z["name_scores"],
                                  names=[str(n) or None for n in z["names"]])
         return Segmentation(labels=lab, proposals=z["proposals"], image_hw=lab.shape, names=names)
+
+
+def _saved_segmentation(path: Path, hw: tuple[int, int]) -> Any:
+    """A `save_segmentation` file for a frame of ``hw``; a clear error when it is not one."""
+    try:
+        seg = load_segmentation(path)
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise InputError(f"{path}: not a saved segmentation (labels + proposals .npz): {exc}") from exc
+    if tuple(seg.labels.shape) != tuple(hw):
+        raise InputError(f"{path}: segmentation is {seg.labels.shape[1]}x{seg.labels.shape[0]} but the frame is "
+                         f"{hw[1]}x{hw[0]}")
+    return seg
 
 
 def link_segmentations(frames_source: "str | Path", segmentations: "Sequence[str | Path | None]",

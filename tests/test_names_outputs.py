@@ -258,3 +258,24 @@ def test_run_refuses_caption_with_a_clear_error(tmp_path):
     imgs = write_images(tmp_path / "in", ["a"], hw=(64, 64))
     r = _cli("run", str(imgs[0]), "-o", str(tmp_path / "out"), "--model", "tiny-random", "--caption", cwd=tmp_path)
     assert r.returncode == 2 and "--caption is not available" in r.stderr and "--vocab" in r.stderr
+
+
+def test_track_links_saved_segmentations_with_attention_and_names(tmp_path):
+    from PIL import Image
+
+    from temporal.api import save_segmentation
+
+    frames = write_frames(tmp_path / "clip", 6)
+    seg_dir = tmp_path / "segs"
+    seg_dir.mkdir()
+    fake = NamingFake()
+    for f in sorted(frames.glob("*.png")):
+        save_segmentation(seg_dir / f"{f.stem}.npz", fake.segment([np.asarray(Image.open(f).convert("RGB"))])[0])
+    r = _cli("track", str(frames), "--segments", str(seg_dir), "-o", str(tmp_path / "out"), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "out" / "tracks.json").read_text())
+    assert doc["vocabulary"] == list(WORDS)
+    assert {t["name"] for t in doc["tracks"]} >= {"ball", "grass", "sky"}
+    (seg_dir / "00003.npz").write_bytes(b"not a zip")
+    r = _cli("track", str(frames), "--segments", str(seg_dir), "-o", str(tmp_path / "bad"), cwd=tmp_path)
+    assert r.returncode == 2 and "00003.npz" in r.stderr and "not a saved segmentation" in r.stderr
