@@ -180,19 +180,21 @@ def merge_anchors(maps: torch.Tensor, anchors: torch.Tensor, threshold: float,
     return merged
 
 
-def merge_greedy(props: torch.Tensor, threshold: float) -> torch.Tensor:
+def merge_greedy(props: torch.Tensor, threshold: float, nan_on_zero: bool = True) -> torch.Tensor:
     """A later iteration: in order, each proposal not yet merged gathers every proposal within
     ``threshold`` (already merged ones included, as in the original) into their mean.
 
     Args:
         props: ``(P, D)`` proposals (distributions); computed in float64 like the original.
         threshold: symmetric-KL threshold (strict ``<``).
+        nan_on_zero: a proposal holding an exact 0 has NaN divergences and vanishes, as in
+            the original (log 0); False: eps-clamped logs keep it (the float32 path).
 
     Returns:
         ``(P', D)`` float64 merged proposals, ``P' <= P``.
     """
     x = props.double()
-    kl = sym_kl_matrix(x, x, nan_on_zero=True)
+    kl = sym_kl_matrix(x, x, nan_on_zero=True) if nan_on_zero else sym_kl_matrix(x, x, eps=1e-12)
     close = (kl < threshold).cpu().numpy()  # (P, P) bool; the loop below is O(P) row ops
     done = np.zeros(len(close), dtype=bool)
     groups: list[np.ndarray] = []
@@ -230,5 +232,5 @@ def iterative_merge(maps: torch.Tensor, latent_hw: tuple[int, int],
     anchors = anchor_grid(latent_hw, grid).to(flat.device)
     props = merge_anchors(flat, anchors, kl_threshold[0], faithful_fp16=faithful_fp16).double()
     for thr in kl_threshold[1:]:
-        props = merge_greedy(props, thr)
+        props = merge_greedy(props, thr, nan_on_zero=faithful_fp16)
     return props.reshape(-1, h, w)

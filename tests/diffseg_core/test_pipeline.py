@@ -123,3 +123,21 @@ def test_aggregate_equals_its_definition_level_by_level(hw, shapes):
     kept = [m.clone() for m in maps]
     aggregate(kept, shapes, hw)
     assert all(torch.equal(a, b) for a, b in zip(kept, maps))  # without inplace: inputs untouched
+
+
+def test_peaky_attention_with_exact_zeros_still_gives_segments():
+    """Attention that underflows to exact zeros (peaky maps; float16 softmax on a GPU) used to
+    lose every proposal in the float64 iterations (log 0 -> NaN, as in the original), and the
+    NMS then failed on an empty proposal set. The float32 fallback keeps them."""
+    h = w = 16
+    yy, xx = np.mgrid[:h, :w]
+    left = (xx < 8).ravel()
+    maps = np.zeros((h * w, h, w), np.float32)
+    for q in range(h * w):  # each query looks at a few pixels of its own half only, zeros elsewhere
+        side = left if left[q] else ~left
+        idx = np.flatnonzero(side)[(q * 7) % 64: (q * 7) % 64 + 4]
+        maps[q].reshape(-1)[idx] = 0.25
+    with pytest.warns(RuntimeWarning, match="float16 merge dropped"):
+        seg = segment_aggregated(torch.from_numpy(maps), MergeConfig(), out_size=(64, 64))
+    assert seg.num_segments >= 1 and seg.labels.shape == (64, 64)
+    assert np.isfinite(seg.proposals).all()
