@@ -125,7 +125,7 @@ def run_image(args: argparse.Namespace) -> CommandResult:
     if args.caption:  # a vocabulary per image: its caption's nouns (+ --vocab)
         from diffseg_core.caption import Captioner
 
-        captioner = Captioner(args.captioner, args.device)
+        captioner = Captioner(args.captioner, config.device)
     done = 0
     bs = 1 if captioner is not None else max(1, int(config.batch_size))
     bar = progress(total=len(paths), desc="images", unit="img")

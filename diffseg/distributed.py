@@ -35,7 +35,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from diffseg_core.cli_args import CommandResult
-from diffseg_core.config import SegmenterConfig, config_hash
+from diffseg_core.config import SegmenterConfig, cli, config_hash
 from diffseg_core.errors import DiffSegError, InputError, OutputError, look_up_option
 
 from .jobs import (WORK_DIR, InputPlan, InputSpec, ItemRecord, JobManifest, WorkItem, classify_inputs, plan_items,
@@ -80,7 +80,7 @@ class RunConfig:
         retry_failed: rerun items that failed in an earlier run of the job.
     """
 
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig, metadata=cli(False))  # add_segmenter_args
     devices: int = 1
     num_nodes: int = 1
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
@@ -90,9 +90,9 @@ class RunConfig:
     folder_mode: Literal["auto", "images", "frames"] = "auto"
     overlay: bool = True
     max_side: int = 0
-    tracker: dict = field(default_factory=dict)
-    volume: dict = field(default_factory=dict)
-    segmenter_factory: "str | None" = None
+    tracker: dict = field(default_factory=dict, metadata=cli(False))  # the `video.*` settings (docs/scale.md)
+    volume: dict = field(default_factory=dict, metadata=cli(False))  # the `volume.*` settings
+    segmenter_factory: "str | None" = field(default=None, metadata=cli(metavar="MODULE:CALLABLE"))
     timeout_s: float = 7 * 24 * 3600.0
     retry_failed: bool = True
 
@@ -837,7 +837,7 @@ Exit code 0 when everything succeeded, 2 otherwise.
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     """Add the ``run`` subcommand."""
-    from diffseg_core.cli_args import add_segmenter_args
+    from diffseg_core.cli_args import add_options, add_segmenter_args
 
     p = sub.add_parser(
         "run", parents=[parent], help="segment many images/videos/volumes, multi-process, resumable",
@@ -849,25 +849,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="job folder (created; resumable)")
-    g = p.add_argument_group("distribution (pytorch-lightning)")
-    g.add_argument("--devices", type=int, default=1, help="processes (CPU) or GPUs per node [%(default)s]")
-    g.add_argument("--num-nodes", type=int, default=1, help="machines [%(default)s]")
-    g.add_argument("--strategy", default="auto", choices=STRATEGIES,
-                   help="auto = ddp when more than one process [%(default)s]")
-    g.add_argument("--accelerator", default="auto", choices=ACCELERATORS, help="[%(default)s]")
-    g = p.add_argument_group("videos")
-    g.add_argument("--chunk-frames", type=int, default=300, help="frames per chunk of a long video [%(default)s]")
-    g.add_argument("--chunk-overlap", type=int, default=0,
-                   help="frames shared by consecutive chunks (segmented twice; not needed: chunks are "
-                        "linked in one pass) [%(default)s]")
-    g.add_argument("--max-side", type=int, default=0, help="shrink frames to this longer side (0 = off) [%(default)s]")
-    g.add_argument("--folder-mode", default="auto", choices=FOLDER_MODES,
-                   help="pictures in a folder: auto (numbered = video frames), images, frames [%(default)s]")
-    g = p.add_argument_group("job")
-    g.add_argument("--no-overlay", action="store_true", help="do not write overlays")
-    g.add_argument("--no-retry-failed", action="store_true", help="do not retry items that failed before")
-    g.add_argument("--segmenter-factory", default=None, metavar="MODULE:CALLABLE",
-                   help="build the segmenter with this callable(SegmenterConfig) instead of DiffSeg")
+    add_options(p, RunConfig(), "run (distribution, videos, job)", "run")
     add_segmenter_args(p)
     p.set_defaults(func=_cmd_run, settings_sections=("video", "volume"))  # --set video.memory=10
 
@@ -894,16 +876,11 @@ def _section_configs(args: argparse.Namespace) -> dict[str, dict]:
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """Build a validated `RunConfig` from parsed ``run`` options."""
-    from diffseg_core.cli_args import segmenter_config_from_args
+    from diffseg_core.cli_args import options_config, segmenter_config_from_args
 
+    cfg = options_config(args, RunConfig(), "run")
     try:
-        return RunConfig(
-            segmenter=segmenter_config_from_args(args), devices=args.devices, num_nodes=args.num_nodes,
-            strategy=args.strategy, accelerator=args.accelerator, chunk_frames=args.chunk_frames,
-            chunk_overlap=args.chunk_overlap, folder_mode=args.folder_mode, overlay=not args.no_overlay,
-            max_side=args.max_side, segmenter_factory=args.segmenter_factory,
-            retry_failed=not args.no_retry_failed, **_section_configs(args),
-        )
+        return dataclasses.replace(cfg, segmenter=segmenter_config_from_args(args), **_section_configs(args))
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc
 

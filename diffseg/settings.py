@@ -108,11 +108,16 @@ _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 def _convert(action: argparse.Action, key: str, value: Any) -> Any:
     """``value`` (a string from --set, any JSON/YAML value from a file) as the option takes it."""
     where = f"setting {key}={value!r}"
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)):
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             value = value.lower() in _TRUE
         if not isinstance(value, bool):
             raise InputError(f"{where}: --{key} is on or off: give true or false")
+        if isinstance(action, argparse._StoreConstAction) and not isinstance(action, (
+                argparse._StoreTrueAction, argparse._StoreFalseAction)):  # a generated switch
+            if isinstance(action.const, bool):
+                return action.const if value else not action.const
+            return action.const if value else action.default  # off: the preset's value
         return value if isinstance(action, argparse._StoreTrueAction) else not value
     if isinstance(value, bool) or value is None:
         value = str(value).lower() if isinstance(value, bool) else "none"

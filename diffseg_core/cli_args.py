@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .config import DEFAULT_MODEL, DTYPES, CaptureConfig, MergeConfig, NamingConfig, SegmenterConfig
+from .config import NamingConfig, SegmenterConfig
 from .errors import InputError
 
 #: The captioner of ``--caption`` (BLIP base, as the original DiffSeg's semantic mode).
@@ -28,62 +29,17 @@ class CommandResult:
     code: int = 0
 
 
-def _thresholds(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 1.1 or 1.1,1.1,1.1; got {text!r}")
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one threshold")
-    return vals if len(vals) > 1 else vals * 3
-
-
-def background_value(text: str) -> "int | None":
-    """argparse type of ``--background``: an integer label value, or none."""
-    if text.strip().lower() in ("none", "no", "-"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer label value or 'none'; got {text!r}") from None
-
-
 def add_segmenter_args(parser: argparse.ArgumentParser) -> None:
-    """Add --model --device --dtype --size --kl-threshold --grid --refine ... to ``parser``."""
-    g = parser.add_argument_group("segmenter (DiffSeg)")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help="hub id, local diffusers folder, single .safetensors/.ckpt file, or "
-                        "'tiny-random' (random test model: meaningless segments) [%(default)s]")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [%(default)s]")
-    g.add_argument("--dtype", default="auto", choices=DTYPES,
-                   help="UNet/VAE precision; auto = float16 on CUDA, float32 on CPU [%(default)s]")
-    g.add_argument("--size", type=int, default=512,
-                   help="shorter image side fed to the model, multiple of 64 [%(default)s]")
-    g.add_argument("--kl-threshold", type=_thresholds, default=(1.1, 1.1, 1.1),
-                   help="symmetric-KL merge threshold, one value or one per iteration [1.1]")
-    g.add_argument("--grid", type=int, default=16, help="anchors along the shorter latent side [%(default)s]")
-    g.add_argument("--refine", action="store_true", help="K-means refinement of the merged segments")
-    g.add_argument("--timestep", type=int, default=300, help="diffusion timestep of the UNet pass [%(default)s]")
-    g.add_argument("--add-noise", action="store_true", help="noise the latent to --timestep (original: off)")
-    g.add_argument("--batch-size", type=int, default=1, help="images per UNet forward [%(default)s]")
-    g.add_argument("--no-fp16-merge", action="store_true",
-                   help="first merge in float32 instead of the original's float16 rounding")
-    g.add_argument("--allow-unsafe-ckpt", action="store_true",
-                   help="allow a pickle .ckpt --model file (can run arbitrary code: trusted files only)")
-    n = parser.add_argument_group("names (open vocabulary, from cross-attention)")
-    n.add_argument("--vocab", metavar="WORDS", help="name segments with these words: 'person,dog,grass'")
+    """Add every `SegmenterConfig` option (generated: `add_options`) plus the vocabulary's
+    other sources (``--vocab-file``, ``--caption``, ``--captioner``) to ``parser``."""
+    add_options(parser, SegmenterConfig(), "segmenter (DiffSeg)", "segmenter")
+    n = next(g for g in parser._action_groups if g.title.startswith("names"))
     n.add_argument("--vocab-file", metavar="FILE", help="the words, one per line ('#' comments)")
     n.add_argument("--caption", action="store_true",
                    help="add the nouns of a caption of the image (video: first frame; volume: middle slice) "
                         "to the vocabulary (needs --captioner's weights)")
     n.add_argument("--captioner", default=DEFAULT_CAPTIONER, metavar="MODEL",
                    help="BLIP captioning model for --caption: hub id or local folder [%(default)s]")
-    n.add_argument("--voting", default="mean", choices=("mean", "majority"),
-                   help="how a segment's pixels vote for a word [%(default)s]")
-    n.add_argument("--min-score", type=float, default=NamingConfig.min_score,
-                   help="a name's lead over the runner-up word needed to name a segment, else 'unknown' [%(default)s]")
-    n.add_argument("--same-pass", action="store_true",
-                   help="segments and names from one prompted UNet pass (faster; the prompt changes the segments)")
 
 
 def segmenter_config_from_args(args: argparse.Namespace,
@@ -95,6 +51,7 @@ def segmenter_config_from_args(args: argparse.Namespace,
             join the vocabulary (a video's first frame, a volume's middle slice); None where
             a command cannot caption (then ``--caption`` is an error).
     """
+    cfg = options_config(args, SegmenterConfig(), "segmenter")
     extra: tuple[str, ...] = ()
     if getattr(args, "caption", False):
         if caption_image is None:
@@ -102,36 +59,22 @@ def segmenter_config_from_args(args: argparse.Namespace,
                              "vocabulary): give the words with --vocab or --vocab-file")
         from .caption import Captioner
 
-        extra = Captioner(args.captioner, args.device).nouns(caption_image())
-    try:
-        return SegmenterConfig(
-            model=args.model, device=args.device, dtype=args.dtype, size=args.size,
-            timestep=args.timestep, add_noise=args.add_noise, batch_size=args.batch_size,
-            merge=MergeConfig(kl_threshold=tuple(args.kl_threshold), grid=args.grid,
-                              refine=args.refine, faithful_fp16=not args.no_fp16_merge),
-            capture=CaptureConfig(),
-            naming=naming_config_from_args(args, extra),
-            allow_unsafe_ckpt=bool(getattr(args, "allow_unsafe_ckpt", False)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise InputError(str(exc)) from exc
+        extra = Captioner(args.captioner, cfg.device).nouns(caption_image())
+    return dataclasses.replace(cfg, naming=naming_config_from_args(args, extra, cfg.naming))
 
 
-def naming_config_from_args(args: argparse.Namespace, extra: "tuple[str, ...]" = ()) -> NamingConfig:
-    """`NamingConfig` of ``--vocab`` / ``--vocab-file`` (plus ``extra`` words, e.g. a
-    caption's nouns) and the voting options; no words: no names."""
+def naming_config_from_args(args: argparse.Namespace, extra: "tuple[str, ...]" = (),
+                            base: "NamingConfig | None" = None) -> NamingConfig:
+    """``base`` (default: the ``--vocab`` / voting options given) with the words of
+    ``--vocab-file`` and ``extra`` (e.g. a caption's nouns) added; no words: no names."""
     from .naming import parse_vocabulary, read_vocabulary
 
-    words: list[str] = []
-    if getattr(args, "vocab", None):
-        words += parse_vocabulary(args.vocab)
+    base = base if base is not None else options_config(args, SegmenterConfig(), "segmenter").naming
+    words = list(base.vocabulary)
     if getattr(args, "vocab_file", None):
         words += read_vocabulary(args.vocab_file)
     words += list(extra)
-    return NamingConfig(vocabulary=parse_vocabulary(words) if words else (),
-                        voting=getattr(args, "voting", "mean"),
-                        min_score=getattr(args, "min_score", NamingConfig.min_score),
-                        same_pass=bool(getattr(args, "same_pass", False)))
+    return dataclasses.replace(base, vocabulary=parse_vocabulary(words) if words else ())
 
 
 def _attribute_help(cls: type) -> dict[str, str]:
@@ -153,47 +96,128 @@ def _attribute_help(cls: type) -> dict[str, str]:
             out[name] += " " + line.strip()
         elif line.strip() and not line.startswith(" "):
             break
-    return {k: re.split(r"(?<=[.;])\s", v, 1)[0].rstrip(".;") for k, v in out.items()}
+    return {k: _first_sentence(v.replace("``", "")) for k, v in out.items()}
 
 
-def add_config_args(parser: argparse.ArgumentParser, preset: Any, title: str,
-                    groups: "tuple[str, ...] | None" = None) -> None:
-    """One option per field of a config made of group dataclasses (``preset``: an instance
-    whose fields are dataclasses, e.g. `temporal.engine.EngineConfig`): ``--field-name``,
-    typed from the field, help from the group's docstring, default shown from ``preset``.
-    Options left out keep the preset's value (see `config_from_args`); ``groups`` limits
-    the options to those groups (None: all)."""
+def _first_sentence(text: str) -> str:
+    """Up to the first ``.`` or ``;`` followed by a space outside parentheses."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch in ".;" and depth == 0 and (i + 1 == len(text) or text[i + 1] == " "):
+            return text[:i]
+    return text.rstrip(".;")
+
+
+class _Unset:
+    """The default of every generated option: "not given" (None is a value some options
+    take: ``--background none``, ``--axis auto``)."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET = _Unset()
+
+
+def add_options(parser: argparse.ArgumentParser, preset: Any, title: str, root: str, *,
+                skip: "tuple[str, ...]" = ()) -> None:
+    """One command-line option per field of a config dataclass, declared by the dataclass.
+
+    Every field of ``preset`` (an instance: its values are the defaults shown) becomes an
+    option, nested config dataclasses included (one argument group each): the flag is
+    ``--field-name`` unless the field's metadata says otherwise (``cli(flag=...)``, see
+    `diffseg_core.config.cli`), the help is the first sentence of the field's entry in the
+    class docstring's ``Attributes:``, choices come from ``Literal`` hints, the type from the
+    hint or ``cli(type=...)``; a bool becomes a switch to the value it does not have in the
+    preset (``--refine``; ``--no-montage``). A field marked ``cli(False)`` or named in
+    ``skip`` (its dotted path, e.g. ``"capture.layers"``) gets no option.
+
+    Options left out keep the preset's value: every option defaults to `UNSET` and
+    `options_config` applies only those given. Dests are ``<root>__<path>`` (``__`` between
+    levels), so that two configs of one command cannot collide.
+    """
+    _add_options(parser, preset, title, f"{root}__", "", frozenset(skip))
+
+
+def _add_options(parser: argparse.ArgumentParser, obj: Any, title: str, dest: str, path: str,
+                 skip: frozenset) -> None:
     import dataclasses
     import typing
 
-    for group in dataclasses.fields(preset):
-        if groups is not None and group.name not in groups:
+    cls = type(obj)
+    helps = _attribute_help(cls)
+    hints = typing.get_type_hints(cls, include_extras=False)
+    group = None
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("cli", {})
+        key = path + f.name
+        if meta is False or key in skip:
             continue
-        sub = getattr(preset, group.name)
-        helps = _attribute_help(type(sub))
-        hints = typing.get_type_hints(type(sub))
-        g = parser.add_argument_group(f"{title}: {group.name}")
-        for f in dataclasses.fields(sub):
-            hint, default = hints[f.name], getattr(sub, f.name)
-            kw: dict[str, Any] = {"default": None, "dest": f"cfg_{group.name}__{f.name}",
-                                  "help": f"{helps.get(f.name, '')} [{default}]".replace("%", "%%")}
-            if typing.get_origin(hint) is typing.Literal:
-                kw["choices"] = typing.get_args(hint)
-            elif hint is bool:
-                kw["action"] = argparse.BooleanOptionalAction
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _add_options(parser, value, meta.get("title", f"{title}: {f.name}"), f"{dest}{f.name}__", key + ".", skip)
+            continue
+        if group is None:
+            group = parser.add_argument_group(title)
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        shown = value if not isinstance(value, tuple) else ",".join(str(v) for v in value)
+        kw: dict[str, Any] = {"default": UNSET, "dest": dest + f.name,
+                              "help": f"{meta.get('help', helps.get(f.name, ''))} [{shown}]".replace("%", "%%")}
+        hint = hints[f.name]
+        if "const" in meta:
+            kw.update(action="store_const", const=meta["const"])
+        elif hint is bool:
+            if flag == "--" + f.name.replace("_", "-") and value:
+                flag = "--no-" + f.name.replace("_", "-")
+            kw.update(action="store_const", const=not value)
+            kw["help"] = kw["help"].rsplit(" [", 1)[0]
+            if value and "help" not in meta:
+                kw["help"] = "turn off: " + kw["help"]
+        elif "type" in meta:
+            kw.update(type=argparse_type(meta["type"]), metavar=meta.get("metavar", f.name.upper()))
+        elif typing.get_origin(hint) is typing.Literal:
+            kw["choices"] = typing.get_args(hint)
+        else:
+            base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            kw.update(type=base[0] if base[0] in (int, float, str) else str, metavar=meta.get("metavar", f.name.upper()))
+        group.add_argument(flag, *meta.get("aliases", ()), **kw)
+
+
+def argparse_type(parse: Any) -> Any:
+    """``parse`` as an argparse type: its own error message (not argparse's generic one)."""
+    def typed(text: str) -> Any:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    typed.__name__ = getattr(parse, "__name__", "value")
+    return typed
+
+
+def options_config(args: argparse.Namespace, preset: Any, root: str) -> Any:
+    """``preset`` with the options of `add_options` given on the command line (or through
+    ``--set`` / ``--config``) applied; validated by the dataclasses (InputError)."""
+    import dataclasses
+
+    def build(obj: Any, dest: str) -> Any:
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                new = build(value, f"{dest}{f.name}__")
+                if new is not value:
+                    changes[f.name] = new
             else:
-                kw["type"], kw["metavar"] = hint, f.name.upper()
-            g.add_argument("--" + f.name.replace("_", "-"), **kw)
+                given = getattr(args, dest + f.name, UNSET)
+                if given is not UNSET:
+                    changes[f.name] = tuple(given) if isinstance(value, tuple) and isinstance(given, list) else given
+        return dataclasses.replace(obj, **changes) if changes else obj
 
-
-def config_from_args(args: argparse.Namespace, preset: Any) -> Any:
-    """``preset`` with the options of `add_config_args` that were given on the command line."""
-    changes: dict[str, dict[str, Any]] = {}
-    for key, value in vars(args).items():
-        if key.startswith("cfg_") and value is not None:
-            group, name = key[4:].split("__", 1)
-            changes.setdefault(group, {})[name] = value
     try:
-        return preset.replace(**changes) if changes else preset
+        return build(preset, f"{root}__")
     except (TypeError, ValueError) as exc:
         raise InputError(str(exc)) from exc

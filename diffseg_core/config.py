@@ -14,6 +14,46 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES_HINT = "auto, cpu, cuda, cuda:N"
 
 
+def cli(spec: "dict[str, Any] | bool" = True, **kw: Any) -> dict[str, Any]:
+    """Field metadata for the command line (`diffseg_core.cli_args.add_options`):
+    ``field(default=..., metadata=cli(flag="--vocab", type=parse_vocabulary))``. Keys:
+    ``flag`` (the option, default ``--field-name``), ``aliases``, ``type`` (text -> value),
+    ``metavar``, ``const`` (a switch that sets this value), ``title`` (a nested group's
+    heading), ``help`` (instead of the docstring's sentence). ``cli(False)``: no option (say
+    why beside it)."""
+    return {"cli": False} if spec is False else {"cli": dict(kw)}
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """``"1.1"`` or ``"1.1,1.0,0.9"`` -> KL thresholds (one value: the same for 3 iterations)."""
+    import argparse
+
+    try:
+        vals = tuple(float(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1.1 or 1.1,1.1,1.1; got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one threshold")
+    return vals if len(vals) > 1 else vals * 3
+
+
+def parse_background(text: "str | int | None") -> "int | None":
+    """A label value meaning "no segment" (``"0"``), or None for ``"none"`` (every value is a
+    segment)."""
+    if text is None or str(text).strip().lower() in ("none", "no", "-"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"expected an integer label value or 'none'; got {text!r}") from None
+
+
+def _vocabulary(text: str) -> tuple[str, ...]:
+    from .naming import parse_vocabulary
+
+    return parse_vocabulary(text)
+
+
 class ConfigDict:
     """``to_dict``/``from_dict`` for frozen config dataclasses (tuples become lists; unknown
     keys are refused with the list of valid ones)."""
@@ -48,10 +88,12 @@ class MergeConfig(ConfigDict):
         refine_max_iter: Lloyd iterations of the K-means refinement (sklearn default 300).
     """
 
-    kl_threshold: tuple[float, ...] = (1.1, 1.1, 1.1)
+    kl_threshold: tuple[float, ...] = field(default=(1.1, 1.1, 1.1),
+                                            metadata=cli(type=parse_thresholds, metavar="T[,T,T]"))
     grid: int = 16
     refine: bool = False
-    faithful_fp16: bool = True
+    faithful_fp16: bool = field(default=True, metadata=cli(
+        flag="--no-fp16-merge", help="first merge in float32 instead of the original's float16 rounding"))
     refine_max_iter: int = 300
 
     def __post_init__(self) -> None:
@@ -79,7 +121,7 @@ class CaptureConfig(ConfigDict):
     """
 
     query_chunk: int = 1024
-    layers: Literal["attn1"] = "attn1"
+    layers: Literal["attn1"] = field(default="attn1", metadata=cli(False))  # one value: nothing to choose
 
     def __post_init__(self) -> None:
         if int(self.query_chunk) < 1:
@@ -105,7 +147,7 @@ class NamingConfig(ConfigDict):
             and the segments are those of the empty prompt.
     """
 
-    vocabulary: tuple[str, ...] = ()
+    vocabulary: tuple[str, ...] = field(default=(), metadata=cli(flag="--vocab", type=_vocabulary, metavar="WORDS"))
     voting: Literal["mean", "majority"] = "mean"
     min_score: float = 0.1
     same_pass: bool = False
@@ -150,9 +192,10 @@ class SegmenterConfig(ConfigDict):
     timestep: int = 300
     add_noise: bool = False
     batch_size: int = 1
-    merge: MergeConfig = field(default_factory=MergeConfig)
-    capture: CaptureConfig = field(default_factory=CaptureConfig)
-    naming: NamingConfig = field(default_factory=NamingConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig, metadata=cli(title="segmenter: merging"))
+    capture: CaptureConfig = field(default_factory=CaptureConfig, metadata=cli(title="segmenter: attention capture"))
+    naming: NamingConfig = field(default_factory=NamingConfig,
+                                 metadata=cli(title="names (open vocabulary, from cross-attention)"))
     allow_unsafe_ckpt: bool = False
 
     def __post_init__(self) -> None:

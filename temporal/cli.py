@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from diffseg_core.cli_args import CommandResult, add_config_args, background_value, config_from_args
+from diffseg_core.cli_args import CommandResult, add_options, argparse_type, options_config
+from diffseg_core.config import parse_background
 from diffseg_core.errors import InputError
 
 
@@ -15,49 +16,27 @@ def add_tracker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--end", type=int, default=None, help="stop before this frame [end of video]")
     g.add_argument("--stride", type=int, default=1, help="use every n-th frame [%(default)s]")
     g.add_argument("--max-side", type=int, default=None, help="downscale frames to this longer side")
-    t = p.add_argument_group("tracker")
-    from .config import TrackerConfig as _T  # defaults declared once, in the dataclass
+    from .config import TrackerConfig
 
-    t.add_argument("--keyframe-every", type=_keyframe_every, default=_T.keyframe_every, metavar="K|auto",
-                   help="segment every k-th frame, propagate by flow in between; 'auto': segment a frame "
-                        "only when the carried labels lose their cover [%(default)s]")
-    t.add_argument("--keyframe-coverage", type=float, default=_T.keyframe_coverage, metavar="F",
-                   help="auto: segment a frame when a track keeps fewer than this fraction of its pixels "
-                        "on consistent flow since the last keyframe [%(default)s]")
-    t.add_argument("--keyframe-max-gap", type=int, default=_T.keyframe_max_gap, metavar="N",
-                   help="auto: at most N carried frames between keyframes [%(default)s]")
-    t.add_argument("--baseline", choices=("iou",), default=None,
-                   help="use the IoU-only linker (no flow, look, splits, merges, re-id) for comparison")
-    t.add_argument("--id-offset", type=int, default=0, help="ids start at this + 1 [%(default)s]")
-    from .engine import video
-
-    add_config_args(p, video(), "linking engine")
+    add_options(p, TrackerConfig(), "tracker", "tracker")
     o = p.add_argument_group("outputs")
     o.add_argument("-o", "--output", required=True, help="output folder")
     o.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
 
 
-def _keyframe_every(text: str) -> "int | str":
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto'; got {text!r}") from None
-
-
 def tracker_config_from_args(args: argparse.Namespace):
+    """The `TrackerConfig` of the options (``--linker iou``: the IoU-only baseline's engine)."""
     from .config import TrackerConfig, iou_only_baseline
-    from .engine import video
 
-    try:
-        common = dict(keyframe_every=args.keyframe_every, keyframe_coverage=args.keyframe_coverage,
-                      keyframe_max_gap=args.keyframe_max_gap, id_offset=args.id_offset)
-        if args.baseline == "iou":
-            return iou_only_baseline(**common)
-        return TrackerConfig(engine=config_from_args(args, video()), **common)
-    except (TypeError, ValueError) as exc:
-        raise InputError(str(exc)) from exc
+    cfg = options_config(args, TrackerConfig(), "tracker")
+    if cfg.linker == "iou":
+        try:
+            return iou_only_baseline(keyframe_every=cfg.keyframe_every, keyframe_coverage=cfg.keyframe_coverage,
+                                     keyframe_max_gap=cfg.keyframe_max_gap, batch_size=cfg.batch_size,
+                                     id_offset=cfg.id_offset)
+        except (TypeError, ValueError) as exc:
+            raise InputError(str(exc)) from exc
+    return cfg
 
 
 def _report(res, command: str) -> CommandResult:
@@ -89,7 +68,7 @@ def _video(args: argparse.Namespace) -> CommandResult:
 
     seg_cfg = segmenter_config_from_args(args, first_frame)
     res = segment_video(args.source, args.output, seg_cfg, cfg, start=args.start, end=args.end,
-                        stride=args.stride, max_side=args.max_side, id_offset=args.id_offset,
+                        stride=args.stride, max_side=args.max_side, id_offset=cfg.id_offset,
                         write_overlay=not args.no_overlay, resume=not args.no_resume)
     return _report(res, "video")
 
@@ -99,7 +78,7 @@ def _track(args: argparse.Namespace) -> CommandResult:
 
     cfg = tracker_config_from_args(args)
     res = track_segments(args.frames, args.segments, args.output, cfg, start=args.start, end=args.end,
-                         stride=args.stride, max_side=args.max_side, id_offset=args.id_offset,
+                         stride=args.stride, max_side=args.max_side, id_offset=cfg.id_offset,
                          write_overlay=not args.no_overlay, background=args.background)
     return _report(res, "track")
 
@@ -127,7 +106,7 @@ def register(sub, parent) -> None:
                        epilog="example: diffseg track frames/ --segments seg/ -o out/")
     t.add_argument("frames", help="folder of frames or video file")
     t.add_argument("--segments", required=True, help="folder of per-frame label maps (same stems)")
-    t.add_argument("--background", type=background_value, default=None,
+    t.add_argument("--background", type=argparse_type(parse_background), default=None,
                    help="label value meaning 'no segment' (0 for DAVIS / SAM 2 / Cellpose masks) or none "
                         "(every value is a segment) [none]")
     add_tracker_args(t)

@@ -5,12 +5,22 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from diffseg_core.config import ConfigDict
+from diffseg_core.config import ConfigDict, cli
 from diffseg_core.errors import InputError, look_up_option
 
 from .engine.config import EngineConfig, PredictConfig, video
 
 LINKERS = ("engine", "iou")
+
+
+def parse_keyframe_every(text: "str | int") -> "int | str":
+    """``"auto"`` or an integer >= 1 (as text)."""
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"expected an integer >= 1 or 'auto'; got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -37,12 +47,13 @@ class TrackerConfig(ConfigDict):
         id_offset: the first new track id is ``id_offset + 1`` (unique ids across chunks).
     """
 
-    engine: EngineConfig = field(default_factory=video)
-    linker: Literal["engine", "iou"] = "engine"
-    keyframe_every: "int | Literal['auto']" = 1
+    engine: EngineConfig = field(default_factory=video, metadata=cli(title="linking engine"))
+    linker: Literal["engine", "iou"] = field(default="engine", metadata=cli(aliases=("--baseline",)))
+    keyframe_every: "int | Literal['auto']" = field(default=1, metadata=cli(type=parse_keyframe_every,
+                                                                            metavar="K|auto"))
     keyframe_coverage: float = 0.9
     keyframe_max_gap: int = 4
-    batch_size: int = 0
+    batch_size: int = field(default=0, metadata=cli(flag="--frames-per-call"))  # --batch-size is the UNet's
     id_offset: int = 0
 
     def __post_init__(self) -> None:

@@ -101,3 +101,93 @@ def test_errors_name_the_flag_not_the_dataclass_field(extra, flag, labels, tmp_p
     assert main(["stack", str(labels), "-o", str(tmp_path / "o.npy"), "-q", *extra]) == 2
     err = capsys.readouterr().err
     assert flag in err and "Config." not in err and "_" not in err.split("must")[0], err
+
+
+# ----------------------------------------------------------------------------- options declared once
+def _subparser(name):
+    import argparse
+
+    from diffseg.cli import build_parser
+
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def _presets():
+    from diffseg.distributed import RunConfig
+    from diffseg_core.config import SegmenterConfig
+    from temporal.config import TrackerConfig
+    from volume.cli import _presets as volume_presets
+
+    vol = volume_presets()
+    return [("image", "segmenter", SegmenterConfig(), ()),
+            ("video", "segmenter", SegmenterConfig(), ()), ("video", "tracker", TrackerConfig(), ()),
+            ("track", "tracker", TrackerConfig(), ()),
+            ("volume", "segmenter", SegmenterConfig(), ()), ("volume", "volume", *vol["volume"]),
+            ("stack", "volume", *vol["stack"]), ("run", "segmenter", SegmenterConfig(), ()),
+            ("run", "run", RunConfig(), ())]
+
+
+def _paths(obj, path=""):
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("cli", {}) is False:
+            continue
+        if dataclasses.is_dataclass(value):
+            yield from _paths(value, f"{path}{f.name}.")
+        else:
+            yield path + f.name
+
+
+#: fields set by an option of another shape (documented in the command's help and docs)
+OTHER_OPTIONS = {("volume", "volume", "background"): None,  # DiffSeg's slices: every value is a segment
+                 ("volume", "volume", "clear_outside"): "--background",  # auto | none
+                 ("stack", "volume", "clear_outside"): None,  # `stack` never clears (its labels are the user's)
+                 ("stack", "volume", "resample_inplane"): None}  # no segmenter in `stack`
+
+
+@pytest.mark.parametrize("command, root, preset, skip", _presets(), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_config_field_is_an_option_of_its_command(command, root, preset, skip):
+    """Any option reachable from the Python config is reachable from the CLI, and so from a
+    config file or --set (they take every long option)."""
+    dests = {a.dest for a in _subparser(command)._actions}
+    for path in _paths(preset):
+        other = OTHER_OPTIONS.get((command, root, path.split(".")[-1]), "")
+        if other == "" and path not in skip:
+            assert f"{root}__{path.replace('.', '__')}" in dests, f"{command}: no option for {root}.{path}"
+        elif other:
+            assert any(other in a.option_strings for a in _subparser(command)._actions)
+
+
+@pytest.mark.parametrize("command, root, preset, skip", _presets(), ids=lambda x: x if isinstance(x, str) else "")
+def test_no_option_given_is_the_preset_itself(command, root, preset, skip):
+    from diffseg.settings import defaults_of
+    from diffseg_core.cli_args import options_config
+
+    assert options_config(defaults_of(_subparser(command)), preset, root) == preset
+
+
+def test_generated_options_take_none_values_switches_and_custom_types():
+    from diffseg_core.cli_args import options_config
+    from volume.cli import _presets as volume_presets
+
+    p = _subparser("stack")
+    stack = volume_presets()["stack"][0]
+    cfg = options_config(p.parse_args(["l.npy", "-o", "o", "--background", "none", "--axis", "y",
+                                       "--int32", "--no-montage", "--window", "40,400", "--memory", "7"]), stack, "volume")
+    assert cfg.background is None and cfg.axis == 1 and cfg.output_dtype == "int32" and not cfg.montage
+    assert cfg.window == (40.0, 400.0) and cfg.engine.lifecycle.memory == 7
+    assert options_config(p.parse_args(["l.npy", "-o", "o"]), stack, "volume").background == 0
+    with pytest.raises(SystemExit):
+        p.parse_args(["l.npy", "-o", "o", "--window", "40,-1"])
+
+
+def test_a_generated_switch_from_set_and_config(labels, tmp_path):
+    out = tmp_path / "o.npy"
+    assert main(["stack", str(labels), "-o", str(out), "-q", "--set", "no-montage=true", "--set", "no-json=true"]) == 0
+    assert not out.with_name("o_montage.png").exists() and not out.with_suffix(".json").exists()
+    assert main(["stack", str(labels), "-o", str(out), "-q", "--set", "no-montage=false"]) == 0
+    assert out.with_name("o_montage.png").exists()

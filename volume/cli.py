@@ -9,7 +9,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from diffseg_core.cli_args import CommandResult, background_value
+from diffseg_core.cli_args import CommandResult
 from diffseg_core.errors import InputError
 
 VOLUME_EPILOG = """examples:
@@ -37,81 +37,34 @@ def _axis(text: str) -> "int | None":
         raise argparse.ArgumentTypeError(str(exc))
 
 
-def _window(text: str):
-    from .types import parse_window
-
-    try:
-        return parse_window(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
-
-
-def _percentiles(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LOW,HIGH like 1,99; got {text!r}")
-    return lo, hi
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("volume")
-    g.add_argument("-o", "--output", required=True,
-                   help="label file (.nii.gz, .nii, .tif, .npy) or a folder (labels in the input's format)")
-    g.add_argument("--series", default=None, help="DICOM SeriesInstanceUID when the folder holds several")
-    g.add_argument("--index", type=int, default=None, help="volume index of 4-D input (time / channel)")
-    g.add_argument("--axis", type=_axis, default=None, metavar="{z,y,x,0,1,2,auto}",
-                   help="slicing axis of the (D, H, W) array; default: through-plane (largest spacing)")
-    g.add_argument("--axes", choices=("one", "all"), default="one",
-                   help="'all': slice along all three axes and fuse (majority after Hungarian matching)")
-    g.add_argument("--min-size", type=int, default=None,
-                   help="disconnected 3D fragments of a label smaller than this many voxels join their "
-                        "neighbour [volume: 64, stack: 0 = keep the input's own pieces]")
-    g.add_argument("--min-label-size", type=int, default=None,
-                   help="whole 3D labels smaller than this many voxels join their neighbour [volume: 8, stack: 0]")
-    g.add_argument("--split-disconnected", action="store_true",
-                   help="give every 3D connected component its own id")
-    g.add_argument("--waist-ratio", type=float, default=0.75,
-                   help="cut a 3D label in two where its area along the slicing axis falls to at most this "
-                        "fraction of the slices around it and grows again past an uncertain link (two "
-                        "structures end to end) [%(default)s; 0 = off]")
-    g.add_argument("--no-montage", action="store_true", help="do not write the montage PNG")
-    g.add_argument("--no-json", action="store_true", help="do not write labels.json")
-    g.add_argument("--int32", action="store_true", help="write int32 labels (default: smallest dtype that fits)")
-    g.add_argument("--window", type=_window, default="auto",
-                   help="intensity: auto, percentile, minmax, soft-tissue (L40/W400), lung (L-600/W1500), "
-                        "bone (L400/W1800), brain (L40/W80) or LEVEL,WIDTH in HU [auto: CT window for HU data]")
-    g.add_argument("--percentiles", type=_percentiles, default=(1.0, 99.0),
-                   help="LOW,HIGH percentiles of --window percentile [1,99]")
-    from diffseg_core.cli_args import add_config_args
-    from temporal.engine import slices
-
-    # slices are aligned: the predict group (optical flow) does not apply
-    add_config_args(p, slices(), "linking engine (slices preset)", groups=("evidence", "associate", "lifecycle"))
-
-
-def _config(args: argparse.Namespace, background: "int | None", min_size: int = 64, min_label_size: int = 8):
-    from diffseg_core.cli_args import config_from_args
-    from temporal.engine import slices
-
+#: the options of each command: `VolumeConfig` fields as generated options, from the
+#: command's preset (its defaults); `volume`'s --background auto|none is `clear_outside`
+def _presets():
     from .types import VolumeConfig
 
-    if args.min_size is not None:
-        min_size = args.min_size
-    if args.min_label_size is not None:
-        min_label_size = args.min_label_size
+    return {"volume": (VolumeConfig(), ("background", "clear_outside")),
+            "stack": (VolumeConfig(background=0, min_size=0, min_label_size=0),  # bring-your-own: trusted pieces
+                      ("clear_outside", "resample_inplane"))}
 
-    try:
-        return VolumeConfig(
-            axis=args.axis, axes=args.axes, window=args.window, percentiles=tuple(args.percentiles),
-            min_size=min_size, min_label_size=min_label_size, split_disconnected=args.split_disconnected,
-            resample_inplane=not getattr(args, "no_resample", False), index=args.index, series=args.series,
-            engine=config_from_args(args, slices()), background=background, waist_ratio=args.waist_ratio,
-            montage=not args.no_montage, write_json=not args.no_json,
-            output_dtype="int32" if args.int32 else "auto",
-        )
-    except (TypeError, ValueError) as exc:
-        raise InputError(str(exc)) from exc
+
+def _add_common(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("-o", "--output", required=True,
+                   help="label file (.nii.gz, .nii, .tif, .npy) or a folder (labels in the input's format)")
+    from diffseg_core.cli_args import add_options
+
+    preset, skip = _presets()[command]
+    add_options(p, preset, "volume", "volume", skip=skip)
+
+
+def volume_options(args: argparse.Namespace, command: str):
+    """The `VolumeConfig` of a command's options (``diffseg volume``: ``--background
+    auto|none`` sets ``clear_outside``)."""
+    from diffseg_core.cli_args import options_config
+
+    cfg = options_config(args, _presets()[command][0], "volume")
+    if command == "volume":
+        cfg = dataclasses.replace(cfg, clear_outside=args.background == "auto")
+    return cfg
 
 
 @contextmanager
@@ -143,7 +96,7 @@ def _report(result, command: str) -> CommandResult:
 
 def volume_config_from_args(args: argparse.Namespace):
     """The `VolumeConfig` of ``diffseg volume``'s options (``--background auto|none``)."""
-    return dataclasses.replace(_config(args, background=None), clear_outside=args.background == "auto")
+    return volume_options(args, "volume")
 
 
 def _run_volume(args: argparse.Namespace) -> CommandResult:
@@ -163,8 +116,7 @@ def _run_volume(args: argparse.Namespace) -> CommandResult:
 def _run_stack(args: argparse.Namespace) -> CommandResult:
     from .api import stack_labels
 
-    # Bring-your-own labels are trusted: their small pieces are kept unless asked.
-    cfg = _config(args, background=args.background, min_size=0, min_label_size=0)
+    cfg = volume_options(args, "stack")
     with _warnings_as_lines("stack"):
         result = stack_labels(args.labels, args.output, cfg, image_path=args.image)
     return _report(result, "stack")
@@ -195,9 +147,7 @@ def register(sub, parent) -> None:
                        description="Slice-wise DiffSeg, slices linked into consistent 3D labels in the input's geometry.",
                        epilog=VOLUME_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="NIfTI file, DICOM folder, TIFF stack (ZYX) or .npy")
-    _add_common(p)
-    p.add_argument("--no-resample", action="store_true",
-                   help="segment anisotropic slices as they are (default: square pixels first)")
+    _add_common(p, "volume")
     p.add_argument("--background", choices=("auto", "none"), default="auto",
                    help="auto: labels lying mostly outside the body or sample (the dark region reaching the "
                         "sides of the slices: air around a patient, medium around cells) become 0; none: "
@@ -211,10 +161,7 @@ def register(sub, parent) -> None:
                        epilog=STACK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("labels", help="label volume (NIfTI, TIFF, npy), ids independent per slice")
     s.add_argument("--image", default=None, help="intensity volume of the same shape (montage background)")
-    s.add_argument("--background", type=background_value, default=0,
-                   help="input value meaning 'no segment', or 'none' when every value is a segment "
-                        "(DiffSeg's 0..K-1) [0]")
-    _add_common(s)
+    _add_common(s, "stack")
     s.set_defaults(func=_run_stack)
 
 

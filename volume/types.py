@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from diffseg_core.config import ConfigDict
+from diffseg_core.config import ConfigDict, cli, parse_background
 from diffseg_core.errors import InputError, look_up_option
 from temporal.engine.config import EngineConfig, slices
 
@@ -126,6 +126,15 @@ def parse_axis(axis: "int | str | None") -> "int | None":
     return int(axis)
 
 
+def parse_percentiles(text: "str | tuple[float, float]") -> tuple[float, float]:
+    """``"1,99"`` -> ``(1.0, 99.0)``."""
+    try:
+        lo, hi = (float(x) for x in (text.split(",") if isinstance(text, str) else text))
+    except (TypeError, ValueError):
+        raise InputError(f"expected LOW,HIGH like 1,99; got {text!r}") from None
+    return lo, hi
+
+
 def parse_window(text: str) -> "str | tuple[float, float]":
     """A preset name / mode, or ``"L,W"`` -> ``(level, width)`` with width > 0."""
     t = str(text).strip().lower()
@@ -178,23 +187,26 @@ class VolumeConfig(ConfigDict):
             or ``int32``.
     """
 
-    axis: "int | None" = None
+    axis: "int | None" = field(default=None, metadata=cli(type=parse_axis, metavar="{z,y,x,0,1,2,auto}"))
     axes: Literal["one", "all"] = "one"
-    window: "str | tuple[float, float]" = "auto"
-    percentiles: tuple[float, float] = (1.0, 99.0)
+    window: "str | tuple[float, float]" = field(default="auto", metadata=cli(type=parse_window, metavar="WINDOW"))
+    percentiles: tuple[float, float] = field(default=(1.0, 99.0), metadata=cli(type=parse_percentiles,
+                                                                                metavar="LOW,HIGH"))
     min_size: int = 64
     min_label_size: int = 8
     split_disconnected: bool = False
-    resample_inplane: bool = True
+    resample_inplane: bool = field(default=True, metadata=cli(
+        flag="--no-resample", help="segment anisotropic slices as they are (default: square pixels first)"))
     index: "int | None" = None
     series: "str | None" = None
-    engine: EngineConfig = field(default_factory=slices)
-    background: "int | None" = None
+    engine: EngineConfig = field(default_factory=slices, metadata=cli(title="linking engine"))
+    background: "int | None" = field(default=None, metadata=cli(type=parse_background, metavar="VALUE|none"))
     waist_ratio: float = 0.75
     clear_outside: bool = True
     montage: bool = True
-    write_json: bool = True
-    output_dtype: Literal["auto", "int32"] = "auto"
+    write_json: bool = field(default=True, metadata=cli(flag="--no-json", help="do not write labels.json"))
+    output_dtype: Literal["auto", "int32"] = field(default="auto", metadata=cli(
+        flag="--int32", const="int32", help="write int32 labels (default: the smallest type that fits)"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axis", parse_axis(self.axis))
