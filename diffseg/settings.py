@@ -96,10 +96,22 @@ def name_flags(message: str, parser: argparse.ArgumentParser) -> str:
     becomes the option that sets it (``TrackerConfig.keyframe_every must be ...`` ->
     ``--keyframe-every must be ...``) when the command has one."""
     flags: dict[str, str] = {}
-    for name, a in _options(parser).items():  # generated engine options: dest ``cfg_<group>__<field>``
-        flags.setdefault(a.dest, f"--{name}")
-        flags.setdefault(a.dest.split("__")[-1], f"--{name}")
-    return _SUBJECT.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+    rooted: dict[tuple[str, str], str] = {}
+    for name, a in _options(parser).items():  # generated options: dest ``<root>__<path>``
+        field = a.dest.split("__")[-1]
+        rooted.setdefault((a.dest.split("__")[0], field), f"--{name}")
+        if name == field.replace("_", "-"):  # a bare field name: the option spelt like it first
+            flags[field] = f"--{name}"
+        else:
+            flags.setdefault(field, f"--{name}")
+
+    def flag(m: "re.Match") -> str:
+        cls = re.match(r"([A-Z]\w*)Config\.", m.group(0))
+        root = cls.group(1).lower() if cls else None
+        return rooted.get((root, m.group(1)), flags.get(m.group(1), m.group(0))) if root else \
+            flags.get(m.group(1), m.group(0))
+
+    return _SUBJECT.sub(flag, message)
 
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}

@@ -103,6 +103,19 @@ def test_errors_name_the_flag_not_the_dataclass_field(extra, flag, labels, tmp_p
     assert flag in err and "Config." not in err and "_" not in err.split("must")[0], err
 
 
+@pytest.mark.parametrize("extra,flag", [
+    (["--batch-size", "0"], "--batch-size must be"),          # SegmenterConfig.batch_size ...
+    (["--frames-per-call", "-1"], "--frames-per-call must be"),  # ... and TrackerConfig.batch_size
+    (["--keyframe-every", "0"], "--keyframe-every must be"),
+])
+def test_two_configs_with_one_field_name_each_name_their_own_flag(extra, flag, tmp_path, capsys):
+    from tests.conftest import write_frames
+
+    frames = write_frames(tmp_path / "clip", 2)
+    assert main(["video", str(frames), "-o", str(tmp_path / "o"), "--model", "tiny-random", "-q", *extra]) == 2
+    assert flag in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- options declared once
 def _subparser(name):
     import argparse
