@@ -152,6 +152,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     try:
         sections = {name: _subcommands(parser)[name] for name in getattr(args, "settings_sections", ())}
         args.section_settings = apply_settings(args, _subparser(parser, args), args.command, sections)
+        args.section_parsers = sections  # their options name the errors of prefixed settings
     except DiffSegError as exc:
         print(f"diffseg {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -861,16 +862,23 @@ def register_evaluate(sub: Any, parent: argparse.ArgumentParser) -> None:
 def _section_configs(args: argparse.Namespace) -> dict[str, dict]:
     """``tracker`` / ``volume`` of the run from the ``video.*`` / ``volume.*`` settings (the
     options of `diffseg video` / `diffseg volume`); absent when none was given."""
+    from temporal.cli import tracker_config_from_args
+    from volume.cli import volume_config_from_args
+
     found = getattr(args, "section_settings", None) or {}
     out: dict[str, dict] = {}
-    if "video" in found:
-        from temporal.cli import tracker_config_from_args
+    for prefix, key, build in (("video", "tracker", tracker_config_from_args),
+                               ("volume", "volume", volume_config_from_args)):
+        if prefix not in found:
+            continue
+        try:
+            out[key] = build(found[prefix]).to_dict()
+        except InputError as exc:  # named as it was given: `video.memory must be ...`
+            from .settings import name_flags
 
-        out["tracker"] = tracker_config_from_args(found["video"]).to_dict()
-    if "volume" in found:
-        from volume.cli import volume_config_from_args
-
-        out["volume"] = volume_config_from_args(found["volume"]).to_dict()
+            parser = (getattr(args, "section_parsers", None) or {}).get(prefix)
+            msg = name_flags(str(exc), parser) if parser is not None else str(exc)
+            raise InputError(re.sub(r"--([a-z][a-z0-9-]*)", rf"{prefix}.\1", msg, count=1)) from exc
     return out
 
 
