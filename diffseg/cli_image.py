@@ -164,8 +164,8 @@ def run_image(args: argparse.Namespace) -> CommandResult:
                     meta = {"software": f"diffseg-vv {software_version()}", "source": str(p), "segmenter": info}
                     if caption is not None:
                         meta["caption"] = caption
-                    _write(out_dir, stem, im, seg.labels, npy=args.npy, with_overlay=not args.no_overlay,
-                           meta=meta, names=seg.names)
+                    write_image_outputs(out_dir, stem, im, seg.labels, npy=args.npy,
+                                        with_overlay=not args.no_overlay, meta=meta, names=seg.names)
                     done += 1
                 except (OutputError, ValueError) as exc:
                     if isinstance(exc, OutputError) and "space" in str(exc):
@@ -185,10 +185,15 @@ def _fail(failed: list[str], exc: Exception) -> None:
     print(f"diffseg image: error: {exc}", file=sys.stderr)
 
 
-def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, npy: bool,
-           with_overlay: bool, meta: dict, names: "SegmentNames | None" = None) -> None:
+def write_image_outputs(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, npy: bool,
+                        with_overlay: bool, meta: dict, names: "SegmentNames | None" = None) -> list[str]:
+    """Write one image's outputs (`output_names`: ``<stem>.png``, ``<stem>.json``,
+    ``<stem>_overlay.png``, ``<stem>.npy``) as `diffseg image` and `diffseg run` do; returns
+    their names. ``labels`` are segments ``0..K-1`` (written ``1..K``; consumed)."""
+    png, ov_name, npy_name, js = output_names(stem)
     labels = segment_ids(labels, consume=True)  # 1..K: 0 = no segment in every tool
-    save_labels_png(out_dir / f"{stem}.png", labels)
+    save_labels_png(out_dir / png, labels)
+    written = [png]
     ids, area = label_areas(labels)
     segments = []
     for i, a in zip(ids.tolist(), area.tolist()):  # segment index i - 1
@@ -196,11 +201,15 @@ def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, *, n
         segments.append({"id": i, "name": name, "score": score, "area": a})
     doc = {**meta, "vocabulary": list(names.vocabulary) if names is not None else [],
            "size": list(labels.shape), "labels": f"{stem}.png", "segments": segments}
-    atomic_write_text(out_dir / f"{stem}.json", json.dumps(doc, indent=1) + "\n")
-    if with_overlay:  # the image is not needed afterwards: blended and written in place (huge images)
+    atomic_write_text(out_dir / js, json.dumps(doc, indent=1) + "\n")
+    written.append(js)
+    if with_overlay and image is not None:  # not needed afterwards: blended and written in place (huge images)
         ov = overlay(image, labels, out=image if image.flags.writeable else None)
         if names is not None:
-            draw_legend(ov, [(s["id"], s["name"] or "unknown") for s in segments])
-        save_image(out_dir / f"{stem}_overlay.png", ov, consume=True)
+            draw_legend(ov, [(s["id"], f"{s['id']} {s['name'] or 'unknown'}") for s in segments])
+        save_image(out_dir / ov_name, ov, consume=True)
+        written.append(ov_name)
     if npy:
-        atomic_save_npy(out_dir / f"{stem}.npy", labels.astype(np.int32, copy=False))
+        atomic_save_npy(out_dir / npy_name, labels.astype(np.int32, copy=False))
+        written.append(npy_name)
+    return written

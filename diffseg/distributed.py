@@ -220,11 +220,6 @@ class JobSummary:
 
 
 # ----------------------------------------------------------------------------- outputs
-def image_outputs(name: str) -> tuple[str, str]:
-    """Relative paths of an image's labels PNG and overlay JPEG."""
-    return f"images/labels/{name}.png", f"images/overlay/{name}.jpg"
-
-
 def video_dir(name: str) -> str:
     return f"videos/{name}"
 
@@ -354,22 +349,21 @@ def _run_video_chunk(item: WorkItem, segmenter: Any, cfg: RunConfig, out_dir: Pa
 def write_result(res: ItemResult, cfg: RunConfig, out_dir: Path, manifest: JobManifest, rank: int,
                  chash: str) -> ItemRecord:
     """Write an item's remaining outputs, then its manifest record (in that order)."""
-    from diffseg_core.io import draw_legend, overlay, save_image, save_labels_png, segment_ids
+    from diffseg_core import software_version
+
+    from .cli_image import write_image_outputs
 
     outputs = list(res.outputs)
     status, error = res.status, res.error
     if status == "done" and res.item.kind == "image" and res.labels is not None:
-        lab_rel, ov_rel = image_outputs(res.item.name)
-        try:
-            res.labels = segment_ids(res.labels, consume=True)  # 1..K: 0 = no segment, as `image` writes
-            save_labels_png(out_dir / lab_rel, res.labels)
-            outputs.append(lab_rel)
-            if cfg.overlay and res.image is not None:
-                ov = overlay(res.image, res.labels)
-                if res.names is not None:  # segment k is id k + 1
-                    draw_legend(ov, [(k + 1, f"{k + 1} {n or 'unknown'}") for k, n in enumerate(res.names.names)])
-                save_image(out_dir / ov_rel, ov)
-                outputs.append(ov_rel)
+        try:  # as `diffseg image` writes them: labels 1..K, sidecar with names, overlay
+            (out_dir / "images").mkdir(parents=True, exist_ok=True)
+            seg = {"config": cfg.segmenter.to_dict(), "factory": cfg.segmenter_factory,
+                   "random_weights": cfg.segmenter_factory is None and cfg.segmenter.model == "tiny-random"}
+            outputs += [f"images/{n}" for n in write_image_outputs(
+                out_dir / "images", res.item.name, res.image, res.labels, npy=False, with_overlay=cfg.overlay,
+                meta={"software": f"diffseg-vv {software_version()}", "source": res.item.source, "segmenter": seg},
+                names=res.names)]
         except (OSError, ValueError) as exc:
             status, error = "failed", _error_line(exc, res.item)
     rec = ItemRecord(key=res.item.key, kind=res.item.kind, source=res.item.source, status=status,

@@ -10,7 +10,7 @@ Layout of a job folder ``OUTDIR``::
     OUTDIR/.diffseg/records/<key>.json   one record per finished/failed item (atomic),
                                          written by whichever rank ran it; survives SIGKILL
     OUTDIR/.diffseg/chunks/<video>/cNNNN chunk segmentations before linking
-    OUTDIR/images/labels/<name>.png      final outputs (see docs/scale.md)
+    OUTDIR/images/<name>.png             final outputs (see docs/scale.md)
     OUTDIR/videos/<name>/labels/NNNNN.png, tracks.json, overlay/
     OUTDIR/volumes/<name>.<ext>
 """
@@ -293,10 +293,10 @@ def _unique_name(path: Path, root: Path, used: set[str]) -> str:
             break
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace(os.sep, "__")).strip("._") or "input"
     name, i = base, 1
-    while name in used:
+    while name in used or f"{name}_overlay" in used:  # an image's overlay is images/<name>_overlay.png
         i += 1
         name = f"{base}_{i}"
-    used.add(name)
+    used.update((name, f"{name}_overlay"))
     return name
 
 

@@ -165,8 +165,8 @@ def test_run_job_fake_segmenter_images_video_volume(tmp_path, images_dir, frames
     assert s.exit_code == 0, s.format()
     assert (s.done, s.failed, s.skipped, s.total) == (4, 0, 0, 4)
     out = tmp_path / "out"
-    assert (out / "images" / "labels" / "cat.png").exists()
-    assert (out / "images" / "overlay" / "dog.jpg").exists()
+    assert (out / "images" / "cat.png").exists()
+    assert (out / "images" / "dog_overlay.png").exists()
     labels = sorted((out / "videos" / "clip" / "labels").glob("*.png"))
     assert len(labels) == 10
     assert (out / "volumes" / "ball.npy").exists()
@@ -204,8 +204,8 @@ def test_two_cpu_processes_equal_one_process(tmp_path):
     chunk_ranks = {r["rank"] for r in man["items"].values()}
     assert chunk_ranks == {0, 1}
     for name in ("a", "b"):
-        a = read_labels(tmp_path / "one" / "images" / "labels" / f"{name}.png")
-        b = read_labels(tmp_path / "two" / "images" / "labels" / f"{name}.png")
+        a = read_labels(tmp_path / "one" / "images" / f"{name}.png")
+        b = read_labels(tmp_path / "two" / "images" / f"{name}.png")
         np.testing.assert_array_equal(a, b)
         truth = colour_classes(tmp_path / "in" / "photos" / f"{name}.png")
         assert relabel_agreement(truth, a) == 1.0 and len(np.unique(a)) == len(np.unique(truth)) == 3
@@ -253,3 +253,19 @@ def test_run_job_on_real_video_and_ct(shared_data, tmp_path):
     out_ct = nib.load(tmp_path / "out" / "volumes" / "image.nii.gz")
     assert out_ct.shape == nib.load(ct).shape
     np.testing.assert_allclose(out_ct.affine, nib.load(ct).affine)
+
+
+def test_run_writes_images_as_image_does_and_no_output_is_another_images_file(tmp_path):
+    from tests.conftest import write_images
+
+    write_images(tmp_path / "in", ["x", "x_overlay"])
+    plan = classify_inputs([tmp_path / "in"])
+    assert sorted(s.name for s in plan.specs) == ["x", "x_overlay_2"]  # x's overlay is images/x_overlay.png
+    cfg = RunConfig(segmenter_factory=FAKE, accelerator="cpu")
+    s = run_job([tmp_path / "in"], tmp_path / "out", cfg)
+    assert s.done == 2
+    names = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
+    assert names == ["x.json", "x.png", "x_overlay.png", "x_overlay_2.json", "x_overlay_2.png",
+                     "x_overlay_2_overlay.png"]
+    doc = json.loads((tmp_path / "out" / "images" / "x.json").read_text())
+    assert doc["segments"] and all(set(sg) == {"id", "name", "score", "area"} for sg in doc["segments"])

@@ -51,10 +51,10 @@ def test_rerun_skips_finished_items(tmp_path, images_dir, frames_dir):
 def test_rerun_redoes_missing_outputs_and_changed_config(tmp_path, images_dir):
     out = tmp_path / "out"
     run_job([images_dir], out, _cfg())
-    (out / "images" / "labels" / "cat.png").unlink()
+    (out / "images" / "cat.png").unlink()
     s = run_job([images_dir], out, _cfg())
     assert (s.done, s.skipped) == (1, 1)
-    assert (out / "images" / "labels" / "cat.png").exists()
+    assert (out / "images" / "cat.png").exists()
     changed = _cfg(segmenter=SegmenterConfig(merge=MergeConfig(kl_threshold=0.9)))
     s = run_job([images_dir], out, changed)
     assert (s.done, s.skipped) == (2, 0)
@@ -84,7 +84,7 @@ def test_failed_item_is_recorded_and_the_rest_goes_on(tmp_path, capsys):
     assert man["items"]["image:b"]["status"] == "done"
     assert man["items"]["image:c"]["status"] == "failed"
     assert "c.png" in man["items"]["image:c"]["error"]
-    assert not (out / "images" / "labels" / "c.png").exists()
+    assert not (out / "images" / "c.png").exists()
     # Rerun: a and b skipped, c retried (and still fails); exit code still 2.
     s = run_job([tmp_path / "in"], out, _cfg())
     assert (s.done, s.skipped, s.failed) == (0, 2, 1)
@@ -178,7 +178,7 @@ def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path):
 def test_record_is_written_after_the_outputs(tmp_path, images_dir, monkeypatch):
     """While an image's files are being written, its record must not say "done" yet: a kill
     at that moment has to leave the item to be redone."""
-    import diffseg_core.io as dio
+    import diffseg.cli_image as writer  # where run's image outputs are written
 
     out = tmp_path / "out"
     seen: list[tuple[str, "str | None"]] = []
@@ -186,20 +186,20 @@ def test_record_is_written_after_the_outputs(tmp_path, images_dir, monkeypatch):
     def checking(save):
         def wrapper(path, *a, **kw):
             recs = JobManifest(out).load().records
-            name = Path(path).stem
+            name = Path(path).stem.removesuffix("_overlay")
             rec = recs.get(f"image:{name}")
             seen.append((name, rec.status if rec else None))
             return save(path, *a, **kw)
         return wrapper
 
-    monkeypatch.setattr(dio, "save_labels_png", checking(dio.save_labels_png))
-    monkeypatch.setattr(dio, "save_image", checking(dio.save_image))
+    for fn in ("save_labels_png", "save_image", "atomic_write_text"):  # labels, overlay, sidecar
+        monkeypatch.setattr(writer, fn, checking(getattr(writer, fn)))
     s = run_job([images_dir], out, _cfg())
     assert s.done == 2
-    assert sorted(seen) == [("cat", None), ("cat", None), ("dog", None), ("dog", None)]
+    assert sorted(seen) == [("cat", None)] * 3 + [("dog", None)] * 3
     recs = JobManifest(out).load().records
     assert recs["image:cat"].status == "done"
-    assert sorted(recs["image:cat"].outputs) == ["images/labels/cat.png", "images/overlay/cat.jpg"]
+    assert sorted(recs["image:cat"].outputs) == ["images/cat.json", "images/cat.png", "images/cat_overlay.png"]
 
 
 def test_changed_tracker_setting_redoes_the_video_only(tmp_path, images_dir, frames_dir):
