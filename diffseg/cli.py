@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev_sub.required = True
     temporal_cli.register_evaluate(ev_sub, parent)
     volume_cli.register_evaluate(ev_sub, parent)
+    ex = sub.add_parser("export", help="convert outputs to other tools' formats (DAVIS, COCO RLE, MOT)",
+                        parents=[parent])
+    ex_sub = ex.add_subparsers(dest="export_kind", metavar="FORMAT")
+    ex_sub.required = True
+    temporal_cli.register_export(ex_sub, parent)
     return parser
 
 
@@ -98,7 +103,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 #: argparse destinations that hold input paths, in every subcommand.
-INPUT_ARGS = ("images", "inputs", "source", "frames", "segments", "input", "labels", "pred", "gt")
+INPUT_ARGS = ("images", "inputs", "source", "frames", "segments", "input", "labels", "pred", "gt", "tracked")
 
 
 def _input_paths(args: argparse.Namespace) -> list[str]:
@@ -132,11 +137,12 @@ def _subcommands(parser: argparse.ArgumentParser) -> "dict[str, argparse.Argumen
 
 def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the command ``args`` came from (``evaluate video`` included)."""
-    for dest in ("command", "evaluate_kind"):
+    for dest in ("command", "evaluate_kind", "export_kind"):
         subs = _subcommands(parser)
         if not subs:
             break
-        parser = subs[getattr(args, dest)]
+        if getattr(args, dest, None) in subs:
+            parser = subs[getattr(args, dest)]
     return parser
 
 

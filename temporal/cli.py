@@ -138,3 +138,46 @@ def register_evaluate(sub, parent) -> None:
     e.add_argument("--summary", action="store_true", help="omit per-object figures")
     e.add_argument("--json-out", default=None, help="also write the JSON here")
     e.set_defaults(func=_evaluate)
+
+
+def _export(args: argparse.Namespace) -> CommandResult:
+    from . import export
+
+    kind = args.export_kind
+    if kind == "davis":
+        r = export.export_davis(args.tracked, args.output, args.sequence, args.max_objects)
+        dropped = f", {r['dropped']} smaller tracks left out (--max-objects {args.max_objects})" if r["dropped"] else ""
+        return CommandResult(f"diffseg export davis: {r['frames']} frames, {r['objects']} objects{dropped} -> "
+                             f"{args.output}/{r['sequence']}", r)
+    if kind == "coco":
+        r = export.export_coco(args.tracked, args.output)
+        return CommandResult(f"diffseg export coco: {r['tracks']} tracks over {r['frames']} frames -> {args.output}", r)
+    r = export.export_mot(args.tracked, args.output)
+    return CommandResult(f"diffseg export mot: {r['boxes']} boxes of {r['tracks']} tracks -> {args.output}", r)
+
+
+def register_export(sub, parent) -> None:
+    """Add `export davis | coco | mot` (a tracked video's folder to other tools' formats)."""
+    from .export import DAVIS_MAX_OBJECTS
+
+    d = sub.add_parser("davis", parents=[parent], help="DAVIS-2017 results: palette PNGs, objects 1..N",
+                       description="Write OUT/<sequence>/<stem>.png as davis2017-evaluation reads them: object "
+                                   "ids 1..N in order of first appearance, the N largest tracks.")
+    d.add_argument("tracked", help="output folder of diffseg video / track / run (labels/, tracks.json)")
+    d.add_argument("-o", "--output", required=True, help="results folder (the sequence goes in a subfolder)")
+    d.add_argument("--sequence", default=None, help="the sequence's name [the folder's name]")
+    d.add_argument("--max-objects", type=int, default=DAVIS_MAX_OBJECTS,
+                   help="keep this many tracks, largest first (DAVIS-2017 unsupervised scores 20; at most 255) "
+                        "[%(default)s]")
+    d.set_defaults(func=_export)
+    c = sub.add_parser("coco", parents=[parent], help="YouTube-VIS / COCO-video JSON, one RLE per track and frame",
+                       description="Write the tracks as one JSON: videos, categories (the tracks' names, or "
+                                   "'object'), annotations with a COCO RLE, area and box per frame (pycocotools).")
+    c.add_argument("tracked", help="output folder of diffseg video / track / run")
+    c.add_argument("-o", "--output", required=True, help="JSON file to write")
+    c.set_defaults(func=_export)
+    m = sub.add_parser("mot", parents=[parent], help="MOTChallenge text: frame,id,x,y,w,h,1,-1,-1,-1",
+                       description="Write the tracks' boxes as MOTChallenge text (frames numbered from 1).")
+    m.add_argument("tracked", help="output folder of diffseg video / track / run")
+    m.add_argument("-o", "--output", required=True, help="text file to write")
+    m.set_defaults(func=_export)
