@@ -183,6 +183,9 @@ class SegmenterConfig(ConfigDict):
         naming: names for segments from a vocabulary (none by default).
         allow_unsafe_ckpt: allow loading a single-file ``.ckpt`` (a Python pickle, which can
             run arbitrary code): only for trusted files. ``.safetensors`` never needs it.
+        revision: hub revision (branch, tag or commit) of a hub ``model``; None = the default.
+        variant: weights variant of a hub id or folder (``"fp16"``: the half-size files
+            ``*.fp16.safetensors``); None = the full files.
     """
 
     model: str = DEFAULT_MODEL
@@ -197,6 +200,8 @@ class SegmenterConfig(ConfigDict):
     naming: NamingConfig = field(default_factory=NamingConfig,
                                  metadata=cli(title="names (open vocabulary, from cross-attention)"))
     allow_unsafe_ckpt: bool = False
+    revision: "str | None" = None
+    variant: "str | None" = None
 
     def __post_init__(self) -> None:
         look_up_option(self.dtype, DTYPES, "dtype")

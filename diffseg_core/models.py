@@ -39,7 +39,7 @@ from .errors import InputError, ModelNotFoundError, look_up_option, short_messag
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "TextEncoder", "load_model", "resolve_device", "resolve_dtype", "clear_model_cache",
+__all__ = ["LoadedModel", "TextEncoder", "load_model", "model_from_pipe", "resolve_device", "resolve_dtype", "clear_model_cache",
            "tiny_random_model", "TINY_RANDOM", "KNOWN_MODELS"]
 
 TINY_RANDOM = "tiny-random"
@@ -185,7 +185,8 @@ def clear_model_cache() -> None:
 
 def load_model(model: str = DEFAULT_MODEL, device: "str | torch.device" = "auto",
                dtype: "str | torch.dtype" = "auto", *, allow_pickle: bool = False,
-               local_files_only: "bool | None" = None) -> LoadedModel:
+               local_files_only: "bool | None" = None, revision: "str | None" = None,
+               variant: "str | None" = None) -> LoadedModel:
     """Load (or fetch from the in-process cache) the SD components for DiffSeg.
 
     Args:
@@ -198,6 +199,9 @@ def load_model(model: str = DEFAULT_MODEL, device: "str | torch.device" = "auto"
             pickle can execute arbitrary code.
         local_files_only: only use the Hugging Face cache (None: cache first, then the hub
             when reachable).
+        revision: the hub revision (branch, tag or commit) of a hub id.
+        variant: the weights' variant (``"fp16"``: ``diffusion_pytorch_model.fp16.safetensors``),
+            for a hub id or a folder.
 
     Returns:
         A `LoadedModel`; the same object for the same (model, device, dtype).
@@ -209,7 +213,7 @@ def load_model(model: str = DEFAULT_MODEL, device: "str | torch.device" = "auto"
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    key = (str(model), str(dev), str(dt))
+    key = (str(model), str(dev), str(dt), revision, variant)
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
@@ -218,7 +222,7 @@ def load_model(model: str = DEFAULT_MODEL, device: "str | torch.device" = "auto"
             loaded = tiny_random_model(dev, dt)
         else:
             loaded = _load_sd(str(model), dev, dt, allow_pickle=allow_pickle,
-                              local_files_only=local_files_only)
+                              local_files_only=local_files_only, revision=revision, variant=variant)
         _CACHE[key] = loaded
         return loaded
 
@@ -259,7 +263,8 @@ def _looks_like_hub_id(model: str) -> bool:
 
 
 def _load_sd(model: str, device: torch.device, dtype: torch.dtype, *, allow_pickle: bool,
-             local_files_only: "bool | None") -> LoadedModel:
+             local_files_only: "bool | None", revision: "str | None" = None,
+             variant: "str | None" = None) -> LoadedModel:
     path = Path(model).expanduser()
     if path.is_file() or path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
         return _load_single_file(path, model, device, dtype, allow_pickle=allow_pickle,
@@ -268,10 +273,11 @@ def _load_sd(model: str, device: torch.device, dtype: torch.dtype, *, allow_pick
         if not (path / "unet").is_dir() or not (path / "vae").is_dir():
             raise ModelNotFoundError(_missing_message(
                 model, f"folder {path} is not a diffusers Stable Diffusion folder (no unet/ and vae/ subfolders)"))
-        return _load_folder(str(path), model, device, dtype, local_files_only=True)
+        return _load_folder(str(path), model, device, dtype, local_files_only=True, variant=variant)
     if not _looks_like_hub_id(model):
         raise ModelNotFoundError(_missing_message(model, "no such file or folder, and not a hub id like org/name"))
-    return _load_folder(model, model, device, dtype, local_files_only=local_files_only)
+    return _load_folder(model, model, device, dtype, local_files_only=local_files_only, revision=revision,
+                        variant=variant)
 
 
 def _from_pretrained(cls: Any, source: str, subfolder: str, local_only: bool, **kw: Any) -> Any:
@@ -288,26 +294,30 @@ def _from_pretrained(cls: Any, source: str, subfolder: str, local_only: bool, **
 
 
 def _load_folder(source: str, model: str, device: torch.device, dtype: torch.dtype, *,
-                 local_files_only: "bool | None") -> LoadedModel:
+                 local_files_only: "bool | None", revision: "str | None" = None,
+                 variant: "str | None" = None) -> LoadedModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    rev = {} if revision is None else {"revision": revision}
+    var = {} if variant is None else {"variant": variant}
+
     def attempt(local_only: bool) -> LoadedModel:
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only)
-        text_encoder = _from_pretrained(CLIPTextModel, source, "text_encoder", local_only, dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only, **rev)
+        text_encoder = _from_pretrained(CLIPTextModel, source, "text_encoder", local_only, dtype=dtype, **rev, **var)
         emb = _empty_embedding(tokenizer, text_encoder.to(device))
         del tokenizer, text_encoder  # only the embedding is needed from now on
-        unet = _from_pretrained(UNet2DConditionModel, source, "unet", local_only, torch_dtype=dtype)
-        vae = _from_pretrained(AutoencoderKL, source, "vae", local_only, torch_dtype=dtype)
+        unet = _from_pretrained(UNet2DConditionModel, source, "unet", local_only, torch_dtype=dtype, **rev, **var)
+        vae = _from_pretrained(AutoencoderKL, source, "vae", local_only, torch_dtype=dtype, **rev, **var)
         try:
-            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only)
+            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only, **rev)
         except (OSError, ValueError):
             scheduler = _sd_scheduler()
         loaded = _finish(unet, vae, scheduler, emb, model, device, dtype)
 
         def text() -> TextEncoder:  # the vocabulary's embeddings: loaded again only when names are asked for
-            tok = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only)
-            return _clip_text(tok, _from_pretrained(CLIPTextModel, source, "text_encoder", local_only),
+            tok = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only, **rev)
+            return _clip_text(tok, _from_pretrained(CLIPTextModel, source, "text_encoder", local_only, **rev, **var),
                               device, dtype)
 
         loaded.text_loader = text
@@ -373,6 +383,25 @@ def _load_single_file(path: Path, model: str, device: torch.device, dtype: torch
     del pipe
     loaded = _finish(unet, vae, scheduler, emb, model, device, dtype)
     loaded._text = text
+    return loaded
+
+
+def model_from_pipe(pipe: Any, device: "str | torch.device | None" = None,
+                    dtype: "str | torch.dtype | None" = None, model_id: "str | None" = None) -> LoadedModel:
+    """A `LoadedModel` from an already loaded diffusers Stable Diffusion pipeline (its UNet,
+    VAE, scheduler, tokenizer and text encoder are reused, not copied, on the pipeline's
+    device and dtype unless others are given). The modules are put in eval mode and their
+    convolutions in channels-last memory format, which the pipeline keeps."""
+    for part in ("unet", "vae", "tokenizer", "text_encoder"):
+        if getattr(pipe, part, None) is None:
+            raise InputError(f"the pipeline has no {part}: DiffSeg needs a Stable Diffusion pipeline "
+                             "(UNet, VAE, tokenizer and text encoder)")
+    dev = resolve_device(device) if device is not None else torch.device(pipe.unet.device)
+    dt = resolve_dtype(dtype, dev) if dtype is not None else pipe.unet.dtype
+    emb = _empty_embedding(pipe.tokenizer, pipe.text_encoder.to(dev))
+    name = model_id or getattr(getattr(pipe, "config", None), "_name_or_path", None) or type(pipe).__name__
+    loaded = _finish(pipe.unet, pipe.vae, _ddpm_from(pipe.scheduler), emb, str(name), dev, dt)
+    loaded._text = _clip_text(pipe.tokenizer, pipe.text_encoder, dev, dt)
     return loaded
 
 

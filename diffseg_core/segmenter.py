@@ -17,6 +17,8 @@ accumulated and post-processed in float32. Results are numpy on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -68,9 +70,9 @@ def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
     input, `_model_input`, so a huge image is never copied whole as float).
 
     Accepts one image or a list of images: uint8 ``(H, W, 3)`` (numpy or torch), a PIL
-    image (any mode: converted to RGB like `diffseg_core.io.read_image`), float
-    ``(3, H, W)`` in [0, 1], or a float batch ``(B, 3, H, W)`` in [0, 1]; also a uint8 batch
-    ``(B, H, W, 3)`` numpy array.
+    image (any mode: converted to RGB like `diffseg_core.io.read_image`), an image file's
+    path (read with `diffseg_core.io.read_image`), float ``(3, H, W)`` in [0, 1], or a float
+    batch ``(B, 3, H, W)`` in [0, 1]; also a uint8 batch ``(B, H, W, 3)`` numpy array.
 
     Raises:
         InputError: wrong shape, dtype, NaN/inf, values outside [0, 1], empty input.
@@ -83,10 +85,10 @@ def as_image_list(images: Any, name: str = "images") -> list[torch.Tensor]:
             items = [images]
     elif isinstance(images, (list, tuple)):
         items = list(images)
-    elif _is_pil(images):
+    elif _is_pil(images) or isinstance(images, (str, os.PathLike)):
         items = [images]
     else:
-        raise InputError(f"`{name}` must be an array, a tensor or a list of them; got {type(images).__name__}")
+        raise InputError(f"`{name}` must be an array, a tensor, a PIL image, a path or a list of them; got {type(images).__name__}")
     if not items:
         raise InputError(f"`{name}` is empty; expected at least one image")
     return [_as_chw(x, f"{name}[{i}]") for i, x in enumerate(items)]
@@ -98,6 +100,10 @@ def _is_pil(x: Any) -> bool:
 
 
 def _as_chw(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, (str, os.PathLike)):
+        from .io import read_image
+
+        x = read_image(x)
     if _is_pil(x):  # any mode
         from .io import to_rgb_uint8
 
@@ -184,14 +190,26 @@ class DiffSegSegmenter:
         self._model = model
         self._prompts: "tuple[tuple[str, ...], PromptPlan, torch.Tensor] | None" = None
 
+    @classmethod
+    def from_pipe(cls, pipe: Any, config: "SegmenterConfig | None" = None) -> "DiffSegSegmenter":
+        """A segmenter on an already loaded diffusers Stable Diffusion pipeline (no second
+        copy of the weights): ``DiffSegSegmenter.from_pipe(StableDiffusionPipeline.from_pretrained(...))``.
+        ``config`` gives the segmenter settings (size, merge, names); its ``device`` and
+        ``dtype`` apply only when they are not ``"auto"`` (else the pipeline's stay)."""
+        from .models import model_from_pipe
+
+        c = config or SegmenterConfig()
+        model = model_from_pipe(pipe, None if c.device == "auto" else c.device, None if c.dtype == "auto" else c.dtype)
+        return cls(dataclasses.replace(c, model=model.model_id), model=model)
+
     # ------------------------------------------------------------------ model
     @property
     def model(self) -> LoadedModel:
         """The loaded SD components (loaded on first access)."""
         if self._model is None:
             c = self.config
-            self._model = load_model(c.model, c.device, c.dtype,
-                                     allow_pickle=c.allow_unsafe_ckpt)
+            self._model = load_model(c.model, c.device, c.dtype, allow_pickle=c.allow_unsafe_ckpt,
+                                     revision=c.revision, variant=c.variant)
         return self._model
 
     @property

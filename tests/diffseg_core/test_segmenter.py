@@ -1,6 +1,8 @@
 """DiffSegSegmenter on the tiny random model: shapes, sizes, batching, validation."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -102,7 +104,8 @@ def test_noise_is_optional_and_seeded():
     (torch.full((3, 32, 32), 2.0), r"\[0, 1\]"),
     (torch.zeros(32, 32, 3), "shape"),
     ([], "empty"),
-    ("image.png", "list"),
+    ("image.png", "image.png: no such file"),  # a path: read like an image file
+    (3.5, "list"),
 ])
 def test_bad_inputs_are_clear_errors(seg, bad, match):
     with pytest.raises(InputError, match=match):
@@ -217,3 +220,66 @@ def test_real_sd14_weights_if_available():
     assert out.labels.shape == (256, 384)
     assert out.meta["latent_hw"] == [64, 96]  # 512x768 input: SD's finest attention is the latent
     assert 2 <= out.num_segments <= 60  # two coloured halves: real weights find structure
+
+
+def test_image_paths_are_accepted_like_arrays(tmp_path):
+    from PIL import Image
+
+    rgb = (np.random.default_rng(1).random((40, 52, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    seg = DiffSegSegmenter(SegmenterConfig(model="tiny-random", device="cpu", size=64))
+    ref = seg.segment_one(rgb)
+    np.testing.assert_array_equal(seg.segment_one(tmp_path / "a.png").labels, ref.labels)
+    np.testing.assert_array_equal(seg.segment([str(tmp_path / "a.png"), rgb])[0].labels, ref.labels)
+    with pytest.raises(InputError, match="missing.png"):
+        seg.segment_one(tmp_path / "missing.png")
+
+
+def _tiny_pipeline(folder=None):
+    """A StableDiffusionPipeline of the tiny model's parts with a real (tiny) CLIP tokenizer."""
+    import json
+
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from diffseg_core.models import tiny_random_model
+
+    m = tiny_random_model()
+    words = ["a</w>", "dog</w>", "cat</w>", "sky</w>", "d", "o", "g</w>", "c", "t</w>", "s", "k", "y</w>"]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2, ",</w>": 3, **{w: 4 + i for i, w in enumerate(words)}}
+    d = folder or Path(__import__("tempfile").mkdtemp())
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), pad_token="!", model_max_length=77)
+    return StableDiffusionPipeline(vae=m.vae, unet=m.unet, text_encoder=m.text().encoder, tokenizer=tok,
+                                   scheduler=m.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def test_from_pipe_reuses_a_loaded_pipeline_and_names_segments(tmp_path):
+    from diffseg_core.config import NamingConfig
+
+    pipe = _tiny_pipeline(tmp_path)
+    seg = DiffSegSegmenter.from_pipe(pipe, SegmenterConfig(size=64, naming=NamingConfig(vocabulary=("dog", "sky"))))
+    assert seg.model.unet is pipe.unet and seg.model.vae is pipe.vae  # reused, not copied
+    out = seg.segment_one(_image(64, 80, 3))
+    assert out.labels.shape == (64, 80) and out.names is not None and out.names.scores.shape[1] == 2
+    ref = DiffSegSegmenter(SegmenterConfig(model="tiny-random", size=64, device="cpu")).segment_one(_image(64, 80, 3))
+    np.testing.assert_array_equal(out.labels, ref.labels)  # the same weights give the same segments
+    with pytest.raises(InputError, match="no tokenizer"):
+        DiffSegSegmenter.from_pipe(type("P", (), {"unet": pipe.unet, "vae": pipe.vae, "tokenizer": None,
+                                                  "text_encoder": None})())
+
+
+def test_variant_reaches_from_pretrained(tmp_path):
+    from diffseg_core.errors import ModelNotFoundError
+    from diffseg_core.models import clear_model_cache, load_model
+
+    _tiny_pipeline(tmp_path).save_pretrained(tmp_path / "sd", variant="fp16", safe_serialization=True)
+    assert list((tmp_path / "sd" / "unet").glob("*.fp16.safetensors"))
+    clear_model_cache()
+    m = load_model(str(tmp_path / "sd"), "cpu", "float32", variant="fp16")
+    assert list(m.unet.config.block_out_channels) == [16, 32, 32]
+    with pytest.raises(ModelNotFoundError):
+        load_model(str(tmp_path / "sd"), "cpu", "float32")  # no plain files in the folder: the variant is needed
+    clear_model_cache()
