@@ -1,9 +1,13 @@
-"""Frame sources (video files through decord, folders of images) and per-frame label maps.
+"""Frame sources (video files through decord or PyAV, folders of images) and per-frame label maps.
 
 Everything streams: a source yields one frame at a time; nothing holds the whole video.
+Video files are read with decord where it is installed (its wheels exist for x86-64 only:
+`pyproject.toml` installs it there) and with PyAV everywhere else; PyAV is also the
+fallback that names the first frame a damaged file cannot decode. ``-v`` says which.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -14,6 +18,8 @@ import numpy as np
 from diffseg_core.errors import InputError
 from diffseg_core.io import (IMAGE_EXTENSIONS, check_label_range, damage_reported_by, native_stderr_quiet,
                             natural_key, read_image, read_labels, to_rgb_uint8)
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 LABEL_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
@@ -115,8 +121,12 @@ class FrameSource:
             self.fps = self.fps / stride
 
     def _open_video(self):
-        import decord
-
+        try:
+            import decord
+        except ImportError:  # no wheel for this platform (arm64, aarch64): PyAV reads the file
+            log.debug("%s: read with PyAV (decord is not installed)", self.path)
+            return _PyAVVideo(self.path)
+        log.debug("%s: read with decord", self.path)
         try:
             with native_stderr_quiet():  # FFmpeg's and decord's own lines ("moov atom not found")
                 return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
@@ -130,7 +140,8 @@ class FrameSource:
         import av
 
         try:
-            h, w = self._first_hw = tuple(self._vr[0].shape[:2]) if len(self._vr) else (0, 0)
+            h, w = self._first_hw = (self._vr.first_hw if isinstance(self._vr, _PyAVVideo)
+                                     else tuple(self._vr[0].shape[:2]) if len(self._vr) else (0, 0))
             sizes: set = set()
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
@@ -157,7 +168,8 @@ class FrameSource:
         if self.kind == "folder":
             h, w = read_image(self._files[self._indices[0]]).shape[:2]
         else:
-            h, w = getattr(self, "_first_hw", None) or self._vr[0].shape[:2]  # (decoded once when opened)
+            h, w = getattr(self, "_first_hw", None) or (
+                self._vr.first_hw if isinstance(self._vr, _PyAVVideo) else self._vr[0].shape[:2])  # (decoded once)
         return None if max(h, w) <= self.max_side else (int(h), int(w))
 
     def __len__(self) -> int:
@@ -172,6 +184,9 @@ class FrameSource:
             for i in self._indices:
                 p = self._files[i]
                 yield Frame(i, p.stem, _resize_max_side(read_image(p), self.max_side))
+            return
+        if isinstance(self._vr, _PyAVVideo):
+            yield from self._iter_pyav(list(self._indices))
             return
         import decord
 
@@ -210,6 +225,40 @@ class FrameSource:
             msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise DecodeError(f"{self.path}: decoding failed at frame {n} ({msg[-200:]})", n) from exc
         raise DecodeError(f"{self.path}: decoding failed at frame {n} (the video ends early: truncated file)", n)
+
+
+class _PyAVVideo:
+    """What `FrameSource` needs of a video file when decord is not installed (PyAV): the
+    number of frames (the stream's count, else its packets counted without decoding), the
+    frame rate and the first frame's size; frames are decoded in order (`FrameSource._iter_pyav`)."""
+
+    def __init__(self, path: Path) -> None:
+        import av
+
+        try:
+            with native_stderr_quiet(), av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise InputError(f"{path}: cannot open video (no video stream)")
+                stream = container.streams.video[0]
+                self.fps = float(stream.average_rate or 25.0)
+                first = next(container.decode(stream), None)
+                self.first_hw = (int(first.height), int(first.width)) if first is not None else (0, 0)
+            n = int(stream.frames or 0)
+            if n <= 0:
+                with av.open(str(path)) as container:
+                    n = sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+        except InputError:
+            raise
+        except (av.error.FFmpegError, OSError, ValueError, StopIteration) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{path}: cannot open video ({msg})") from exc
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get_avg_fps(self) -> float:
+        return self.fps
 
 
 def find_label_file(seg_dir: Path, stem: str) -> Path:

@@ -1,0 +1,56 @@
+"""Video files without decord (no wheel on arm64 / aarch64): PyAV reads them, with the same
+frames, count, rate, ranges and errors."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from diffseg_core.errors import InputError
+from temporal.io import DecodeError, FrameSource
+from tests.conftest import REPO
+
+CLIP = REPO / "examples" / "example_clip.mp4"
+
+
+@pytest.fixture
+def no_decord(monkeypatch):
+    monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` raises ImportError
+
+
+def test_pyav_gives_the_frames_decord_gives(no_decord):
+    pyav = FrameSource(CLIP, start=1, end=20, stride=4)
+    assert type(pyav._vr).__name__ == "_PyAVVideo"
+    frames = [(f.index, f.stem, f.rgb) for f in pyav]
+    sys.modules.pop("decord")  # decord again
+    ref = FrameSource(CLIP, start=1, end=20, stride=4)
+    assert type(ref._vr).__name__ != "_PyAVVideo"
+    assert len(pyav) == len(ref) and pyav.fps == pytest.approx(ref.fps)
+    for (i, stem, a), b in zip(frames, ref):
+        assert (i, stem) == (b.index, b.stem) and a.shape == b.rgb.shape
+        assert np.abs(a.astype(int) - b.rgb.astype(int)).mean() < 2.0  # one FFmpeg decoder, colour conversion aside
+
+
+def test_pyav_max_side_and_full_size(no_decord):
+    fs = FrameSource(CLIP, max_side=160)
+    first = next(iter(fs))
+    assert max(first.rgb.shape[:2]) == 160 and fs.full_hw == (192, 320)
+
+
+def test_pyav_refuses_garbage_and_names_the_frame_of_a_truncated_file(no_decord, tmp_path):
+    bad = tmp_path / "garbage.mp4"
+    bad.write_bytes(b"\x00\x01not a video" * 100)
+    with pytest.raises(InputError, match="garbage.mp4: cannot open video"):
+        FrameSource(bad)
+    data = bytearray(CLIP.read_bytes())
+    n = len(data)
+    data[int(n * 0.6):int(n * 0.75)] = bytes(int(n * 0.75) - int(n * 0.6))  # frames in the middle zeroed
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(bytes(data))
+    fs = FrameSource(cut)
+    got = []
+    with pytest.raises(DecodeError, match="cut.mp4: decoding failed at frame") as e:
+        for f in fs:
+            got.append(f.index)
+    assert e.value.frame == len(got) and 0 < len(got) < len(fs)
