@@ -279,3 +279,27 @@ def test_track_links_saved_segmentations_with_attention_and_names(tmp_path):
     (seg_dir / "00003.npz").write_bytes(b"not a zip")
     r = _cli("track", str(frames), "--segments", str(seg_dir), "-o", str(tmp_path / "bad"), cwd=tmp_path)
     assert r.returncode == 2 and "00003.npz" in r.stderr and "not a saved segmentation" in r.stderr
+
+
+def test_itksnap_label_description_has_the_overlay_colours_and_names(tmp_path):
+    import shlex
+
+    from diffseg_core.io import label_palette
+    from volume.api import segment_volume
+    from volume.types import VolumeConfig
+
+    vol = np.full((6, 40, 40), 10, np.float32)
+    vol[:, 10:30, 10:30] = 200
+    np.save(tmp_path / "vol.npy", vol)
+    res = segment_volume(tmp_path / "vol.npy", tmp_path / "out", segmenter=GreyNamer(("organ", "air"), classes=(0, 3)),
+                         config=VolumeConfig(background=None, min_size=0, min_label_size=0, clear_outside=False))
+    txt = res.json_path.with_suffix(".itksnap.txt").read_text()
+    rows = [shlex.split(line) for line in txt.splitlines() if line.strip() and not line.startswith("#")]
+    assert rows[0][0] == "0" and rows[0][-1] == "Clear Label"
+    names = {r["id"]: r["name"] for r in json.loads(res.json_path.read_text())["labels"]}
+    pal = label_palette(10)
+    assert len(rows) == 1 + len(names)
+    for idx, r, g, b, a, vis, msh, label in rows[1:]:
+        i = int(idx)
+        assert [int(r), int(g), int(b)] == pal[i].tolist() and (a, vis, msh) == ("1", "1", "1")
+        assert label == names[i]

@@ -28,7 +28,7 @@ from .intensity import IntensityMap, gray_to_rgb, has_finite_value, plan_intensi
 from .io import (VolumeWarning, default_output_name, output_format, read_label_volume, read_volume,
                  write_labels)
 from .postprocess import relabel_consecutive, remove_fragments, split_at_waists
-from .report import side_paths, write_color_table, write_labels_json, write_montage
+from .report import side_paths, write_color_table, write_itksnap_labels, write_labels_json, write_montage
 from .types import Volume, VolumeConfig, VolumeResult
 
 log = logging.getLogger("diffseg.volume")
@@ -321,8 +321,9 @@ def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int
     json_path, montage_path = side_paths(labels_path)
     names = {i: votes.name(i)[0] for i in range(1, n + 1)} if votes is not None else {}
     jp = write_labels_json(json_path, labels, vol, axis, extra, votes) if config.write_json else None
-    if config.write_json:  # the same colours (and names) in 3D Slicer
+    if config.write_json:  # the same colours (and names) in 3D Slicer and ITK-SNAP
         write_color_table(json_path.with_suffix(".ctbl"), list(range(1, n + 1)), names)
+        write_itksnap_labels(json_path.with_suffix(".itksnap.txt"), list(range(1, n + 1)), names)
     mp = (write_montage(montage_path, labels, vol.spacing, gray, vol.affine, names if votes is not None else None)
           if config.montage else None)
     return VolumeResult(shape=vol.shape, n_labels=n, seconds=time.perf_counter() - t0, labels_path=labels_path,

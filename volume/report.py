@@ -36,6 +36,35 @@ def write_color_table(path: "str | Path", ids: "list[int]", names: "dict[int, st
     return Path(path)
 
 
+def write_itksnap_labels(path: "str | Path", ids: "list[int]", names: "dict[int, str | None] | None" = None) -> Path:
+    """An ITK-SNAP label description file (``IDX R G B A VIS MSH "LABEL"`` per line; load it
+    in ITK-SNAP with Segmentation > Import Label Descriptions) with our overlay colours and
+    the labels' names (``"label 3"`` for unnamed ones)."""
+    pal = label_palette(max(ids, default=0) + 1)
+    names = names or {}
+    lines = ["################################################",
+             "# ITK-SnAP Label Description File (diffseg-vv)",
+             "# File format:",
+             "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
+             "# Fields:",
+             "#    IDX:   Zero-based index",
+             "#    -R-:   Red color component (0..255)",
+             "#    -G-:   Green color component (0..255)",
+             "#    -B-:   Blue color component (0..255)",
+             "#    -A-:   Label transparency (0.00 .. 1.00)",
+             "#    VIS:   Label visibility (0 or 1)",
+             "#    MSH:   Label mesh visibility (0 or 1)",
+             "#  LABEL:   Label description",
+             "################################################",
+             f'{0:5d} {0:5d} {0:4d} {0:4d} {0:8d} {0:2d} {0:2d}    "Clear Label"']
+    for i in (i for i in ids if i > 0):
+        text = (names.get(i) or f"label {i}").replace('"', "'")
+        r, g, b = (int(c) for c in pal[i])
+        lines.append(f'{i:5d} {r:5d} {g:4d} {b:4d} {1:8d} {1:2d} {1:2d}    "{text}"')
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return Path(path)
+
+
 def side_paths(labels_path: "str | Path") -> tuple[Path, Path]:
     """``labels.json`` and ``<stem>_montage.png`` beside the label file."""
     p = Path(labels_path)
