@@ -39,17 +39,18 @@ log = logging.getLogger("diffseg.volume")
 SliceSeg = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
-def resolve_output(output_path: "str | os.PathLike", vol: Volume) -> Path:
+def resolve_output(output_path: "str | os.PathLike", vol: Volume, dicom_seg: bool = False) -> Path:
     """The label file to write: ``output_path`` if it names a label format, else a folder
-    that receives ``labels.<input's own format>``."""
+    that receives ``labels.<input's own format>`` (a DICOM series: ``labels.dcm``, a
+    DICOM-SEG, with ``dicom_seg``)."""
     p = Path(output_path)
     try:
-        output_format(p)
+        output_format(p, vol)
         return p
     except InputError:
         if p.suffix and not p.is_dir() and p.suffix.lower() in (".png", ".jpg", ".json", ".gz", ".dcm", ".mha", ".nrrd"):
             raise
-        return p / default_output_name(vol)
+        return p / default_output_name(vol, dicom_seg)
 
 
 def choose_axis(config: VolumeConfig, vol: Volume) -> int:
@@ -206,8 +207,8 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     t0 = time.perf_counter()
     notes: list[str] = []
     vol = read_volume(input_path, index=config.index, series=config.series)
-    labels_path = resolve_output(output_path, vol)
-    output_format(labels_path)  # fail before any work on a bad extension
+    labels_path = resolve_output(output_path, vol, dicom_seg=True)
+    output_format(labels_path, vol)  # fail before any work on a bad extension
     imap = plan_intensity(vol, config.window, config.percentiles)
     if not has_finite_value(vol):
         raise InputError(f"{vol.path}: every voxel is NaN or infinite: nothing to segment")
@@ -317,9 +318,9 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
 def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int, n: int,
                    config: VolumeConfig, gray: "Callable[[int, int], np.ndarray] | None", t0: float,
                    notes: list[str], extra: dict, votes: Any = None) -> VolumeResult:
-    write_labels(labels_path, labels, vol, config.output_dtype)
-    json_path, montage_path = side_paths(labels_path)
     names = {i: votes.name(i)[0] for i in range(1, n + 1)} if votes is not None else {}
+    write_labels(labels_path, labels, vol, config.output_dtype, names)
+    json_path, montage_path = side_paths(labels_path)
     jp = write_labels_json(json_path, labels, vol, axis, extra, votes) if config.write_json else None
     if config.write_json:  # the same colours (and names) in 3D Slicer and ITK-SNAP
         write_color_table(json_path.with_suffix(".ctbl"), list(range(1, n + 1)), names)

@@ -258,6 +258,76 @@ def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
     return Volume(
         data=data, spacing=(dz, dy, dx), affine=affine, source_format="dicom", path=folder,
         spacing_known=True, unit="mm", modality=info.modality,
-        meta={"dicom_series": info.uid, "dicom_description": info.description},
+        meta={"dicom_series": info.uid, "dicom_description": info.description,
+              "dicom_files": [str(dss[k][0]) for k in order]},  # slice order: DICOM-SEG references them
         slope=next(iter(slopes)) if uniform else 1.0, intercept=next(iter(inters)) if uniform else 0.0,
     )
+
+
+#: DICOM attributes of type 2 (present, may be empty) that a DICOM-SEG copies from its source
+#: images; a source without them (a de-identified or hand-made series) gets them empty
+_SOURCE_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
+                 "StudyTime", "AccessionNumber", "ReferringPhysicianName")
+
+
+def write_dicom_seg(path: "str | Path", labels: np.ndarray, like: Volume,
+                    names: "dict[int, str | None] | None" = None) -> Path:
+    """Write a label volume as a DICOM Segmentation (highdicom, BINARY, one segment per label)
+    that references the source series it was made from, atomically.
+
+    Each label ``i`` (``1..n``) is segment ``i``: its ``SegmentLabel`` is its name (or
+    ``label i``), its recommended display colour our overlay's, its algorithm ``diffseg-vv``
+    (automatic); the segmented property category and type are the generic SNOMED code
+    "Tissue" (unsupervised segments carry no anatomy). Empty frames are left out.
+
+    Raises:
+        InputError: ``like`` is not a DICOM series read by `read_dicom_series`.
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    from diffseg_core import software_version
+    from diffseg_core.io import atomic_path, label_palette
+
+    files = like.meta.get("dicom_files") if like.source_format == "dicom" else None
+    if not files:
+        raise InputError(f"{path}: DICOM-SEG output needs a DICOM input series (it references the series' "
+                         "slices); write .nii.gz instead")
+    labels = np.asarray(labels)
+    if labels.shape[0] != len(files):
+        raise ValueError(f"labels have {labels.shape[0]} slices; the series has {len(files)}")
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    frame_of_reference = hd.UID()
+    for ds in sources:
+        for name in _SOURCE_TYPE2:
+            if name not in ds:
+                setattr(ds, name, "")
+        if "FrameOfReferenceUID" not in ds:  # type 1 for CT / MR; a hand-made series may lack it
+            ds.FrameOfReferenceUID = frame_of_reference
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    if not ids:
+        raise InputError(f"{path}: no labels to write (every voxel is background); a DICOM-SEG needs at least "
+                         "one segment: try --background none, or write .nii.gz")
+    if ids != list(range(1, len(ids) + 1)):
+        raise ValueError(f"DICOM-SEG needs labels 1..n; got {ids[:5]}...")
+    names = names or {}
+    pal = label_palette(max(ids, default=0) + 1)
+    algorithm = hd.AlgorithmIdentificationSequence(name="diffseg-vv", version=software_version(),
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    segments = [hd.seg.SegmentDescription(
+        segment_number=i, segment_label=(names.get(i) or f"label {i}")[:64],
+        segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+        tracking_uid=hd.UID(), tracking_id=f"label {i}",
+        display_color=hd.color.CIELabColor.from_rgb(*(int(c) for c in pal[i]))) for i in ids]
+    dtype = np.uint8 if len(ids) <= 255 else np.uint16
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=labels.astype(dtype, copy=False), segmentation_type="BINARY",
+        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=9901,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="diffseg-vv",
+        manufacturer_model_name="diffseg-vv", software_versions=software_version(), device_serial_number="none",
+        series_description=f"diffseg-vv labels of {sources[0].get('SeriesDescription', '') or 'series'}"[:64])
+    with atomic_path(path) as tmp:
+        seg.save_as(str(tmp))
+    return Path(path)

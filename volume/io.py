@@ -311,20 +311,26 @@ def read_label_volume(path: "str | os.PathLike", index: "int | None" = None,
 
 
 # ----------------------------------------------------------------------------- labels out
-def output_format(path: "str | os.PathLike") -> str:
-    """``nifti``/``tiff``/``npy`` from the output extension, or raise naming the choices."""
+def output_format(path: "str | os.PathLike", like: "Volume | None" = None) -> str:
+    """``nifti``/``tiff``/``npy``/``dicom-seg`` from the output extension, or raise naming the
+    choices; ``dicom-seg`` (``.dcm``) only for a DICOM input (``like``), whose series it references."""
     name = Path(path).name.lower()
     for ext, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".tiff", "tiff"), (".tif", "tiff"),
-                     (".npy", "npy")):
+                     (".npy", "npy"), (".dcm", "dicom-seg")):
         if name.endswith(ext):
+            if fmt == "dicom-seg" and like is not None and like.source_format != "dicom":
+                raise InputError(f"{path}: DICOM-SEG output needs a DICOM input series (it references its "
+                                 "slices); write .nii.gz, .tif or .npy")
             return fmt
-    raise InputError(f"{path}: unknown output extension; expected .nii.gz, .nii, .tif, .tiff or .npy")
+    raise InputError(f"{path}: unknown output extension; expected .nii.gz, .nii, .tif, .tiff, .npy or .dcm "
+                     "(DICOM-SEG, for DICOM inputs)")
 
 
-def default_output_name(vol: Volume) -> str:
-    """The label file name matching the input's own format (DICOM -> NIfTI)."""
-    return {"nifti": "labels.nii.gz", "dicom": "labels.nii.gz", "tiff": "labels.tif",
-            "npy": "labels.npy"}[vol.source_format]
+def default_output_name(vol: Volume, dicom_seg: bool = False) -> str:
+    """The label file name matching the input's own format (DICOM -> a DICOM-SEG with
+    ``dicom_seg``, else NIfTI)."""
+    return {"nifti": "labels.nii.gz", "dicom": "labels.dcm" if dicom_seg else "labels.nii.gz",
+            "tiff": "labels.tif", "npy": "labels.npy"}[vol.source_format]
 
 
 def label_dtype(max_id: int, fmt: str, policy: str = "auto") -> np.dtype:
@@ -344,7 +350,7 @@ def label_dtype(max_id: int, fmt: str, policy: str = "auto") -> np.dtype:
 
 
 def write_labels(path: "str | os.PathLike", labels: np.ndarray, like: Volume,
-                 dtype_policy: str = "auto") -> Path:
+                 dtype_policy: str = "auto", names: "dict[int, str | None] | None" = None) -> Path:
     """Write a ``(D, H, W)`` label volume in ``like``'s geometry, atomically.
 
     The format comes from the extension of ``path``. NIfTI gets ``like``'s affine (and its
@@ -356,19 +362,24 @@ def write_labels(path: "str | os.PathLike", labels: np.ndarray, like: Volume,
         labels: int ``(D, H, W)``, ids >= 0, same shape as ``like``.
         like: the input volume.
         dtype_policy: ``auto`` (smallest fitting dtype) or ``int32``.
+        names: label id -> name (a DICOM-SEG's segment labels).
 
     Returns:
         ``Path(path)``.
     """
     path = Path(path)
-    fmt = output_format(path)
+    fmt = output_format(path, like)
     labels = np.asarray(labels)
     if labels.shape != like.shape:
         raise ValueError(f"labels {labels.shape} and volume {like.shape} differ in shape")
     max_id = int(labels.max()) if labels.size else 0
     dt = label_dtype(max_id, fmt, dtype_policy)
     out = labels.astype(dt, copy=False)
-    if fmt == "npy":
+    if fmt == "dicom-seg":
+        from .dicom import write_dicom_seg
+
+        write_dicom_seg(path, labels, like, names)
+    elif fmt == "npy":
         atomic_save_npy(path, out)
     elif fmt == "nifti":
         _write_nifti(path, out, like)

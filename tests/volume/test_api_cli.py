@@ -181,7 +181,7 @@ def test_dicom_input_writes_nifti_in_dicom_geometry(tmp_path: Path) -> None:
     stored = (hu.astype(np.int32) + 1024).astype(np.uint16)
     write_dicom_series(tmp_path / "dcm", stored, spacing=(2.5, 0.8, 0.8), intercept=-1024.0)
     seg = ThresholdSegmenter(edges=(20, 120, 200))
-    res = segment_volume(tmp_path / "dcm", tmp_path / "out", seg, VolumeConfig(min_size=4))
+    res = segment_volume(tmp_path / "dcm", tmp_path / "out" / "labels.nii.gz", seg, VolumeConfig(min_size=4))
     img = nib.load(res.labels_path)
     vol = read_volume(tmp_path / "dcm")
     assert np.allclose(img.affine @ [3, 2, 1, 1], vol.affine @ [1, 2, 3, 1])
