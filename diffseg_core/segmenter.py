@@ -382,19 +382,7 @@ class DiffSegSegmenter:
             attn_hw = shapes[0]
         _sync(dev)
         t_unet = time.perf_counter()
-        if plan is not None and cross is None:  # the names' own pass: all prompts x all images at once
-            P = plan.num_prompts
-            with capture_attention(m.unet, latent_hw, c.capture, self_attention=False, cross_attention=True) as store:
-                m.unet(latents.repeat(P, 1, 1, 1), timestep, encoder_hidden_states=pemb.repeat_interleave(n, dim=0))
-            cross = store.cross_maps()
-            store.reset()
-        words = None
-        if cross is not None:
-            attn_hw = attn_hw or cross[1][0]
-            tok = aggregate_cross(cross[0], cross[1], attn_hw)  # (P*B, L, h, w), prompt-major
-            tok = tok.reshape(-1, n, *tok.shape[1:]).transpose(0, 1).cpu().numpy()  # (B, P, L, h, w)
-            words = [word_maps(tok[j], plan) for j in range(n)]
-            del tok, cross
+        words = self._word_maps(latents, timestep, plan, pemb, cross, attn_hw) if plan is not None else None
         _sync(dev)
         t_names = time.perf_counter()
         if segments:
@@ -410,6 +398,24 @@ class DiffSegSegmenter:
                               image_hw=(int(images[i].shape[1]), int(images[i].shape[2])),
                               input_hw=hw, latent_hw=attn_hw, timings=dict(timings),
                               word_maps=None if words is None else words[j])
+
+
+    def _word_maps(self, latents: torch.Tensor, timestep: torch.Tensor, plan: PromptPlan, pemb: torch.Tensor,
+                   cross: "tuple[list, list] | None", attn_hw: "tuple[int, int] | None") -> list[np.ndarray]:
+        """Per image, float32 ``(V, h, w)`` word maps: from the cross-attention the segments'
+        pass captured (``cross``, same pass), else from a prompted pass of all prompts x all
+        images at once (self-attention keeps its fused kernels there)."""
+        m, n = self.model, int(latents.shape[0])
+        if cross is None:
+            P = plan.num_prompts
+            with capture_attention(m.unet, tuple(latents.shape[2:]), self.config.capture, self_attention=False,
+                                   cross_attention=True) as store:
+                m.unet(latents.repeat(P, 1, 1, 1), timestep, encoder_hidden_states=pemb.repeat_interleave(n, dim=0))
+            cross = store.cross_maps()
+            store.reset()
+        tok = aggregate_cross(cross[0], cross[1], attn_hw or cross[1][0])  # (P*B, L, h, w), prompt-major
+        tok = tok.reshape(-1, n, *tok.shape[1:]).transpose(0, 1).cpu().numpy()  # (B, P, L, h, w)
+        return [word_maps(tok[j], plan) for j in range(n)]
 
 
 def _sync(device: torch.device) -> None:
