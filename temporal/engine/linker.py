@@ -21,8 +21,6 @@ from .evidence import Evidence, gather, look_similarity, part_looks
 from .lifecycle import folds
 from .predict import Prediction, Predictor, blurred, shift_maps
 
-APPEARANCE_EMA = 0.5  # weight of the newest frame in a track's remembered look
-
 
 @dataclass
 class LinkState:
@@ -271,7 +269,7 @@ class Linker:
                 idx: int, bins: int) -> None:
         """Remember each present track's look and close the frame in the registry."""
         reg = state.registry
-        a = APPEARANCE_EMA
+        a = float(self.cfg.evidence.look_update)
         if len(ids):
             if props is not None:
                 # the map of the segments a track owns whole (area-weighted); a track holding
