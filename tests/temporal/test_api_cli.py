@@ -164,7 +164,7 @@ def test_segment_video_with_fake_segmenter_keyframes_and_range(tmp_path):
 
 def test_corrupt_video_keeps_frames_before_failure(tmp_path, capsys):
     sc = Scene(TWO, hw=(48, 64))
-    gts = make_video(tmp_path / "ok.mp4", sc, 30)
+    make_video(tmp_path / "ok.mp4", sc, 30)
     data = bytearray((tmp_path / "ok.mp4").read_bytes())
     n = len(data)
     data[int(n * 0.6):int(n * 0.75)] = bytes(int(n * 0.75) - int(n * 0.6))
