@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..matching import color_histograms
 from ..tracks import TrackRegistry
-from .associate import associate
+from .associate import Association, associate
 from .config import EngineConfig
 from .evidence import Evidence, gather, look_similarity, part_looks
 from .lifecycle import folds
@@ -98,54 +98,84 @@ class Linker:
             gray: uint8 ``(h, w)`` the frame for the flow, or None.
             idx: frame (slice) index.
         """
-        cfg = self.cfg
         reg = state.registry
         pred = (self.predict(state, gray, commit=False) if state.prev is not None
                 else Prediction(np.zeros_like(seg), None, {}))
-        bins = cfg.evidence.hist_bins if small is not None else 0
-        has_props = props is not None and len(props) == K and K > 0
-
-        def track_look(ids: np.ndarray) -> "tuple[np.ndarray | None, np.ndarray | None]":
-            """Remembered proposal maps and colour histograms of ``ids`` (None when one lacks it)."""
-            tr = [reg[i] for i in ids]
-            maps = (np.stack([t.proposal for t in tr]) if has_props and tr and all(
-                t.proposal is not None and t.proposal.shape == props.shape[1:] for t in tr) else None)
-            hists = np.stack([t.hist for t in tr]) if bins and tr and all(t.hist is not None for t in tr) else None
-            return maps, hists
-
+        bins = self.cfg.evidence.hist_bins if small is not None else 0
+        props = props if props is not None and len(props) == K and K > 0 else None
+        track_look = self._looks_of(reg, props, bins)
+        # evidence: the (track, segment) table, and the remembered tracks that compete for segments
         ev = gather(pred.labels, seg, K)
         if bins and len(ev.track_ids) and K:
             _, hists = track_look(ev.track_ids)
             if hists is not None:
                 ev.look = part_looks(small, seg, ev.rows, K, hists, bins)
-        # remembered tracks (absent from the prediction) compete in the same decision: a
-        # segment takes one back by look (proposal KL x colour) above reid_threshold
+        remembered, reid = self._candidates_back(reg, ev, track_look, props, small, seg, K, bins)
+        # associate: one decision for the frame
+        asg = associate(ev, self.cfg.associate, reid, self._carvable(reg, ev))
+        # lifecycle: births, folds of young pieces, returns
+        part_ids = self._births(reg, ev, asg, remembered if reid is not None else np.zeros(0, np.int64), idx)
+        part_ids, absorbed = self._corrections(reg, seg, part_ids, ev, asg.whole == -2, remembered, track_look,
+                                               small, bins, idx)
+        segment_ids, carved = _whole_segments(ev, part_ids)
+        labels = self._labels(seg, part_ids, ev.rows, len(ev.track_ids))
+        ids = np.unique(part_ids[part_ids > 0])
+        self._remember_velocity(reg, pred.velocity, ids.tolist())
+        self._update(state, seg, labels, ids, segment_ids, part_ids, props, ev, small, gray, idx, bins)
+        return LinkResult(labels, segment_ids, carved, absorbed, ids)
+
+    @staticmethod
+    def _looks_of(reg: TrackRegistry, props: "np.ndarray | None", bins: int):
+        """``ids -> (remembered proposal maps, colour histograms)`` of tracks (each None when
+        one of them lacks it)."""
+        def track_look(ids: np.ndarray) -> "tuple[np.ndarray | None, np.ndarray | None]":
+            tr = [reg[i] for i in ids]
+            maps = (np.stack([t.proposal for t in tr]) if props is not None and tr and all(
+                t.proposal is not None and t.proposal.shape == props.shape[1:] for t in tr) else None)
+            hists = np.stack([t.hist for t in tr]) if bins and tr and all(t.hist is not None for t in tr) else None
+            return maps, hists
+        return track_look
+
+    def _candidates_back(self, reg: TrackRegistry, ev: Evidence, track_look, props: "np.ndarray | None",
+                         small: "np.ndarray | None", seg: np.ndarray, K: int,
+                         bins: int) -> "tuple[np.ndarray, np.ndarray | None]":
+        """Remembered tracks (absent from the prediction) and their re-identification scores
+        with the segments (look similarity minus ``reid_threshold``; None: no candidate): they
+        compete in the same decision, a segment takes one back by look."""
         predicted = set(ev.track_ids.tolist())
         remembered = np.array([t for t in reg.lost_ids() if t not in predicted], np.int64)
-        reid = None
-        if len(remembered) and K:
-            sim = self._recall(reg, remembered, track_look, props if has_props else None,
-                               color_histograms(small, seg, K, bins) if bins else None, seg.shape[0])
-            if sim is not None:
-                reid = sim - cfg.lifecycle.reid_threshold
-        # a track the segmenter has not shown as a segment of its own for `memory` frames (it
-        # lived only by being carved out of others) is not carved any more: without this the
-        # stuff tracks of a segmenter that re-tiles the ground every frame lived on as carved
-        # slivers forever (148 ids in 9 segments after 120 frames, each frame slower)
-        carvable = np.array([reg[t].carved < cfg.lifecycle.memory for t in ev.track_ids.tolist()], bool)
-        asg = associate(ev, cfg.associate, reid, carvable)
-        T = len(ev.track_ids)
-        row_id = np.concatenate([ev.track_ids, remembered if reid is not None else [], [0]]).astype(np.int64)
+        if not (len(remembered) and K):
+            return remembered, None
+        sim = self._recall(reg, remembered, track_look, props,
+                           color_histograms(small, seg, K, bins) if bins else None, seg.shape[0])
+        return remembered, (None if sim is None else sim - self.cfg.lifecycle.reid_threshold)
+
+    def _carvable(self, reg: TrackRegistry, ev: Evidence) -> np.ndarray:
+        """bool per predicted track: may still be carved out of segments. A track the
+        segmenter has not shown as a segment of its own for ``memory`` frames (it lived only by
+        being carved out of others) is not carved any more: without this the stuff tracks of a
+        segmenter that re-tiles the ground every frame lived on as carved slivers forever (148
+        ids in 9 segments after 120 frames, each frame slower)."""
+        return np.array([reg[t].carved < self.cfg.lifecycle.memory for t in ev.track_ids.tolist()], bool)
+
+    @staticmethod
+    def _births(reg: TrackRegistry, ev: Evidence, asg: Association, remembered: np.ndarray, idx: int) -> np.ndarray:
+        """int64 ``(K, T + 1)`` track id of every part: the decision's owner, a new id for the
+        parts no track continues or takes back (one per segment), 0 for empty parts."""
+        row_id = np.concatenate([ev.track_ids, remembered, [0]]).astype(np.int64)
         part_ids = row_id[asg.owner]  # owner -1 -> the trailing 0
         new_seg = np.flatnonzero(((asg.owner < 0) & (ev.inter > 0)).any(1) & (ev.seg_area > 0))
-
-        # lifecycle: births for what no track continues or takes back
-        assigned = {j: reg.new(idx).id for j in new_seg.tolist()}
-        for j, tid in assigned.items():
-            part_ids[j, asg.owner[j] < 0] = tid
+        for j in new_seg.tolist():
+            part_ids[j, asg.owner[j] < 0] = reg.new(idx).id
         part_ids[ev.inter == 0] = 0
+        return part_ids
 
-        carved = asg.whole == -2
+    def _corrections(self, reg: TrackRegistry, seg: np.ndarray, part_ids: np.ndarray, ev: Evidence,
+                     carved: np.ndarray, remembered: np.ndarray, track_look, small: "np.ndarray | None",
+                     bins: int, idx: int) -> "tuple[np.ndarray, dict[int, int]]":
+        """Late id corrections: young tracks folded into an older look-alike that shares a
+        carved segment with them (`temporal.engine.lifecycle.folds`), and young tracks that
+        are a remembered one back (`_returns`); ``(part_ids relabelled, {young: older})``."""
         absorbed: dict[int, int] = {}
         if carved.any():
             groups = [np.unique(part_ids[j][part_ids[j] > 0]).tolist() for j in np.flatnonzero(carved)]
@@ -155,10 +185,10 @@ class Linker:
                 if not bins:
                     return None
                 if not now:
-                    now.append(self._labels(seg, part_ids, ev.rows, T))
+                    now.append(self._labels(seg, part_ids, ev.rows, len(ev.track_ids)))
                 return color_histograms(small, np.where(now[0] == t, 0, -1), 1, bins)[0]
 
-            absorbed = folds(groups, reg, idx, cfg.lifecycle,
+            absorbed = folds(groups, reg, idx, self.cfg.lifecycle,
                              lambda y, k: self._fold_likeness(reg, y, k, idx, colour_now))
         absorbed.update(self._returns(reg, np.unique(part_ids[part_ids > 0]), remembered, track_look, idx,
                                       seg.shape[0], set(absorbed)))
@@ -172,19 +202,7 @@ class Linker:
             part_ids = lut[part_ids]
             for y in absorbed:
                 reg.tracks.pop(y, None)
-        # a segment whose parts now all carry one id is whole again
-        nz = np.where(ev.inter > 0, part_ids, -1)
-        mx, mn = nz.max(1), np.where(ev.inter > 0, part_ids, np.iinfo(np.int64).max).min(1)
-        single = (mx == mn) & (ev.seg_area > 0)
-        segment_ids = np.where(single, np.maximum(mx, 0), 0)
-        carved = ~single & (ev.seg_area > 0)
-
-        labels = self._labels(seg, part_ids, ev.rows, T)
-        ids = np.unique(part_ids[part_ids > 0])
-        self._remember_velocity(reg, pred.velocity, ids.tolist())
-        self._update(state, seg, labels, ids, segment_ids, part_ids, props if has_props else None, ev, small, gray,
-                     idx, bins)
-        return LinkResult(labels, segment_ids, carved, absorbed, ids)
+        return part_ids, absorbed
 
     def _fold_likeness(self, reg: TrackRegistry, y: int, k: int, idx: int, colour_now) -> float:
         """Look likeness of two tracks that share a segment (proposal KL x colour); a track
@@ -317,3 +335,11 @@ class Linker:
         state.prev = labels
         state.prev_gray = gray
 
+
+def _whole_segments(ev: Evidence, part_ids: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
+    """``(segment_ids, carved)``: the id of every segment whose parts all carry one id (0
+    otherwise), and which segments are cut between ids."""
+    nz = np.where(ev.inter > 0, part_ids, -1)
+    mx, mn = nz.max(1), np.where(ev.inter > 0, part_ids, np.iinfo(np.int64).max).min(1)
+    single = (mx == mn) & (ev.seg_area > 0)
+    return np.where(single, np.maximum(mx, 0), 0), ~single & (ev.seg_area > 0)
