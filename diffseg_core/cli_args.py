@@ -161,7 +161,7 @@ def _add_options(parser: argparse.ArgumentParser, obj: Any, title: str, dest: st
         if group is None:
             group = parser.add_argument_group(title)
         flag = meta.get("flag", "--" + f.name.replace("_", "-"))
-        shown = value if not isinstance(value, tuple) else ",".join(str(v) for v in value)
+        shown = value if not isinstance(value, tuple) else ",".join(str(v) for v in value) or "none"
         kw: dict[str, Any] = {"default": UNSET, "dest": dest + f.name,
                               "help": f"{meta.get('help', helps.get(f.name, ''))} [{shown}]".replace("%", "%%")}
         hint = hints[f.name]

@@ -147,7 +147,9 @@ class NamingConfig(ConfigDict):
             and the segments are those of the empty prompt.
     """
 
-    vocabulary: tuple[str, ...] = field(default=(), metadata=cli(flag="--vocab", type=_vocabulary, metavar="WORDS"))
+    vocabulary: tuple[str, ...] = field(default=(), metadata=cli(
+        flag="--vocab", type=_vocabulary, metavar="WORDS",
+        help="words to name the segments with, comma-separated: 'person,dog,grass'"))
     voting: Literal["mean", "majority"] = "mean"
     min_score: float = 0.1
     same_pass: bool = False
