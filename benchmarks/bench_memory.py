@@ -3,6 +3,7 @@
 
     python benchmarks/bench_memory.py [--side 8000] [--side 16000]      # the overlay alone
     python benchmarks/bench_memory.py --image 16000                     # all of `diffseg image`
+    python benchmarks/bench_memory.py --tiff-stack 300                  # reading a big TIFF stack
 
 ``--side``: `diffseg_core.io.overlay` (row blocks) beside the whole-image formula it
 replaced, on the same synthetic image: the inputs' size, the peak RSS above the process's
@@ -13,6 +14,13 @@ NMS to full size, labels PNG, overlay PNG) on a synthetic N x N PNG: peak RSS of
 whole process and of the process once the model is loaded (the model's own memory does
 not depend on the image), seconds, and the image and int32 label sizes for scale.
 Target (issue 17): a 16000x16000 image within 2 GB in all.
+
+``--tiff-stack D``: a D x 1024 x 1024 uint16 stack written uncompressed (as Fiji saves
+ImageJ hyperstacks) and zlib-compressed; `volume.io.read_volume` then every slice read as
+`diffseg volume` reads them (`slice_values`), in a fresh process each: peak RSS above the
+process's start (VmHWM) and the peak of its anonymous memory (RssAnon, sampled per slice:
+the memory the process holds itself, not the file pages a memory map brings in, which the
+kernel may drop at any time), beside the stack's size (issue 16: big TIFFs were read whole).
 """
 from __future__ import annotations
 
@@ -103,16 +111,65 @@ def image_job(side: int) -> str:
             f"({r['model_mib']:.0f} MiB), {r['seconds']:.1f} s, exit {r['rc']}")
 
 
+TIFF_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+from volume.io import read_volume
+
+def status(key):  # kB -> MiB; VmHWM is this process's own peak (ru_maxrss keeps the parent's across exec)
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024
+
+hwm0, anon0 = status("VmHWM"), status("RssAnon")
+anon = anon0
+t = time.perf_counter()
+vol = read_volume(sys.argv[1])
+for i in range(vol.shape[0]):
+    vol.slice_values(0, i)
+    anon = max(anon, status("RssAnon"))
+print(json.dumps({"rss_mib": status("VmHWM") - hwm0, "anon_mib": anon - anon0,
+                  "seconds": time.perf_counter() - t, "lazy": type(vol.data).__name__}))
+"""
+
+
+def tiff_stack_job(depth: int) -> str:
+    import tempfile
+
+    import numpy as np
+    import tifffile
+
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        stack = np.zeros((depth, 1024, 1024), np.uint16)
+        for z in range(depth):  # a gradient per slice (compresses, as real stacks do)
+            stack[z] = (np.arange(1024, dtype=np.uint16)[None, :] + z) % 4096
+        size = stack.nbytes / 2**20
+        files = []
+        for name, kw in (("uncompressed", {"imagej": True}), ("zlib", {"compression": "zlib"})):
+            tifffile.imwrite(f"{d}/{name}.tif", stack, **kw)
+            files.append((name, f"{d}/{name}.tif"))
+        del stack  # the children's own peaks only
+        for name, path in files:
+            p = subprocess.run([sys.executable, "-c", TIFF_CHILD, path, str(REPO)], capture_output=True, text=True)
+            r = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": p.stderr[-200:]}
+            out.append(f"{name}: peak RSS +{r.get('rss_mib', 0):.0f} MiB, of which process memory (not file "
+                       f"pages) +{r.get('anon_mib', 0):.0f} MiB, {r.get('seconds', 0):.1f} s ({r.get('lazy', r.get('error'))})")
+    return f"TIFF stack {depth}x1024x1024 uint16 ({size:.0f} MiB), read + every slice: " + "; ".join(out)
+
+
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, action="append", help="image side in pixels (repeatable) [8000]")
     ap.add_argument("--skip-reference", action="store_true", help="only the row-block overlay (huge sides)")
     ap.add_argument("--image", type=int, action="append", metavar="SIDE",
                     help="`diffseg image` end to end on a SIDE x SIDE PNG (repeatable)")
+    ap.add_argument("--tiff-stack", type=int, action="append", metavar="DEPTH",
+                    help="reading a DEPTH x 1024 x 1024 TIFF stack, uncompressed and zlib (repeatable)")
     a = ap.parse_args(argv)
     for side in a.image or []:
         print(image_job(side), flush=True)
-    if a.image and not a.side:
+    for depth in a.tiff_stack or []:
+        print(tiff_stack_job(depth), flush=True)
+    if (a.image or a.tiff_stack) and not a.side:
         return 0
     for side in a.side or [8000]:
         blocks = run(side, "blocks")

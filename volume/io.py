@@ -199,7 +199,9 @@ def _read_tiff(p: Path, index: "int | None") -> Volume:
                 raise InputError(f"{p}: TIFF has no image data")
             s = tf.series[0]
             axes = s.axes
-            arr = s.asarray()
+            # an uncompressed, contiguous stack (Fiji / ImageJ saves them so) is mapped, not read:
+            # slices are read from disk when the pipeline takes them (bounded memory for big stacks)
+            arr = tifffile.memmap(str(p), series=0, mode="r") if s.dataoffset is not None else s.asarray()
             ij = tf.imagej_metadata or {}
             page = tf.pages[0]
             xres = page.tags.get("XResolution")

@@ -291,3 +291,17 @@ def test_montage_shows_the_same_views_whatever_the_array_orientation(tmp_path: P
     panel = pictures[0][:, : pictures[0].shape[1] // 3].astype(np.float32)
     hit = np.argwhere(np.abs(panel - colour).sum(2) < 6)
     assert len(hit) and hit[:, 0].mean() < panel.shape[0] / 2 and hit[:, 1].mean() < panel.shape[1] / 2
+
+
+def test_an_uncompressed_tiff_stack_is_mapped_not_read(tmp_path: Path) -> None:
+    import tifffile
+
+    a = (np.random.default_rng(3).random((6, 20, 24)) * 3000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "raw.tif", a, imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 3.0})
+    tifffile.imwrite(tmp_path / "zip.tif", a, compression="zlib")
+    raw, zipped = read_volume(tmp_path / "raw.tif"), read_volume(tmp_path / "zip.tif")
+    assert isinstance(raw.data, np.memmap) and not isinstance(zipped.data, np.memmap)
+    assert raw.spacing == (3.0, 0.5, 0.5)
+    for i in range(6):
+        np.testing.assert_array_equal(raw.slice_values(0, i), zipped.slice_values(0, i))
+    assert not raw.data.flags.writeable  # the input is never written through the map
