@@ -90,3 +90,25 @@ def test_the_widget_segments_images_volumes_and_videos():
     assert t.shape == (3, 64, 80) and (t > 0).all()
     with pytest.raises(Exception, match="cannot tell"):
         segment_layer(np.zeros((2, 3, 4, 5, 6)), model="tiny-random")
+
+
+def test_the_link_widget_joins_independently_labelled_frames_and_slices():
+    from diffseg.napari_plugin import link_layer
+
+    lab = np.zeros((4, 30, 40), np.int32)
+    for t in range(4):  # two objects, their ids shuffled per frame (as a 2-D segmenter gives them)
+        a, b = (1, 2) if t % 2 == 0 else (7, 3)
+        lab[t, 5:15, 3 + t:13 + t] = a
+        lab[t, 18:28, 20:30] = b
+    for mode in ("video", "volume"):
+        out = link_layer(lab, mode=mode, background=0)
+        assert out.shape == lab.shape and (out[lab == 0] == 0).all()
+        first = {int(out[t, 10, 8]) for t in range(4)}
+        second = {int(out[t, 22, 25]) for t in range(4)}
+        assert len(first) == 1 and len(second) == 1 and first != second, mode
+    frames = np.zeros((4, 30, 40, 3), np.uint8)
+    frames[lab > 0] = 200
+    out = link_layer(lab, frames, mode="video")
+    assert len({int(out[t, 10, 8]) for t in range(4)}) == 1
+    with pytest.raises(Exception, match="integer"):
+        link_layer(lab.astype(np.float32))
