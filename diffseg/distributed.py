@@ -234,8 +234,10 @@ def volume_output(spec_source: str, name: str) -> str:
         ext = ".tif"
     elif src.endswith(".npy"):
         ext = ".npy"
+    elif src.endswith((".nii", ".nii.gz")):
+        ext = ".nii.gz"
     else:
-        ext = ".nii.gz"  # NIfTI and DICOM series
+        ext = ".dcm"  # a DICOM series (a folder): a DICOM-SEG that references it, as `diffseg volume` writes
     return f"volumes/{name}{ext}"
 
 

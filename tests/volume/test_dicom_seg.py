@@ -71,3 +71,16 @@ def test_stack_of_dicom_labels_still_writes_nifti_by_default(series, tmp_path):
     vol = read_volume(series[0])
     assert resolve_output(tmp_path / "o", vol).name == "labels.nii.gz"
     assert resolve_output(tmp_path / "o", vol, dicom_seg=True).name == "labels.dcm"
+
+
+def test_run_writes_a_dicom_seg_for_a_dicom_series(series, tmp_path):
+    from diffseg.distributed import RunConfig, run_job
+
+    folder, uid = series
+    cfg = RunConfig(segmenter_factory="tests.conftest:fake_segmenter", accelerator="cpu",
+                    volume={"background": None, "clear_outside": False, "min_size": 0, "min_label_size": 0})
+    s = run_job([folder], tmp_path / "job", cfg)
+    assert s.done == 1
+    seg = hd.seg.segread(tmp_path / "job" / "volumes" / "ct.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid and seg.number_of_segments >= 1
+    assert (tmp_path / "job" / "volumes" / "ct.json").exists()
