@@ -234,8 +234,8 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     if config.clear_outside:
         from .postprocess import clear_outside
 
-        values = np.asarray(vol.data)
-        n_out = clear_outside(labels, -values if vol.slope < 0 else values, axis)
+        values = vol.data  # indexed slice by slice (a memory map or a lazy stack stays so)
+        n_out = clear_outside(labels, -np.asarray(values) if vol.slope < 0 else values, axis)
         log.debug("%d labels outside the body / sample set to 0", n_out)
     if bad:
         msg = f"{vol.path}: {bad} NaN/inf voxels replaced by {imap.fill:g} (the low end of the intensity range)"

@@ -190,6 +190,65 @@ def _raw_pixdim(p: Path, header_class: Any) -> "list[float] | None":
         return None
 
 
+class TiffPages:
+    """A ``(D, H, W)`` TIFF stack of one page per slice, read lazily: indexing with a slice
+    number decodes that page only (what the pipeline does slice by slice); any other access
+    (a plane across the pages, ``np.asarray``) decodes the whole stack once and keeps it."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self.path, self.shape, self.dtype = Path(path), shape, np.dtype(dtype)
+        self.ndim = 3
+        self._whole: "np.ndarray | None" = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def _page(self, k: int) -> np.ndarray:
+        if getattr(self, "_pages", None) is None:  # one open file: the page list is parsed once
+            import tifffile
+
+            self._tf = tifffile.TiffFile(str(self.path))
+            self._pages = self._tf.series[0].pages
+        return np.asarray(self._pages[k].asarray())
+
+    def __del__(self) -> None:
+        tf = getattr(self, "_tf", None)
+        if tf is not None:
+            tf.close()
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if self._whole is not None:
+            return self._whole[key]
+        key = key if isinstance(key, tuple) else (key,)
+        first = key[0] if key else slice(None)
+        if isinstance(first, (int, np.integer)):
+            k = int(first) + (self.shape[0] if int(first) < 0 else 0)
+            if not 0 <= k < self.shape[0]:
+                raise IndexError(f"slice {first} out of range for {self.shape[0]} slices")
+            return self._page(k)[key[1:]] if len(key) > 1 else self._page(k)
+        if isinstance(first, slice) and all(isinstance(k, slice) for k in key[1:]):
+            pages = range(*first.indices(self.shape[0]))  # page by page: only the result is held
+            rest = key[1:]
+            parts = [self._page(k)[rest] for k in pages]
+            return np.stack(parts) if parts else np.zeros((0, *self._page(0)[rest].shape), self.dtype)
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if self._whole is None:
+            import tifffile
+
+            self._whole = tifffile.imread(str(self.path))
+        return self._whole if dtype is None else self._whole.astype(dtype)
+
+    def astype(self, dtype: Any) -> np.ndarray:
+        return np.asarray(self).astype(dtype)
+
+
 def _read_tiff(p: Path, index: "int | None") -> Volume:
     import tifffile
 
@@ -199,9 +258,16 @@ def _read_tiff(p: Path, index: "int | None") -> Volume:
                 raise InputError(f"{p}: TIFF has no image data")
             s = tf.series[0]
             axes = s.axes
-            # an uncompressed, contiguous stack (Fiji / ImageJ saves them so) is mapped, not read:
-            # slices are read from disk when the pipeline takes them (bounded memory for big stacks)
-            arr = tifffile.memmap(str(p), series=0, mode="r") if s.dataoffset is not None else s.asarray()
+            # a big stack is not read whole: an uncompressed, contiguous one (Fiji / ImageJ saves
+            # them so) is mapped, a compressed ZYX stack of one page per slice is decoded page by
+            # page when the pipeline takes a slice (bounded memory for stacks bigger than RAM)
+            if s.dataoffset is not None:
+                arr = tifffile.memmap(str(p), series=0, mode="r")
+            elif len(s.shape) == 3 and s.axes.endswith("YX") and s.shape[0] > 1 and len(s.pages) == s.shape[0] \
+                    and all(pg is not None for pg in s.pages):
+                arr = TiffPages(p, tuple(int(n) for n in s.shape), np.dtype(s.dtype))
+            else:
+                arr = s.asarray()
             ij = tf.imagej_metadata or {}
             page = tf.pages[0]
             xres = page.tags.get("XResolution")
@@ -217,8 +283,9 @@ def _read_tiff(p: Path, index: "int | None") -> Volume:
         raise InputError(f"{p}: not a readable TIFF file ({type(exc).__name__}: {exc})") from exc
     # Drop singleton axes; a non-singleton T/C/other axis beyond ZYX is a 4-D choice.
     keep = [i for i, a in enumerate(axes) if arr.shape[i] > 1 or a in "YX"]
-    arr = arr.reshape([arr.shape[i] for i in keep])
-    axes = "".join(axes[i] for i in keep)
+    if not isinstance(arr, TiffPages):  # (a lazy stack is already ZYX)
+        arr = arr.reshape([arr.shape[i] for i in keep])
+        axes = "".join(axes[i] for i in keep)
     if arr.ndim == 2:
         raise InputError(f"{p}: TIFF holds a single 2-D image {arr.shape}; expected a ZYX stack")
     if arr.ndim == 4:

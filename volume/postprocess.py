@@ -7,7 +7,7 @@ temporary beyond one bool mask is made.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -362,7 +362,9 @@ def _outside_slices(values: np.ndarray, axis: int, sample: int) -> Iterator[np.n
     """The outside of each slice along ``axis`` in turn (see `outside_mask`), one slice in memory."""
     thr = otsu_threshold(_subsample(values, sample))
     for i in range(values.shape[axis]):
-        yield _outside_slice(np.asarray(np.take(values, i, axis=axis)), thr)
+        sl: list = [slice(None)] * 3
+        sl[axis] = i
+        yield _outside_slice(np.asarray(values[tuple(sl)]), thr)  # indexing: a lazy stack reads one slice
 
 
 def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 2) -> np.ndarray:
@@ -379,13 +381,12 @@ def outside_mask(values: np.ndarray, axis: int = 0, sample: int = 2) -> np.ndarr
     return out
 
 
-def clear_outside(labels: np.ndarray, values: np.ndarray, axis: int = 0, min_fraction: float = 0.5,
+def clear_outside(labels: np.ndarray, values: Any, axis: int = 0, min_fraction: float = 0.5,
                   sample: int = 2) -> int:
     """Set to 0, in place, every label lying at least ``min_fraction`` outside (see
-    `outside_mask`; computed slice by slice: memory of one slice): the labels of the air or
-    the medium, not those of the body or sample. Segments are never cut. Returns how many
-    labels were cleared."""
-    values = np.asarray(values)
+    `outside_mask`; computed slice by slice: memory of one slice, also for a lazy stack such
+    as `volume.io.TiffPages`): the labels of the air or the medium, not those of the body or
+    sample. Segments are never cut. Returns how many labels were cleared."""
     n = int(labels.max()) + 1 if labels.size else 1
     total = np.zeros(n, np.int64)
     out = np.zeros(n, np.int64)

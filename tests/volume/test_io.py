@@ -305,3 +305,38 @@ def test_an_uncompressed_tiff_stack_is_mapped_not_read(tmp_path: Path) -> None:
     for i in range(6):
         np.testing.assert_array_equal(raw.slice_values(0, i), zipped.slice_values(0, i))
     assert not raw.data.flags.writeable  # the input is never written through the map
+
+
+def test_a_compressed_tiff_stack_is_decoded_page_by_page(tmp_path: Path) -> None:
+    import tifffile
+
+    from volume.io import TiffPages
+
+    a = (np.random.default_rng(4).random((7, 20, 30)) * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "z.tif", a, compression="zlib")
+    lazy = read_volume(tmp_path / "z.tif").data
+    assert isinstance(lazy, TiffPages) and lazy.shape == a.shape and lazy.dtype == a.dtype
+    np.testing.assert_array_equal(lazy[3], a[3])
+    np.testing.assert_array_equal(lazy[-1, 2:5], a[-1, 2:5])
+    np.testing.assert_array_equal(lazy[2:5, 1:4], a[2:5, 1:4])
+    np.testing.assert_array_equal(lazy[::2, ::2, ::3], a[::2, ::2, ::3])
+    assert lazy._whole is None  # slice-wise access never decoded the whole stack
+    np.testing.assert_array_equal(lazy[:, 4], a[:, 4])  # a plane across the pages: decoded once, kept
+    np.testing.assert_array_equal(np.asarray(lazy), a)
+
+
+def test_compressed_and_uncompressed_stacks_segment_alike(tmp_path: Path) -> None:
+    import tifffile
+
+    from volume.api import segment_volume
+    from volume.types import VolumeConfig
+    from tests.volume.helpers import ThresholdSegmenter
+
+    a = np.zeros((6, 32, 32), np.uint16)
+    a[:, 8:24, 8:24] = 900
+    a[:, 12:20, 12:20] = 1800
+    tifffile.imwrite(tmp_path / "raw.tif", a, imagej=True)
+    tifffile.imwrite(tmp_path / "zip.tif", a, compression="zlib")
+    out = [segment_volume(tmp_path / f, tmp_path / f"o_{f}", ThresholdSegmenter(), VolumeConfig(window="minmax"))
+           for f in ("raw.tif", "zip.tif")]
+    np.testing.assert_array_equal(tifffile.imread(out[0].labels_path), tifffile.imread(out[1].labels_path))
