@@ -72,18 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     temporal_cli.register(sub, parent)
     volume_cli.register(sub, parent)
     distributed.register(sub, parent)
-    ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (JSON)",
-                        parents=[parent])
-    ev_sub = ev.add_subparsers(dest="evaluate_kind", metavar="KIND")
-    ev_sub.required = True
+    ev_sub = _group(sub, parent, "evaluate", "score predicted labels against ground truth (JSON)", "KIND")
     temporal_cli.register_evaluate(ev_sub, parent)
     volume_cli.register_evaluate(ev_sub, parent)
-    ex = sub.add_parser("export", help="convert outputs to other tools' formats (DAVIS, COCO RLE, MOT)",
-                        parents=[parent])
-    ex_sub = ex.add_subparsers(dest="export_kind", metavar="FORMAT")
-    ex_sub.required = True
+    ex_sub = _group(sub, parent, "export", "convert outputs to other tools' formats (DAVIS, COCO RLE, MOT)", "FORMAT")
     temporal_cli.register_export(ex_sub, parent)
     return parser
+
+
+#: the subcommands that are groups of subcommands (``evaluate video``), and where argparse keeps their choice
+GROUPS = {"evaluate": "evaluate_kind", "export": "export_kind"}
+
+
+def _group(sub: "argparse._SubParsersAction", parent: argparse.ArgumentParser, name: str, help: str,
+           metavar: str) -> "argparse._SubParsersAction":
+    """A subcommand that takes one of its own subcommands (registered by the packages)."""
+    group = sub.add_parser(name, help=help, parents=[parent]).add_subparsers(dest=GROUPS[name], metavar=metavar)
+    group.required = True
+    return group
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -137,7 +143,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> "dict[str, argparse.Argumen
 
 def _subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the command ``args`` came from (``evaluate video`` included)."""
-    for dest in ("command", "evaluate_kind", "export_kind"):
+    for dest in ("command", GROUPS.get(getattr(args, "command", ""), "")):
         subs = _subcommands(parser)
         if not subs:
             break

@@ -248,18 +248,12 @@ def link_layer(labels: "napari.types.LabelsData", image: "Optional[napari.types.
         return np.stack([tf.labels for tf in _progress(link_label_maps(list(lab), frames, cfg, bg),
                                                         len(lab), "DiffSeg track")])
     if mode == "volume":
-        from volume.api import _label_slices, cleanup, link_volume
-        from volume.types import VolumeConfig
+        from volume.api import gray_slices, link_label_volume
+        from volume.types import Volume, VolumeConfig
 
         cfg = VolumeConfig(background=bg, min_size=0, min_label_size=0)
-        gray = None
-        if img is not None:
-            g = img if img.ndim == 3 else img[..., :3].mean(-1)
-            lo, hi = float(np.nanmin(g)), float(np.nanmax(g))
-            g8 = ((g - lo) / (hi - lo or 1.0) * 255).astype(np.uint8)
-            gray = (lambda ax, i: g8[i])
-        out = link_volume(lab.shape, 0, _label_slices(lab, 0, bg, gray), cfg)
-        cleanup(out, cfg)
+        grey = None if img is None else (img if img.ndim == 3 else img[..., :3].mean(-1))
+        out, _ = link_label_volume(lab, cfg, 0, gray_slices(Volume(data=grey), cfg) if grey is not None else None)
         return out.astype(np.int32)
     raise InputError(f"mode must be video or volume; got {mode!r}")
 

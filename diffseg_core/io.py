@@ -248,12 +248,14 @@ def segment_ids(labels: np.ndarray, consume: bool = False) -> np.ndarray:
 
 def label_areas(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, areas)`` of the non-negative int labels present, ascending, counted in row
-    blocks (``np.unique`` sorts a copy: 1 GiB more for a 16k x 16k int32 map)."""
+    blocks (``np.unique`` sorts a copy: 1 GiB more for a 16k x 16k int32 map); negative
+    values (no label) are not counted."""
     labels = np.asarray(labels)
     counts = np.zeros(0, np.int64)
     rows = labels.reshape(labels.shape[0], -1) if labels.ndim else labels.reshape(1, 1)
     for r in range(0, rows.shape[0], OVERLAY_ROWS):
-        c = np.bincount(rows[r:r + OVERLAY_ROWS].ravel())
+        block = rows[r:r + OVERLAY_ROWS].ravel()
+        c = np.bincount(block[block >= 0] if labels.dtype.kind == "i" and block.size and block.min() < 0 else block)
         if len(c) > len(counts):
             c[:len(counts)] += counts
             counts = c

@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import InputError, look_up_option
+from .io import label_areas
 
 __all__ = ["VOTING", "parse_vocabulary", "read_vocabulary", "nouns_of_caption", "PromptPlan", "plan_prompts",
            "word_maps", "word_scores", "pick_names", "name_segments", "NameVotes"]
@@ -217,10 +218,9 @@ def word_scores(labels: np.ndarray, token_maps: np.ndarray, voting: str = "mean"
     # columns first (small: V x h x W), then rows block by block
     x0, x1, wx = _row_weights(W, w, 0, W)
     cols = tm[:, :, x0] * (1 - wx) + tm[:, :, x1] * wx  # (V, h, W)
-    ids = np.unique(lab[lab >= 0]) if lab.size else np.zeros(0, np.int64)
+    ids, areas = label_areas(lab)  # row blocks: no sorted copy of a huge label map
     K = len(ids)
     acc = np.zeros((K, V), np.float64)
-    areas = np.zeros(K, np.int64)
     lut_size = int(ids.max()) + 1 if K else 0
     lut = np.full(lut_size, -1, np.int64)
     lut[ids] = np.arange(K)
@@ -234,11 +234,10 @@ def word_scores(labels: np.ndarray, token_maps: np.ndarray, voting: str = "mean"
         flat = block.reshape(V, -1)[:, keep]
         s = flat.sum(0)
         ok = s > 0
-        areas += np.bincount(idx, minlength=K)
-        if voting == "mean":
+        if voting == "mean":  # one bincount over (segment, word) pairs
             share = flat[:, ok] / s[ok]
-            for v in range(V):
-                acc[:, v] += np.bincount(idx[ok], weights=share[v], minlength=K)
+            pairs = (idx[ok][None, :] * V + np.arange(V)[:, None]).ravel()
+            acc += np.bincount(pairs, weights=share.ravel(), minlength=K * V).reshape(K, V)
         else:
             win = flat[:, ok].argmax(0)
             acc += np.bincount(idx[ok] * V + win, minlength=K * V).reshape(K, V)

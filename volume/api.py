@@ -242,10 +242,7 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
         warnings.warn(msg, VolumeWarning, stacklevel=2)
         notes.append(msg)
     n = cleanup(labels, config)
-
-    def gray(ax: int, i: int) -> np.ndarray:
-        return to_uint8(vol.slice_values(ax, i), imap)[0]
-
+    gray = gray_slices(vol, config, imap)
     from diffseg_core.models import segmenter_info
 
     naming = getattr(getattr(seg, "config", None), "naming", None)
@@ -264,6 +261,44 @@ def _label_slices(lab: np.ndarray, axis: int, background: "int | None",
     for i in range(lab.shape[axis]):
         s = segmentation_from_labels(np.asarray(take_slice(lab, axis, i)), work_side=0, background=background)
         yield s.labels, s.proposals, (gray(axis, i) if gray is not None else None)
+
+
+def gray_slices(image: Volume, config: VolumeConfig,
+                imap: "IntensityMap | None" = None) -> "Callable[[int, int], np.ndarray]":
+    """``(axis, index) -> uint8`` slices of an intensity volume, mapped by ``config``'s window
+    or by ``imap`` when the mapping was planned already (the linking's look, the montage)."""
+    imap = imap if imap is not None else plan_intensity(image, config.window, config.percentiles)
+
+    def gray(ax: int, i: int) -> np.ndarray:
+        return to_uint8(image.slice_values(ax, i), imap)[0]
+
+    return gray
+
+
+def link_label_volume(lab: Any, config: VolumeConfig, axis: int = 0,
+                      gray: "Callable[[int, int], np.ndarray] | None" = None) -> tuple[np.ndarray, int]:
+    """Link a label array whose slices were labelled independently (what `stack_labels`
+    does after reading the file): ``config.axes`` slicing axes, fused when all three, then
+    fragments cleaned and ids made consecutive.
+
+    Args:
+        lab: int ``(D, H, W)`` (array or memmap); ``config.background`` is its "no segment" value.
+        axis: the main slicing axis.
+        gray: `gray_slices` of the intensity volume (the look), or None.
+
+    Returns:
+        ``(int32 labels 1..n, n)``.
+    """
+    axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
+    results = [link_volume(tuple(lab.shape), ax, _label_slices(lab, ax, config.background, gray), config,
+                           desc=f"axis {'zyx'[ax]}") for ax in axes]
+    labels = results[0]
+    if len(results) == 3:
+        from .fusion import fuse_majority
+
+        fuse_majority(labels, results[1:])
+        del results
+    return labels, cleanup(labels, config)
 
 
 def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLike",
@@ -293,23 +328,8 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         image = read_volume(image_path, index=config.index, series=config.series)
         if image.shape != vol.shape:
             raise InputError(f"{image_path}: image shape {image.shape} differs from labels {vol.shape}")
-    gray_fn: "Callable[[int, int], np.ndarray] | None" = None
-    if image is not None:
-        imap = plan_intensity(image, config.window, config.percentiles)
-
-        def gray_fn(ax: int, i: int) -> np.ndarray:
-            return to_uint8(image.slice_values(ax, i), imap)[0]
-
-    axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
-    results = [link_volume(vol.shape, ax, _label_slices(lab, ax, config.background, gray_fn), config,
-                           desc=f"axis {'zyx'[ax]}") for ax in axes]
-    labels = results[0]
-    if len(results) == 3:
-        from .fusion import fuse_majority
-
-        fuse_majority(labels, results[1:])
-        del results
-    n = cleanup(labels, config)
+    gray_fn = gray_slices(image, config) if image is not None else None
+    labels, n = link_label_volume(lab, config, axis, gray_fn)
 
     return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [],
                           {"slicing": config.axes, "engine": config.engine.to_dict()})

@@ -24,19 +24,20 @@ def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
 
 
 class RecordingProcessor(AttnProcessor):
-    """diffusers' AttnProcessor that also records the head-mean probabilities per layer."""
+    """diffusers' AttnProcessor that also records the head-mean probabilities per layer:
+    self-attention (keys: the hidden states) or, with ``cross``, cross-attention (keys: the
+    prompt's encoder states)."""
 
-    def __init__(self, name: str, log: dict) -> None:
-        self.name, self.log = name, log
+    def __init__(self, name: str, log: dict, cross: bool = False) -> None:
+        self.name, self.log, self.cross = name, log, cross
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        if encoder_hidden_states is None:
-            hs = hidden_states
-            q = attn.head_to_batch_dim(attn.to_q(hs))
-            k = attn.head_to_batch_dim(attn.to_k(hs))
+        if (encoder_hidden_states is not None) == self.cross:
+            keys = encoder_hidden_states if self.cross else hidden_states
+            q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+            k = attn.head_to_batch_dim(attn.to_k(keys))
             p = attn.get_attention_scores(q, k, None)
-            b = hs.shape[0]
-            self.log[self.name] = p.reshape(b, attn.heads, *p.shape[1:]).float().mean(1)
+            self.log[self.name] = p.reshape(hidden_states.shape[0], attn.heads, *p.shape[1:]).float().mean(1)
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
@@ -220,25 +221,12 @@ def test_captured_map_is_the_head_mean_in_every_dtype(dtype):
     torch.testing.assert_close(got, per_head.mean(0), atol=tol, rtol=0)
 
 
-class CrossRecordingProcessor(AttnProcessor):
-    """diffusers' AttnProcessor that records the head-mean cross-attention per layer."""
-
-    def __init__(self, name: str, log: dict) -> None:
-        self.name, self.log = name, log
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        p = attn.get_attention_scores(q, k, None)
-        self.log[self.name] = p.reshape(hidden_states.shape[0], attn.heads, *p.shape[1:]).float().mean(1)
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-
 def test_cross_attention_capture_equals_reference_probs_and_keeps_the_output(unet):
     x, e = _inputs(b=2, hw=(8, 8), seed=5)
     log: dict = {}
     originals = dict(unet.attn_processors)
-    rec = {n: (CrossRecordingProcessor(n, log) if n.endswith("attn2.processor") else p) for n, p in originals.items()}
+    rec = {n: (RecordingProcessor(n, log, cross=True) if n.endswith("attn2.processor") else p)
+           for n, p in originals.items()}
     with torch.inference_mode():
         ref = unet(x, 300, encoder_hidden_states=e).sample
         unet.set_attn_processor(rec)
