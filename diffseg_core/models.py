@@ -527,11 +527,16 @@ def _tiny_tokenize(word: str) -> list:
 
 def segmenter_info(segmenter: Any) -> dict[str, Any]:
     """Provenance of a segmenter for the outputs: its class, its configuration (model id,
-    size, merge settings) when it has one, and whether its weights are random (the
-    ``tiny-random`` test model: a result that must not be mistaken for a real one)."""
+    revision, size, merge settings) when it has one, the dtype and device it ran in once
+    loaded, and whether its weights are random (the ``tiny-random`` test model: a result
+    that must not be mistaken for a real one)."""
     cfg = getattr(segmenter, "config", None)
     info: dict[str, Any] = {"class": type(segmenter).__name__}
     if cfg is not None and hasattr(cfg, "to_dict"):
         info["config"] = cfg.to_dict()
         info["random_weights"] = getattr(cfg, "model", None) == TINY_RANDOM
+    loaded = getattr(segmenter, "_model", None)
+    if isinstance(loaded, LoadedModel):  # what "auto" resolved to
+        info["dtype"], info["device"] = str(loaded.dtype).replace("torch.", ""), str(loaded.device)
+        info["random_weights"] = bool(loaded.is_random)
     return info

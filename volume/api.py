@@ -19,13 +19,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from diffseg_core import software_version
 from diffseg_core.errors import InputError
 from diffseg_core.progress import progress
 from diffseg_core.types import Segmenter, resolve_segmenter
 
 from .geometry import inplane_spacing, resize_gray, resize_nearest, square_shape, take_slice, through_plane_axis
 from .intensity import IntensityMap, gray_to_rgb, has_finite_value, plan_intensity, to_uint8
-from .io import (VolumeWarning, default_output_name, output_format, read_label_volume, read_volume,
+from .io import (VolumeWarning, default_output_name, label_buffer, output_format, read_label_volume, read_volume,
                  write_labels)
 from .postprocess import relabel_consecutive, remove_fragments, split_at_waists
 from .report import side_paths, write_color_table, write_itksnap_labels, write_labels_json, write_montage
@@ -70,7 +71,8 @@ def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSe
             segment, proposals one map per segment; gray is the uint8 slice image (the
             engine's look) or None.
         config: ``config.engine`` links, ``config.waist_ratio`` cuts stacked structures.
-        out: int32 ``(D, H, W)`` array (or memmap) to fill; allocated when None.
+        out: int32 ``(D, H, W)`` array (or memmap: `label_buffer`) to fill; allocated in
+            RAM when None.
 
     Returns:
         int32 ``(D, H, W)`` track ids (0 = none).
@@ -78,7 +80,7 @@ def link_volume(shape: tuple[int, int, int], axis: int, slices: Iterable[SliceSe
     from temporal.engine import Linker
 
     if out is None:
-        out = np.zeros(shape, np.int32)
+        out = label_buffer(shape, None)
     linker = Linker(config.engine)
     state = linker.init_state()
     looks = bool(config.engine.evidence.hist_bins)
@@ -132,8 +134,8 @@ class _SliceNames:
     (then each label's name is a vote over its slices: `votes`). Segment indices are kept
     as int16, one value per voxel, only when the segmenter names its segments."""
 
-    def __init__(self, shape: tuple[int, int, int], axis: int) -> None:
-        self.shape, self.axis = shape, axis
+    def __init__(self, shape: tuple[int, int, int], axis: int, near: "Path | None" = None) -> None:
+        self.shape, self.axis, self.near = shape, axis, near
         self.index: "np.ndarray | None" = None
         self.scores: dict[int, np.ndarray] = {}
         self.vocabulary: tuple[str, ...] = ()
@@ -142,7 +144,8 @@ class _SliceNames:
         if names is None:
             return
         if self.index is None:
-            self.index = np.full(self.shape, -1, np.int16)
+            self.index = label_buffer(self.shape, self.near, np.int16)
+            self.index -= 1
             self.vocabulary = tuple(names.vocabulary)
         take_slice(self.index, self.axis, i)[...] = lab
         self.scores[i] = np.asarray(names.scores, np.float32)
@@ -219,11 +222,11 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
     results = []
     bad = 0
-    names = _SliceNames(vol.shape, axis)  # the names' evidence, from the main axis's slices
+    names = _SliceNames(vol.shape, axis, labels_path)  # the names' evidence, from the main axis's slices
     for ax in axes:
         images = _SliceImages(vol, ax, imap, config.resample_inplane)
         results.append(link_volume(vol.shape, ax, _diffseg_slices(images, seg, batch, names if ax == axis else None),
-                                   config, desc=f"axis {'zyx'[ax]}"))
+                                   config, label_buffer(vol.shape, labels_path), desc=f"axis {'zyx'[ax]}"))
         bad = max(bad, images.bad)
     labels = results[0]
     if len(results) == 3:
@@ -276,7 +279,8 @@ def gray_slices(image: Volume, config: VolumeConfig,
 
 
 def link_label_volume(lab: Any, config: VolumeConfig, axis: int = 0,
-                      gray: "Callable[[int, int], np.ndarray] | None" = None) -> tuple[np.ndarray, int]:
+                      gray: "Callable[[int, int], np.ndarray] | None" = None,
+                      near: "str | os.PathLike | None" = None) -> tuple[np.ndarray, int]:
     """Link a label array whose slices were labelled independently (what `stack_labels`
     does after reading the file): ``config.axes`` slicing axes, fused when all three, then
     fragments cleaned and ids made consecutive.
@@ -285,13 +289,15 @@ def link_label_volume(lab: Any, config: VolumeConfig, axis: int = 0,
         lab: int ``(D, H, W)`` (array or memmap); ``config.background`` is its "no segment" value.
         axis: the main slicing axis.
         gray: `gray_slices` of the intensity volume (the look), or None.
+        near: the output path: big label volumes are built in a scratch file beside it
+            (`label_buffer`), else in RAM.
 
     Returns:
         ``(int32 labels 1..n, n)``.
     """
     axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
     results = [link_volume(tuple(lab.shape), ax, _label_slices(lab, ax, config.background, gray), config,
-                           desc=f"axis {'zyx'[ax]}") for ax in axes]
+                           label_buffer(tuple(lab.shape), near), desc=f"axis {'zyx'[ax]}") for ax in axes]
     labels = results[0]
     if len(results) == 3:
         from .fusion import fuse_majority
@@ -329,7 +335,7 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         if image.shape != vol.shape:
             raise InputError(f"{image_path}: image shape {image.shape} differs from labels {vol.shape}")
     gray_fn = gray_slices(image, config) if image is not None else None
-    labels, n = link_label_volume(lab, config, axis, gray_fn)
+    labels, n = link_label_volume(lab, config, axis, gray_fn, out_path)
 
     return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [],
                           {"slicing": config.axes, "engine": config.engine.to_dict()})
@@ -339,7 +345,11 @@ def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int
                    config: VolumeConfig, gray: "Callable[[int, int], np.ndarray] | None", t0: float,
                    notes: list[str], extra: dict, votes: Any = None) -> VolumeResult:
     names = {i: votes.name(i)[0] for i in range(1, n + 1)} if votes is not None else {}
-    write_labels(labels_path, labels, vol, config.output_dtype, names)
+    provenance = {"software": f"diffseg-vv {software_version()}",
+                  "input": {"path": str(vol.path) if vol.path else None, "format": vol.source_format,
+                            "shape": list(vol.shape)},
+                  "volume_config": config.to_dict(), **extra}
+    write_labels(labels_path, labels, vol, config.output_dtype, names, provenance)
     json_path, montage_path = side_paths(labels_path)
     jp = write_labels_json(json_path, labels, vol, axis, extra, votes) if config.write_json else None
     if config.write_json:  # the same colours (and names) in 3D Slicer and ITK-SNAP

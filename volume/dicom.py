@@ -270,15 +270,27 @@ _SOURCE_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "
                  "StudyTime", "AccessionNumber", "ReferringPhysicianName")
 
 
+def algorithm_parameters(provenance: dict) -> dict[str, str]:
+    """The model's identity from the provenance as DICOM algorithm parameters (flat strings)."""
+    seg = provenance.get("segmenter") or {}
+    cfg = seg.get("config") or {}
+    out = {k: str(cfg[k]) for k in ("model", "revision", "variant", "dtype", "size") if cfg.get(k) is not None}
+    if "random_weights" in seg:
+        out["random_weights"] = str(bool(seg["random_weights"]))
+    return out
+
+
 def write_dicom_seg(path: "str | Path", labels: np.ndarray, like: Volume,
-                    names: "dict[int, str | None] | None" = None) -> Path:
+                    names: "dict[int, str | None] | None" = None, provenance: "dict | None" = None) -> Path:
     """Write a label volume as a DICOM Segmentation (highdicom, BINARY, one segment per label)
     that references the source series it was made from, atomically.
 
     Each label ``i`` (``1..n``) is segment ``i``: its ``SegmentLabel`` is its name (or
     ``label i``), its recommended display colour our overlay's, its algorithm ``diffseg-vv``
     (automatic); the segmented property category and type are the generic SNOMED code
-    "Tissue" (unsupervised segments carry no anatomy). Empty frames are left out.
+    "Tissue" (unsupervised segments carry no anatomy). Empty frames are left out. The
+    provenance's model id, revision, dtype and whether the weights are random are the
+    algorithm's parameters (``AlgorithmParameters``).
 
     Raises:
         InputError: ``like`` is not a DICOM series read by `read_dicom_series`.
@@ -314,7 +326,8 @@ def write_dicom_seg(path: "str | Path", labels: np.ndarray, like: Volume,
     names = names or {}
     pal = label_palette(max(ids, default=0) + 1)
     algorithm = hd.AlgorithmIdentificationSequence(name="diffseg-vv", version=software_version(),
-                                                   family=codes.cid7162.ArtificialIntelligence)
+                                                   family=codes.cid7162.ArtificialIntelligence,
+                                                   parameters=algorithm_parameters(provenance or {}) or None)
     segments = [hd.seg.SegmentDescription(
         segment_number=i, segment_label=(names.get(i) or f"label {i}")[:64],
         segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,

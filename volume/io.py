@@ -8,6 +8,7 @@ written as NIfTI). TIFF is ZYX as tifffile reads it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from diffseg_core.errors import InputError
-from diffseg_core.io import atomic_path, atomic_save_npy, check_label_range, damage_reported_by
+from diffseg_core.io import (atomic_path, atomic_save_npy, check_label_range, damage_reported_by, output_error,
+                             temporary_name)
 
 from .types import Volume
 
@@ -39,9 +41,14 @@ def _warn(msg: str) -> None:
 
 
 def file_format(path: "str | os.PathLike") -> str:
-    """``nifti``, ``tiff``, ``npy`` or ``dicom`` (a folder or ``.dcm`` file) from the path."""
+    """``nifti``, ``tiff``, ``npy``, ``ome-zarr`` (a Zarr folder) or ``dicom`` (another folder
+    or a ``.dcm`` file) from the path."""
+    from .omezarr import is_zarr
+
     p = Path(path)
     name = p.name.lower()
+    if is_zarr(p) or name.endswith(".zarr"):
+        return "ome-zarr"
     if p.is_dir():
         return "dicom"
     if name.endswith(".nii") or name.endswith(".nii.gz"):
@@ -53,7 +60,7 @@ def file_format(path: "str | os.PathLike") -> str:
     if name.endswith(".dcm") or name.endswith(".ima"):
         return "dicom"
     raise InputError(
-        f"{p}: unknown volume format; expected .nii, .nii.gz, .tif, .tiff, .npy or a DICOM folder"
+        f"{p}: unknown volume format; expected .nii, .nii.gz, .tif, .tiff, .npy, an OME-Zarr folder or a DICOM folder"
     )
 
 
@@ -69,10 +76,11 @@ def read_volume(path: "str | os.PathLike", index: "int | None" = None,
     """Read a scalar volume.
 
     Args:
-        path: ``.nii``/``.nii.gz``, ``.tif``/``.tiff`` (ZYX), ``.npy`` or a DICOM folder
-            (or one ``.dcm`` file of the series).
+        path: ``.nii``/``.nii.gz``, ``.tif``/``.tiff`` (ZYX), ``.npy``, an OME-Zarr folder
+            (``.ome.zarr``, read lazily) or a DICOM folder (or one ``.dcm`` file of the series).
         index: volume to take from 4-D input (time/channel); 4-D input without it is an error.
-        series: DICOM SeriesInstanceUID when the folder holds several series.
+        series: DICOM SeriesInstanceUID when the folder holds several series; the image of
+            an OME-Zarr ``bioformats2raw`` folder (``0``, ``1``...).
 
     Returns:
         A `Volume` with ``(D, H, W)`` data in its native dtype.
@@ -89,6 +97,10 @@ def read_volume(path: "str | os.PathLike", index: "int | None" = None,
         return _read_tiff(p, index)
     if fmt == "npy":
         return _read_npy(p, index)
+    if fmt == "ome-zarr":
+        from .omezarr import read_ome_zarr
+
+        return read_ome_zarr(p, index, series)
     from .dicom import read_dicom_series
 
     return read_dicom_series(p, series=series)
@@ -380,26 +392,67 @@ def read_label_volume(path: "str | os.PathLike", index: "int | None" = None,
 
 
 # ----------------------------------------------------------------------------- labels out
+#: Label volumes bigger than this many bytes are not held in RAM: `label_buffer` maps a
+#: scratch file beside the output instead (1 GiB: an int32 512 x 512 x 1024 volume).
+IN_MEMORY_LIMIT = 1 << 30
+
+
+def label_buffer(shape: "tuple[int, ...]", near: "str | os.PathLike | None", dtype: Any = np.int32) -> np.ndarray:
+    """A zeroed array for a label volume being built.
+
+    Up to `IN_MEMORY_LIMIT` bytes (or with no ``near``) it is in RAM; above, it is a memory
+    map of a scratch file in the folder of ``near`` (the output), whose pages the kernel
+    writes out and drops as needed, so a volume bigger than RAM can be labelled. The space
+    is reserved up front (a full disk is an `OutputError` now, not a crash later) and the
+    file is unlinked at once: it disappears when the array does, even if the process is
+    killed, and nothing is ever left beside the outputs.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if near is None or nbytes <= IN_MEMORY_LIMIT:
+        return np.zeros(shape, dtype)
+    folder = Path(near).parent
+    scratch = temporary_name(folder / "scratch-labels.bin")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(scratch, "w+b") as f:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+            else:
+                f.truncate(nbytes)
+            arr = np.memmap(f, dtype=dtype, mode="r+", shape=tuple(shape))
+    except OSError as exc:
+        raise output_error(near, exc) from exc
+    finally:
+        try:
+            scratch.unlink()
+        except OSError:
+            pass
+    log.debug("labels %s (%.1f GiB) in a scratch file mapped from %s", tuple(shape), nbytes / 2**30, folder)
+    return arr
+
+
 def output_format(path: "str | os.PathLike", like: "Volume | None" = None) -> str:
-    """``nifti``/``tiff``/``npy``/``dicom-seg`` from the output extension, or raise naming the
-    choices; ``dicom-seg`` (``.dcm``) only for a DICOM input (``like``), whose series it references."""
+    """``nifti``/``tiff``/``npy``/``ome-zarr``/``dicom-seg`` from the output extension, or raise
+    naming the choices; ``dicom-seg`` (``.dcm``) only for a DICOM input (``like``), whose series
+    it references."""
     name = Path(path).name.lower()
     for ext, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".tiff", "tiff"), (".tif", "tiff"),
-                     (".npy", "npy"), (".dcm", "dicom-seg")):
+                     (".npy", "npy"), (".zarr", "ome-zarr"), (".dcm", "dicom-seg")):
         if name.endswith(ext):
             if fmt == "dicom-seg" and like is not None and like.source_format != "dicom":
                 raise InputError(f"{path}: DICOM-SEG output needs a DICOM input series (it references its "
                                  "slices); write .nii.gz, .tif or .npy")
             return fmt
-    raise InputError(f"{path}: unknown output extension; expected .nii.gz, .nii, .tif, .tiff, .npy or .dcm "
-                     "(DICOM-SEG, for DICOM inputs)")
+    raise InputError(f"{path}: unknown output extension; expected .nii.gz, .nii, .tif, .tiff, .npy, .ome.zarr "
+                     "or .dcm (DICOM-SEG, for DICOM inputs)")
 
 
 def default_output_name(vol: Volume, dicom_seg: bool = False) -> str:
     """The label file name matching the input's own format (DICOM -> a DICOM-SEG with
     ``dicom_seg``, else NIfTI)."""
     return {"nifti": "labels.nii.gz", "dicom": "labels.dcm" if dicom_seg else "labels.nii.gz",
-            "tiff": "labels.tif", "npy": "labels.npy"}[vol.source_format]
+            "tiff": "labels.tif", "npy": "labels.npy", "ome-zarr": "labels.ome.zarr"}[vol.source_format]
 
 
 def label_dtype(max_id: int, fmt: str, policy: str = "auto") -> np.dtype:
@@ -419,45 +472,55 @@ def label_dtype(max_id: int, fmt: str, policy: str = "auto") -> np.dtype:
 
 
 def write_labels(path: "str | os.PathLike", labels: np.ndarray, like: Volume,
-                 dtype_policy: str = "auto", names: "dict[int, str | None] | None" = None) -> Path:
+                 dtype_policy: str = "auto", names: "dict[int, str | None] | None" = None,
+                 provenance: "dict | None" = None) -> Path:
     """Write a ``(D, H, W)`` label volume in ``like``'s geometry, atomically.
 
     The format comes from the extension of ``path``. NIfTI gets ``like``'s affine (and its
     header when the input was NIfTI: qform/sform codes, units), never reoriented; TIFF gets
-    ImageJ ZYX metadata with the spacing; ``.npy`` is int32.
+    ImageJ ZYX metadata with the spacing; ``.npy`` is int32; an OME-Zarr label image is
+    written slab by slab (``labels`` may be a memory map bigger than RAM).
 
     Args:
-        path: output file.
+        path: output file (or ``.ome.zarr`` folder).
         labels: int ``(D, H, W)``, ids >= 0, same shape as ``like``.
         like: the input volume.
         dtype_policy: ``auto`` (smallest fitting dtype) or ``int32``.
-        names: label id -> name (a DICOM-SEG's segment labels).
+        names: label id -> name (DICOM-SEG segment labels, OME-Zarr label properties).
+        provenance: what made the labels (model, configuration, software, input): a NIfTI
+            header extension, the TIFF's metadata, the OME-Zarr attributes, the DICOM-SEG's
+            algorithm parameters. Besides, it marks a TIFF as labels (napari plugin).
 
     Returns:
         ``Path(path)``.
     """
     path = Path(path)
     fmt = output_format(path, like)
-    labels = np.asarray(labels)
-    if labels.shape != like.shape:
-        raise ValueError(f"labels {labels.shape} and volume {like.shape} differ in shape")
-    max_id = int(labels.max()) if labels.size else 0
+    if tuple(labels.shape) != like.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} and volume {like.shape} differ in shape")
+    max_id = max((int(labels[z0:z0 + 64].max()) for z0 in range(0, labels.shape[0], 64)), default=0)
     dt = label_dtype(max_id, fmt, dtype_policy)
+    provenance = dict(provenance or {})
+    if fmt == "ome-zarr":  # slab by slab: no copy of the whole volume
+        from .omezarr import write_labels_ome_zarr
+
+        return write_labels_ome_zarr(path, labels, like, dt, names, provenance)
+    labels = np.asarray(labels)
     out = labels.astype(dt, copy=False)
     if fmt == "dicom-seg":
         from .dicom import write_dicom_seg
 
-        write_dicom_seg(path, labels, like, names)
+        write_dicom_seg(path, labels, like, names, provenance)
     elif fmt == "npy":
         atomic_save_npy(path, out)
     elif fmt == "nifti":
-        _write_nifti(path, out, like)
+        _write_nifti(path, out, like, provenance)
     else:
-        _write_tiff(path, out, like)
+        _write_tiff(path, out, like, provenance)
     return path
 
 
-def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
+def _write_nifti(path: Path, labels: np.ndarray, like: Volume, provenance: dict) -> None:
     import nibabel as nib
 
     hdr = like.meta.get("nifti_header")
@@ -495,24 +558,51 @@ def _write_nifti(path: Path, labels: np.ndarray, like: Volume) -> None:
     h["cal_min"], h["cal_max"] = 0, float(labels.max()) if labels.size else 0
     h["intent_code"] = 1002  # NIFTI_INTENT_LABEL
     h["descrip"] = b"diffseg-vv labels"
+    if provenance:  # a comment extension (code 6) holding the provenance as JSON
+        h.extensions.append(nib.nifti1.Nifti1Extension(6, provenance_json(provenance).encode("utf-8")))
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 
 
-def _write_tiff(path: Path, labels: np.ndarray, like: Volume) -> None:
+def provenance_json(provenance: dict) -> str:
+    """The provenance as compact JSON text (anything not JSON as its string)."""
+    return json.dumps({"diffseg_labels": provenance}, default=str, separators=(",", ":"))
+
+
+def tiff_provenance(path: "str | os.PathLike") -> "dict | None":
+    """The provenance `write_labels` stored in a TIFF (so: a diffseg-vv label TIFF), else None."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            texts = [str((tf.imagej_metadata or {}).get("Info", "")), tf.pages[0].description or ""]
+    except Exception:
+        return None
+    for t in texts:
+        try:
+            doc = json.loads(t)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("diffseg_labels"), dict):
+            return doc["diffseg_labels"]
+    return None
+
+
+def _write_tiff(path: Path, labels: np.ndarray, like: Volume, provenance: dict) -> None:
     import tifffile
 
     dz, dy, dx = like.spacing
     kw: dict[str, Any] = {"compression": "zlib"}
     if labels.dtype in (np.uint8, np.uint16):
-        md: dict[str, Any] = {"axes": "ZYX"}
+        md: dict[str, Any] = {"axes": "ZYX", "Info": provenance_json(provenance)}
         if like.spacing_known:
             md["spacing"] = float(dz)
             md["unit"] = like.unit
             kw["resolution"] = (1.0 / dx, 1.0 / dy)
         kw.update(imagej=True, metadata=md)
     else:
-        kw["metadata"] = {"axes": "ZYX", "spacing": [float(dz), float(dy), float(dx)], "unit": like.unit}
+        kw["metadata"] = {"axes": "ZYX", "spacing": [float(dz), float(dy), float(dx)], "unit": like.unit,
+                          "diffseg_labels": json.loads(provenance_json(provenance))["diffseg_labels"]}
         if like.spacing_known:
             kw["resolution"] = (1.0 / dx, 1.0 / dy)
     with atomic_path(path) as tmp:

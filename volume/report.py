@@ -69,7 +69,7 @@ def side_paths(labels_path: "str | Path") -> tuple[Path, Path]:
     """``labels.json`` and ``<stem>_montage.png`` beside the label file."""
     p = Path(labels_path)
     name = p.name
-    for ext in (".nii.gz", ".nii", ".tiff", ".tif", ".npy", ".dcm"):
+    for ext in (".nii.gz", ".nii", ".tiff", ".tif", ".npy", ".dcm", ".ome.zarr", ".zarr"):
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
@@ -97,7 +97,7 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
         "source": str(vol.path) if vol.path else None,
         "source_format": vol.source_format,
         "shape": list(labels.shape),
-        "array_axes": "DHW (array order of the volume as read: NIfTI (k, j, i), DICOM (slice, row, column), TIFF ZYX)",
+        "array_axes": "DHW (array order of the volume as read: NIfTI (k, j, i), DICOM (slice, row, column), TIFF and OME-Zarr ZYX)",
         "spacing": list(vol.spacing) if vol.spacing_known else None,
         "spacing_unit": vol.unit if vol.spacing_known else None,
         "volume_unit": unit,

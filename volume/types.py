@@ -20,7 +20,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 #: Intensity modes besides the CT presets and an explicit "L,W".
 INTENSITY_MODES = ("auto", "percentile", "minmax") + tuple(WINDOW_PRESETS)
-SOURCE_FORMATS = ("nifti", "dicom", "tiff", "npy")
+SOURCE_FORMATS = ("nifti", "dicom", "tiff", "npy", "ome-zarr")
 AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
 
 
@@ -37,7 +37,7 @@ class Volume:
             all > 0. ``(1, 1, 1)`` with ``spacing_known=False`` when the file has none.
         affine: float64 ``(4, 4)`` mapping ``(d, h, w, 1)`` indices of ``data`` to RAS+ mm,
             or None (TIFF, npy).
-        source_format: one of ``nifti``, ``dicom``, ``tiff``, ``npy``.
+        source_format: one of ``nifti``, ``dicom``, ``tiff``, ``npy``, ``ome-zarr``.
         path: the file or folder read.
         spacing_known: whether ``spacing`` came from the file.
         unit: unit of ``spacing`` (``"mm"``, ``"um"``, ``"voxel"``...).
