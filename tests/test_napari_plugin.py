@@ -71,11 +71,36 @@ def test_writer_files_open_again_as_labels(tmp_path):
         assert kind == "labels" and np.array_equal(back, lab), ext
         if ext != ".npy":
             assert np.allclose(m["scale"], (2.0, 0.5, 0.5))
+        assert dict(zip(m["features"]["id"], m["features"]["name"])) == {3: "liver", 5: "kidney"}, ext
     written = write_labels(str(tmp_path / "slice.png"), lab[1], meta)
     [(back2, m2, _)] = read_output(written[0])
     assert np.array_equal(back2, lab[1]) and dict(zip(m2["features"]["id"], m2["features"]["name"])) == {3: "liver", 5: "kidney"}
     with pytest.raises(Exception, match="non-negative"):
         write_labels(str(tmp_path / "bad.tif"), -lab, meta)
+
+
+def test_our_label_tiffs_and_ome_zarr_labels_open_as_labels_without_a_sidecar(tmp_path):
+    pytest.importorskip("zarr", minversion="3")
+    import tifffile
+
+    from volume.io import write_labels as write_volume_labels
+    from volume.types import Volume
+
+    lab = np.zeros((3, 600, 40), np.int32)
+    lab[:, 100:300, 5:30] = 2
+    vol = Volume(data=lab, spacing=(3.0, 1.0, 1.0), spacing_known=True, unit="um")
+    write_volume_labels(tmp_path / "labels.tif", lab, vol)
+    assert not (tmp_path / "labels.json").exists()
+    [(back, meta, kind)] = get_reader(str(tmp_path / "labels.tif"))(str(tmp_path / "labels.tif"))
+    assert kind == "labels" and np.array_equal(back, lab) and np.allclose(meta["scale"], (3.0, 1.0, 1.0))
+    tifffile.imwrite(tmp_path / "image.tif", lab.astype(np.uint16))
+    assert get_reader(str(tmp_path / "image.tif")) is None  # a TIFF not ours: left to the image readers
+    written = write_labels(str(tmp_path / "w.ome.zarr"), lab, {"scale": (3.0, 1.0, 1.0),
+                                                              "features": {"id": [2], "name": ["cell"]}})
+    [(levels, zmeta, zkind)] = get_reader(written[0])(written[0])
+    assert zkind == "labels" and zmeta["multiscale"] and [lv.shape for lv in levels] == [(3, 600, 40), (3, 300, 20), (3, 150, 10)]
+    assert np.array_equal(levels[1][:], lab[:, ::2, ::2]) and zmeta["scale"] == (3.0, 1.0, 1.0)
+    assert dict(zip(zmeta["features"]["id"], zmeta["features"]["name"])) == {2: "cell"}
 
 
 def test_the_widget_segments_images_volumes_and_videos():

@@ -78,12 +78,14 @@ def side_paths(labels_path: "str | Path") -> tuple[Path, Path]:
 
 
 def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis: int,
-                      extra: "dict[str, Any] | None" = None, votes: Any = None) -> Path:
+                      extra: "dict[str, Any] | None" = None, votes: Any = None,
+                      names: "dict[int, str | None] | None" = None) -> Path:
     """Write per-label statistics (voxels, volume, bbox, slice range) as JSON, atomically.
 
     Volumes are in ``unit**3`` (e.g. mm3) when the input has a spacing, else voxels. Every
     label has a ``name`` (null without a vocabulary); with ``votes`` (`NameVotes` over the
-    slices) also ``name_score`` and the per-slice ``name_votes``.
+    slices) also ``name_score`` and the per-slice ``name_votes``; without, ``names`` (id ->
+    name) gives the names.
     """
     stats = label_stats(labels, vol.spacing if vol.spacing_known else (1.0, 1.0, 1.0), axis)
     unit = f"{vol.unit}3" if vol.spacing_known else "voxels"
@@ -91,7 +93,7 @@ def write_labels_json(path: "str | Path", labels: np.ndarray, vol: Volume, axis:
     pal = label_palette(max([r["id"] for r in stats_rows], default=0) + 1)
     for r in stats_rows:  # the colour the overlays and the colour table give the label
         r["color"] = [int(c) for c in pal[r["id"]]]
-        r.update(votes.record(r["id"]) if votes is not None else {"name": None, "name_score": None})
+        r.update(votes.record(r["id"]) if votes is not None else {"name": (names or {}).get(r["id"]), "name_score": None})
     doc: dict[str, Any] = {
         "software": f"diffseg-vv {software_version()}",
         "source": str(vol.path) if vol.path else None,
