@@ -21,6 +21,16 @@ ImageJ hyperstacks) and zlib-compressed; `volume.io.read_volume` then every slic
 process's start (VmHWM) and the peak of its anonymous memory (RssAnon, sampled per slice:
 the memory the process holds itself, not the file pages a memory map brings in, which the
 kernel may drop at any time), beside the stack's size (issue 16: big TIFFs were read whole).
+
+``--ome-zarr D``: `diffseg volume` (`segment_volume`; per slice a classical threshold +
+connected-blob segmenter, or ``--segmenter tiny-random``: DiffSeg with the random test model
+at ``--size 128``, meaningless segments) on a synthetic D x S x S uint16 OME-Zarr stack of
+bright spheres in noise (S = ``--zarr-side``, 2048 by default) written to ``--workdir``,
+output an OME-Zarr label image: wall time, peak RSS (VmHWM, file pages of the memory maps
+included) and the peak of the process's own memory (RssAnon, sampled every 0.1 s) beside
+the sizes of the stack and of its int32 labels; with ``--in-ram`` the same run with the
+labels held in RAM (the baseline: `volume.io.IN_MEMORY_LIMIT` raised). Issue 16 target:
+a volume larger than RAM is segmented with bounded memory.
 """
 from __future__ import annotations
 
@@ -156,6 +166,103 @@ def tiff_stack_job(depth: int) -> str:
     return f"TIFF stack {depth}x1024x1024 uint16 ({size:.0f} MiB), read + every slice: " + "; ".join(out)
 
 
+ZARR_CHILD = r"""
+import json, sys, threading, time
+sys.path.insert(0, sys.argv[4])
+import volume.io as vio
+from diffseg_core.config import SegmenterConfig
+from volume.api import segment_volume
+
+def status(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024
+
+class Threshold:  # a classical per-slice segmenter: bright blobs, one segment per connected blob
+    def segment(self, images):
+        import cv2
+        from temporal.proposals import segmentation_from_labels
+        out = []
+        for rgb in images:
+            g = rgb[..., 0]
+            n, lab = cv2.connectedComponents((g > g.mean() + 2 * g.std()).astype("uint8"), connectivity=4)
+            out.append(segmentation_from_labels(lab, background=0))
+        return out
+
+if sys.argv[3] == "ram":
+    vio.IN_MEMORY_LIMIT = 1 << 62
+seg = SegmenterConfig(model="tiny-random", size=128, device="cpu") if sys.argv[5] == "tiny-random" else Threshold()
+peak = [status("RssAnon")]
+stop = threading.Event()
+def sample():
+    while not stop.wait(0.1):
+        peak[0] = max(peak[0], status("RssAnon"))
+threading.Thread(target=sample, daemon=True).start()
+t = time.perf_counter()
+r = segment_volume(sys.argv[1], sys.argv[2], seg)
+stop.set()
+print(json.dumps({"seconds": time.perf_counter() - t, "hwm_mib": status("VmHWM"), "anon_mib": peak[0],
+                  "n_labels": r.n_labels, "labels": str(r.labels_path)}))
+"""
+
+
+def write_sphere_stack(path: Path, depth: int, side: int, seed: int = 0) -> None:
+    """A depth x side x side uint16 OME-Zarr (NGFF 0.4) of bright spheres (nuclei) in noise,
+    written slab by slab (never whole in memory)."""
+    import numpy as np
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    n = max(8, depth * side * side // 3_000_000)
+    c = np.stack([rng.uniform(0, depth, n), rng.uniform(0, side, n), rng.uniform(0, side, n)], 1)
+    r = rng.uniform(15, 60, n)
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = g.create_array("0", shape=(depth, side, side), dtype="uint16", chunks=(1, 512, 512),
+                         chunk_key_encoding={"name": "v2", "separator": "/"})
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+                               "datasets": [{"path": "0", "coordinateTransformations": [
+                                   {"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]
+    for z0 in range(0, depth, 8):
+        slab = rng.normal(300, 40, (min(8, depth - z0), side, side)).astype(np.float32)
+        zz = np.arange(z0, z0 + slab.shape[0])[:, None, None]
+        for (cz, cy, cx), rad in zip(c, r):
+            rz = rad / 4  # 2 um slices, 0.5 um pixels
+            if cz + rz < z0 or cz - rz >= z0 + slab.shape[0]:
+                continue
+            y0, y1 = int(max(cy - rad, 0)), int(min(cy + rad + 1, side))
+            x0, x1 = int(max(cx - rad, 0)), int(min(cx + rad + 1, side))
+            yy, xx = np.ogrid[y0:y1, x0:x1]
+            inside = ((zz - cz) / rz) ** 2 + ((yy - cy) / rad) ** 2 + ((xx - cx) / rad) ** 2 <= 1
+            slab[:, y0:y1, x0:x1] += 1500 * inside
+        arr[z0:z0 + slab.shape[0]] = np.clip(slab, 0, 65535).astype(np.uint16)
+
+
+def ome_zarr_job(depth: int, side: int, workdir: "str | None", in_ram: bool, segmenter: str) -> str:
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(dir=workdir))
+    try:
+        t = __import__("time").perf_counter()
+        write_sphere_stack(d / "stack.ome.zarr", depth, side)
+        made = __import__("time").perf_counter() - t
+        lines = [f"OME-Zarr {depth}x{side}x{side} uint16 ({depth * side * side * 2 / 2**30:.2f} GiB; int32 labels "
+                 f"{depth * side * side * 4 / 2**30:.2f} GiB), written in {made:.0f} s; diffseg volume with {segmenter}:"]
+        for mode in (("disk", "ram") if in_ram else ("disk",)):
+            p = subprocess.run([sys.executable, "-c", ZARR_CHILD, str(d / "stack.ome.zarr"), str(d / f"out-{mode}"), mode,
+                                str(REPO), segmenter], capture_output=True, text=True)
+            if p.returncode != 0:
+                lines.append(f"  labels {mode}: failed: {(p.stderr.strip().splitlines() or ['killed'])[-1]}")
+                continue
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            out = sum(f.stat().st_size for f in Path(r["labels"]).rglob("*") if f.is_file())
+            lines.append(f"  labels {'in a scratch memory map (default)' if mode == 'disk' else 'in RAM (baseline)'}: "
+                         f"{r['seconds']:.0f} s ({r['seconds'] / depth:.2f} s/slice), peak RSS {r['hwm_mib']:.0f} MiB, "
+                         f"process memory (RssAnon peak) {r['anon_mib']:.0f} MiB, {r['n_labels']} labels, "
+                         f"output {out / 2**20:.0f} MiB on disk")
+        return "\n".join(lines)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, action="append", help="image side in pixels (repeatable) [8000]")
@@ -164,12 +271,22 @@ def main(argv: "list[str] | None" = None) -> int:
                     help="`diffseg image` end to end on a SIDE x SIDE PNG (repeatable)")
     ap.add_argument("--tiff-stack", type=int, action="append", metavar="DEPTH",
                     help="reading a DEPTH x 1024 x 1024 TIFF stack, uncompressed and zlib (repeatable)")
+    ap.add_argument("--ome-zarr", type=int, action="append", metavar="DEPTH",
+                    help="`diffseg volume` on a DEPTH x S x S OME-Zarr stack (repeatable)")
+    ap.add_argument("--zarr-side", type=int, default=2048, help="S of --ome-zarr [2048]")
+    ap.add_argument("--in-ram", action="store_true", help="--ome-zarr also with the labels in RAM (baseline)")
+    ap.add_argument("--segmenter", choices=("threshold", "tiny-random"), default="threshold",
+                    help="--ome-zarr's per-slice segmenter: a classical threshold + connected blobs (many labels) "
+                         "or DiffSeg with the tiny-random model at --size 128 [threshold]")
+    ap.add_argument("--workdir", help="where --ome-zarr writes its stack and outputs [the temp folder]")
     a = ap.parse_args(argv)
+    for depth in a.ome_zarr or []:
+        print(ome_zarr_job(depth, a.zarr_side, a.workdir, a.in_ram, a.segmenter), flush=True)
     for side in a.image or []:
         print(image_job(side), flush=True)
     for depth in a.tiff_stack or []:
         print(tiff_stack_job(depth), flush=True)
-    if (a.image or a.tiff_stack) and not a.side:
+    if (a.image or a.tiff_stack or a.ome_zarr) and not a.side:
         return 0
     for side in a.side or [8000]:
         blocks = run(side, "blocks")
