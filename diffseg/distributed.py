@@ -229,15 +229,12 @@ def chunk_dir(item: WorkItem) -> str:
 
 
 def volume_output(spec_source: str, name: str) -> str:
-    src = spec_source.lower()
-    if src.endswith((".tif", ".tiff")):
-        ext = ".tif"
-    elif src.endswith(".npy"):
-        ext = ".npy"
-    elif src.endswith((".nii", ".nii.gz")):
-        ext = ".nii.gz"
-    else:
-        ext = ".dcm"  # a DICOM series (a folder): a DICOM-SEG that references it, as `diffseg volume` writes
+    """``volumes/<name>.<ext>`` in the input's own format, as `diffseg volume` writes it (a
+    DICOM series: a DICOM-SEG that references it)."""
+    from volume.io import file_format
+
+    ext = {"tiff": ".tif", "npy": ".npy", "nifti": ".nii.gz", "ome-zarr": ".ome.zarr", "dicom": ".dcm"}[
+        file_format(spec_source)]
     return f"volumes/{name}{ext}"
 
 

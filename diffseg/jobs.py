@@ -30,7 +30,7 @@ import numpy as np
 from diffseg_core.errors import InputError
 from diffseg_core.io import IMAGE_EXTENSIONS, atomic_write_text, full_suffix, natural_key
 from temporal.io import VIDEO_EXTENSIONS  # what the video reader opens
-VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".npy", ".dcm")
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".npy", ".dcm", ".ome.zarr", ".zarr")
 #: Multi-page TIFFs are volumes; single-page TIFFs are images.
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
@@ -255,6 +255,10 @@ def _classify_file(p: Path) -> InputKind:
 
 def _scan_folder(folder: Path, folder_mode: str, top: bool,
                  rejected: list[RejectedInput]) -> list[tuple[Path, InputKind, Path]]:
+    from volume.omezarr import is_zarr
+
+    if is_zarr(folder):  # an OME-Zarr image is one volume, whatever its chunk files
+        return [(folder, "volume", folder.parent)]
     entries = sorted((e for e in folder.iterdir() if not e.name.startswith(".")),
                      key=lambda e: natural_key(e.name))
     files = [e for e in entries if e.is_file()]
@@ -393,7 +397,7 @@ def plan_items(specs: Iterable[InputSpec], chunk_frames: int, overlap: int) -> l
 def _volume_cost(p: Path) -> int:
     # Cheap estimate of slices: file size in MB, at least 1 (balancing only).
     try:
-        size = sum(f.stat().st_size for f in p.iterdir()) if p.is_dir() else p.stat().st_size
+        size = sum(f.stat().st_size for f in _files(p)) if p.is_dir() else p.stat().st_size
     except OSError:
         size = 0
     return max(1, size // (1 << 20))
@@ -423,13 +427,23 @@ def source_signature(path: "str | os.PathLike") -> dict[str, int]:
     p = Path(path)
     try:
         if p.is_dir():
-            files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")]
+            files = _files(p)
             return {"files": len(files), "size": sum(f.stat().st_size for f in files),
                     "mtime_ns": max((f.stat().st_mtime_ns for f in files), default=0)}
         st = p.stat()
         return {"files": 1, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     except OSError:
         return {"files": 0, "size": 0, "mtime_ns": 0}
+
+
+def _files(folder: Path) -> list[Path]:
+    """The files of an input folder: its visible files (a DICOM series, frames), or every file
+    below it for a Zarr store (chunks live in subfolders, metadata in dot files)."""
+    from volume.omezarr import is_zarr
+
+    if is_zarr(folder):
+        return [f for f in folder.rglob("*") if f.is_file()]
+    return [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
 
 
 # ----------------------------------------------------------------------------- manifest

@@ -171,6 +171,10 @@ def test_volume_and_stack_run_on_ome_zarr_end_to_end(tmp_path):
     assert doc["n_labels"] == len(np.unique(np.asarray(out)[np.asarray(out) > 0])) and vol.spacing == (2.0, 0.5, 0.25)
     prov = zarr.open_group(str(tmp_path / "v" / "labels.ome.zarr"), mode="r").attrs["diffseg"]
     assert prov["segmenter"]["random_weights"] is True and prov["input"]["shape"] == [12, 40, 48]
+    assert main(["run", str(img), "-o", str(tmp_path / "r"), "--model", "tiny-random", "--size", "64",
+                 "--device", "cpu", "-q"]) == 0  # a Zarr folder is one volume, written in its own format
+    runs, _ = vio.read_label_volume(tmp_path / "r" / "volumes" / "img.ome.zarr")
+    np.testing.assert_array_equal(np.asarray(runs), np.asarray(out))
 
 
 def test_big_label_volumes_are_built_in_a_scratch_map_with_the_same_result(tmp_path, monkeypatch):
