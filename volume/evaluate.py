@@ -18,8 +18,7 @@ from scipy.optimize import linear_sum_assignment
 
 from diffseg_core.errors import InputError
 
-#: Slices per slab when counting (bounded memory on big volumes).
-SLAB = 16
+from .geometry import slabs
 
 
 @dataclass
@@ -54,8 +53,8 @@ class VolumeScores:
 
 def _ids(vol: np.ndarray) -> np.ndarray:
     present: set[int] = set()
-    for z in range(0, vol.shape[0], SLAB):
-        present.update(np.unique(vol[z:z + SLAB]).tolist())
+    for sl in slabs(vol.shape):
+        present.update(np.unique(vol[sl]).tolist())
     present.discard(0)
     return np.array(sorted(present), dtype=np.int64)
 
@@ -80,9 +79,9 @@ def contingency(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarra
     g_ids, p_ids = _ids(gt), _ids(pred)
     ng, npd = len(g_ids) + 1, len(p_ids) + 1
     table = np.zeros(ng * npd, np.int64)
-    for z in range(0, gt.shape[0], SLAB):
-        gi = _index(np.asarray(gt[z:z + SLAB]), g_ids).ravel()
-        pi = _index(np.asarray(pred[z:z + SLAB]), p_ids).ravel()
+    for sl in slabs(gt.shape):
+        gi = _index(np.asarray(gt[sl]), g_ids).ravel()
+        pi = _index(np.asarray(pred[sl]), p_ids).ravel()
         table += np.bincount(gi * npd + pi, minlength=ng * npd)
     return table.reshape(ng, npd), g_ids, p_ids
 

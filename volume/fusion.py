@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .evaluate import _match, contingency
+from .geometry import slabs
 
-SLAB = 16
 
 
 def match_to_reference(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -52,10 +52,10 @@ def fuse_majority(ref: np.ndarray, others: "list[np.ndarray]") -> np.ndarray:
     if len(others) != 2:
         raise ValueError(f"majority fusion needs exactly two other labellings; got {len(others)}")
     luts = [match_to_reference(ref, o) for o in others]
-    for z in range(0, ref.shape[0], SLAB):
-        r = ref[z:z + SLAB]
-        a = luts[0][np.asarray(others[0][z:z + SLAB])]
-        b = luts[1][np.asarray(others[1][z:z + SLAB])]
+    for sl in slabs(ref.shape):
+        r = ref[sl]
+        a = luts[0][np.asarray(others[0][sl])]
+        b = luts[1][np.asarray(others[1][sl])]
         agree = (a == b) & (a >= 0) & (a != r)
         r[agree] = a[agree]
     return ref

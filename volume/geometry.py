@@ -7,6 +7,18 @@ import numpy as np
 from diffseg_core.errors import InputError
 
 
+#: Whole-volume passes go slab by slab, each slab at most this many voxels (16 slices of
+#: 1024 x 1024): bounded temporaries whatever the size of a slice.
+SLAB_VOXELS = 1 << 24
+
+
+def slabs(shape: "tuple[int, ...]") -> "list[slice]":
+    """Consecutive slabs of whole slices along axis 0 covering ``shape``, each at most
+    `SLAB_VOXELS` voxels (one slice when a slice is bigger)."""
+    step = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
+    return [slice(z, min(z + step, int(shape[0]))) for z in range(0, int(shape[0]), step)]
+
+
 def through_plane_axis(spacing: tuple[float, float, float]) -> int:
     """Axis with the largest spacing (the acquisition's slice direction); ties -> the first.
 

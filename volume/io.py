@@ -21,6 +21,7 @@ from diffseg_core.errors import InputError
 from diffseg_core.io import (atomic_path, atomic_save_npy, check_label_range, damage_reported_by, output_error,
                              temporary_name)
 
+from .geometry import slabs
 from .types import Volume
 
 log = logging.getLogger("diffseg.volume")
@@ -386,8 +387,8 @@ def read_label_volume(path: "str | os.PathLike", index: "int | None" = None,
     if vol.slope != 1.0 or vol.intercept != 0.0:
         _warn(f"{path}: label volume has intensity scaling (slope {vol.slope}, inter {vol.intercept}); ignored")
     # Negative or beyond-int32 ids: checked slab-wise (bounded memory on memmaps).
-    for z0 in range(0, lab.shape[0], 64):
-        check_label_range(np.asarray(lab[z0:z0 + 64]), f"{path}: label volume")
+    for sl in slabs(lab.shape):
+        check_label_range(np.asarray(lab[sl]), f"{path}: label volume")
     return lab, vol
 
 
@@ -498,7 +499,7 @@ def write_labels(path: "str | os.PathLike", labels: np.ndarray, like: Volume,
     fmt = output_format(path, like)
     if tuple(labels.shape) != like.shape:
         raise ValueError(f"labels {tuple(labels.shape)} and volume {like.shape} differ in shape")
-    max_id = max((int(labels[z0:z0 + 64].max()) for z0 in range(0, labels.shape[0], 64)), default=0)
+    max_id = max((int(labels[sl].max()) for sl in slabs(labels.shape)), default=0)
     dt = label_dtype(max_id, fmt, dtype_policy)
     provenance = dict(provenance or {})
     if fmt == "ome-zarr":  # slab by slab: no copy of the whole volume

@@ -31,6 +31,7 @@ import numpy as np
 from diffseg_core.errors import InputError
 from diffseg_core.io import label_palette, output_error, temporary_name
 
+from .geometry import slabs
 from .types import Volume
 
 #: OME-NGFF version written (0.4 = Zarr format 2: what the viewers read today).
@@ -39,8 +40,6 @@ NGFF_VERSION = "0.4"
 CHUNK = (1, 512, 512)
 #: Pyramid: halve in-plane until the longest side is at most this many pixels.
 PYRAMID_MIN_SIDE = 256
-#: Slices written per block (bounded memory: this many slices of int32 at a time).
-WRITE_SLAB = 16
 _UNITS = {"micrometer": "um", "millimeter": "mm", "nanometer": "nm", "centimeter": "cm", "meter": "m"}
 _NGFF_UNIT = {v: k for k, v in _UNITS.items()}
 
@@ -247,14 +246,14 @@ def write_labels_ome_zarr(path: "str | os.PathLike", labels: Any, like: Volume, 
                                  chunk_key_encoding={"name": "v2", "separator": "/"})
                   for k, f in enumerate(factors)]
         present = np.zeros(1, bool)
-        for z0 in range(0, d, WRITE_SLAB):
-            block = np.asarray(labels[z0:z0 + WRITE_SLAB]).astype(dtype, copy=False)
+        for sl in slabs((d, h, w)):
+            block = np.asarray(labels[sl]).astype(dtype, copy=False)
             ids = np.unique(block)
             if ids.size and ids[-1] >= present.size:
                 present = np.concatenate([present, np.zeros(int(ids[-1]) + 1 - present.size, bool)])
             present[ids] = True
             for arr, f in zip(levels, factors):
-                arr[z0:z0 + block.shape[0]] = block[:, ::f, ::f]
+                arr[sl] = block[:, ::f, ::f]
         ids = [int(i) for i in np.flatnonzero(present) if i > 0]
         axes = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in "zyx"]
         g.attrs.update({

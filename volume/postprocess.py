@@ -12,10 +12,8 @@ from typing import Any, Iterator
 import numpy as np
 from scipy import ndimage
 
+from .geometry import slabs
 from .types import LabelInfo
-
-#: Slices per slab for slab-wise passes over the volume.
-SLAB = 32
 
 
 @dataclass
@@ -152,14 +150,14 @@ def relabel_consecutive(labels: np.ndarray, background: int = 0) -> int:
     """
     top = int(labels.max()) if labels.size else 0
     present = np.zeros(top + 1, bool)
-    for z in range(0, labels.shape[0], SLAB):
-        present[np.unique(labels[z:z + SLAB])] = True
+    for sl in slabs(labels.shape):
+        present[np.unique(labels[sl])] = True
     present[background] = False
     lut = np.zeros(top + 1, np.int32)
     ids = np.flatnonzero(present)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    for z in range(0, labels.shape[0], SLAB):
-        labels[z:z + SLAB] = lut[labels[z:z + SLAB]]
+    for sl in slabs(labels.shape):
+        labels[sl] = lut[labels[sl]]
     return int(len(ids))
 
 
@@ -178,8 +176,8 @@ def label_stats(labels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 
     voxel = float(np.prod(spacing))
     top = int(labels.max()) if labels.size else 0
     counts = np.zeros(top + 1, np.int64)
-    for z in range(0, labels.shape[0], SLAB):
-        counts += _chunked_bincount(np.asarray(labels[z:z + SLAB]), top + 1)
+    for sl in slabs(labels.shape):
+        counts += _chunked_bincount(np.asarray(labels[sl]), top + 1)
     out = []
     for i, box in enumerate(ndimage.find_objects(np.asarray(labels))):
         if box is None or counts[i + 1] == 0:
@@ -352,10 +350,19 @@ def _outside_slice(values: np.ndarray, threshold: float) -> np.ndarray:
     return touching[comp]
 
 
+#: At most this many voxels go into the Otsu threshold of `outside_mask` (the step grows
+#: with the volume: a 2048 x 2048 x 300 stack is sampled every 6th voxel, not every 2nd).
+OTSU_VOXELS = 1 << 23
+
+
 def _subsample(values: np.ndarray, step: int) -> np.ndarray:
-    """Every ``step``-th voxel along each axis: a strided view, copied small (``ravel`` of a
-    transposed NIfTI view would copy the whole volume first)."""
-    return np.asarray(values[::step, ::step, ::step]).ravel()
+    """Every ``step``-th voxel along each axis (a coarser step when that would exceed
+    `OTSU_VOXELS`), read slice by slice: a strided view of each slice, copied small (``ravel``
+    of a transposed NIfTI view would copy the whole volume first; a lazy stack reads one
+    slice at a time)."""
+    size = int(np.prod(values.shape))
+    step = max(int(step), int(np.ceil((size / OTSU_VOXELS) ** (1 / 3))))
+    return np.concatenate([np.asarray(values[i, ::step, ::step]).ravel() for i in range(0, values.shape[0], step)])
 
 
 def _outside_slices(values: np.ndarray, axis: int, sample: int) -> Iterator[np.ndarray]:

@@ -144,7 +144,7 @@ def test_an_interrupted_write_leaves_the_previous_result(tmp_path, monkeypatch):
                 raise Boom()
             return np.zeros_like(lab[key])
 
-    monkeypatch.setattr("volume.omezarr.WRITE_SLAB", 2)
+    monkeypatch.setattr("volume.geometry.SLAB_VOXELS", 2 * 600 * 300)
     with pytest.raises(Boom):
         vio.write_labels(tmp_path / "labels.ome.zarr", Failing(), like)
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], lab)  # untouched
