@@ -29,8 +29,10 @@ bright spheres in noise (S = ``--zarr-side``, 2048 by default) written to ``--wo
 output an OME-Zarr label image: wall time, peak RSS (VmHWM, file pages of the memory maps
 included) and the peak of the process's own memory (RssAnon, sampled every 0.1 s) beside
 the sizes of the stack and of its int32 labels; with ``--in-ram`` the same run with the
-labels held in RAM (the baseline: `volume.io.IN_MEMORY_LIMIT` raised). Issue 16 target:
-a volume larger than RAM is segmented with bounded memory.
+labels held in RAM (the baseline: `volume.io.IN_MEMORY_LIMIT` raised); with
+``--memory-limit MIB`` each run in a Linux memory cgroup of that much RAM (needs the right to
+make one, e.g. root in a container), so the volume and its labels are bigger than the RAM the
+run has. Issue 16 target: a volume larger than RAM is segmented with bounded memory.
 """
 from __future__ import annotations
 
@@ -235,7 +237,28 @@ def write_sphere_stack(path: Path, depth: int, side: int, seed: int = 0) -> None
         arr[z0:z0 + slab.shape[0]] = np.clip(slab, 0, 65535).astype(np.uint16)
 
 
-def ome_zarr_job(depth: int, side: int, workdir: "str | None", in_ram: bool, segmenter: str) -> str:
+def memory_cgroup(limit_mib: int) -> "Path | None":
+    """A fresh Linux memory cgroup (v2 ``memory.max`` or v1 ``memory.limit_in_bytes``)
+    limited to ``limit_mib`` (RAM only, no swap), or None where none can be made."""
+    import os
+
+    for root, limit_file in ((Path("/sys/fs/cgroup"), "memory.max"), (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")):
+        if not (root / "cgroup.procs").exists() or (limit_file == "memory.max" and not (root / "cgroup.controllers").exists()):
+            continue
+        g = root / f"diffseg-bench-{os.getpid()}"
+        try:
+            g.mkdir(exist_ok=True)
+            (g / limit_file).write_text(str(limit_mib << 20))
+            if (g / "memory.memsw.limit_in_bytes").exists():
+                (g / "memory.memsw.limit_in_bytes").write_text(str(limit_mib << 20))
+            return g
+        except OSError:
+            continue
+    return None
+
+
+def ome_zarr_job(depth: int, side: int, workdir: "str | None", in_ram: bool, segmenter: str,
+                 limit_mib: "int | None" = None) -> str:
     import shutil
     import tempfile
 
@@ -246,11 +269,17 @@ def ome_zarr_job(depth: int, side: int, workdir: "str | None", in_ram: bool, seg
         made = __import__("time").perf_counter() - t
         lines = [f"OME-Zarr {depth}x{side}x{side} uint16 ({depth * side * side * 2 / 2**30:.2f} GiB; int32 labels "
                  f"{depth * side * side * 4 / 2**30:.2f} GiB), written in {made:.0f} s; diffseg volume with {segmenter}:"]
+        group = memory_cgroup(limit_mib) if limit_mib else None
+        if limit_mib:
+            lines.append(f"  (each run in a memory cgroup of {limit_mib} MiB: RAM smaller than the labels)" if group else
+                         "  (no memory cgroup could be made here: runs without a limit)")
+        enter = (lambda: (group / "cgroup.procs").write_text(str(__import__("os").getpid()))) if group else None
         for mode in (("disk", "ram") if in_ram else ("disk",)):
             p = subprocess.run([sys.executable, "-c", ZARR_CHILD, str(d / "stack.ome.zarr"), str(d / f"out-{mode}"), mode,
-                                str(REPO), segmenter], capture_output=True, text=True)
+                                str(REPO), segmenter], capture_output=True, text=True, preexec_fn=enter)
             if p.returncode != 0:
-                lines.append(f"  labels {mode}: failed: {(p.stderr.strip().splitlines() or ['killed'])[-1]}")
+                why = "killed (out of memory)" if p.returncode in (-9, 137) else (p.stderr.strip().splitlines() or ["?"])[-1]
+                lines.append(f"  labels {'in a scratch memory map' if mode == 'disk' else 'in RAM'}: failed: {why}")
                 continue
             r = json.loads(p.stdout.strip().splitlines()[-1])
             out = sum(f.stat().st_size for f in Path(r["labels"]).rglob("*") if f.is_file())
@@ -261,6 +290,11 @@ def ome_zarr_job(depth: int, side: int, workdir: "str | None", in_ram: bool, seg
         return "\n".join(lines)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+        if limit_mib and group is not None:
+            try:
+                group.rmdir()
+            except OSError:
+                pass
 
 
 def main(argv: "list[str] | None" = None) -> int:
@@ -278,10 +312,12 @@ def main(argv: "list[str] | None" = None) -> int:
     ap.add_argument("--segmenter", choices=("threshold", "tiny-random"), default="threshold",
                     help="--ome-zarr's per-slice segmenter: a classical threshold + connected blobs (many labels) "
                          "or DiffSeg with the tiny-random model at --size 128 [threshold]")
+    ap.add_argument("--memory-limit", type=int, metavar="MIB",
+                    help="run each --ome-zarr job in a Linux memory cgroup of MIB (RAM smaller than the volume)")
     ap.add_argument("--workdir", help="where --ome-zarr writes its stack and outputs [the temp folder]")
     a = ap.parse_args(argv)
     for depth in a.ome_zarr or []:
-        print(ome_zarr_job(depth, a.zarr_side, a.workdir, a.in_ram, a.segmenter), flush=True)
+        print(ome_zarr_job(depth, a.zarr_side, a.workdir, a.in_ram, a.segmenter, a.memory_limit), flush=True)
     for side in a.image or []:
         print(image_job(side), flush=True)
     for depth in a.tiff_stack or []:

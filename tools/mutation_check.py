@@ -216,6 +216,17 @@ MUTANTS: list[Mutant] = [
     Mutant("volume.fusion_no_vote", "volume/fusion.py",
            "        r[agree] = a[agree]\n", "",
            VOLUME, "--axes all returns the reference axis unchanged"),
+    Mutant("omezarr.index_ignored", "volume/omezarr.py",
+           "        fixed[a] = int(index)\n", "",
+           ("tests/volume/test_omezarr.py",), "--index of a time / channel axis reads the first volume"),
+    Mutant("omezarr.pyramid_blends", "volume/omezarr.py",
+           "                arr[sl] = block[:, ::f, ::f]",
+           "                arr[sl] = block.reshape(block.shape[0], -1)[:, :(-(-h // f)) * (-(-w // f))]"
+           ".reshape(block.shape[0], -(-h // f), -(-w // f))",
+           ("tests/volume/test_omezarr.py",), "the pyramid's coarser levels are not the labels' pixels"),
+    Mutant("omezarr.written_in_place", "volume/omezarr.py",
+           "    tmp = temporary_name(path)\n", "    tmp = path\n    shutil.rmtree(path, ignore_errors=True)\n",
+           ("tests/volume/test_omezarr.py",), "an interrupted write destroys the previous result"),
     # ------------------------------------------------------------------ job manifest
     Mutant("manifest.outputs_not_checked", "diffseg/jobs.py",
            "return all((self.out_dir / o).exists() for o in rec.outputs)", "return True",

@@ -204,3 +204,20 @@ def test_fusion_corrects_the_reference_axis_where_the_others_agree() -> None:
     c[1:3, 0:3, 3:6] = 5
     fused2 = fuse_majority(ref.copy(), [a, c])
     np.testing.assert_array_equal(fused2, ref)
+
+
+def test_slab_passes_hold_a_bounded_number_of_voxels_and_give_the_same_result(monkeypatch) -> None:
+    from volume import geometry
+
+    lab = spheres((20, 40, 48))
+    lab[3:5, :4, :4] = 900  # a sparse id: the consecutive ids must skip the gap
+    ref_ids = lab.copy()
+    whole = relabel_consecutive(ref_ids), label_stats(lab)
+    for budget in (40 * 48 * 3, 1):  # 3 slices a slab; and one slice when a slice is bigger
+        monkeypatch.setattr(geometry, "SLAB_VOXELS", budget)
+        sl = geometry.slabs(lab.shape)
+        assert sl[0].start == 0 and sl[-1].stop == 20 and all(a.stop == b.start for a, b in zip(sl, sl[1:]))
+        assert max(s.stop - s.start for s in sl) == max(1, budget // (40 * 48))
+        got = lab.copy()
+        assert relabel_consecutive(got) == whole[0] and label_stats(lab) == whole[1]
+        np.testing.assert_array_equal(got, ref_ids)
