@@ -22,7 +22,7 @@ from diffseg_core.io import (atomic_path, atomic_save_npy, check_label_range, da
                              temporary_name)
 
 from .geometry import slabs
-from .types import Volume
+from .types import LazyStack, Volume
 
 log = logging.getLogger("diffseg.volume")
 
@@ -203,23 +203,14 @@ def _raw_pixdim(p: Path, header_class: Any) -> "list[float] | None":
         return None
 
 
-class TiffPages:
+class TiffPages(LazyStack):
     """A ``(D, H, W)`` TIFF stack of one page per slice, read lazily: indexing with a slice
     number decodes that page only (what the pipeline does slice by slice); any other access
     (a plane across the pages, ``np.asarray``) decodes the whole stack once and keeps it."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
         self.path, self.shape, self.dtype = Path(path), shape, np.dtype(dtype)
-        self.ndim = 3
         self._whole: "np.ndarray | None" = None
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
 
     def _page(self, k: int) -> np.ndarray:
         if getattr(self, "_pages", None) is None:  # one open file: the page list is parsed once
@@ -257,9 +248,6 @@ class TiffPages:
 
             self._whole = tifffile.imread(str(self.path))
         return self._whole if dtype is None else self._whole.astype(dtype)
-
-    def astype(self, dtype: Any) -> np.ndarray:
-        return np.asarray(self).astype(dtype)
 
 
 def _read_tiff(p: Path, index: "int | None") -> Volume:

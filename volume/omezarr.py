@@ -32,7 +32,7 @@ from diffseg_core.errors import InputError
 from diffseg_core.io import label_palette, output_error, temporary_name
 
 from .geometry import slabs
-from .types import Volume
+from .types import LazyStack, Volume
 
 #: OME-NGFF version written (0.4 = Zarr format 2: what the viewers read today).
 NGFF_VERSION = "0.4"
@@ -58,24 +58,15 @@ def is_zarr(p: Path) -> bool:
                            or any((p / f).is_file() for f in (".zgroup", ".zarray", "zarr.json")))
 
 
-class ZarrStack:
+class ZarrStack(LazyStack):
     """A ``(D, H, W)`` view of a Zarr array with fixed indices on its other axes: indexing
     reads the chunks it touches (a slice along ``D``: one chunk row), ``np.asarray`` reads
     everything."""
 
     def __init__(self, array: Any, fixed: "dict[int, int]", space: "list[int]") -> None:
         self.array, self.fixed, self.space = array, dict(fixed), list(space)
-        self.shape = tuple(int(array.shape[a]) for a in space)
+        self.shape = tuple(int(array.shape[a]) for a in space)  # type: ignore[assignment]
         self.dtype = np.dtype(array.dtype)
-        self.ndim = 3
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -87,13 +78,6 @@ class ZarrStack:
         for a, k in zip(self.space, key):
             full[a] = int(k) if isinstance(k, np.integer) else k
         return np.asarray(self.array[tuple(full)])
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        a = self[:]
-        return a if dtype is None else a.astype(dtype)
-
-    def astype(self, dtype: Any) -> np.ndarray:
-        return np.asarray(self).astype(dtype)
 
 
 def _attrs(node: Any) -> dict:

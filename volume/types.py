@@ -24,6 +24,35 @@ SOURCE_FORMATS = ("nifti", "dicom", "tiff", "npy", "ome-zarr")
 AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
 
 
+class LazyStack:
+    """A ``(D, H, W)`` array read on demand (a big file's slices): ``shape``, ``dtype``,
+    ``ndim``, ``size``, ``nbytes`` like numpy; indexing (`__getitem__`) reads what it needs;
+    ``np.asarray`` / ``astype`` read everything. Subclasses: `volume.io.TiffPages`,
+    `volume.omezarr.ZarrStack`."""
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    ndim = 3
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def astype(self, dtype: Any) -> np.ndarray:
+        return np.asarray(self).astype(dtype)
+
+
 @dataclass
 class Volume:
     """A scalar 3D image in array order ``(D, H, W)`` with its geometry.
