@@ -167,7 +167,7 @@ def register_export(sub, parent) -> None:
     d.add_argument("-o", "--output", required=True, help="results folder (the sequence goes in a subfolder)")
     d.add_argument("--sequence", default=None, help="the sequence's name [the folder's name]")
     d.add_argument("--max-objects", type=int, default=DAVIS_MAX_OBJECTS,
-                   help="keep this many tracks, largest first (DAVIS-2017 unsupervised scores 20; at most 255) "
+                   help="keep this many tracks, largest first (DAVIS-2017 unsupervised scores 20; at most 254: 255 is void in DAVIS) "
                         "[%(default)s]")
     d.set_defaults(func=_export)
     c = sub.add_parser("coco", parents=[parent], help="YouTube-VIS / COCO-video JSON, one RLE per track and frame",

@@ -11,6 +11,13 @@
 * Id switches: per object, the predicted id that covers it best (IoU >= 0.5) changes
   between frames where it is matched (CLEAR-MOT style); reported per object per 100
   frames.
+* Recall and Decay of J and F (davis2017-evaluation's ``db_statistics``), from the assigned
+  track's per-frame values: Recall the share of frames above 0.5, Decay the mean of the
+  first quarter of the frames minus that of the last (four bins of ``round(linspace(1, n,
+  5)) - 1``, each bin's end frame included in it and in the next).
+* Void: ground-truth pixels of value ``void`` (255, DAVIS) are no object and count nowhere:
+  not in J's intersection nor union, not in F's boundaries (the masks are cleared there
+  first), as the official ``db_eval_iou`` / ``f_measure`` take their void mask.
 
 F is computed for every pair in the oracle and for each object's ``f_candidates`` best
 tracks by mean J in the tracked protocol (other pairs use F = 0 in the assignment: they
@@ -57,9 +64,13 @@ def _disk(r: int) -> np.ndarray:
     return (x * x + y * y <= r * r).astype(np.uint8)
 
 
-def f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
-    """DAVIS boundary F-measure of two binary masks ``(H, W)``, in [0, 1]."""
+def f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008,
+              void: "np.ndarray | None" = None) -> float:
+    """DAVIS boundary F-measure of two binary masks ``(H, W)``, in [0, 1]; ``void`` (bool)
+    pixels are cleared in both masks before their boundaries are taken."""
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if void is not None:
+        pred, gt = pred & ~void, gt & ~void
     r = int(bound_th) if bound_th >= 1 else int(math.ceil(bound_th * math.hypot(*pred.shape)))
     bp, bg = boundary_map(pred), boundary_map(gt)
     n_p, n_g = int(bp.sum()), int(bg.sum())
@@ -75,9 +86,11 @@ def f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> floa
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-def j_measure(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Region IoU of two binary masks; 1 when both are empty."""
+def j_measure(pred: np.ndarray, gt: np.ndarray, void: "np.ndarray | None" = None) -> float:
+    """Region IoU of two binary masks, ``void`` (bool) pixels left out; 1 when both are empty."""
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if void is not None:
+        pred, gt = pred & ~void, gt & ~void
     union = int((pred | gt).sum())
     return 1.0 if union == 0 else float((pred & gt).sum()) / union
 
@@ -88,6 +101,8 @@ class VideoScores:
 
     Attributes:
         J, F, JF: tracked (one assignment per sequence) means over objects.
+        J_recall, J_decay, F_recall, F_decay: DAVIS Recall and Decay of the tracked
+            assignment, means over objects (`db_statistics`).
         oracle_J, oracle_F, oracle_JF: per-frame-oracle means over objects.
         id_switches: total id switches over all objects.
         id_switches_per_100: switches per object per 100 frames where it is present.
@@ -98,6 +113,10 @@ class VideoScores:
     J: float
     F: float
     JF: float
+    J_recall: float
+    J_decay: float
+    F_recall: float
+    F_decay: float
     oracle_J: float
     oracle_F: float
     oracle_JF: float
@@ -114,7 +133,8 @@ class VideoScores:
         return self.JF / self.oracle_JF if self.oracle_JF > 0 else 0.0
 
     def to_dict(self, per_object: bool = True) -> dict[str, Any]:
-        d = {"J": self.J, "F": self.F, "J&F": self.JF, "oracle_J": self.oracle_J, "oracle_F": self.oracle_F,
+        d = {"J": self.J, "F": self.F, "J&F": self.JF, "J_recall": self.J_recall, "J_decay": self.J_decay,
+             "F_recall": self.F_recall, "F_decay": self.F_decay, "oracle_J": self.oracle_J, "oracle_F": self.oracle_F,
              "oracle_J&F": self.oracle_JF, "tracked_over_oracle": self.ratio, "id_switches": self.id_switches,
              "id_switches_per_object_per_100_frames": self.id_switches_per_100, "n_frames": self.n_frames,
              "n_objects": self.n_objects, "n_tracks": self.n_tracks}
@@ -124,14 +144,26 @@ class VideoScores:
         return d
 
 
-def _ids(a: np.ndarray) -> np.ndarray:
+def _ids(a: np.ndarray, void: "int | None" = None) -> np.ndarray:
     u = np.unique(a)
-    return u[u > 0]
+    return u[(u > 0) & (u != void)] if void is not None else u[u > 0]
+
+
+def db_statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
+    """``(mean, recall, decay)`` of one object's per-frame J or F, as davis2017-evaluation
+    computes them: recall = share of frames above 0.5; decay = mean of the first of four
+    overlapping bins minus mean of the last (bin edges ``round(linspace(1, n, 5)) - 1``,
+    each bin ``v[e_i : e_(i+1) + 1]``). (The official code casts the edges to uint8, which
+    wraps above 256 frames; here they stay integers.)"""
+    v = np.asarray(per_frame, np.float64)
+    edges = (np.round(np.linspace(1, len(v), 5) + 1e-10) - 1).astype(np.int64)
+    bins = [v[edges[i]:edges[i + 1] + 1] for i in range(4)]
+    return float(np.mean(v)), float(np.mean(v > 0.5)), float(np.mean(bins[0]) - np.mean(bins[3]))
 
 
 def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frames: int,
                    bound_th: float = 0.008, f_candidates: int = 3, switch_iou: float = 0.5,
-                   gt_name: str = "ground truth") -> VideoScores:
+                   gt_name: str = "ground truth", void: "int | None" = 255) -> VideoScores:
     """Score a sequence; frames are loaded twice (J pass, F pass), never all at once.
 
     Args:
@@ -141,6 +173,7 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
         f_candidates: tracks per object for which F is computed in the tracked protocol.
         switch_iou: IoU an id needs to count as the object's id in a frame.
         gt_name: how errors name the ground truth (e.g. its folder).
+        void: the ground-truth value of pixels that count nowhere (DAVIS: 255), or None.
 
     Returns:
         `VideoScores`.
@@ -150,7 +183,7 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
     # pass 1: ids, J sums, oracle assignments, id switches
     gt_ids: dict[int, int] = {}
     pr_ids: dict[int, int] = {}
-    j_entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    j_entries: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (frame, g, p, IoU)
     g_pres: list[np.ndarray] = []
     p_pres: list[np.ndarray] = []
     oracle: list[list[tuple[int, int]]] = []
@@ -160,7 +193,10 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
         pred, gt = load(t)
         if pred.shape != gt.shape:
             raise InputError(f"frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
-        G, P = _ids(gt), _ids(pred)
+        vm = (gt == void) if void is not None else None
+        if vm is not None and vm.any():
+            pred = np.where(vm, 0, pred)  # a void pixel is in no prediction either
+        G, P = _ids(gt, void), _ids(pred)
         for g in G:
             gt_ids.setdefault(int(g), len(gt_ids))
         for p in P:
@@ -171,7 +207,7 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
         p_pres.append(pi)
         pairs: list[tuple[int, int]] = []
         if len(G) and len(P):
-            cg = np.where(gt > 0, np.searchsorted(G, gt), -1)
+            cg = np.where((gt > 0) & ~vm if vm is not None else gt > 0, np.searchsorted(G, gt), -1)
             cp = np.where(pred > 0, np.searchsorted(P, pred), -1)
             keep = (cg >= 0) & (cp >= 0)
             inter = np.bincount(cg[keep] * len(P) + cp[keep], minlength=len(G) * len(P)).reshape(len(G), len(P))
@@ -179,7 +215,7 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
             ap = np.bincount(cp[cp >= 0], minlength=len(P))
             iou = inter / np.maximum(ag[:, None] + ap[None, :] - inter, 1)
             nz = np.nonzero(inter)
-            j_entries.append((gi[nz[0]], pi[nz[1]], iou[nz]))
+            j_entries.append((t, gi[nz[0]], pi[nz[1]], iou[nz]))
             r, c = linear_sum_assignment(-iou)
             pairs = [(int(G[a]), int(P[b])) for a, b in zip(r, c) if iou[a, b] > 0]
             for a in range(len(G)):
@@ -205,7 +241,7 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
         if len(gi) and len(pi):
             both[np.ix_(gi, pi)] += 1
     j_sum = np.zeros((nG, nP))
-    for gi, pi, v in j_entries:
+    for _, gi, pi, v in j_entries:
         np.add.at(j_sum, (gi, pi), v)
     both_absent = n_frames - n_g[:, None] - n_p[None, :] + both
     J = (j_sum + both_absent) / n_frames  # (nG, nP) mean J over frames
@@ -216,19 +252,21 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
             if nP:
                 cand.add((g, int(p)))
     # pass 2: F of candidate pairs and of the oracle pairs
-    f_sum = {c: 0.0 for c in cand}
+    f_frames = {c: np.zeros(n_frames) for c in cand}  # per-frame F (Recall, Decay)
     oj = np.zeros(nG)
     of = np.zeros(nG)
     for t in range(n_frames):
         pred, gt = load(t)
+        vm = (gt == void) if void is not None else None
+        vm = vm if vm is not None and vm.any() else None
         pres_g = set(g_pres[t].tolist())
         pres_p = set(p_pres[t].tolist())
         for (g, p) in cand:
             gp, pp = g in pres_g, p in pres_p
             if not gp and not pp:
-                f_sum[(g, p)] += 1.0
+                f_frames[(g, p)][t] = 1.0
             elif gp and pp:
-                f_sum[(g, p)] += f_measure(pred == p_inv[p], gt == g_inv[g], bound_th)
+                f_frames[(g, p)][t] = f_measure(pred == p_inv[p], gt == g_inv[g], bound_th, vm)
         matched = dict(oracle[t])
         for g in range(nG):
             gid = g_inv[g]
@@ -238,33 +276,55 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
                 continue
             if gid in matched:
                 pm, gm = pred == matched[gid], gt == gid
-                oj[g] += j_measure(pm, gm)
-                of[g] += f_measure(pm, gm, bound_th)
+                oj[g] += j_measure(pm, gm, vm)
+                of[g] += f_measure(pm, gm, bound_th, vm)
     F = np.zeros((nG, nP))
-    for (g, p), v in f_sum.items():
-        F[g, p] = v / n_frames
+    for (g, p), v in f_frames.items():
+        F[g, p] = v.mean()
     per = []
     if nP:
         r, c = linear_sum_assignment(-(J + F) / 2)
         assign = dict(zip(r.tolist(), c.tolist()))
     else:
         assign = {}
-    Js, Fs = [], []
+    Js, Fs, stats = [], [], []
     for g in range(nG):
         p = assign.get(g)
         j = float(J[g, p]) if p is not None else 0.0
         f = float(F[g, p]) if p is not None else 0.0
         Js.append(j)
         Fs.append(f)
+        jt, ft = _per_frame(g, p, n_frames, g_pres, p_pres, j_entries, f_frames)
+        stats.append(db_statistics(jt)[1:] + db_statistics(ft)[1:])
+        rd = dict(zip(("J_recall", "J_decay", "F_recall", "F_decay"), (round(x, 6) for x in stats[-1])))
         per.append({"object": g_inv[g], "track": p_inv[p] if p is not None else None, "J": round(j, 6),
                     "F": round(f, 6), "oracle_J": round(oj[g] / n_frames, 6), "oracle_F": round(of[g] / n_frames, 6),
-                    "id_switches": switches.get(g_inv[g], 0), "frames_present": int(n_g[g])})
+                    **rd, "id_switches": switches.get(g_inv[g], 0), "frames_present": int(n_g[g])})
     Jm, Fm = float(np.mean(Js)), float(np.mean(Fs))
     oJ, oF = float(np.mean(oj / n_frames)), float(np.mean(of / n_frames))
     n_sw = int(sum(switches.values()))
-    return VideoScores(J=Jm, F=Fm, JF=(Jm + Fm) / 2, oracle_J=oJ, oracle_F=oF, oracle_JF=(oJ + oF) / 2,
+    jr, jd, fr, fd = (float(x) for x in np.mean(stats, axis=0))
+    return VideoScores(J=Jm, F=Fm, JF=(Jm + Fm) / 2, J_recall=jr, J_decay=jd, F_recall=fr, F_decay=fd,
+                       oracle_J=oJ, oracle_F=oF, oracle_JF=(oJ + oF) / 2,
                        id_switches=n_sw, id_switches_per_100=100.0 * n_sw / max(int(n_g.sum()), 1),
                        n_frames=n_frames, n_objects=nG, n_tracks=nP, per_object=per)
+
+
+def _per_frame(g: int, p: "int | None", n: int, g_pres: list, p_pres: list, j_entries: list,
+               f_frames: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame J and F of object ``g`` with track ``p`` (None: no track): 1 where both are
+    absent, 0 where one is, else the frame's value (F = 0 for a pair it was not computed
+    for: its mean J is too low for it to be assigned but by lack of choice)."""
+    gp = np.array([g in set(x.tolist()) for x in g_pres])
+    pp = np.array([p is not None and p in set(x.tolist()) for x in p_pres])
+    jt = np.where(~gp & ~pp, 1.0, 0.0)
+    if p is not None:
+        for t, gi, pi, v in j_entries:
+            hit = (gi == g) & (pi == p)
+            if hit.any():
+                jt[t] = float(v[hit][0])
+    ft = f_frames.get((g, p), np.where(~gp & ~pp, 1.0, 0.0)) if p is not None else jt.copy()
+    return jt, ft
 
 
 def _label_files(d: Path) -> dict[str, Path]:

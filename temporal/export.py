@@ -4,7 +4,8 @@ and ``tracks.json``) to the formats other tools read.
 * `export_davis`: DAVIS-2017 results (``OUT/<sequence>/<stem>.png``, palette PNGs, object ids
   ``1..N`` in order of first appearance, 0 = background): what davis2017-evaluation reads.
   Its unsupervised protocol takes at most 20 objects per sequence, so by default the 20
-  tracks with the largest total area are kept (``max_objects``, at most 255: one byte).
+  tracks with the largest total area are kept (``max_objects``, at most 254: one byte, 255
+  being DAVIS's void).
 * `export_coco`: the tracks as one YouTube-VIS / COCO-video JSON (``videos``, ``categories``,
   ``annotations``: one per track with a COCO RLE, area and box per frame, null where the
   track is absent), encoded with pycocotools; TrackEval, SAM 2 / DEVA tooling and the COCO
@@ -80,13 +81,15 @@ def export_davis(folder: "str | Path", out_dir: "str | Path", sequence: "str | N
     Args:
         folder: the tracked video's output folder.
         sequence: the sequence's name (default: the folder's name).
-        max_objects: tracks kept, largest total area first (1..255; DAVIS scores 20).
+        max_objects: tracks kept, largest total area first (1..254; 255 is DAVIS's void; DAVIS
+            scores 20).
 
     Returns:
         ``{"frames", "objects", "dropped", "ids"}`` (``ids``: exported id -> track id).
     """
-    if not 1 <= int(max_objects) <= 255:
-        raise InputError(f"max_objects must be in 1..255 (one byte per pixel); got {max_objects}")
+    if not 1 <= int(max_objects) <= 254:
+        raise InputError(f"max_objects must be in 1..254 (one byte per pixel; 255 is DAVIS's void label); "
+                         f"got {max_objects}")
     video = TrackedVideo.open(folder)
     tracks = video.tracks()
     kept = sorted(tracks, key=lambda t: -sum(t.get("area", [])))[: int(max_objects)]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from diffseg_core.errors import InputError
-from temporal.evaluate import evaluate_video_arrays, f_measure, j_measure
+from temporal.evaluate import db_statistics, evaluate_video_arrays, f_measure, j_measure
 
 
 def square(h, w, y0, x0, s, v=1):
@@ -220,3 +220,34 @@ def test_tracked_and_oracle_scores_worked_out_by_hand():
     assert s.id_switches == 1
     assert s.id_switches_per_100 == pytest.approx(100 / 9)  # 5 + 4 frames present
     assert s.n_tracks == 4 and s.n_objects == 2
+
+
+def test_recall_and_decay_as_davis_computes_them():
+    # four overlapping bins of 8 frames: edges round(linspace(1, 8, 5)) - 1 = 0, 2, 4, 5, 7
+    m, r, d = db_statistics(np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]))
+    assert m == pytest.approx(0.55) and r == 0.5  # 0.5 itself is not above 0.5
+    assert d == pytest.approx((0.9 + 0.8 + 0.7) / 3 - (0.4 + 0.3 + 0.2) / 3)
+    pred, gt = _hand_video()
+    s = evaluate_video_arrays(pred, gt)
+    per = {o["object"]: o for o in s.per_object}
+    # 5 frames: bins [0:2], [1:3], [2:4], [3:5]. Object 1's J: 1/3, 1/3, 1, 1, 1; object 2's
+    # J and F: 0, 0, 1, 1, 1 (track 8 absent, then exact, then both absent)
+    assert per[1]["J_recall"] == pytest.approx(0.6) and per[1]["J_decay"] == pytest.approx(1 / 3 - 1, abs=1e-6)
+    assert per[2]["J_recall"] == pytest.approx(0.6) and per[2]["J_decay"] == pytest.approx(-1.0)
+    assert per[2]["F_recall"] == pytest.approx(0.6) and per[2]["F_decay"] == pytest.approx(-1.0)
+    assert s.J_recall == pytest.approx(0.6) and s.J_decay == pytest.approx((1 / 3 - 1 - 1) / 2, abs=1e-6)
+    assert s.to_dict()["F_decay"] == pytest.approx(s.F_decay, abs=1e-6)
+
+
+def test_void_pixels_count_nowhere():
+    gt = square(20, 20, 4, 4, 8)
+    gt[4:12, 12:16] = 255  # an unlabelled band beside the object (DAVIS void)
+    pred = square(20, 20, 4, 4, 8, 3)
+    pred[4:12, 12:16] = 3  # the prediction spills over the void band: not an error
+    s = evaluate_video_arrays([pred] * 3, [gt] * 3)
+    assert s.n_objects == 1 and s.J == 1.0 and s.F == 1.0 and s.J_recall == 1.0 and s.J_decay == 0.0
+    plain = evaluate_video_arrays([pred] * 3, [gt] * 3, void=None)  # 255 as an object: another picture
+    assert plain.n_objects == 2 and plain.J < 1.0
+    missed = np.where(gt == 255, 0, pred)
+    missed[4:12, 4:6] = 0  # a quarter of the object lost: J 0.75 whatever the void band holds
+    assert evaluate_video_arrays([missed], [gt]).J == pytest.approx(0.75)

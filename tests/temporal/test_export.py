@@ -111,8 +111,8 @@ def test_export_cli_and_bad_input(tracked, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["tracks"] >= 3
     assert main(["export", "mot", str(tmp_path), "-o", str(tmp_path / "m.txt")]) == 2
     assert "not a tracked video" in capsys.readouterr().err
-    assert main(["export", "davis", str(tracked), "-o", str(tmp_path / "d"), "--max-objects", "300"]) == 2
-    assert "1..255" in capsys.readouterr().err
+    assert main(["export", "davis", str(tracked), "-o", str(tmp_path / "d"), "--max-objects", "255"]) == 2
+    assert "1..254" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "tracks.json").write_text(json.dumps({"complete": False, "status": "failed", "error": "killed",
