@@ -37,6 +37,16 @@ def _axis(text: str) -> "int | None":
         raise argparse.ArgumentTypeError(str(exc))
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+    return v
+
+
 #: the options of each command: `VolumeConfig` fields as generated options, from the
 #: command's preset (its defaults); `volume`'s --background auto|none is `clear_outside`
 def _presets():
@@ -132,7 +142,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if pv.shape != gv.shape:
             raise InputError(f"{args.pred}: shape {pv.shape} differs from ground truth {args.gt} {gv.shape}")
         scores = volume_dice(pred, gt, oracle=not args.no_oracle, axis=args.axis if args.axis is not None else 0,
-                             gt_name=f"{args.gt}: ground truth")
+                             gt_name=f"{args.gt}: ground truth", surface=not args.no_surface,
+                             spacing=gv.spacing, tolerance=args.surface_tolerance)
     d = scores.to_dict()
     d["pred"], d["gt"] = str(args.pred), str(args.gt)
     print(json.dumps(d, indent=1 if args.pretty else None))
@@ -167,14 +178,20 @@ def register(sub, parent) -> None:
 
 def register_evaluate(ev_sub, parent) -> None:
     """Add ``evaluate volume``."""
-    e = ev_sub.add_parser("volume", parents=[parent], help="3D Dice of a label volume vs ground truth (JSON)",
+    e = ev_sub.add_parser("volume", parents=[parent], help="3D Dice, HD95, surface Dice and instance F1 of a "
+                                                           "label volume vs ground truth (JSON)",
                           description="Dice per ground-truth label after one Hungarian matching over the whole "
-                                      "volume, the mean Dice, and the per-slice-oracle Dice (each slice matched "
-                                      "on its own: the upper bound that ignores id consistency). JSON on stdout.")
+                                      "volume, the mean Dice, the per-slice-oracle Dice (each slice matched "
+                                      "on its own: the upper bound that ignores id consistency), HD95 and "
+                                      "surface Dice of the matched labels (in the ground truth's spacing units), "
+                                      "and instance precision / recall / F1 / accuracy at IoU 0.5. JSON on stdout.")
     e.add_argument("pred", help="predicted label volume (0 = none)")
     e.add_argument("gt", help="ground-truth label volume (0 = background, not scored)")
     e.add_argument("--axis", type=_axis, default=None, help="slicing axis of the oracle [z]")
     e.add_argument("--index", type=int, default=None, help="volume index of 4-D input")
     e.add_argument("--no-oracle", action="store_true", help="skip the per-slice oracle")
+    e.add_argument("--no-surface", action="store_true", help="skip HD95 and surface Dice (a distance transform per label)")
+    e.add_argument("--surface-tolerance", type=_positive_float, default=1.0,
+                   help="surface Dice tolerance in the spacing's units (mm for NIfTI / DICOM) [%(default)s]")
     e.add_argument("--pretty", action="store_true", help="indented JSON")
     e.set_defaults(func=_run_evaluate)

@@ -221,3 +221,54 @@ def test_slab_passes_hold_a_bounded_number_of_voxels_and_give_the_same_result(mo
         got = lab.copy()
         assert relabel_consecutive(got) == whole[0] and label_stats(lab) == whole[1]
         np.testing.assert_array_equal(got, ref_ids)
+
+
+def _blobs(seed: int, shape=(12, 40, 44), n: int = 6) -> np.ndarray:
+    """Random ellipsoid instances (ids 1..n, later ones drawn over earlier ones)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    lab = np.zeros(shape, np.int32)
+    for i in range(1, n + 1):
+        c = rng.uniform([2, 6, 6], [shape[0] - 2, shape[1] - 6, shape[2] - 6])
+        r = rng.uniform([1.5, 3, 3], [4, 9, 9])
+        lab[((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1] = i
+    return lab
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hd95_and_surface_dice_equal_monai(seed: int) -> None:
+    torch = pytest.importorskip("torch")
+    metrics = pytest.importorskip("monai.metrics")
+    gt = _blobs(seed)
+    pred = np.roll(_blobs(seed), (1, 2, -1), axis=(0, 1, 2))  # shifted: distances > 0
+    pred[pred == 3] = 0  # one label missed: HD95 None, surface Dice 0
+    spacing, tol = (2.5, 0.8, 0.7), 1.5
+    s = volume_dice(pred, gt, oracle=False, surface=True, spacing=spacing, tolerance=tol)
+    for gid, pid in s.matched.items():
+        if pid == 0:
+            assert s.hd95[gid] is None and s.surface_dice[gid] == 0.0
+            continue
+        y = torch.from_numpy(gt == gid)[None, None].float()
+        yp = torch.from_numpy(pred == pid)[None, None].float()
+        hd = metrics.compute_hausdorff_distance(yp, y, include_background=True, percentile=95, spacing=spacing)
+        nsd = metrics.compute_surface_dice(yp, y, class_thresholds=[tol], include_background=True, spacing=spacing)
+        assert s.hd95[gid] == pytest.approx(float(hd), abs=1e-4), gid
+        assert s.surface_dice[gid] == pytest.approx(float(nsd), abs=1e-4), gid
+    assert any(v is None for v in s.hd95.values()) and s.mean_surface_dice < 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_instance_matching_equals_stardist(seed: int) -> None:
+    stardist = pytest.importorskip("stardist.matching")
+    gt = _blobs(seed, n=9)
+    pred = np.roll(_blobs(seed, n=9), (0, 1, 1), axis=(0, 1, 2))
+    pred[pred == 2] = 40  # ids need not be consecutive
+    pred[pred == 7] = 0  # a missed instance
+    x5 = int(np.median(np.nonzero(pred == 5)[2]))
+    pred[(pred == 5) & (np.indices(pred.shape)[2] > x5)] = 41  # an instance split in halves
+    pred[:2, :3, :3] = 50  # a spurious one
+    s = volume_dice(pred, gt, oracle=False)
+    ref = stardist.matching(gt, pred, thresh=0.5)
+    for k in ("tp", "fp", "fn", "precision", "recall", "f1", "accuracy"):
+        assert s.instances[k] == pytest.approx(getattr(ref, k), abs=1e-9), k
+    assert 0 < s.instances["tp"] < 9 and s.instances["fp"] >= 2 and s.instances["fn"] >= 1
