@@ -227,6 +227,8 @@ def test_recall_and_decay_as_davis_computes_them():
     m, r, d = db_statistics(np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]))
     assert m == pytest.approx(0.55) and r == 0.5  # 0.5 itself is not above 0.5
     assert d == pytest.approx((0.9 + 0.8 + 0.7) / 3 - (0.4 + 0.3 + 0.2) / 3)
+    # each bin holds its end frame: first bin 0.1, 0.9, 0.5 and last 0.5, 0.9, 0.1 -> no decay
+    assert db_statistics(np.array([0.1, 0.9, 0.5, 0.5, 0.5, 0.5, 0.9, 0.1]))[2] == pytest.approx(0.0)
     pred, gt = _hand_video()
     s = evaluate_video_arrays(pred, gt)
     per = {o["object"]: o for o in s.per_object}
