@@ -10,8 +10,9 @@ Sources (`load_model`):
 * a single ``.safetensors`` file (or ``.ckpt`` with ``allow_pickle=True``: a ``.ckpt`` is a
   Python pickle, which can run arbitrary code when loaded, so it is refused by default);
 * ``"tiny-random"``: a tiny UNet/VAE/text encoder built from configs in code with seeded
-  random weights. It runs the whole pipeline offline in tests and CI in well under a second,
-  but **its segments are meaningless**.
+  random weights (self-attention queries and keys a scaled identity: `TINY_QK_SCALE`). It
+  runs the whole pipeline offline in tests and CI in well under a second, but **its
+  segments are meaningless**.
 
 The empty-prompt text embedding is computed once at load time; the tokenizer and text
 encoder are then dropped to save memory, and loaded again (once) only when segments are to
@@ -497,6 +498,7 @@ def tiny_random_model(device: "str | torch.device" = "cpu", dtype: torch.dtype =
     try:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**tiny_unet_config())
+        _similarity_attention(unet, TINY_QK_SCALE)
         vae = AutoencoderKL(**tiny_vae_config())
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
@@ -513,6 +515,25 @@ def tiny_random_model(device: "str | torch.device" = "cpu", dtype: torch.dtype =
     loaded._text = TextEncoder(_tiny_tokenize, text_encoder.to(dev), bos=0, eos=2, pad=1, separator=[3],
                                max_length=77, device=dev, dtype=dtype)
     return loaded
+
+
+#: The tiny model's self-attention queries and keys are this multiple of the identity (see
+#: `_similarity_attention`): 1.6 gives the example scene about ten segments at --size 128;
+#: random projections give attention maps so flat that everything is one segment.
+TINY_QK_SCALE = 1.6
+
+
+def _similarity_attention(unet: Any, scale: float) -> None:
+    """Set every self-attention's query and key projections to ``scale`` x identity, so that
+    a position attends to the positions whose (layer-normalised) features are like its own:
+    the tiny model's segments then follow the image a little (the demo shows the pipeline
+    working) instead of being one flat segment. Still random weights: meaningless segments."""
+    with torch.no_grad():
+        for name, mod in unet.named_modules():
+            if name.endswith("attn1") and mod.to_q.weight.shape[0] == mod.to_q.weight.shape[1]:
+                eye = torch.eye(mod.to_q.weight.shape[0], dtype=mod.to_q.weight.dtype)
+                mod.to_q.weight.copy_(eye * scale)
+                mod.to_k.weight.copy_(eye * scale)
 
 
 def _tiny_tokenize(word: str) -> list:

@@ -156,8 +156,9 @@ def test_refine_and_thresholds_reach_the_merge():
 
 
 def test_merge_settings_change_the_segmentation():
-    """The tiny model's attention is nearly uniform: the paper's 1.1 merges it into one
-    segment, a threshold of 1e-5 keeps many, and a 4x4 anchor grid caps them at 16."""
+    """A threshold that every pair passes merges everything into one segment, the paper's
+    1.1 keeps a few of the tiny model's (its attention follows feature similarity), 1e-5
+    keeps many, and a 4x4 anchor grid caps them at 16."""
     from diffseg_core.config import MergeConfig
 
     img = _image(128, 128, 3)
@@ -167,7 +168,7 @@ def test_merge_settings_change_the_segmentation():
         return DiffSegSegmenter(cfg).segment_one(img).num_segments
 
     default, fine, coarse_grid = count(), count(kl_threshold=1e-5), count(kl_threshold=1e-5, grid=4)
-    assert default == 1
+    assert count(kl_threshold=1e6) == 1 < default < fine
     assert 1 < coarse_grid <= 16 < fine
 
 
@@ -264,8 +265,9 @@ def test_from_pipe_reuses_a_loaded_pipeline_and_names_segments(tmp_path):
     assert seg.model.unet is pipe.unet and seg.model.vae is pipe.vae  # reused, not copied
     out = seg.segment_one(_image(64, 80, 3))
     assert out.labels.shape == (64, 80) and out.names is not None and out.names.scores.shape[1] == 2
-    ref = DiffSegSegmenter(SegmenterConfig(model="tiny-random", size=64, device="cpu")).segment_one(_image(64, 80, 3))
-    np.testing.assert_array_equal(out.labels, ref.labels)  # the same weights give the same segments
+    ref = DiffSegSegmenter.from_pipe(pipe, SegmenterConfig(size=64)).segment_one(_image(64, 80, 3))
+    np.testing.assert_array_equal(out.labels, ref.labels)  # naming (a second pass) leaves the segments as they are
+    assert ref.num_segments > 1
     with pytest.raises(InputError, match="no tokenizer"):
         DiffSegSegmenter.from_pipe(type("P", (), {"unet": pipe.unet, "vae": pipe.vae, "tokenizer": None,
                                                   "text_encoder": None})())
