@@ -17,9 +17,9 @@ from diffseg_core.errors import InputError, OutputError  # noqa: E402
 from diffseg_core.io import label_palette  # noqa: E402
 from tests.volume.helpers import spheres  # noqa: E402
 from volume import io as vio  # noqa: E402
-from volume.api import segment_volume, stack_labels  # noqa: E402
+from volume.api import stack_labels  # noqa: E402
 from volume.omezarr import ZarrStack  # noqa: E402
-from volume.types import Volume, VolumeConfig  # noqa: E402
+from volume.types import Volume  # noqa: E402
 
 
 def write_ngff04(path, data, axes="zyx", scale=(2.0, 0.5, 0.25), unit="micrometer", chunks=None):
