@@ -106,6 +106,34 @@ def read_ome_zarr(p: Path, index: "int | None" = None, series: "str | None" = No
         raise InputError(f"{p}: not a readable Zarr store ({type(exc).__name__}: {exc})") from exc
     if isinstance(node, zarr.Array):
         return _bare_array(p, node, index)
+    m, arr, version = _multiscale_image(p, node, series)
+    axes = [a if isinstance(a, dict) else {"name": str(a), "type": "space" if a in "zyx" else ""}
+            for a in m.get("axes", [{"name": n, "type": "space"} for n in "tczyx"[-len(arr.shape):]])]
+    if len(axes) != len(arr.shape):
+        raise InputError(f"{p}: {len(axes)} axes in the metadata for an array of shape {tuple(arr.shape)}")
+    space = [i for i, a in enumerate(axes) if a.get("type") == "space"]
+    names = [str(a.get("name", "?")) for a in axes]
+    if len(space) == 2:
+        raise InputError(f"{p}: OME-Zarr image with axes {names} is a single 2-D plane; expected a 3-D (z, y, x) image")
+    if len(space) != 3:
+        raise InputError(f"{p}: expected three space axes (z, y, x); the image has axes {names}")
+    fixed = _fixed_axes(p, arr.shape, [i for i in range(len(axes)) if i not in space], names, index)
+    scale = _scale(m["datasets"][0].get("coordinateTransformations"), len(axes))
+    top = _scale(m.get("coordinateTransformations"), len(axes))
+    if top is not None:
+        scale = top if scale is None else scale * top
+    known = scale is not None
+    spacing = tuple(float(scale[i]) for i in space) if known else (1.0, 1.0, 1.0)
+    unit = _UNITS.get(str(axes[space[-1]].get("unit", "")), str(axes[space[-1]].get("unit") or "voxel"))
+    return Volume(data=ZarrStack(arr, fixed, space), spacing=spacing, affine=None, source_format="ome-zarr", path=p,
+                  spacing_known=known, unit=unit if known else "voxel",
+                  meta={"ome_zarr": {"axes": "".join(names), "name": m.get("name"), "version": version,
+                                     "levels": len(m["datasets"])}})
+
+
+def _multiscale_image(p: Path, node: Any, series: "str | None") -> tuple[dict, Any, Any]:
+    """The first multiscale image of a group (or of its image ``series`` / ``0`` in a
+    bioformats2raw layout): ``(its multiscales entry, its highest resolution, version)``."""
     attrs = _attrs(node)
     if "multiscales" not in attrs and ("bioformats2raw.layout" in attrs or series is not None):
         key = series if series is not None else "0"
@@ -120,40 +148,18 @@ def read_ome_zarr(p: Path, index: "int | None" = None, series: "str | None" = No
         raise InputError(f"{p}: a Zarr group without OME-Zarr 'multiscales' image metadata; expected an "
                          "OME-Zarr image (OME-NGFF 0.4 or 0.5) or a plain Zarr array")
     m = ms[0]
-    ds = m["datasets"][0]
     try:
-        arr = node[ds["path"]]
+        arr = node[m["datasets"][0]["path"]]
     except KeyError:
-        raise InputError(f"{p}: the multiscales name the array {ds['path']!r}, which is missing") from None
-    axes = [a if isinstance(a, dict) else {"name": str(a), "type": "space" if a in "zyx" else ""}
-            for a in m.get("axes", [{"name": n, "type": "space"} for n in "tczyx"[-len(arr.shape):]])]
-    if len(axes) != len(arr.shape):
-        raise InputError(f"{p}: {len(axes)} axes in the metadata for an array of shape {tuple(arr.shape)}")
-    space = [i for i, a in enumerate(axes) if a.get("type") == "space"]
-    names = "".join(str(a.get("name", "?")) for a in axes)
-    if len(space) == 2:
-        raise InputError(f"{p}: OME-Zarr image with axes {names!r} is a single 2-D plane; expected a 3-D (z, y, x) image")
-    if len(space) != 3:
-        raise InputError(f"{p}: expected three space axes (z, y, x); the image has axes {names!r}")
-    fixed = _fixed_axes(p, arr.shape, [i for i in range(len(axes)) if i not in space], names, index)
-    scale = _scale(ds.get("coordinateTransformations"), len(axes))
-    top = _scale(m.get("coordinateTransformations"), len(axes))
-    if top is not None:
-        scale = top if scale is None else scale * top
-    known = scale is not None
-    spacing = tuple(float(scale[i]) for i in space) if known else (1.0, 1.0, 1.0)
-    unit = _UNITS.get(str(axes[space[-1]].get("unit", "")), str(axes[space[-1]].get("unit") or "voxel"))
-    return Volume(data=ZarrStack(arr, fixed, space), spacing=spacing, affine=None, source_format="ome-zarr", path=p,
-                  spacing_known=known, unit=unit if known else "voxel",
-                  meta={"ome_zarr": {"axes": names, "name": m.get("name"), "version": m.get("version", attrs.get("version")),
-                                     "levels": len(m["datasets"])}})
+        raise InputError(f"{p}: the multiscales name the array {m['datasets'][0]['path']!r}, which is missing") from None
+    return m, arr, m.get("version", attrs.get("version"))
 
 
-def _fixed_axes(p: Path, shape: Any, other: "list[int]", names: str, index: "int | None") -> "dict[int, int]":
+def _fixed_axes(p: Path, shape: Any, other: "list[int]", names: "list[str]", index: "int | None") -> "dict[int, int]":
     """Indices of the non-space axes: 0 for length one, ``index`` for the one longer axis."""
     long = [a for a in other if int(shape[a]) > 1]
     if len(long) > 1:
-        raise InputError(f"{p}: axes {names!r} of shape {tuple(shape)}: more than one time / channel axis longer "
+        raise InputError(f"{p}: axes {names} of shape {tuple(shape)}: more than one time / channel axis longer "
                          "than one; export one 3-D image first")
     fixed = {a: 0 for a in other}
     if long:
@@ -173,7 +179,7 @@ def _bare_array(p: Path, arr: Any, index: "int | None") -> Volume:
     if len(shape) not in (3, 4):
         raise InputError(f"{p}: expected a 3-D (z, y, x) Zarr array; got shape {shape}")
     other = [0] if len(shape) == 4 else []
-    fixed = _fixed_axes(p, shape, other, "czyx"[-len(shape):], index)
+    fixed = _fixed_axes(p, shape, other, list("czyx"[-len(shape):]), index)
     return Volume(data=ZarrStack(arr, fixed, [a for a in range(len(shape)) if a not in other]),
                   source_format="ome-zarr", path=p, meta={"ome_zarr": {"axes": "zyx", "bare_array": True}})
 
