@@ -27,7 +27,7 @@ from diffseg_core.types import Segmenter, resolve_segmenter
 from .geometry import inplane_spacing, resize_gray, resize_nearest, square_shape, take_slice, through_plane_axis
 from .intensity import IntensityMap, gray_to_rgb, has_finite_value, plan_intensity, to_uint8
 from .io import (VolumeWarning, default_output_name, label_buffer, output_format, read_label_volume, read_volume,
-                 write_labels)
+                 release_pages, write_labels)
 from .postprocess import relabel_consecutive, remove_fragments, split_at_waists
 from .report import side_paths, write_color_table, write_itksnap_labels, write_labels_json, write_montage
 from .types import Volume, VolumeConfig, VolumeResult
@@ -38,6 +38,10 @@ log = logging.getLogger("diffseg.volume")
 #: (segment index int (a, b) ``0..K-1`` with -1 = none, proposals float32 (K, h, w),
 #:  uint8 (a, b) windowed image of the slice or None)
 SliceSeg = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+#: A memory-mapped input's pages are let go (`release_pages`) every this many slices / batches.
+RELEASE_EVERY = 16
 
 
 def resolve_output(output_path: "str | os.PathLike", vol: Volume, dicom_seg: bool = False) -> Path:
@@ -175,6 +179,8 @@ def _diffseg_slices(images: _SliceImages, segmenter: Segmenter, batch: int,
     n = images.vol.shape[images.axis]
     for b0 in range(0, n, batch):
         grays = [images.gray(i) for i in range(b0, min(n, b0 + batch))]
+        if (b0 // batch) % RELEASE_EVERY == RELEASE_EVERY - 1:
+            release_pages(images.vol.data)
         segs = segmenter.segment([images.rgb(g) for g in grays])
         if len(segs) != len(grays):
             raise ValueError(f"segmenter returned {len(segs)} results for {len(grays)} slices")
@@ -263,6 +269,8 @@ def _label_slices(lab: np.ndarray, axis: int, background: "int | None",
 
     for i in range(lab.shape[axis]):
         s = segmentation_from_labels(np.asarray(take_slice(lab, axis, i)), work_side=0, background=background)
+        if i % RELEASE_EVERY == RELEASE_EVERY - 1:
+            release_pages(lab)  # a mapped input streams through: its read slices leave the RSS
         yield s.labels, s.proposals, (gray(axis, i) if gray is not None else None)
 
 

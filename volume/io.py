@@ -351,6 +351,25 @@ def _read_npy(p: Path, index: "int | None") -> Volume:
     return Volume(data=arr, source_format="npy", path=p)
 
 
+def release_pages(arr: Any) -> None:
+    """Let a read-only memory-mapped input's pages leave this process (``MADV_DONTNEED``):
+    they stay in the page cache, so reading them again is cheap, but a pass over a big
+    mapped file no longer leaves the whole file in the process's RSS. No-op for anything
+    else (arrays in RAM, writable maps, systems without ``madvise``)."""
+    import mmap
+
+    base = arr
+    while base is not None and not isinstance(base, mmap.mmap):
+        if isinstance(base, np.memmap) and getattr(base, "mode", "r") != "r":
+            return  # a writable map holds results: leave it alone
+        base = getattr(base, "base", None)
+    if base is not None and hasattr(base, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
 # ----------------------------------------------------------------------------- labels in
 def read_label_volume(path: "str | os.PathLike", index: "int | None" = None,
                       series: "str | None" = None) -> tuple[np.ndarray, Volume]:
@@ -377,6 +396,7 @@ def read_label_volume(path: "str | os.PathLike", index: "int | None" = None,
     # Negative or beyond-int32 ids: checked slab-wise (bounded memory on memmaps).
     for sl in slabs(lab.shape):
         check_label_range(np.asarray(lab[sl]), f"{path}: label volume")
+    release_pages(lab)  # (the check read the whole file)
     return lab, vol
 
 

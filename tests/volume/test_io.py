@@ -340,3 +340,30 @@ def test_compressed_and_uncompressed_stacks_segment_alike(tmp_path: Path) -> Non
     out = [segment_volume(tmp_path / f, tmp_path / f"o_{f}", ThresholdSegmenter(), VolumeConfig(window="minmax"))
            for f in ("raw.tif", "zip.tif")]
     np.testing.assert_array_equal(tifffile.imread(out[0].labels_path), tifffile.imread(out[1].labels_path))
+
+
+def test_release_pages_lets_a_read_map_go_and_never_touches_results(tmp_path):
+    from volume.io import release_pages
+
+    data = np.arange(16 * 1024 * 1024, dtype=np.int32).reshape(64, 512, 512)  # 64 MiB
+    np.save(tmp_path / "in.npy", data)
+    ro = np.load(tmp_path / "in.npy", mmap_mode="r")
+
+    def rss_file() -> float:
+        return int(open("/proc/self/status").read().split("RssFile:")[1].split()[0]) / 1024
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc")
+    total = int(sum(int(ro[z].sum()) for z in range(64)) > 0)  # every page read
+    before = rss_file()
+    release_pages(ro.transpose(2, 1, 0))  # through a view, as NIfTI volumes are held
+    assert total and before - rss_file() > 48  # MiB: the read pages left the process
+    np.testing.assert_array_equal(ro[63], data[63])  # and read back from the page cache
+    rw = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.int32, shape=(4, 8, 8))
+    rw[:] = 7
+    release_pages(rw)  # a writable map holds results: untouched
+    assert (rw == 7).all()
+    del rw
+    assert (np.load(tmp_path / "out.npy") == 7).all()
+    release_pages(data)  # in RAM: nothing to do
+    assert data[5, 5, 5] == 5 * 512 * 512 + 5 * 512 + 5
