@@ -8,6 +8,7 @@ written as NIfTI). TIFF is ZYX as tifffile reads it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -425,9 +426,11 @@ def label_buffer(shape: "tuple[int, ...]", near: "str | os.PathLike | None", dty
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(scratch, "w+b") as f:
-            if hasattr(os, "posix_fallocate"):
+            try:
                 os.posix_fallocate(f.fileno(), 0, nbytes)
-            else:
+            except (AttributeError, OSError) as exc:  # no fallocate here (macOS, some network file systems)
+                if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
                 f.truncate(nbytes)
             arr = np.memmap(f, dtype=dtype, mode="r+", shape=tuple(shape))
     except OSError as exc:

@@ -197,6 +197,14 @@ def test_big_label_volumes_are_built_in_a_scratch_map_with_the_same_result(tmp_p
         vio.label_buffer((4, 5, 6), tmp_path / "y" / "out.npy")
 
 
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(vio.os, "posix_fallocate", unsupported, raising=False)
+    buf = vio.label_buffer((4, 5, 6), tmp_path / "z" / "out.npy")  # a file system without fallocate: still a map
+    assert isinstance(buf, np.memmap) and buf.shape == (4, 5, 6) and not buf.any()
+
+
 def test_every_label_format_says_what_made_it(tmp_path):
     lab = _labels()[:, :40, :30]
     like = Volume(data=lab, spacing=(2.0, 1.0, 1.0), spacing_known=True, unit="mm", source_format="nifti")
