@@ -17,8 +17,8 @@ Usage:
 synthetic data written to a temporary folder (a moving-squares clip and small pictures).
 ``--segmenter-factory bench_distributed:component_segmenter`` swaps the tiny model for a
 deterministic colour-region segmenter with many segments that change from frame to frame
-(the tiny random model gives a single segment per frame at small sizes, which makes the
-agreement figure trivially 1).
+(the tiny random model gives a few coarse segments per frame, about ten at small sizes:
+too easy a case for the agreement figure).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from diffseg.jobs import relabel_agreement  # noqa: E402
 
 class ComponentSegmenter:
     """Stand-in segmenter with many, changing segments (harder for tracking than the tiny
-    random model, which gives one segment per frame at small sizes).
+    random model's few coarse segments).
 
     Colours are quantised to 3 levels per channel (after a median blur); each connected
     region of one colour is a segment; regions below 0.5 % of the frame join segment 0.
