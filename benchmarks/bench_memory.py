@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,8 +242,6 @@ def write_sphere_stack(path: Path, depth: int, side: int, seed: int = 0) -> None
 def memory_cgroup(limit_mib: int) -> "Path | None":
     """A fresh Linux memory cgroup (v2 ``memory.max`` or v1 ``memory.limit_in_bytes``)
     limited to ``limit_mib`` (RAM only, no swap), or None where none can be made."""
-    import os
-
     for root, limit_file in ((Path("/sys/fs/cgroup"), "memory.max"), (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes")):
         if not (root / "cgroup.procs").exists() or (limit_file == "memory.max" and not (root / "cgroup.controllers").exists()):
             continue
@@ -264,16 +264,16 @@ def ome_zarr_job(depth: int, side: int, workdir: "str | None", in_ram: bool, seg
 
     d = Path(tempfile.mkdtemp(dir=workdir))
     try:
-        t = __import__("time").perf_counter()
+        t = time.perf_counter()
         write_sphere_stack(d / "stack.ome.zarr", depth, side)
-        made = __import__("time").perf_counter() - t
+        made = time.perf_counter() - t
         lines = [f"OME-Zarr {depth}x{side}x{side} uint16 ({depth * side * side * 2 / 2**30:.2f} GiB; int32 labels "
                  f"{depth * side * side * 4 / 2**30:.2f} GiB), written in {made:.0f} s; diffseg volume with {segmenter}:"]
         group = memory_cgroup(limit_mib) if limit_mib else None
         if limit_mib:
             lines.append(f"  (each run in a memory cgroup of {limit_mib} MiB: RAM smaller than the labels)" if group else
                          "  (no memory cgroup could be made here: runs without a limit)")
-        enter = (lambda: (group / "cgroup.procs").write_text(str(__import__("os").getpid()))) if group else None
+        enter = (lambda: (group / "cgroup.procs").write_text(str(os.getpid()))) if group else None
         for mode in (("disk", "ram") if in_ram else ("disk",)):
             p = subprocess.run([sys.executable, "-c", ZARR_CHILD, str(d / "stack.ome.zarr"), str(d / f"out-{mode}"), mode,
                                 str(REPO), segmenter], capture_output=True, text=True, preexec_fn=enter)

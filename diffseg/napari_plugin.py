@@ -54,7 +54,9 @@ def get_reader(path: "str | Sequence[str]") -> "Optional[Callable[[Any], list[La
 
 def _kind(p: Path) -> "str | None":
     if p.is_dir() and p.name.lower().endswith(".zarr"):
-        return "ome-zarr" if "image-label" in _zarr_attrs(p) else None
+        from volume.omezarr import ome_attributes
+
+        return "ome-zarr" if "image-label" in ome_attributes(p) else None
     if p.is_dir():
         return "video" if (p / "tracks.json").is_file() and (p / "labels").is_dir() else None
     name = p.name.lower()
@@ -72,10 +74,6 @@ def _kind(p: Path) -> "str | None":
     return None
 
 
-def _zarr_attrs(p: Path) -> dict:
-    """The OME attributes of a Zarr group folder (0.4: ``.zattrs``; 0.5: under ``ome``)."""
-    doc = _json(p / ".zattrs", "multiscales") or (_json(p / "zarr.json", "attributes") or {}).get("attributes", {})
-    return doc.get("ome", doc) if isinstance(doc, dict) else {}
 
 def _json(path: Path, key: str) -> "dict | None":
     try:
@@ -141,16 +139,13 @@ def read_output(path: "str | Path") -> list[LayerData]:
 
 def _read_ome_zarr_labels(p: Path) -> LayerData:
     """A label image of OME-Zarr as one multiscale Labels layer (the levels stay lazy)."""
-    import zarr
-
+    from volume.io import read_volume
+    from volume.omezarr import label_levels, ome_attributes
     from volume.report import side_paths
 
-    g = zarr.open_group(str(p), mode="r")
-    attrs = _zarr_attrs(p)
-    ms = attrs["multiscales"][0]
-    levels = [g[d["path"]] for d in ms["datasets"]]
-    scale = next((t["scale"] for t in ms["datasets"][0].get("coordinateTransformations", []) if t.get("type") == "scale"),
-                 [1.0] * levels[0].ndim)
+    attrs = ome_attributes(p)
+    levels = label_levels(p)
+    scale = read_volume(p).spacing  # the finest level's voxel size, as every reader of ours takes it
     rows = (_json(side_paths(p)[0], "labels") or {}).get("labels") or [
         {"id": q["label-value"], "name": q.get("name")} for q in attrs["image-label"].get("properties", [])]
     ids = [int(r["id"]) for r in rows]

@@ -287,6 +287,11 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
         assign = dict(zip(r.tolist(), c.tolist()))
     else:
         assign = {}
+    g_on = np.zeros((nG, n_frames), bool)  # object / track present in frame t
+    p_on = np.zeros((max(nP, 1), n_frames), bool)
+    for t, (gi, pi) in enumerate(zip(g_pres, p_pres)):
+        g_on[gi, t] = True
+        p_on[pi, t] = True
     Js, Fs, stats = [], [], []
     for g in range(nG):
         p = assign.get(g)
@@ -294,7 +299,7 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
         f = float(F[g, p]) if p is not None else 0.0
         Js.append(j)
         Fs.append(f)
-        jt, ft = _per_frame(g, p, n_frames, g_pres, p_pres, j_entries, f_frames)
+        jt, ft = _per_frame(g, p, g_on, p_on, j_entries, f_frames)
         stats.append(db_statistics(jt)[1:] + db_statistics(ft)[1:])
         rd = dict(zip(("J_recall", "J_decay", "F_recall", "F_decay"), (round(x, 6) for x in stats[-1])))
         per.append({"object": g_inv[g], "track": p_inv[p] if p is not None else None, "J": round(j, 6),
@@ -310,13 +315,14 @@ def evaluate_video(load: Callable[[int], tuple[np.ndarray, np.ndarray]], n_frame
                        n_frames=n_frames, n_objects=nG, n_tracks=nP, per_object=per)
 
 
-def _per_frame(g: int, p: "int | None", n: int, g_pres: list, p_pres: list, j_entries: list,
+def _per_frame(g: int, p: "int | None", g_on: np.ndarray, p_on: np.ndarray, j_entries: list,
                f_frames: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame J and F of object ``g`` with track ``p`` (None: no track): 1 where both are
     absent, 0 where one is, else the frame's value (F = 0 for a pair it was not computed
-    for: its mean J is too low for it to be assigned but by lack of choice)."""
-    gp = np.array([g in set(x.tolist()) for x in g_pres])
-    pp = np.array([p is not None and p in set(x.tolist()) for x in p_pres])
+    for: its mean J is too low for it to be assigned but by lack of choice). ``g_on`` /
+    ``p_on``: bool (objects / tracks, frames) presence."""
+    gp = g_on[g]
+    pp = p_on[p] if p is not None else np.zeros_like(gp)
     jt = np.where(~gp & ~pp, 1.0, 0.0)
     if p is not None:
         for t, gi, pi, v in j_entries:

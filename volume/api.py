@@ -40,7 +40,7 @@ log = logging.getLogger("diffseg.volume")
 SliceSeg = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
-#: A memory-mapped input's pages are let go (`release_pages`) every this many slices / batches.
+#: A memory-mapped input's pages are let go (`release_pages`) every this many slices.
 RELEASE_EVERY = 16
 
 
@@ -179,7 +179,7 @@ def _diffseg_slices(images: _SliceImages, segmenter: Segmenter, batch: int,
     n = images.vol.shape[images.axis]
     for b0 in range(0, n, batch):
         grays = [images.gray(i) for i in range(b0, min(n, b0 + batch))]
-        if (b0 // batch) % RELEASE_EVERY == RELEASE_EVERY - 1:
+        if (b0 + len(grays)) // RELEASE_EVERY > b0 // RELEASE_EVERY:  # every RELEASE_EVERY slices
             release_pages(images.vol.data)
         segs = segmenter.segment([images.rgb(g) for g in grays])
         if len(segs) != len(grays):

@@ -200,10 +200,9 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 def surface_distances(a: np.ndarray, b: np.ndarray, spacing: "tuple[float, ...]") -> tuple[np.ndarray, np.ndarray]:
     """Distances from every surface voxel of mask ``a`` to the surface of ``b`` and back
-    (``spacing`` units), both masks non-empty, cropped to their joint bounding box."""
-    box = ndimage.find_objects((a | b).astype(np.uint8))[0]
-    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)  # room for the erosion's border
-    a, b = a[box], b[box]
+    (``spacing`` units), both masks non-empty. Exact on any crop holding both masks (outside
+    a crop both are 0, which is what the erosion assumes at the border): crop to their joint
+    bounding box first, as `surface_scores` does."""
     sa, sb = _surface(a), _surface(b)
     da = ndimage.distance_transform_edt(~sb, sampling=spacing)[sa]
     db = ndimage.distance_transform_edt(~sa, sampling=spacing)[sb]

@@ -85,6 +85,23 @@ def _attrs(node: Any) -> dict:
     return a.get("ome", a) if isinstance(a.get("ome"), dict) else a  # 0.5 nests under "ome"
 
 
+def ome_attributes(p: "str | os.PathLike") -> dict:
+    """The OME attributes of a Zarr group (0.4 at the top, 0.5 under ``ome``); ``{}`` for
+    anything that is not a readable Zarr group."""
+    try:
+        return _attrs(_zarr().open_group(str(p), mode="r"))
+    except Exception:
+        return {}
+
+
+def label_levels(p: "str | os.PathLike") -> list:
+    """The arrays of every resolution level of an OME-Zarr image, finest first (lazy Zarr
+    arrays: a viewer reads the chunks it shows)."""
+    node = _zarr().open_group(str(p), mode="r")
+    m = _multiscale_image(Path(p), node, None)[0]
+    return [node[d["path"]] for d in m["datasets"]]
+
+
 def _scale(transforms: "list[dict] | None", n: int) -> "np.ndarray | None":
     s = None
     for t in transforms or []:
