@@ -78,12 +78,12 @@ def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:
     return (r.astype(np.int32) * bins + g) * bins + b
 
 
-def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8,
+def color_histograms(image: "np.ndarray | None", labels: np.ndarray, n: int, bins: int = 8,
                      cells: "np.ndarray | None" = None) -> np.ndarray:
     """Normalised RGB colour histogram of every label.
 
     Args:
-        image: uint8 ``(H, W, 3)``.
+        image: uint8 ``(H, W, 3)``, or None when ``cells`` are given.
         labels: int ``(H, W)`` with values ``-1..n-1`` (-1 ignored).
         n: number of labels.
         bins: bins per channel (``bins**3`` cells).

@@ -288,10 +288,11 @@ class VideoSegmenter:
         small, gray = self._work_image(state, rgb)
         r = self.linker.step(state.link, self._resize(labels, state.work_hw), K, props, small, gray, idx)
         lut = np.concatenate([r.segment_ids, [0]]).astype(np.int32)
-        out = np.take(lut, labels, mode="wrap")  # -1 -> the trailing 0
-        if r.carved.any():
-            sel = np.take(np.concatenate([r.carved, [False]]), labels, mode="wrap")
-            out[sel] = self._resize(r.labels, state.image_hw)[sel]
+        carved = r.carved.any()
+        # -1 -> the trailing 0; carved segments -> -1 first, then the engine's carving
+        out = np.take(np.where(np.append(r.carved, False), -1, lut) if carved else lut, labels, mode="wrap")
+        if carved:
+            np.copyto(out, self._resize(r.labels, state.image_hw), where=out < 0)
         state.prev_full = out if self.config.propagates else None
         state.since_key = 0
         if self.config.adaptive:

@@ -68,17 +68,18 @@ def _compact_pairs(seg: np.ndarray, rows: np.ndarray, K: int, T: int) -> tuple[n
     return np.where(pair >= 0, lut[np.maximum(pair, 0)], -1), np.flatnonzero(present)
 
 
-def part_looks(small: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, track_hists: np.ndarray,
+def part_looks(cells: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, track_hists: np.ndarray,
                bins: int) -> np.ndarray:
     """float32 ``(K, T)``: colour likeness of each part (the pixels of segment j that track t
-    predicts) with track t's remembered histogram (Bhattacharyya, 0..1; 0 for empty parts).
+    predicts) with track t's remembered histogram (Bhattacharyya, 0..1; 0 for empty parts);
+    ``cells``: the frame's `temporal.matching.color_cells`.
 
     A part is judged by its own pixels: an object the segmenter merged into the ground looks
     like itself, not like the ground segment around it.
     """
     T = len(track_hists)
     idx, codes = _compact_pairs(seg, rows, K, T)
-    h = color_histograms(small, idx, len(codes), bins)
+    h = color_histograms(None, idx, len(codes), bins, cells)
     out = np.zeros((K, T), np.float32)
     t = codes % T
     out[codes // T, t] = np.sum(np.sqrt(h * np.maximum(track_hists[t], 0)), 1)

@@ -13,7 +13,7 @@ import numpy as np
 
 from scipy.optimize import linear_sum_assignment
 
-from ..matching import color_histograms
+from ..matching import color_cells, color_histograms
 from ..tracks import TrackRegistry
 from .associate import Association, associate
 from .config import EngineConfig
@@ -102,6 +102,7 @@ class Linker:
         pred = (self.predict(state, gray, commit=False) if state.prev is not None
                 else Prediction(np.zeros_like(seg), None, {}))
         bins = self.cfg.evidence.hist_bins if small is not None else 0
+        cells = color_cells(small, bins) if bins else None  # each pixel's colour cell, once a frame
         props = props if props is not None and len(props) == K and K > 0 else None
         track_look = self._looks_of(reg, props, bins)
         # evidence: the (track, segment) table, and the remembered tracks that compete for segments
@@ -109,19 +110,19 @@ class Linker:
         if bins and len(ev.track_ids) and K:
             _, hists = track_look(ev.track_ids)
             if hists is not None:
-                ev.look = part_looks(small, seg, ev.rows, K, hists, bins)
-        remembered, reid = self._candidates_back(reg, ev, track_look, props, small, seg, K, bins)
+                ev.look = part_looks(cells, seg, ev.rows, K, hists, bins)
+        remembered, reid = self._candidates_back(reg, ev, track_look, props, cells, seg, K, bins)
         # associate: one decision for the frame
         asg = associate(ev, self.cfg.associate, reid, self._carvable(reg, ev))
         # lifecycle: births, folds of young pieces, returns
         part_ids = self._births(reg, ev, asg, remembered if reid is not None else np.zeros(0, np.int64), idx)
         part_ids, absorbed = self._corrections(reg, seg, part_ids, ev, asg.whole == -2, remembered, track_look,
-                                               small, bins, idx)
+                                               cells, bins, idx)
         segment_ids, carved = _whole_segments(ev, part_ids)
         labels = self._labels(seg, part_ids, ev.rows, len(ev.track_ids))
         ids = np.unique(part_ids[part_ids > 0])
         self._remember_velocity(reg, pred.velocity, ids.tolist())
-        self._update(state, seg, labels, ids, segment_ids, part_ids, props, ev, small, gray, idx, bins)
+        self._update(state, seg, labels, ids, segment_ids, part_ids, props, ev, cells, gray, idx, bins)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
     @staticmethod
@@ -137,7 +138,7 @@ class Linker:
         return track_look
 
     def _candidates_back(self, reg: TrackRegistry, ev: Evidence, track_look, props: "np.ndarray | None",
-                         small: "np.ndarray | None", seg: np.ndarray, K: int,
+                         cells: "np.ndarray | None", seg: np.ndarray, K: int,
                          bins: int) -> "tuple[np.ndarray, np.ndarray | None]":
         """Remembered tracks (absent from the prediction) and their re-identification scores
         with the segments (look similarity minus ``reid_threshold``; None: no candidate): they
@@ -147,7 +148,7 @@ class Linker:
         if not (len(remembered) and K):
             return remembered, None
         sim = self._recall(reg, remembered, track_look, props,
-                           color_histograms(small, seg, K, bins) if bins else None, seg.shape[0])
+                           color_histograms(None, seg, K, bins, cells) if bins else None, seg.shape[0])
         return remembered, (None if sim is None else sim - self.cfg.lifecycle.reid_threshold)
 
     def _carvable(self, reg: TrackRegistry, ev: Evidence) -> np.ndarray:
@@ -171,7 +172,7 @@ class Linker:
         return part_ids
 
     def _corrections(self, reg: TrackRegistry, seg: np.ndarray, part_ids: np.ndarray, ev: Evidence,
-                     carved: np.ndarray, remembered: np.ndarray, track_look, small: "np.ndarray | None",
+                     carved: np.ndarray, remembered: np.ndarray, track_look, cells: "np.ndarray | None",
                      bins: int, idx: int) -> "tuple[np.ndarray, dict[int, int]]":
         """Late id corrections: young tracks folded into an older look-alike that shares a
         carved segment with them (`temporal.engine.lifecycle.folds`), and young tracks that
@@ -186,7 +187,7 @@ class Linker:
                     return None
                 if not now:
                     now.append(self._labels(seg, part_ids, ev.rows, len(ev.track_ids)))
-                return color_histograms(small, np.where(now[0] == t, 0, -1), 1, bins)[0]
+                return color_histograms(None, np.where(now[0] == t, 0, -1), 1, bins, cells)[0]
 
             absorbed = folds(groups, reg, idx, self.cfg.lifecycle,
                              lambda y, k: self._fold_likeness(reg, y, k, idx, colour_now))
@@ -283,7 +284,7 @@ class Linker:
         return np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + rows + 1), 0).astype(np.int32)
 
     def _update(self, state: LinkState, seg: np.ndarray, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
-                part_ids: np.ndarray, props: "np.ndarray | None", ev: Evidence, small: "np.ndarray | None", gray: "np.ndarray | None",
+                part_ids: np.ndarray, props: "np.ndarray | None", ev: Evidence, cells: "np.ndarray | None", gray: "np.ndarray | None",
                 idx: int, bins: int) -> None:
         """Remember each present track's look and close the frame in the registry."""
         reg = state.registry
@@ -311,17 +312,18 @@ class Linker:
                         continue
                     p = row.reshape(props.shape[1:])
                     t.proposal = p if t.proposal is None or t.proposal.shape != p.shape else (a * p + (1 - a) * t.proposal)
-            if bins and small is not None:
+            if bins and cells is not None:
                 # a track's colour is learnt from the segments it owns whole; a track that
                 # only holds carved parts learns from those (else carved-in ground would
                 # teach an object the ground's colour, and the next carve would find it alike)
                 owned = np.where(seg >= 0, np.take(segment_ids, np.maximum(seg, 0)), 0)
                 owns = np.zeros(int(ids[-1]) + 1, bool)  # per id: owns a whole segment
                 owns[segment_ids[segment_ids > 0]] = True
-                src = np.where(owns[labels], owned, labels)
-                comp = np.searchsorted(ids, src)
-                comp = np.where((comp < len(ids)) & (src > 0), comp, -1)
-                h = color_histograms(small, comp, len(ids), bins)
+                src = np.where(owns[labels], owned, labels)  # 0 or one of ids
+                row = np.full(len(owns), -1, np.int32)
+                row[ids] = np.arange(len(ids), dtype=np.int32)
+                comp = np.take(row, src)
+                h = color_histograms(None, comp, len(ids), bins, cells)
                 for k, tid in enumerate(ids.tolist()):
                     if tid in reg:
                         t = reg[tid]
