@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffseg_core.aggregate import aggregate, resolution_weights
+from diffseg_core.aggregate import aggregate, resolution_weights, upsample_maps
 from diffseg_core.config import MergeConfig
 from diffseg_core.merge import anchor_grid, axis_anchor_positions
 from diffseg_core.pipeline import segment_aggregated
@@ -135,6 +135,15 @@ def test_aggregate_upsamples_keys_bilinearly_and_renormalises():
     expected = torch.outer(w, w) / 4
     for q in range(16):  # every fine query tiles the same coarse map
         torch.testing.assert_close(out[q], expected)
+
+
+@pytest.mark.parametrize("small,big", [((32, 32), (64, 64)), ((8, 8), (64, 64)), ((4, 7), (7, 13)), ((3, 5), (3, 10))])
+def test_upsample_maps_equals_bilinear_interpolation(small, big):
+    # the two matrix products resample with torch's own bilinear weights (half-pixel
+    # centres, clamped edges), odd ceil-halved grids included
+    maps = torch.rand(5, *small, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.interpolate(maps[:, None], size=big, mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(upsample_maps(maps, big), ref, rtol=1e-6, atol=1e-6)
 
 
 def test_refinement_changes_the_worked_out_labels():
