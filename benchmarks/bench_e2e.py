@@ -295,6 +295,25 @@ def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argp
     del model
 
 
+def allocator_effect(a: argparse.Namespace) -> None:
+    """The realistic post-UNet path with glibc's default allocator settings, then with
+    `diffseg_core.runtime.tune_cpu_allocator` (what `DiffSegSegmenter` applies on the CPU;
+    irreversible, so measured first, before any segmenter runs), each beside the KL
+    products measured at the same time."""
+    from diffseg_core.runtime import tune_cpu_allocator
+
+    cpu = torch.device("cpu")
+    src = "reference generator" if a.reference else "blocky generator"
+    for label in ("glibc defaults", "tuned allocator"):
+        if label == "tuned allocator" and not tune_cpu_allocator():
+            print("[allocator] tune_cpu_allocator does not apply here (not glibc, or DIFFSEG_MALLOC=default)")
+            return
+        t_kl = kl_products(64 * 64, a.reps, cpu)
+        t_real, k = post_unet_realistic(a.reference, a.reps)
+        print(f"[allocator: {label}] post-UNet on a realistic attention set ({src}, K = {k}) {t_real:.3f} s, "
+              f"KL products {t_kl:.3f} s: {t_real / t_kl:.2f}x", flush=True)
+
+
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="sd15,sd21-base", help="comma list of " + ", ".join(ARCHS))
@@ -312,6 +331,7 @@ def main(argv: "list[str] | None" = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"bench_e2e: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {load:.1f}", flush=True)
+    allocator_effect(a)
     with tempfile.TemporaryDirectory() as d:
         clip = Path(d) / "clip.mp4"
         make_clip(clip, a.frames)

@@ -34,6 +34,7 @@ from .errors import InputError
 from .models import LoadedModel, load_model
 from .naming import PromptPlan, parse_vocabulary, pick_names, plan_prompts, word_maps, word_scores
 from .pipeline import segment_aggregated
+from .runtime import tune_cpu_allocator
 from .types import AttentionMaps, SegmentNames, Segmentation
 
 __all__ = ["DiffSegSegmenter", "model_input_size", "MAX_LATENT_TOKENS", "as_image_list"]
@@ -332,6 +333,8 @@ class DiffSegSegmenter:
         for i, im in enumerate(images):
             groups.setdefault(self.input_size((int(im.shape[1]), int(im.shape[2]))), []).append(i)
         factor = self.model.vae_scale_factor
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # big temporaries reused, not faulted in again each frame
         for hw, idx in groups.items():
             lh, lw = hw[0] // factor, hw[1] // factor
             if lh * lw > MAX_LATENT_TOKENS:
