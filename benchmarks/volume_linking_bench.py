@@ -18,6 +18,7 @@ the per-slice oracle Dice of the raw slice maps, their ratio, labels made and se
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--methods", default="engine,iou")
     ap.add_argument("--items", default="ct,mr,nuclei")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="write the rows (for paired.py)")
     ap.add_argument("--big", type=int, default=0, metavar="N",
                     help="only: link an N x 512 x 512 label volume with the engine (time, peak RSS)")
     a = ap.parse_args()
@@ -175,16 +177,24 @@ def main() -> None:
                 pred = METHODS[m](maps, grey)
                 sec = time.perf_counter() - t0
                 d = volume_dice(pred, gt, oracle=False).mean_dice
-                rows.append((name, fam, m, d / oracle))
+                rows.append(dict(item=name, family=fam, method=m, ratio=d / oracle, dice=d, oracle=oracle))
                 print(f"{name:8s} {fam:20s} {m:10s} {d:6.3f} {oracle:6.3f} {d / oracle:6.3f} "
                       f"{len(np.unique(pred)):6d} {sec:5.1f}", flush=True)
     print("\n# per method: mean ratio over tuning families (min) | held-out quickshift")
     for m in a.methods.split(","):
-        tune = [r[3] for r in rows if r[2] == m and r[1] not in families.HELD_OUT]
-        held = [r[3] for r in rows if r[2] == m and r[1] in families.HELD_OUT]
+        tune = [r["ratio"] for r in rows if r["method"] == m and r["family"] not in families.HELD_OUT]
+        held = [r["ratio"] for r in rows if r["method"] == m and r["family"] in families.HELD_OUT]
         if tune:
             print(f"{m:10s} {np.mean(tune):.3f} ({min(tune):.3f}) | "
                   f"{np.mean(held) if held else float('nan'):.3f}")
+    if "engine" in a.methods.split(",") and len(a.methods.split(",")) > 1:
+        from paired import report
+
+        print("\n# paired against the engine on the same cells (bootstrap 95 % interval; see paired.py)")
+        for line in report(rows, "engine"):
+            print(line)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
