@@ -10,7 +10,9 @@ interval that contains 0 is not evidence either way.
     python3 benchmarks/paired.py rows.json [--base engine] [--metric ratio]
 
 ``rows.json``: the ``--json`` output of `linking_bench.py` or `volume_linking_bench.py`
-(a list of rows with ``item``, ``family``, ``method`` and the metric).
+(a list of rows with ``item``, ``family``, ``method`` and the metric). Several files (seeds)
+are pooled, each cell counted once per file: the scikit-image families of the real items do
+not depend on the seed, so their cells repeat and the pooled interval is too narrow for them.
 """
 from __future__ import annotations
 
