@@ -7,9 +7,9 @@ pages in again on first touch, frame after frame. On a 2-core CPU that was about
 of the post-UNet path (diagnostic in benchmarks/RESULTS.md). With the threshold at 1 GiB,
 such blocks come from the heap and a freed block is reused by the next frame.
 
-The cost: memory freed below the threshold stays with the process (its resident size stays
-near its peak instead of shrinking between frames); blocks of 1 GiB and more are still
-returned. `DiffSegSegmenter` applies this once, the first time it segments on a CPU device;
+The cost: memory freed below the threshold can stay with the process (glibc gives back only
+free space at the top of its heap), so its resident size can stay near its peak instead of
+shrinking between frames; blocks of 1 GiB and more are still returned. `DiffSegSegmenter` applies this once, the first time it segments on a CPU device;
 ``DIFFSEG_MALLOC=default`` in the environment keeps glibc's defaults.
 """
 from __future__ import annotations
