@@ -248,12 +248,9 @@ def main() -> None:
         if sel:
             print(f"{m:22s} ratio mean {np.mean([r['ratio'] for r in sel]):.3f} min {min(r['ratio'] for r in sel):.3f}  "
                   f"sw mean {np.mean([r['sw'] for r in sel]):.2f} max {max(r['sw'] for r in sel):.2f}")
-    if "engine" in meths and len(meths) > 1:
-        from paired import report
+    from paired import print_report
 
-        print("\n# paired against the engine on the same cells (bootstrap 95 % interval; see paired.py)")
-        for line in report(rows, "engine"):
-            print(line)
+    print_report(rows, meths)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 

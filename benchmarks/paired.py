@@ -72,6 +72,15 @@ def report(rows: Iterable[dict], base: str, metric: str = "ratio") -> list[str]:
     return [paired(m[base], vals).line(name, base) for name, vals in m.items() if name != base]
 
 
+def print_report(rows: Iterable[dict], methods: Iterable[str], base: str = "engine") -> None:
+    """The benchmarks' closing section: every method against ``base`` when both ran."""
+    methods = list(methods)
+    if base in methods and len(methods) > 1:
+        print(f"\n# paired against the {base} on the same cells (bootstrap 95 % interval; see paired.py)")
+        for line in report(rows, base):
+            print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", type=Path, nargs="+", help="--json outputs (several: rows of all, e.g. two seeds)")

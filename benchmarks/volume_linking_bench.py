@@ -187,12 +187,9 @@ def main() -> None:
         if tune:
             print(f"{m:10s} {np.mean(tune):.3f} ({min(tune):.3f}) | "
                   f"{np.mean(held) if held else float('nan'):.3f}")
-    if "engine" in a.methods.split(",") and len(a.methods.split(",")) > 1:
-        from paired import report
+    from paired import print_report
 
-        print("\n# paired against the engine on the same cells (bootstrap 95 % interval; see paired.py)")
-        for line in report(rows, "engine"):
-            print(line)
+    print_report(rows, a.methods.split(","))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 

@@ -74,7 +74,6 @@ def _kind(p: Path) -> "str | None":
     return None
 
 
-
 def _json(path: Path, key: str) -> "dict | None":
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

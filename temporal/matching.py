@@ -78,12 +78,12 @@ def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:
     return (r.astype(np.int32) * bins + g) * bins + b
 
 
-def color_histograms(image: "np.ndarray | None", labels: np.ndarray, n: int, bins: int = 8,
+def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8,
                      cells: "np.ndarray | None" = None) -> np.ndarray:
     """Normalised RGB colour histogram of every label.
 
     Args:
-        image: uint8 ``(H, W, 3)``, or None when ``cells`` are given.
+        image: uint8 ``(H, W, 3)``.
         labels: int ``(H, W)`` with values ``-1..n-1`` (-1 ignored).
         n: number of labels.
         bins: bins per channel (``bins**3`` cells).
@@ -92,7 +92,11 @@ def color_histograms(image: "np.ndarray | None", labels: np.ndarray, n: int, bin
     Returns:
         float32 ``(n, bins**3)``, rows sum to 1 (all-zero for empty labels).
     """
-    cells = color_cells(image, bins) if cells is None else cells
+    return cell_histograms(color_cells(image, bins) if cells is None else cells, labels, n, bins)
+
+
+def cell_histograms(cells: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:
+    """`color_histograms` from a frame's `color_cells` (computed once a frame by the caller)."""
     inter = overlap_matrix(labels, n, cells, bins ** 3).astype(np.float32)
     tot = inter.sum(1, keepdims=True)
     return inter / np.maximum(tot, 1)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..matching import bhattacharyya, color_histograms, kl_similarity, overlap_matrix, symmetric_kl_matrix
+from ..matching import bhattacharyya, cell_histograms, kl_similarity, overlap_matrix, symmetric_kl_matrix
 
 
 @dataclass
@@ -79,7 +79,7 @@ def part_looks(cells: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, tra
     """
     T = len(track_hists)
     idx, codes = _compact_pairs(seg, rows, K, T)
-    h = color_histograms(None, idx, len(codes), bins, cells)
+    h = cell_histograms(cells, idx, len(codes), bins)
     out = np.zeros((K, T), np.float32)
     t = codes % T
     out[codes // T, t] = np.sum(np.sqrt(h * np.maximum(track_hists[t], 0)), 1)

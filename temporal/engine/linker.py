@@ -13,7 +13,7 @@ import numpy as np
 
 from scipy.optimize import linear_sum_assignment
 
-from ..matching import color_cells, color_histograms
+from ..matching import cell_histograms, color_cells
 from ..tracks import TrackRegistry
 from .associate import Association, associate
 from .config import EngineConfig
@@ -148,7 +148,7 @@ class Linker:
         if not (len(remembered) and K):
             return remembered, None
         sim = self._recall(reg, remembered, track_look, props,
-                           color_histograms(None, seg, K, bins, cells) if bins else None, seg.shape[0])
+                           cell_histograms(cells, seg, K, bins) if bins else None, seg.shape[0])
         return remembered, (None if sim is None else sim - self.cfg.lifecycle.reid_threshold)
 
     def _carvable(self, reg: TrackRegistry, ev: Evidence) -> np.ndarray:
@@ -187,7 +187,7 @@ class Linker:
                     return None
                 if not now:
                     now.append(self._labels(seg, part_ids, ev.rows, len(ev.track_ids)))
-                return color_histograms(None, np.where(now[0] == t, 0, -1), 1, bins, cells)[0]
+                return cell_histograms(cells, np.where(now[0] == t, 0, -1), 1, bins)[0]
 
             absorbed = folds(groups, reg, idx, self.cfg.lifecycle,
                              lambda y, k: self._fold_likeness(reg, y, k, idx, colour_now))
@@ -323,7 +323,7 @@ class Linker:
                 row = np.full(len(owns), -1, np.int32)
                 row[ids] = np.arange(len(ids), dtype=np.int32)
                 comp = np.take(row, src)
-                h = color_histograms(None, comp, len(ids), bins, cells)
+                h = cell_histograms(cells, comp, len(ids), bins)
                 for k, tid in enumerate(ids.tolist()):
                     if tid in reg:
                         t = reg[tid]
