@@ -33,7 +33,12 @@ The objective is maximised in two passes, in the order the relations are trusted
    that hold its prediction (exactly per segment, between the segment's own track and
    those lost tracks). Without this restriction a track's prediction that leaked into a
    big neighbour (flow error at a boundary) was carved out of it frame after frame and the
-   track grew into the ground (libby, degradation: J 0.55 -> 0.90).
+   track grew into the ground (libby, degradation: J 0.55 -> 0.90). And a part counts for
+   a lost track only when it looks more like that track than like the track its segment
+   continues: an object merged into a neighbour looks like itself, while the place of an
+   object that ended, left or hid (a section's last slice, an occlusion) shows its
+   neighbour, and carving it out kept a ghost of the track alive in the neighbour's
+   pixels.
 
 Parts of different segments share no term, so pass 2 splits into one small clustering per
 segment, solved exactly by enumeration when it has few labellings (almost always) and by
@@ -190,11 +195,18 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
         return Association(owner, whole)
     lost = np.ones(T, bool)
     lost[whole[(whole >= 0) & (whole < T)]] = False
+    rows = np.arange(T)
     for j in np.flatnonzero((inter[:, 1:][:, lost] > 0).any(1) & (whole < T)):
         cand = np.flatnonzero(lost & (inter[j, 1:] > 0))
-        if whole[j] >= 0:
-            cand = np.union1d(cand, [whole[j]])
-        whole[j], owner[j] = _segment(inter[j], m, lam[j] if carvable is None else lam[j] * carvable, cfg, cand)
+        lj = lam[j] if carvable is None else lam[j] * carvable
+        o = int(whole[j])
+        if o >= 0:
+            cand = np.union1d(cand, [o])
+            # a part is evidence for a lost track only when it looks more like that track
+            # than like the track its segment continues
+            rival = ev.colours.with_track(j, o) if ev.colours is not None else 0.0
+            lj = np.where((ev.look[j] > rival) | (rows == o), lj, 0.0)
+        whole[j], owner[j] = _segment(inter[j], m, lj, cfg, cand)
     return Association(owner, whole)
 
 

@@ -5,7 +5,7 @@
   divided by the segment's area it is the containment of the segment in the track, by the
   track's predicted area the containment of the track in the segment);
 * ``look[j, t]`` in 0..1: how alike the part (j, t) looks to track t: the Bhattacharyya
-  coefficient of their colour histograms (`part_looks`). The similarity of proposal maps
+  coefficient of their colour histograms (`part_colours`). The similarity of proposal maps
   (``exp(-sKL / kl_tau)``, DiffSeg's attention) identifies remembered tracks and late
   corrections (`look_similarity`): between a segment and a track of other sizes it is low
   whatever their identity, so it does not weigh parts.
@@ -31,6 +31,8 @@ class Evidence:
             (on a segment or not).
         look: float32 ``(K, T)`` look similarity in 0..1, or None (no proposals, no images).
         rows: int32 ``(h, w)`` predicted track row per pixel (-1 = none).
+        colours: the parts' `PartColours` (a part against any track), or None: then a
+            part's look with a track other than its own is unknown and counts 0.
     """
 
     track_ids: np.ndarray
@@ -39,6 +41,7 @@ class Evidence:
     pred_area: np.ndarray
     look: Optional[np.ndarray]
     rows: np.ndarray
+    colours: Optional[PartColours] = None
 
 
 def look_similarity(track_maps: "np.ndarray | None", seg_maps: "np.ndarray | None", kl_tau: float,
@@ -68,11 +71,42 @@ def _compact_pairs(seg: np.ndarray, rows: np.ndarray, K: int, T: int) -> tuple[n
     return np.where(pair >= 0, lut[np.maximum(pair, 0)], -1), np.flatnonzero(present)
 
 
-def part_looks(cells: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, track_hists: np.ndarray,
-               bins: int) -> np.ndarray:
-    """float32 ``(K, T)``: colour likeness of each part (the pixels of segment j that track t
-    predicts) with track t's remembered histogram (Bhattacharyya, 0..1; 0 for empty parts);
-    ``cells``: the frame's `temporal.matching.color_cells`.
+@dataclass
+class PartColours:
+    """The colour histograms of a frame's parts, to compare a part with any track.
+
+    Attributes:
+        code: int64 ``(P,)`` the parts present, as ``j * T + t`` (segment j, track row t),
+            ascending.
+        root: float32 ``(P, B)`` square roots of their normalised histograms.
+        track_root: float32 ``(T, B)`` the same of the tracks' remembered histograms.
+    """
+
+    code: np.ndarray
+    root: np.ndarray
+    track_root: np.ndarray
+
+    def own(self, K: int) -> np.ndarray:
+        """float32 ``(K, T)``: each part with the track that predicted it (0 for empty parts)."""
+        T = len(self.track_root)
+        out = np.zeros((K, T), np.float32)
+        t = self.code % T
+        out[self.code // T, t] = np.sum(self.root * self.track_root[t], 1)
+        return out
+
+    def with_track(self, j: int, o: int) -> np.ndarray:
+        """float32 ``(T,)``: each part of segment ``j`` with track row ``o`` (0 for empty parts)."""
+        T = len(self.track_root)
+        a, b = np.searchsorted(self.code, (j * T, (j + 1) * T))  # codes are sorted
+        out = np.zeros(T, np.float32)
+        out[self.code[a:b] % T] = self.root[a:b] @ self.track_root[o]
+        return out
+
+
+def part_colours(cells: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, track_hists: np.ndarray,
+                 bins: int) -> PartColours:
+    """The `PartColours` of a frame (``cells``: its `temporal.matching.color_cells`;
+    ``track_hists``: float32 ``(T, B)`` the predicted tracks' remembered histograms).
 
     A part is judged by its own pixels: an object the segmenter merged into the ground looks
     like itself, not like the ground segment around it.
@@ -80,10 +114,7 @@ def part_looks(cells: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, tra
     T = len(track_hists)
     idx, codes = _compact_pairs(seg, rows, K, T)
     h = cell_histograms(cells, idx, len(codes), bins)
-    out = np.zeros((K, T), np.float32)
-    t = codes % T
-    out[codes // T, t] = np.sum(np.sqrt(h * np.maximum(track_hists[t], 0)), 1)
-    return out
+    return PartColours(codes, np.sqrt(h), np.sqrt(np.maximum(track_hists, 0)).astype(np.float32))
 
 
 def gather(pred: np.ndarray, seg: np.ndarray, K: int) -> Evidence:
@@ -95,7 +126,7 @@ def gather(pred: np.ndarray, seg: np.ndarray, K: int) -> Evidence:
         K: number of segments.
 
     Returns:
-        `Evidence` without ``look`` (see `part_looks`).
+        `Evidence` without ``look`` (see `part_colours`).
     """
     cnt = np.bincount(pred.ravel())
     ids = np.flatnonzero(cnt)

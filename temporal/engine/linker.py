@@ -17,7 +17,7 @@ from ..matching import cell_histograms, color_cells
 from ..tracks import TrackRegistry
 from .associate import Association, associate
 from .config import EngineConfig
-from .evidence import Evidence, gather, look_similarity, part_looks
+from .evidence import Evidence, gather, look_similarity, part_colours
 from .lifecycle import folds
 from .predict import Prediction, Predictor, blurred, shift_maps
 
@@ -110,7 +110,8 @@ class Linker:
         if bins and len(ev.track_ids) and K:
             _, hists = track_look(ev.track_ids)
             if hists is not None:
-                ev.look = part_looks(cells, seg, ev.rows, K, hists, bins)
+                ev.colours = part_colours(cells, seg, ev.rows, K, hists, bins)
+                ev.look = ev.colours.own(K)
         remembered, reid = self._candidates_back(reg, ev, track_look, props, cells, seg, K, bins)
         # associate: one decision for the frame
         asg = associate(ev, self.cfg.associate, reid, self._carvable(reg, ev))

@@ -9,8 +9,9 @@ from temporal.config import TrackerConfig
 from temporal.engine import AssociateConfig, EngineConfig, LifecycleConfig, slices, video
 from temporal.tracker import link_label_maps
 from temporal.engine.associate import associate, gaec
-from temporal.engine.evidence import Evidence, gather
+from temporal.engine.evidence import Evidence, PartColours, gather, part_colours
 from temporal.engine.lifecycle import folds
+from temporal.matching import bhattacharyya, color_cells
 from temporal.tracks import TrackRegistry
 
 from .conftest import Scene
@@ -122,6 +123,44 @@ def test_colour_likeness_decides_a_carve():
     unlike = associate(evidence(inter, np.array([[1.0, 0.0]], np.float32)), AssociateConfig(1.0, 1.0, 1.0))
     assert alike.owner[0].tolist() == [-1, 0, 1]
     assert unlike.owner[0].tolist() == [-1, 0, 0]
+
+
+@pytest.mark.parametrize("part_colour,carved", [("object", True), ("ground", False)])
+def test_a_part_is_carved_only_when_it_looks_more_like_the_lost_track_than_its_segment(part_colour, carved):
+    # segment 0 continues the ground track 1 and holds all of small track 2's prediction;
+    # the object's colour is bin 1, the ground's bin 0, and the part has some of both.
+    # Merged into the ground, the part is mostly the object: carved out. Ended (or hidden),
+    # its place is mostly ground: it stays with its segment, although its likeness with the
+    # object alone (0.6) would have carved it
+    ev = evidence([[0, 5000, 100]])
+    part = [0.6, 0.8] if part_colour == "object" else [0.8, 0.6]  # square roots of histograms
+    ev.colours = PartColours(np.array([0, 1]), np.array([[1.0, 0.0], part], np.float32),
+                             np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+    ev.look = ev.colours.own(1)
+    a = associate(ev, AssociateConfig(look_weight=1.0))
+    assert a.owner[0].tolist() == ([-1, 0, 1] if carved else [-1, 0, 0])
+
+
+def test_part_colours_are_the_bhattacharyya_of_each_part_with_any_track():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    seg = np.repeat(np.arange(3), 40).reshape(12, 10).astype(np.int32)  # 3 segments of 4 rows
+    seg[0, 0] = -1
+    rows = (np.arange(120).reshape(12, 10) % 10 >= 6).astype(np.int32)  # 2 tracks, by column
+    rows[11, :] = -1
+    cells = color_cells(img, 4)
+    tracks = rng.random((2, 64)).astype(np.float32)
+    tracks /= tracks.sum(1, keepdims=True)
+    pc = part_colours(cells, seg, rows, 3, tracks, 4)
+    own, j2 = pc.own(3), pc.with_track(2, 1)
+    for j in range(3):
+        for t in range(2):
+            mask = (seg == j) & (rows == t)
+            h = np.bincount(cells[mask], minlength=64).astype(np.float32)
+            h /= h.sum()
+            assert own[j, t] == pytest.approx(bhattacharyya(h[None], tracks[t][None])[0, 0], abs=1e-5)
+            if j == 2:  # the parts of segment 2 against track 1, whichever track predicted them
+                assert j2[t] == pytest.approx(bhattacharyya(h[None], tracks[1][None])[0, 0], abs=1e-5)
 
 
 def test_a_track_that_continues_elsewhere_is_not_carved():
