@@ -10,7 +10,9 @@ watershed of the intensity gradient (the classical nuclei segmenter) and quicksh
 
 * ``engine``: what `diffseg stack` runs (`volume.api.link_volume`: the linking engine's
   `slices` preset, the grey slice as its look, then the waist cut);
-* ``iou``: Cellpose-style IoU stitching (threshold 0.25), the baseline.
+* ``iou``: Cellpose-style IoU stitching (threshold 0.25), the baseline;
+* ``ablation``: the engine with one mechanism of the preset removed at a time (`ABLATION`;
+  each name is also a method of its own).
 
 Printed per item x family x linker: 3D mean Dice (one Hungarian matching over the volume),
 the per-slice oracle Dice of the raw slice maps, their ratio, labels made and seconds.
@@ -112,7 +114,16 @@ def link_iou(maps: np.ndarray, grey: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-METHODS = {"engine": link_engine, "iou": link_iou}
+# the slices preset with one mechanism removed (engine knobs by name, as `link_engine` takes them)
+ABLATION = {
+    "no look": {"look_weight": 0.0},
+    "no carving (trust 100)": {"segment_trust": 100.0},
+    "no split cost": {"split_cost": 0.0},
+    "no IoU score (foreign cost)": {"min_iou": 0.0},
+    "no waist cut": {"waist_ratio": 0.0},
+}
+METHODS: "dict[str, Callable]" = {"engine": link_engine, "iou": link_iou,
+                                  **{k: (lambda maps, grey, ch=ch: link_engine(maps, grey, ch)) for k, ch in ABLATION.items()}}
 
 
 def big(work: Path, n: int = 600) -> None:
@@ -147,7 +158,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=Path("/tmp/volume_linking_bench"))
     ap.add_argument("--families", default="all", help="all, tuning (all but quickshift) or a comma list")
-    ap.add_argument("--methods", default="engine,iou")
+    ap.add_argument("--methods", default="engine,iou", help="comma list of engine, iou, ablation, or ablation names")
     ap.add_argument("--items", default="ct,mr,nuclei")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the rows (for paired.py)")
@@ -160,10 +171,15 @@ def main() -> None:
     if a.big:
         big(a.work, a.big)
         return
+    meths = [m for w in a.methods.split(",") for m in (["engine", *ABLATION] if w == "ablation" else [w])]
+    meths = list(dict.fromkeys(meths))  # "engine,ablation" names the engine once
+    unknown = [m for m in meths if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown methods {unknown}; expected {sorted(METHODS)} or ablation")
     fams = (list(SLICES) if a.families == "all" else [f for f in SLICES if f not in families.HELD_OUT]
             if a.families == "tuning" else a.families.split(","))
     rows = []
-    print(f"{'item':8s} {'family':20s} {'method':10s} {'Dice':>6s} {'oracle':>6s} {'ratio':>6s} {'labels':>6s} {'s':>5s}")
+    print(f"{'item':8s} {'family':20s} {'method':28s} {'Dice':>6s} {'oracle':>6s} {'ratio':>6s} {'labels':>6s} {'s':>5s}")
     for name in a.items.split(","):
         if not (a.data / VOLUMES[name][0]).exists():
             print(f"# skipping {name}: not found in {a.data}")
@@ -172,24 +188,24 @@ def main() -> None:
         for fam in fams:
             maps = slice_maps(a.work, name, fam, gt, grey, a.seed)
             oracle = volume_dice(maps, gt).mean_oracle_dice
-            for m in a.methods.split(","):
+            for m in meths:
                 t0 = time.perf_counter()
                 pred = METHODS[m](maps, grey)
                 sec = time.perf_counter() - t0
                 d = volume_dice(pred, gt, oracle=False).mean_dice
                 rows.append(dict(item=name, family=fam, method=m, ratio=d / oracle, dice=d, oracle=oracle))
-                print(f"{name:8s} {fam:20s} {m:10s} {d:6.3f} {oracle:6.3f} {d / oracle:6.3f} "
+                print(f"{name:8s} {fam:20s} {m:28s} {d:6.3f} {oracle:6.3f} {d / oracle:6.3f} "
                       f"{len(np.unique(pred)):6d} {sec:5.1f}", flush=True)
     print("\n# per method: mean ratio over tuning families (min) | held-out quickshift")
-    for m in a.methods.split(","):
+    for m in meths:
         tune = [r["ratio"] for r in rows if r["method"] == m and r["family"] not in families.HELD_OUT]
         held = [r["ratio"] for r in rows if r["method"] == m and r["family"] in families.HELD_OUT]
         if tune:
-            print(f"{m:10s} {np.mean(tune):.3f} ({min(tune):.3f}) | "
+            print(f"{m:28s} {np.mean(tune):.3f} ({min(tune):.3f}) | "
                   f"{np.mean(held) if held else float('nan'):.3f}")
     from paired import print_report
 
-    print_report(rows, a.methods.split(","))
+    print_report(rows, meths)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 
