@@ -205,7 +205,7 @@ MUTANTS: list[Mutant] = [
            "    if ev.look is None:  # nothing but the segmenter's word: its grouping stands\n        return Association(owner, whole)\n",
            "", TEMPORAL + VOLUME, "a structure that ended is carved out of the ground from memory"),
     Mutant("engine.carving_ignores_the_owner", "temporal/engine/associate.py",
-           "            lj = np.where((ev.look[j] > rival) | (rows == o), lj, 0.0)\n", "",
+           "            lj = np.where((ev.look[j] > rival) | (np.arange(T) == o), lj, 0.0)\n", "",
            TEMPORAL, "the place of an object that ended or hid is carved out of its neighbour: a ghost track"),
     Mutant("evidence.owner_look_of_another_track", "temporal/engine/evidence.py",
            "self.root[a:b] @ self.track_root[o]", "self.root[a:b] @ self.track_root[0]",

@@ -195,7 +195,6 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
         return Association(owner, whole)
     lost = np.ones(T, bool)
     lost[whole[(whole >= 0) & (whole < T)]] = False
-    rows = np.arange(T)
     for j in np.flatnonzero((inter[:, 1:][:, lost] > 0).any(1) & (whole < T)):
         cand = np.flatnonzero(lost & (inter[j, 1:] > 0))
         lj = lam[j] if carvable is None else lam[j] * carvable
@@ -205,7 +204,7 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
             # a part is evidence for a lost track only when it looks more like that track
             # than like the track its segment continues
             rival = ev.colours.with_track(j, o) if ev.colours is not None else 0.0
-            lj = np.where((ev.look[j] > rival) | (rows == o), lj, 0.0)
+            lj = np.where((ev.look[j] > rival) | (np.arange(T) == o), lj, 0.0)
         whole[j], owner[j] = _segment(inter[j], m, lj, cfg, cand)
     return Association(owner, whole)
 
