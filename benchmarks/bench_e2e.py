@@ -143,7 +143,7 @@ def default_passes(model: Any, frame: np.ndarray, reps: int) -> tuple[float, flo
     finally:
         unet.set_attn_processor(saved)
         vae.to(memory_format=torch.channels_last)
-        unet.to(memory_format=model.unet_format)
+        unet.to(memory_format=torch.channels_last)
     return t_vae, t_unet
 
 

@@ -85,11 +85,6 @@ class LoadedModel:
     text_loader: "Callable[[], TextEncoder] | None" = field(default=None, repr=False)
     _text: "TextEncoder | None" = field(default=None, repr=False)
 
-    @property
-    def unet_format(self) -> torch.memory_format:
-        """The memory format of the UNet's weights (its inputs should match: `unet_memory_format`)."""
-        return unet_memory_format(self.device, self.dtype)
-
     def text(self) -> "TextEncoder":
         """The model's tokenizer and text encoder (loaded on first use, then kept)."""
         if self._text is None:
@@ -440,7 +435,7 @@ def _sd_scheduler() -> Any:
 
 def _finish(unet: Any, vae: Any, scheduler: Any, emb: torch.Tensor, model: str,
             device: torch.device, dtype: torch.dtype, is_random: bool = False) -> LoadedModel:
-    unet = _to(unet, device, dtype, unet_memory_format(device, dtype))
+    unet = _to(unet, device, dtype)
     vae = _to(vae, device, dtype)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return LoadedModel(unet=unet, vae=vae, scheduler=scheduler,
@@ -450,19 +445,8 @@ def _finish(unet: Any, vae: Any, scheduler: Any, emb: torch.Tensor, model: str,
                        is_random=is_random)
 
 
-def unet_memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
-    """The UNet's memory format: channels-last, except float32 on the CPU.
-
-    SD 1.5's UNet at 512 px on 2 CPU cores, a plain forward: float32 2.78 s contiguous
-    against 3.02 s channels-last (3.06 / 3.33 s with the attention capture), bfloat16 0.89
-    against 0.81 s (1.34 / 1.25 s); a diagnostic script of issue 19, one run each. The VAE
-    is channels-last in every dtype (see `_to`)."""
-    return torch.contiguous_format if device.type == "cpu" and dtype == torch.float32 else torch.channels_last
-
-
-def _to(module: Any, device: torch.device, dtype: torch.dtype,
-        memory_format: torch.memory_format = torch.channels_last) -> Any:
-    """``module`` on ``device`` in ``dtype``, eval mode, convolution weights in ``memory_format``.
+def _to(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """``module`` on ``device`` in ``dtype``, eval mode, convolution weights channels-last.
 
     Channels-last (NHWC) picks the faster convolution kernels (oneDNN on CPU, cuDNN tensor
     cores on CUDA): SD 1.5's VAE encode at 512 px on 2 CPU cores, 4.25 -> 3.49 s in float32
@@ -471,7 +455,7 @@ def _to(module: Any, device: torch.device, dtype: torch.dtype,
     # Cast only when needed: diffusers warns on every dtype `.to()`, even a no-op one.
     if next(module.parameters()).dtype != dtype:
         module = module.to(dtype=dtype)
-    return module.to(device).to(memory_format=memory_format).eval().requires_grad_(False)
+    return module.to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- tiny-random

@@ -364,7 +364,6 @@ class DiffSegSegmenter:
             gdev = generator.device if generator is not None else torch.device("cpu")
             noise = torch.randn(latents.shape, generator=generator, device=gdev, dtype=torch.float32)
             latents = m.scheduler.add_noise(latents.float(), noise.to(dev), timestep).to(dt)
-        latents = latents.contiguous(memory_format=m.unet_format)  # as the UNet's weights
         latent_hw = (int(latents.shape[2]), int(latents.shape[3]))
         n = len(idx)
         plan, pemb = self._prompt_embeddings(vocab) if vocab else (None, None)
