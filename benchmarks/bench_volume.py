@@ -218,7 +218,11 @@ def bench_phantoms(seeds: list[int], tmp: Path) -> None:
           f"{res_all.seconds:.2f} s (one axis {res.seconds:.2f} s)")
 
 
-def _big_labels(path: Path, shape=(600, 512, 512), n_blobs: int = 120, seed: int = 0) -> float:
+#: ellipsoids of the big label volume: about 25 labels a slice at 600 x 512 x 512 (issue 14's figure)
+BIG_BLOBS = 210
+
+
+def _big_labels(path: Path, shape=(600, 512, 512), n_blobs: int = BIG_BLOBS, seed: int = 0) -> float:
     """Slice-shuffled ellipsoids written slice by slice into a uint16 .npy memmap; returns
     the mean number of labels a slice holds."""
     rng = np.random.default_rng(seed)
@@ -259,7 +263,7 @@ def _peak_rss(cmd: list[str]) -> tuple[float, float, str]:
     return rss, wall, so.strip()
 
 
-def bench_big(tmp: Path, model: bool, n_blobs: int = 210) -> None:
+def bench_big(tmp: Path, model: bool, n_blobs: int = BIG_BLOBS) -> None:
     p = tmp / "big_slices.npy"
     t0 = time.perf_counter()
     per_slice = _big_labels(p, n_blobs=n_blobs)
@@ -290,8 +294,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2", help="simulation seeds, averaged [0,1,2]")
     ap.add_argument("--big", action="store_true", help="512x512x600 peak-RSS run of diffseg stack")
     ap.add_argument("--big-model", action="store_true", help="also diffseg volume with tiny-random on 512x512x600")
-    ap.add_argument("--big-blobs", type=int, default=210,
-                    help="ellipsoids in the 512x512x600 volume (210: about 25 labels a slice, issue 14's figure)")
+    ap.add_argument("--big-blobs", type=int, default=BIG_BLOBS,
+                    help=f"ellipsoids in the 512x512x600 volume ({BIG_BLOBS}: about 25 labels a slice)")
     ap.add_argument("--big-only", action="store_true", help="only the 512x512x600 runs")
     ap.add_argument("--tmp", type=Path, default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()

@@ -127,15 +127,15 @@ METHODS: "dict[str, Callable]" = {"engine": link_engine, "iou": link_iou,
 
 
 def big(work: Path, n: int = 600) -> None:
-    """`diffseg stack`'s linking on an n x 512 x 512 label volume (ellipsoids, ids
-    shuffled per slice, 0 = background, memmap), streamed slice by slice into an int32
+    """`diffseg stack`'s linking on an n x 512 x 512 label volume (`bench_volume.BIG_BLOBS`
+    ellipsoids, ids shuffled per slice, 0 = background, memmap), streamed slice by slice into an int32
     memmap: seconds and peak RSS against the size of the label array."""
     import resource
 
-    from bench_volume import _big_labels
+    from bench_volume import BIG_BLOBS, _big_labels
 
     work.mkdir(parents=True, exist_ok=True)
-    src = work / f"big_{n}.npy"
+    src = work / f"big_{n}_b{BIG_BLOBS}.npy"
     if not src.exists():
         _big_labels(src, shape=(n, 512, 512))
     lab = np.load(src, mmap_mode="r")

@@ -78,21 +78,20 @@ def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:
     return (r.astype(np.int32) * bins + g) * bins + b
 
 
-def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8,
-                     cells: "np.ndarray | None" = None) -> np.ndarray:
-    """Normalised RGB colour histogram of every label.
+def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:
+    """Normalised RGB colour histogram of every label (`cell_histograms` when the frame's
+    `color_cells` are at hand already).
 
     Args:
         image: uint8 ``(H, W, 3)``.
         labels: int ``(H, W)`` with values ``-1..n-1`` (-1 ignored).
         n: number of labels.
         bins: bins per channel (``bins**3`` cells).
-        cells: `color_cells` of ``image`` when the caller has it already.
 
     Returns:
         float32 ``(n, bins**3)``, rows sum to 1 (all-zero for empty labels).
     """
-    return cell_histograms(color_cells(image, bins) if cells is None else cells, labels, n, bins)
+    return cell_histograms(color_cells(image, bins), labels, n, bins)
 
 
 def cell_histograms(cells: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:

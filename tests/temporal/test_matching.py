@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temporal.matching import (bhattacharyya, color_cells, color_histograms, iou_from_overlap,
+from temporal.matching import (bhattacharyya, cell_histograms, color_cells, color_histograms, iou_from_overlap,
                                overlap_matrix, symmetric_kl_matrix)
 from temporal.proposals import proposals_from_labels, relabel_consecutive, segmentation_from_labels
 
@@ -74,7 +74,7 @@ def test_color_cells_quantise_each_channel_by_hand():
                                           [(2 * 4 + 3) * 4 + 0, 63]])
     # the cells a caller computed once give the same histograms
     lab = np.array([[0, 1], [1, 1]], np.int32)
-    np.testing.assert_array_equal(color_histograms(img, lab, 2, 4, cells), color_histograms(img, lab, 2, 4))
+    np.testing.assert_array_equal(cell_histograms(cells, lab, 2, 4), color_histograms(img, lab, 2, 4))
     with pytest.raises(ValueError, match="bins"):
         color_cells(img, 0)
 
