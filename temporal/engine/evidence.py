@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..matching import bhattacharyya, cell_histograms, kl_similarity, overlap_matrix, symmetric_kl_matrix
+from ..matching import bhattacharyya, kl_similarity, overlap_matrix, symmetric_kl_matrix
 
 
 @dataclass
@@ -30,7 +30,9 @@ class Evidence:
         seg_area: int64 ``(K,)``; pred_area: int64 ``(T,)`` predicted pixels per track
             (on a segment or not).
         look: float32 ``(K, T)`` look similarity in 0..1, or None (no proposals, no images).
-        rows: int32 ``(h, w)`` predicted track row per pixel (-1 = none).
+        part: int64 ``(h, w)`` the part of every pixel, ``(j + 1) * (T + 1) + c`` for
+            segment j (-1: no segment) and column c of ``inter`` (0: no prediction, 1 + t:
+            track row t): one index map for every per-part count of the frame.
         colours: the parts' `PartColours` (a part against any track), or None: then a
             part's look with a track other than its own is unknown and counts 0.
     """
@@ -40,7 +42,7 @@ class Evidence:
     seg_area: np.ndarray
     pred_area: np.ndarray
     look: Optional[np.ndarray]
-    rows: np.ndarray
+    part: np.ndarray
     colours: Optional[PartColours] = None
 
 
@@ -62,59 +64,71 @@ def look_similarity(track_maps: "np.ndarray | None", seg_maps: "np.ndarray | Non
     return sim
 
 
-def _compact_pairs(seg: np.ndarray, rows: np.ndarray, K: int, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """Number the (segment, track row) parts present: ``(index map (h, w), -1 = none;
-    int64 codes j * T + t of each index)``, by counting (no sort: this runs every frame)."""
-    pair = np.where((seg >= 0) & (rows >= 0), seg.astype(np.int64) * T + rows, -1)
-    present = np.bincount(pair[pair >= 0], minlength=K * T) > 0
-    lut = np.cumsum(present) - 1
-    return np.where(pair >= 0, lut[np.maximum(pair, 0)], -1), np.flatnonzero(present)
-
-
 @dataclass
 class PartColours:
-    """The colour histograms of a frame's parts, to compare a part with any track.
+    """The colour of a frame's parts: to compare a part with any track, and to sum parts
+    into the histogram of anything made of them (a segment, a track's pixels) with no
+    second pass over the pixels.
 
     Attributes:
-        code: int64 ``(P,)`` the parts present, as ``j * T + t`` (segment j, track row t),
-            ascending.
-        root: float32 ``(P, B)`` square roots of their normalised histograms.
-        track_root: float32 ``(T, B)`` the same of the tracks' remembered histograms.
+        code: int64 ``(P,)`` the parts present on a segment, as ``j * (T + 1) + c``
+            (segment j, column c of ``Evidence.inter``), ascending.
+        counts: float32 ``(P, B)`` colour cell counts of each part.
+        root: float32 ``(P, B)`` square roots of the normalised histograms.
+        track_root: float32 ``(T, B)`` the same of the tracks' remembered histograms, or
+            None (no track has a look yet).
     """
 
     code: np.ndarray
+    counts: np.ndarray
     root: np.ndarray
-    track_root: np.ndarray
+    track_root: Optional[np.ndarray]
 
     def own(self, K: int) -> np.ndarray:
         """float32 ``(K, T)``: each part with the track that predicted it (0 for empty parts)."""
         T = len(self.track_root)
         out = np.zeros((K, T), np.float32)
-        t = self.code % T
-        out[self.code // T, t] = np.sum(self.root * self.track_root[t], 1)
+        c = self.code % (T + 1)
+        sel = c > 0
+        t = c[sel] - 1
+        out[self.code[sel] // (T + 1), t] = np.sum(self.root[sel] * self.track_root[t], 1)
         return out
 
     def with_track(self, j: int, o: int) -> np.ndarray:
         """float32 ``(T,)``: each part of segment ``j`` with track row ``o`` (0 for empty parts)."""
         T = len(self.track_root)
-        a, b = np.searchsorted(self.code, (j * T, (j + 1) * T))  # codes are sorted
+        a, b = np.searchsorted(self.code, (j * (T + 1) + 1, (j + 1) * (T + 1)))  # codes are sorted
         out = np.zeros(T, np.float32)
-        out[self.code[a:b] % T] = self.root[a:b] @ self.track_root[o]
+        out[self.code[a:b] % (T + 1) - 1] = self.root[a:b] @ self.track_root[o]
         return out
 
+    def histograms(self, group: np.ndarray, n: int) -> np.ndarray:
+        """float32 ``(n, B)`` normalised histograms of groups of parts (``group``: int ``(P,)``
+        in ``-1..n-1``, -1 = in none): equal to `temporal.matching.cell_histograms` of the
+        groups' pixels (integer counts add exactly in float32)."""
+        onehot = np.zeros((n, len(group)), np.float32)
+        sel = np.flatnonzero(group >= 0)
+        onehot[group[sel], sel] = 1.0
+        inter = onehot @ self.counts
+        return inter / np.maximum(inter.sum(1, keepdims=True), 1)
 
-def part_colours(cells: np.ndarray, seg: np.ndarray, rows: np.ndarray, K: int, track_hists: np.ndarray,
-                 bins: int) -> PartColours:
+
+def part_colours(cells: np.ndarray, ev: Evidence, bins: int, track_hists: "np.ndarray | None" = None
+                 ) -> PartColours:
     """The `PartColours` of a frame (``cells``: its `temporal.matching.color_cells`;
-    ``track_hists``: float32 ``(T, B)`` the predicted tracks' remembered histograms).
+    ``track_hists``: float32 ``(T, B)`` the predicted tracks' remembered histograms, or None).
 
     A part is judged by its own pixels: an object the segmenter merged into the ground looks
     like itself, not like the ground segment around it.
     """
-    T = len(track_hists)
-    idx, codes = _compact_pairs(seg, rows, K, T)
-    h = cell_histograms(cells, idx, len(codes), bins)
-    return PartColours(codes, np.sqrt(h), np.sqrt(np.maximum(track_hists, 0)).astype(np.float32))
+    n = ev.inter.size
+    present = np.concatenate([np.zeros(ev.inter.shape[1], bool), ev.inter.ravel() > 0])
+    lut = np.cumsum(present) - 1
+    lut[~present] = -1  # parts on no segment (the first row of codes) count in no histogram
+    counts = overlap_matrix(np.take(lut, ev.part), int(present.sum()), cells, bins ** 3).astype(np.float32)
+    h = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    troot = None if track_hists is None else np.sqrt(np.maximum(track_hists, 0)).astype(np.float32)
+    return PartColours(np.flatnonzero(present[-n:]) if n else np.zeros(0, np.int64), counts, np.sqrt(h), troot)
 
 
 def gather(pred: np.ndarray, seg: np.ndarray, K: int) -> Evidence:
@@ -132,10 +146,11 @@ def gather(pred: np.ndarray, seg: np.ndarray, K: int) -> Evidence:
     ids = np.flatnonzero(cnt)
     ids = ids[ids > 0].astype(np.int64)
     T = len(ids)
-    row_of = np.full(len(cnt), -1, np.int32)
-    row_of[ids] = np.arange(T, dtype=np.int32)
-    rows = np.take(row_of, pred)
-    inter = overlap_matrix(seg, K, rows + 1, T + 1)
+    col_of = np.zeros(len(cnt), np.int64)  # the column of inter of each predicted id
+    col_of[ids] = np.arange(1, T + 1)
+    part = np.take(col_of, pred)
+    part += (seg + 1) * (T + 1)
+    inter = np.bincount(part.ravel(), minlength=(K + 1) * (T + 1))[(T + 1):].reshape(K, T + 1)
     # a track's predicted area counts its pixels on no segment too (background): a structure
     # that shrank into the background is not a full match of what is left of it
-    return Evidence(ids, inter, inter.sum(1), cnt[ids].astype(np.int64), None, rows)
+    return Evidence(ids, inter, inter.sum(1), cnt[ids].astype(np.int64), None, part)

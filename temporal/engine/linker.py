@@ -13,11 +13,11 @@ import numpy as np
 
 from scipy.optimize import linear_sum_assignment
 
-from ..matching import cell_histograms, color_cells
+from ..matching import color_cells
 from ..tracks import TrackRegistry
 from .associate import Association, associate
 from .config import EngineConfig
-from .evidence import Evidence, gather, look_similarity, part_colours
+from .evidence import Evidence, PartColours, gather, look_similarity, part_colours
 from .lifecycle import folds
 from .predict import Prediction, Predictor, blurred, shift_maps
 
@@ -107,23 +107,24 @@ class Linker:
         track_look = self._looks_of(reg, props, bins)
         # evidence: the (track, segment) table, and the remembered tracks that compete for segments
         ev = gather(pred.labels, seg, K)
-        if bins and len(ev.track_ids) and K:
-            _, hists = track_look(ev.track_ids)
-            if hists is not None:
-                ev.colours = part_colours(cells, seg, ev.rows, K, hists, bins)
-                ev.look = ev.colours.own(K)
-        remembered, reid = self._candidates_back(reg, ev, track_look, props, cells, seg, K, bins)
+        parts = None  # the parts' colours: one pass over the pixels for every histogram of the frame
+        if bins and K:
+            parts = part_colours(cells, ev, bins, track_look(ev.track_ids)[1] if len(ev.track_ids) else None)
+            if parts.track_root is not None:
+                ev.colours = parts
+                ev.look = parts.own(K)
+        remembered, reid = self._candidates_back(reg, ev, track_look, props, parts, K)
         # associate: one decision for the frame
         asg = associate(ev, self.cfg.associate, reid, self._carvable(reg, ev))
         # lifecycle: births, folds of young pieces, returns
         part_ids = self._births(reg, ev, asg, remembered if reid is not None else np.zeros(0, np.int64), idx)
-        part_ids, absorbed = self._corrections(reg, seg, part_ids, ev, asg.whole == -2, remembered, track_look,
-                                               cells, bins, idx)
+        part_ids, absorbed = self._corrections(reg, part_ids, ev, asg.whole == -2, remembered, track_look,
+                                               parts, idx, seg.shape[0])
         segment_ids, carved = _whole_segments(ev, part_ids)
-        labels = self._labels(seg, part_ids, ev.rows, len(ev.track_ids))
+        labels = self._labels(ev, part_ids)
         ids = np.unique(part_ids[part_ids > 0])
         self._remember_velocity(reg, pred.velocity, ids.tolist())
-        self._update(state, seg, labels, ids, segment_ids, part_ids, props, ev, cells, gray, idx, bins)
+        self._update(state, labels, ids, segment_ids, part_ids, props, ev, parts, gray, idx)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
     @staticmethod
@@ -139,8 +140,7 @@ class Linker:
         return track_look
 
     def _candidates_back(self, reg: TrackRegistry, ev: Evidence, track_look, props: "np.ndarray | None",
-                         cells: "np.ndarray | None", seg: np.ndarray, K: int,
-                         bins: int) -> "tuple[np.ndarray, np.ndarray | None]":
+                         parts: "PartColours | None", K: int) -> "tuple[np.ndarray, np.ndarray | None]":
         """Remembered tracks (absent from the prediction) and their re-identification scores
         with the segments (look similarity minus ``reid_threshold``; None: no candidate): they
         compete in the same decision, a segment takes one back by look."""
@@ -148,8 +148,8 @@ class Linker:
         remembered = np.array([t for t in reg.lost_ids() if t not in predicted], np.int64)
         if not (len(remembered) and K):
             return remembered, None
-        sim = self._recall(reg, remembered, track_look, props,
-                           cell_histograms(cells, seg, K, bins) if bins else None, seg.shape[0])
+        seg_hists = None if parts is None else parts.histograms(parts.code // ev.inter.shape[1], K)
+        sim = self._recall(reg, remembered, track_look, props, seg_hists, ev.part.shape[0])
         return remembered, (None if sim is None else sim - self.cfg.lifecycle.reid_threshold)
 
     def _carvable(self, reg: TrackRegistry, ev: Evidence) -> np.ndarray:
@@ -172,28 +172,25 @@ class Linker:
         part_ids[ev.inter == 0] = 0
         return part_ids
 
-    def _corrections(self, reg: TrackRegistry, seg: np.ndarray, part_ids: np.ndarray, ev: Evidence,
-                     carved: np.ndarray, remembered: np.ndarray, track_look, cells: "np.ndarray | None",
-                     bins: int, idx: int) -> "tuple[np.ndarray, dict[int, int]]":
+    def _corrections(self, reg: TrackRegistry, part_ids: np.ndarray, ev: Evidence, carved: np.ndarray,
+                     remembered: np.ndarray, track_look, parts: "PartColours | None", idx: int,
+                     work_h: int) -> "tuple[np.ndarray, dict[int, int]]":
         """Late id corrections: young tracks folded into an older look-alike that shares a
         carved segment with them (`temporal.engine.lifecycle.folds`), and young tracks that
         are a remembered one back (`_returns`); ``(part_ids relabelled, {young: older})``."""
         absorbed: dict[int, int] = {}
         if carved.any():
             groups = [np.unique(part_ids[j][part_ids[j] > 0]).tolist() for j in np.flatnonzero(carved)]
-            now: list = []  # this frame's ids per pixel, made only when a newborn needs its colour
 
             def colour_now(t: int) -> "np.ndarray | None":
-                if not bins:
+                if parts is None:
                     return None
-                if not now:
-                    now.append(self._labels(seg, part_ids, ev.rows, len(ev.track_ids)))
-                return cell_histograms(cells, np.where(now[0] == t, 0, -1), 1, bins)[0]
+                return parts.histograms(np.where(part_ids.ravel()[parts.code] == t, 0, -1), 1)[0]
 
             absorbed = folds(groups, reg, idx, self.cfg.lifecycle,
                              lambda y, k: self._fold_likeness(reg, y, k, idx, colour_now))
         absorbed.update(self._returns(reg, np.unique(part_ids[part_ids > 0]), remembered, track_look, idx,
-                                      seg.shape[0], set(absorbed)))
+                                      work_h, set(absorbed)))
         for y in absorbed:  # a fold into a track that is itself a return: to the returned id
             while absorbed[y] in absorbed:
                 absorbed[y] = absorbed[absorbed[y]]
@@ -277,16 +274,14 @@ class Linker:
         return {int(young[i]): int(remembered[j]) for i, j in zip(r, c) if score[i, j] > 0}
 
     @staticmethod
-    def _labels(seg: np.ndarray, part_ids: np.ndarray, rows: np.ndarray, T: int) -> np.ndarray:
-        """int32 ``(h, w)`` id of every pixel from the id of its part (segment x track row)."""
-        flat = part_ids.reshape(-1)
-        if flat.size == 0:  # no segment at all (every pixel is background)
-            return np.zeros(seg.shape, np.int32)
-        return np.where(seg >= 0, np.take(flat, np.maximum(seg, 0) * (T + 1) + rows + 1), 0).astype(np.int32)
+    def _labels(ev: Evidence, part_ids: np.ndarray) -> np.ndarray:
+        """int32 ``(h, w)`` id of every pixel from the id of its part (0 on no segment)."""
+        lut = np.concatenate([np.zeros(ev.inter.shape[1], np.int64), part_ids.reshape(-1)]).astype(np.int32)
+        return np.take(lut, ev.part)
 
-    def _update(self, state: LinkState, seg: np.ndarray, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
-                part_ids: np.ndarray, props: "np.ndarray | None", ev: Evidence, cells: "np.ndarray | None", gray: "np.ndarray | None",
-                idx: int, bins: int) -> None:
+    def _update(self, state: LinkState, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
+                part_ids: np.ndarray, props: "np.ndarray | None", ev: Evidence, parts: "PartColours | None",
+                gray: "np.ndarray | None", idx: int) -> None:
         """Remember each present track's look and close the frame in the registry."""
         reg = state.registry
         a = float(self.cfg.evidence.look_update)
@@ -313,18 +308,15 @@ class Linker:
                         continue
                     p = row.reshape(props.shape[1:])
                     t.proposal = p if t.proposal is None or t.proposal.shape != p.shape else (a * p + (1 - a) * t.proposal)
-            if bins and cells is not None:
+            if parts is not None:
                 # a track's colour is learnt from the segments it owns whole; a track that
                 # only holds carved parts learns from those (else carved-in ground would
                 # teach an object the ground's colour, and the next carve would find it alike)
-                owned = np.where(seg >= 0, np.take(segment_ids, np.maximum(seg, 0)), 0)
+                pid = part_ids.ravel()[parts.code]
                 owns = np.zeros(int(ids[-1]) + 1, bool)  # per id: owns a whole segment
                 owns[segment_ids[segment_ids > 0]] = True
-                src = np.where(owns[labels], owned, labels)  # 0 or one of ids
-                row = np.full(len(owns), -1, np.int32)
-                row[ids] = np.arange(len(ids), dtype=np.int32)
-                comp = np.take(row, src)
-                h = cell_histograms(cells, comp, len(ids), bins)
+                learn = (pid > 0) & (~owns[pid] | (segment_ids[parts.code // part_ids.shape[1]] == pid))
+                h = parts.histograms(np.where(learn, np.searchsorted(ids, pid), -1), len(ids))
                 for k, tid in enumerate(ids.tolist()):
                     if tid in reg:
                         t = reg[tid]

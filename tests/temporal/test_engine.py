@@ -11,7 +11,7 @@ from temporal.tracker import link_label_maps
 from temporal.engine.associate import associate, gaec
 from temporal.engine.evidence import Evidence, PartColours, gather, part_colours
 from temporal.engine.lifecycle import folds
-from temporal.matching import bhattacharyya, color_cells
+from temporal.matching import bhattacharyya, cell_histograms, color_cells
 from temporal.tracks import TrackRegistry
 
 from .conftest import Scene
@@ -134,7 +134,8 @@ def test_a_part_is_carved_only_when_it_looks_more_like_the_lost_track_than_its_s
     # object alone (0.6) would have carved it
     ev = evidence([[0, 5000, 100]])
     part = [0.6, 0.8] if part_colour == "object" else [0.8, 0.6]  # square roots of histograms
-    ev.colours = PartColours(np.array([0, 1]), np.array([[1.0, 0.0], part], np.float32),
+    root = np.array([[1.0, 0.0], part], np.float32)  # parts (segment 0, track 1) and (0, track 2)
+    ev.colours = PartColours(np.array([1, 2]), root ** 2 * [[5000], [100]], root,
                              np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
     ev.look = ev.colours.own(1)
     a = associate(ev, AssociateConfig(look_weight=1.0))
@@ -151,7 +152,7 @@ def test_part_colours_are_the_bhattacharyya_of_each_part_with_any_track():
     cells = color_cells(img, 4)
     tracks = rng.random((2, 64)).astype(np.float32)
     tracks /= tracks.sum(1, keepdims=True)
-    pc = part_colours(cells, seg, rows, 3, tracks, 4)
+    pc = part_colours(cells, gather(rows + 1, seg, 3), 4, tracks)
     own, j2 = pc.own(3), pc.with_track(2, 1)
     for j in range(3):
         for t in range(2):
@@ -161,6 +162,26 @@ def test_part_colours_are_the_bhattacharyya_of_each_part_with_any_track():
             assert own[j, t] == pytest.approx(bhattacharyya(h[None], tracks[t][None])[0, 0], abs=1e-5)
             if j == 2:  # the parts of segment 2 against track 1, whichever track predicted them
                 assert j2[t] == pytest.approx(bhattacharyya(h[None], tracks[1][None])[0, 0], abs=1e-5)
+
+
+def test_histograms_summed_from_parts_equal_those_of_their_pixels():
+    # segments and arbitrary groups of parts (a track's pixels) without a second pass over
+    # the pixels: the same histograms as counting the pixels
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    seg = rng.integers(-1, 4, (12, 10)).astype(np.int32)
+    pred = rng.integers(0, 3, (12, 10)).astype(np.int32) * 5  # ids 5, 10; 0 = no prediction
+    cells = color_cells(img, 4)
+    ev = gather(pred, seg, 4)
+    pc = part_colours(cells, ev, 4)
+    assert pc.track_root is None
+    T1 = ev.inter.shape[1]
+    np.testing.assert_array_equal(pc.histograms(pc.code // T1, 4), cell_histograms(cells, seg, 4, 4))
+    # group = the parts of track 10 outside segment 0, and those of no track
+    c, j = pc.code % T1, pc.code // T1
+    group = np.where((c == 2) & (j > 0), 0, np.where(c == 0, 1, -1))
+    lab = np.where((pred == 10) & (seg > 0), 0, np.where((pred == 0) & (seg >= 0), 1, -1))
+    np.testing.assert_array_equal(pc.histograms(group, 2), cell_histograms(cells, lab, 2, 4))
 
 
 def test_a_track_that_continues_elsewhere_is_not_carved():
@@ -177,7 +198,8 @@ def test_gather_counts_parts_both_ways():
     assert ev.track_ids.tolist() == [5, 7]
     assert ev.inter.tolist() == [[1, 1, 0], [0, 1, 2]]
     assert ev.pred_area.tolist() == [2, 2]
-    assert ev.rows.tolist() == [[-1, 0, 0], [1, 1, -1]]
+    # the part of each pixel: (segment + 1) x (T + 1) + column (0 = no prediction)
+    assert ev.part.tolist() == [[3, 4, 7], [8, 8, 0]]
 
 
 # ---------------------------------------------------------------- lifecycle
