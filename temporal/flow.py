@@ -80,6 +80,14 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
+@functools.lru_cache(maxsize=8)
+def _grid2(h: int, w: int) -> np.ndarray:
+    """float32 ``(h, w, 2)`` pixel coordinates ``(x, y)`` (cached; read-only)."""
+    g = np.stack(_grid(h, w), axis=-1)
+    g.flags.writeable = False
+    return g
+
+
 def forward_backward_check(backward: np.ndarray, forward: np.ndarray, abs_tol: float = 1.0,
                            rel_tol: float = 0.05) -> np.ndarray:
     """Pixels of the current frame whose backward flow is confirmed by the forward flow.
@@ -95,24 +103,22 @@ def forward_backward_check(backward: np.ndarray, forward: np.ndarray, abs_tol: f
         bool ``(H, W)``: True = reliable; False = occluded, out of frame or inconsistent.
     """
     h, w = backward.shape[:2]
-    gx, gy = _grid(h, w)
-    # per-channel contiguous arithmetic, in place (numpy is slow on a trailing axis of 2)
-    bx, by = cv2.split(backward)
-    mx, my = gx + bx, gy + by
-    fx, fy = cv2.split(cv2.remap(forward, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
-    sx, sy = bx + fx, by + fy
-    err = sx * sx
-    err += sy * sy
-    for c in (bx, by, fx, fy):
-        c *= c
-    mag = bx
-    mag += by
-    mag += fx
-    mag += fy  # |b|^2 + |f(x+b)|^2
+    # (x, y) channels together: OpenCV's remap takes a two-channel map, and inRange checks
+    # both coordinates at once; the sums of squares keep the order of the formula
+    m = backward + _grid2(h, w)
+    f = cv2.remap(forward, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    s = backward + f
+    s *= s
+    err = s[..., 0] + s[..., 1]
+    b2 = backward * backward
+    f *= f
+    mag = b2[..., 0] + b2[..., 1]
+    mag += f[..., 0]
+    mag += f[..., 1]  # |b|^2 + |f(x+b)|^2
     mag *= rel_tol
     mag += abs_tol * abs_tol
     ok = err <= mag
-    ok &= (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)  # lands inside the previous frame
+    ok &= cv2.inRange(m, (0.0, 0.0), (float(w - 1), float(h - 1))) > 0  # lands inside the previous frame
     return ok
 
 
@@ -179,10 +185,10 @@ def label_displacements(labels: np.ndarray, flow: np.ndarray, n: int, res: float
     cost is two ``bincount`` passes over the map whatever the number of labels.
 
     Args:
-        labels: int ``(H, W)`` labels in the *current* frame (e.g. the previous ids warped
-            with the forward-backward mask: 0 = unreliable pixel, ignored).
+        labels: non-negative int ``(H, W)`` labels in the *current* frame (e.g. the previous
+            ids warped with the forward-backward mask: 0 = unreliable pixel, ignored).
         flow: float32 ``(H, W, 2)`` backward flow current -> previous.
-        n: labels ``0..n-1`` are measured (larger ones are ignored).
+        n: labels ``1..n-1`` are measured (larger ones are ignored).
         res: histogram bin width in pixels (the precision of the median).
         max_disp: displacements are clipped to ``[-max_disp, max_disp]``.
 
@@ -191,25 +197,33 @@ def label_displacements(labels: np.ndarray, flow: np.ndarray, n: int, res: float
         (0 where it has no pixel) and int64 ``(n,)`` pixels per label. Label 0 is not measured.
     """
     lab = np.asarray(labels).ravel()
-    sel = (lab > 0) & (lab < n)
-    lab = lab[sel].astype(np.int64)
-    count = np.bincount(lab, minlength=n)[:n]
+    cnt = np.bincount(lab)
+    count = np.zeros(n, np.int64)
+    count[:min(n, len(cnt))] = cnt[:n]
+    count[0] = 0
     B = 2 * int(np.ceil(max_disp / res)) + 1
     disp = np.zeros((n, 2), np.float32)
-    if not len(lab):
-        return disp, count
     # histograms of the labels present only: ids grow through a long video (never reused),
-    # and a (max id x bins) table would make every frame slower than the one before
+    # and a (max id x bins) table would make every frame slower than the one before. Every
+    # pixel is counted, the unmeasured ones (0, >= n) in a last row that is dropped: cheaper
+    # than selecting the measured pixels
     present = np.flatnonzero(count)
     m = len(present)
-    compact = np.zeros(n, np.int64)
+    if not m:
+        return disp, count
+    compact = np.full(len(cnt), m, np.int64)
     compact[present] = np.arange(m)
-    row = compact[lab] * B
+    row = np.take(compact, lab)
+    row *= B
     half = (count[present] + 1) // 2
     for k, c in enumerate((1, 0)):  # (dy, dx) from flow channels (y, x)
-        v = -flow[..., c].ravel()[sel]
-        q = np.clip(np.rint(v * (1.0 / res)) + B // 2, 0, B - 1).astype(np.int64)
-        hist = np.bincount(row + q, minlength=m * B)[: m * B].reshape(m, B)
+        q = flow[..., c] * np.float32(-1.0 / res)  # the displacement is -flow
+        np.rint(q, out=q)
+        q += B // 2
+        np.clip(q, 0, B - 1, out=q)
+        code = q.astype(np.int64).ravel()
+        code += row
+        hist = np.bincount(code, minlength=(m + 1) * B)[: m * B].reshape(m, B)
         mb = (np.cumsum(hist, 1) < half[:, None]).sum(1)  # first bin reaching half the mass
         disp[present, k] = (mb - B // 2) * res
     return disp, count
