@@ -131,18 +131,19 @@ def part_colours(cells: np.ndarray, ev: Evidence, bins: int, track_hists: "np.nd
     return PartColours(np.flatnonzero(present[-n:]) if n else np.zeros(0, np.int64), counts, np.sqrt(h), troot)
 
 
-def gather(pred: np.ndarray, seg: np.ndarray, K: int) -> Evidence:
+def gather(pred: np.ndarray, seg: np.ndarray, K: int, area: "np.ndarray | None" = None) -> Evidence:
     """The overlap table of the predicted ids ``pred`` and the segment map ``seg``.
 
     Args:
         pred: int32 ``(h, w)`` predicted track ids (0 = none).
         seg: int32 ``(h, w)`` segment index ``0..K-1`` (-1 = no segment: ignored).
         K: number of segments.
+        area: ``np.bincount(pred.ravel())`` when at hand (index 0 may be anything).
 
     Returns:
         `Evidence` without ``look`` (see `part_colours`).
     """
-    cnt = np.bincount(pred.ravel())
+    cnt = np.bincount(pred.ravel()) if area is None else area
     ids = np.flatnonzero(cnt)
     ids = ids[ids > 0].astype(np.int64)
     T = len(ids)

@@ -106,7 +106,7 @@ class Linker:
         props = props if props is not None and len(props) == K and K > 0 else None
         track_look = self._looks_of(reg, props, bins)
         # evidence: the (track, segment) table, and the remembered tracks that compete for segments
-        ev = gather(pred.labels, seg, K)
+        ev = gather(pred.labels, seg, K, pred.area)
         parts = None  # the parts' colours: one pass over the pixels for every histogram of the frame
         if bins and K:
             parts = part_colours(cells, ev, bins, track_look(ev.track_ids)[1] if len(ev.track_ids) else None)

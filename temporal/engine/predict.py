@@ -34,11 +34,14 @@ class Prediction:
         labels: int32 ``(h, w)`` predicted track id per pixel (0 = no prediction).
         flow: float32 ``(h, w, 2)`` backward flow new -> previous, or None (in place).
         velocity: ``{track id: (dy, dx)}`` measured this frame (work pixels per frame).
+        area: int64 predicted pixels per id (index 0 not counted), or None (not measured):
+            spares the evidence stage another pass over the map.
     """
 
     labels: np.ndarray
     flow: Optional[np.ndarray]
     velocity: dict
+    area: Optional[np.ndarray] = None
 
 
 class Predictor:
@@ -73,14 +76,16 @@ class Predictor:
         if valid is None:
             return Prediction(pred, bwd, {})
         pred = np.where(valid, pred, 0)
-        n = int(prev.max()) + 1
-        before = np.bincount(prev.ravel(), minlength=n)
-        lost = _lost(before, pred)
+        before = np.bincount(prev.ravel())
+        n = len(before)
+        disp, count = label_displacements(pred, bwd, n)
+        lost = _lost(before, count)
         if self.fallback is not None and lost.any():
             bwd, valid = self._pair(self.fallback, prev_gray, gray)
             pred = np.where(valid, warp_labels(prev, bwd, None, fill=0), 0)
-            lost = _lost(before, pred)
-        disp, count = label_displacements(pred, bwd, n)
+            disp, count = label_displacements(pred, bwd, n)
+            lost = _lost(before, count)
+        area = count
         firm = np.flatnonzero((count >= 8) & (count >= 0.1 * before))
         measured = {int(t): (float(disp[t, 0]), float(disp[t, 1])) for t in firm if t > 0}
         if lost.any() and velocity:
@@ -91,13 +96,13 @@ class Predictor:
                     shifts[t] = v
             moved = translate_labels(np.where(lost[prev], prev, 0), np.rint(shifts).astype(np.int64))
             pred = np.where((pred == 0) & (moved > 0), moved, pred)
-        return Prediction(pred.astype(np.int32, copy=False), bwd, measured)
+            area = None
+        return Prediction(pred.astype(np.int32, copy=False), bwd, measured, area)
 
 
-def _lost(before: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """bool per previous id: big enough to matter and mostly lost by the flow."""
-    n = len(before)
-    after = np.bincount(pred.ravel(), minlength=n)[:n]
+def _lost(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """bool per previous id (pixels before and after the flow): big enough to matter and
+    mostly lost by the flow."""
     lost = (before >= LOST_MIN_AREA) & (after < LOST_FRACTION * before)
     lost[0] = False
     return lost
