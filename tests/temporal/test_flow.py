@@ -46,6 +46,30 @@ def test_forward_backward_check_flags_inconsistent_pixels():
     assert not ok[4].any() and ok[3, 1:].all()
 
 
+def test_forward_backward_check_is_the_round_trip_test_on_both_axes():
+    # integer backward flows land on pixel centres, so f(x + b) is read exactly; the check
+    # must be Sundaram's |b + f(x+b)|^2 <= rel (|b|^2 + |f(x+b)|^2) + abs^2, inside the frame
+    rng = np.random.default_rng(3)
+    h, w = 9, 13
+    bwd = rng.integers(-3, 4, (h, w, 2)).astype(np.float32)
+    bwd[:, -1], bwd[-1, :] = (1, 0), (0, 1)  # one pixel past the right / bottom edge: out
+    fwd = rng.normal(0, 3, (h, w, 2)).astype(np.float32)
+    ok = forward_backward_check(bwd, fwd, abs_tol=1.0, rel_tol=0.3)
+    checked = 0
+    for y in range(h):
+        for x in range(w):
+            tx, ty = x + int(bwd[y, x, 0]), y + int(bwd[y, x, 1])
+            if not (0 <= tx < w and 0 <= ty < h):
+                assert not ok[y, x]
+                continue
+            b, f = bwd[y, x].astype(np.float64), fwd[ty, tx].astype(np.float64)
+            err, mag = np.sum((b + f) ** 2), 0.3 * (np.sum(b ** 2) + np.sum(f ** 2)) + 1.0
+            if abs(err - mag) > 1e-3:
+                assert ok[y, x] == (err <= mag), (y, x)
+                checked += 1
+    assert checked > 50 and 0 < ok.sum() < ok.size
+
+
 @pytest.mark.parametrize("est", [DISFlow("ultrafast"), DISFlow("medium"), FarnebackFlow()])
 def test_flow_backends_recover_a_shift(est):
     rng = np.random.default_rng(0)
