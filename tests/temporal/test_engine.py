@@ -353,3 +353,31 @@ def test_a_frame_with_no_segment_at_all_is_linked():
     out = [tf.labels for tf in link_label_maps(maps, None, TrackerConfig(engine=slices()), background=0)]
     assert not out[1].any()
     assert out[0][10, 10] > 0 and out[2][10, 10] > 0
+
+
+def test_a_track_owning_a_segment_learns_its_colour_there_not_from_parts_carved_elsewhere():
+    # frame 0: object A (red, segment 0), small object B (blue, segment 1), a strip of no
+    # segment, ground (green). Frame 1: A is cut in two; its right half, B and the strip
+    # (now yellow) make one segment, which continues A and is carved (B is lost in it and
+    # looks like itself). A owns its left half whole: it learns red there, not the yellow
+    # that the carve handed it with its part of the merged segment
+    from temporal.engine.linker import Linker
+    from temporal.matching import color_cells as cells_of
+
+    lk = Linker(video())
+    st = lk.init_state()
+    img = np.zeros((20, 60, 3), np.uint8)
+    img[:, :20], img[:, 20:24], img[:, 28:] = (200, 0, 0), (0, 0, 200), (0, 200, 0)
+    seg = np.full((20, 60), 2, np.int32)
+    seg[:, :20], seg[:, 20:24], seg[:, 24:28] = 0, 1, -1
+    r0 = lk.step(st, seg, 3, None, img, None, 0)
+    a, b = (int(r0.segment_ids[j]) for j in (0, 1))
+    img[:, 24:28] = (200, 200, 0)
+    seg[:, 10:28] = 1
+    r1 = lk.step(st, seg, 3, None, img, None, 1)
+    assert r1.segment_ids[0] == a and r1.carved[1]
+    assert set(np.unique(r1.labels[:, 20:24])) == {b} and set(np.unique(r1.labels[:, 10:20])) == {a}
+    assert (r1.labels[:, 24:28] == a).all()  # the strip went with A's part of the carve
+    yellow, red = (int(cells_of(np.array([[c]], np.uint8), 8)[0, 0]) for c in ((200, 200, 0), (200, 0, 0)))
+    hist = st.registry[a].hist
+    assert hist[red] == pytest.approx(1.0) and hist[yellow] == 0.0
