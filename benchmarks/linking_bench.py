@@ -107,7 +107,7 @@ def methods(ablation: bool = False) -> dict[str, Callable]:
 
 
 def speed(n: int = 60, repeats: int = 3) -> None:
-    """Frames/s (CPU time, one thread) of the engine, today's tracker and IoU-only on a
+    """Frames/s (CPU time, one thread) of the engine and the IoU-only linker on a
     synthetic 854x480 video of our degradation family, all measured in this run."""
     import cv2
     import torch
