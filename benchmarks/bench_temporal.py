@@ -39,6 +39,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # this checkout's packages, not an installed copy
 
 from synth_video import SynthVideo, diffseg_like  # noqa: E402
 
@@ -100,7 +101,7 @@ def run_track_summary(frames: Path, segs: Path, out: Path, extra: list[str]) -> 
     t0 = time.time()
     cmd = [sys.executable, "-m", "diffseg", "track", str(frames), "--segments", str(segs), "-o", str(out),
            "-q", "--json", "--no-overlay", *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)  # `-m` runs this checkout
     if r.returncode != 0:
         raise SystemExit(f"diffseg track failed ({r.returncode}): {r.stderr.strip()}")
     return time.time() - t0, json.loads(r.stdout.strip().splitlines()[-1])
