@@ -14,11 +14,12 @@ over the per-frame oracle, id switches per object per 100 frames).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -104,6 +105,15 @@ def methods(ablation: bool = False) -> dict[str, Callable]:
     if ablation:
         out.update({k: run(TrackerConfig().replace(engine=v)) for k, v in ABLATION.items()})
     return out
+
+
+def fingerprint(labels: "Iterable[np.ndarray]") -> str:
+    """A short hash of a linker's output label maps (``paired.py --other``: did a change keep
+    the output exactly?)."""
+    h = hashlib.md5()
+    for lab in labels:
+        h.update(np.ascontiguousarray(lab, np.int32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def speed(n: int = 60, repeats: int = 3) -> None:
@@ -239,7 +249,7 @@ def main() -> None:
                 s = evaluate_video_arrays(pred, gt)
                 ratio = s.JF / oracle if oracle > 0 else 0.0
                 rows.append(dict(item=item, family=fam, method=m, JF=s.JF, oracle=oracle, ratio=ratio,
-                                 sw=s.id_switches_per_100, tracks=s.n_tracks, sec=sec))
+                                 sw=s.id_switches_per_100, tracks=s.n_tracks, sec=sec, out=fingerprint(pred)))
                 print(f"{item:22s} {fam:20s} {m:22s} {s.JF:6.3f} {oracle:6.3f} {ratio:6.3f} "
                       f"{s.id_switches_per_100:10.2f} {s.n_tracks:6d} {sec:5.1f}", flush=True)
     print("\n# per method over all items and families: mean ratio, min ratio, mean sw, max sw")

@@ -8,11 +8,17 @@ replacement), and how many cells it wins, loses and ties (|difference| <= ``tie`
 interval that contains 0 is not evidence either way.
 
     python3 benchmarks/paired.py rows.json [--base engine] [--metric ratio]
+    python3 benchmarks/paired.py before.json [...] --other after.json [...] [--base engine]
 
 ``rows.json``: the ``--json`` output of `linking_bench.py` or `volume_linking_bench.py`
 (a list of rows with ``item``, ``family``, ``method`` and the metric). Several files (seeds)
 are pooled, each cell counted once per file: the scikit-image families of the real items do
 not depend on the seed, so their cells repeat and the pooled interval is too narrow for them.
+
+``--other``: the same benchmark run on another checkout (a change against its starting
+commit), one file per positional file, in the same order: ``--base`` of the other runs
+against ``--base`` of these, and how many cells give exactly the same labels (the rows'
+``out`` fingerprints), so a change meant to keep the output can show that it does.
 """
 from __future__ import annotations
 
@@ -72,6 +78,18 @@ def report(rows: Iterable[dict], base: str, metric: str = "ratio") -> list[str]:
     return [paired(m[base], vals).line(name, base) for name, vals in m.items() if name != base]
 
 
+def against(these: "list[dict]", other: "list[dict]", base: str = "engine", metric: str = "ratio") -> list[str]:
+    """Method ``base`` of another run (``other``: another checkout, the same cells) against
+    ``base`` of ``these``: the paired line, and how many cells give exactly the same labels
+    (the rows' ``out`` fingerprints; a row without one is never identical)."""
+    a = [dict(r, method=f"{base} (these)") for r in these if r["method"] == base]
+    b = [dict(r, method=f"{base} (other)") for r in other if r["method"] == base]
+    line = report(a + b, f"{base} (these)", metric)[0]
+    fp = {(r["item"], r["family"]): r.get("out") for r in a}
+    same = sum(r.get("out") is not None and fp.get((r["item"], r["family"])) == r["out"] for r in b)
+    return [line, f"identical output on {same} of {len(b)} cells"]
+
+
 def print_report(rows: Iterable[dict], methods: Iterable[str], base: str = "engine") -> None:
     """The benchmarks' closing section: every method against ``base`` when both ran."""
     methods = list(methods)
@@ -86,11 +104,20 @@ def main() -> None:
     ap.add_argument("rows", type=Path, nargs="+", help="--json outputs (several: rows of all, e.g. two seeds)")
     ap.add_argument("--base", default="engine")
     ap.add_argument("--metric", default="ratio")
+    ap.add_argument("--other", type=Path, nargs="+", default=None,
+                    help="the same runs on another checkout, one per rows file, in order")
     a = ap.parse_args()
-    rows = []
-    for i, p in enumerate(a.rows):  # the same cell of two files (seeds) counts twice
-        rows += [dict(r, item=f"{r['item']}#{i}") for r in json.loads(p.read_text())]
-    for line in report(rows, a.base, a.metric):
+    if a.other is not None and len(a.other) != len(a.rows):
+        ap.error(f"--other takes one file per rows file ({len(a.rows)}); got {len(a.other)}")
+
+    def load(paths: "list[Path]") -> list[dict]:
+        out = []
+        for i, p in enumerate(paths):  # the same cell of two files (seeds) counts twice
+            out += [dict(r, item=f"{r['item']}#{i}") for r in json.loads(p.read_text())]
+        return out
+    lines = report(load(a.rows), a.base, a.metric) if a.other is None else against(
+        load(a.rows), load(a.other), a.base, a.metric)
+    for line in lines:
         print(line)
 
 

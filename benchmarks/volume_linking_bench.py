@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import families  # noqa: E402
+from linking_bench import fingerprint  # noqa: E402
 
 VOLUMES = {
     "ct": ("ct_totalseg_abdomen/labels.nii.gz", "ct_totalseg_abdomen/image.nii.gz"),
@@ -193,7 +194,8 @@ def main() -> None:
                 pred = METHODS[m](maps, grey)
                 sec = time.perf_counter() - t0
                 d = volume_dice(pred, gt, oracle=False).mean_dice
-                rows.append(dict(item=name, family=fam, method=m, ratio=d / oracle, dice=d, oracle=oracle))
+                rows.append(dict(item=name, family=fam, method=m, ratio=d / oracle, dice=d, oracle=oracle,
+                                 out=fingerprint([pred])))
                 print(f"{name:8s} {fam:20s} {m:28s} {d:6.3f} {oracle:6.3f} {d / oracle:6.3f} "
                       f"{len(np.unique(pred)):6d} {sec:5.1f}", flush=True)
     print("\n# per method: mean ratio over tuning families (min) | held-out quickshift")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paired import paired, report  # noqa: E402
+from paired import against, paired, report  # noqa: E402
 
 
 def cells(values):
@@ -56,3 +56,17 @@ def test_report_compares_every_method_with_the_base():
     assert lines[0].startswith("iou") and "worse" in lines[0]
     assert lines[1].startswith("variant") and "ties 5" in lines[1]
     assert report(rows, "missing") == []
+
+
+def test_against_another_checkout_counts_cells_with_identical_output():
+    # the same benchmark on two checkouts: only the base method of each is compared, cell
+    # by cell, and a cell counts as identical only when both fingerprints exist and agree
+    these = [dict(item=f"i{i}", family="f", method=m, ratio=0.8, out=f"h{i}")
+             for i in range(4) for m in ("engine", "iou")]
+    other = [dict(item=f"i{i}", family="f", method="engine", ratio=0.8 + (0.1 if i == 3 else 0.0),
+                  out=f"h{i}" if i < 2 else "changed") for i in range(4)]
+    other[0].pop("out")  # an old run without fingerprints is never identical
+    line, same = against(these, other, "engine")
+    assert line.startswith("engine (other)") and "vs engine (these)" in line and "over 4 cells" in line
+    assert "wins 1, losses 0, ties 3" in line
+    assert same == "identical output on 1 of 4 cells"
