@@ -14,12 +14,11 @@ over the per-frame oracle, id switches per object per 100 frames).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -28,6 +27,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import families  # noqa: E402
+from paired import fingerprint, print_report  # noqa: E402
 from synth_video import SynthVideo  # noqa: E402
 
 DAVIS = ("davis16_bmx-trees", "davis16_horsejump-high", "davis16_libby")
@@ -105,15 +105,6 @@ def methods(ablation: bool = False) -> dict[str, Callable]:
     if ablation:
         out.update({k: run(TrackerConfig().replace(engine=v)) for k, v in ABLATION.items()})
     return out
-
-
-def fingerprint(labels: "Iterable[np.ndarray]") -> str:
-    """A short hash of a linker's output label maps (``paired.py --other``: did a change keep
-    the output exactly?)."""
-    h = hashlib.md5()
-    for lab in labels:
-        h.update(np.ascontiguousarray(lab, np.int32).tobytes())
-    return h.hexdigest()[:16]
 
 
 def speed(n: int = 60, repeats: int = 3) -> None:
@@ -258,8 +249,6 @@ def main() -> None:
         if sel:
             print(f"{m:22s} ratio mean {np.mean([r['ratio'] for r in sel]):.3f} min {min(r['ratio'] for r in sel):.3f}  "
                   f"sw mean {np.mean([r['sw'] for r in sel]):.2f} max {max(r['sw'] for r in sel):.2f}")
-    from paired import print_report
-
     print_report(rows, meths)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

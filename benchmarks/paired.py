@@ -23,6 +23,7 @@ against ``--base`` of these, and how many cells give exactly the same labels (th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,24 @@ from typing import Iterable
 import numpy as np
 
 
+# metrics of the benchmark rows where less is better (id switches per object per 100 frames)
+LOWER_IS_BETTER = {"sw"}
+
+
+def fingerprint(labels: "Iterable[np.ndarray]") -> str:
+    """A short hash of a linker's output label maps: the ``out`` of a benchmark row, which
+    `against` compares (did a change keep the output exactly?)."""
+    h = hashlib.md5()
+    for lab in labels:
+        h.update(np.ascontiguousarray(lab, np.int32).tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Paired:
-    """``other - base`` over the cells both have."""
+    """``other - base`` over the cells both have (``wins`` / ``losses``: cells where other is
+    higher / lower by more than the tie; `line` swaps them for a metric where less is
+    better)."""
 
     n: int
     mean: float
@@ -43,10 +59,12 @@ class Paired:
     losses: int
     ties: int
 
-    def line(self, name: str, base: str) -> str:
-        verdict = ("better" if self.low > 0 else "worse" if self.high < 0 else "no evidence either way")
+    def line(self, name: str, base: str, lower_is_better: bool = False) -> str:
+        up, down = ("worse", "better") if lower_is_better else ("better", "worse")
+        verdict = (up if self.low > 0 else down if self.high < 0 else "no evidence either way")
+        wins, losses = (self.losses, self.wins) if lower_is_better else (self.wins, self.losses)
         return (f"{name:24s} vs {base}: mean {self.mean:+.3f} [95 % {self.low:+.3f}, {self.high:+.3f}] over "
-                f"{self.n} cells; wins {self.wins}, losses {self.losses}, ties {self.ties}: {verdict}")
+                f"{self.n} cells; wins {wins}, losses {losses}, ties {self.ties}: {verdict}")
 
 
 def paired(base: dict, other: dict, tie: float = 0.01, n_boot: int = 10000, seed: int = 0) -> Paired:
@@ -75,7 +93,7 @@ def report(rows: Iterable[dict], base: str, metric: str = "ratio") -> list[str]:
     m = by_method(rows, metric)
     if base not in m:
         return []
-    return [paired(m[base], vals).line(name, base) for name, vals in m.items() if name != base]
+    return [paired(m[base], vals).line(name, base, metric in LOWER_IS_BETTER) for name, vals in m.items() if name != base]
 
 
 def against(these: "list[dict]", other: "list[dict]", base: str = "engine", metric: str = "ratio") -> list[str]:

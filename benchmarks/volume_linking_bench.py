@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import families  # noqa: E402
-from linking_bench import fingerprint  # noqa: E402
+from paired import fingerprint, print_report  # noqa: E402
 
 VOLUMES = {
     "ct": ("ct_totalseg_abdomen/labels.nii.gz", "ct_totalseg_abdomen/image.nii.gz"),
@@ -205,8 +205,6 @@ def main() -> None:
         if tune:
             print(f"{m:28s} {np.mean(tune):.3f} ({min(tune):.3f}) | "
                   f"{np.mean(held) if held else float('nan'):.3f}")
-    from paired import print_report
-
     print_report(rows, meths)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

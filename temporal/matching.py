@@ -96,9 +96,12 @@ def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 
 
 def cell_histograms(cells: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:
     """`color_histograms` from a frame's `color_cells` (computed once a frame by the caller)."""
-    inter = overlap_matrix(labels, n, cells, bins ** 3).astype(np.float32)
-    tot = inter.sum(1, keepdims=True)
-    return inter / np.maximum(tot, 1)
+    return normalise_rows(overlap_matrix(labels, n, cells, bins ** 3).astype(np.float32))
+
+
+def normalise_rows(counts: np.ndarray) -> np.ndarray:
+    """Histograms from counts ``(n, B)``: each row divided by its sum (empty rows stay 0)."""
+    return counts / np.maximum(counts.sum(1, keepdims=True), 1)
 
 
 def bhattacharyya(a: np.ndarray, b: np.ndarray) -> np.ndarray:

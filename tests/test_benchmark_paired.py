@@ -4,10 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paired import against, paired, report  # noqa: E402
+from paired import against, fingerprint, paired, report  # noqa: E402
 
 
 def cells(values):
@@ -70,3 +71,17 @@ def test_against_another_checkout_counts_cells_with_identical_output():
     assert line.startswith("engine (other)") and "vs engine (these)" in line and "over 4 cells" in line
     assert "wins 1, losses 0, ties 3" in line
     assert same == "identical output on 1 of 4 cells"
+
+
+def test_fingerprint_tells_label_maps_apart_whatever_their_integer_type():
+    a = [np.arange(12).reshape(3, 4), np.zeros((3, 4))]
+    assert fingerprint(a) == fingerprint([x.astype(np.uint16) for x in a])
+    b = [a[0].copy(), a[1].copy()]
+    b[1][2, 3] = 1
+    assert fingerprint(b) != fingerprint(a)
+
+
+def test_fewer_id_switches_are_better():
+    rows = [dict(item=f"i{i}", family="f", method=m, sw=s) for i in range(10) for m, s in (("engine", 1.0), ("v", 0.5))]
+    assert report(rows, "engine", "sw")[0].endswith("wins 10, losses 0, ties 0: better")
+    assert report(rows, "v", "sw")[0].endswith(": worse")

@@ -95,7 +95,7 @@ MUTANTS: list[Mutant] = [
            "np.where(learn, (np.searchsorted(ids, pid) + 1) % len(ids), -1)",
            TEMPORAL, "each track learns the colour of another track's pixels"),
     Mutant("engine.colour_learnt_from_carved_parts", "temporal/engine/linker.py",
-           "learn = (pid > 0) & (~owns[pid] | (segment_ids[parts.code // part_ids.shape[1]] == pid))",
+           "learn = (pid > 0) & (~owns[pid] | (segment_ids[parts.segment] == pid))",
            "learn = pid > 0",
            TEMPORAL, "a track that owns a segment also learns the colour of what it carved elsewhere"),
     Mutant("evidence.histograms_of_excluded_parts", "temporal/engine/evidence.py",

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..matching import bhattacharyya, kl_similarity, overlap_matrix, symmetric_kl_matrix
+from ..matching import bhattacharyya, kl_similarity, normalise_rows, overlap_matrix, symmetric_kl_matrix
 
 
 @dataclass
@@ -71,35 +71,44 @@ class PartColours:
     second pass over the pixels.
 
     Attributes:
-        code: int64 ``(P,)`` the parts present on a segment, as ``j * (T + 1) + c``
+        code: int64 ``(P,)`` the parts present on a segment, as ``j * columns + c``
             (segment j, column c of ``Evidence.inter``), ascending.
         counts: float32 ``(P, B)`` colour cell counts of each part.
         root: float32 ``(P, B)`` square roots of the normalised histograms.
         track_root: float32 ``(T, B)`` the same of the tracks' remembered histograms, or
             None (no track has a look yet).
+        columns: ``T + 1``, the columns of ``Evidence.inter``.
     """
 
     code: np.ndarray
     counts: np.ndarray
     root: np.ndarray
     track_root: Optional[np.ndarray]
+    columns: int
+
+    @property
+    def segment(self) -> np.ndarray:
+        """int64 ``(P,)`` the segment of each part."""
+        return self.code // self.columns
+
+    @property
+    def column(self) -> np.ndarray:
+        """int64 ``(P,)`` each part's column of ``Evidence.inter`` (0: no prediction, 1 + t: track row t)."""
+        return self.code % self.columns
 
     def own(self, K: int) -> np.ndarray:
         """float32 ``(K, T)``: each part with the track that predicted it (0 for empty parts)."""
-        T = len(self.track_root)
-        out = np.zeros((K, T), np.float32)
-        c = self.code % (T + 1)
-        sel = c > 0
-        t = c[sel] - 1
-        out[self.code[sel] // (T + 1), t] = np.sum(self.root[sel] * self.track_root[t], 1)
+        out = np.zeros((K, self.columns - 1), np.float32)
+        sel = self.column > 0
+        t = self.column[sel] - 1
+        out[self.segment[sel], t] = np.sum(self.root[sel] * self.track_root[t], 1)
         return out
 
     def with_track(self, j: int, o: int) -> np.ndarray:
         """float32 ``(T,)``: each part of segment ``j`` with track row ``o`` (0 for empty parts)."""
-        T = len(self.track_root)
-        a, b = np.searchsorted(self.code, (j * (T + 1) + 1, (j + 1) * (T + 1)))  # codes are sorted
-        out = np.zeros(T, np.float32)
-        out[self.code[a:b] % (T + 1) - 1] = self.root[a:b] @ self.track_root[o]
+        a, b = np.searchsorted(self.code, (j * self.columns + 1, (j + 1) * self.columns))  # codes are sorted
+        out = np.zeros(self.columns - 1, np.float32)
+        out[self.code[a:b] % self.columns - 1] = self.root[a:b] @ self.track_root[o]
         return out
 
     def histograms(self, group: np.ndarray, n: int) -> np.ndarray:
@@ -109,8 +118,7 @@ class PartColours:
         onehot = np.zeros((n, len(group)), np.float32)
         sel = np.flatnonzero(group >= 0)
         onehot[group[sel], sel] = 1.0
-        inter = onehot @ self.counts
-        return inter / np.maximum(inter.sum(1, keepdims=True), 1)
+        return normalise_rows(onehot @ self.counts)
 
 
 def part_colours(cells: np.ndarray, ev: Evidence, bins: int, track_hists: "np.ndarray | None" = None
@@ -126,9 +134,9 @@ def part_colours(cells: np.ndarray, ev: Evidence, bins: int, track_hists: "np.nd
     lut = np.cumsum(present) - 1
     lut[~present] = -1  # parts on no segment (the first row of codes) count in no histogram
     counts = overlap_matrix(np.take(lut, ev.part), int(present.sum()), cells, bins ** 3).astype(np.float32)
-    h = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     troot = None if track_hists is None else np.sqrt(np.maximum(track_hists, 0)).astype(np.float32)
-    return PartColours(np.flatnonzero(present[-n:]) if n else np.zeros(0, np.int64), counts, np.sqrt(h), troot)
+    code = np.flatnonzero(present[-n:]) if n else np.zeros(0, np.int64)
+    return PartColours(code, counts, np.sqrt(normalise_rows(counts)), troot, ev.inter.shape[1])
 
 
 def gather(pred: np.ndarray, seg: np.ndarray, K: int, area: "np.ndarray | None" = None) -> Evidence:

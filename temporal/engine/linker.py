@@ -148,7 +148,7 @@ class Linker:
         remembered = np.array([t for t in reg.lost_ids() if t not in predicted], np.int64)
         if not (len(remembered) and K):
             return remembered, None
-        seg_hists = None if parts is None else parts.histograms(parts.code // ev.inter.shape[1], K)
+        seg_hists = None if parts is None else parts.histograms(parts.segment, K)
         sim = self._recall(reg, remembered, track_look, props, seg_hists, ev.part.shape[0])
         return remembered, (None if sim is None else sim - self.cfg.lifecycle.reid_threshold)
 
@@ -315,7 +315,7 @@ class Linker:
                 pid = part_ids.ravel()[parts.code]
                 owns = np.zeros(int(ids[-1]) + 1, bool)  # per id: owns a whole segment
                 owns[segment_ids[segment_ids > 0]] = True
-                learn = (pid > 0) & (~owns[pid] | (segment_ids[parts.code // part_ids.shape[1]] == pid))
+                learn = (pid > 0) & (~owns[pid] | (segment_ids[parts.segment] == pid))
                 h = parts.histograms(np.where(learn, np.searchsorted(ids, pid), -1), len(ids))
                 for k, tid in enumerate(ids.tolist()):
                     if tid in reg:

@@ -136,7 +136,7 @@ def test_a_part_is_carved_only_when_it_looks_more_like_the_lost_track_than_its_s
     part = [0.6, 0.8] if part_colour == "object" else [0.8, 0.6]  # square roots of histograms
     root = np.array([[1.0, 0.0], part], np.float32)  # parts (segment 0, track 1) and (0, track 2)
     ev.colours = PartColours(np.array([1, 2]), root ** 2 * [[5000], [100]], root,
-                             np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+                             np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), 3)
     ev.look = ev.colours.own(1)
     a = associate(ev, AssociateConfig(look_weight=1.0))
     assert a.owner[0].tolist() == ([-1, 0, 1] if carved else [-1, 0, 0])
@@ -175,10 +175,9 @@ def test_histograms_summed_from_parts_equal_those_of_their_pixels():
     ev = gather(pred, seg, 4)
     pc = part_colours(cells, ev, 4)
     assert pc.track_root is None
-    T1 = ev.inter.shape[1]
-    np.testing.assert_array_equal(pc.histograms(pc.code // T1, 4), cell_histograms(cells, seg, 4, 4))
+    np.testing.assert_array_equal(pc.histograms(pc.segment, 4), cell_histograms(cells, seg, 4, 4))
     # group = the parts of track 10 outside segment 0, and those of no track
-    c, j = pc.code % T1, pc.code // T1
+    c, j = pc.column, pc.segment
     group = np.where((c == 2) & (j > 0), 0, np.where(c == 0, 1, -1))
     lab = np.where((pred == 10) & (seg > 0), 0, np.where((pred == 0) & (seg >= 0), 1, -1))
     np.testing.assert_array_equal(pc.histograms(group, 2), cell_histograms(cells, lab, 2, 4))
