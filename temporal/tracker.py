@@ -32,10 +32,12 @@ from .types import TrackedFrame
 #: in the cover (specks fail the forward-backward check whatever the flow); the predict
 #: stage's own threshold for a lost track
 COVER_MIN_AREA = LOST_MIN_AREA
-#: adaptive keyframes: a pixel whose grey level differs by more than this from the previous
-#: frame pulled along the flow shows new content (an object gone or appeared in place, a
-#: change of look: what the forward-backward check cannot see); its chain breaks. Ablation
-#: in benchmarks/RESULTS.md (without it one tuning video of three lost its tracks).
+#: adaptive keyframes: a pixel whose colour differs by more than this (in any RGB channel)
+#: from the previous frame pulled along the flow shows new content (an object gone or
+#: appeared in place, a change of look, a flow that fell behind its object: what the
+#: forward-backward check cannot see); its chain breaks. In colour, not grey: an object as
+#: bright as the ground leaves a trail the grey level does not show. Ablation in
+#: benchmarks/RESULTS.md (without it one tuning video of three lost its tracks).
 PHOTO_TOLERANCE = 24
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter", "link_label_maps"]
@@ -56,6 +58,7 @@ class VideoState:
         chained: bool ``(h, w)`` (adaptive keyframes): work pixels whose label has an
             unbroken chain of consistent flow back to the last keyframe.
         key_area: int64 work pixels of each track id at the last keyframe (adaptive).
+        prev_small: uint8 ``(h, w, 3)`` the previous frame at work resolution (adaptive).
     """
 
     link: LinkState
@@ -66,6 +69,7 @@ class VideoState:
     since_key: int = 0
     chained: Optional[np.ndarray] = None
     key_area: Optional[np.ndarray] = None
+    prev_small: Optional[np.ndarray] = None
 
     @property
     def registry(self) -> TrackRegistry:
@@ -296,6 +300,7 @@ class VideoSegmenter:
         state.prev_full = out if self.config.propagates else None
         state.since_key = 0
         if self.config.adaptive:
+            state.prev_small = small
             state.chained = r.labels > 0
             state.key_area = np.bincount(r.labels.ravel())
         return TrackedFrame(idx, out, r.ids.astype(np.int32), seg, True, lut[:K], r.absorbed)
@@ -313,14 +318,17 @@ class VideoSegmenter:
         if rgb is not None and self.use_flow:
             if rgb.shape[:2] != state.image_hw:
                 raise ValueError(f"frame size changed within the video: {state.image_hw} then {rgb.shape[:2]}")
-            _, gray = self._work_image(state, rgb)
+            small, gray = self._work_image(state, rgb)
             p = self.linker.predict(state.link, gray, commit=min_cover is None)
             flow = p.flow
             if min_cover is not None:
                 # a pixel stays chained when the flow that brings it here passes the
-                # forward-backward check (p.labels > 0) and it comes from a chained pixel
+                # forward-backward check and it comes from a chained pixel (the motion
+                # model's guess for a track the flow lost is not a chain)
                 chained = (p.labels > 0) & (warp_labels(state.chained.view(np.uint8), flow) > 0)
-                chained &= cv2.absdiff(gray, warp_image(state.link.prev_gray, flow)) <= PHOTO_TOLERANCE
+                if p.valid is not None:
+                    chained &= p.valid
+                chained &= cv2.absdiff(small, warp_image(state.prev_small, flow)).max(2) <= PHOTO_TOLERANCE
                 key = state.key_area
                 kept = np.bincount(p.labels[chained], minlength=len(key))[:len(key)]
                 big = key >= COVER_MIN_AREA
@@ -328,6 +336,7 @@ class VideoSegmenter:
                 if (kept[big] < min_cover * key[big]).any():
                     return None
                 state.chained = chained
+                state.prev_small = small
                 self.linker.predict_commit(state.link, p)
             state.link.prev_gray = gray
         out = prev_full.copy() if flow is None else warp_labels(prev_full, resize_flow(flow, state.image_hw),

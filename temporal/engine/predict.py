@@ -36,12 +36,15 @@ class Prediction:
         velocity: ``{track id: (dy, dx)}`` measured this frame (work pixels per frame).
         area: int64 predicted pixels per id (index 0 not counted), or None (not measured):
             spares the evidence stage another pass over the map.
+        valid: bool ``(h, w)`` pixels whose flow passed the forward-backward check, or None
+            (no check): the lost tracks' motion-model fill is not among them.
     """
 
     labels: np.ndarray
     flow: Optional[np.ndarray]
     velocity: dict
     area: Optional[np.ndarray] = None
+    valid: Optional[np.ndarray] = None
 
 
 class Predictor:
@@ -97,7 +100,7 @@ class Predictor:
             moved = translate_labels(np.where(lost[prev], prev, 0), np.rint(shifts).astype(np.int64))
             pred = np.where((pred == 0) & (moved > 0), moved, pred)
             area = None
-        return Prediction(pred.astype(np.int32, copy=False), bwd, measured, area)
+        return Prediction(pred.astype(np.int32, copy=False), bwd, measured, area, valid)
 
 
 def _lost(before: np.ndarray, after: np.ndarray) -> np.ndarray:
