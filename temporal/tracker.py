@@ -22,7 +22,7 @@ from .config import TrackerConfig
 from .engine import Linker, LinkState
 from .engine.baseline import IouLinker
 from .engine.predict import LOST_MIN_AREA
-from .flow import resize_flow, warp_image, warp_labels
+from .flow import resize_flow, warp_labels
 from .proposals import grid_hw, segmentation_from_labels
 from .relabel import IdCorrectionBuffer
 from .tracks import TrackRegistry
@@ -32,13 +32,6 @@ from .types import TrackedFrame
 #: in the cover (specks fail the forward-backward check whatever the flow); the predict
 #: stage's own threshold for a lost track
 COVER_MIN_AREA = LOST_MIN_AREA
-#: adaptive keyframes: a pixel whose colour differs by more than this (in any RGB channel)
-#: from the previous frame pulled along the flow shows new content (an object gone or
-#: appeared in place, a change of look, a flow that fell behind its object: what the
-#: forward-backward check cannot see); its chain breaks. In colour, not grey: an object as
-#: bright as the ground leaves a trail the grey level does not show. Ablation in
-#: benchmarks/RESULTS.md (without it one tuning video of three lost its tracks).
-PHOTO_TOLERANCE = 24
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter", "link_label_maps"]
 
@@ -58,7 +51,6 @@ class VideoState:
         chained: bool ``(h, w)`` (adaptive keyframes): work pixels whose label has an
             unbroken chain of consistent flow back to the last keyframe.
         key_area: int64 work pixels of each track id at the last keyframe (adaptive).
-        prev_small: uint8 ``(h, w, 3)`` the previous frame at work resolution (adaptive).
     """
 
     link: LinkState
@@ -69,7 +61,6 @@ class VideoState:
     since_key: int = 0
     chained: Optional[np.ndarray] = None
     key_area: Optional[np.ndarray] = None
-    prev_small: Optional[np.ndarray] = None
 
     @property
     def registry(self) -> TrackRegistry:
@@ -300,7 +291,6 @@ class VideoSegmenter:
         state.prev_full = out if self.config.propagates else None
         state.since_key = 0
         if self.config.adaptive:
-            state.prev_small = small
             state.chained = r.labels > 0
             state.key_area = np.bincount(r.labels.ravel())
         return TrackedFrame(idx, out, r.ids.astype(np.int32), seg, True, lut[:K], r.absorbed)
@@ -319,16 +309,15 @@ class VideoSegmenter:
             if rgb.shape[:2] != state.image_hw:
                 raise ValueError(f"frame size changed within the video: {state.image_hw} then {rgb.shape[:2]}")
             small, gray = self._work_image(state, rgb)
-            p = self.linker.predict(state.link, gray, commit=min_cover is None)
+            p = self.linker.predict(state.link, gray, commit=min_cover is None, small=small)
             flow = p.flow
             if min_cover is not None:
                 # a pixel stays chained when the flow that brings it here passes the
-                # forward-backward check and it comes from a chained pixel (the motion
-                # model's guess for a track the flow lost is not a chain)
+                # forward-backward and colour checks and it comes from a chained pixel (the
+                # motion model's guess for a track the flow lost is not a chain)
                 chained = (p.labels > 0) & (warp_labels(state.chained.view(np.uint8), flow) > 0)
                 if p.valid is not None:
                     chained &= p.valid
-                chained &= cv2.absdiff(small, warp_image(state.prev_small, flow)).max(2) <= PHOTO_TOLERANCE
                 key = state.key_area
                 kept = np.bincount(p.labels[chained], minlength=len(key))[:len(key)]
                 big = key >= COVER_MIN_AREA
@@ -336,9 +325,9 @@ class VideoSegmenter:
                 if (kept[big] < min_cover * key[big]).any():
                     return None
                 state.chained = chained
-                state.prev_small = small
                 self.linker.predict_commit(state.link, p)
             state.link.prev_gray = gray
+            state.link.prev_small = small
         out = prev_full.copy() if flow is None else warp_labels(prev_full, resize_flow(flow, state.image_hw),
                                                                 border_replicate=True)
         state.link.prev = self._resize(out, state.work_hw)

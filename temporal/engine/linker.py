@@ -24,12 +24,13 @@ from .predict import Prediction, Predictor, blurred, shift_maps
 
 @dataclass
 class LinkState:
-    """What the engine carries from one frame to the next (bounded: one label map, one
-    grey image, one look per remembered track)."""
+    """What the engine carries from one frame to the next (bounded: one label map, the
+    frame in grey and in colour at work resolution, one look per remembered track)."""
 
     registry: TrackRegistry
     prev: Optional[np.ndarray] = None
     prev_gray: Optional[np.ndarray] = None
+    prev_small: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -65,13 +66,15 @@ class Linker:
     def init_state(self, id_offset: int = 0) -> LinkState:
         return LinkState(TrackRegistry(self.cfg.lifecycle.memory, id_offset))
 
-    def predict(self, state: LinkState, gray: "np.ndarray | None", commit: bool = True) -> Prediction:
-        """Stage 1 (also used alone to propagate labels between keyframes). With ``commit``
-        every measured velocity is remembered; `step` remembers only those of the tracks
-        the frame shows (the flow of an occluded track measures its occluder)."""
+    def predict(self, state: LinkState, gray: "np.ndarray | None", commit: bool = True,
+                small: "np.ndarray | None" = None) -> Prediction:
+        """Stage 1 (also used alone to propagate labels between keyframes; ``small``: the
+        frame in colour at work resolution, for the colour check). With ``commit`` every
+        measured velocity is remembered; `step` remembers only those of the tracks the frame
+        shows (the flow of an occluded track measures its occluder)."""
         reg = state.registry
         vel = {tid: t.velocity for tid, t in reg.tracks.items()}
-        p = self.predictor(state.prev, state.prev_gray, gray, vel)
+        p = self.predictor(state.prev, state.prev_gray, gray, vel, state.prev_small, small)
         if commit:
             self._remember_velocity(reg, p.velocity, p.velocity)
         return p
@@ -99,7 +102,7 @@ class Linker:
             idx: frame (slice) index.
         """
         reg = state.registry
-        pred = (self.predict(state, gray, commit=False) if state.prev is not None
+        pred = (self.predict(state, gray, commit=False, small=small) if state.prev is not None
                 else Prediction(np.zeros_like(seg), None, {}))
         bins = self.cfg.evidence.hist_bins if small is not None else 0
         cells = color_cells(small, bins) if bins else None  # each pixel's colour cell, once a frame
@@ -125,6 +128,7 @@ class Linker:
         ids = np.unique(part_ids[part_ids > 0])
         self._remember_velocity(reg, pred.velocity, ids.tolist())
         self._update(state, labels, ids, segment_ids, part_ids, props, ev, parts, gray, idx)
+        state.prev_small = small
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
     @staticmethod

@@ -2,7 +2,10 @@
 
 The backward optical flow (new -> previous) pulls every previous track id to the pixel it
 moved to; the forward-backward check drops the pixels whose round trip disagrees
-(occluded, out of frame, unreliable), so they predict nothing. When the cheap flow loses a
+(occluded, out of frame, unreliable), and the colour check those whose colour is not the
+one the flow brings from the previous frame (a flow that fell behind a small or fast
+object agrees with itself both ways, but it pulls the object's id onto the ground), so
+they predict nothing. When the cheap flow loses a
 track (most of its pixels fail the check: fast motion, blur) the pair is recomputed with a
 careful preset, and a track the flow still loses moves rigidly at its last measured
 velocity (constant-velocity motion model) into the pixels no confirmed prediction claims.
@@ -13,10 +16,11 @@ import functools
 from dataclasses import dataclass
 from typing import Optional
 
+import cv2
 import numpy as np
 
 from ..flow import (forward_backward_check, label_displacements, make_flow_estimator, translate_labels,
-                    warp_labels)
+                    warp_image, warp_labels)
 from .config import PredictConfig
 
 # a track counts as lost by the flow when less than this fraction of it survives the
@@ -24,6 +28,12 @@ from .config import PredictConfig
 # fail the check whatever the flow). Fixed: ablation in benchmarks/RESULTS.md.
 LOST_FRACTION = 0.7
 LOST_MIN_AREA = 64
+#: a pixel whose colour differs by more than this (in any RGB channel) from the previous
+#: frame pulled along the flow is not vouched for by the flow: new content (an object gone
+#: or appeared in place, a change of look) or a flow that fell behind its object, which the
+#: round trip cannot see. In colour, not grey: an object as bright as the ground leaves a
+#: trail grey levels do not show. Ablation in benchmarks/RESULTS.md.
+COLOUR_TOLERANCE = 24
 
 
 @dataclass
@@ -36,8 +46,8 @@ class Prediction:
         velocity: ``{track id: (dy, dx)}`` measured this frame (work pixels per frame).
         area: int64 predicted pixels per id (index 0 not counted), or None (not measured):
             spares the evidence stage another pass over the map.
-        valid: bool ``(h, w)`` pixels whose flow passed the forward-backward check, or None
-            (no check): the lost tracks' motion-model fill is not among them.
+        valid: bool ``(h, w)`` pixels whose flow passed the forward-backward and colour
+            checks, or None (no check): the lost tracks' motion-model fill is not among them.
     """
 
     labels: np.ndarray
@@ -57,24 +67,31 @@ class Predictor:
         self.fallback = (make_flow_estimator("dis", fb) if self.flow is not None and cfg.fb_tolerance > 0
                          and fb != "none" and not (cfg.flow == "dis" and fb == cfg.dis_preset) else None)
 
-    def _pair(self, est, prev_gray: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def _pair(self, est, prev_gray: np.ndarray, gray: np.ndarray, prev_rgb: "np.ndarray | None",
+              rgb: "np.ndarray | None") -> tuple[np.ndarray, Optional[np.ndarray]]:
         bwd = est(gray, prev_gray)
         if self.cfg.fb_tolerance <= 0:
             return bwd, None
-        return bwd, forward_backward_check(bwd, est(prev_gray, gray), self.cfg.fb_tolerance, 0.05)
+        ok = forward_backward_check(bwd, est(prev_gray, gray), self.cfg.fb_tolerance, 0.05)
+        if prev_rgb is not None and rgb is not None:
+            ok &= cv2.absdiff(rgb, warp_image(prev_rgb, bwd)).max(2) <= COLOUR_TOLERANCE
+        return bwd, ok
 
     def __call__(self, prev: np.ndarray, prev_gray: "np.ndarray | None", gray: "np.ndarray | None",
-                 velocity: "dict | None" = None) -> Prediction:
+                 velocity: "dict | None" = None, prev_rgb: "np.ndarray | None" = None,
+                 rgb: "np.ndarray | None" = None) -> Prediction:
         """Predict the previous ids ``prev`` (int32 ``(h, w)``) in the frame ``gray``.
 
         Args:
             prev: int32 ``(h, w)`` track ids of the previous frame (0 = none).
             prev_gray, gray: uint8 ``(h, w)`` previous and new frame, or None (in place).
             velocity: ``{track id: (dy, dx)}`` last known velocities (motion model).
+            prev_rgb, rgb: uint8 ``(h, w, 3)`` the same frames in colour (the colour
+                check), or None (the round trip alone).
         """
         if self.flow is None or prev_gray is None or gray is None:
             return Prediction(prev, None, {})
-        bwd, valid = self._pair(self.flow, prev_gray, gray)
+        bwd, valid = self._pair(self.flow, prev_gray, gray, prev_rgb, rgb)
         pred = warp_labels(prev, bwd, None, fill=0)
         if valid is None:
             return Prediction(pred, bwd, {})
@@ -84,7 +101,7 @@ class Predictor:
         disp, count = label_displacements(pred, bwd, n)
         lost = _lost(before, count)
         if self.fallback is not None and lost.any():
-            bwd, valid = self._pair(self.fallback, prev_gray, gray)
+            bwd, valid = self._pair(self.fallback, prev_gray, gray, prev_rgb, rgb)
             pred = np.where(valid, warp_labels(prev, bwd, None, fill=0), 0)
             disp, count = label_displacements(pred, bwd, n)
             lost = _lost(before, count)

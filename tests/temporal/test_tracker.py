@@ -363,7 +363,8 @@ def test_carving_on_frames_larger_than_the_work_resolution(rng):
     tf = vs.step(st, img, seg_from_gt(np.where(gt == 1, 0, gt), rng))  # object 1 swallowed
     assert set(np.unique(tf.labels).tolist()) <= set(t0.values())
     obj = gt == 1
-    assert (tf.labels[binary_erosion(obj, iterations=4)] == t0[1]).all()
+    # (a few single pixels inside may fail the colour check along the flow and stay with the ground)
+    assert (tf.labels[binary_erosion(obj, iterations=4)] == t0[1]).mean() > 0.99
     assert not (tf.labels[~binary_dilation(obj, iterations=4)] == t0[1]).any()
     assert (tf.labels[obj] == t0[1]).mean() > 0.9
 
@@ -452,6 +453,19 @@ def _scene_frames(sc: Scene, n: int, fake: "FakeSegmenter | None" = None) -> lis
     return frames
 
 
+def test_a_small_object_faster_than_half_its_size_keeps_its_id(rng):
+    # a 24 px square moving 14 or 18 px a frame: the cheap flow falls behind it, and its
+    # round trip agrees with that wrong flow, which pulls the square's id onto the ground;
+    # the colour along the flow shows the square's pixels are not the ones it brings, so
+    # the track counts as lost by the flow (the careful flow, then the motion model) and
+    # the square keeps its id (without the colour check: 4 and 10 ids in 16 frames)
+    for v in (14, 18):
+        frames = _scene_frames(Scene([(1, 60, 10, 24, (220, 60, 60), 3, v, 0, 99)], hw=(160, 320)), 16)
+        segs = [seg_from_gt(gt, rng) for _, gt in frames]
+        out = list(VideoSegmenter(None, TrackerConfig()).iter_video([f for f, _ in frames], segs))
+        assert len({gt_to_track(tf, gt)[1] for tf, (_, gt) in zip(out, frames)}) == 1, v
+
+
 def test_auto_keyframes_carry_a_still_scene_up_to_the_gap_cap(rng):
     # nothing moves, so the flow carries every label: only the first frame and every
     # (max gap + 1)-th one are segmented; the ids hold through the carried frames
@@ -520,7 +534,7 @@ def test_auto_keyframes_chain_only_through_the_forward_backward_check(rng, monke
     segs = [seg_from_gt(gt, rng) for _, gt in frames]
     vs = VideoSegmenter(None, TrackerConfig(keyframe_every="auto", keyframe_max_gap=50))
 
-    def guessed(state, gray, commit=True):
+    def guessed(state, gray, commit=True, small=None):
         return Prediction(state.prev.copy(), np.zeros(gray.shape + (2,), np.float32), {},
                           valid=np.zeros(gray.shape, bool))
     monkeypatch.setattr(vs.linker, "predict", guessed)
