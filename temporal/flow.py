@@ -122,6 +122,23 @@ def forward_backward_check(backward: np.ndarray, forward: np.ndarray, abs_tol: f
     return ok
 
 
+def colour_check(prev_rgb: np.ndarray, rgb: np.ndarray, backward: np.ndarray, tol: int) -> np.ndarray:
+    """Pixels of the current frame whose colour is the one the backward flow brings from
+    the previous frame (bilinear, border repeated): every RGB channel within ``tol``.
+
+    Args:
+        prev_rgb, rgb: uint8 ``(H, W, 3)`` previous and current frame.
+        backward: float32 ``(H, W, 2)``, flow current -> previous.
+        tol: grey levels.
+
+    Returns:
+        bool ``(H, W)``.
+    """
+    h, w = backward.shape[:2]
+    was = cv2.remap(prev_rgb, backward + _grid2(h, w), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.inRange(cv2.absdiff(rgb, was), (0, 0, 0), (tol, tol, tol)) > 0  # all channels at once
+
+
 def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None" = None,
                 fill: int = 0, border_replicate: bool = False) -> np.ndarray:
     """Bring a previous frame's label map into the current frame (nearest neighbour).

@@ -16,11 +16,10 @@ import functools
 from dataclasses import dataclass
 from typing import Optional
 
-import cv2
 import numpy as np
 
-from ..flow import (forward_backward_check, label_displacements, make_flow_estimator, translate_labels,
-                    warp_image, warp_labels)
+from ..flow import (colour_check, forward_backward_check, label_displacements, make_flow_estimator,
+                    translate_labels, warp_labels)
 from .config import PredictConfig
 
 # a track counts as lost by the flow when less than this fraction of it survives the
@@ -74,7 +73,7 @@ class Predictor:
             return bwd, None
         ok = forward_backward_check(bwd, est(prev_gray, gray), self.cfg.fb_tolerance, 0.05)
         if prev_rgb is not None and rgb is not None:
-            ok &= cv2.absdiff(rgb, warp_image(prev_rgb, bwd)).max(2) <= COLOUR_TOLERANCE
+            ok &= colour_check(prev_rgb, rgb, bwd, COLOUR_TOLERANCE)
         return bwd, ok
 
     def __call__(self, prev: np.ndarray, prev_gray: "np.ndarray | None", gray: "np.ndarray | None",

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, forward_backward_check, label_displacements,
+from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, colour_check, forward_backward_check,
+                           label_displacements,
                            make_flow_estimator, resize_flow, translate_labels, warp_labels)
 
 from .conftest import texture
@@ -68,6 +69,26 @@ def test_forward_backward_check_is_the_round_trip_test_on_both_axes():
                 assert ok[y, x] == (err <= mag), (y, x)
                 checked += 1
     assert checked > 50 and 0 < ok.sum() < ok.size
+
+
+def test_colour_check_compares_every_channel_along_the_flow():
+    # integer flows read the previous frame exactly: a pixel passes when all three channels
+    # of the colour the flow brings are within the tolerance (a change of green or blue
+    # alone, at the same grey level or not, fails it); samples past the edge repeat it
+    rng = np.random.default_rng(5)
+    h, w = 7, 11
+    prev = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    bwd = rng.integers(-2, 3, (h, w, 2)).astype(np.float32)
+    ys, xs = np.mgrid[:h, :w]
+    brought = prev[np.clip(ys + bwd[..., 1].astype(int), 0, h - 1), np.clip(xs + bwd[..., 0].astype(int), 0, w - 1)]
+    change = rng.integers(-40, 41, (h, w, 3))
+    change[rng.random((h, w, 3)) < 0.6] = 0  # most channels keep their value
+    cur = np.clip(brought.astype(int) + change, 0, 255).astype(np.uint8)
+    ok = colour_check(prev, cur, bwd, 24)
+    want = (np.abs(cur.astype(int) - brought.astype(int)) <= 24).all(2)
+    assert (ok == want).all()
+    for c in range(3):  # each channel alone can fail it
+        assert (~want & (np.abs(cur.astype(int) - brought.astype(int)).argmax(2) == c)).any()
 
 
 @pytest.mark.parametrize("est", [DISFlow("ultrafast"), DISFlow("medium"), FarnebackFlow()])
