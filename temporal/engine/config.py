@@ -38,7 +38,7 @@ class PredictConfig(ConfigDict):
             defeat the cheap preset; ``"none"`` = never.
         fb_tolerance: forward-backward check tolerance (work pixels, plus 5 % of the motion):
             pixels whose round trip misses by more are occluded or unreliable and predict
-            nothing; 0 = no check.
+            nothing; 0 = no check (and no colour check along the flow either).
         work_side: flow and association run on frames whose shorter side is this many
             pixels (0 = full size); output labels keep the full size.
     """

@@ -5,10 +5,10 @@ moved to; the forward-backward check drops the pixels whose round trip disagrees
 (occluded, out of frame, unreliable), and the colour check those whose colour is not the
 one the flow brings from the previous frame (a flow that fell behind a small or fast
 object agrees with itself both ways, but it pulls the object's id onto the ground), so
-they predict nothing. When the cheap flow loses a
-track (most of its pixels fail the check: fast motion, blur) the pair is recomputed with a
-careful preset, and a track the flow still loses moves rigidly at its last measured
-velocity (constant-velocity motion model) into the pixels no confirmed prediction claims.
+they predict nothing. When the cheap flow loses a track (most of its pixels fail the
+checks: fast motion, blur) the pair is recomputed with a careful preset, and a track the
+flow still loses moves rigidly at its last measured velocity (constant-velocity motion
+model) into the pixels no confirmed prediction claims.
 """
 from __future__ import annotations
 
