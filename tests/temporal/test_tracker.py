@@ -523,10 +523,10 @@ def test_auto_keyframes_see_the_flow_drift_off_an_object_as_bright_as_the_ground
         assert sum(tf.keyframe for tf in out) < 10  # frames the flow carries well are still carried
 
 
-def test_auto_keyframes_chain_only_through_the_forward_backward_check(rng, monkeypatch):
-    # the prediction of a lost track (moved at its last velocity into pixels the flow does
-    # not vouch for) is a guess, not a chain: a frame whose every prediction is such a guess
-    # is segmented, however well the guess matches the colours
+def test_auto_keyframes_chain_only_through_checked_flow(rng, monkeypatch):
+    # the prediction of a lost track (moved at its last velocity into pixels whose flow
+    # failed the forward-backward or the colour check) is a guess, not a chain: a frame
+    # whose every prediction is such a guess is segmented, whatever it shows
     from temporal.engine.predict import Prediction
 
     sc = Scene([o[:5] + (0, 0) + o[7:] for o in TWO])
