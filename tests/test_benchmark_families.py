@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("skimage")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from volume_linking_bench import HELD_OUT, STACKS, nuclei_watershed  # noqa: E402
+from volume_linking_bench import nuclei_watershed  # noqa: E402
 
 
 def two_touching_nuclei(depth: int = 9) -> tuple[np.ndarray, np.ndarray]:
@@ -35,8 +35,3 @@ def test_touching_nuclei_are_split_and_the_empty_slices_stay_empty():
     for z in range(2, 7):  # the middle slices: one segment per nucleus, not one for both
         left, right = (np.bincount(out[z][lab[z] == i]).argmax() for i in (1, 2))
         assert left > 0 and right > 0 and left != right
-
-
-def test_stack_families_are_held_out_and_name_their_items():
-    assert set(STACKS) <= set(HELD_OUT)
-    assert all(items == ("nuclei",) for _, items in STACKS.values())

@@ -127,8 +127,7 @@ class Linker:
         labels = self._labels(ev, part_ids)
         ids = np.unique(part_ids[part_ids > 0])
         self._remember_velocity(reg, pred.velocity, ids.tolist())
-        self._update(state, labels, ids, segment_ids, part_ids, props, ev, parts, gray, idx)
-        state.prev_small = small
+        self._update(state, labels, ids, segment_ids, part_ids, props, ev, parts, gray, small, idx)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
     @staticmethod
@@ -285,8 +284,9 @@ class Linker:
 
     def _update(self, state: LinkState, labels: np.ndarray, ids: np.ndarray, segment_ids: np.ndarray,
                 part_ids: np.ndarray, props: "np.ndarray | None", ev: Evidence, parts: "PartColours | None",
-                gray: "np.ndarray | None", idx: int) -> None:
-        """Remember each present track's look and close the frame in the registry."""
+                gray: "np.ndarray | None", small: "np.ndarray | None", idx: int) -> None:
+        """Remember each present track's look, close the frame in the registry and keep the
+        frame (labels, grey, colour) for the next prediction."""
         reg = state.registry
         a = float(self.cfg.evidence.look_update)
         if len(ids):
@@ -333,6 +333,7 @@ class Linker:
         reg.end_frame(idx, ids)
         state.prev = labels
         state.prev_gray = gray
+        state.prev_small = small
 
 
 def _whole_segments(ev: Evidence, part_ids: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, colour_check, forward_backward_check,
-                           label_displacements,
-                           make_flow_estimator, resize_flow, translate_labels, warp_labels)
+                           label_displacements, make_flow_estimator, resize_flow, translate_labels, warp_labels)
 
 from .conftest import texture
 
