@@ -174,7 +174,8 @@ class SelfAttentionCapture:
     float32.
     """
 
-    def __init__(self, name: str, store: AttentionStore, query_chunk: int = 1024, cross: bool = False) -> None:
+    def __init__(self, name: str, store: AttentionStore, query_chunk: int = CaptureConfig.query_chunk,
+                 cross: bool = False) -> None:
         self.name = name
         self.store = store
         self.query_chunk = int(query_chunk)

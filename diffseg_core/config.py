@@ -116,11 +116,13 @@ class CaptureConfig(ConfigDict):
 
     Attributes:
         query_chunk: queries per chunk when computing attention probabilities; bounds the
-            memory of the ``(batch*heads, chunk, N)`` score tensor on big maps.
+            memory of the ``(batch*heads, chunk, N)`` score tensor on big maps. 256: the SD
+            1.5 UNet with capture on 2 CPU cores, 512 px, was 6 % faster in float32 and 7 %
+            in bfloat16 than with 1024 (benchmarks/RESULTS.md); 128-512 within 2 %.
         layers: which attention layers to capture: ``"attn1"`` (self-attention, the paper).
     """
 
-    query_chunk: int = 1024
+    query_chunk: int = 256
     layers: Literal["attn1"] = field(default="attn1", metadata=cli(False))  # one value: nothing to choose
 
     def __post_init__(self) -> None:
