@@ -160,7 +160,7 @@ def default_passes(model: Any, frame: np.ndarray) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
-def paired_rounds(model: Any, frames: list, rounds: int) -> dict[str, float]:
+def paired_rounds(model: Any, frames: list, rounds: int) -> dict[str, Any]:
     """The segmenter and diffusers' default passes timed in alternation on the same frames:
     round r segments frame r, then runs the default passes on it. A load that changes during
     the run (other processes, thermal state) shifts both figures of a round alike, so the
@@ -317,7 +317,7 @@ def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argp
           f"(K = {st['segments']:.0f} segments)", flush=True)
     print(f"{name}   diffusers' default passes, alternated with the segmenter over {len(pr['ratios'])} rounds "
           f"(medians): VAE encode {t_vae:.3f} + UNet {t_unet:.3f} = {base:.3f} s, segmenter {pr['segmenter']:.3f} s "
-          f"-> segmenter / default passes {pr['ratio']:.2f}x (rounds: "
+          f"-> segmenter / default passes {pr['ratio']:.3f}x (rounds: "
           f"{', '.join(f'{r:.2f}' for r in pr['ratios'])}; target <= 1.00x: {'OK' if pr['ratio'] <= 1.0 else 'MISSED'}); "
           f"VAE {st['encode'] / t_vae:.2f}x, UNet+capture {st['unet'] / t_unet:.2f}x", flush=True)
     print(f"{name}   post-UNet (aggregate + merge + NMS) {st['post']:.3f} s vs the two KL products "
