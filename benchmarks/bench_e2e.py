@@ -2,7 +2,8 @@
 """Where the time of one frame goes, end to end, beside the passes it cannot avoid.
 
     python benchmarks/bench_e2e.py [--arch sd15,sd21-base] [--dtype float32,bfloat16]
-                                   [--frames 6] [--keyframe-every 4] [--reps 2] [--rounds 4] [--no-video]
+                                   [--frames 6] [--keyframe-every 4] [--reps 2] [--rounds 4] [--batch 1,8]
+                                   [--no-video]
                                    [--reference ../shared/reference]
 
 For each architecture (Stable Diffusion 1.5 and 2.1-base UNets and the SD VAE, built from
@@ -27,7 +28,7 @@ synthetic 512x512 clip (the example scene, H.264 through PyAV):
 * frames/s of `segment_video` (what `diffseg video` runs) in every-frame mode, with
   ``--keyframe-every`` k and with ``auto`` keyframes, on ``--frames`` frames (linking,
   writing and the overlay included);
-* with CUDA: the same in float16, batch 1 and 8.
+* with CUDA: the same in float16, and the segmenter's images/s at batch 1 and 8 (``--batch``).
 
 Targets (issue 19): the whole segmenter <= 1.0x diffusers' default passes in every dtype;
 post-UNet (aggregate + merge + NMS) <= 3.0x the two KL products. CPU figures depend on the
@@ -190,6 +191,17 @@ def paired_rounds(model: Any, frames: list, rounds: int) -> dict[str, Any]:
             "ratios": [w / (v + u) for w, v, u in zip(walls, vaes, unets)]}
 
 
+def batch_throughput(model: Any, frames: list, batch: int, reps: int) -> float:
+    """Images/s of `DiffSegSegmenter.segment` on ``batch`` frames per call (``batch_size``
+    = ``batch``: one UNet forward for all of them), median of ``reps`` calls after a warm-up."""
+    from diffseg_core.config import SegmenterConfig
+    from diffseg_core.segmenter import DiffSegSegmenter
+
+    seg = DiffSegSegmenter(SegmenterConfig(model=model.model_id, size=SIDE, batch_size=batch), model=model)
+    images = [frames[i % len(frames)] for i in range(batch)]
+    return batch / median_time(lambda: seg.segment(images), reps, model.device)
+
+
 def kl_products(n: int, reps: int, device: torch.device) -> float:
     """Seconds of the first merge's two KL products, (256, n) @ (n, n) twice, float32."""
     g = torch.Generator().manual_seed(0)
@@ -326,6 +338,10 @@ def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argp
     print(f"{name}   names ({len(VOCABULARY)} words): segmenter with a second prompted pass {st['names_second']:.3f} s "
           f"({st['names_second'] / st['segmenter']:.2f}x the segmenter alone), in the same pass {st['names_same']:.3f} s "
           f"({st['names_same'] / st['segmenter']:.2f}x)", flush=True)
+    batches = [int(b) for b in (a.batch if a.batch is not None else ("1,8" if device.type == "cuda" else "")).split(",") if b]
+    for b in batches:
+        ips = batch_throughput(model, [f.rgb for f in FrameSource(clip)], b, a.reps)
+        print(f"{name}   segmenter, batch {b}: {ips:.2f} images/s", flush=True)
     if (lh, lw) == (64, 64):
         t_real, k = post_unet_realistic(a.reference, a.reps)
         src = "reference generator" if a.reference else "blocky generator"
@@ -363,7 +379,10 @@ def allocator_effect(a: argparse.Namespace) -> None:
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="sd15,sd21-base", help="comma list of " + ", ".join(ARCHS))
-    ap.add_argument("--dtype", default="float32,bfloat16", help="comma list (CPU); CUDA adds float16")
+    ap.add_argument("--dtype", default="float32,bfloat16",
+                    help="comma list of CPU dtypes ('' = no CPU rows, e.g. on a GPU machine); CUDA adds float16")
+    ap.add_argument("--batch", default=None, help="comma list of batch sizes for the images/s line "
+                                                   "[1,8 on CUDA, none on the CPU]")
     ap.add_argument("--frames", type=int, default=6, help="frames of the synthetic clip [6]")
     ap.add_argument("--keyframe-every", type=int, default=4, help="keyframe mode's k [4]")
     ap.add_argument("--reps", type=int, default=2, help="repetitions of the timed passes [2]")
@@ -384,7 +403,7 @@ def main(argv: "list[str] | None" = None) -> int:
         clip = Path(d) / "clip.mp4"
         make_clip(clip, a.frames)
         for arch in a.arch.split(","):
-            for dt in a.dtype.split(","):
+            for dt in filter(None, a.dtype.split(",")):
                 run(arch, getattr(torch, dt), torch.device("cpu"), clip, a)
             if torch.cuda.is_available():
                 run(arch, torch.float16, torch.device("cuda"), clip, a)
