@@ -204,7 +204,7 @@ def test_cuda_float16_capture_matches_default():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_captured_map_is_the_head_mean_in_every_dtype(dtype):
-    # float32 sums the heads with one reduction, bf16/fp16 on the CPU head by head: both must
+    # float32 sums the heads in float32, bf16/fp16 on the CPU in the model's dtype: both must
     # give the mean over heads of each head's own probabilities (not one head twice)
     torch.manual_seed(3)
     attn = Attention(query_dim=16, heads=4, dim_head=8).eval().to(dtype)
