@@ -280,20 +280,16 @@ class SelfAttentionCapture:
             torch.softmax(scores, dim=-1, dtype=sdtype if sdtype != scores.dtype else None, out=probs)
             p = probs if probs.dtype == dtype else probs.to(dtype)
             out[:, q0:q1] = torch.bmm(p, value)
-            # Head mean as we go, float32 accumulation: only (B, chunk, N) more is needed.
-            if probs.dtype == torch.float32 or probs.device.type != "cpu":
-                hsum = self.store.workspace("head_sum", batch * chunk * n_k, torch.float32,
-                                            query.device)[: batch * c * n_k].view(batch, c, n_k)
-                torch.sum(probs.view(batch, heads, c, n_k), dim=1, dtype=torch.float32, out=hsum)
-                acc[:, q0:q1].add_(hsum, alpha=1.0 / heads)
-            else:  # bf16/fp16 on the CPU: sum(dtype=float32) is a slow path (132 ms on a 64x64
-                # SD layer, a micro-benchmark on 2 cores) and head by head into the float32 sum
-                # too (56 ms); the sum in the model's dtype (float accumulation, one rounding of
-                # the result: as exact as the probabilities themselves) takes 32 ms
-                hsum = self.store.workspace("head_sum_lp", batch * chunk * n_k, probs.dtype,
-                                            query.device)[: batch * c * n_k].view(batch, c, n_k)
-                torch.sum(probs.view(batch, heads, c, n_k), dim=1, out=hsum)
-                acc[:, q0:q1].add_(hsum, alpha=1.0 / heads)
+            # Head mean as we go, float32 accumulation: only (B, chunk, N) more is needed. The
+            # heads are summed in float32, except bf16/fp16 on the CPU, summed in their own dtype
+            # (float accumulation, one rounding of the result: as exact as the probabilities):
+            # there a float32 sum of them is a slow path (132 ms on a 64x64 SD layer, head by head
+            # into the float32 sum 56 ms, in their dtype 32 ms; micro-benchmarks on 2 cores)
+            hdt = probs.dtype if probs.device.type == "cpu" else torch.float32
+            hsum = self.store.workspace(f"head_sum_{hdt}", batch * chunk * n_k, hdt,
+                                        query.device)[: batch * c * n_k].view(batch, c, n_k)
+            torch.sum(probs.view(batch, heads, c, n_k), dim=1, dtype=hdt, out=hsum)
+            acc[:, q0:q1].add_(hsum, alpha=1.0 / heads)
         return out
 
 
