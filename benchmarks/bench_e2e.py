@@ -240,19 +240,24 @@ def post_unet_realistic(reference: "str | None", reps: int) -> tuple[float, int]
     return statistics.median(r[0] for r in runs), runs[0][1]
 
 
-def frame_stages(model: Any, clip: Path, out: Path) -> dict[str, float]:
-    """Per-stage seconds of one frame (medians over the clip's frames)."""
+def decode_clip(clip: Path) -> tuple[list, float]:
+    """The clip's RGB frames and the seconds its decoding took per frame."""
+    from temporal.io import FrameSource
+
+    t0 = time.perf_counter()
+    frames = [f.rgb for f in FrameSource(clip)]
+    return frames, (time.perf_counter() - t0) / len(frames)
+
+
+def frame_stages(model: Any, frames: list, out: Path) -> dict[str, float]:
+    """Per-stage seconds of one frame (medians over ``frames``), decoding excepted."""
     from diffseg_core.config import NamingConfig, SegmenterConfig
     from diffseg_core.io import overlay, save_labels_png, segment_ids
     from diffseg_core.segmenter import DiffSegSegmenter
     from temporal.config import TrackerConfig
-    from temporal.io import FrameSource
     from temporal.tracker import VideoSegmenter
     from temporal.writer import OverlayVideoWriter
 
-    t0 = time.perf_counter()
-    frames = [f.rgb for f in FrameSource(clip)]
-    decode = (time.perf_counter() - t0) / len(frames)
     seg = DiffSegSegmenter(SegmenterConfig(model=model.model_id, size=SIDE), model=model)
     seg.segment_one(frames[0])  # warm-up (allocator, kernels, workspaces)
     sync(model.device)
@@ -292,7 +297,7 @@ def frame_stages(model: Any, clip: Path, out: Path) -> dict[str, float]:
         write.append(time.perf_counter() - t)
     w.close()
     med = statistics.median
-    return {"decode": decode, "encode": med(t["encode_s"] for t in timings),
+    return {"encode": med(t["encode_s"] for t in timings),
             "unet": med(t["unet_s"] for t in timings), "aggregate": med(t["aggregate_s"] for t in timings),
             "merge": med(t["merge_s"] for t in timings), "nms": med(t["nms_s"] for t in timings),
             "post": med(t["aggregate_s"] + t["post_s"] for t in timings),
@@ -319,15 +324,14 @@ def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argp
     name = f"[{arch} {str(dtype)[6:]} {device.type}]"
     model = build_model(arch, device, dtype)
     with tempfile.TemporaryDirectory() as d:
-        st = frame_stages(model, clip, Path(d))
-    from temporal.io import FrameSource
-
-    pr = paired_rounds(model, [f.rgb for f in FrameSource(clip)], max(3, a.rounds))
+        frames, decode = decode_clip(clip)  # once, for every measurement below
+        st = frame_stages(model, frames, Path(d))
+    pr = paired_rounds(model, frames, max(3, a.rounds))
     t_vae, t_unet = pr["vae"], pr["unet"]
     lh, lw = st["latent"]
     t_kl = kl_products(lh * lw, a.reps, device)
     base = t_vae + t_unet
-    print(f"{name} one {SIDE}x{SIDE} frame, median s: decode {st['decode']:.3f} | VAE encode {st['encode']:.3f} | "
+    print(f"{name} one {SIDE}x{SIDE} frame, median s: decode {decode:.3f} | VAE encode {st['encode']:.3f} | "
           f"UNet+capture {st['unet']:.3f} | aggregate {st['aggregate']:.3f} | merge {st['merge']:.3f} | "
           f"NMS {st['nms']:.3f} | link {st['link']:.3f} | write {st['write']:.3f} || segmenter {st['segmenter']:.3f} "
           f"(K = {st['segments']:.0f} segments)", flush=True)
@@ -344,7 +348,7 @@ def run(arch: str, dtype: torch.dtype, device: torch.device, clip: Path, a: argp
           f"({st['names_same'] / st['segmenter']:.2f}x)", flush=True)
     batches = [int(b) for b in (a.batch if a.batch is not None else ("1,8" if device.type == "cuda" else "")).split(",") if b]
     for b in batches:
-        ips = batch_throughput(model, [f.rgb for f in FrameSource(clip)], b, a.reps)
+        ips = batch_throughput(model, frames, b, a.reps)
         print(f"{name}   segmenter, batch {b}: {ips:.2f} images/s", flush=True)
     if (lh, lw) == (64, 64):
         t_real, k = post_unet_realistic(a.reference, a.reps)
