@@ -234,9 +234,9 @@ def speed(n: int = 60, repeats: int = 5) -> None:
     print("# CPU time of this process (torch/OpenCV on one thread): the machine is shared, wall time is not")
     # ids are never reused, so deep into a long video (or in a later chunk) they are large:
     # the per-frame cost must not grow with them
-    for label, cfg, offset in (("default (DIS ultrafast, fb-check, work side 240)", TrackerConfig(), 0),
+    for label, cfg, offset in (("default (DIS ultrafast, colour check, work side 240)", TrackerConfig(), 0),
                                ("default, ids from 20,001 (late in a long video)", TrackerConfig(), 20_000),
-                               ("no fb-check", TrackerConfig().replace(engine={"predict": {"fb_tolerance": 0.0}}), 0),
+                               ("no colour check", TrackerConfig().replace(engine={"predict": {"colour_tolerance": 0}}), 0),
                                ("keyframe-every 4 (propagation frames)", TrackerConfig(keyframe_every=4), 0),
                                ("IoU-only baseline", iou_only_baseline(), 0)):
         vs = VideoSegmenter(None, cfg)

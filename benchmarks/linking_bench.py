@@ -79,8 +79,8 @@ def family_maps(work: Path, item: str, family: str, frames: list, gt: list, seed
 
 # engine variants of the ablation: each removes one mechanism (or changes one weight)
 ABLATION = {
-    "no flow (in place)": {"predict": {"flow": "none", "fallback_preset": "none", "fb_tolerance": 0.0}},
-    "no fb check": {"predict": {"fb_tolerance": 0.0, "fallback_preset": "none"}},
+    "no flow (in place)": {"predict": {"flow": "none", "fallback_preset": "none", "colour_tolerance": 0}},
+    "no colour check": {"predict": {"colour_tolerance": 0, "fallback_preset": "none"}},
     "no fallback flow": {"predict": {"fallback_preset": "none"}},
     "no colour look": {"associate": {"look_weight": 0.0}},
     "no foreign cost": {"associate": {"foreign_weight": 0.0}},

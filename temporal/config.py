@@ -39,8 +39,8 @@ class TrackerConfig(ConfigDict):
             after ``keyframe_max_gap`` carried frames.
         keyframe_coverage: ``"auto"``: a frame is segmented when a track of the last
             keyframe keeps fewer than this fraction of its pixels on unbroken chains of
-            forward-backward-consistent flow back to it (occlusion, fast motion, leaving the
-            frame all break chains; tracks under 64 work pixels do not count).
+            flow that passes the colour check back to it (occlusion, fast motion, leaving
+            the frame all break chains; tracks under 64 work pixels do not count).
         keyframe_max_gap: ``"auto"``: at most this many carried frames between keyframes
             (what flow cannot see: an object that appears in place, a change of look).
         batch_size: frames per segmenter call (0 = the segmenter's own ``config.batch_size``).
@@ -101,5 +101,5 @@ class TrackerConfig(ConfigDict):
 def iou_only_baseline(**changes: Any) -> TrackerConfig:
     """The IoU-only linker (masks compared in place; no flow, look, splits, merges or
     re-identification): the baseline the benchmarks compare against."""
-    eng = EngineConfig(predict=PredictConfig(flow="none", fallback_preset="none", fb_tolerance=0.0))
+    eng = EngineConfig(predict=PredictConfig(flow="none", fallback_preset="none", colour_tolerance=0))
     return TrackerConfig(**{"engine": eng, "linker": "iou", **changes})

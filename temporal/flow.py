@@ -1,4 +1,4 @@
-"""Dense optical flow (OpenCV DIS / Farneback), forward-backward check, warping.
+"""Dense optical flow (OpenCV DIS / Farneback), the colour check along it, warping.
 
 Flow convention (OpenCV's): ``flow = estimator(a, b)`` is float32 ``(H, W, 2)`` with
 ``a[y, x] ~= b[y + flow[y, x, 1], x + flow[y, x, 0]]``. To bring the previous frame's
@@ -88,46 +88,19 @@ def _grid2(h: int, w: int) -> np.ndarray:
     return g
 
 
-def forward_backward_check(backward: np.ndarray, forward: np.ndarray, abs_tol: float = 1.0,
-                           rel_tol: float = 0.05) -> np.ndarray:
-    """Pixels of the current frame whose backward flow is confirmed by the forward flow.
+def colour_check(prev_img: np.ndarray, img: np.ndarray, backward: np.ndarray, tol: int) -> np.ndarray:
+    """Pixels of the current frame that the backward flow vouches for: it brings them from
+    inside the previous frame, and their colour is the one it brings (bilinear): every
+    channel within ``tol``.
+
+    What fails: pixels occluded or uncovered by a moving object, an object gone or appeared
+    in place, a change of look, and a flow that fell behind its object (which a
+    forward-backward round trip does not see: the wrong flow agrees with itself both ways).
+    Checked in colour where the frames are in colour: an object as bright as the ground
+    leaves a trail grey levels do not show.
 
     Args:
-        backward: float32 ``(H, W, 2)``, flow current -> previous.
-        forward: float32 ``(H, W, 2)``, flow previous -> current.
-        abs_tol: absolute tolerance in pixels.
-        rel_tol: relative tolerance (Sundaram et al.: ``|b + f(x+b)|^2 <
-            rel_tol * (|b|^2 + |f(x+b)|^2) + abs_tol^2``).
-
-    Returns:
-        bool ``(H, W)``: True = reliable; False = occluded, out of frame or inconsistent.
-    """
-    h, w = backward.shape[:2]
-    # (x, y) channels together: OpenCV's remap takes a two-channel map, and inRange checks
-    # both coordinates at once; the sums of squares keep the order of the formula
-    m = backward + _grid2(h, w)
-    f = cv2.remap(forward, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    s = backward + f
-    s *= s
-    err = s[..., 0] + s[..., 1]
-    b2 = backward * backward
-    f *= f
-    mag = b2[..., 0] + b2[..., 1]
-    mag += f[..., 0]
-    mag += f[..., 1]  # |b|^2 + |f(x+b)|^2
-    mag *= rel_tol
-    mag += abs_tol * abs_tol
-    ok = err <= mag
-    ok &= cv2.inRange(m, (0.0, 0.0), (float(w - 1), float(h - 1))) > 0  # lands inside the previous frame
-    return ok
-
-
-def colour_check(prev_rgb: np.ndarray, rgb: np.ndarray, backward: np.ndarray, tol: int) -> np.ndarray:
-    """Pixels of the current frame whose colour is the one the backward flow brings from
-    the previous frame (bilinear, border repeated): every RGB channel within ``tol``.
-
-    Args:
-        prev_rgb, rgb: uint8 ``(H, W, 3)`` previous and current frame.
+        prev_img, img: uint8 ``(H, W, C)`` or ``(H, W)`` previous and current frame.
         backward: float32 ``(H, W, 2)``, flow current -> previous.
         tol: grey levels.
 
@@ -135,8 +108,12 @@ def colour_check(prev_rgb: np.ndarray, rgb: np.ndarray, backward: np.ndarray, to
         bool ``(H, W)``.
     """
     h, w = backward.shape[:2]
-    was = cv2.remap(prev_rgb, backward + _grid2(h, w), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.inRange(cv2.absdiff(rgb, was), (0, 0, 0), (tol, tol, tol)) > 0  # all channels at once
+    src = backward + _grid2(h, w)
+    was = cv2.remap(prev_img, src, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    bound = (tol,) * (img.shape[2] if img.ndim == 3 else 1)  # all channels at once
+    ok = cv2.inRange(cv2.absdiff(img, was), (0,) * len(bound), bound) > 0
+    ok &= cv2.inRange(src, (0.0, 0.0), (float(w - 1), float(h - 1))) > 0  # from inside the previous frame
+    return ok
 
 
 def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None" = None,
@@ -203,7 +180,7 @@ def label_displacements(labels: np.ndarray, flow: np.ndarray, n: int, res: float
 
     Args:
         labels: non-negative int ``(H, W)`` labels in the *current* frame (e.g. the previous
-            ids warped with the forward-backward mask: 0 = unreliable pixel, ignored).
+            ids warped with the colour check's mask: 0 = unreliable pixel, ignored).
         flow: float32 ``(H, W, 2)`` backward flow current -> previous.
         n: labels ``1..n-1`` are measured (larger ones are ignored).
         res: histogram bin width in pixels (the precision of the median).

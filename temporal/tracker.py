@@ -29,7 +29,7 @@ from .tracks import TrackRegistry
 from .types import TrackedFrame
 
 #: adaptive keyframes: tracks smaller than this (work pixels) at the keyframe do not count
-#: in the cover (specks fail the forward-backward check whatever the flow); the predict
+#: in the cover (specks fail the flow's colour check whatever the flow); the predict
 #: stage's own threshold for a lost track
 COVER_MIN_AREA = LOST_MIN_AREA
 
@@ -313,8 +313,8 @@ class VideoSegmenter:
             flow = p.flow
             if min_cover is not None:
                 # a pixel stays chained when the flow that brings it here passes the
-                # forward-backward and colour checks and it comes from a chained pixel (the
-                # motion model's guess for a track the flow lost is not a chain)
+                # colour check and it comes from a chained pixel (the motion model's
+                # guess for a track the flow lost is not a chain)
                 chained = (p.labels > 0) & (warp_labels(state.chained.view(np.uint8), flow) > 0)
                 if p.valid is not None:
                     chained &= p.valid

@@ -34,11 +34,13 @@ class PredictConfig(ConfigDict):
             e.g. aligned slices or label maps without images).
         dis_preset: DIS preset of the first try (``"ultrafast"``: ~3 ms a pair at 240 px).
         fallback_preset: DIS preset the pair is recomputed with when the first flow loses a
-            track (most of its pixels fail the forward-backward check): fast motion and blur
+            track (most of its pixels fail the colour check): fast motion and blur
             defeat the cheap preset; ``"none"`` = never.
-        fb_tolerance: forward-backward check tolerance (work pixels, plus 5 % of the motion):
-            pixels whose round trip misses by more are occluded or unreliable and predict
-            nothing; 0 = no check (and no colour check along the flow either).
+        colour_tolerance: a pixel predicts nothing when its colour differs by more than
+            this (grey levels, in any RGB channel) from the one the flow brings from the
+            previous frame: occluded or uncovered, new content, or a flow that fell behind
+            its object; 0 = no check. 24: a few times the noise of a compressed video, well
+            under an object's contrast with its ground.
         work_side: flow and association run on frames whose shorter side is this many
             pixels (0 = full size); output labels keep the full size.
     """
@@ -46,14 +48,14 @@ class PredictConfig(ConfigDict):
     flow: Literal["dis", "farneback", "none"] = "dis"
     dis_preset: Literal["ultrafast", "fast", "medium"] = "ultrafast"
     fallback_preset: Literal["none", "ultrafast", "fast", "medium"] = "medium"
-    fb_tolerance: float = 1.0
+    colour_tolerance: int = 24
     work_side: int = 240
 
     def __post_init__(self) -> None:
         look_up_option(self.flow, FLOWS, "flow")
         look_up_option(self.dis_preset, DIS_PRESETS, "DIS preset")
         look_up_option(self.fallback_preset, ("none",) + DIS_PRESETS, "fallback preset")
-        _check_range(self, "fb_tolerance", 0.0)
+        _check_range(self, "colour_tolerance", 0, 255)
         _check_range(self, "work_side", 0)
 
 
@@ -200,6 +202,6 @@ def slices() -> EngineConfig:
     output. The look is the slice's intensity histogram when the caller passes the slice
     image (grey as RGB); without one, merged segments are not carved (the segmenter's
     grouping stands)."""
-    return EngineConfig(predict=PredictConfig(flow="none", fallback_preset="none", fb_tolerance=0.0, work_side=0),
+    return EngineConfig(predict=PredictConfig(flow="none", fallback_preset="none", colour_tolerance=0, work_side=0),
                         associate=AssociateConfig(split_cost=0.2, min_iou=0.25),
                         lifecycle=LifecycleConfig(memory=3, reid_threshold=1.0, correction_window=0))

@@ -1,14 +1,13 @@
 """Stage 1, predict: carry the previous frame's track ids into the new frame.
 
 The backward optical flow (new -> previous) pulls every previous track id to the pixel it
-moved to; the forward-backward check drops the pixels whose round trip disagrees
-(occluded, out of frame, unreliable), and the colour check those whose colour is not the
-one the flow brings from the previous frame (a flow that fell behind a small or fast
-object agrees with itself both ways, but it pulls the object's id onto the ground), so
-they predict nothing. When the cheap flow loses a track (most of its pixels fail the
-checks: fast motion, blur) the pair is recomputed with a careful preset, and a track the
-flow still loses moves rigidly at its last measured velocity (constant-velocity motion
-model) into the pixels no confirmed prediction claims.
+moved to. The colour check drops the pixels whose colour is not the one the flow brings
+from the previous frame (occluded or uncovered, an object gone or appeared in place, a
+flow that fell behind a small or fast object), and those the flow brings from outside the
+previous frame, so they predict nothing. When the cheap flow loses a track (most of its
+pixels fail the check: fast motion, blur) the pair is recomputed with a careful preset,
+and a track the flow still loses moves rigidly at its last measured velocity
+(constant-velocity motion model) into the pixels no confirmed prediction claims.
 """
 from __future__ import annotations
 
@@ -18,21 +17,14 @@ from typing import Optional
 
 import numpy as np
 
-from ..flow import (colour_check, forward_backward_check, label_displacements, make_flow_estimator,
-                    translate_labels, warp_labels)
+from ..flow import colour_check, label_displacements, make_flow_estimator, translate_labels, warp_labels
 from .config import PredictConfig
 
 # a track counts as lost by the flow when less than this fraction of it survives the
-# forward-backward check; tracks smaller than LOST_MIN_AREA work pixels never count (specks
+# colour check; tracks smaller than LOST_MIN_AREA work pixels never count (specks
 # fail the check whatever the flow). Fixed: ablation in benchmarks/RESULTS.md.
 LOST_FRACTION = 0.7
 LOST_MIN_AREA = 64
-#: a pixel whose colour differs by more than this (in any RGB channel) from the previous
-#: frame pulled along the flow is not vouched for by the flow: new content (an object gone
-#: or appeared in place, a change of look) or a flow that fell behind its object, which the
-#: round trip cannot see. In colour, not grey: an object as bright as the ground leaves a
-#: trail grey levels do not show. Ablation in benchmarks/RESULTS.md.
-COLOUR_TOLERANCE = 24
 
 
 @dataclass
@@ -45,8 +37,8 @@ class Prediction:
         velocity: ``{track id: (dy, dx)}`` measured this frame (work pixels per frame).
         area: int64 predicted pixels per id (index 0 not counted), or None (not measured):
             spares the evidence stage another pass over the map.
-        valid: bool ``(h, w)`` pixels whose flow passed the forward-backward and colour
-            checks, or None (no check): the lost tracks' motion-model fill is not among them.
+        valid: bool ``(h, w)`` pixels whose flow passed the colour check, or None (no
+            check): the lost tracks' motion-model fill is not among them.
     """
 
     labels: np.ndarray
@@ -63,18 +55,17 @@ class Predictor:
         self.cfg = cfg
         self.flow = None if cfg.flow == "none" else make_flow_estimator(cfg.flow, cfg.dis_preset)
         fb = cfg.fallback_preset
-        self.fallback = (make_flow_estimator("dis", fb) if self.flow is not None and cfg.fb_tolerance > 0
+        self.fallback = (make_flow_estimator("dis", fb) if self.flow is not None and cfg.colour_tolerance > 0
                          and fb != "none" and not (cfg.flow == "dis" and fb == cfg.dis_preset) else None)
 
     def _pair(self, est, prev_gray: np.ndarray, gray: np.ndarray, prev_rgb: "np.ndarray | None",
               rgb: "np.ndarray | None") -> tuple[np.ndarray, Optional[np.ndarray]]:
         bwd = est(gray, prev_gray)
-        if self.cfg.fb_tolerance <= 0:
+        if self.cfg.colour_tolerance <= 0:
             return bwd, None
-        ok = forward_backward_check(bwd, est(prev_gray, gray), self.cfg.fb_tolerance, 0.05)
-        if prev_rgb is not None and rgb is not None:
-            ok &= colour_check(prev_rgb, rgb, bwd, COLOUR_TOLERANCE)
-        return bwd, ok
+        if prev_rgb is None or rgb is None:  # grey frames only: the check in grey levels
+            prev_rgb, rgb = prev_gray, gray
+        return bwd, colour_check(prev_rgb, rgb, bwd, self.cfg.colour_tolerance)
 
     def __call__(self, prev: np.ndarray, prev_gray: "np.ndarray | None", gray: "np.ndarray | None",
                  velocity: "dict | None" = None, prev_rgb: "np.ndarray | None" = None,
@@ -86,7 +77,7 @@ class Predictor:
             prev_gray, gray: uint8 ``(h, w)`` previous and new frame, or None (in place).
             velocity: ``{track id: (dy, dx)}`` last known velocities (motion model).
             prev_rgb, rgb: uint8 ``(h, w, 3)`` the same frames in colour (the colour
-                check), or None (the round trip alone).
+                check), or None (the check on the grey frames).
         """
         if self.flow is None or prev_gray is None or gray is None:
             return Prediction(prev, None, {})
