@@ -32,7 +32,7 @@ class PredictConfig(ConfigDict):
         flow: dense optical flow that carries the previous frame's track ids into this one
             (``"dis"``: OpenCV DIS, fast; ``"farneback"``; ``"none"``: compare in place,
             e.g. aligned slices or label maps without images).
-        dis_preset: DIS preset of the first try (``"ultrafast"``: ~3 ms a pair at 240 px).
+        dis_preset: DIS preset of the first try (``"ultrafast"``: ~1.5 ms a frame at 240 px).
         fallback_preset: DIS preset the pair is recomputed with when the first flow loses a
             track (most of its pixels fail the colour check): fast motion and blur
             defeat the cheap preset; ``"none"`` = never.
