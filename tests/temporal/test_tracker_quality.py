@@ -122,6 +122,30 @@ def test_flow_fallback_recomputes_when_the_cheap_flow_loses_an_object(rng):
     assert vs.linker.predictor.fallback.calls == 0
 
 
+def test_grey_frames_alone_are_checked_in_grey_levels(rng):
+    # a caller with grey frames only (no colour): the prediction still drops what the flow
+    # cannot vouch for. A textured square moves 3 px right over a textured ground, and a
+    # patch of the ground turns white (new content in place): the square keeps its id where
+    # it moved, the white patch predicts nothing, the rest of the ground keeps its id
+    import cv2
+
+    h, w = 80, 120
+    ground = cv2.cvtColor(texture(rng, h, w, (90, 90, 90)), cv2.COLOR_RGB2GRAY)
+    square = cv2.cvtColor(texture(rng, 24, 24, (200, 200, 200)), cv2.COLOR_RGB2GRAY)
+    prev, cur = ground.copy(), ground.copy()
+    prev[30:54, 40:64] = square
+    cur[30:54, 43:67] = square
+    cur[5:20, 90:110] = 255
+    ids = np.ones((h, w), np.int32)
+    ids[30:54, 40:64] = 2
+    p = Predictor(PredictConfig(work_side=0))(ids, prev, cur)
+    assert p.valid is not None and p.flow is not None
+    assert (p.labels[33:51, 47:64] == 2).mean() > 0.95  # the square's inside, where it moved
+    assert (p.labels[7:18, 92:108] == 0).all()  # new content: unvouched
+    assert (p.labels[60:, :30] == 1).mean() > 0.95  # still ground
+    assert (p.labels == 2).sum() < 1.2 * 24 * 24  # no trail of the square's id
+
+
 def test_flow_fallback_config_is_validated():
     from diffseg_core.errors import InputError
 
