@@ -189,9 +189,8 @@ def paired_rounds(model: Any, frames: list, rounds: int) -> dict[str, Any]:
         vae_share.append(timings["encode_s"] / v)
         unet_share.append(timings["unet_s"] / u)
     med = statistics.median
-    return {"segmenter": med(walls), "vae": med(vaes), "unet": med(unets),
-            "ratio": med(w / (v + u) for w, v, u in zip(walls, vaes, unets)),
-            "ratios": [w / (v + u) for w, v, u in zip(walls, vaes, unets)],
+    ratios = [w / (v + u) for w, v, u in zip(walls, vaes, unets)]
+    return {"segmenter": med(walls), "vae": med(vaes), "unet": med(unets), "ratio": med(ratios), "ratios": ratios,
             "vae_ratio": med(vae_share), "unet_ratio": med(unet_share)}
 
 

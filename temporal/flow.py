@@ -143,14 +143,6 @@ def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None"
     return out
 
 
-def warp_image(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """The previous frame ``img`` (uint8 ``(H, W)`` or ``(H, W, C)``) pulled into the current
-    one by the backward ``flow`` (bilinear; out-of-frame samples repeat the border)."""
-    h, w = img.shape[:2]
-    gx, gy = _grid(h, w)
-    return cv2.remap(img, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
 def resize_flow(flow: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Resize a flow field to ``hw`` = (H, W), scaling the vectors with the grid.
 

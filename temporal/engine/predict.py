@@ -82,17 +82,16 @@ class Predictor:
         if self.flow is None or prev_gray is None or gray is None:
             return Prediction(prev, None, {})
         bwd, valid = self._pair(self.flow, prev_gray, gray, prev_rgb, rgb)
-        pred = warp_labels(prev, bwd, None, fill=0)
+        pred = warp_labels(prev, bwd, valid)  # unvouched pixels predict nothing (0)
         if valid is None:
             return Prediction(pred, bwd, {})
-        pred = np.where(valid, pred, 0)
         before = np.bincount(prev.ravel())
         n = len(before)
         disp, count = label_displacements(pred, bwd, n)
         lost = _lost(before, count)
         if self.fallback is not None and lost.any():
             bwd, valid = self._pair(self.fallback, prev_gray, gray, prev_rgb, rgb)
-            pred = np.where(valid, warp_labels(prev, bwd, None, fill=0), 0)
+            pred = warp_labels(prev, bwd, valid)
             disp, count = label_displacements(pred, bwd, n)
             lost = _lost(before, count)
         area = count
