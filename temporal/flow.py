@@ -72,20 +72,18 @@ def _gray(img: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinate grids (cached; read-only)."""
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    gx.flags.writeable = False
-    gy.flags.writeable = False
-    return gx, gy
-
-
-@functools.lru_cache(maxsize=8)
 def _grid2(h: int, w: int) -> np.ndarray:
     """float32 ``(h, w, 2)`` pixel coordinates ``(x, y)`` (cached; read-only)."""
-    g = np.stack(_grid(h, w), axis=-1)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    g = np.stack([gx, gy], axis=-1)
     g.flags.writeable = False
     return g
+
+
+def _sources(flow: np.ndarray) -> np.ndarray:
+    """float32 ``(H, W, 2)``: where the flow samples every pixel from, ``(x, y)`` (one map
+    for `cv2.remap`: faster than two, which it would interleave itself)."""
+    return flow + _grid2(*flow.shape[:2])
 
 
 def colour_check(prev_img: np.ndarray, img: np.ndarray, backward: np.ndarray, tol: int) -> np.ndarray:
@@ -108,7 +106,7 @@ def colour_check(prev_img: np.ndarray, img: np.ndarray, backward: np.ndarray, to
         bool ``(H, W)``.
     """
     h, w = backward.shape[:2]
-    src = backward + _grid2(h, w)
+    src = _sources(backward)
     was = cv2.remap(prev_img, src, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     bound = (tol,) * (img.shape[2] if img.ndim == 3 else 1)  # all channels at once
     ok = cv2.inRange(cv2.absdiff(img, was), (0,) * len(bound), bound) > 0
@@ -121,7 +119,7 @@ def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None"
     """Bring a previous frame's label map into the current frame (nearest neighbour).
 
     Args:
-        labels: int ``(H, W)`` labels of the previous frame (ids < 2**24).
+        labels: int ``(H, W)`` labels of the previous frame (ids < 2**31).
         flow: float32 ``(H, W, 2)`` backward flow current -> previous.
         valid: optional bool ``(H, W)``; False pixels get ``fill``.
         fill: value for invalid and out-of-frame pixels.
@@ -131,13 +129,12 @@ def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None"
     Returns:
         int32 ``(H, W)``.
     """
-    h, w = labels.shape
-    gx, gy = _grid(h, w)
-    src = np.asarray(labels, dtype=np.float32)  # exact for ids < 2**24
+    labels = np.asarray(labels)
+    if labels.dtype not in (np.uint8, np.int32):
+        labels = labels.astype(np.int32)
     border = cv2.BORDER_REPLICATE if border_replicate else cv2.BORDER_CONSTANT
-    out = cv2.remap(src, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_NEAREST,
-                    borderMode=border, borderValue=float(fill))
-    out = out.astype(np.int32)
+    out = cv2.remap(labels, _sources(flow), None, cv2.INTER_NEAREST, borderMode=border, borderValue=fill)
+    out = out.astype(np.int32, copy=False)
     if valid is not None:
         out[~valid] = fill
     return out

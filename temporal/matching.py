@@ -75,7 +75,12 @@ def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:
         raise ValueError(f"bins must be in 1..256; got {bins}")
     levels = ((np.arange(256) * bins) >> 8).astype(np.uint8)  # level of each channel value
     r, g, b = cv2.split(cv2.LUT(np.ascontiguousarray(image, dtype=np.uint8), levels))
-    return (r.astype(np.int32) * bins + g) * bins + b
+    cells = r.astype(np.int32)
+    cells *= bins
+    cells += g
+    cells *= bins
+    cells += b
+    return cells
 
 
 def color_histograms(image: np.ndarray, labels: np.ndarray, n: int, bins: int = 8) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..matching import bhattacharyya, kl_similarity, normalise_rows, overlap_matrix, symmetric_kl_matrix
+from ..matching import bhattacharyya, kl_similarity, normalise_rows, symmetric_kl_matrix
 
 
 @dataclass
@@ -129,11 +129,15 @@ def part_colours(cells: np.ndarray, ev: Evidence, bins: int, track_hists: "np.nd
     A part is judged by its own pixels: an object the segmenter merged into the ground looks
     like itself, not like the ground segment around it.
     """
-    n = ev.inter.size
+    n, nb = ev.inter.size, bins ** 3
     present = np.concatenate([np.zeros(ev.inter.shape[1], bool), ev.inter.ravel() > 0])
+    P = int(present.sum())
     lut = np.cumsum(present) - 1
-    lut[~present] = -1  # parts on no segment (the first row of codes) count in no histogram
-    counts = overlap_matrix(np.take(lut, ev.part), int(present.sum()), cells, bins ** 3).astype(np.float32)
+    lut[~present] = P  # parts on no segment (the first row of codes) count in a last row, dropped
+    code = np.take(lut, ev.part)  # (part row, colour cell) of every pixel, in one index
+    code *= nb
+    code += cells
+    counts = np.bincount(code.ravel(), minlength=(P + 1) * nb)[:P * nb].reshape(P, nb).astype(np.float32)
     troot = None if track_hists is None else np.sqrt(np.maximum(track_hists, 0)).astype(np.float32)
     code = np.flatnonzero(present[-n:]) if n else np.zeros(0, np.int64)
     return PartColours(code, counts, np.sqrt(normalise_rows(counts)), troot, ev.inter.shape[1])
