@@ -22,6 +22,20 @@ def test_warp_labels_constant_shift_is_exact():
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8])
+def test_warp_labels_keeps_every_id_exactly(dtype):
+    # ids of a long video grow past 2**24, where float32 samples would round them
+    big = 2 ** 24 + 1 if dtype != np.uint8 else 255
+    lab = np.zeros((6, 8), dtype)
+    lab[:, 4:] = big
+    lab[:, :4] = big - 2
+    flow = np.zeros((6, 8, 2), np.float32)
+    flow[..., 0] = 1  # every pixel comes from its right neighbour
+    out = warp_labels(lab, flow, border_replicate=True)
+    assert out.dtype == np.int32
+    assert out[0, 3] == big and out[0, 2] == big - 2 and out[0, 7] == big
+
+
 def test_warp_labels_invalid_and_border_fill():
     lab = np.full((4, 4), 3, np.int32)
     flow = np.zeros((4, 4, 2), np.float32)
