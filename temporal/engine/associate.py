@@ -29,13 +29,9 @@ The objective is maximised in two passes, in the order the relations are trusted
 
 1. *whole segments*: every segment takes the track that scores best for all of it, or is
    new (the segmenter is trusted; several segments may continue one track);
-2. *contains*: only a track that lost most of itself may be carved out of the segments
+2. *contains*: only a track that continues in no segment may be carved out of the segments
    that hold its prediction (exactly per segment, between the segment's own track and
-   those lost tracks): on frames, a track whose continuing segments hold less than half of
-   its predicted mask (a sliver segment that continues it does not keep the rest of it,
-   merged into the ground, from being carved back out); on slices, where a section grows
-   and shrinks several-fold and the previous section is no expected mask, a track no
-   segment continues. Without this restriction a track's prediction that leaked into a
+   those lost tracks). Without this restriction a track's prediction that leaked into a
    big neighbour (flow error at a boundary) was carved out of it frame after frame and the
    track grew into the ground (libby, degradation: J 0.55 -> 0.90). And a part counts for
    a lost track only when it looks more like that track than like the track its segment
@@ -193,16 +189,12 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
         ok[extra[top[extra] <= cfg.split_cost]] = False
     whole[ok] = best[ok]
     owner[:] = np.where(inter > 0, whole[:, None], -1)
-    # pass 2, contains: a track that lost most of itself (the segmenter merged it into a
-    # neighbour or the ground) may be carved out of the segments that hold its prediction:
-    # on frames, one whose continuing segments hold less than half of its predicted mask (a
-    # sliver that continues it does not shield the rest); on slices, where a section grows
-    # and shrinks several-fold, one that no segment continues
+    # pass 2, contains: a track that continues in no segment (the segmenter merged it into a
+    # neighbour or the ground) may be carved out of the segments that hold its prediction
     if ev.look is None:  # nothing but the segmenter's word: its grouping stands
         return Association(owner, whole)
-    own = (whole >= 0) & (whole < T)
-    held = np.bincount(whole[own], weights=inter[own, 1 + whole[own]], minlength=T)
-    lost = held == 0 if cfg.min_iou > 0 else held < 0.5 * m
+    lost = np.ones(T, bool)
+    lost[whole[(whole >= 0) & (whole < T)]] = False
     for j in np.flatnonzero((inter[:, 1:][:, lost] > 0).any(1) & (whole < T)):
         cand = np.flatnonzero(lost & (inter[j, 1:] > 0))
         lj = lam[j] if carvable is None else lam[j] * carvable

@@ -190,17 +190,6 @@ def test_a_track_that_continues_elsewhere_is_not_carved():
     assert a.whole.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("min_iou, carved", [(0.0, True), (0.25, False)])
-def test_a_segment_holding_under_half_of_a_track_does_not_shield_the_rest(min_iou, carved):
-    # track 2 (100 px predicted): 60 px merged into the ground's segment 0, 40 px in a
-    # segment of their own that continues it. Frames: it lost most of itself, so the 60 px
-    # are carved back out; slices (sections shrink several-fold): any continuation counts
-    a = associate(evidence([[0, 5000, 60], [0, 0, 40]]), AssociateConfig(look_weight=0.0, min_iou=min_iou))
-    assert a.whole[1] == 1
-    assert bool(a.owner[0, 2] == 1) is carved
-    assert a.owner[0, 1] == 0
-
-
 def test_gather_counts_parts_both_ways():
     pred = np.array([[0, 5, 5], [7, 7, 0]], np.int32)
     seg = np.array([[0, 0, 1], [1, 1, -1]], np.int32)
