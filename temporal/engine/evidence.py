@@ -134,10 +134,10 @@ def part_colours(cells: np.ndarray, ev: Evidence, bins: int, track_hists: "np.nd
     P = int(present.sum())
     lut = np.cumsum(present) - 1
     lut[~present] = P  # parts on no segment (the first row of codes) count in a last row, dropped
-    code = np.take(lut, ev.part)  # (part row, colour cell) of every pixel, in one index
-    code *= nb
-    code += cells
-    counts = np.bincount(code.ravel(), minlength=(P + 1) * nb)[:P * nb].reshape(P, nb).astype(np.float32)
+    pixel = np.take(lut, ev.part)  # (part row, colour cell) of every pixel, in one index
+    pixel *= nb
+    pixel += cells
+    counts = np.bincount(pixel.ravel(), minlength=(P + 1) * nb)[:P * nb].reshape(P, nb).astype(np.float32)
     troot = None if track_hists is None else np.sqrt(np.maximum(track_hists, 0)).astype(np.float32)
     code = np.flatnonzero(present[-n:]) if n else np.zeros(0, np.int64)
     return PartColours(code, counts, np.sqrt(normalise_rows(counts)), troot, ev.inter.shape[1])
