@@ -5,8 +5,8 @@ Track ids are separate from per-frame segment indices, increase monotonically fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class Track:
             segments (no segment of its own).
         velocity: ``(dy, dx)`` work-resolution pixels per frame, the last displacement
             measured from the flow while it was seen (the constant-velocity guess when the
-            flow loses it or it is out of sight).
+            flow loses it or it is out of sight). Measured when first read (`measured_by`).
     """
 
     id: int
@@ -36,7 +36,37 @@ class Track:
     hist: Optional[np.ndarray] = None
     missed: int = 0
     carved: int = 0
-    velocity: tuple[float, float] = (0.0, 0.0)
+    _velocity: tuple[float, float] = field(default=(0.0, 0.0), repr=False)
+    _source: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def velocity(self) -> tuple[float, float]:
+        if self._source is not None:
+            self._velocity, self._source = self._source[self.id], None
+        return self._velocity
+
+    @velocity.setter
+    def velocity(self, v: "tuple[float, float]") -> None:
+        self._velocity, self._source = (float(v[0]), float(v[1])), None
+
+    def measured_by(self, source: Any) -> None:
+        """The velocity is now ``source[id]``, measured only if it is ever read (most
+        tracks' never is: it matters once the flow loses a track or it leaves)."""
+        self._source = source
+
+
+def settle_velocities(tracks: "Iterable[Track]", keep: Any = None) -> None:
+    """Measure the pending velocities of ``tracks`` whose source is not ``keep``, one
+    batch per source (``source.measure(ids)``), and drop the sources: the frames they
+    hold are freed."""
+    by: dict[int, tuple[Any, list[Track]]] = {}
+    for t in tracks:
+        if t._source is not None and t._source is not keep:
+            by.setdefault(id(t._source), (t._source, []))[1].append(t)
+    for src, ts in by.values():
+        src.measure([t.id for t in ts])
+        for t in ts:
+            _ = t.velocity
 
 
 class TrackRegistry:

@@ -6,6 +6,7 @@ resolution; the driver resizes.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -14,7 +15,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..matching import color_cells
-from ..tracks import TrackRegistry
+from ..tracks import TrackRegistry, settle_velocities
 from .associate import Association, associate
 from .config import EngineConfig
 from .evidence import Evidence, PartColours, gather, look_similarity, part_colours
@@ -73,8 +74,7 @@ class Linker:
         measured velocity is remembered; `step` remembers only those of the tracks the frame
         shows (the flow of an occluded track measures its occluder)."""
         reg = state.registry
-        vel = {tid: t.velocity for tid, t in reg.tracks.items()}
-        p = self.predictor(state.prev, state.prev_gray, gray, vel, state.prev_small, small)
+        p = self.predictor(state.prev, state.prev_gray, gray, _Velocities(reg), state.prev_small, small)
         if commit:
             self._remember_velocity(reg, p.velocity, p.velocity)
         return p
@@ -84,10 +84,13 @@ class Linker:
         self._remember_velocity(state.registry, p.velocity, p.velocity)
 
     @staticmethod
-    def _remember_velocity(reg: TrackRegistry, velocity: dict, present: "Iterable[int]") -> None:
+    def _remember_velocity(reg: TrackRegistry, velocity: Mapping, present: "Iterable[int]") -> None:
         for tid in present:
             if tid in reg and tid in velocity:
-                reg[tid].velocity = velocity[tid]
+                reg[tid].measured_by(velocity)
+        # the velocities still pending on an earlier frame are measured now: the state
+        # holds at most this frame's flow
+        settle_velocities(reg.tracks.values(), keep=velocity)
 
     def step(self, state: LinkState, seg: np.ndarray, K: int, props: "np.ndarray | None",
              small: "np.ndarray | None", gray: "np.ndarray | None", idx: int) -> LinkResult:
@@ -240,6 +243,7 @@ class Linker:
             return sim
         scale = rmaps.shape[1] / work_h
         gone = np.array([reg[t].missed + 1 for t in remembered.tolist()], np.float32)
+        settle_velocities([reg[t] for t in remembered.tolist()])
         moves = np.array([reg[t].velocity for t in remembered.tolist()], np.float32) * (gone * scale)[:, None]
         # the blur grows with the time out of sight, rounded up to a power of two frames
         # (one blur of the queries per level: at most log2(memory) levels)
@@ -334,6 +338,22 @@ class Linker:
         state.prev = labels
         state.prev_gray = gray
         state.prev_small = small
+
+
+class _Velocities(Mapping):
+    """The registry's last known velocities, read only for the tracks asked about."""
+
+    def __init__(self, reg: TrackRegistry) -> None:
+        self._reg = reg
+
+    def __getitem__(self, tid: int) -> "tuple[float, float]":
+        return self._reg.tracks[int(tid)].velocity
+
+    def __iter__(self):
+        return iter(self._reg.tracks)
+
+    def __len__(self) -> int:
+        return len(self._reg.tracks)
 
 
 def _whole_segments(ev: Evidence, part_ids: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":

@@ -380,3 +380,67 @@ def test_a_track_owning_a_segment_learns_its_colour_there_not_from_parts_carved_
     yellow, red = (int(cells_of(np.array([[c]], np.uint8), 8)[0, 0]) for c in ((200, 200, 0), (200, 0, 0)))
     hist = st.registry[a].hist
     assert hist[red] == pytest.approx(1.0) and hist[yellow] == 0.0
+
+
+def test_motion_measures_only_what_it_is_asked_and_as_the_whole_map_would(rng):
+    from temporal.engine.predict import Motion
+    from temporal.flow import label_displacements
+
+    labels = rng.integers(0, 6, (40, 50)).astype(np.int32)
+    labels[:10] = 7  # a big track
+    flow = rng.normal(0, 4, (40, 50, 2)).astype(np.float32)
+    flow[labels == 3] += np.float32(9.0)  # one track moves apart from the rest
+    firm = np.ones(8, bool)
+    firm[5] = False  # not firm: never measured, not a key
+    m = Motion(labels, flow, firm)
+    disp, _ = label_displacements(labels, flow, 8)
+    assert sorted(m) == [1, 2, 3, 4, 6, 7] and len(m) == 6 and 5 not in m and 0 not in m
+    assert m._known == {}  # nothing measured until asked
+    assert m.get(5) is None and m.get(6) == (0.0, 0.0)  # id 6 has no pixel: firm but nothing measured
+    m.measure([3, 7, 5])
+    assert set(m._known) == {3, 6, 7}  # the firm ones asked about
+    for t in (1, 2, 3, 4, 7):
+        assert m[t] == (float(disp[t, 0]), float(disp[t, 1]))
+    assert m[3][0] < -5  # the displacement is -flow
+
+
+def test_velocities_pending_on_an_earlier_frame_are_measured_and_freed():
+    # a track's velocity is measured when read, from the prediction that last saw it; the
+    # tracks a new frame does not measure again are settled then, so the state holds at
+    # most the last frame's flow
+    from temporal.engine import Linker
+    from temporal.engine.predict import Motion
+
+    reg = TrackRegistry()
+    a, b, c = (reg.new(0) for _ in range(3))
+    labels = np.repeat(np.array([[1, 2, 3]], np.int32), 8, 0).repeat(8, 1)  # 8x24, three bands
+    flow = np.zeros((8, 24, 2), np.float32)
+    flow[:, :8] = (-3.0, -1.0)  # track 1 moved (1, 3) px: displacement is -flow, (dy, dx)
+    first = Motion(labels, flow, np.ones(4, bool))
+    Linker._remember_velocity(reg, first, [1, 2, 3])
+    assert all(t._source is first for t in (a, b, c)) and first._known == {}  # nothing measured yet
+    second = Motion(labels, np.zeros_like(flow), np.ones(4, bool))
+    Linker._remember_velocity(reg, second, [2])  # tracks 1 and 3 not seen again
+    assert a._source is None and c._source is None and b._source is second
+    assert set(first._known) == {1, 3}  # measured in one pass, then released
+    assert a.velocity == (1.0, 3.0) and c.velocity == (0.0, 0.0)
+    Linker._remember_velocity(reg, {}, [])  # a frame without flow settles everything
+    assert b._source is None and b.velocity == (0.0, 0.0)
+
+
+def test_a_track_that_leaves_keeps_the_velocity_measured_when_last_seen(rng):
+    from temporal.engine import Linker
+    from temporal.proposals import segment_index
+
+    scene = Scene([(1, 20, 10, 24, (200, 60, 60), 1, 3, 0, 99), (2, 50, 90, 20, (60, 60, 220), -1, -2, 0, 5)])
+    frames, gts, maps = scene_maps(scene, 9, rng)
+    linker = Linker(video())
+    st = linker.init_state()
+    for i, (img, lab) in enumerate(zip(frames, maps)):
+        seg, vals = segment_index(lab, None)
+        linker.step(st, seg, len(vals), None, img, img.mean(2).astype(np.uint8), i)
+        assert len({id(t._source) for t in st.registry.tracks.values() if t._source is not None}) <= 1
+    gone = [t for t in st.registry.tracks.values() if t.missed > 0]
+    assert len(gone) == 1
+    dy, dx = gone[0].velocity
+    assert -2.5 <= dx <= -1.0 and abs(dy) <= 1.5  # it moved (-1, -2) px a frame
