@@ -12,8 +12,8 @@ and a track the flow still loses moves rigidly at its last measured velocity
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
