@@ -109,7 +109,8 @@ def methods(ablation: bool = False) -> dict[str, Callable]:
 
 def speed(n: int = 60, repeats: int = 3) -> None:
     """Frames/s (CPU time, one thread) of the engine and the IoU-only linker on a
-    synthetic 854x480 video of our degradation family, all measured in this run."""
+    synthetic 854x480 video of our degradation family, all measured in this run: end to
+    end (what `diffseg track` does with label maps), then the linkers' step alone."""
     import cv2
     import torch
 
@@ -133,6 +134,34 @@ def speed(n: int = 60, repeats: int = 3) -> None:
         fps[name] = n / float(np.median(cpu))
         print(f"{name:8s} {fps[name]:7.1f} frames/s")
     print(f"engine / IoU-only: {fps['engine'] / fps['iou']:.2f}x")
+    # the linkers' own step on inputs prepared once at work resolution: the figures above
+    # also count the input handling both linkers share (relabelling each full-size map,
+    # deriving proposal maps, writing the ids back at full size)
+    from temporal.config import TrackerConfig, iou_only_baseline
+    from temporal.engine import Linker
+    from temporal.engine.baseline import IouLinker
+    from temporal.proposals import grid_hw, segmentation_from_labels
+
+    side = TrackerConfig().engine.predict.work_side
+    h, w = grid_hw(frames[0].shape[:2], side)
+    prepared = []
+    for t, (img, lab) in enumerate(zip(frames, maps)):
+        seg = segmentation_from_labels(lab, work_side=side)
+        small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        prepared.append((cv2.resize(seg.labels, (w, h), interpolation=cv2.INTER_NEAREST), seg.num_segments,
+                         seg.proposals, small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), t))
+    ms = {}
+    for name, linker in (("engine", Linker(TrackerConfig().engine)), ("iou", IouLinker(iou_only_baseline().engine))):
+        cpu = []
+        for _ in range(repeats):
+            state = linker.init_state()
+            c0 = time.process_time()
+            for args in prepared:
+                linker.step(state, *args)
+            cpu.append(time.process_time() - c0)
+        ms[name] = 1000 * float(np.median(cpu)) / n
+    print(f"linker step alone (inputs prepared at {w}x{h}): engine {ms['engine']:.1f} ms/frame, "
+          f"IoU-only {ms['iou']:.1f} ms/frame: {ms['iou'] / ms['engine']:.2f}x")
 
 
 def point_track_scores(labels: "list[np.ndarray]", tracks: np.ndarray) -> tuple[float, float, float]:
