@@ -155,6 +155,18 @@ def keyframes(work: Path, data: Path, n_synth: int, seeds: list[int], jobs: int 
               f"target >= 3x at >= 0.98")
 
 
+def segments_oracle(segs: Path, gt: Path):
+    """The per-frame oracle of the raw segmentations (`temporal.evaluate.VideoScores`),
+    every value a segment, 0 too (`families.as_ids`): read as ids, segment 0 would be "no
+    segment" and the oracle could not use it."""
+    from diffseg_core.io import read_labels
+    from families import as_ids
+    from temporal.evaluate import evaluate_video_arrays
+
+    gts = sorted(gt.glob("*.png"))
+    return evaluate_video_arrays(as_ids([read_labels(segs / g.name) for g in gts]), [read_labels(g) for g in gts])
+
+
 def _quality_seed(args: tuple[Path, Path, int, int]) -> tuple[list[dict], list[str]]:
     """All sequences of one seed, both methods: (rows, printed lines)."""
     from temporal.evaluate import evaluate_video_dirs
@@ -162,7 +174,7 @@ def _quality_seed(args: tuple[Path, Path, int, int]) -> tuple[list[dict], list[s
     work, data, n_synth, seed = args
     rows, lines = [], []
     for name, frames, gt, segs in prepare(work / f"seed{seed}", data, n_synth, seed):
-        oracle = evaluate_video_dirs(segs, gt)
+        oracle = segments_oracle(segs, gt)
         for method, extra in (("flow+KL", []), ("IoU-only", ["--baseline", "iou"])):
             out = work / f"seed{seed}" / name / f"out_{method.replace('+', '_')}"
             sec = run_track(frames, segs, out, extra)

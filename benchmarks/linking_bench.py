@@ -261,7 +261,7 @@ def main() -> None:
             maps = family_maps(a.work, item, fam, frames, gt, a.seed)
             # the per-frame oracle of the raw segmentation (each frame matched alone): the
             # ceiling of linking alone; a linker that carves or joins can pass it
-            oracle = evaluate_video_arrays(maps, gt).oracle_JF
+            oracle = evaluate_video_arrays(families.as_ids(maps), gt).oracle_JF
             for m, link in meths.items():
                 t0 = time.perf_counter()
                 pred = link(frames, maps)

@@ -8,7 +8,10 @@ Families (per slice): our DiffSeg-like degradation at two severities
 watershed of the intensity gradient, and quickshift (**held out**: never tuned on); on the
 nuclei stack also the classical nuclei pipeline (`nuclei_watershed`: one threshold for the
 stack, a distance-transform watershed per slice) at two marker spacings (**held out**
-since it was added). The slice maps are cached under WORK. Linkers:
+since it was added); its 0 is the background, so those two families are linked and scored with
+0 as "no segment", as `diffseg stack` reads such maps by default (in the others every value
+is a segment, 0 too, and the per-slice oracle counts it: `families.as_ids`). The slice maps
+are cached under WORK. Linkers:
 
 * ``engine``: what `diffseg stack` runs (`volume.api.link_volume`: the linking engine's
   `slices` preset, the grey slice as its look, then the waist cut);
@@ -103,6 +106,9 @@ STACKS: "dict[str, tuple[Callable, tuple[str, ...]]]" = {
     "nuclei_watershed": (nuclei_watershed(20), ("nuclei",)),
     "nuclei_watershed_fine": (nuclei_watershed(5), ("nuclei",)),
 }
+#: families whose 0 means "no segment", linked and scored as `diffseg stack` reads such
+#: maps by default (``--background 0``); in the others every value is a segment (0 too)
+BACKGROUND = {"nuclei_watershed": 0, "nuclei_watershed_fine": 0}
 HELD_OUT = families.HELD_OUT + tuple(STACKS)
 
 SLICES = {"degrade_mild": _degrade("mild"), "degrade_strong": _degrade("strong"),
@@ -137,26 +143,26 @@ def slice_maps(work: Path, name: str, fam: str, gt: np.ndarray, grey: np.ndarray
 
 
 def link_engine(maps: np.ndarray, grey: "np.ndarray | None", changes: "dict | None" = None,
-                out: "np.ndarray | None" = None) -> np.ndarray:
+                out: "np.ndarray | None" = None, background: "int | None" = None) -> np.ndarray:
     """`diffseg stack`'s linking (``changes``: engine knobs by name, e.g. ``{"memory": 5}``;
-    ``waist_ratio`` too)."""
+    ``waist_ratio`` too; ``background``: the value meaning "no segment", or None)."""
     from temporal.engine import slices
     from volume.api import _label_slices, link_volume
     from volume.types import VolumeConfig
 
     changes = dict(changes or {})
     waist = changes.pop("waist_ratio", VolumeConfig().waist_ratio)
-    cfg = VolumeConfig(engine=slices().set(**changes), background=0 if grey is None else None, waist_ratio=waist)
+    cfg = VolumeConfig(engine=slices().set(**changes), background=background, waist_ratio=waist)
     gray = None if grey is None else (lambda ax, i: grey[i])
     return link_volume(maps.shape, 0, _label_slices(maps, 0, cfg.background, gray), cfg, out=out)
 
 
-def link_iou(maps: np.ndarray, grey: np.ndarray) -> np.ndarray:
+def link_iou(maps: np.ndarray, grey: np.ndarray, background: "int | None" = None) -> np.ndarray:
     from temporal.engine.baseline import iou_stitch
 
     out, nxt, prev = [], 1, np.zeros(maps.shape[1:], np.int32)
     for m in maps:
-        prev, nxt = iou_stitch(prev, m, nxt, 0.25, background=None)
+        prev, nxt = iou_stitch(prev, m, nxt, 0.25, background=background)
         out.append(prev)
     return np.stack(out)
 
@@ -170,7 +176,9 @@ ABLATION = {
     "no waist cut": {"waist_ratio": 0.0},
 }
 METHODS: "dict[str, Callable]" = {"engine": link_engine, "iou": link_iou,
-                                  **{k: (lambda maps, grey, ch=ch: link_engine(maps, grey, ch)) for k, ch in ABLATION.items()}}
+                                  **{k: (lambda maps, grey, background=None, ch=ch:
+                                         link_engine(maps, grey, ch, background=background))
+                                     for k, ch in ABLATION.items()}}
 
 
 def big(work: Path, n: int = 600) -> None:
@@ -189,7 +197,7 @@ def big(work: Path, n: int = 600) -> None:
     out = np.lib.format.open_memmap(work / f"big_{n}_linked.npy", mode="w+", dtype=np.int32, shape=lab.shape)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    link_engine(lab, None, out=out)
+    link_engine(lab, None, out=out, background=0)
     sec = time.perf_counter() - t0
     out.flush()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -240,10 +248,11 @@ def main() -> None:
             if fam in STACKS and name not in STACKS[fam][1]:
                 continue
             maps = slice_maps(a.work, name, fam, gt, grey, a.seed)
-            oracle = volume_dice(maps, gt).mean_oracle_dice
+            bg = BACKGROUND.get(fam)
+            oracle = volume_dice(families.as_ids(maps, bg), gt).mean_oracle_dice
             for m in meths:
                 t0 = time.perf_counter()
-                pred = METHODS[m](maps, grey)
+                pred = METHODS[m](maps, grey, background=bg)
                 sec = time.perf_counter() - t0
                 d = volume_dice(pred, gt, oracle=False).mean_dice
                 rows.append(dict(item=name, family=fam, method=m, ratio=d / oracle, dice=d, oracle=oracle,

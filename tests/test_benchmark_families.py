@@ -1,5 +1,6 @@
-"""benchmarks/volume_linking_bench.py: the stack family that stands for a microscopist's
-classical nuclei pipeline (its figures are only worth something if it segments nuclei)."""
+"""The benchmarks' families: the stack family that stands for a microscopist's classical
+nuclei pipeline (its figures are only worth something if it segments nuclei), and how a
+family's raw maps are scored for the per-frame / per-slice oracle."""
 from __future__ import annotations
 
 import sys
@@ -35,3 +36,23 @@ def test_touching_nuclei_are_split_and_the_empty_slices_stay_empty():
     for z in range(2, 7):  # the middle slices: one segment per nucleus, not one for both
         left, right = (np.bincount(out[z][lab[z] == i]).argmax() for i in (1, 2))
         assert left > 0 and right > 0 and left != right
+
+
+def test_the_oracle_of_raw_maps_counts_segment_0_unless_it_is_the_background():
+    from families import as_ids
+    from temporal.evaluate import evaluate_video_arrays
+    from volume.evaluate import volume_dice
+
+    gt = np.zeros((2, 20, 30), np.int64)
+    gt[:, 5:15, 5:15] = 1
+    seg = np.where(gt == 1, 0, 1).astype(np.int32)  # the object is segment 0, as shuffled labels make it
+    # read as ids, segment 0 is "no segment": the oracle could not match the object at all
+    assert evaluate_video_arrays(list(seg), list(gt)).oracle_JF < 0.5
+    assert evaluate_video_arrays(as_ids(list(seg)), list(gt)).oracle_JF == pytest.approx(1.0)
+    assert volume_dice(as_ids(seg), gt).mean_oracle_dice == pytest.approx(1.0)
+    # maps whose 0 is the background (a nuclei pipeline's) are scored as they are
+    masks = gt.astype(np.int32)
+    assert as_ids(masks, 0) is masks
+    assert volume_dice(as_ids(masks, 0), gt).mean_oracle_dice == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="background"):
+        as_ids(masks, 3)
