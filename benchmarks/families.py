@@ -14,6 +14,10 @@ about the linker:
   a segment.
 * ``quickshift``: quickshift mode seeking: **held out** while the engine was designed (run
   it only to check, never to tune).
+* ``objects``: object masks on an empty ground, as SAM 2, DEVA or Cellpose give them: the
+  mild degradation with every segment that lies mostly on the ground set to 0, the
+  background (`BACKGROUND`: linked with ``background=0``, as ``diffseg track --background
+  0`` reads such maps); objects numbered from 1.
 
 Every family is a function ``(rgb uint8 (H, W, 3), gt int (H, W), rng) -> int32 (H, W)``.
 
@@ -30,6 +34,9 @@ from typing import Callable
 import numpy as np
 
 HELD_OUT = ("quickshift",)
+#: families whose 0 means "no segment" (linked and scored so); in the others every value is
+#: a segment, 0 too
+BACKGROUND = {"objects": 0}
 
 
 def as_ids(maps, background: "int | None" = None):
@@ -77,6 +84,16 @@ def quickshift(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.
     return qs(rgb, kernel_size=5, max_dist=12, ratio=0.5, rng=0).astype(np.int32)
 
 
+def objects(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    lab = _degrade("mild")(rgb, gt, rng)
+    vals, inv = np.unique(lab, return_inverse=True)
+    inv = inv.reshape(lab.shape)
+    on_object = ((gt > 0) & (gt != 255)).ravel()  # 255: DAVIS's void
+    share = np.bincount(inv.ravel(), weights=on_object, minlength=len(vals)) / np.bincount(inv.ravel(), minlength=len(vals))
+    ids = np.where(share > 0.5, np.cumsum(share > 0.5), 0)
+    return ids[inv].astype(np.int32)
+
+
 VIDEO = {
     "degrade_mild": _degrade("mild"),
     "degrade_strong": _degrade("strong"),
@@ -84,4 +101,5 @@ VIDEO = {
     "felzenszwalb_coarse": felzenszwalb(400, 150),
     "slic": slic,
     "quickshift": quickshift,
+    "objects": objects,
 }

@@ -93,13 +93,15 @@ ABLATION = {
 
 
 def methods(ablation: bool = False) -> dict[str, Callable]:
-    """name -> ``link(frames, label maps) -> list of int32 track-id maps``."""
+    """name -> ``link(frames, label maps, background=None) -> list of int32 track-id maps``
+    (``background``: the maps' value meaning "no segment", or None)."""
     from temporal.config import TrackerConfig, iou_only_baseline
     from temporal.tracker import link_label_maps
 
     def run(cfg: TrackerConfig) -> Callable:
         flow = cfg.linker == "engine" and cfg.engine.predict.flow != "none"
-        return lambda frames, maps: [tf.labels for tf in link_label_maps(maps, frames if flow else None, cfg)]
+        return lambda frames, maps, background=None: [
+            tf.labels for tf in link_label_maps(maps, frames if flow else None, cfg, background=background)]
 
     out = {"engine": run(TrackerConfig()), "iou": run(iou_only_baseline())}
     if ablation:
@@ -261,10 +263,11 @@ def main() -> None:
             maps = family_maps(a.work, item, fam, frames, gt, a.seed)
             # the per-frame oracle of the raw segmentation (each frame matched alone): the
             # ceiling of linking alone; a linker that carves or joins can pass it
-            oracle = evaluate_video_arrays(families.as_ids(maps), gt).oracle_JF
+            bg = families.BACKGROUND.get(fam)
+            oracle = evaluate_video_arrays(families.as_ids(maps, bg), gt).oracle_JF
             for m, link in meths.items():
                 t0 = time.perf_counter()
-                pred = link(frames, maps)
+                pred = link(frames, maps, background=bg)
                 sec = time.perf_counter() - t0
                 s = evaluate_video_arrays(pred, gt)
                 ratio = s.JF / oracle if oracle > 0 else 0.0

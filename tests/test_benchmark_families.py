@@ -56,3 +56,17 @@ def test_the_oracle_of_raw_maps_counts_segment_0_unless_it_is_the_background():
     assert volume_dice(as_ids(masks, 0), gt).mean_oracle_dice == pytest.approx(1.0)
     with pytest.raises(ValueError, match="background"):
         as_ids(masks, 3)
+
+
+def test_the_object_masks_family_leaves_the_ground_empty():
+    from families import BACKGROUND, objects
+
+    gt = np.zeros((120, 160), np.int64)
+    gt[30:80, 40:100] = 1
+    gt[90:110, 120:150] = 2
+    out = objects(np.zeros((120, 160, 3), np.uint8), gt, np.random.default_rng(0))
+    assert BACKGROUND["objects"] == 0 and out.dtype == np.int32
+    assert (out[gt == 0] == 0).mean() > 0.9  # the ground is background, not segments
+    assert (out[gt > 0] > 0).mean() > 0.9  # the objects are masks
+    ids = np.unique(out[out > 0])
+    assert ids.min() == 1 and len(ids) == ids.max()  # numbered from 1
