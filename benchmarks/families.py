@@ -84,18 +84,23 @@ def quickshift(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.
     return qs(rgb, kernel_size=5, max_dist=12, ratio=0.5, rng=0).astype(np.int32)
 
 
+_MILD = _degrade("mild")
+
+
 def objects(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    lab = _degrade("mild")(rgb, gt, rng)
-    vals, inv = np.unique(lab, return_inverse=True)
-    inv = inv.reshape(lab.shape)
+    """Object masks on an empty ground (0): the mild degradation's segments that lie mostly
+    on objects, numbered from 1."""
+    seg = _MILD(rgb, gt, rng)
     on_object = ((gt > 0) & (gt != 255)).ravel()  # 255: DAVIS's void
-    share = np.bincount(inv.ravel(), weights=on_object, minlength=len(vals)) / np.bincount(inv.ravel(), minlength=len(vals))
-    ids = np.where(share > 0.5, np.cumsum(share > 0.5), 0)
-    return ids[inv].astype(np.int32)
+    n = int(seg.max()) + 1
+    area = np.maximum(np.bincount(seg.ravel(), minlength=n), 1)
+    share = np.bincount(seg.ravel(), weights=on_object, minlength=n) / area
+    kept = share > 0.5
+    return np.where(kept, np.cumsum(kept), 0).astype(np.int32)[seg]
 
 
 VIDEO = {
-    "degrade_mild": _degrade("mild"),
+    "degrade_mild": _MILD,
     "degrade_strong": _degrade("strong"),
     "felzenszwalb_fine": felzenszwalb(60, 40),
     "felzenszwalb_coarse": felzenszwalb(400, 150),

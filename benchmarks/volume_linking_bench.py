@@ -108,7 +108,7 @@ STACKS: "dict[str, tuple[Callable, tuple[str, ...]]]" = {
 }
 #: families whose 0 means "no segment", linked and scored as `diffseg stack` reads such
 #: maps by default (``--background 0``); in the others every value is a segment (0 too)
-BACKGROUND = {"nuclei_watershed": 0, "nuclei_watershed_fine": 0}
+BACKGROUND = {**families.BACKGROUND, "nuclei_watershed": 0, "nuclei_watershed_fine": 0}
 HELD_OUT = families.HELD_OUT + tuple(STACKS)
 
 SLICES = {"degrade_mild": _degrade("mild"), "degrade_strong": _degrade("strong"),
