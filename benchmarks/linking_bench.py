@@ -109,10 +109,13 @@ def methods(ablation: bool = False) -> dict[str, Callable]:
     return out
 
 
-def speed(n: int = 60, repeats: int = 3) -> None:
-    """Frames/s (CPU time, one thread) of the engine and the IoU-only linker on a
-    synthetic 854x480 video of our degradation family, all measured in this run: end to
-    end (what `diffseg track` does with label maps), then the linkers' step alone."""
+def speed(n: int = 60, repeats: int = 3, data: "Path | None" = None) -> None:
+    """Frames/s (CPU time, one thread) of the engine and the IoU-only linker, all measured
+    in this run: end to end (what `diffseg track` does with label maps), then the linkers'
+    step alone. First on a synthetic 854x480 video of our degradation family (the target's
+    figure), then, when DATA holds it, on the real DAVIS clip bmx-trees at its own 854x480
+    with the same family's maps: on real motion the cheap flow loses a track on most frame
+    pairs and the careful preset is run as well, which the synthetic video hardly shows."""
     import cv2
     import torch
 
@@ -125,7 +128,29 @@ def speed(n: int = 60, repeats: int = 3) -> None:
         img, gt = vid.frame(t)
         frames.append(img)
         maps.append(families.VIDEO["degrade_mild"](img, gt, rng))
-    print(f"\n## Speed: {n} frames 854x480, one thread, CPU time (median of {repeats}), label maps given")
+    print(f"\n## Speed: {n} frames 854x480 (synthetic), one thread, CPU time (median of {repeats}), label maps given")
+    _time_linkers(frames, maps, repeats)
+    seq = None if data is None else data / DAVIS[0]
+    if seq is None or not (seq / "frames").is_dir():
+        print(f"# skipping the real clip: {seq} not found")
+        return
+    from diffseg_core.io import read_image, read_labels
+
+    frames = [read_image(p) for p in sorted((seq / "frames").glob("*.jpg"))]
+    gts = [read_labels(p) for p in sorted((seq / "masks").glob("*.png"))]
+    rng = np.random.default_rng(0)
+    maps = [np.asarray(families.VIDEO["degrade_mild"](f, g, rng), np.int32) for f, g in zip(frames, gts)]
+    h, w = frames[0].shape[:2]
+    print(f"\n## Speed: {len(frames)} frames {w}x{h} ({DAVIS[0]}), one thread, CPU time (median of {repeats})")
+    _time_linkers(frames, maps, repeats)
+
+
+def _time_linkers(frames: list, maps: list, repeats: int) -> None:
+    """Print both linkers' frames/s end to end and their step alone on one video, and how
+    often the engine needed its careful flow."""
+    import cv2
+
+    n = len(frames)
     fps = {}
     for name, link in methods().items():
         cpu = []
@@ -153,6 +178,7 @@ def speed(n: int = 60, repeats: int = 3) -> None:
         prepared.append((cv2.resize(seg.labels, (w, h), interpolation=cv2.INTER_NEAREST), seg.num_segments,
                          seg.proposals, small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), t))
     ms = {}
+    careful = 0
     for name, linker in (("engine", Linker(TrackerConfig().engine)), ("iou", IouLinker(iou_only_baseline().engine))):
         cpu = []
         for _ in range(repeats):
@@ -162,8 +188,22 @@ def speed(n: int = 60, repeats: int = 3) -> None:
                 linker.step(state, *args)
             cpu.append(time.process_time() - c0)
         ms[name] = 1000 * float(np.median(cpu)) / n
+        fallback = getattr(getattr(linker, "predictor", None), "fallback", None)
+        if fallback is not None:  # one more pass, untimed, counting the careful flow's calls
+            calls = [0]
+
+            def counted(a: np.ndarray, b: np.ndarray, _f=fallback) -> np.ndarray:
+                calls[0] += 1
+                return _f(a, b)
+            linker.predictor.fallback = counted
+            state = linker.init_state()
+            for args in prepared:
+                linker.step(state, *args)
+            linker.predictor.fallback = fallback
+            careful = calls[0]
     print(f"linker step alone (inputs prepared at {w}x{h}): engine {ms['engine']:.1f} ms/frame, "
-          f"IoU-only {ms['iou']:.1f} ms/frame: {ms['iou'] / ms['engine']:.2f}x")
+          f"IoU-only {ms['iou']:.1f} ms/frame: {ms['iou'] / ms['engine']:.2f}x; "
+          f"the careful flow ran on {careful} of {n - 1} frame pairs")
 
 
 def point_track_scores(labels: "list[np.ndarray]", tracks: np.ndarray) -> tuple[float, float, float]:
@@ -242,7 +282,7 @@ def main() -> None:
     ap.add_argument("--timelapse", action="store_true", help="only the microscopy time-lapse point-track scores")
     a = ap.parse_args()
     if a.speed:
-        speed()
+        speed(data=a.data)
         return
     if a.timelapse:
         timelapse(a.data, a.work, {k: v for k, v in methods().items()})
