@@ -178,8 +178,11 @@ def _time_linkers(frames: list, maps: list, repeats: int) -> None:
         prepared.append((cv2.resize(seg.labels, (w, h), interpolation=cv2.INTER_NEAREST), seg.num_segments,
                          seg.proposals, small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), t))
     ms = {}
-    careful = 0
-    for name, linker in (("engine", Linker(TrackerConfig().engine)), ("iou", IouLinker(iou_only_baseline().engine))):
+    engine = Linker(TrackerConfig().engine)
+    careful = _Counted(engine.predictor.fallback)  # the careful flow, counted while timed (a call per run)
+    if careful.flow is not None:
+        engine.predictor.fallback = careful
+    for name, linker in (("engine", engine), ("iou", IouLinker(iou_only_baseline().engine))):
         cpu = []
         for _ in range(repeats):
             state = linker.init_state()
@@ -188,22 +191,20 @@ def _time_linkers(frames: list, maps: list, repeats: int) -> None:
                 linker.step(state, *args)
             cpu.append(time.process_time() - c0)
         ms[name] = 1000 * float(np.median(cpu)) / n
-        fallback = getattr(getattr(linker, "predictor", None), "fallback", None)
-        if fallback is not None:  # one more pass, untimed, counting the careful flow's calls
-            calls = [0]
-
-            def counted(a: np.ndarray, b: np.ndarray, _f=fallback) -> np.ndarray:
-                calls[0] += 1
-                return _f(a, b)
-            linker.predictor.fallback = counted
-            state = linker.init_state()
-            for args in prepared:
-                linker.step(state, *args)
-            linker.predictor.fallback = fallback
-            careful = calls[0]
     print(f"linker step alone (inputs prepared at {w}x{h}): engine {ms['engine']:.1f} ms/frame, "
           f"IoU-only {ms['iou']:.1f} ms/frame: {ms['iou'] / ms['engine']:.2f}x; "
-          f"the careful flow ran on {careful} of {n - 1} frame pairs")
+          f"the careful flow ran on {careful.calls // repeats} of {n - 1} frame pairs")
+
+
+class _Counted:
+    """A flow estimator that counts its calls."""
+
+    def __init__(self, flow) -> None:
+        self.flow, self.calls = flow, 0
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.flow(a, b)
 
 
 def point_track_scores(labels: "list[np.ndarray]", tracks: np.ndarray) -> tuple[float, float, float]:
