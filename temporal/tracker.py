@@ -287,7 +287,7 @@ class VideoSegmenter:
         # -1 -> the trailing 0; carved segments -> -1 first, then the engine's carving
         out = np.take(np.where(np.append(r.carved, False), -1, lut) if carved else lut, labels, mode="wrap")
         if carved:
-            np.copyto(out, self._resize(r.labels, state.image_hw), where=out < 0)
+            out = cv2.copyTo(self._resize(r.labels, state.image_hw), (out < 0).view(np.uint8), out)
         state.prev_full = out if self.config.propagates else None
         state.since_key = 0
         if self.config.adaptive:
@@ -330,7 +330,7 @@ class VideoSegmenter:
             state.link.prev_small = small
         out = prev_full.copy() if flow is None else warp_labels(prev_full, resize_flow(flow, state.image_hw),
                                                                 border_replicate=True)
-        state.link.prev = self._resize(out, state.work_hw)
+        state.link.prev, state.link.prev_area = self._resize(out, state.work_hw), None
         ids = np.flatnonzero(np.bincount(out.ravel()))
         ids = ids[ids > 0]
         state.registry.end_frame(idx, ids)

@@ -47,6 +47,7 @@ slices) otherwise.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,15 +116,26 @@ def gaec(w: np.ndarray, n_free: int) -> np.ndarray:
     return rep
 
 
+@functools.lru_cache(maxsize=128)
+def _labellings(A: int, Tj: int) -> "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]":
+    """Every labelling of ``A`` parts with ``Tj + 1`` labels, ``(N, A)``, which pairs of
+    parts each one puts together, ``(N, A (A - 1) / 2)``, and those pairs (cached, read-only:
+    the same few shapes recur every frame)."""
+    combos = np.array(np.meshgrid(*[np.arange(Tj + 1)] * A, indexing="ij")).reshape(A, -1).T
+    iu, ju = np.triu_indices(A, 1)
+    same = combos[:, iu] == combos[:, ju]
+    for a in (combos, same, iu, ju):
+        a.flags.writeable = False
+    return combos, same, iu, ju
+
+
 def _exact(w: np.ndarray, A: int, tracks: np.ndarray) -> np.ndarray:
     """The best labelling of ``A`` parts by enumeration: each part takes one of the
     candidate tracks or the segment's new object (index ``Tj``)."""
     Tj = len(tracks)
-    combos = np.array(np.meshgrid(*[np.arange(Tj + 1)] * A, indexing="ij")).reshape(A, -1).T  # (N, A)
+    combos, same, iu, ju = _labellings(A, Tj)  # (N, A), (N, pairs)
     pt = np.concatenate([w[:A, A:], np.zeros((A, 1))], 1)  # part x label gain (new = 0)
     score = pt[np.arange(A)[None, :], combos].sum(1)
-    iu, ju = np.triu_indices(A, 1)
-    same = combos[:, iu] == combos[:, ju]
     score += (same * w[iu, ju][None, :]).sum(1)
     best = combos[int(np.argmax(score))]
     return np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)

@@ -71,7 +71,7 @@ class Predictor:
 
     def __call__(self, prev: np.ndarray, prev_gray: "np.ndarray | None", gray: "np.ndarray | None",
                  velocity: "dict | None" = None, prev_rgb: "np.ndarray | None" = None,
-                 rgb: "np.ndarray | None" = None) -> Prediction:
+                 rgb: "np.ndarray | None" = None, prev_area: "np.ndarray | None" = None) -> Prediction:
         """Predict the previous ids ``prev`` (int32 ``(h, w)``) in the frame ``gray``.
 
         Args:
@@ -81,6 +81,7 @@ class Predictor:
                 with ``get`` for the tracks the flow loses.
             prev_rgb, rgb: uint8 ``(h, w, 3)`` the same frames in colour (the colour
                 check), or None (the check on the grey frames).
+            prev_area: ``np.bincount(prev.ravel())`` when known, or None (counted here).
         """
         if self.flow is None or prev_gray is None or gray is None:
             return Prediction(prev, None, {})
@@ -88,7 +89,7 @@ class Predictor:
         pred = warp_labels(prev, bwd, valid)  # unvouched pixels predict nothing (0)
         if valid is None:
             return Prediction(pred, bwd, {})
-        before = np.bincount(prev.ravel())
+        before = np.bincount(prev.ravel()) if prev_area is None else prev_area
         n = len(before)
         count = _count(pred, n)
         lost = _lost(before, count)

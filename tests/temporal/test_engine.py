@@ -306,6 +306,28 @@ def test_moving_objects_keep_one_id_through_merges_and_splits(rng, flow):
     assert np.all(out[8][gts[8] == 1] == next(iter(one)))
 
 
+@pytest.mark.parametrize("background", [None, 0])
+def test_the_areas_kept_for_the_next_prediction_are_those_of_the_labels(rng, background):
+    """The engine keeps each id's pixel count of the frame it linked (summed from the parts,
+    sparing the next prediction a pass over the map); a propagated frame's labels drop it."""
+    from temporal.proposals import segmentation_from_labels
+    from temporal.tracker import VideoSegmenter
+
+    scene = Scene([(1, 20, 10, 24, (200, 60, 60), 1, 3, 0, 99), (2, 50, 90, 20, (60, 60, 220), -1, -2, 0, 99)])
+    frames, gts, maps = scene_maps(scene, 12, rng, merge_at=6, split_at=8)
+    vs = VideoSegmenter(None, TrackerConfig(engine=video(), keyframe_every=2))
+    st = vs.init_state()
+    for t, (img, lab) in enumerate(zip(frames, maps)):
+        tf = vs.step(st, img, segmentation_from_labels(lab, background=background) if t % 2 == 0 else None)
+        if t == 6 and background is None:  # the merged segment is carved: parts of one segment with several ids
+            merged = maps[6] == maps[6][gts[6] == 2][0]
+            assert len(np.unique(tf.labels[merged])) > 1
+        if tf.keyframe:
+            assert np.array_equal(st.link.prev_area, np.bincount(st.link.prev.ravel()))
+        else:
+            assert st.link.prev_area is None
+
+
 def test_a_new_object_gets_a_new_id_and_ids_start_after_the_offset(rng):
     scene = Scene([(1, 20, 10, 24, (200, 60, 60), 0, 2, 0, 99), (2, 50, 80, 20, (60, 60, 220), 0, -1, 4, 99)])
     frames, gts, maps = scene_maps(scene, 8, rng)
