@@ -87,7 +87,7 @@ MUTANTS: list[Mutant] = [
            'if False:',
            CORE, "DIFFSEG_MALLOC=default does not keep glibc's allocator settings"),
     Mutant("tracker.carved_not_written_back", "temporal/tracker.py",
-           "np.copyto(out, self._resize(r.labels, state.image_hw), where=out < 0)",
+           "out = cv2.copyTo(self._resize(r.labels, state.image_hw), (out < 0).view(np.uint8), out)",
            "pass",
            TEMPORAL, "carved segments keep the -1 marker at full resolution instead of the engine's ids"),
     Mutant("engine.colour_rows_shifted", "temporal/engine/linker.py",
