@@ -42,21 +42,26 @@ def synth_items(n: int, seed: int = 0) -> dict[str, SynthVideo]:
             "synth_fast": SynthVideo(n_frames=n, hw=HW, n_objects=3, speed=(10, 18), size=(40, 70), seed=13 + k)}
 
 
+def read_sequence(seq: Path) -> tuple[list, list]:
+    """A DAVIS sequence of the shared data at its own size: (RGB frames, ground-truth id maps)."""
+    from diffseg_core.io import read_image, read_labels
+
+    return ([read_image(p) for p in sorted((seq / "frames").glob("*.jpg"))],
+            [read_labels(p) for p in sorted((seq / "masks").glob("*.png"))])
+
+
 def load_items(data: Path, n_synth: int = 60, seed: int = 0) -> Iterator[tuple[str, list, list]]:
     """(name, RGB frames, ground-truth id maps), all at 427x240."""
     import cv2
-
-    from diffseg_core.io import read_image, read_labels
 
     for name in DAVIS:
         seq = data / name
         if not (seq / "frames").is_dir():
             print(f"# skipping {name}: not found in {data}")
             continue
-        frames = [cv2.resize(read_image(p), HW[::-1], interpolation=cv2.INTER_AREA)
-                  for p in sorted((seq / "frames").glob("*.jpg"))]
-        gt = [cv2.resize(read_labels(p).astype(np.uint8), HW[::-1], interpolation=cv2.INTER_NEAREST)
-              for p in sorted((seq / "masks").glob("*.png"))]
+        frames, gt = read_sequence(seq)
+        frames = [cv2.resize(f, HW[::-1], interpolation=cv2.INTER_AREA) for f in frames]
+        gt = [cv2.resize(g.astype(np.uint8), HW[::-1], interpolation=cv2.INTER_NEAREST) for g in gt]
         yield name, frames, gt
     for name, vid in synth_items(n_synth, seed).items():
         pairs = [vid.frame(t) for t in range(vid.n_frames)]
@@ -134,10 +139,7 @@ def speed(n: int = 60, repeats: int = 3, data: "Path | None" = None) -> None:
     if seq is None or not (seq / "frames").is_dir():
         print(f"# skipping the real clip: {seq} not found")
         return
-    from diffseg_core.io import read_image, read_labels
-
-    frames = [read_image(p) for p in sorted((seq / "frames").glob("*.jpg"))]
-    gts = [read_labels(p) for p in sorted((seq / "masks").glob("*.png"))]
+    frames, gts = read_sequence(seq)
     rng = np.random.default_rng(0)
     maps = [np.asarray(families.VIDEO["degrade_mild"](f, g, rng), np.int32) for f, g in zip(frames, gts)]
     h, w = frames[0].shape[:2]

@@ -133,7 +133,6 @@ class Linker:
         ids = np.unique(part_ids[part_ids > 0])
         self._remember_velocity(reg, pred.velocity, ids.tolist())
         self._update(state, labels, ids, segment_ids, part_ids, props, ev, parts, gray, small, idx)
-        state.prev_area = _areas(ev, part_ids, labels.size)
         return LinkResult(labels, segment_ids, carved, absorbed, ids)
 
     @staticmethod
@@ -293,7 +292,7 @@ class Linker:
                 part_ids: np.ndarray, props: "np.ndarray | None", ev: Evidence, parts: "PartColours | None",
                 gray: "np.ndarray | None", small: "np.ndarray | None", idx: int) -> None:
         """Remember each present track's look, close the frame in the registry and keep the
-        frame (labels, grey, colour) for the next prediction."""
+        frame (labels and their areas, grey, colour) for the next prediction."""
         reg = state.registry
         a = float(self.cfg.evidence.look_update)
         if len(ids):
@@ -338,7 +337,7 @@ class Linker:
             if t is not None:
                 t.carved = 0 if tid in owners else t.carved + 1
         reg.end_frame(idx, ids)
-        state.prev = labels
+        state.prev, state.prev_area = labels, _areas(ev, part_ids, labels.size)
         state.prev_gray = gray
         state.prev_small = small
 
