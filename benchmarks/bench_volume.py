@@ -204,7 +204,9 @@ def bench_phantoms(seeds: list[int], tmp: Path) -> None:
     from volume.types import VolumeConfig
 
     seg = ThresholdSegmenter(edges=(20, 60, 140), batch_size=8)
-    res = segment_volume(tmp / "dcm", tmp / "dcm_out", seg, VolumeConfig(min_size=8, window=(0.0, 400.0)))
+    # a NIfTI output named explicitly (a folder would get labels.dcm, a DICOM-SEG, as the input is DICOM)
+    res = segment_volume(tmp / "dcm", tmp / "dcm_out" / "labels.nii.gz", seg,
+                         VolumeConfig(min_size=8, window=(0.0, 400.0)))
     limg = nib.load(res.labels_path)
     lab_err = float(np.abs(limg.affine @ [5, 6, 7, 1] - vol.affine @ [7, 6, 5, 1]).max())
     pred = np.asarray(limg.dataobj).transpose(2, 1, 0)
@@ -212,7 +214,8 @@ def bench_phantoms(seeds: list[int], tmp: Path) -> None:
     print(f"  DICOM oblique series: max world-coordinate error of the reader {max(errs):.2e} mm, labels NIfTI "
           f"vs DICOM geometry {lab_err:.2e} mm, orientation {''.join(nib.aff2axcodes(limg.affine))}; "
           f"diffseg volume (stand-in segmenter, exact bands) Dice {volume_dice(pred, expect, oracle=False).mean_dice:.4f}")
-    res_all = segment_volume(tmp / "dcm", tmp / "dcm_all", seg, VolumeConfig(min_size=8, window=(0.0, 400.0), axes="all"))
+    res_all = segment_volume(tmp / "dcm", tmp / "dcm_all" / "labels.nii.gz", seg,
+                             VolumeConfig(min_size=8, window=(0.0, 400.0), axes="all"))
     pred_all = np.asarray(nib.load(res_all.labels_path).dataobj).transpose(2, 1, 0)
     print(f"  --axes all on the same series: Dice {volume_dice(pred_all, expect, oracle=False).mean_dice:.4f}, "
           f"{res_all.seconds:.2f} s (one axis {res.seconds:.2f} s)")

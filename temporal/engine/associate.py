@@ -12,10 +12,10 @@ nothing depends on its size in pixels):
 * a part given to a track that another track predicted costs ``foreign_weight * n / m(t)``
   (pixels the track would grow by): a segment mostly made of other things does not take
   the track's id (pixels no track predicts, those that failed the flow check, are unknown
-  and cost nothing). With ``min_iou`` > 0 (slices) a whole segment scores
-  ``IoU * look - min_iou`` instead: a structure's section grows and shrinks several-fold
-  from slice to slice, which the foreign cost, measured against the previous section,
-  reads as another object;
+  and cost nothing). With ``min_iou`` > 0 (slices) what a track takes of a segment, whole
+  or a part, scores ``IoU * look - min_iou`` with its predicted section instead, in both
+  passes: a structure's section grows and shrinks several-fold from slice to slice, which
+  the foreign cost, measured against the previous section, reads as another object;
 * two parts of one segment given to different owners cost ``2 * segment_trust * f_a * f_b``
   (``f``: fractions of the segment): the segmenter says they are one thing; a sliver is
   cheap to leave with its segment and costly to cut, while an object the segmenter merged
@@ -43,7 +43,9 @@ The objective is maximised in two passes, in the order the relations are trusted
 Parts of different segments share no term, so pass 2 splits into one small clustering per
 segment, solved exactly by enumeration when it has few labellings (almost always) and by
 greedy additive edge contraction (GAEC, the multicut heuristic micro-sam/elf use across
-slices) otherwise.
+slices) otherwise (with ``min_iou`` > 0, whose IoU is not a sum over parts, GAEC runs on
+the per-part gains and the objective then picks the best of its labelling, pass 1's and
+all new).
 """
 from __future__ import annotations
 
@@ -217,13 +219,14 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
             # than like the track its segment continues
             rival = ev.colours.with_track(j, o) if ev.colours is not None else 0.0
             lj = np.where((ev.look[j] > rival) | (np.arange(T) == o), lj, 0.0)
-        whole[j], owner[j] = _segment(inter[j], m, lj, cfg, cand)
+        whole[j], owner[j] = _segment(inter[j], m, lj, cfg, cand, o)
     return Association(owner, whole)
 
 
-def _segment(n: np.ndarray, m: np.ndarray, lam: np.ndarray, cfg: AssociateConfig, tracks: np.ndarray) -> tuple[int, np.ndarray]:
+def _segment(n: np.ndarray, m: np.ndarray, lam: np.ndarray, cfg: AssociateConfig, tracks: np.ndarray,
+             o: int) -> tuple[int, np.ndarray]:
     """Cluster the parts of one segment between the candidate ``tracks`` (rows) and new:
-    ``n`` int ``(T + 1,)`` its part sizes."""
+    ``n`` int ``(T + 1,)`` its part sizes; ``o`` the row pass 1 gave all of it (-1: new)."""
     cols = np.flatnonzero(n)
     A, Tj = len(cols), len(tracks)
     nj = float(n.sum())
@@ -237,13 +240,49 @@ def _segment(n: np.ndarray, m: np.ndarray, lam: np.ndarray, cfg: AssociateConfig
     pt[cols == 0] = 0.0  # pixels nothing predicts (failed the flow check) are unknown, not foreign
     w[:A, A:] = pt
     w[A:, :A] = pt.T
-    if (Tj + 1) ** A <= EXACT_LIMIT:
+    exact = (Tj + 1) ** A <= EXACT_LIMIT
+    if cfg.min_iou > 0:  # slices: every owner scores what it takes as pass 1 scores a section
+        if exact:
+            labs = _labellings(A, Tj)[0]
+        else:  # the GAEC labelling (by the gains above), pass 1's or all new: the best of them
+            g = _gaec_labels(w, A, Tj)
+            labs = np.stack([g, np.full(A, int(np.flatnonzero(tracks == o)[0]) if o >= 0 else Tj), np.full(A, Tj)])
+        score = _section_scores(labs, n[cols], mine, m[tracks], lam[tracks], w[:A, :A], cfg.min_iou)
+        best = labs[int(np.argmax(score))]
+        lab = np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)
+    elif exact:
         lab = _exact(w, A, tracks)
     else:
-        rep = gaec(w, A)
-        track_of_rep = {int(rep[A + i]): int(t) for i, t in enumerate(tracks)}
-        lab = np.array([track_of_rep.get(int(rep[a]), -1) for a in range(A)])
+        g = _gaec_labels(w, A, Tj)
+        lab = np.where(g < Tj, tracks[np.minimum(g, Tj - 1)], -1)
     out = np.full(len(n), -1, np.int64)
     out[cols] = lab
     wl = int(lab[0]) if np.all(lab == lab[0]) else -2
     return wl, out
+
+
+def _gaec_labels(w: np.ndarray, A: int, Tj: int) -> np.ndarray:
+    """int64 ``(A,)`` the GAEC clustering of ``A`` parts and ``Tj`` candidate tracks as
+    labels: the index of the track a part joins, ``Tj`` for new."""
+    rep = gaec(w, A)
+    track_of_rep = {int(rep[A + i]): i for i in range(Tj)}
+    return np.array([track_of_rep.get(int(rep[a]), Tj) for a in range(A)], np.int64)
+
+
+def _section_scores(labs: np.ndarray, n: np.ndarray, mine: np.ndarray, m: np.ndarray, lam: np.ndarray,
+                    together: np.ndarray, min_iou: float) -> np.ndarray:
+    """float64 ``(L,)`` the objective of labellings ``labs`` int ``(L, A)`` of one segment's
+    parts (``Tj`` = new) with pass 1's score of a section for every owner: ``IoU * look -
+    min_iou`` of the parts it takes with its predicted section (``m``, pixels; ``mine`` bool
+    ``(A, Tj)``: the part it predicted), plus ``together[a, b]`` for each pair of parts left
+    together (the cut costs). A whole segment scores exactly as in pass 1; a section that
+    grew over pixels another track predicted is not charged them as foreign."""
+    A, Tj = mine.shape
+    nf = n.astype(np.float64)
+    hot = (labs[:, :, None] == np.arange(Tj)).astype(np.float64)  # (L, A, Tj)
+    taken = hot.transpose(0, 2, 1) @ nf  # (L, Tj) pixels each owner takes
+    own = np.einsum("lat,at->lt", hot, mine * nf[:, None])  # of those, the ones it predicted
+    iou = own / np.maximum(taken + m[None, :] - own, 1.0)
+    score = np.where(taken > 0, iou * lam[None, :] - min_iou, 0.0).sum(1)
+    iu, ju = np.triu_indices(A, 1)
+    return score + ((labs[:, iu] == labs[:, ju]) * together[iu, ju]).sum(1)
