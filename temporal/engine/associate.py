@@ -242,12 +242,15 @@ def _segment(n: np.ndarray, m: np.ndarray, lam: np.ndarray, cfg: AssociateConfig
     w[A:, :A] = pt.T
     exact = (Tj + 1) ** A <= EXACT_LIMIT
     if cfg.min_iou > 0:  # slices: every owner scores what it takes as pass 1 scores a section
+        same = None
         if exact:
-            labs = _labellings(A, Tj)[0]
+            labs, same = _labellings(A, Tj)[:2]
         else:  # the GAEC labelling (by the gains above), pass 1's or all new: the best of them
             g = _gaec_labels(w, A, Tj)
             labs = np.stack([g, np.full(A, int(np.flatnonzero(tracks == o)[0]) if o >= 0 else Tj), np.full(A, Tj)])
-        score = _section_scores(labs, n[cols], mine, m[tracks], lam[tracks], w[:A, :A], cfg.min_iou)
+        part = np.searchsorted(cols, tracks + 1)  # every candidate predicted a part of the segment
+        score = _section_scores(labs, n[cols].astype(np.float64), part, m[tracks], lam[tracks], w[:A, :A],
+                                cfg.min_iou, same)
         best = labs[int(np.argmax(score))]
         lab = np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)
     elif exact:
@@ -269,20 +272,24 @@ def _gaec_labels(w: np.ndarray, A: int, Tj: int) -> np.ndarray:
     return np.array([track_of_rep.get(int(rep[a]), Tj) for a in range(A)], np.int64)
 
 
-def _section_scores(labs: np.ndarray, n: np.ndarray, mine: np.ndarray, m: np.ndarray, lam: np.ndarray,
-                    together: np.ndarray, min_iou: float) -> np.ndarray:
+def _section_scores(labs: np.ndarray, n: np.ndarray, part: np.ndarray, m: np.ndarray, lam: np.ndarray,
+                    together: np.ndarray, min_iou: float, same: "np.ndarray | None" = None) -> np.ndarray:
     """float64 ``(L,)`` the objective of labellings ``labs`` int ``(L, A)`` of one segment's
     parts (``Tj`` = new) with pass 1's score of a section for every owner: ``IoU * look -
-    min_iou`` of the parts it takes with its predicted section (``m``, pixels; ``mine`` bool
-    ``(A, Tj)``: the part it predicted), plus ``together[a, b]`` for each pair of parts left
-    together (the cut costs). A whole segment scores exactly as in pass 1; a section that
-    grew over pixels another track predicted is not charged them as foreign."""
-    A, Tj = mine.shape
-    nf = n.astype(np.float64)
-    hot = (labs[:, :, None] == np.arange(Tj)).astype(np.float64)  # (L, A, Tj)
-    taken = hot.transpose(0, 2, 1) @ nf  # (L, Tj) pixels each owner takes
-    own = np.einsum("lat,at->lt", hot, mine * nf[:, None])  # of those, the ones it predicted
-    iou = own / np.maximum(taken + m[None, :] - own, 1.0)
-    score = np.where(taken > 0, iou * lam[None, :] - min_iou, 0.0).sum(1)
+    min_iou`` of the parts it takes with its predicted section (``m``, pixels; ``part`` int
+    ``(Tj,)``: the part it predicted), plus ``together[a, b]`` for each pair of parts left
+    together (the cut costs; ``same``: which pairs each labelling leaves together, when
+    known). A whole segment scores exactly as in pass 1; a section that grew over pixels
+    another track predicted is not charged them as foreign."""
+    L, A = labs.shape
+    Tj = len(part)
+    # pixels each owner takes (one bincount over (labelling, label) cells), and of those
+    # the ones it predicted: its own part, when it takes it
+    cell = labs + (Tj + 1) * np.arange(L)[:, None]
+    taken = np.bincount(cell.ravel(), np.tile(n, L), L * (Tj + 1)).reshape(L, Tj + 1)[:, :Tj]
+    own = (labs[:, part] == np.arange(Tj)) * n[part]
+    score = np.where(taken > 0, own / np.maximum(taken + m - own, 1.0) * lam - min_iou, 0.0).sum(1)
     iu, ju = np.triu_indices(A, 1)
-    return score + ((labs[:, iu] == labs[:, ju]) * together[iu, ju]).sum(1)
+    if same is None:
+        same = labs[:, iu] == labs[:, ju]
+    return score + same @ together[iu, ju]

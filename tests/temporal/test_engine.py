@@ -65,6 +65,46 @@ def test_min_iou_lets_a_growing_section_continue(min_iou, continues):
     assert a.whole[1] == 1
 
 
+def _lost_ground(inter: list[list[int]], pred_area: list[int]) -> Evidence:
+    """`evidence` with the tracks' predicted areas given: the rest of each track's
+    prediction lies in no segment, so a big track can be lost (no segment continues it)."""
+    ev = evidence(inter)
+    ev.pred_area = np.array(pred_area)
+    return ev
+
+
+def test_in_slices_carving_scores_a_grown_section_as_pass_1_does():
+    # a 36-px section of track 1 grows to 136 px over pixels the lost ground track 2 (1000
+    # px) predicted: IoU 0.26 continues track 1, in pass 2 as in pass 1 (the per-part gains
+    # read the growth as foreign and gave the segment to the ground)
+    a = associate(_lost_ground([[0, 36, 100]], [36, 1000]), AssociateConfig(look_weight=0.0, min_iou=0.25))
+    assert a.whole.tolist() == [0]
+    assert a.owner[0].tolist() == [-1, 0, 0]
+
+
+def test_in_slices_a_lost_track_takes_a_part_only_when_it_is_a_fair_share_of_it():
+    cfg = AssociateConfig(look_weight=0.0, min_iou=0.25)
+    # a 9-px structure starting inside the lost ground's 1633-px section is new (it was the
+    # ground's: any gain beat new)
+    a = associate(_lost_ground([[0, 0, 9]], [50, 1633]), cfg)
+    assert a.whole.tolist() == [-1] and a.owner[0].tolist() == [-1, -1, -1]
+    # all of lost track 2 merged into track 1's segment is still carved out of it
+    b = associate(_lost_ground([[0, 1000, 100]], [1000, 100]), cfg)
+    assert b.owner[0].tolist() == [-1, 0, 1]
+
+
+def test_in_slices_a_segment_too_big_to_enumerate_keeps_the_better_of_gaec_and_pass_1():
+    # track 1 continues in a segment that also holds 1 px of each of six lost tracks (100 px
+    # each): 8 ** 7 labellings, so GAEC; its per-part gains carve the six pixels out, which
+    # the section score makes worse than pass 1's whole segment
+    inter = [[0, 900, 1, 1, 1, 1, 1, 1]]
+    area = [900] + [100] * 6
+    a = associate(_lost_ground(inter, area), AssociateConfig(look_weight=0.0, min_iou=0.25))
+    assert a.whole.tolist() == [0]
+    # frames (min_iou 0) keep the per-part gains: the six pixels are carved
+    assert associate(_lost_ground(inter, area), AssociateConfig(look_weight=0.0)).owner[0].tolist() == [-1, *range(7)]
+
+
 def test_a_boundary_sliver_stays_with_its_segment():
     # segment 0: 950 px of track 1 + 50 px of track 2; segment 1 holds the other 950 of track 2
     a = associate(evidence([[0, 950, 50], [0, 0, 950]]), AssociateConfig(look_weight=0.0))
