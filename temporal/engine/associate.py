@@ -155,7 +155,8 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
             None.
         carvable: bool ``(T,)``: tracks that carving out may still gain from (False for a
             track that has lived only by being carved for ``memory`` frames: the segmenter
-            no longer shows it); None = all.
+            no longer shows it; a segment pass 1 gave to such a track stays its own);
+            None = all.
 
     Returns:
         `Association`; owner / whole values ``T + r`` stand for remembered track ``r``.
@@ -211,8 +212,10 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
     lost[whole[(whole >= 0) & (whole < T)]] = False
     for j in np.flatnonzero((inter[:, 1:][:, lost] > 0).any(1) & (whole < T)):
         cand = np.flatnonzero(lost & (inter[j, 1:] > 0))
-        lj = lam[j] if carvable is None else lam[j] * carvable
         o = int(whole[j])
+        # a track that lives only by being carved is not carved out any more, but the
+        # track pass 1 gave the segment to is not carved out of it: it keeps its agreement
+        lj = lam[j] if carvable is None else np.where(carvable | (np.arange(T) == o), lam[j], 0.0)
         if o >= 0:
             cand = np.union1d(cand, [o])
             # a part is evidence for a lost track only when it looks more like that track

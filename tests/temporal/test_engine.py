@@ -230,6 +230,19 @@ def test_a_track_that_continues_elsewhere_is_not_carved():
     assert a.whole.tolist() == [0, 1]
 
 
+def test_a_track_no_longer_carvable_keeps_the_segment_pass_1_gave_it():
+    # the segment continues track 1 (all of it) and holds lost track 2 (all of it); neither
+    # may be carved out any more (each lived only by carving for `memory` frames): track 1
+    # keeps its segment whole (it lost it to a new id while carving scored it at 0)
+    ev = evidence([[0, 100, 30]])
+    a = associate(ev, AssociateConfig(), carvable=np.array([False, False]))
+    assert a.whole.tolist() == [0]
+    assert a.owner[0].tolist() == [-1, 0, 0]
+    # track 2 still carvable: carved out of track 1's segment as before
+    b = associate(ev, AssociateConfig(), carvable=np.array([False, True]))
+    assert b.owner[0].tolist() == [-1, 0, 1]
+
+
 def test_gather_counts_parts_both_ways():
     pred = np.array([[0, 5, 5], [7, 7, 0]], np.int32)
     seg = np.array([[0, 0, 1], [1, 1, -1]], np.int32)
