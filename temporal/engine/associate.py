@@ -131,16 +131,14 @@ def _labellings(A: int, Tj: int) -> "tuple[np.ndarray, np.ndarray, np.ndarray, n
     return combos, same, iu, ju
 
 
-def _exact(w: np.ndarray, A: int, tracks: np.ndarray) -> np.ndarray:
-    """The best labelling of ``A`` parts by enumeration: each part takes one of the
-    candidate tracks or the segment's new object (index ``Tj``)."""
-    Tj = len(tracks)
+def _exact(w: np.ndarray, A: int, Tj: int) -> np.ndarray:
+    """The best labelling of ``A`` parts by enumeration: each part takes one of the ``Tj``
+    candidate tracks (its index) or the segment's new object (``Tj``)."""
     combos, same, iu, ju = _labellings(A, Tj)  # (N, A), (N, pairs)
     pt = np.concatenate([w[:A, A:], np.zeros((A, 1))], 1)  # part x label gain (new = 0)
     score = pt[np.arange(A)[None, :], combos].sum(1)
     score += (same * w[iu, ju][None, :]).sum(1)
-    best = combos[int(np.argmax(score))]
-    return np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)
+    return combos[int(np.argmax(score))]
 
 
 def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = None,
@@ -255,12 +253,9 @@ def _segment(n: np.ndarray, m: np.ndarray, lam: np.ndarray, cfg: AssociateConfig
         score = _section_scores(labs, n[cols].astype(np.float64), part, m[tracks], lam[tracks], w[:A, :A],
                                 cfg.min_iou, same)
         best = labs[int(np.argmax(score))]
-        lab = np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)
-    elif exact:
-        lab = _exact(w, A, tracks)
     else:
-        g = _gaec_labels(w, A, Tj)
-        lab = np.where(g < Tj, tracks[np.minimum(g, Tj - 1)], -1)
+        best = _exact(w, A, Tj) if exact else _gaec_labels(w, A, Tj)
+    lab = np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)
     out = np.full(len(n), -1, np.int64)
     out[cols] = lab
     wl = int(lab[0]) if np.all(lab == lab[0]) else -2
