@@ -211,15 +211,16 @@ def associate(ev: Evidence, cfg: AssociateConfig, reid: "np.ndarray | None" = No
     for j in np.flatnonzero((inter[:, 1:][:, lost] > 0).any(1) & (whole < T)):
         cand = np.flatnonzero(lost & (inter[j, 1:] > 0))
         o = int(whole[j])
+        is_o = np.arange(T) == o
         # a track that lives only by being carved is not carved out any more, but the
         # track pass 1 gave the segment to is not carved out of it: it keeps its agreement
-        lj = lam[j] if carvable is None else np.where(carvable | (np.arange(T) == o), lam[j], 0.0)
+        lj = lam[j] if carvable is None else np.where(carvable | is_o, lam[j], 0.0)
         if o >= 0:
             cand = np.union1d(cand, [o])
             # a part is evidence for a lost track only when it looks more like that track
             # than like the track its segment continues
             rival = ev.colours.with_track(j, o) if ev.colours is not None else 0.0
-            lj = np.where((ev.look[j] > rival) | (np.arange(T) == o), lj, 0.0)
+            lj = np.where((ev.look[j] > rival) | is_o, lj, 0.0)
         whole[j], owner[j] = _segment(inter[j], m, lj, cfg, cand, o)
     return Association(owner, whole)
 
@@ -243,16 +244,16 @@ def _segment(n: np.ndarray, m: np.ndarray, lam: np.ndarray, cfg: AssociateConfig
     w[A:, :A] = pt.T
     exact = (Tj + 1) ** A <= EXACT_LIMIT
     if cfg.min_iou > 0:  # slices: every owner scores what it takes as pass 1 scores a section
-        same = None
         if exact:
-            labs, same = _labellings(A, Tj)[:2]
+            labs, same, iu, ju = _labellings(A, Tj)
         else:  # the GAEC labelling (by the gains above), pass 1's or all new: the best of them
-            g = _gaec_labels(w, A, Tj)
-            labs = np.stack([g, np.full(A, int(np.flatnonzero(tracks == o)[0]) if o >= 0 else Tj), np.full(A, Tj)])
+            mine_o = int(np.searchsorted(tracks, o)) if o >= 0 else Tj  # tracks are sorted
+            labs = np.stack([_gaec_labels(w, A, Tj), np.full(A, mine_o), np.full(A, Tj)])
+            iu, ju = np.triu_indices(A, 1)
+            same = labs[:, iu] == labs[:, ju]
         part = np.searchsorted(cols, tracks + 1)  # every candidate predicted a part of the segment
-        score = _section_scores(labs, n[cols].astype(np.float64), part, m[tracks], lam[tracks], w[:A, :A],
-                                cfg.min_iou, same)
-        best = labs[int(np.argmax(score))]
+        score = _section_scores(labs, n[cols].astype(np.float64), part, m[tracks], lam[tracks], cfg.min_iou)
+        best = labs[int(np.argmax(score + same @ w[iu, ju]))]  # plus the cut costs
     else:
         best = _exact(w, A, Tj) if exact else _gaec_labels(w, A, Tj)
     lab = np.where(best < Tj, tracks[np.minimum(best, Tj - 1)], -1)
@@ -271,14 +272,13 @@ def _gaec_labels(w: np.ndarray, A: int, Tj: int) -> np.ndarray:
 
 
 def _section_scores(labs: np.ndarray, n: np.ndarray, part: np.ndarray, m: np.ndarray, lam: np.ndarray,
-                    together: np.ndarray, min_iou: float, same: "np.ndarray | None" = None) -> np.ndarray:
-    """float64 ``(L,)`` the objective of labellings ``labs`` int ``(L, A)`` of one segment's
-    parts (``Tj`` = new) with pass 1's score of a section for every owner: ``IoU * look -
-    min_iou`` of the parts it takes with its predicted section (``m``, pixels; ``part`` int
-    ``(Tj,)``: the part it predicted), plus ``together[a, b]`` for each pair of parts left
-    together (the cut costs; ``same``: which pairs each labelling leaves together, when
-    known). A whole segment scores exactly as in pass 1; a section that grew over pixels
-    another track predicted is not charged them as foreign."""
+                    min_iou: float) -> np.ndarray:
+    """float64 ``(L,)`` pass 1's score of a section summed over the owners of each
+    labelling ``labs`` int ``(L, A)`` of one segment's parts (``Tj`` = new): ``IoU * look -
+    min_iou`` of the parts an owner takes with its predicted section (``m``, pixels;
+    ``part`` int ``(Tj,)``: the part it predicted). A whole segment scores exactly as in
+    pass 1; a section that grew over pixels another track predicted is not charged them as
+    foreign. The caller adds the cut costs."""
     L, A = labs.shape
     Tj = len(part)
     # pixels each owner takes (one bincount over (labelling, label) cells), and of those
@@ -286,8 +286,4 @@ def _section_scores(labs: np.ndarray, n: np.ndarray, part: np.ndarray, m: np.nda
     cell = labs + (Tj + 1) * np.arange(L)[:, None]
     taken = np.bincount(cell.ravel(), np.tile(n, L), L * (Tj + 1)).reshape(L, Tj + 1)[:, :Tj]
     own = (labs[:, part] == np.arange(Tj)) * n[part]
-    score = np.where(taken > 0, own / np.maximum(taken + m - own, 1.0) * lam - min_iou, 0.0).sum(1)
-    iu, ju = np.triu_indices(A, 1)
-    if same is None:
-        same = labs[:, iu] == labs[:, ju]
-    return score + same @ together[iu, ju]
+    return np.where(taken > 0, own / np.maximum(taken + m - own, 1.0) * lam - min_iou, 0.0).sum(1)
