@@ -80,13 +80,15 @@ def _grid2(h: int, w: int) -> np.ndarray:
     return g
 
 
-def _sources(flow: np.ndarray) -> np.ndarray:
-    """float32 ``(H, W, 2)``: where the flow samples every pixel from, ``(x, y)`` (one map
-    for `cv2.remap`: faster than two, which it would interleave itself)."""
+def sources(flow: np.ndarray) -> np.ndarray:
+    """float32 ``(H, W, 2)``: where the backward flow samples every pixel from, ``(x, y)``
+    (one map for `cv2.remap`: faster than two, which it would interleave itself). Computed
+    once, it serves both `colour_check` and `warp_labels` of one flow."""
     return flow + _grid2(*flow.shape[:2])
 
 
-def colour_check(prev_img: np.ndarray, img: np.ndarray, backward: np.ndarray, tol: int) -> np.ndarray:
+def colour_check(prev_img: np.ndarray, img: np.ndarray, backward: np.ndarray, tol: int,
+                 src: "np.ndarray | None" = None) -> np.ndarray:
     """Pixels of the current frame that the backward flow vouches for: it brings them from
     inside the previous frame, and their colour is the one it brings (bilinear): every
     channel within ``tol``.
@@ -101,12 +103,17 @@ def colour_check(prev_img: np.ndarray, img: np.ndarray, backward: np.ndarray, to
         prev_img, img: uint8 ``(H, W, C)`` or ``(H, W)`` previous and current frame.
         backward: float32 ``(H, W, 2)``, flow current -> previous.
         tol: grey levels.
+        src: ``sources(backward)`` when at hand.
 
     Returns:
         bool ``(H, W)``.
     """
     h, w = backward.shape[:2]
-    src = _sources(backward)
+    src = sources(backward) if src is None else src
+    if img.ndim == 3 and img.shape[2] == 3:
+        # OpenCV's remap vectorises 4 channels, not 3: the same values in about half the
+        # time (the alpha channel is 255 in both frames, so it always passes)
+        prev_img, img = (cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2RGBA) for a in (prev_img, img))
     was = cv2.remap(prev_img, src, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     bound = (tol,) * (img.shape[2] if img.ndim == 3 else 1)  # all channels at once
     ok = cv2.inRange(cv2.absdiff(img, was), (0,) * len(bound), bound) > 0
@@ -115,7 +122,7 @@ def colour_check(prev_img: np.ndarray, img: np.ndarray, backward: np.ndarray, to
 
 
 def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None" = None,
-                fill: int = 0, border_replicate: bool = False) -> np.ndarray:
+                fill: int = 0, border_replicate: bool = False, src: "np.ndarray | None" = None) -> np.ndarray:
     """Bring a previous frame's label map into the current frame (nearest neighbour).
 
     Args:
@@ -125,6 +132,7 @@ def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None"
         fill: value for invalid and out-of-frame pixels.
         border_replicate: out-of-frame samples take the nearest border label instead of
             ``fill`` (label propagation, where every pixel needs an id).
+        src: ``sources(flow)`` when at hand.
 
     Returns:
         int32 ``(H, W)``.
@@ -133,7 +141,7 @@ def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None"
     if labels.dtype not in (np.uint8, np.int32):
         labels = labels.astype(np.int32)
     border = cv2.BORDER_REPLICATE if border_replicate else cv2.BORDER_CONSTANT
-    out = cv2.remap(labels, _sources(flow), None, cv2.INTER_NEAREST, borderMode=border, borderValue=fill)
+    out = cv2.remap(labels, sources(flow) if src is None else src, None, cv2.INTER_NEAREST, borderMode=border, borderValue=fill)
     out = out.astype(np.int32, copy=False)
     if valid is not None:
         out[~valid] = fill

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from ..flow import colour_check, label_displacements, make_flow_estimator, translate_labels, warp_labels
+from ..flow import colour_check, label_displacements, make_flow_estimator, sources, translate_labels, warp_labels
 from .config import PredictConfig
 
 # a track counts as lost by the flow when less than this fraction of it survives the
@@ -60,14 +60,17 @@ class Predictor:
         self.fallback = (make_flow_estimator("dis", fb) if self.flow is not None and cfg.colour_tolerance > 0
                          and fb != "none" and not (cfg.flow == "dis" and fb == cfg.dis_preset) else None)
 
-    def _pair(self, est, prev_gray: np.ndarray, gray: np.ndarray, prev_rgb: "np.ndarray | None",
-              rgb: "np.ndarray | None") -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def _pair(self, est, prev: np.ndarray, prev_gray: np.ndarray, gray: np.ndarray, prev_rgb: "np.ndarray | None",
+              rgb: "np.ndarray | None") -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """``(backward flow, the ids prev warped along it, the colour check or None)``."""
         bwd = est(gray, prev_gray)
         if self.cfg.colour_tolerance <= 0:
-            return bwd, None
+            return bwd, warp_labels(prev, bwd), None
         if prev_rgb is None or rgb is None:  # grey frames only: the check in grey levels
             prev_rgb, rgb = prev_gray, gray
-        return bwd, colour_check(prev_rgb, rgb, bwd, self.cfg.colour_tolerance)
+        src = sources(bwd)
+        valid = colour_check(prev_rgb, rgb, bwd, self.cfg.colour_tolerance, src=src)
+        return bwd, warp_labels(prev, bwd, valid, src=src), valid  # unvouched pixels predict nothing (0)
 
     def __call__(self, prev: np.ndarray, prev_gray: "np.ndarray | None", gray: "np.ndarray | None",
                  velocity: "dict | None" = None, prev_rgb: "np.ndarray | None" = None,
@@ -85,8 +88,7 @@ class Predictor:
         """
         if self.flow is None or prev_gray is None or gray is None:
             return Prediction(prev, None, {})
-        bwd, valid = self._pair(self.flow, prev_gray, gray, prev_rgb, rgb)
-        pred = warp_labels(prev, bwd, valid)  # unvouched pixels predict nothing (0)
+        bwd, pred, valid = self._pair(self.flow, prev, prev_gray, gray, prev_rgb, rgb)
         if valid is None:
             return Prediction(pred, bwd, {})
         before = np.bincount(prev.ravel()) if prev_area is None else prev_area
@@ -94,8 +96,7 @@ class Predictor:
         count = _count(pred, n)
         lost = _lost(before, count)
         if self.fallback is not None and lost.any():
-            bwd, valid = self._pair(self.fallback, prev_gray, gray, prev_rgb, rgb)
-            pred = warp_labels(prev, bwd, valid)
+            bwd, pred, valid = self._pair(self.fallback, prev, prev_gray, gray, prev_rgb, rgb)
             count = _count(pred, n)
             lost = _lost(before, count)
         area = count

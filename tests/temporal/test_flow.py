@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from temporal.flow import (DISFlow, FarnebackFlow, FlowEstimator, colour_check, label_displacements,
-                            make_flow_estimator, resize_flow, translate_labels, warp_labels)
+                            make_flow_estimator, resize_flow, sources, translate_labels, warp_labels)
 
 from .conftest import texture
 
@@ -70,6 +70,30 @@ def test_colour_check_compares_every_channel_along_the_flow():
     assert (alike & ~inside).sum() >= 5  # the edge test is exercised
     for c in range(3):  # each channel alone can fail it
         assert (~alike & inside & (np.abs(cur.astype(int) - brought.astype(int)).argmax(2) == c)).any()
+
+
+def test_colour_check_sub_pixel_flow_is_each_channel_sampled_alone():
+    # sub-pixel flows: the check samples the previous frame bilinearly; whatever channel
+    # layout it samples in, each channel must be the one sampled from that channel alone
+    # (here: the grey sampling of every channel on its own), and a precomputed sampling map
+    # gives the same answer as the flow
+    import cv2
+
+    rng = np.random.default_rng(9)
+    h, w = 31, 45
+    prev = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (5, 5), 1.5)
+    bwd = rng.normal(0, 1.5, (h, w, 2)).astype(np.float32)
+    src = sources(bwd)
+    was = np.dstack([cv2.remap(np.ascontiguousarray(prev[..., c]), src, None, cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE) for c in range(3)])
+    cur = np.clip(was.astype(int) + rng.integers(-30, 31, (h, w, 3)), 0, 255).astype(np.uint8)
+    inside = (src[..., 0] >= 0) & (src[..., 0] <= w - 1) & (src[..., 1] >= 0) & (src[..., 1] <= h - 1)
+    want = (np.abs(cur.astype(int) - was.astype(int)) <= 24).all(2) & inside
+    assert 0.1 < want.mean() < 0.9  # both answers occur
+    np.testing.assert_array_equal(colour_check(prev, cur, bwd, 24), want)
+    np.testing.assert_array_equal(colour_check(prev, cur, bwd, 24, src=src), want)
+    lab = rng.integers(0, 5, (h, w)).astype(np.int32)
+    np.testing.assert_array_equal(warp_labels(lab, bwd, want, src=src), warp_labels(lab, bwd, want))
 
 
 def test_colour_check_on_grey_frames_and_one_pixel_past_the_edge():
