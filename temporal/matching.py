@@ -74,7 +74,10 @@ def color_cells(image: np.ndarray, bins: int = 8) -> np.ndarray:
     if not 1 <= bins <= 256:
         raise ValueError(f"bins must be in 1..256; got {bins}")
     levels = ((np.arange(256) * bins) >> 8).astype(np.uint8)  # level of each channel value
-    r, g, b = cv2.split(cv2.LUT(np.ascontiguousarray(image, dtype=np.uint8), levels))
+    lev = cv2.LUT(np.ascontiguousarray(image, dtype=np.uint8), levels)
+    if bins ** 3 <= 1 << 16:  # one matrix product a pixel (exact in float32), in half the time
+        return cv2.transform(lev.astype(np.uint16), np.array([[bins * bins, bins, 1]], np.float32)).astype(np.int32)
+    r, g, b = cv2.split(lev)
     cells = r.astype(np.int32)
     cells *= bins
     cells += g

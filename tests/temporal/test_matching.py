@@ -79,3 +79,17 @@ def test_color_cells_quantise_each_channel_by_hand():
         color_cells(img, 0)
 
 
+@pytest.mark.parametrize("bins", [2, 8, 40, 41, 256])
+def test_color_cells_every_colour_for_every_bin_count(bins):
+    # every channel value in every channel: the fast path (up to 40 bins: the cells fit in
+    # 16 bits) and the wide one agree with the formula, up to the last cell
+    v = np.arange(256, dtype=np.uint8)
+    img = np.stack([v, v[::-1], np.roll(v, 77)], -1)[None].repeat(2, 0)
+    img[1] = 255
+    lv = (img.astype(np.int64) * bins) >> 8
+    cells = color_cells(img, bins)
+    assert cells.dtype == np.int32
+    np.testing.assert_array_equal(cells, (lv[..., 0] * bins + lv[..., 1]) * bins + lv[..., 2])
+    assert cells.max() == bins ** 3 - 1
+
+
