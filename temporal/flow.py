@@ -28,6 +28,12 @@ class FlowEstimator(Protocol):
         ...
 
 
+#: The smallest side OpenCV's DIS flow is safe with: it refuses 11 x 11 or 5 x 400 frames
+#: with an error and crashes the process (segmentation fault) on 31 x 300 ones with its
+#: ultrafast and fast presets (OpenCV 5.1). Smaller frames are padded to it.
+DIS_MIN_SIDE = 32
+
+
 class DISFlow:
     """OpenCV DIS optical flow (Kroeger et al. 2016); fast enough for real time on CPU.
 
@@ -44,7 +50,15 @@ class DISFlow:
         self._dis = cv2.DISOpticalFlow_create(self._PRESETS[preset])
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self._dis.calc(_gray(a), _gray(b), None)
+        a, b = _gray(a), _gray(b)
+        h, w = a.shape
+        if min(h, w) >= DIS_MIN_SIDE:
+            return self._dis.calc(a, b, None)
+        # OpenCV's DIS refuses frames this small (a thumbnail, a strip): computed on the
+        # frames with their borders repeated out to the smallest size it takes, then cropped
+        pad = (0, max(0, DIS_MIN_SIDE - h), 0, max(0, DIS_MIN_SIDE - w))
+        a, b = (cv2.copyMakeBorder(x, *pad, cv2.BORDER_REPLICATE) for x in (a, b))
+        return np.ascontiguousarray(self._dis.calc(a, b, None)[:h, :w])
 
 
 class FarnebackFlow:
