@@ -353,8 +353,33 @@ def link_label_maps(label_maps: Iterable[np.ndarray], frames: "Iterable[Any] | N
 
     Yields:
         `TrackedFrame` per frame.
+
+    Raises:
+        ValueError: ``label_maps`` and ``frames`` differ in length (after the frames both
+            have were yielded).
     """
     vs = VideoSegmenter(None, config)
     side = config.engine.predict.work_side
-    segs = (segmentation_from_labels(lab, work_side=side, background=background) for lab in label_maps)
-    yield from vs.iter_video(frames, segs)
+    maps = iter(label_maps)
+    pulled = {"maps": 0, "frames": 0}
+
+    def counted(it: Iterable[Any], key: str) -> Iterator[Any]:
+        for x in it:
+            pulled[key] += 1
+            yield x
+
+    segs = (segmentation_from_labels(lab, work_side=side, background=background) for lab in counted(maps, "maps"))
+    if frames is None:
+        yield from vs.iter_video(None, segs)
+        return
+    frame_it = iter(frames)
+    yield from vs.iter_video(counted(frame_it, "frames"), segs)
+    # iter_video pairs them until the shorter ends: what is left of either is a mismatch
+    n_maps = pulled["maps"] + (next(maps, None) is not None)
+    n_frames = pulled["frames"] + (next(frame_it, None) is not None)
+    if n_maps != n_frames:
+        def count(n: int, key: str) -> str:  # a left-over item says "at least": the rest was not read
+            return f"at least {n}" if n > pulled[key] else str(n)
+
+        raise ValueError(f"label_maps and frames differ in length: {count(n_maps, 'maps')} label maps but "
+                         f"{count(n_frames, 'frames')} frames (one label map per frame)")
