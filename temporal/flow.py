@@ -155,7 +155,8 @@ def warp_labels(labels: np.ndarray, flow: np.ndarray, valid: "np.ndarray | None"
     if labels.dtype not in (np.uint8, np.int32):
         labels = labels.astype(np.int32)
     border = cv2.BORDER_REPLICATE if border_replicate else cv2.BORDER_CONSTANT
-    out = cv2.remap(labels, sources(flow) if src is None else src, None, cv2.INTER_NEAREST, borderMode=border, borderValue=fill)
+    src = sources(flow) if src is None else src
+    out = cv2.remap(labels, src, None, cv2.INTER_NEAREST, borderMode=border, borderValue=fill)
     out = out.astype(np.int32, copy=False)
     if valid is not None:
         out[~valid] = fill
