@@ -31,6 +31,19 @@ __all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", 
            "link_segmentations", "VideoResult", "TrackerConfig"]
 
 
+def _segs_until_failure(segs: Iterator[Any], failure: list) -> Iterator[Any]:
+    """``segs`` until a frame fails to decode: the run stops there (incomplete), and the
+    segmentations of the frames after it are neither read nor a length mismatch."""
+    while not failure:
+        seg = next(segs, _END)
+        if seg is _END:
+            return
+        yield seg
+
+
+_END = object()
+
+
 def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_overlay: bool,
          meta: dict[str, Any], segs_for: Any, desc: str) -> VideoResult:
     t0 = time.time()
@@ -40,6 +53,7 @@ def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_o
                                min_score=getattr(naming, "min_score", None))
     pending: deque = deque()
     failure: list[DecodeError] = []
+    ended: list[bool] = []
 
     def frames() -> Iterator[np.ndarray]:
         try:
@@ -48,12 +62,13 @@ def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_o
                 yield fr.rgb
         except DecodeError as exc:  # stop cleanly: frames before it are still tracked/written
             failure.append(exc)
+        ended.append(True)  # the segmentations read from the frames (`segs_for`) end here too
 
     state = vs.init_state(id_offset)
     n_key = 0
     bar = progress(total=len(source) if hasattr(source, "__len__") else None, desc=desc, unit="frame")
     try:
-        seg_iter = segs_for(pending) if segs_for is not None else None
+        seg_iter = _segs_until_failure(segs_for(pending, ended), failure) if segs_for is not None else None
         for tf in vs.iter_video(frames(), seg_iter, state=state):
             stem, rgb = pending.popleft()
             writer.put(stem, rgb, tf)
@@ -212,11 +227,12 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
     cfg = _config_with_offset(config, id_offset)
     vs = VideoSegmenter(None, cfg)
 
-    def segs_for(pending: deque) -> Iterator[Any]:
-        # The frame generator appends (stem, rgb) just before yielding; zip() in iter_video
-        # pulls the frame first, so pending[-1] is the frame this segmentation belongs to.
+    def segs_for(pending: deque, ended: list) -> Iterator[Any]:
+        # The frame generator appends (stem, rgb) just before yielding; iter_video pulls the
+        # frame first, so pending[-1] is the frame this segmentation belongs to; once the
+        # frames have ended (``ended``), so have the segmentations.
         while True:
-            if not pending:
+            if not pending or ended:
                 return
             stem, rgb = pending[-1]
             npz = seg_dir / f"{stem}.npz"
@@ -268,7 +284,7 @@ def track_stream(frames: Iterable[tuple[str, np.ndarray]], label_maps: Iterable[
     vs = VideoSegmenter(None, cfg)
     src = _StreamSource(frames, fps, source_name, n_frames)
 
-    def segs_for(pending: deque) -> Iterator[Any]:
+    def segs_for(pending: deque, ended: list) -> Iterator[Any]:
         for lab in label_maps:
             yield segmentation_from_labels(np.asarray(lab), work_side=cfg.engine.predict.work_side,
                                            background=background)
@@ -404,7 +420,7 @@ def link_segmentations(frames_source: "str | Path", segmentations: "Sequence[str
     src = FrameSource(frames_source, max_side=max_side)
     vs = VideoSegmenter(None, config)
 
-    def segs_for(pending: deque) -> Iterator[Any]:
+    def segs_for(pending: deque, ended: list) -> Iterator[Any]:
         for path in segmentations:
             yield None if path is None else load_segmentation(path)
 

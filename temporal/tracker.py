@@ -35,6 +35,8 @@ COVER_MIN_AREA = LOST_MIN_AREA
 
 __all__ = ["TrackerConfig", "VideoSegmenter", "VideoState", "TrackedFrame", "Segmenter", "link_label_maps"]
 
+_END = object()  # an iterator's end (None cannot say it: None is a segmentation, "propagate")
+
 
 @dataclass
 class VideoState:
@@ -176,6 +178,11 @@ class VideoSegmenter:
                 propagate), or None to run the segmenter in batches of keyframes.
             state: continue from this state (default: a fresh one).
 
+        Raises:
+            ValueError: frames and segmentations differ in length (raised when the shorter
+                ends, after every frame both have was yielded: nothing left is dropped
+                silently).
+
         Yields:
             `TrackedFrame` per frame, in order. With the engine's ``correction_window`` = n
             > 0 a frame is yielded n frames after it was stepped (at the end, all at once),
@@ -205,11 +212,20 @@ class VideoSegmenter:
                 for seg in segmentations:
                     yield self.step(state, None, seg)
                 return
-            for fr, seg in zip(frames, segmentations):
+            segs, n = iter(segmentations), 0
+            for fr in frames:
+                seg = next(segs, _END)
+                if seg is _END:
+                    raise ValueError(f"more frames than segmentations: the segmentations ended after {n} "
+                                     "(one segmentation, or None, per frame)")
                 if seg is not None and not self.config.adaptive and not self.is_keyframe(state) \
                         and self.config.propagates:
                     seg = None  # keyframe mode: only keyframes are linked
                 yield self.step(state, fr, seg)
+                n += 1
+            if next(segs, _END) is not _END:
+                raise ValueError(f"more segmentations than frames: the frames ended after {n} "
+                                 "(one segmentation, or None, per frame)")
             return
         if frames is None:
             raise ValueError("`frames` are required to run the segmenter")
@@ -356,30 +372,9 @@ def link_label_maps(label_maps: Iterable[np.ndarray], frames: "Iterable[Any] | N
 
     Raises:
         ValueError: ``label_maps`` and ``frames`` differ in length (after the frames both
-            have were yielded).
+            have were yielded; see `VideoSegmenter.iter_video`).
     """
     vs = VideoSegmenter(None, config)
     side = config.engine.predict.work_side
-    maps = iter(label_maps)
-    pulled = {"maps": 0, "frames": 0}
-
-    def counted(it: Iterable[Any], key: str) -> Iterator[Any]:
-        for x in it:
-            pulled[key] += 1
-            yield x
-
-    segs = (segmentation_from_labels(lab, work_side=side, background=background) for lab in counted(maps, "maps"))
-    if frames is None:
-        yield from vs.iter_video(None, segs)
-        return
-    frame_it = iter(frames)
-    yield from vs.iter_video(counted(frame_it, "frames"), segs)
-    # iter_video pairs them until the shorter ends: what is left of either is a mismatch
-    n_maps = pulled["maps"] + (next(maps, None) is not None)
-    n_frames = pulled["frames"] + (next(frame_it, None) is not None)
-    if n_maps != n_frames:
-        def count(n: int, key: str) -> str:  # a left-over item says "at least": the rest was not read
-            return f"at least {n}" if n > pulled[key] else str(n)
-
-        raise ValueError(f"label_maps and frames differ in length: {count(n_maps, 'maps')} label maps but "
-                         f"{count(n_frames, 'frames')} frames (one label map per frame)")
+    segs = (segmentation_from_labels(lab, work_side=side, background=background) for lab in label_maps)
+    yield from vs.iter_video(frames, segs)

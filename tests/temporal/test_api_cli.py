@@ -162,6 +162,39 @@ def test_segment_video_with_fake_segmenter_keyframes_and_range(tmp_path):
     assert all(d == ids[0] for d in ids)
 
 
+def test_streams_of_different_lengths_are_named_and_a_decode_failure_is_not_a_mismatch(tmp_path):
+    from temporal.api import link_segmentations, save_segmentation, track_stream
+
+    sc = Scene(TWO, hw=(48, 64))
+    frames, gts = zip(*(sc.frame(t) for t in range(6)))
+    stream = [(f"{t:05d}", f) for t, f in enumerate(frames)]
+    res = track_stream(stream, gts, tmp_path / "same", write_overlay=False)
+    assert res.complete and res.n_frames == 6
+    for frames_in, maps_in, says in ((stream, gts[:4], "more frames than segmentations"),
+                                     (stream[:4], gts, "more segmentations than frames")):
+        with pytest.raises(InputError, match=says):
+            track_stream(frames_in, maps_in, tmp_path / "mismatch", write_overlay=False)
+        tj = json.loads((tmp_path / "mismatch" / "tracks.json").read_text())
+        assert tj["complete"] is False  # the frames written are not left looking complete
+    # a video that fails to decode part-way with a segmentation for every frame: the run
+    # stops at the failure (incomplete, frames before it kept), not with a length error
+    make_video(tmp_path / "ok.mp4", sc, 30)
+    data = bytearray((tmp_path / "ok.mp4").read_bytes())
+    n = len(data)
+    data[int(n * 0.6):int(n * 0.75)] = bytes(int(n * 0.75) - int(n * 0.6))
+    (tmp_path / "bad.mp4").write_bytes(bytes(data))
+    rng = np.random.default_rng(0)
+    paths = []
+    for t in range(30):
+        paths.append(tmp_path / "segs" / f"{t:05d}.npz")
+        paths[-1].parent.mkdir(exist_ok=True)
+        save_segmentation(paths[-1], seg_from_gt(sc.frame(t)[1], rng))
+    res = link_segmentations(tmp_path / "bad.mp4", paths, tmp_path / "linked", write_overlay=False)
+    assert not res.complete and "decoding failed at frame" in res.error and 0 < res.n_frames < 30
+    with pytest.raises(InputError, match="more segmentations than frames"):
+        link_segmentations(tmp_path / "ok.mp4", paths + [paths[0]], tmp_path / "linked2", write_overlay=False)
+
+
 def test_corrupt_video_keeps_frames_before_failure(tmp_path, capsys):
     sc = Scene(TWO, hw=(48, 64))
     make_video(tmp_path / "ok.mp4", sc, 30)

@@ -251,19 +251,23 @@ def test_bad_inputs_raise_clear_errors(rng):
         tracker(max_missed=3)
 
 
-@pytest.mark.parametrize("n_maps,n_frames,counts", [(4, 3, "at least 4 label maps but 3 frames"),
-                                                     (3, 5, "3 label maps but at least 5 frames"),
-                                                     (0, 1, "0 label maps but 1 frames")])
-def test_label_maps_and_frames_of_different_lengths_are_an_error(rng, n_maps, n_frames, counts):
+@pytest.mark.parametrize("n_maps,n_frames,says", [(4, 3, "more segmentations than frames: the frames ended after 3"),
+                                                   (3, 5, "more frames than segmentations: the segmentations ended after 3"),
+                                                   (0, 1, "more frames than segmentations: the segmentations ended after 0")])
+def test_frames_and_segmentations_of_different_lengths_are_an_error(rng, n_maps, n_frames, says):
     # pairing them until the shorter ends would drop what is left without a word: the frames
-    # both have are yielded, then the mismatch is raised
+    # both have are yielded, then the mismatch is raised (iter_video, so link_label_maps too)
     sc = Scene(TWO)
     frames, maps = zip(*(sc.frame(t) for t in range(5)))
     got = []
-    with pytest.raises(ValueError, match=f"differ in length: {counts}"):
+    with pytest.raises(ValueError, match=says):
         for tf in link_label_maps(iter(maps[:n_maps]), iter(frames[:n_frames])):
             got.append(tf.labels)
     assert len(got) == min(n_maps, n_frames)
+    vs = VideoSegmenter(None, TrackerConfig())
+    segs = [seg_from_gt(g, rng) for g in maps]
+    with pytest.raises(ValueError, match=says):
+        list(vs.iter_video(frames[:n_frames], segs[:n_maps] if n_maps else []))
     assert len(list(link_label_maps(maps, frames))) == 5
     assert len(list(link_label_maps(maps[:2], None, tracker(flow="none")))) == 2
 
