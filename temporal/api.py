@@ -76,8 +76,8 @@ def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_o
             bar.update(1)
     except ValueError as exc:
         writer.abort(str(exc))
-        stem = pending[0][0] if pending else "?"
-        raise InputError(f"{source.path}: frame {stem}: {exc}") from exc
+        where = f"frame {pending[0][0]}: " if pending else ""  # none pending: the input as a whole
+        raise InputError(f"{source.path}: {where}{exc}") from exc
     except BaseException as exc:
         writer.abort(f"{type(exc).__name__}: {exc}")
         raise
