@@ -131,7 +131,8 @@ def register_evaluate(sub, parent) -> None:
     e = sub.add_parser("video", parents=[parent], help="J, F, J&F, id switches, per-frame oracle (JSON)",
                        description="Score predicted track-id label maps against ground-truth object "
                                    "masks (same stems): DAVIS-2017 unsupervised protocol.")
-    e.add_argument("pred", help="folder of predicted label maps (track ids, 0 = none)")
+    e.add_argument("pred", help="folder of predicted label maps (track ids, 0 = none), or the output "
+                                "folder of `diffseg video` / `track` (its labels/)")
     e.add_argument("gt", help="folder of ground-truth label maps (object ids, 0 = background)")
     e.add_argument("--bound-th", type=float, default=0.008,
                    help="boundary tolerance as a fraction of the image diagonal (DAVIS) [%(default)s]")

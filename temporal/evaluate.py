@@ -336,6 +336,8 @@ def _per_frame(g: int, p: "int | None", g_on: np.ndarray, p_on: np.ndarray, j_en
 def _label_files(d: Path) -> dict[str, Path]:
     if not d.is_dir():
         raise InputError(f"{d}: not a folder of label maps")
+    if (d / "tracks.json").is_file() and (d / "labels").is_dir():
+        d = d / "labels"  # the output folder of `diffseg video / track`: its label maps
     out = {}
     for p in d.iterdir():
         if p.is_file() and p.suffix.lower() in LABEL_EXTENSIONS and not p.name.startswith("."):

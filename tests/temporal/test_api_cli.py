@@ -247,6 +247,13 @@ def test_evaluate_video_cli(tmp_path, capsys):
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert d["J&F"] == 1.0 and d["oracle_J&F"] == 1.0 and d["objects"][0]["track"] == 4
+    # a run's output folder (tracks.json beside labels/) is read through its label maps
+    run = tmp_path / "run"
+    run.mkdir()
+    pr_dir = pr_dir.rename(run / "labels")
+    (run / "tracks.json").write_text("{}")
+    assert main(["evaluate", "video", str(run), str(gt_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["J&F"] == 1.0
     (pr_dir / "00001.png").unlink()
     assert main(["evaluate", "video", str(pr_dir), str(gt_dir)]) == 2
 
