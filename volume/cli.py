@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 import warnings
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -132,13 +133,26 @@ def _run_stack(args: argparse.Namespace) -> CommandResult:
     return _report(result, "stack")
 
 
+def _labels_of_run(path: str) -> str:
+    """The label file of a run's output folder (``labels.json`` beside one ``labels.<ext>``
+    that `stack` / `volume` wrote), else ``path`` itself (a file, or a DICOM folder)."""
+    from .io import LABEL_EXTS
+
+    d = Path(path)
+    if d.is_dir() and (d / "labels.json").is_file():
+        found = [f for f in sorted(d.iterdir()) if f.name.lower() in {f"labels{e}" for e in LABEL_EXTS}]
+        if len(found) == 1:
+            return str(found[0])
+    return path
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import volume_dice
     from .io import read_label_volume
 
     with _warnings_as_lines("evaluate"):
-        pred, pv = read_label_volume(args.pred, index=args.index)
-        gt, gv = read_label_volume(args.gt, index=args.index)
+        pred, pv = read_label_volume(_labels_of_run(args.pred), index=args.index)
+        gt, gv = read_label_volume(_labels_of_run(args.gt), index=args.index)
         if pv.shape != gv.shape:
             raise InputError(f"{args.pred}: shape {pv.shape} differs from ground truth {args.gt} {gv.shape}")
         scores = volume_dice(pred, gt, oracle=not args.no_oracle, axis=args.axis if args.axis is not None else 0,
@@ -185,7 +199,8 @@ def register_evaluate(ev_sub, parent) -> None:
                                       "on its own: the upper bound that ignores id consistency), HD95 and "
                                       "surface Dice of the matched labels (in the ground truth's spacing units), "
                                       "and instance precision / recall / F1 / accuracy at IoU 0.5. JSON on stdout.")
-    e.add_argument("pred", help="predicted label volume (0 = none)")
+    e.add_argument("pred", help="predicted label volume (0 = none), or the output folder of `diffseg volume` / "
+                                "`stack` (its labels file)")
     e.add_argument("gt", help="ground-truth label volume (0 = background, not scored)")
     e.add_argument("--axis", type=_axis, default=None, help="slicing axis of the oracle [z]")
     e.add_argument("--index", type=int, default=None, help="volume index of 4-D input")

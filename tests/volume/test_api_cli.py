@@ -230,6 +230,12 @@ def test_cli_stack_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) -
     main(["evaluate", "volume", str(tmp_path / "sl.npy"), str(tmp_path / "gt.npy")])
     raw = json.loads(capsys.readouterr().out)
     assert raw["mean_oracle_dice"] == pytest.approx(1.0) and raw["mean_dice"] < 0.9
+    # a run's output folder is read through its labels file (not taken for a DICOM folder)
+    assert main(["stack", str(tmp_path / "sl.npy"), "-o", str(tmp_path / "run"), "--background", "none",
+                 "--min-size", "4", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "volume", str(tmp_path / "run"), str(tmp_path / "gt.npy")]) == 0
+    assert json.loads(capsys.readouterr().out)["dice"] == doc["dice"]
 
 
 @pytest.mark.parametrize("argv,needle", [
