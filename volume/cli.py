@@ -6,8 +6,8 @@ import dataclasses
 import json
 import sys
 import warnings
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from diffseg_core.cli_args import CommandResult
