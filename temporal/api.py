@@ -35,13 +35,10 @@ def _segs_until_failure(segs: Iterator[Any], failure: list) -> Iterator[Any]:
     """``segs`` until a frame fails to decode: the run stops there (incomplete), and the
     segmentations of the frames after it are neither read nor a length mismatch."""
     while not failure:
-        seg = next(segs, _END)
-        if seg is _END:
+        try:
+            yield next(segs)
+        except StopIteration:
             return
-        yield seg
-
-
-_END = object()
 
 
 def _run(source: Any, out_dir: Path, vs: VideoSegmenter, id_offset: int, write_overlay: bool,

@@ -38,6 +38,7 @@ from diffseg_core.errors import InputError
 from diffseg_core.io import read_labels
 
 from .io import LABEL_EXTENSIONS, natural_key
+from .writer import LABELS_DIR, TRACKS_JSON
 
 
 def boundary_map(mask: np.ndarray) -> np.ndarray:
@@ -336,8 +337,8 @@ def _per_frame(g: int, p: "int | None", g_on: np.ndarray, p_on: np.ndarray, j_en
 def _label_files(d: Path) -> dict[str, Path]:
     if not d.is_dir():
         raise InputError(f"{d}: not a folder of label maps")
-    if (d / "tracks.json").is_file() and (d / "labels").is_dir():
-        d = d / "labels"  # the output folder of `diffseg video / track`: its label maps
+    if (d / TRACKS_JSON).is_file() and (d / LABELS_DIR).is_dir():
+        d = d / LABELS_DIR  # the output folder of `diffseg video / track`: its label maps
     out = {}
     for p in d.iterdir():
         if p.is_file() and p.suffix.lower() in LABEL_EXTENSIONS and not p.name.startswith("."):

@@ -28,6 +28,8 @@ import numpy as np
 from diffseg_core.errors import InputError
 from diffseg_core.io import atomic_path, atomic_write_text, read_labels, save_labels_png
 
+from .writer import LABELS_DIR, TRACKS_JSON
+
 __all__ = ["TrackedVideo", "export_davis", "export_coco", "export_mot", "DAVIS_MAX_OBJECTS"]
 
 #: the DAVIS-2017 unsupervised evaluation scores at most this many objects per sequence
@@ -44,7 +46,7 @@ class TrackedVideo:
     @classmethod
     def open(cls, folder: "str | Path") -> "TrackedVideo":
         folder = Path(folder)
-        path = folder / "tracks.json"
+        path = folder / TRACKS_JSON
         if not path.is_file():
             raise InputError(f"{folder}: not a tracked video (no tracks.json; `diffseg video` / `track` write one)")
         try:
@@ -65,7 +67,7 @@ class TrackedVideo:
     def labels(self) -> Iterator[tuple[int, str, np.ndarray]]:
         """``(position, stem, int32 track ids)`` per frame, in order."""
         for pos, stem in enumerate(self.stems):
-            path = self.folder / "labels" / f"{stem}.png"
+            path = self.folder / LABELS_DIR / f"{stem}.png"
             if not path.is_file():
                 raise InputError(f"{path}: missing (tracks.json lists frame {stem})")
             yield pos, stem, read_labels(path)

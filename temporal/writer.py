@@ -136,6 +136,12 @@ class TrackStats:
         return len(np.unique(np.concatenate([r[:, 1] for r in self._rows]))) if self._rows else 0
 
 
+#: A tracked video's output folder: the label maps' subfolder and the track table beside it
+#: (read back by `temporal.export.TrackedVideo` and `diffseg evaluate video`).
+LABELS_DIR = "labels"
+TRACKS_JSON = "tracks.json"
+
+
 class VideoOutputWriter:
     """Writes ``labels/<stem>.png``, ``overlay.mp4`` and ``tracks.json`` in a thread.
 
@@ -151,8 +157,8 @@ class VideoOutputWriter:
                  meta: Optional[dict[str, Any]] = None, queue_size: int = 8,
                  label_hw: "tuple[int, int] | None" = None, min_score: "float | None" = None) -> None:
         self.out_dir = Path(out_dir)
-        self.labels_dir = self.out_dir / "labels"
-        self.tracks_json = self.out_dir / "tracks.json"
+        self.labels_dir = self.out_dir / LABELS_DIR
+        self.tracks_json = self.out_dir / TRACKS_JSON
         self.overlay_path = self.out_dir / "overlay.mp4" if write_overlay else None
         try:
             self.labels_dir.mkdir(parents=True, exist_ok=True)

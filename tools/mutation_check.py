@@ -207,7 +207,7 @@ MUTANTS: list[Mutant] = [
            "if min(h, w) >= DIS_MIN_SIDE:", "if True:",
            TEMPORAL, "a video narrower than 32 px on a side stops with an OpenCV error or crashes the process"),
     Mutant("evaluate.video_run_folder_ignored", "temporal/evaluate.py",
-           "        d = d / \"labels\"  # the output folder", "        d = d  # the output folder",
+           "        d = d / LABELS_DIR  # the output folder", "        d = d  # the output folder",
            TEMPORAL, "`diffseg evaluate video OUT/ GT/` on a run's output folder: no label maps found"),
     Mutant("evaluate.volume_run_folder_ignored", "volume/cli.py",
            "            return str(found[0])", "            return path",

@@ -134,13 +134,14 @@ def _run_stack(args: argparse.Namespace) -> CommandResult:
 
 
 def _labels_of_run(path: str) -> str:
-    """The label file of a run's output folder (``labels.json`` beside one ``labels.<ext>``
-    that `stack` / `volume` wrote), else ``path`` itself (a file, or a DICOM folder)."""
-    from .io import LABEL_EXTS
+    """The label file of a run's output folder (``labels.json`` beside the one label file
+    that `stack` / `volume` wrote, `volume.io.OUTPUT_NAMES`), else ``path`` itself (a file,
+    or a DICOM folder)."""
+    from .io import OUTPUT_NAMES
 
     d = Path(path)
     if d.is_dir() and (d / "labels.json").is_file():
-        found = [f for f in sorted(d.iterdir()) if f.name.lower() in {f"labels{e}" for e in LABEL_EXTS}]
+        found = [d / name for name in sorted(set(OUTPUT_NAMES.values())) if (d / name).exists()]
         if len(found) == 1:
             return str(found[0])
     return path

@@ -460,11 +460,20 @@ def output_format(path: "str | os.PathLike", like: "Volume | None" = None) -> st
                      "or .dcm (DICOM-SEG, for DICOM inputs)")
 
 
+#: The label file a run writes into an output folder, by format (the input's own; a DICOM
+#: series gives a DICOM-SEG or NIfTI): what `default_output_name` picks and `diffseg
+#: evaluate volume` looks for in a run's folder.
+OUTPUT_NAMES = {"nifti": "labels.nii.gz", "dicom-seg": "labels.dcm", "tiff": "labels.tif", "npy": "labels.npy",
+                "ome-zarr": "labels.ome.zarr"}
+
+
 def default_output_name(vol: Volume, dicom_seg: bool = False) -> str:
     """The label file name matching the input's own format (DICOM -> a DICOM-SEG with
     ``dicom_seg``, else NIfTI)."""
-    return {"nifti": "labels.nii.gz", "dicom": "labels.dcm" if dicom_seg else "labels.nii.gz",
-            "tiff": "labels.tif", "npy": "labels.npy", "ome-zarr": "labels.ome.zarr"}[vol.source_format]
+    fmt = vol.source_format
+    if fmt == "dicom":
+        fmt = "dicom-seg" if dicom_seg else "nifti"
+    return OUTPUT_NAMES[fmt]
 
 
 def label_dtype(max_id: int, fmt: str, policy: str = "auto") -> np.dtype:
