@@ -12,6 +12,7 @@ the source format, links them with ``diffseg stack`` (the CLI, in process) and p
 
 * 3D mean Dice (one Hungarian matching over the volume) of the linked labels;
 * the per-slice-oracle Dice of the raw slice segmentations (each slice matched alone);
+* the ceiling of a linker that only joins segments (`families.ceiling`, over the volume);
 * the same 3D Dice for the IoU-only stitcher (Cellpose ``stitch_threshold=0.25`` style).
 
 Then synthetic phantoms with exact ground truth (touching, nested, small ellipsoids at
@@ -37,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import families  # noqa: E402
 from volume_sim import SimConfig, diffseg_like_volume, phantom  # noqa: E402
 
 from diffseg.cli import main as diffseg_main  # noqa: E402
@@ -53,18 +55,6 @@ VOLUMES = [
     ("MR (23 structures)", "mr_totalseg_abdomen/labels.nii.gz", "mr_totalseg_abdomen/image.nii.gz"),
     ("nuclei (20 instances)", "microscopy_nuclei3d_cells3d/labels.tif", "microscopy_nuclei3d_cells3d/image.tif"),
 ]
-
-
-def many_to_one_ceiling(sim: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Every slice segment mapped to the reference label it overlaps most (uses the truth):
-    what a perfect linker could reach, splits re-joined, merges not undone."""
-    out = np.zeros(gt.shape, np.int32)
-    for z in range(gt.shape[0]):
-        s, g = sim[z].astype(np.int64), gt[z].astype(np.int64)
-        n, m = int(s.max()) + 1, int(g.max()) + 1
-        t = np.bincount((s * m + g).ravel(), minlength=n * m).reshape(n, m)
-        out[z] = t.argmax(1)[s]
-    return out
 
 
 def _save_like(path: Path, labels: np.ndarray, src: Path) -> None:
@@ -126,14 +116,15 @@ def bench_real(data: Path, seeds: list[int], tmp: Path) -> list[dict]:
                     acc["ours_img"].append(volume_dice(np.asarray(read_label_volume(out_path)[0]), gt,
                                                        oracle=False).mean_dice)
                 acc["oracle"].append(volume_dice(sim, gt).mean_oracle_dice)
-                acc["ceiling"].append(volume_dice(many_to_one_ceiling(sim, gt), gt, oracle=False).mean_dice)
+                joined = families.ceiling(sim, gt, pooled=True)
+                acc["ceiling"].append(volume_dice(joined, gt, oracle=False).mean_dice)
                 acc["stitch"].append(volume_dice(_stitch_baseline(sim), gt, oracle=False).mean_dice)
             r = {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
             r.update(volume=name, level=level, shape=list(gt.shape))
             rows.append(r)
             print(f"  {name:22s} {level:6s} 3D Dice: ours {r['ours']:.4f}, ours+--image {r['ours_img']:.4f} | "
                   f"per-slice oracle {r['oracle']:.4f} (ours/oracle {r['ours'] / r['oracle']:.3f}) | "
-                  f"many-to-one ceiling {r['ceiling']:.4f} | IoU stitcher {r['stitch']:.4f} "
+                  f"ceiling {r['ceiling']:.4f} | IoU stitcher {r['stitch']:.4f} "
                   f"| {r['n']:.0f} labels, {r['secs']:.2f} s")
     return rows
 
@@ -172,7 +163,7 @@ def bench_phantoms(seeds: list[int], tmp: Path) -> None:
             pred_i = np.asarray(nib.load(tmp / "ph_lab_img.nii.gz").dataobj).transpose(2, 1, 0)
             ours_img.append(volume_dice(pred_i, gt, oracle=False).mean_dice)
             orc.append(volume_dice(sim, gt).mean_oracle_dice)
-            ceil.append(volume_dice(many_to_one_ceiling(sim, gt), gt, oracle=False).mean_dice)
+            ceil.append(volume_dice(families.ceiling(sim, gt, pooled=True), gt, oracle=False).mean_dice)
             st.append(volume_dice(_stitch_baseline(sim), gt, oracle=False).mean_dice)
         print(f"  phantom {level:6s} ({int(gt.max())} structures: touching, nested, small, two stacked end to end; "
               f"spacing {spacing}) 3D Dice ours {np.mean(ours):.4f}, ours+--image "

@@ -53,6 +53,76 @@ def as_ids(maps, background: "int | None" = None):
     return segment_ids(maps) if isinstance(maps, np.ndarray) else [segment_ids(m) for m in maps]
 
 
+def ceiling(maps, gt, background: "int | None" = None, pooled: bool = False):
+    """What a linker that only joins segments can reach (it uses the truth): every object
+    takes the segments that give it its best overlap score and keeps its ground-truth id
+    through the video / volume. For one object these are the segments with the largest
+    share inside it, taken while the score grows (IoU and Dice order sets alike); a segment
+    two objects want goes to the one it lies in more. Splits are re-joined, merges are not
+    undone, so a linker that carves can pass it; the per-frame oracle, which takes one
+    segment per object and frame, is no upper bound for a linker that joins. Segments no
+    object takes, and "no segment" (``background``), are 0.
+
+    Args:
+        maps: a family's label maps, a list of ``(H, W)`` or a ``(D, H, W)`` array (read as
+            `as_ids` reads them).
+        gt: the ground-truth id maps, same shapes (0 = ground).
+        background: the maps' "no segment" value, or None.
+        pooled: choose each object's segments over all frames at once (a volume's 3D Dice)
+            instead of frame by frame (video J, a mean over frames).
+
+    Returns:
+        int32 ids, a list or an array as ``maps``.
+    """
+    ids = [np.asarray(s, np.int64) for s in as_ids(maps, background)]
+    gts = [np.asarray(g, np.int64) for g in gt]
+    unit, obj, both, area, size = [], [], [], [], []  # (segment of a frame) x object overlaps
+    base = 0
+    for f, (s, g) in enumerate(zip(ids, gts)):
+        n, m = int(s.max()) + 1, int(g.max()) + 1
+        codes, counts = np.unique(s.ravel() * m + g.ravel(), return_counts=True)
+        seg, o = codes // m, codes % m
+        segarea = np.bincount(seg, counts, n)
+        keep = (seg > 0) & (o > 0)  # id 0: no segment / the ground
+        unit.append(base + seg[keep])
+        obj.append(o[keep] if pooled else o[keep] + f * (1 << 31))
+        both.append(counts[keep])
+        area.append(segarea[seg[keep]])
+        size.append(np.bincount(g.ravel(), minlength=m)[o[keep]])
+        base += n
+    unit, obj, both, area, size = (np.concatenate(a) if a else np.zeros(0, np.int64)
+                                   for a in (unit, obj, both, area, size))
+    if pooled:  # an object's size over all frames
+        tot = np.zeros(max((int(g.max()) for g in gts), default=0) + 1, np.int64)
+        for g in gts:
+            tot[:int(g.max()) + 1] += np.bincount(g.ravel())
+        size = tot[obj]
+    share = both / area
+    order = np.lexsort((-share, obj))  # by object, largest share first
+    unit, obj, both, area, size, share = (a[order] for a in (unit, obj, both, area, size, share))
+    start = np.r_[0, np.flatnonzero(np.diff(obj)) + 1] if len(obj) else np.zeros(0, np.int64)
+    group = np.repeat(np.arange(len(start)), np.diff(np.r_[start, len(obj)]))
+    cum_both = np.cumsum(both) - np.r_[0, np.cumsum(both)][start][group]
+    cum_area = np.cumsum(area) - np.r_[0, np.cumsum(area)][start][group]
+    score = cum_both / (size + cum_area - cum_both)  # IoU of the prefix
+    best = np.full(len(start), -1.0)
+    np.maximum.at(best, group, score)
+    last = np.full(len(start), 0)
+    np.maximum.at(last, group, np.where(score >= best[group], np.arange(len(obj)), 0))
+    taken = np.arange(len(obj)) <= last[group]
+    unit, obj, share = unit[taken], obj[taken] % (1 << 31), share[taken]
+    order = np.lexsort((-share, unit))  # a unit two objects want: the larger share
+    unit, obj = unit[order], obj[order]
+    first = np.r_[True, unit[1:] != unit[:-1]]
+    lut = np.zeros(base, np.int32)
+    lut[unit[first]] = obj[first]
+    out, base = [], 0
+    for s in ids:
+        out.append(lut[base + s])
+        base += int(s.max()) + 1
+    return np.stack(out) if isinstance(maps, np.ndarray) else out
+
+
 def _degrade(level: str) -> Callable:
     from synth_video import Degradation, diffseg_like
 

@@ -9,7 +9,10 @@ engine works at 240 px anyway) and three synthetic multi-object videos (`synth_v
 the same size. Each family (`families.VIDEO`) segments every frame; the label maps are
 cached under WORK (``.npz``), then linked by each method and scored with
 `temporal.evaluate` (DAVIS-2017 unsupervised protocol: J&F of one assignment per sequence
-over the per-frame oracle, id switches per object per 100 frames).
+over the per-frame oracle, id switches per object per 100 frames) and beside the ceiling
+of a linker that only joins segments (`families.ceiling`: the J&F of every object given,
+frame by frame, the segments that make its best IoU), whose share each method reaches is
+printed at the end with the cells where 0.97 x the oracle lies above that ceiling.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import families  # noqa: E402
-from paired import fingerprint, print_report  # noqa: E402
+from paired import fingerprint, print_ceilings, print_report  # noqa: E402
 from synth_video import SynthVideo  # noqa: E402
 
 DAVIS = ("davis16_bmx-trees", "davis16_horsejump-high", "davis16_libby")
@@ -297,17 +300,18 @@ def main() -> None:
              if k in want_m or ("ablation" in want_m and k in ABLATION)}
     want = set(filter(None, a.items.split(",")))
     rows = []
-    print(f"{'item':22s} {'family':20s} {'method':22s} {'J&F':>6s} {'oracle':>6s} {'ratio':>6s} {'sw/obj/100':>10s} "
-          f"{'tracks':>6s} {'s':>5s}")
+    print(f"{'item':22s} {'family':20s} {'method':22s} {'J&F':>6s} {'oracle':>6s} {'ratio':>6s} {'ceiling':>7s} "
+          f"{'sw/obj/100':>10s} {'tracks':>6s} {'s':>5s}")
     for item, frames, gt in load_items(a.data, a.synth_frames, a.seed):
         if want and item not in want:
             continue
         for fam in fams:
             maps = family_maps(a.work, item, fam, frames, gt, a.seed)
-            # the per-frame oracle of the raw segmentation (each frame matched alone): the
-            # ceiling of linking alone; a linker that carves or joins can pass it
+            # the per-frame oracle of the raw segmentation (each frame matched alone, one
+            # segment per object) and the ceiling of a linker that joins segments
             bg = families.BACKGROUND.get(fam)
             oracle = evaluate_video_arrays(families.as_ids(maps, bg), gt).oracle_JF
+            ceil = evaluate_video_arrays(families.ceiling(maps, gt, bg), gt).JF
             for m, link in meths.items():
                 t0 = time.perf_counter()
                 pred = link(frames, maps, background=bg)
@@ -315,8 +319,9 @@ def main() -> None:
                 s = evaluate_video_arrays(pred, gt)
                 ratio = s.JF / oracle if oracle > 0 else 0.0
                 rows.append(dict(item=item, family=fam, method=m, JF=s.JF, oracle=oracle, ratio=ratio,
+                                 ceiling=ceil, of_ceiling=s.JF / ceil if ceil > 0 else 0.0,
                                  sw=s.id_switches_per_100, tracks=s.n_tracks, sec=sec, out=fingerprint(pred)))
-                print(f"{item:22s} {fam:20s} {m:22s} {s.JF:6.3f} {oracle:6.3f} {ratio:6.3f} "
+                print(f"{item:22s} {fam:20s} {m:22s} {s.JF:6.3f} {oracle:6.3f} {ratio:6.3f} {ceil:7.3f} "
                       f"{s.id_switches_per_100:10.2f} {s.n_tracks:6d} {sec:5.1f}", flush=True)
     print("\n# per method over all items and families: mean ratio, min ratio, mean sw, max sw")
     for m in meths:
@@ -324,6 +329,7 @@ def main() -> None:
         if sel:
             print(f"{m:22s} ratio mean {np.mean([r['ratio'] for r in sel]):.3f} min {min(r['ratio'] for r in sel):.3f}  "
                   f"sw mean {np.mean([r['sw'] for r in sel]):.2f} max {max(r['sw'] for r in sel):.2f}")
+    print_ceilings(rows, meths, families.HELD_OUT, target=0.97, unit="J&F")
     print_report(rows, meths)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

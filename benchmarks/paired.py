@@ -117,6 +117,28 @@ def print_report(rows: Iterable[dict], methods: Iterable[str], base: str = "engi
             print(line)
 
 
+def print_ceilings(rows: "list[dict]", methods: Iterable[str], held_out: Iterable[str], target: float,
+                   unit: str) -> None:
+    """The benchmarks' section on the ceiling of linking (`families.ceiling`, in the rows'
+    ``ceiling``; each row's ``of_ceiling`` is its score over it): per method the mean share
+    of the ceiling, tuning families (worst) | held out, and the cells where ``target`` x the
+    per-frame oracle lies above the ceiling, which no linker that only joins segments reaches."""
+    held_out = set(held_out)
+    print(f"\n# share of the ceiling ({unit} of every object given the segments that make its best score), "
+          f"tuning families (worst) | held out")
+    for m in methods:
+        tune = [r["of_ceiling"] for r in rows if r["method"] == m and r["family"] not in held_out]
+        held = [r["of_ceiling"] for r in rows if r["method"] == m and r["family"] in held_out]
+        if tune or held:
+            print(f"{m:28s} {np.mean(tune) if tune else float('nan'):.3f} "
+                  f"({min(tune) if tune else float('nan'):.3f}) | {np.mean(held) if held else float('nan'):.3f}")
+    cells = {(r["item"], r["family"]): r for r in rows}.values()
+    above = [f"{r['item']}/{r['family']} ({r['ceiling'] / r['oracle']:.2f})" for r in cells
+             if r["ceiling"] < target * r["oracle"]]
+    print(f"# cells whose ceiling is below {target} x the oracle (ceiling / oracle): {len(above)} of {len(cells)}"
+          + (": " + ", ".join(above) if above else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", type=Path, nargs="+", help="--json outputs (several: rows of all, e.g. two seeds)")

@@ -20,7 +20,9 @@ are cached under WORK. Linkers:
   each name is also a method of its own).
 
 Printed per item x family x linker: 3D mean Dice (one Hungarian matching over the volume),
-the per-slice oracle Dice of the raw slice maps, their ratio, labels made and seconds.
+the per-slice oracle Dice of the raw slice maps, their ratio, the ceiling of a linker that
+only joins segments (`families.ceiling` over the volume: every structure given the slice
+segments that make its best Dice) and the share of it reached, labels made and seconds.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import families  # noqa: E402
-from paired import fingerprint, print_report  # noqa: E402
+from paired import fingerprint, print_ceilings, print_report  # noqa: E402
 
 VOLUMES = {
     "ct": ("ct_totalseg_abdomen/labels.nii.gz", "ct_totalseg_abdomen/image.nii.gz"),
@@ -238,7 +240,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown families {unknown}; expected {every}")
     rows = []
-    print(f"{'item':8s} {'family':22s} {'method':28s} {'Dice':>6s} {'oracle':>6s} {'ratio':>6s} {'labels':>6s} {'s':>5s}")
+    print(f"{'item':8s} {'family':22s} {'method':28s} {'Dice':>6s} {'oracle':>6s} {'ratio':>6s} {'ceiling':>7s} "
+          f"{'/ceil':>6s} {'labels':>6s} {'s':>5s}")
     for name in a.items.split(","):
         if not (a.data / VOLUMES[name][0]).exists():
             print(f"# skipping {name}: not found in {a.data}")
@@ -250,15 +253,16 @@ def main() -> None:
             maps = slice_maps(a.work, name, fam, gt, grey, a.seed)
             bg = BACKGROUND.get(fam)
             oracle = volume_dice(families.as_ids(maps, bg), gt).mean_oracle_dice
+            ceil = volume_dice(families.ceiling(maps, gt, bg, pooled=True), gt, oracle=False).mean_dice
             for m in meths:
                 t0 = time.perf_counter()
                 pred = METHODS[m](maps, grey, background=bg)
                 sec = time.perf_counter() - t0
                 d = volume_dice(pred, gt, oracle=False).mean_dice
                 rows.append(dict(item=name, family=fam, method=m, ratio=d / oracle, dice=d, oracle=oracle,
-                                 out=fingerprint([pred])))
-                print(f"{name:8s} {fam:22s} {m:28s} {d:6.3f} {oracle:6.3f} {d / oracle:6.3f} "
-                      f"{len(np.unique(pred)):6d} {sec:5.1f}", flush=True)
+                                 ceiling=ceil, of_ceiling=d / ceil, out=fingerprint([pred])))
+                print(f"{name:8s} {fam:22s} {m:28s} {d:6.3f} {oracle:6.3f} {d / oracle:6.3f} {ceil:7.3f} "
+                      f"{d / ceil:6.3f} {len(np.unique(pred)):6d} {sec:5.1f}", flush=True)
     print(f"\n# per method: mean ratio over tuning families (min) | held out ({', '.join(HELD_OUT)})")
     for m in meths:
         tune = [r["ratio"] for r in rows if r["method"] == m and r["family"] not in HELD_OUT]
@@ -266,6 +270,7 @@ def main() -> None:
         if tune:
             print(f"{m:28s} {np.mean(tune):.3f} ({min(tune):.3f}) | "
                   f"{np.mean(held) if held else float('nan'):.3f}")
+    print_ceilings(rows, meths, HELD_OUT, target=0.95, unit="Dice")
     print_report(rows, meths)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))

@@ -70,3 +70,65 @@ def test_the_object_masks_family_leaves_the_ground_empty():
     assert (out[gt > 0] > 0).mean() > 0.9  # the objects are masks
     ids = np.unique(out[out > 0])
     assert ids.min() == 1 and len(ids) == ids.max()  # numbered from 1
+
+
+def test_the_ceiling_joins_the_pieces_of_an_object_but_undoes_no_merge():
+    from families import ceiling
+    from temporal.evaluate import evaluate_video_arrays
+    from volume.evaluate import volume_dice
+
+    gt = np.zeros((3, 20, 40), np.int64)
+    gt[:, 4:16, 2:18] = 1
+    gt[:, 4:16, 22:38] = 2
+    seg = np.full(gt.shape, 7, np.int32)  # the ground is segment 7
+    for t in range(3):  # object 1 in two pieces whose cut moves; object 2 merged with a strip of ground
+        seg[t, 4:16, 2:18] = 0
+        seg[t, 4:16, 2:6 + 4 * t] = 3
+        seg[t, 2:16, 22:38] = 5
+    ids = ceiling(seg, gt)
+    assert isinstance(ids, np.ndarray) and ids.dtype == np.int32 and ids.shape == gt.shape
+    assert (ids[gt == 1] == 1).all()  # the pieces joined, segment 0 among them
+    assert (ids[:, 2:4, 22:38] == 2).all()  # the merged ground stays in object 2's segment
+    assert (ids[:, 0, :] == 0).all()  # the ground's own segment: no object
+    oracle = evaluate_video_arrays(as_ids_list(seg), list(gt)).oracle_JF
+    assert evaluate_video_arrays(ceiling(list(seg), list(gt)), list(gt)).JF > oracle + 0.1
+    assert volume_dice(ids, gt, oracle=False).mean_dice > volume_dice(seg + 1, gt).mean_oracle_dice
+    # a thin object is the smaller share of the one segment that holds it: that segment is
+    # still its best IoU (0.4), which giving every segment to its majority would miss (0)
+    thin = np.zeros((1, 10, 10), np.int64)
+    thin[0, :, :4] = 1
+    assert (ceiling(np.zeros((1, 10, 10), np.int32), thin) == 1).all()
+    # over a volume (pooled), a segment that would lower the object's Dice over all slices
+    # stays out though it is the object's best on its own slice
+    seg2 = np.zeros((2, 10, 10), np.int32)
+    seg2[0, :, 5:] = 1  # slice 0: segment 0 is exactly the object
+    # slice 1: one segment, of whose 100 pixels the object is 30
+    obj = np.zeros((2, 10, 10), np.int64)
+    obj[0, :, :5] = 1
+    obj[1, :3, :] = 1
+    per_frame, pooled = ceiling(seg2, obj), ceiling(seg2, obj, pooled=True)
+    assert (per_frame[1, :3] == 1).all() and (pooled[1] == 0).all() and (pooled[0, :, :5] == 1).all()
+    assert volume_dice(pooled, obj, oracle=False).mean_dice > volume_dice(per_frame, obj, oracle=False).mean_dice
+    # with 0 as "no segment", what no segment covers is never given an object
+    masks = np.where(gt > 0, seg + 1, 0)
+    masks[0, 4:16, 2:18] = 0
+    assert (ceiling(masks, gt, background=0)[0, 4:16, 2:18] == 0).all()
+
+
+def as_ids_list(seg: np.ndarray) -> list:
+    from families import as_ids
+
+    return as_ids(list(seg))
+
+
+def test_the_ceiling_report_names_the_cells_no_joining_linker_can_reach(capsys):
+    from paired import print_ceilings
+
+    rows = [dict(item="a", family="f", method="engine", oracle=0.5, ceiling=0.9, of_ceiling=0.8),
+            dict(item="b", family="quickshift", method="engine", oracle=0.8, ceiling=0.72, of_ceiling=0.5),
+            dict(item="b", family="quickshift", method="iou", oracle=0.8, ceiling=0.72, of_ceiling=0.4)]
+    print_ceilings(rows, ["engine", "iou"], ["quickshift"], target=0.97, unit="J&F")
+    out = capsys.readouterr().out
+    assert "engine                       0.800 (0.800) | 0.500" in out
+    assert "iou                          nan (nan) | 0.400" in out
+    assert "1 of 2: b/quickshift (0.90)" in out
