@@ -98,6 +98,12 @@ def test_the_ceiling_joins_the_pieces_of_an_object_but_undoes_no_merge():
     thin = np.zeros((1, 10, 10), np.int64)
     thin[0, :, :4] = 1
     assert (ceiling(np.zeros((1, 10, 10), np.int32), thin) == 1).all()
+    # a segment two objects want goes to the one it lies in more: 30 of its pixels are A's, 20 B's
+    two = np.zeros((1, 10, 10), np.int64)
+    two[0, :, :6], two[0, :, 6:] = 1, 2
+    cut = np.zeros((1, 10, 10), np.int32)
+    cut[0, :5, :6], cut[0, :5, 6:], cut[0, 5:] = 0, 1, 2
+    assert (ceiling(cut, two)[0, 5:] == 1).all()
     # over a volume (pooled), a segment that would lower the object's Dice over all slices
     # stays out though it is the object's best on its own slice
     seg2 = np.zeros((2, 10, 10), np.int32)
