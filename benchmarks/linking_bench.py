@@ -301,7 +301,7 @@ def main() -> None:
     want = set(filter(None, a.items.split(",")))
     rows = []
     print(f"{'item':22s} {'family':20s} {'method':22s} {'J&F':>6s} {'oracle':>6s} {'ratio':>6s} {'ceiling':>7s} "
-          f"{'sw/obj/100':>10s} {'tracks':>6s} {'s':>5s}")
+          f"{'/ceil':>6s} {'sw/obj/100':>10s} {'tracks':>6s} {'s':>5s}")
     for item, frames, gt in load_items(a.data, a.synth_frames, a.seed):
         if want and item not in want:
             continue
@@ -318,11 +318,12 @@ def main() -> None:
                 sec = time.perf_counter() - t0
                 s = evaluate_video_arrays(pred, gt)
                 ratio = s.JF / oracle if oracle > 0 else 0.0
+                share = s.JF / ceil if ceil > 0 else 0.0
                 rows.append(dict(item=item, family=fam, method=m, JF=s.JF, oracle=oracle, ratio=ratio,
-                                 ceiling=ceil, of_ceiling=s.JF / ceil if ceil > 0 else 0.0,
+                                 ceiling=ceil, of_ceiling=share,
                                  sw=s.id_switches_per_100, tracks=s.n_tracks, sec=sec, out=fingerprint(pred)))
                 print(f"{item:22s} {fam:20s} {m:22s} {s.JF:6.3f} {oracle:6.3f} {ratio:6.3f} {ceil:7.3f} "
-                      f"{s.id_switches_per_100:10.2f} {s.n_tracks:6d} {sec:5.1f}", flush=True)
+                      f"{share:6.3f} {s.id_switches_per_100:10.2f} {s.n_tracks:6d} {sec:5.1f}", flush=True)
     print("\n# per method over all items and families: mean ratio, min ratio, mean sw, max sw")
     for m in meths:
         sel = [r for r in rows if r["method"] == m]

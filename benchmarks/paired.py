@@ -122,7 +122,9 @@ def print_ceilings(rows: "list[dict]", methods: Iterable[str], held_out: Iterabl
     """The benchmarks' section on the ceiling of linking (`families.ceiling`, in the rows'
     ``ceiling``; each row's ``of_ceiling`` is its score over it): per method the mean share
     of the ceiling, tuning families (worst) | held out, and the cells where ``target`` x the
-    per-frame oracle lies above the ceiling, which no linker that only joins segments reaches."""
+    per-frame (per-slice) oracle lies above the ceiling: a linker that only joins segments
+    reaches it there only by joining better than the ceiling's rule, which is the best for
+    each object alone."""
     held_out = set(held_out)
     print(f"\n# share of the ceiling ({unit} of every object given the segments that make its best score), "
           f"tuning families (worst) | held out")

@@ -259,10 +259,11 @@ def main() -> None:
                 pred = METHODS[m](maps, grey, background=bg)
                 sec = time.perf_counter() - t0
                 d = volume_dice(pred, gt, oracle=False).mean_dice
+                share = d / ceil if ceil > 0 else 0.0
                 rows.append(dict(item=name, family=fam, method=m, ratio=d / oracle, dice=d, oracle=oracle,
-                                 ceiling=ceil, of_ceiling=d / ceil, out=fingerprint([pred])))
+                                 ceiling=ceil, of_ceiling=share, out=fingerprint([pred])))
                 print(f"{name:8s} {fam:22s} {m:28s} {d:6.3f} {oracle:6.3f} {d / oracle:6.3f} {ceil:7.3f} "
-                      f"{d / ceil:6.3f} {len(np.unique(pred)):6d} {sec:5.1f}", flush=True)
+                      f"{share:6.3f} {len(np.unique(pred)):6d} {sec:5.1f}", flush=True)
     print(f"\n# per method: mean ratio over tuning families (min) | held out ({', '.join(HELD_OUT)})")
     for m in meths:
         tune = [r["ratio"] for r in rows if r["method"] == m and r["family"] not in HELD_OUT]
