@@ -77,8 +77,10 @@ def ceiling(maps, gt, background: "int | None" = None, pooled: bool = False):
     ids = [np.asarray(s, np.int64) for s in as_ids(maps, background)]
     gts = [np.asarray(g, np.int64) for g in gt]
     unit, obj, both, area, size = [], [], [], [], []  # (segment of a frame) x object overlaps
+    bases = []  # each frame's first unit: a segment of a frame is one unit
     base = 0
     for f, (s, g) in enumerate(zip(ids, gts)):
+        bases.append(base)
         n, m = int(s.max()) + 1, int(g.max()) + 1
         codes, counts = np.unique(s.ravel() * m + g.ravel(), return_counts=True)
         seg, o = codes // m, codes % m
@@ -116,10 +118,7 @@ def ceiling(maps, gt, background: "int | None" = None, pooled: bool = False):
     first = np.r_[True, unit[1:] != unit[:-1]]
     lut = np.zeros(base, np.int32)
     lut[unit[first]] = obj[first]
-    out, base = [], 0
-    for s in ids:
-        out.append(lut[base + s])
-        base += int(s.max()) + 1
+    out = [lut[b + s] for b, s in zip(bases, ids)]
     return np.stack(out) if isinstance(maps, np.ndarray) else out
 
 

@@ -134,14 +134,16 @@ def _run_stack(args: argparse.Namespace) -> CommandResult:
 
 
 def _labels_of_run(path: str) -> str:
-    """The label file of a run's output folder (``labels.json`` beside the one label file
-    that `stack` / `volume` wrote, `volume.io.OUTPUT_NAMES`), else ``path`` itself (a file,
-    or a DICOM folder)."""
+    """The label file of a run's output folder (the one label file that `stack` / `volume`
+    wrote, `volume.io.OUTPUT_NAMES`, with its sidecar beside it, `volume.report.side_paths`),
+    else ``path`` itself (a file, or a DICOM folder)."""
     from .io import OUTPUT_NAMES
+    from .report import side_paths
 
     d = Path(path)
-    if d.is_dir() and (d / "labels.json").is_file():
-        found = [d / name for name in sorted(set(OUTPUT_NAMES.values())) if (d / name).exists()]
+    if d.is_dir():
+        found = [d / name for name in sorted(set(OUTPUT_NAMES.values()))
+                 if (d / name).exists() and side_paths(d / name)[0].is_file()]
         if len(found) == 1:
             return str(found[0])
     return path
