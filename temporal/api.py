@@ -2,7 +2,8 @@
 
 `segment_video`: DiffSeg (or any segmenter) on a video + tracking.
 `track_segments`: link bring-your-own per-frame label maps into tracks.
-Both stream frames, write outputs progressively and atomically (see `temporal.writer`) and
+`join_run`: join the tracks of one object in a finished run (`temporal.engine.join`).
+All stream frames, write outputs progressively and atomically (see `temporal.writer`) and
 return a `VideoResult`. A decode failure at frame n stops the job with ``complete=False``
 and the error recorded; outputs of the frames before n are kept.
 """
@@ -24,10 +25,10 @@ from .config import TrackerConfig
 from .io import DecodeError, Frame, FrameSource, read_segment_labels
 from .proposals import segmentation_from_labels
 from .tracker import VideoSegmenter, segmenter_batch_size
-from .types import VideoResult
+from .types import TrackedFrame, VideoResult
 from .writer import VideoOutputWriter
 
-__all__ = ["segment_video", "track_segments", "track_stream", "segment_frames", "save_segmentation", "load_segmentation",
+__all__ = ["segment_video", "track_segments", "join_run", "track_stream", "segment_frames", "save_segmentation", "load_segmentation",
            "link_segmentations", "VideoResult", "TrackerConfig"]
 
 
@@ -243,6 +244,97 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
             "stride": stride, "max_side": max_side, "id_offset": id_offset, "background": background,
             "tracker": cfg.to_dict()}
     return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")
+
+
+#: tracks.json fields that `VideoOutputWriter` writes itself (the others are the run's own)
+_WRITER_FIELDS = ("complete", "status", "error", "n_frames", "n_tracks", "max_track_id", "fps", "frame_size",
+                  "software", "seconds", "frames", "tracks")
+
+
+def join_run(run_dir: "str | Path", out_dir: "str | Path", frames_source: "str | Path | None" = None,
+             config: Any = None, write_overlay: bool = True) -> VideoResult:
+    """Join the tracks of one object in a finished run, into a new output folder.
+
+    A pass over the whole run (`temporal.engine.join`: tracks that trade pixels from frame
+    to frame and look alike are one object), for segmenters that cut objects into pieces
+    that change from frame to frame. The run read is left as it is; the joined run has the
+    same files (labels, ``tracks.json`` with ``joined``: ``{id: the id it joined}``,
+    overlay). Each id takes the smallest id of its group; names are carried from the run.
+
+    Args:
+        run_dir: output folder of a complete `segment_video` / `track_segments` run.
+        out_dir: the joined run's folder (not ``run_dir``).
+        frames_source: the run's frames (video file or folder); default: the source its
+            ``tracks.json`` names, with its start / end / stride.
+        config: `temporal.engine.join.JoinConfig` (default: its defaults).
+        write_overlay: encode ``overlay.mp4``.
+
+    Raises:
+        InputError: not a complete run, the same folder, frames missing or not the run's.
+    """
+    from .engine.join import Exchange, JoinConfig, apply_joins
+    from .export import TrackedVideo
+
+    t0 = time.time()
+    config = JoinConfig() if config is None else config
+    run = TrackedVideo.open(run_dir)
+    out = Path(out_dir)
+    if out.resolve() == run.folder.resolve():
+        raise InputError(f"{out}: give another output folder than the run's (the run is kept as it is)")
+    doc = run.doc
+    source = frames_source if frames_source is not None else doc.get("source")
+    if source is None:
+        raise InputError(f"{run.folder}: tracks.json names no source; give the run's frames")
+    if frames_source is None and not Path(source).exists():
+        raise InputError(f"{source}: the run's frames are not there any more; give them (--frames)")
+    stems = run.stems
+
+    def frames(desc: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        # the frames at the labels' size (no --max-side: labels are written at the source's)
+        src = FrameSource(source, int(doc.get("start") or 0), doc.get("end"), int(doc.get("stride") or 1))
+        if len(src) != len(stems):
+            raise InputError(f"{source}: {len(src)} frames, but the run has {len(stems)}; give the run's frames")
+        bar = progress(total=len(stems), desc=desc, unit="frame")
+        try:
+            for (pos, stem, lab), fr in zip(run.labels(), src):
+                if fr.stem != stem or fr.rgb.shape[:2] != lab.shape:
+                    raise InputError(f"{source}: frame {fr.stem} {fr.rgb.shape[:2]} is not the run's frame {stem} "
+                                     f"{lab.shape}; give the run's frames")
+                yield stem, fr.rgb, lab
+                bar.update(1)
+        except DecodeError as exc:
+            raise InputError(f"{source}: {exc}; joining needs every frame") from exc
+        finally:
+            bar.close()
+
+    ex = Exchange()
+    for _, rgb, lab in frames("join: count"):
+        ex.add(lab, rgb)
+    mapping = ex.groups(config)
+    names = {int(t["id"]): {"name": t.get("name"), "name_score": t.get("name_score")} for t in run.tracks()}
+    area = {int(t["id"]): sum(t.get("area") or [0]) for t in run.tracks()}
+    for tid in sorted(mapping, key=lambda t: -area.get(t, 0)):  # unnamed oldest: its largest named member's
+        root = mapping[tid]
+        if names.get(root, {}).get("name") is None and names.get(tid, {}).get("name") is not None:
+            names[root] = names[tid]
+    meta = {k: v for k, v in doc.items() if k not in _WRITER_FIELDS}
+    meta.update(joined_from=str(run.folder), join=config.to_dict(),
+                joined={str(k): int(v) for k, v in sorted(mapping.items())})
+    writer = VideoOutputWriter(out, fps=float(doc.get("fps") or 25.0), write_overlay=write_overlay, meta=meta,
+                               names=names)
+    try:
+        for pos, (stem, rgb, lab) in enumerate(frames("join: write")):
+            joined = apply_joins(lab, mapping)
+            ids = np.unique(joined)
+            writer.put(stem, rgb, TrackedFrame(pos, joined, ids[ids > 0].astype(np.int32)))
+    except BaseException as exc:
+        writer.abort(f"{type(exc).__name__}: {exc}")
+        raise
+    info = writer.close()
+    return VideoResult(n_frames=info["n_frames"], n_tracks=info["n_tracks"], complete=True, error=None,
+                       seconds=time.time() - t0, out_dir=out, labels_dir=writer.labels_dir,
+                       tracks_json=writer.tracks_json, overlay=info["overlay"],
+                       max_track_id=int(doc.get("max_track_id") or info["max_track_id"]))
 
 
 class _StreamSource:

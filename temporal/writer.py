@@ -151,11 +151,15 @@ class VideoOutputWriter:
         write_overlay: encode ``overlay.mp4``.
         meta: extra fields for ``tracks.json`` (source, config).
         queue_size: frames waiting for the writer at most (bounds memory).
+        names: ``{track id: {"name", "name_score"}}`` known before the frames (a joined run
+            carries its source run's), with ``meta["vocabulary"]``; otherwise the names come
+            from the segmentations' votes.
     """
 
     def __init__(self, out_dir: "str | Path", fps: float = 25.0, write_overlay: bool = True,
                  meta: Optional[dict[str, Any]] = None, queue_size: int = 8,
-                 label_hw: "tuple[int, int] | None" = None, min_score: "float | None" = None) -> None:
+                 label_hw: "tuple[int, int] | None" = None, min_score: "float | None" = None,
+                 names: "dict[int, dict[str, Any]] | None" = None) -> None:
         self.out_dir = Path(out_dir)
         self.labels_dir = self.out_dir / LABELS_DIR
         self.tracks_json = self.out_dir / TRACKS_JSON
@@ -171,6 +175,7 @@ class VideoOutputWriter:
         self.name_options = {} if min_score is None else {"min_score": float(min_score)}
         self.stats = TrackStats()
         self.votes: Optional[NameVotes] = None  # names of tracks, from keyframes with named segments
+        self.names = names
         self.max_id = 0
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=queue_size)
         self._exc: Optional[BaseException] = None
@@ -243,13 +248,16 @@ class VideoOutputWriter:
                 "fps": self.fps, "frame_size": self.frame_size, "software": f"diffseg-vv {software_version()}",
                 "seconds": round(time.time() - self._t0, 3), **self.meta,
                 "vocabulary": list(votes.vocabulary) if votes is not None else [], "frames": self.stats.stems}
+        if self.names is not None:
+            head["vocabulary"] = list(self.meta.get("vocabulary") or [])
         # Streamed one track per line: memory stays flat however long the video is.
         with atomic_path(self.tracks_json) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(json.dumps(head)[:-1])
                 f.write(', "tracks": [')
                 for k, t in enumerate(self.stats.iter_json_tracks()):
-                    t.update(votes.record(t["id"]) if votes is not None else {"name": None, "name_score": None})
+                    t.update(votes.record(t["id"]) if votes is not None else
+                             (self.names or {}).get(t["id"], {"name": None, "name_score": None}))
                     f.write(("\n" if k == 0 else ",\n") + json.dumps(t, separators=(",", ":")))
                 f.write("\n]}\n")
 

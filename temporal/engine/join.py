@@ -46,10 +46,9 @@ class JoinConfig(ConfigDict):
 
     Attributes:
         exchange: join two tracks when the pixels they trade between consecutive frames are
-            at least this share of those plus the pixels each keeps (0.05: the rule as it
-            was tried in session 20, before the benchmark family it was later judged on).
-        colour_sd: and when their mean colours over the video differ by at most this many
-            pooled standard deviations in every channel (only where the frames are given).
+            at least this share of those plus the pixels each keeps.
+        colour_sd: and only when their mean colours over the video differ by at most this
+            many pooled standard deviations in every channel (where the frames are given).
     """
 
     exchange: float = 0.05
