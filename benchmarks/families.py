@@ -14,6 +14,9 @@ about the linker:
   a segment.
 * ``quickshift``: quickshift mode seeking: **held out** while the engine was designed (run
   it only to check, never to tune).
+* ``watershed_compact``: compact watershed of the grey gradient from 150 markers (video
+  only): **held out**, added in session 21 after the join of tracks (`temporal.engine.join`)
+  was fixed, to judge it on a family it had not seen.
 * ``objects``: object masks on an empty ground, as SAM 2, DEVA or Cellpose give them: the
   mild degradation with every segment that lies mostly on the ground set to 0, the
   background (`BACKGROUND`: linked with ``background=0``, as ``diffseg track --background
@@ -33,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-HELD_OUT = ("quickshift",)
+HELD_OUT = ("quickshift", "watershed_compact")
 #: families whose 0 means "no segment" (linked and scored so); in the others every value is
 #: a segment, 0 too
 BACKGROUND = {"objects": 0}
@@ -153,6 +156,14 @@ def quickshift(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.
     return qs(rgb, kernel_size=5, max_dist=12, ratio=0.5, rng=0).astype(np.int32)
 
 
+def watershed_compact(rgb: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from skimage.color import rgb2gray
+    from skimage.filters import sobel
+    from skimage.segmentation import watershed
+
+    return (watershed(sobel(rgb2gray(rgb)), markers=150, compactness=0.0005) - 1).astype(np.int32)
+
+
 _MILD = _degrade("mild")
 
 
@@ -175,5 +186,6 @@ VIDEO = {
     "felzenszwalb_coarse": felzenszwalb(400, 150),
     "slic": slic,
     "quickshift": quickshift,
+    "watershed_compact": watershed_compact,
     "objects": objects,
 }

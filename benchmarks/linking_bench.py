@@ -111,7 +111,12 @@ def methods(ablation: bool = False) -> dict[str, Callable]:
         return lambda frames, maps, background=None: [
             tf.labels for tf in link_label_maps(maps, frames if flow else None, cfg, background=background)]
 
-    out = {"engine": run(TrackerConfig()), "iou": run(iou_only_baseline())}
+    def joined(frames: list, maps: list, background=None) -> list:
+        from temporal.engine.join import join_label_maps
+
+        return join_label_maps(out["engine"](frames, maps, background), frames)[0]
+
+    out = {"engine": run(TrackerConfig()), "iou": run(iou_only_baseline()), "join": joined}
     if ablation:
         out.update({k: run(TrackerConfig().replace(engine=v)) for k, v in ABLATION.items()})
     return out
@@ -279,7 +284,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/linking_bench"))
     ap.add_argument("--families", default="tuning", help="'all', 'tuning' (all but the held-out) or a list")
     ap.add_argument("--methods", default="engine,iou",
-                    help="engine (temporal.engine), iou (IoU-only), ablation")
+                    help="engine (temporal.engine), iou (IoU-only), join (the engine, then `diffseg join`), "
+                         "ablation")
     ap.add_argument("--items", default="", help="comma list of item names (default all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--synth-frames", type=int, default=60)
