@@ -110,6 +110,19 @@ def test_three_pieces_join_into_one_through_the_group():
     assert all(set(np.unique(j[m]).tolist()) == {1} for j, m in zip(joined, masks))
 
 
+def test_a_group_counts_what_all_its_members_traded():
+    # label maps built from exact counts: frames alternate A, B; each pixel group below is
+    # one id in A and one in B, so every transition counts each group once
+    groups = [(1, 1, 100), (2, 2, 10), (5, 5, 100), (1, 2, 40), (1, 5, 12), (2, 5, 12)]
+    a = np.concatenate([np.full(k, x) for x, _, k in groups])[None, :]
+    b = np.concatenate([np.full(k, y) for _, y, k in groups])[None, :]
+    maps = [a, b] * 3
+    # 1 and 2 trade 40 / (40 + 110) first; the pair (1 + 2, 5) then trades 24 of 24 + 150 + 100
+    # (0.088), though each alone traded 12 of 212 / 122 with 5
+    assert join_label_maps(maps, None, JoinConfig(exchange=0.07))[1] == {2: 1, 5: 1}
+    assert join_label_maps(maps, None, JoinConfig(exchange=0.09))[1] == {2: 1}
+
+
 def test_folding_the_pair_tables_changes_nothing(monkeypatch):
     frames, labels, _ = piece_video(n=12)
     want = join_label_maps(labels, frames)[1]
