@@ -87,7 +87,7 @@ def _join(args: argparse.Namespace) -> CommandResult:
     from .api import join_run
     from .engine.join import JoinConfig
 
-    res = join_run(args.run, args.output, args.frames, options_config(args, JoinConfig(), "join"),
+    res = join_run(args.tracked, args.output, args.frames, options_config(args, JoinConfig(), "join"),
                    write_overlay=not args.no_overlay)
     return CommandResult(f"diffseg join: {res.n_frames} frames, {res.n_tracks} tracks in {res.seconds:.1f} s -> "
                          f"{res.out_dir}", {"frames": res.n_frames, "tracks": res.n_tracks, "complete": True,
@@ -130,7 +130,7 @@ def register(sub, parent) -> None:
                                    "frame) in a complete run of diffseg video / track, into a new folder "
                                    "with the same files. The run is left as it is.",
                        epilog="example: diffseg join out/ -o out_joined/")
-    j.add_argument("run", help="output folder of a complete diffseg video / track run")
+    j.add_argument("tracked", metavar="RUN", help="output folder of a complete diffseg video / track run")
     j.add_argument("--frames", default=None, help="the run's frames (video or folder) [the source tracks.json names]")
     add_options(j, JoinConfig(), "join", "join")
     o = j.add_argument_group("outputs")
