@@ -24,7 +24,7 @@ The evidence is the whole video's: an online fold with the same rule joined obje
 their ground from a few pixels in the first frames (benchmarks/RESULTS.md, session 20). So
 this is a pass over a finished run (`temporal.api.join_run`, ``diffseg join``), not a
 stage of the streaming engine. Memory: one label map, one count per pair of ids that ever
-traded and four numbers per id.
+traded and eight numbers per id.
 """
 from __future__ import annotations
 
@@ -59,6 +59,10 @@ class JoinConfig(ConfigDict):
             raise InputError(f"JoinConfig.exchange must be in (0, 1]; got {self.exchange}")
         if not float(self.colour_sd) >= 0.0:
             raise InputError(f"JoinConfig.colour_sd must be >= 0; got {self.colour_sd}")
+
+
+#: at most this many (id, level) cells in a frame's colour histograms (8 MB a channel)
+_HISTOGRAM_CELLS = 1 << 20
 
 
 class Exchange:
@@ -110,16 +114,14 @@ class Exchange:
         flat = lab.ravel().astype(np.int64)
         self._grow(int(flat.max()) + 1 if flat.size else 1)
         n = len(self._kept)
-        self._area += np.bincount(flat, minlength=n)
+        area = np.bincount(flat, minlength=n)
+        self._area += area
         if colour:
             img = np.asarray(rgb)
-            if img.shape != lab.shape + (3,):
-                raise ValueError(f"frame {self.n_frames}: an RGB frame of shape {lab.shape + (3,)} was expected; "
-                                 f"got {img.shape}")
-            px = img.reshape(-1, 3).astype(np.float64)
-            for c in range(3):
-                self._sums[:, c] += np.bincount(flat, px[:, c], minlength=n)
-                self._squares[:, c] += np.bincount(flat, px[:, c] ** 2, minlength=n)
+            if img.shape != lab.shape + (3,) or img.dtype != np.uint8:
+                raise ValueError(f"frame {self.n_frames}: a uint8 RGB frame of shape {lab.shape + (3,)} was "
+                                 f"expected; got {img.dtype} {img.shape}")
+            self._add_colours(flat, img.reshape(-1, 3), area)
         if self._prev is not None:
             prev = self._prev.ravel().astype(np.int64)
             same = prev == flat
@@ -132,6 +134,26 @@ class Exchange:
                 self._pairs = [self._folded()]
         self._prev = lab.astype(np.int32, copy=True)
         self.n_frames += 1
+
+    def _add_colours(self, flat: np.ndarray, px: np.ndarray, area: np.ndarray) -> None:
+        """Colour sums and sums of squares per id: a histogram of (id, level) per channel,
+        over the ids of the frame (one count per pixel, exact), then its levels summed."""
+        present = np.flatnonzero(area)
+        m = len(present)
+        if m * 256 > _HISTOGRAM_CELLS:  # too many ids for the histograms: sums weighted per pixel
+            for c in range(3):
+                v = px[:, c].astype(np.float64)
+                self._sums[:, c] += np.bincount(flat, v, minlength=len(area))
+                self._squares[:, c] += np.bincount(flat, v * v, minlength=len(area))
+            return
+        compact = np.zeros(len(area), np.int64)
+        compact[present] = np.arange(m) * 256
+        cell = compact[flat]
+        levels = np.arange(256, dtype=np.float64)
+        for c in range(3):
+            h = np.bincount(cell + px[:, c], minlength=m * 256).reshape(m, 256).astype(np.float64)
+            self._sums[present, c] += h @ levels
+            self._squares[present, c] += h @ (levels * levels)
 
     def _folded(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._pairs:

@@ -134,6 +134,23 @@ def test_folding_the_pair_tables_changes_nothing(monkeypatch):
     assert ex.groups() == want == {2: 1}
 
 
+def test_colour_sums_by_histogram_equal_the_sums_per_pixel(monkeypatch):
+    frames, labels, _ = piece_video(n=4, colours=((220, 40, 40), (40, 40, 220)))
+    labels = [lab * 1000 for lab in labels]  # sparse ids
+    sums = {}
+    for cells in (joinmod._HISTOGRAM_CELLS, 0):  # 0: every frame too many ids for the histograms
+        monkeypatch.setattr(joinmod, "_HISTOGRAM_CELLS", cells)
+        ex = Exchange()
+        for f, lab in zip(frames, labels):
+            ex.add(lab, f)
+        sums[cells] = (ex._sums.copy(), ex._squares.copy())
+    (a, a2), (b, b2) = sums.values()
+    assert np.array_equal(a, b) and np.array_equal(a2, b2)
+    m = np.concatenate([lab.ravel() for lab in labels]) == 1000
+    red = np.concatenate([f[..., 0].ravel() for f in frames])[m].astype(np.float64)
+    assert a[1000, 0] == red.sum() and a2[1000, 0] == (red ** 2).sum()
+
+
 def test_bad_input_is_named():
     frames, labels, _ = piece_video(n=3)
     ex = Exchange()
@@ -144,6 +161,8 @@ def test_bad_input_is_named():
         ex.add(labels[1], None)
     with pytest.raises(ValueError, match="RGB frame"):
         ex.add(labels[1], frames[1][..., 0])
+    with pytest.raises(ValueError, match="uint8 RGB frame"):
+        ex.add(labels[1], frames[1].astype(np.float32))
     with pytest.raises(ValueError, match="2-D"):
         Exchange().add(np.zeros((2, 3, 4), np.int32))
     with pytest.raises(ValueError, match=r"\[0, 2\*\*31\)"):
