@@ -26,7 +26,7 @@ from .io import DecodeError, Frame, FrameSource, read_segment_labels
 from .proposals import segmentation_from_labels
 from .tracker import VideoSegmenter, segmenter_batch_size
 from .types import TrackedFrame, VideoResult
-from .writer import VideoOutputWriter
+from .writer import WRITER_FIELDS, VideoOutputWriter
 
 __all__ = ["segment_video", "track_segments", "join_run", "track_stream", "segment_frames", "save_segmentation", "load_segmentation",
            "link_segmentations", "VideoResult", "TrackerConfig"]
@@ -246,11 +246,6 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
     return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")
 
 
-#: tracks.json fields that `VideoOutputWriter` writes itself (the others are the run's own)
-_WRITER_FIELDS = ("complete", "status", "error", "n_frames", "n_tracks", "max_track_id", "fps", "frame_size",
-                  "software", "seconds", "frames", "tracks")
-
-
 def join_run(run_dir: "str | Path", out_dir: "str | Path", frames_source: "str | Path | None" = None,
              config: Any = None, write_overlay: bool = True) -> VideoResult:
     """Join the tracks of one object in a finished run, into a new output folder.
@@ -296,7 +291,7 @@ def join_run(run_dir: "str | Path", out_dir: "str | Path", frames_source: "str |
             raise InputError(f"{source}: {len(src)} frames, but the run has {len(stems)}; give the run's frames")
         bar = progress(total=len(stems), desc=desc, unit="frame")
         try:
-            for (pos, stem, lab), fr in zip(run.labels(), src):
+            for (_, stem, lab), fr in zip(run.labels(), src):
                 if fr.stem != stem or fr.rgb.shape[:2] != lab.shape:
                     raise InputError(f"{source}: frame {fr.stem} {fr.rgb.shape[:2]} is not the run's frame {stem} "
                                      f"{lab.shape}; give the run's frames")
@@ -317,7 +312,7 @@ def join_run(run_dir: "str | Path", out_dir: "str | Path", frames_source: "str |
         root = mapping[tid]
         if names.get(root, {}).get("name") is None and names.get(tid, {}).get("name") is not None:
             names[root] = names[tid]
-    meta = {k: v for k, v in doc.items() if k not in _WRITER_FIELDS}
+    meta = {k: v for k, v in doc.items() if k not in WRITER_FIELDS}
     meta.update(joined_from=str(run.folder), join=config.to_dict(),
                 joined={str(k): int(v) for k, v in sorted(mapping.items())})
     writer = VideoOutputWriter(out, fps=float(doc.get("fps") or 25.0), write_overlay=write_overlay, meta=meta,

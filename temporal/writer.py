@@ -142,6 +142,12 @@ LABELS_DIR = "labels"
 TRACKS_JSON = "tracks.json"
 
 
+#: the fields of ``tracks.json`` that `VideoOutputWriter` fills itself; the others are the
+#: run's ``meta`` (a joined run carries them over)
+WRITER_FIELDS = ("complete", "status", "error", "n_frames", "n_tracks", "max_track_id", "fps", "frame_size",
+                 "software", "seconds", "frames", "tracks")
+
+
 class VideoOutputWriter:
     """Writes ``labels/<stem>.png``, ``overlay.mp4`` and ``tracks.json`` in a thread.
 

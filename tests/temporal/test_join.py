@@ -235,6 +235,19 @@ def test_join_run_writes_a_joined_run_and_keeps_the_run(tmp_path):
     assert res.overlay is not None and res.overlay.exists()
 
 
+def test_the_writer_fields_are_what_the_writer_writes(tmp_path):
+    # join_run carries every other field of a run's tracks.json over as the run's own
+    from temporal.writer import WRITER_FIELDS
+
+    frames, labels, _ = piece_video(n=2)
+    w = VideoOutputWriter(tmp_path / "r", write_overlay=False)
+    for t, lab in enumerate(labels):
+        w.put(f"f{t}", frames[t], TrackedFrame(t, lab, np.unique(lab).astype(np.int32)))
+    w.close()
+    doc = json.loads((tmp_path / "r" / "tracks.json").read_text())
+    assert set(doc) == set(WRITER_FIELDS) | {"vocabulary"}  # the vocabulary goes with the names
+
+
 def test_join_run_refuses_what_it_cannot_join(tmp_path):
     fdir, run, _ = write_run(tmp_path)
     with pytest.raises(InputError, match="another output folder"):
