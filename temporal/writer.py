@@ -182,6 +182,7 @@ class VideoOutputWriter:
         self.stats = TrackStats()
         self.votes: Optional[NameVotes] = None  # names of tracks, from keyframes with named segments
         self.names = names
+        self._named = bool(names) and any(n.get("name") for n in names.values())
         self.max_id = 0
         self._q: "queue.Queue[Any]" = queue.Queue(maxsize=queue_size)
         self._exc: Optional[BaseException] = None
@@ -243,8 +244,11 @@ class VideoOutputWriter:
             if self._video is None:
                 self._video = OverlayVideoWriter(self.overlay_path, self.fps)
             ov = overlay(rgb, tf.labels, alpha=0.5, contours=True, background=0)
-            if self.votes is not None:  # the sticky names: a name does not flicker frame to frame
-                draw_legend(ov, [(int(t), f"{int(t)} {self.votes.shown(int(t)) or 'unknown'}") for t in tf.track_ids])
+            # the sticky names (a name does not flicker frame to frame), or those carried over
+            name_of = (self.votes.shown if self.votes is not None else
+                       (lambda t: self.names.get(t, {}).get("name")) if self._named else None)
+            if name_of is not None:
+                draw_legend(ov, [(int(t), f"{int(t)} {name_of(int(t)) or 'unknown'}") for t in tf.track_ids])
             self._video.write(ov)
 
     def _write_json(self, complete: bool, error: Optional[str], status: str) -> None:

@@ -235,6 +235,20 @@ def test_join_run_writes_a_joined_run_and_keeps_the_run(tmp_path):
     assert res.overlay is not None and res.overlay.exists()
 
 
+@pytest.mark.parametrize("name", ["dog", None])
+def test_the_joined_overlay_shows_the_carried_names(tmp_path, monkeypatch, name):
+    import temporal.writer
+
+    legends = []
+    monkeypatch.setattr(temporal.writer, "draw_legend", lambda img, items: legends.append(items))
+    _, run, _ = write_run(tmp_path, n=4, name=name)
+    join_run(run, tmp_path / "joined")
+    if name is None:
+        assert legends == []  # an unnamed run's overlay has no legend
+    else:
+        assert legends == [[(1, "1 dog"), (3, "3 grass")]] * 4
+
+
 def test_the_writer_fields_are_what_the_writer_writes(tmp_path):
     # join_run carries every other field of a run's tracks.json over as the run's own
     from temporal.writer import WRITER_FIELDS
