@@ -78,7 +78,7 @@ class Exchange:
         self._prev: Optional[np.ndarray] = None
         self._kept = np.zeros(1, np.int64)
         self._area = np.zeros(1, np.int64)
-        self._sums = np.zeros((1, 3))  # colour sums and sums of squares per id, or None
+        self._sums = np.zeros((1, 3))  # colour sums and sums of squares per id
         self._squares = np.zeros((1, 3))
         self._colour: Optional[bool] = None  # frames given with every map (None: no map yet)
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (codes lo << 32 | hi, counts)
