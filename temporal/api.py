@@ -320,7 +320,7 @@ def join_run(run_dir: "str | Path", out_dir: "str | Path", frames_source: "str |
     try:
         for pos, (stem, rgb, lab) in enumerate(frames("join: write")):
             joined = apply_joins(lab, mapping)
-            ids = np.unique(joined)
+            ids = np.flatnonzero(np.bincount(joined.ravel()))  # counted, not sorted: O(pixels)
             writer.put(stem, rgb, TrackedFrame(pos, joined, ids[ids > 0].astype(np.int32)))
     except BaseException as exc:
         writer.abort(f"{type(exc).__name__}: {exc}")

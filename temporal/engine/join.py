@@ -103,7 +103,8 @@ class Exchange:
         lab = np.asarray(labels)
         if lab.ndim != 2:
             raise ValueError(f"labels must be 2-D (H, W); got shape {lab.shape}")
-        if lab.size and (lab.min() < 0 or lab.max() > np.iinfo(np.int32).max):
+        top = int(lab.max()) if lab.size else 0
+        if lab.size and (lab.min() < 0 or top > np.iinfo(np.int32).max):
             raise ValueError("track ids must be in [0, 2**31)")
         if self._prev is not None and lab.shape != self._prev.shape:
             raise ValueError(f"frame {self.n_frames}: labels of shape {lab.shape} after {self._prev.shape}")
@@ -112,7 +113,7 @@ class Exchange:
             raise ValueError("give the frames with every label map or with none")
         self._colour = colour
         flat = lab.ravel().astype(np.int64)
-        self._grow(int(flat.max()) + 1 if flat.size else 1)
+        self._grow(top + 1)
         n = len(self._kept)
         area = np.bincount(flat, minlength=n)
         self._area += area
