@@ -10,6 +10,7 @@ and the error recorded; outputs of the frames before n are kept.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -183,7 +184,7 @@ def segment_video(source: "str | Path", out_dir: "str | Path", segmenter: Any = 
     cache = _SegmentationCache(seg, Path(out_dir) / SEGMENTATION_CACHE / key) if key else None
     cfg = _config_with_offset(config, id_offset)
     vs = VideoSegmenter(cache or seg, cfg)
-    meta = {"job": "video", "source": str(source), "start": start, "end": end, "stride": stride,
+    meta = {"job": "video", "source": os.path.abspath(source), "start": start, "end": end, "stride": stride,
             "max_side": max_side, "id_offset": id_offset, "segmenter": segmenter_info(seg), "tracker": cfg.to_dict()}
     res = _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, None, "video")
     if cache is not None:
@@ -240,9 +241,9 @@ def track_segments(frames_source: "str | Path", segments_dir: "str | Path", out_
             lab = read_segment_labels(seg_dir, stem, rgb.shape[:2])
             yield segmentation_from_labels(lab, work_side=cfg.engine.predict.work_side, background=background)
 
-    meta = {"job": "track", "source": str(frames_source), "segments": str(seg_dir), "start": start, "end": end,
-            "stride": stride, "max_side": max_side, "id_offset": id_offset, "background": background,
-            "tracker": cfg.to_dict()}
+    meta = {"job": "track", "source": os.path.abspath(frames_source), "segments": os.path.abspath(seg_dir),
+            "start": start, "end": end, "stride": stride, "max_side": max_side, "id_offset": id_offset,
+            "background": background, "tracker": cfg.to_dict()}
     return _run(src, Path(out_dir), vs, id_offset, write_overlay, meta, segs_for, "track")
 
 
@@ -313,7 +314,7 @@ def join_run(run_dir: "str | Path", out_dir: "str | Path", frames_source: "str |
         if names.get(root, {}).get("name") is None and names.get(tid, {}).get("name") is not None:
             names[root] = names[tid]
     meta = {k: v for k, v in doc.items() if k not in WRITER_FIELDS}
-    meta.update(joined_from=str(run.folder), join=config.to_dict(),
+    meta.update(joined_from=os.path.abspath(run.folder), join=config.to_dict(),
                 joined={str(k): int(v) for k, v in sorted(mapping.items())})
     writer = VideoOutputWriter(out, fps=float(doc.get("fps") or 25.0), write_overlay=write_overlay, meta=meta,
                                names=names)
@@ -508,6 +509,6 @@ def link_segmentations(frames_source: "str | Path", segmentations: "Sequence[str
         for path in segmentations:
             yield None if path is None else load_segmentation(path)
 
-    info = {"job": "link", "source": str(frames_source), "max_side": max_side, "tracker": config.to_dict(),
+    info = {"job": "link", "source": os.path.abspath(frames_source), "max_side": max_side, "tracker": config.to_dict(),
             **(meta or {})}
     return _run(src, Path(out_dir), vs, config.id_offset, write_overlay, info, segs_for, "link")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from diffseg_core.cli_args import CommandResult, add_options, argparse_type, options_config
 from diffseg_core.config import parse_background
@@ -22,6 +23,9 @@ def add_tracker_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("outputs")
     o.add_argument("-o", "--output", required=True, help="output folder")
     o.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
+    o.add_argument("--join", metavar="DIR", default=None,
+                   help="then join the tracks of one object (as diffseg join, default settings) into this new "
+                        "folder; OUT is kept as it is")
 
 
 def tracker_config_from_args(args: argparse.Namespace):
@@ -54,11 +58,39 @@ def _report(res, command: str) -> CommandResult:
                          f"{res.seconds:.1f} s -> {res.out_dir}", doc)
 
 
+def _check_join_folder(args: argparse.Namespace) -> None:
+    """Refuse ``--join`` onto the run's own folder before anything is computed."""
+    if args.join is not None and os.path.abspath(args.join) == os.path.abspath(args.output):
+        raise InputError(f"--join {args.join}: give another folder than the run's (-o); the run is kept as it is")
+
+
+def _then_join(args: argparse.Namespace, res, command: str) -> CommandResult:
+    """The run's report, then (``--join DIR``, a complete run) `join_run` into DIR."""
+    report = _report(res, command)
+    if args.join is None:
+        return report
+    if not res.complete:
+        report.line += f"; not joined into {args.join} (the run is incomplete)"
+        return report
+    from diffseg_core.io import output_lock, remove_stale_temporaries
+
+    from .api import join_run
+
+    with output_lock(args.join, f"diffseg {command} --join"):
+        remove_stale_temporaries(args.join)
+        joined = join_run(res.out_dir, args.join, write_overlay=not args.no_overlay)
+    report.doc["joined"] = {"tracks": joined.n_tracks, "seconds": round(joined.seconds, 2),
+                            "output": str(joined.out_dir)}
+    report.line += f"; joined: {joined.n_tracks} tracks in {joined.seconds:.1f} s -> {joined.out_dir}"
+    return report
+
+
 def _video(args: argparse.Namespace) -> CommandResult:
     from diffseg_core.cli_args import segmenter_config_from_args
 
     from .api import segment_video
 
+    _check_join_folder(args)
     cfg = tracker_config_from_args(args)
 
     def first_frame():  # --caption: the vocabulary from the first frame's caption
@@ -70,17 +102,18 @@ def _video(args: argparse.Namespace) -> CommandResult:
     res = segment_video(args.source, args.output, seg_cfg, cfg, start=args.start, end=args.end,
                         stride=args.stride, max_side=args.max_side, id_offset=cfg.id_offset,
                         write_overlay=not args.no_overlay, resume=not args.no_resume)
-    return _report(res, "video")
+    return _then_join(args, res, "video")
 
 
 def _track(args: argparse.Namespace) -> CommandResult:
     from .api import track_segments
 
+    _check_join_folder(args)
     cfg = tracker_config_from_args(args)
     res = track_segments(args.frames, args.segments, args.output, cfg, start=args.start, end=args.end,
                          stride=args.stride, max_side=args.max_side, id_offset=cfg.id_offset,
                          write_overlay=not args.no_overlay, background=args.background)
-    return _report(res, "track")
+    return _then_join(args, res, "track")
 
 
 def _join(args: argparse.Namespace) -> CommandResult:

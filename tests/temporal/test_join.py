@@ -306,3 +306,72 @@ def test_join_cli(tmp_path, capsys):
     assert rc == 2 and "another output folder" in capsys.readouterr().err
     rc = main(["join", str(run), "-o", str(tmp_path / "l"), "--exchange", "0"])
     assert rc == 2 and "exchange" in capsys.readouterr().err
+
+
+def _track_inputs(tmp: Path) -> tuple[Path, Path]:
+    """A frames folder and the pieces video's label maps as `diffseg track` reads them."""
+    frames, labels, _ = piece_video()
+    fdir, sdir = tmp / "frames", tmp / "segs"
+    fdir.mkdir()
+    sdir.mkdir()
+    for t, (f, lab) in enumerate(zip(frames, labels)):
+        save_image(fdir / f"f{t:03d}.png", f)
+        np.save(sdir / f"f{t:03d}.npy", lab)
+    return fdir, sdir
+
+
+def test_track_then_join_in_one_command(tmp_path, capsys, monkeypatch):
+    from diffseg.cli import main
+
+    fdir, _ = _track_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    # the IoU-only linker keeps the segmenter's moving cut (the engine carves it still)
+    rc = main(["track", "frames", "--segments", "segs", "-o", "run", "--join", "joined", "--linker", "iou",
+               "--no-overlay", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["joined"]["output"] == "joined"
+    run_doc = json.loads((tmp_path / "run" / "tracks.json").read_text())
+    joined_doc = json.loads((tmp_path / "joined" / "tracks.json").read_text())
+    assert "joined" not in run_doc and len(run_doc["tracks"]) == out["tracks"]  # the run is kept as it is
+    assert joined_doc["complete"] is True and joined_doc["joined"]  # the pieces' tracks joined
+    assert len(joined_doc["tracks"]) == out["joined"]["tracks"] == out["tracks"] - len(joined_doc["joined"])
+    # the run names its inputs by absolute paths: joined again from anywhere, without --frames
+    assert run_doc["source"] == str(fdir) and run_doc["segments"] == str(tmp_path / "segs")
+    monkeypatch.chdir(tmp_path / "segs")
+    assert main(["join", str(tmp_path / "run"), "-o", str(tmp_path / "again"), "--no-overlay"]) == 0
+    again = json.loads((tmp_path / "again" / "tracks.json").read_text())
+    assert again["joined"] == joined_doc["joined"]
+
+
+def test_track_join_refusals(tmp_path, capsys):
+    from diffseg.cli import main
+
+    fdir, sdir = _track_inputs(tmp_path)
+    run = tmp_path / "run"
+    rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(run), "--join", str(run) + "/"])
+    assert rc == 2 and "--join" in capsys.readouterr().err
+    assert not (run / "tracks.json").exists()  # refused before anything was computed
+    (fdir / "f005.png").write_bytes(b"not a png")  # the run fails part-way: nothing to join
+    rc = main(["track", str(fdir), "--segments", str(sdir), "-o", str(run), "--join", str(tmp_path / "j"),
+               "--no-overlay"])
+    assert rc == 2 and "f005.png" in capsys.readouterr().err
+    assert not (tmp_path / "j" / "tracks.json").exists()
+
+
+def test_an_incomplete_run_is_not_joined(tmp_path):
+    import argparse
+    import dataclasses
+
+    from temporal.api import track_segments
+    from temporal.cli import _then_join
+
+    fdir, sdir = _track_inputs(tmp_path)
+    res = track_segments(fdir, sdir, tmp_path / "run", write_overlay=False)
+    args = argparse.Namespace(join=str(tmp_path / "j"), no_overlay=True)
+    stopped = dataclasses.replace(res, complete=False, error="decoding failed at frame 5")
+    r = _then_join(args, stopped, "track")  # a run stopped early (a video that fails to decode part-way)
+    assert r.code == 2 and "not joined" in r.line and "incomplete" in r.line and "joined" not in r.doc
+    assert not (tmp_path / "j").exists()
+    r = _then_join(args, res, "track")
+    assert r.code == 0 and r.doc["joined"]["output"] == str(tmp_path / "j")
+    assert json.loads((tmp_path / "j" / "tracks.json").read_text())["complete"] is True
