@@ -337,11 +337,6 @@ class WorkItem:
     num_frames: int = 0
     cost: int = 1
 
-    @property
-    def video_key(self) -> str:
-        """Manifest key of the linked video this chunk belongs to."""
-        return f"video:{self.name}"
-
 
 def chunk_ranges(num_frames: int, chunk_frames: int, overlap: int) -> list[tuple[int, int]]:
     """Frame ranges ``[start, end)`` of overlapping chunks covering ``0..num_frames``.
