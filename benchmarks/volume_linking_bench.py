@@ -16,6 +16,8 @@ are cached under WORK. Linkers:
 * ``engine``: what `diffseg stack` runs (`volume.api.link_volume`: the linking engine's
   `slices` preset, the grey slice as its look, then the waist cut);
 * ``iou``: Cellpose-style IoU stitching (threshold 0.25), the baseline;
+* ``join``: the engine, then `diffseg join` (`volume.api.join_volume`: labels that trade
+  voxels from slice to slice and have like grey levels are joined);
 * ``ablation``: the engine with one mechanism of the preset removed at a time (`ABLATION`;
   each name is also a method of its own).
 
@@ -169,6 +171,15 @@ def link_iou(maps: np.ndarray, grey: np.ndarray, background: "int | None" = None
     return np.stack(out)
 
 
+def link_join(maps: np.ndarray, grey: "np.ndarray | None", background: "int | None" = None) -> np.ndarray:
+    """The engine, then `diffseg join`'s pass along the slices (`volume.api.join_volume`:
+    `temporal.engine.join` with the grey slices for its grey test)."""
+    from temporal.engine.join import join_label_maps
+
+    lab = link_engine(maps, grey, background=background)
+    return np.stack(join_label_maps(list(lab), None if grey is None else list(grey))[0])
+
+
 # the slices preset with one mechanism removed (engine knobs by name, as `link_engine` takes them)
 ABLATION = {
     "no look": {"look_weight": 0.0},
@@ -177,7 +188,7 @@ ABLATION = {
     "no IoU score (foreign cost)": {"min_iou": 0.0},
     "no waist cut": {"waist_ratio": 0.0},
 }
-METHODS: "dict[str, Callable]" = {"engine": link_engine, "iou": link_iou,
+METHODS: "dict[str, Callable]" = {"engine": link_engine, "iou": link_iou, "join": link_join,
                                   **{k: (lambda maps, grey, background=None, ch=ch:
                                          link_engine(maps, grey, ch, background=background))
                                      for k, ch in ABLATION.items()}}
@@ -215,7 +226,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=Path("/tmp/volume_linking_bench"))
     ap.add_argument("--families", default="all", help="all, tuning (all but the held-out ones) or a comma list")
-    ap.add_argument("--methods", default="engine,iou", help="comma list of engine, iou, ablation, or ablation names")
+    ap.add_argument("--methods", default="engine,iou", help="comma list of engine, iou, join, ablation, or ablation names")
     ap.add_argument("--items", default="ct,mr,nuclei")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the rows (for paired.py)")

@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     cli_image.register(sub, parent)
     from temporal import cli as temporal_cli
     from volume import cli as volume_cli
-    from . import distributed
+    from . import cli_join, distributed
 
     temporal_cli.register(sub, parent)
     volume_cli.register(sub, parent)
+    cli_join.register(sub, parent)
     distributed.register(sub, parent)
     ev_sub = _group(sub, parent, "evaluate", "score predicted labels against ground truth (JSON)", "KIND")
     temporal_cli.register_evaluate(ev_sub, parent)
@@ -109,7 +110,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 #: argparse destinations that hold input paths, in every subcommand.
-INPUT_ARGS = ("images", "inputs", "source", "frames", "segments", "input", "labels", "pred", "gt", "tracked")
+INPUT_ARGS = ("images", "inputs", "source", "frames", "segments", "input", "labels", "pred", "gt", "tracked", "image")
 
 
 def _input_paths(args: argparse.Namespace) -> list[str]:

@@ -116,19 +116,8 @@ def _track(args: argparse.Namespace) -> CommandResult:
     return _then_join(args, res, "track")
 
 
-def _join(args: argparse.Namespace) -> CommandResult:
-    from .api import join_run
-    from .engine.join import JoinConfig
-
-    res = join_run(args.tracked, args.output, args.frames, options_config(args, JoinConfig(), "join"),
-                   write_overlay=not args.no_overlay)
-    return CommandResult(f"diffseg join: {res.n_frames} frames, {res.n_tracks} tracks in {res.seconds:.1f} s -> "
-                         f"{res.out_dir}", {"frames": res.n_frames, "tracks": res.n_tracks, "complete": True,
-                                            "seconds": round(res.seconds, 2), "output": str(res.out_dir)})
-
-
 def register(sub, parent) -> None:
-    """Add `video`, `track` and `join` to the `diffseg` parser."""
+    """Add `video` and `track` to the `diffseg` parser (`join` is the app's: `diffseg.cli_join`)."""
     from diffseg_core.cli_args import add_segmenter_args
 
     v = sub.add_parser("video", parents=[parent], help="segment a video with stable track ids",
@@ -155,21 +144,6 @@ def register(sub, parent) -> None:
                         "(every value is a segment) [none]")
     add_tracker_args(t)
     t.set_defaults(func=_track, output_folder=True)
-    from .engine.join import JoinConfig
-
-    j = sub.add_parser("join", parents=[parent], help="join the tracks of one object in a finished run",
-                       description="Join the tracks that trade pixels from frame to frame and look alike "
-                                   "(the pieces of one object that a segmenter cuts differently every "
-                                   "frame) in a complete run of diffseg video / track, into a new folder "
-                                   "with the same files. The run is left as it is.",
-                       epilog="example: diffseg join out/ -o out_joined/")
-    j.add_argument("tracked", metavar="RUN", help="output folder of a complete diffseg video / track run")
-    j.add_argument("--frames", default=None, help="the run's frames (video or folder) [the source tracks.json names]")
-    add_options(j, JoinConfig(), "join", "join")
-    o = j.add_argument_group("outputs")
-    o.add_argument("-o", "--output", required=True, help="output folder of the joined run")
-    o.add_argument("--no-overlay", action="store_true", help="do not write overlay.mp4")
-    j.set_defaults(func=_join, output_folder=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

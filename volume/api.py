@@ -24,10 +24,10 @@ from diffseg_core.errors import InputError
 from diffseg_core.progress import progress
 from diffseg_core.types import Segmenter, resolve_segmenter
 
-from .geometry import inplane_spacing, resize_gray, resize_nearest, square_shape, take_slice, through_plane_axis
+from .geometry import inplane_spacing, resize_gray, resize_nearest, slabs, square_shape, take_slice, through_plane_axis
 from .intensity import IntensityMap, gray_to_rgb, has_finite_value, plan_intensity, to_uint8
-from .io import (VolumeWarning, default_output_name, label_buffer, output_format, read_label_volume, read_volume,
-                 release_pages, write_labels)
+from .io import (OUTPUT_NAMES, VolumeWarning, default_output_name, label_buffer, output_format, read_label_volume,
+                 read_volume, release_pages, write_labels)
 from .postprocess import relabel_consecutive, remove_fragments, split_at_waists
 from .report import side_paths, write_color_table, write_itksnap_labels, write_labels_json, write_montage
 from .types import Volume, VolumeConfig, VolumeResult
@@ -259,7 +259,8 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     del names
     return _write_outputs(labels, vol, labels_path, axis, n, config, gray, t0, notes,
                           {"intensity": imap.mode, "slicing": config.axes, "segmenter": segmenter_info(seg),
-                           "engine": config.engine.to_dict()}, votes)
+                           "engine": config.engine.to_dict(), "image": os.path.abspath(vol.path) if vol.path else None},
+                          votes)
 
 
 # ----------------------------------------------------------------------------- bring your own
@@ -346,24 +347,127 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
     labels, n = link_label_volume(lab, config, axis, gray_fn, out_path)
 
     return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [],
-                          {"slicing": config.axes, "engine": config.engine.to_dict()})
+                          {"slicing": config.axes, "engine": config.engine.to_dict(),
+                           "image": None if image_path is None else os.path.abspath(image_path)})
 
 
-def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int, n: int,
-                   config: VolumeConfig, gray: "Callable[[int, int], np.ndarray] | None", t0: float,
-                   notes: list[str], extra: dict, votes: Any = None) -> VolumeResult:
-    names = {i: votes.name(i)[0] for i in range(1, n + 1)} if votes is not None else {}
+def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int, n: "int | list[int]",
+                   config: "VolumeConfig | None", gray: "Callable[[int, int], np.ndarray] | None", t0: float,
+                   notes: list[str], extra: dict, votes: Any = None,
+                   names: "dict[int, str | None] | None" = None) -> VolumeResult:
+    """Labels, ``labels.json`` (with ``extra``), colour tables and montage. ``n``: the ids
+    ``1..n``, or the list of ids present; ``names`` (id -> name) where ``votes`` are not
+    given; ``config`` None: the default outputs, no volume configuration in the provenance
+    (a pass over a finished run, which did not read the input)."""
+    ids = list(range(1, n + 1)) if isinstance(n, int) else list(n)
+    names = {i: votes.name(i)[0] for i in ids} if votes is not None else dict(names or {})
     provenance = {"software": f"diffseg-vv {software_version()}",
                   "input": {"path": str(vol.path) if vol.path else None, "format": vol.source_format,
                             "shape": list(vol.shape)},
-                  "volume_config": config.to_dict(), **extra}
+                  **({} if config is None else {"volume_config": config.to_dict()}), **extra}
+    config = VolumeConfig() if config is None else config
     write_labels(labels_path, labels, vol, config.output_dtype, names, provenance)
     json_path, montage_path = side_paths(labels_path)
-    jp = write_labels_json(json_path, labels, vol, axis, extra, votes) if config.write_json else None
+    jp = write_labels_json(json_path, labels, vol, axis, extra, votes, names) if config.write_json else None
     if config.write_json:  # the same colours (and names) in 3D Slicer and ITK-SNAP
-        write_color_table(json_path.with_suffix(".ctbl"), list(range(1, n + 1)), names)
-        write_itksnap_labels(json_path.with_suffix(".itksnap.txt"), list(range(1, n + 1)), names)
-    mp = (write_montage(montage_path, labels, vol.spacing, gray, vol.affine, names if votes is not None else None)
-          if config.montage else None)
-    return VolumeResult(shape=vol.shape, n_labels=n, seconds=time.perf_counter() - t0, labels_path=labels_path,
+        write_color_table(json_path.with_suffix(".ctbl"), ids, names)
+        write_itksnap_labels(json_path.with_suffix(".itksnap.txt"), ids, names)
+    shown = names if votes is not None or any(v is not None for v in names.values()) else None
+    mp = write_montage(montage_path, labels, vol.spacing, gray, vol.affine, shown) if config.montage else None
+    return VolumeResult(shape=vol.shape, n_labels=len(ids), seconds=time.perf_counter() - t0, labels_path=labels_path,
                         json_path=jp, montage_path=mp, axis=axis, spacing=vol.spacing, warnings=notes)
+
+
+def run_labels(path: "str | os.PathLike") -> Path:
+    """The label file of a volume run's output folder (the one label file that `stack` /
+    `volume` wrote, `volume.io.OUTPUT_NAMES`, with its ``labels.json`` beside it), else
+    ``path`` itself (a file, or a DICOM folder)."""
+    d = Path(path)
+    if d.is_dir():
+        found = [d / name for name in sorted(set(OUTPUT_NAMES.values()))
+                 if (d / name).exists() and side_paths(d / name)[0].is_file()]
+        if len(found) == 1:
+            return found[0]
+    return d
+
+
+def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
+                image_path: "str | os.PathLike | None" = None, config: Any = None) -> VolumeResult:
+    """Join the labels of one structure in a finished volume run, into a new label file.
+
+    `temporal.engine.join` along the run's slicing axis (slice = frame): two labels are one
+    structure when the voxels they trade from slice to slice are at least ``exchange`` of
+    those plus the voxels each keeps, and their mean grey levels differ by at most
+    ``colour_sd`` pooled standard deviations. For segmenters that cut a structure into
+    pieces that change from slice to slice (nuclei under a fine watershed or graph-based
+    segmenter); not for organs whose neighbours re-tile with them (docs/volume.md). The
+    run is left as it is; ids keep their values (a joined group takes its smallest id).
+
+    Args:
+        run: the label file of a `segment_volume` / `stack_labels` run (its ``labels.json``
+            beside it), or its output folder.
+        output_path: label file or folder, as in `segment_volume` (not the run's file).
+        image_path: the intensity volume (the grey test and the montage); default: the one
+            the run's ``labels.json`` names (``image``: the scan of `segment_volume`, the
+            ``--image`` of `stack_labels`).
+        config: `temporal.engine.join.JoinConfig` (default: its defaults).
+
+    Raises:
+        InputError: not a run's labels, the run's own file, no image or one of another shape.
+    """
+    import json
+
+    from temporal.engine.join import Exchange, JoinConfig
+
+    t0 = time.perf_counter()
+    config = JoinConfig() if config is None else config
+    labels_path = run_labels(run)
+    json_path = side_paths(labels_path)[0]
+    if not labels_path.exists() or not json_path.is_file():
+        raise InputError(f"{run}: not the output of diffseg volume / stack (no label file with a labels.json beside it)")
+    try:
+        doc = json.loads(json_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{json_path}: unreadable ({exc})") from exc
+    lab, vol = read_label_volume(labels_path)
+    out_path = resolve_output(output_path, vol)
+    output_format(out_path, vol)
+    if out_path.resolve() == labels_path.resolve():
+        raise InputError(f"{output_path}: give another output than the run's labels (the run is kept as it is)")
+    axis = int(doc.get("slicing_axis") or 0)
+    image_path = image_path if image_path is not None else doc.get("image")
+    if image_path is None:  # without the grey test neighbouring organs join (docs/volume.md)
+        raise InputError(f"{run}: its labels.json names no image; give the intensity volume the labels belong to "
+                         f"(--image)")
+    if not Path(image_path).exists():
+        raise InputError(f"{image_path}: the run's image is not there any more; give it (--image)")
+    image = read_volume(image_path)
+    if image.shape != vol.shape:
+        raise InputError(f"{image_path}: image shape {image.shape} differs from the labels {vol.shape}")
+    gray = gray_slices(image, VolumeConfig())
+    ex = Exchange()
+    n_slices = vol.shape[axis]
+    for i in progress(range(n_slices), total=n_slices, desc="join: count", unit="slice"):
+        ex.add(np.asarray(take_slice(lab, axis, i)), gray(axis, i))
+    mapping = ex.groups(config)
+    # the run's ids through a lookup table, slab by slab; the ids left, counted as they go
+    top = max((int(lab[sl].max()) for sl in slabs(lab.shape)), default=0)
+    lut = np.arange(top + 1, dtype=np.int32)
+    lut[list(mapping)] = list(mapping.values())
+    joined = np.empty(vol.shape, np.int32)
+    present = np.zeros(top + 1, bool)
+    for sl in slabs(lab.shape):
+        joined[sl] = lut[np.asarray(lab[sl])]
+        present |= np.bincount(joined[sl].ravel(), minlength=top + 1) > 0
+    ids = [int(i) for i in np.flatnonzero(present[1:]) + 1]
+    names = {int(r["id"]): r.get("name") for r in doc.get("labels", [])}
+    area = {int(r["id"]): int(r.get("voxels") or 0) for r in doc.get("labels", [])}
+    for b in sorted(mapping, key=lambda x: -area.get(x, 0)):  # unnamed smallest id: its largest named member's
+        if names.get(mapping[b]) is None and names.get(b) is not None:
+            names[mapping[b]] = names[b]
+    extra = {"joined_from": os.path.abspath(labels_path), "join": config.to_dict(),
+             "joined": {str(k): int(v) for k, v in sorted(mapping.items())},
+             "image": os.path.abspath(image_path), "vocabulary": doc.get("vocabulary") or []}
+    return _write_outputs(joined, vol, out_path, axis, ids, None, gray, t0, [], extra,
+                          names={i: names.get(i) for i in ids})
+

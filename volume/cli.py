@@ -7,7 +7,6 @@ import json
 import sys
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 from diffseg_core.cli_args import CommandResult
@@ -133,29 +132,14 @@ def _run_stack(args: argparse.Namespace) -> CommandResult:
     return _report(result, "stack")
 
 
-def _labels_of_run(path: str) -> str:
-    """The label file of a run's output folder (the one label file that `stack` / `volume`
-    wrote, `volume.io.OUTPUT_NAMES`, with its sidecar beside it, `volume.report.side_paths`),
-    else ``path`` itself (a file, or a DICOM folder)."""
-    from .io import OUTPUT_NAMES
-    from .report import side_paths
-
-    d = Path(path)
-    if d.is_dir():
-        found = [d / name for name in sorted(set(OUTPUT_NAMES.values()))
-                 if (d / name).exists() and side_paths(d / name)[0].is_file()]
-        if len(found) == 1:
-            return str(found[0])
-    return path
-
-
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from .api import run_labels
     from .evaluate import volume_dice
     from .io import read_label_volume
 
     with _warnings_as_lines("evaluate"):
-        pred, pv = read_label_volume(_labels_of_run(args.pred), index=args.index)
-        gt, gv = read_label_volume(_labels_of_run(args.gt), index=args.index)
+        pred, pv = read_label_volume(run_labels(args.pred), index=args.index)
+        gt, gv = read_label_volume(run_labels(args.gt), index=args.index)
         if pv.shape != gv.shape:
             raise InputError(f"{args.pred}: shape {pv.shape} differs from ground truth {args.gt} {gv.shape}")
         scores = volume_dice(pred, gt, oracle=not args.no_oracle, axis=args.axis if args.axis is not None else 0,

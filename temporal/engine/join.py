@@ -78,8 +78,8 @@ class Exchange:
         self._prev: Optional[np.ndarray] = None
         self._kept = np.zeros(1, np.int64)
         self._area = np.zeros(1, np.int64)
-        self._sums = np.zeros((1, 3))  # colour sums and sums of squares per id
-        self._squares = np.zeros((1, 3))
+        self._sums = np.zeros((1, 0))  # colour sums and sums of squares per id and channel
+        self._squares = np.zeros((1, 0))
         self._colour: Optional[bool] = None  # frames given with every map (None: no map yet)
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (codes lo << 32 | hi, counts)
         self.n_frames = 0
@@ -89,16 +89,16 @@ class Exchange:
             pad = n - len(self._kept)
             self._kept = np.concatenate([self._kept, np.zeros(pad, np.int64)])
             self._area = np.concatenate([self._area, np.zeros(pad, np.int64)])
-            self._sums = np.concatenate([self._sums, np.zeros((pad, 3))])
-            self._squares = np.concatenate([self._squares, np.zeros((pad, 3))])
+            self._sums = np.concatenate([self._sums, np.zeros((pad, self._sums.shape[1]))])
+            self._squares = np.concatenate([self._squares, np.zeros((pad, self._sums.shape[1]))])
 
     def add(self, labels: np.ndarray, rgb: "np.ndarray | None" = None) -> None:
         """Count one frame.
 
         Args:
             labels: int ``(H, W)`` track ids (0 = none), the same size every frame.
-            rgb: uint8 ``(H, W, 3)`` the frame (the colour test), or None; given with every
-                frame or with none.
+            rgb: uint8 ``(H, W, 3)`` the frame (the colour test), or uint8 ``(H, W)`` a grey
+                slice, or None; given with every frame or with none, in one kind.
         """
         lab = np.asarray(labels)
         if lab.ndim != 2:
@@ -119,10 +119,18 @@ class Exchange:
         self._area += area
         if colour:
             img = np.asarray(rgb)
-            if img.shape != lab.shape + (3,) or img.dtype != np.uint8:
-                raise ValueError(f"frame {self.n_frames}: a uint8 RGB frame of shape {lab.shape + (3,)} was "
-                                 f"expected; got {img.dtype} {img.shape}")
-            self._add_colours(flat, img.reshape(-1, 3), area)
+            img = img[..., None] if img.ndim == 2 else img
+            channels = self._sums.shape[1] if self.n_frames else img.shape[-1]
+            if img.shape[:2] != lab.shape or img.shape[2:] not in ((1,), (3,)) or img.dtype != np.uint8 \
+                    or img.shape[2] != channels:
+                want = f"{lab.shape + (3,)} (RGB) or {lab.shape} (grey)" if not self.n_frames else \
+                    f"{lab.shape + (channels,)}"
+                raise ValueError(f"frame {self.n_frames}: a uint8 image of shape {want} was expected; got "
+                                 f"{img.dtype} {np.asarray(rgb).shape}")
+            if not self.n_frames:
+                self._sums = np.zeros((len(self._kept), channels))
+                self._squares = np.zeros((len(self._kept), channels))
+            self._add_colours(flat, img.reshape(-1, channels), area)
         if self._prev is not None:
             prev = self._prev.ravel().astype(np.int64)
             same = prev == flat
@@ -142,7 +150,7 @@ class Exchange:
         present = np.flatnonzero(area)
         m = len(present)
         if m * 256 > _HISTOGRAM_CELLS:  # too many ids for the histograms: sums weighted per pixel
-            for c in range(3):
+            for c in range(px.shape[1]):
                 v = px[:, c].astype(np.float64)
                 self._sums[:, c] += np.bincount(flat, v, minlength=len(area))
                 self._squares[:, c] += np.bincount(flat, v * v, minlength=len(area))
@@ -151,7 +159,7 @@ class Exchange:
         compact[present] = np.arange(m) * 256
         cell = compact[flat]
         levels = np.arange(256, dtype=np.float64)
-        for c in range(3):
+        for c in range(px.shape[1]):
             h = np.bincount(cell + px[:, c], minlength=m * 256).reshape(m, 256).astype(np.float64)
             self._sums[present, c] += h @ levels
             self._squares[present, c] += h @ (levels * levels)

@@ -159,10 +159,16 @@ def test_bad_input_is_named():
         ex.add(labels[1][:10], frames[1][:10])
     with pytest.raises(ValueError, match="with every label map or with none"):
         ex.add(labels[1], None)
-    with pytest.raises(ValueError, match="RGB frame"):
-        ex.add(labels[1], frames[1][..., 0])
-    with pytest.raises(ValueError, match="uint8 RGB frame"):
+    with pytest.raises(ValueError, match=r"shape \(64, 96, 3\) was expected"):
+        ex.add(labels[1], frames[1][..., 0])  # grey after colour
+    with pytest.raises(ValueError, match="uint8 image"):
         ex.add(labels[1], frames[1].astype(np.float32))
+    with pytest.raises(ValueError, match=r"\(RGB\) or \(64, 96\) \(grey\)"):
+        Exchange().add(labels[1], frames[1][..., :2])
+    grey = Exchange()
+    grey.add(labels[0], frames[0][..., 0])  # a grey slice: one channel from then on
+    with pytest.raises(ValueError, match=r"shape \(64, 96, 1\) was expected"):
+        grey.add(labels[1], frames[1])
     with pytest.raises(ValueError, match="2-D"):
         Exchange().add(np.zeros((2, 3, 4), np.int32))
     with pytest.raises(ValueError, match=r"\[0, 2\*\*31\)"):
