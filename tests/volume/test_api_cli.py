@@ -144,6 +144,7 @@ def test_segment_volume_nifti_fake_segmenter(tmp_path: Path) -> None:
     # provenance: what made the labels, with which linking knobs
     assert doc["software"].startswith("diffseg-vv ") and doc["segmenter"]["class"] == "ThresholdSegmenter"
     assert doc["engine"]["associate"]["min_iou"] == VolumeConfig().engine.associate.min_iou
+    assert doc["image"] == str(tmp_path / "ct.nii.gz")  # the scan: `diffseg join`'s grey test reads it
 
 
 def test_segment_volume_resamples_anisotropic_slices(tmp_path: Path) -> None:

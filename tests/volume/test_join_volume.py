@@ -154,3 +154,20 @@ def test_join_cli_on_a_volume_run(tmp_path, capsys):
     assert rc == 2 and "--frames is for a video run" in capsys.readouterr().err
     rc = main(["join", str(tmp_path / "nothing"), "-o", str(tmp_path / "m.npy")])
     assert rc == 2 and "not the output of diffseg volume / stack" in capsys.readouterr().err
+
+
+def test_a_stack_run_names_its_image_for_the_join(tmp_path, monkeypatch):
+    # diffseg stack --image records the image's absolute path: the join finds it by itself
+    from volume.api import stack_labels
+
+    lab, img, ball, _ = pieces_volume()
+    np.save(tmp_path / "slices.npy", lab)
+    np.save(tmp_path / "image.npy", img)
+    monkeypatch.chdir(tmp_path)
+    res = stack_labels("slices.npy", "run", image_path="image.npy")
+    assert json.loads(res.json_path.read_text())["image"] == str(tmp_path / "image.npy")
+    monkeypatch.chdir(tmp_path / "run")
+    joined = join_volume(tmp_path / "run", tmp_path / "joined")
+    assert json.loads(joined.json_path.read_text())["image"] == str(tmp_path / "image.npy")
+    no_image = stack_labels(tmp_path / "slices.npy", tmp_path / "run2")
+    assert json.loads(no_image.json_path.read_text())["image"] is None
