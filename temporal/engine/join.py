@@ -23,8 +23,9 @@ too, and look different). Joined groups are counted as one from then on.
 The evidence is the whole video's: an online fold with the same rule joined objects with
 their ground from a few pixels in the first frames (benchmarks/RESULTS.md, session 20). So
 this is a pass over a finished run (`temporal.api.join_run`, ``diffseg join``), not a
-stage of the streaming engine. Memory: one label map, one count per pair of ids that ever
-traded and eight numbers per id.
+stage of the streaming engine. A volume is a video of its slices with grey "colours"
+(`volume.api.join_volume`). Memory: one label map, one count per pair of ids that ever
+traded and a few numbers per id and channel.
 """
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ class JoinConfig(ConfigDict):
     Attributes:
         exchange: join two tracks when the pixels they trade between consecutive frames are
             at least this share of those plus the pixels each keeps.
-        colour_sd: and only when their mean colours over the video differ by at most this
-            many pooled standard deviations in every channel (where the frames are given).
+        colour_sd: and only when their mean colours over the video (grey levels over the
+            volume) differ by at most this many pooled standard deviations in every
+            channel (where the frames are given).
     """
 
     exchange: float = 0.05
@@ -237,7 +239,8 @@ def join_label_maps(label_maps: Sequence[np.ndarray], frames: "Sequence[np.ndarr
 
     Args:
         label_maps: int ``(H, W)`` track ids per frame (0 = none), as the tracker wrote them.
-        frames: uint8 ``(H, W, 3)`` the frames (the colour test), or None.
+        frames: uint8 ``(H, W, 3)`` the frames or ``(H, W)`` grey slices (the colour
+            test), or None.
         config: `JoinConfig`.
 
     Returns:
