@@ -5,6 +5,7 @@ ranks of ``diffseg run --segmenter-factory`` can build it too.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -144,3 +145,12 @@ def frames_dir(tmp_path: Path) -> Path:
 def images_dir(tmp_path: Path) -> Path:
     write_images(tmp_path / "photos", ["cat", "dog"])
     return tmp_path / "photos"
+
+
+def folder_digest(folder: Path) -> str:
+    """A hash of every file's name and bytes under ``folder`` (a run left as it was)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()

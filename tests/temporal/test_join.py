@@ -1,7 +1,6 @@
 """Joining the tracks of one object after a run (`temporal.engine.join`, `join_run`, `diffseg join`)."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from temporal.engine.join import Exchange, JoinConfig, apply_joins, join_label_m
 from temporal.types import TrackedFrame
 from temporal.writer import VideoOutputWriter
 
+from ..conftest import folder_digest
 from .conftest import texture
 
 HW = (64, 96)
@@ -213,20 +213,13 @@ def write_run(tmp: Path, n: int = 10, name: "str | None" = None) -> tuple[Path, 
     return fdir, run, masks
 
 
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(p.name.encode() + p.read_bytes())
-    return h.hexdigest()
-
 
 def test_join_run_writes_a_joined_run_and_keeps_the_run(tmp_path):
     fdir, run, masks = write_run(tmp_path, name="dog")
-    before = _digest(run)
+    before = folder_digest(run)
     res = join_run(run, tmp_path / "joined")
     assert res.complete and res.n_frames == 10 and res.n_tracks == 2
-    assert _digest(run) == before  # the run read is left as it was
+    assert folder_digest(run) == before  # the run read is left as it was
     doc = json.loads(res.tracks_json.read_text())
     assert doc["complete"] is True and doc["joined"] == {"2": 1} and doc["joined_from"] == str(run)
     assert doc["join"] == JoinConfig().to_dict() and doc["job"] == "track" and doc["source"] == str(fdir)

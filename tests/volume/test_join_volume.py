@@ -2,7 +2,6 @@
 that a segmenter cut into pieces changing from slice to slice, joined."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from temporal.engine.join import JoinConfig
 from volume.api import join_volume
 from volume.io import read_volume, write_labels
 from volume.report import write_labels_json
+
+from ..conftest import folder_digest
 
 D, H, W = 16, 40, 64
 
@@ -55,20 +56,13 @@ def write_run(tmp: Path, lab: np.ndarray, img: "np.ndarray | None", name: str = 
     return run
 
 
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(p.name.encode() + p.read_bytes())
-    return h.hexdigest()
-
 
 def test_pieces_of_a_structure_are_joined_and_the_run_kept(tmp_path):
     lab, img, ball, other = pieces_volume()
     run = write_run(tmp_path, lab, img, names={1: None, 2: "nucleus", 3: "nucleus"})
-    before = _digest(run)
+    before = folder_digest(run)
     res = join_volume(run, tmp_path / "joined")
-    assert _digest(run) == before  # the run is left as it is
+    assert folder_digest(run) == before  # the run is left as it is
     out = np.load(res.labels_path)
     assert res.labels_path == tmp_path / "joined" / "labels.npy" and out.dtype == np.int32
     assert set(np.unique(out[ball]).tolist()) == {1}  # one label for the nucleus, its smallest id
