@@ -226,7 +226,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=Path("/tmp/volume_linking_bench"))
     ap.add_argument("--families", default="all", help="all, tuning (all but the held-out ones) or a comma list")
-    ap.add_argument("--methods", default="engine,iou", help="comma list of engine, iou, join, ablation, or ablation names")
+    ap.add_argument("--methods", default="engine,iou",
+                    help="comma list of engine, iou, join, ablation, or ablation names")
     ap.add_argument("--items", default="ct,mr,nuclei")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the rows (for paired.py)")

@@ -25,9 +25,13 @@ def _join(args: argparse.Namespace) -> CommandResult:
         return CommandResult(f"diffseg join: {res.n_frames} frames, {res.n_tracks} tracks in {res.seconds:.1f} s -> "
                              f"{res.out_dir}", {"frames": res.n_frames, "tracks": res.n_tracks, "complete": True,
                                                 "seconds": round(res.seconds, 2), "output": str(res.out_dir)})
+    from volume.api import join_volume, run_labels
+
+    if Path(args.tracked).is_dir() and run_labels(args.tracked) == Path(args.tracked):
+        raise InputError(f"{args.tracked}: neither a video run (a folder with tracks.json) nor a volume run (a label "
+                         f"file with labels.json beside it)")
     if args.frames is not None:
         raise InputError(f"--frames is for a video run (a folder with tracks.json); {args.tracked} is not one")
-    from volume.api import join_volume
 
     res = join_volume(args.tracked, args.output, args.image, config)
     return CommandResult(f"diffseg join: {res.n_labels} labels, shape {list(res.shape)}, axis "

@@ -424,7 +424,8 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     labels_path = run_labels(run)
     json_path = side_paths(labels_path)[0]
     if not labels_path.exists() or not json_path.is_file():
-        raise InputError(f"{run}: not the output of diffseg volume / stack (no label file with a labels.json beside it)")
+        raise InputError(f"{run}: not the output of diffseg volume / stack (no label file with a labels.json "
+                         f"beside it)")
     try:
         doc = json.loads(json_path.read_text())
     except (OSError, ValueError) as exc:

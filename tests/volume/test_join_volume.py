@@ -146,8 +146,10 @@ def test_join_cli_on_a_volume_run(tmp_path, capsys):
     assert rc == 0 and json.loads(capsys.readouterr().out)["n_labels"] == 3  # 0.9 of the voxels traded: none
     rc = main(["join", str(run), "-o", str(tmp_path / "l.npy"), "--frames", "x"])
     assert rc == 2 and "--frames is for a video run" in capsys.readouterr().err
-    rc = main(["join", str(tmp_path / "nothing"), "-o", str(tmp_path / "m.npy")])
+    rc = main(["join", str(tmp_path / "nothing.npy"), "-o", str(tmp_path / "m.npy")])
     assert rc == 2 and "not the output of diffseg volume / stack" in capsys.readouterr().err
+    rc = main(["join", str(tmp_path), "-o", str(tmp_path / "m.npy")])  # a folder of neither kind
+    assert rc == 2 and "neither a video run" in capsys.readouterr().err
 
 
 def test_a_stack_run_names_its_image_for_the_join(tmp_path, monkeypatch):
