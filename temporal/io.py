@@ -241,9 +241,9 @@ class _PyAVVideo:
                     raise InputError(f"{path}: cannot open video (no video stream)")
                 stream = container.streams.video[0]
                 self.fps = float(stream.average_rate or 25.0)
+                n = int(stream.frames or 0)  # read while the container is open (PyAV >= 18.1.1 checks)
                 first = next(container.decode(stream), None)
                 self.first_hw = (int(first.height), int(first.width)) if first is not None else (0, 0)
-            n = int(stream.frames or 0)
             if n <= 0:
                 with av.open(str(path)) as container:
                     n = sum(1 for p in container.demux(container.streams.video[0]) if p.size)
