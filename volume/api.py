@@ -259,8 +259,7 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
     del names
     return _write_outputs(labels, vol, labels_path, axis, n, config, gray, t0, notes,
                           {"intensity": imap.mode, "slicing": config.axes, "segmenter": segmenter_info(seg),
-                           "engine": config.engine.to_dict(), "image": os.path.abspath(vol.path) if vol.path else None},
-                          votes)
+                           "engine": config.engine.to_dict(), **_image_record(vol.path, config)}, votes)
 
 
 # ----------------------------------------------------------------------------- bring your own
@@ -348,7 +347,18 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
 
     return _write_outputs(labels, vol, out_path, axis, n, config, gray_fn, t0, [],
                           {"slicing": config.axes, "engine": config.engine.to_dict(),
-                           "image": None if image_path is None else os.path.abspath(image_path)})
+                           **_image_record(image_path, config)})
+
+
+def _image_record(path: "str | os.PathLike | None", config: VolumeConfig) -> dict:
+    """``labels.json``'s ``image``: the intensity volume's absolute path (the grey test of
+    `join_volume`), with the 4-D index and DICOM series it was read with, when set."""
+    rec: dict = {"image": None if path is None else os.path.abspath(path)}
+    if path is not None and config.index is not None:
+        rec["image_index"] = int(config.index)
+    if path is not None and config.series is not None:
+        rec["image_series"] = config.series
+    return rec
 
 
 def _write_outputs(labels: np.ndarray, vol: Volume, labels_path: Path, axis: int, n: "int | list[int]",
@@ -436,13 +446,15 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     if out_path.resolve() == labels_path.resolve():
         raise InputError(f"{output_path}: give another output than the run's labels (the run is kept as it is)")
     axis = int(doc.get("slicing_axis") or 0)
-    image_path = image_path if image_path is not None else doc.get("image")
+    index = series = None  # a 4-D file's volume, a DICOM folder's series: as the run read its image
+    if image_path is None:
+        image_path, index, series = doc.get("image"), doc.get("image_index"), doc.get("image_series")
     if image_path is None:  # without the grey test neighbouring organs join (docs/volume.md)
         raise InputError(f"{run}: its labels.json names no image; give the intensity volume the labels belong to "
                          f"(--image)")
     if not Path(image_path).exists():
         raise InputError(f"{image_path}: the run's image is not there any more; give it (--image)")
-    image = read_volume(image_path)
+    image = read_volume(image_path, index=index, series=series)
     if image.shape != vol.shape:
         raise InputError(f"{image_path}: image shape {image.shape} differs from the labels {vol.shape}")
     gray = gray_slices(image, VolumeConfig())

@@ -167,3 +167,36 @@ def test_a_stack_run_names_its_image_for_the_join(tmp_path, monkeypatch):
     assert json.loads(joined.json_path.read_text())["image"] == str(tmp_path / "image.npy")
     no_image = stack_labels(tmp_path / "slices.npy", tmp_path / "run2")
     assert json.loads(no_image.json_path.read_text())["image"] is None
+
+
+def test_the_image_is_read_as_the_run_read_it(tmp_path):
+    # a 4-D image: the run recorded which volume it used (`--index`), and the join reads that one
+    lab, img, ball, _ = pieces_volume(grey_b=60, cuts=(19, 21))
+    run = write_run(tmp_path, lab, None)
+    np.save(tmp_path / "image4d.npy", np.stack([np.full_like(img, 128), img]))
+    doc = json.loads((run / "labels.json").read_text())
+    doc.update(image=str(tmp_path / "image4d.npy"), image_index=1)
+    (run / "labels.json").write_text(json.dumps(doc))
+    res = join_volume(run, tmp_path / "j1.npy")
+    assert json.loads(res.json_path.read_text())["joined"] == {}  # volume 1: unlike grey, kept apart
+    doc["image_index"] = 0  # the flat volume: alike, joined
+    (run / "labels.json").write_text(json.dumps(doc))
+    assert json.loads(join_volume(run, tmp_path / "j0.npy").json_path.read_text())["joined"] == {"2": 1}
+    del doc["image_index"]
+    (run / "labels.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="4-D data"):
+        join_volume(run, tmp_path / "j.npy")
+
+
+def test_stack_records_the_index_it_read_the_image_with(tmp_path):
+    from volume.api import stack_labels
+    from volume.types import VolumeConfig
+
+    lab, img, _, _ = pieces_volume()
+    np.save(tmp_path / "slices.npy", np.stack([lab, lab]))
+    np.save(tmp_path / "image.npy", np.stack([img, img]))
+    res = stack_labels(tmp_path / "slices.npy", tmp_path / "run", VolumeConfig(background=0, min_size=0,
+                       min_label_size=0, index=1), image_path=tmp_path / "image.npy")
+    doc = json.loads(res.json_path.read_text())
+    assert doc["image"] == str(tmp_path / "image.npy") and doc["image_index"] == 1 and "image_series" not in doc
+    assert join_volume(tmp_path / "run", tmp_path / "joined").n_labels >= 1  # reads volume 1 of the image
