@@ -864,6 +864,9 @@ def _section_configs(args: argparse.Namespace) -> dict[str, dict]:
                                ("volume", "volume", volume_config_from_args)):
         if prefix not in found:
             continue
+        if getattr(found[prefix], "join", None) is not None:
+            raise InputError(f"{prefix}.join is not available in `run`: run `diffseg join` on its outputs "
+                             f"(docs/temporal.md, docs/volume.md)")
         try:
             out[key] = build(found[prefix]).to_dict()
         except InputError as exc:  # named as it was given: `video.memory must be ...`

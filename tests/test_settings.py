@@ -90,6 +90,9 @@ def test_run_takes_video_and_volume_options_with_a_prefix(labels, tmp_path, caps
     assert "no option --memory" in err and "video., volume." in err
     assert main(["run", str(labels), "-o", str(tmp_path / "job3"), *fake, "--set", "video.keyframe-every=auto"]) == 2
     assert "not available in `run`" in capsys.readouterr().err
+    for prefix in ("video", "volume"):  # `--join` of video / volume is theirs, not run's
+        assert main(["run", str(labels), "-o", str(tmp_path / "job3"), *fake, "--set", f"{prefix}.join=j"]) == 2
+        assert f"{prefix}.join is not available in `run`" in capsys.readouterr().err
     for setting, said in (("video.memory=-3", "video.memory must be"), ("volume.waist-ratio=-1", "volume.waist-ratio must")):
         assert main(["run", str(labels), "-o", str(tmp_path / "job4"), *fake, "--set", setting]) == 2
         assert said in capsys.readouterr().err  # named as it was given

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -64,6 +65,10 @@ def _add_common(p: argparse.ArgumentParser, command: str) -> None:
 
     preset, skip = _presets()[command]
     add_options(p, preset, "volume", "volume", skip=skip)
+    p.add_argument("--join", metavar="OUT", default=None,
+                   help="then join the labels of one structure that the segmenter cut into pieces (as diffseg "
+                        "join, default settings; for microscopy stacks, not CT / MR) into this new label file or "
+                        "folder; -o is kept as it is")
 
 
 def volume_options(args: argparse.Namespace, command: str):
@@ -104,6 +109,32 @@ def _report(result, command: str) -> CommandResult:
                          f"{'zyx'[result.axis]} in {result.seconds:.1f} s -> {result.labels_path}{extra}", doc)
 
 
+def _check_join(args: argparse.Namespace, cfg) -> None:
+    """Refuse ``--join`` before anything is computed when it could not run."""
+    if args.join is None:
+        return
+    if os.path.abspath(args.join) == os.path.abspath(args.output):
+        raise InputError(f"--join {args.join}: give another output than -o; the run is kept as it is")
+    if not cfg.write_json:
+        raise InputError("--join needs the run's labels.json; drop --no-json")
+    if getattr(args, "image", "scan") is None:  # stack: the join's grey test needs the image
+        raise InputError("--join needs the intensity volume the labels belong to (--image)")
+
+
+def _then_join(args: argparse.Namespace, result, command: str) -> CommandResult:
+    """The run's report, then (``--join OUT``) `join_volume` of the run into OUT."""
+    report = _report(result, command)
+    if args.join is None:
+        return report
+    from .api import join_volume
+
+    joined = join_volume(result.labels_path, args.join)
+    report.doc["joined"] = {"labels": str(joined.labels_path), "n_labels": joined.n_labels,
+                            "seconds": round(joined.seconds, 2)}
+    report.line += f"; joined: {joined.n_labels} labels in {joined.seconds:.1f} s -> {joined.labels_path}"
+    return report
+
+
 def volume_config_from_args(args: argparse.Namespace):
     """The `VolumeConfig` of ``diffseg volume``'s options (``--background auto|none``)."""
     return volume_options(args, "volume")
@@ -117,19 +148,21 @@ def _run_volume(args: argparse.Namespace) -> CommandResult:
     from .api import middle_slice_rgb
 
     cfg = volume_config_from_args(args)
+    _check_join(args, cfg)
     seg_cfg = segmenter_config_from_args(args, lambda: middle_slice_rgb(args.input, cfg))
     with _warnings_as_lines("volume"):
         result = segment_volume(args.input, args.output, seg_cfg, cfg)
-    return _report(result, "volume")
+        return _then_join(args, result, "volume")
 
 
 def _run_stack(args: argparse.Namespace) -> CommandResult:
     from .api import stack_labels
 
     cfg = volume_options(args, "stack")
+    _check_join(args, cfg)
     with _warnings_as_lines("stack"):
         result = stack_labels(args.labels, args.output, cfg, image_path=args.image)
-    return _report(result, "stack")
+        return _then_join(args, result, "stack")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

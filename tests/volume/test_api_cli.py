@@ -287,7 +287,7 @@ def test_cli_volume_with_tiny_random_model(tmp_path: Path, capsys: pytest.Captur
     tifffile.imwrite(tmp_path / "s.tif", data, imagej=True, resolution=(2.0, 2.0),
                      metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"})
     rc = main(["volume", str(tmp_path / "s.tif"), "-o", str(tmp_path / "out"), "--model", "tiny-random",
-               "--size", "64", "--batch-size", "2", "--device", "cpu", "-q", "--json"])
+               "--size", "64", "--batch-size", "2", "--device", "cpu", "-q", "--json", "--join", str(tmp_path / "j")])
     assert rc == 0
     out = read_volume(tmp_path / "out" / "labels.tif")
     assert out.shape == data.shape and out.spacing == pytest.approx((1.5, 0.5, 0.5), rel=1e-4)
@@ -297,6 +297,10 @@ def test_cli_volume_with_tiny_random_model(tmp_path: Path, capsys: pytest.Captur
     assert (tmp_path / "out" / "labels_montage.png").exists()
     summary = json.loads(capsys.readouterr().out)
     assert summary["labels"].endswith("labels.tif") and summary["n_labels"] == doc["n_labels"]
+    # --join: the run joined into a new output with the scan it segmented as the grey test's image
+    joined = json.loads((tmp_path / "j" / "labels.json").read_text())
+    assert summary["joined"]["labels"] == str(tmp_path / "j" / "labels.tif")
+    assert joined["image"] == str(tmp_path / "s.tif") and joined["joined_from"] == str(tmp_path / "out" / "labels.tif")
 
 
 def test_cli_stack_separates_ellipsoids_stacked_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

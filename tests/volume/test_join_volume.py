@@ -200,3 +200,35 @@ def test_stack_records_the_index_it_read_the_image_with(tmp_path):
     doc = json.loads(res.json_path.read_text())
     assert doc["image"] == str(tmp_path / "image.npy") and doc["image_index"] == 1 and "image_series" not in doc
     assert join_volume(tmp_path / "run", tmp_path / "joined").n_labels >= 1  # reads volume 1 of the image
+
+
+def test_stack_then_join_in_one_command(tmp_path, capsys):
+    from diffseg.cli import main
+
+    lab, img, ball, other = pieces_volume()
+    np.save(tmp_path / "slices.npy", lab)
+    np.save(tmp_path / "image.npy", img)
+    rc = main(["stack", str(tmp_path / "slices.npy"), "-o", str(tmp_path / "run"), "--image",
+               str(tmp_path / "image.npy"), "--join", str(tmp_path / "joined.tif"), "--json", "-q"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["joined"]["labels"] == str(tmp_path / "joined.tif")
+    doc = json.loads((tmp_path / "joined.json").read_text())
+    assert doc["joined_from"] == str(tmp_path / "run" / "labels.npy") and doc["n_labels"] == out["joined"]["n_labels"]
+    assert "joined" not in json.loads((tmp_path / "run" / "labels.json").read_text())  # the run is kept
+
+
+def test_stack_join_is_refused_before_the_run_when_it_could_not_run(tmp_path, capsys):
+    from diffseg.cli import main
+
+    lab, img, _, _ = pieces_volume()
+    np.save(tmp_path / "slices.npy", lab)
+    np.save(tmp_path / "image.npy", img)
+    base = ["stack", str(tmp_path / "slices.npy"), "-o", str(tmp_path / "run.npy")]
+    for extra, said in ((["--join", str(tmp_path / "j.npy")], "--image"),  # no image: no grey test
+                        (["--image", str(tmp_path / "image.npy"), "--join", str(tmp_path / "run.npy")],
+                         "another output than -o"),
+                        (["--image", str(tmp_path / "image.npy"), "--no-json", "--join", str(tmp_path / "j.npy")],
+                         "--no-json")):
+        assert main(base + extra) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "run.npy").exists()  # nothing was computed
