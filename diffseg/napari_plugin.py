@@ -249,7 +249,8 @@ def segment_layer(image: "napari.types.ImageData", mode: Literal["auto", "image"
 
 
 def link_layer(labels: "napari.types.LabelsData", image: "Optional[napari.types.ImageData]" = None,  # noqa: F821
-               mode: Literal["video", "volume"] = "video", background: int = 0) -> "napari.types.LabelsData":  # noqa: F821
+               mode: Literal["video", "volume"] = "video", background: int = 0,
+               join: bool = False) -> "napari.types.LabelsData":  # noqa: F821
     """Link independently labelled frames (``video``) or slices (``volume``) into one id per
     object.
 
@@ -262,6 +263,9 @@ def link_layer(labels: "napari.types.LabelsData", image: "Optional[napari.types.
             preset, ``stack``).
         background: the label value meaning "no segment" (0 for most segmenters); -1: every
             value is a segment.
+        join: then join the ids of one object that the segmenter cut into pieces changing
+            from frame to frame or slice to slice (``diffseg join``: for videos and
+            microscopy stacks, not CT / MR); needs the image.
 
     Returns:
         int32 ids of the same shape, 0 = none.
@@ -273,6 +277,8 @@ def link_layer(labels: "napari.types.LabelsData", image: "Optional[napari.types.
     img = None if image is None else np.asarray(image)
     if img is not None and img.shape[:3] != lab.shape:
         raise InputError(f"image {img.shape} and labels {lab.shape} differ in size")
+    if join and img is None:
+        raise InputError("join needs the image: its colours (grey levels) keep unlike neighbours apart")
     if mode == "video":
         from temporal.config import TrackerConfig
         from temporal.engine import video
@@ -280,17 +286,25 @@ def link_layer(labels: "napari.types.LabelsData", image: "Optional[napari.types.
 
         cfg = TrackerConfig() if img is not None else TrackerConfig(engine=video().set(flow="none"))
         frames = None if img is None else [_rgb(f) for f in img]
-        return np.stack([tf.labels for tf in _progress(link_label_maps(list(lab), frames, cfg, bg),
-                                                        len(lab), "DiffSeg track")])
+        out = np.stack([tf.labels for tf in _progress(link_label_maps(list(lab), frames, cfg, bg),
+                                                       len(lab), "DiffSeg track")])
+        return _joined(out, frames) if join else out
     if mode == "volume":
         from volume.api import gray_slices, link_label_volume
         from volume.types import Volume, VolumeConfig
 
         cfg = VolumeConfig(background=bg, min_size=0, min_label_size=0)
-        grey = None if img is None else (img if img.ndim == 3 else img[..., :3].mean(-1))
-        out, _ = link_label_volume(lab, cfg, 0, gray_slices(Volume(data=grey), cfg) if grey is not None else None)
-        return out.astype(np.int32)
+        grey = None if img is None else gray_slices(Volume(data=img if img.ndim == 3 else img[..., :3].mean(-1)), cfg)
+        out, _ = link_label_volume(lab, cfg, 0, grey)
+        return _joined(out.astype(np.int32), [grey(0, i) for i in range(len(out))]) if join else out.astype(np.int32)
     raise InputError(f"mode must be video or volume; got {mode!r}")
+
+
+def _joined(ids: np.ndarray, looks: list) -> np.ndarray:
+    """``diffseg join``'s pass over linked ids (frames: RGB; slices: grey)."""
+    from temporal.engine.join import join_label_maps
+
+    return np.stack(join_label_maps(list(ids), looks)[0])
 
 
 def _mode(arr: np.ndarray) -> str:

@@ -137,3 +137,17 @@ def test_the_link_widget_joins_independently_labelled_frames_and_slices():
     assert len({int(out[t, 10, 8]) for t in range(4)}) == 1
     with pytest.raises(Exception, match="integer"):
         link_layer(lab.astype(np.float32))
+
+
+def test_the_link_widget_joins_the_pieces_of_a_nucleus():
+    from diffseg.napari_plugin import link_layer
+    from tests.volume.test_join_volume import pieces_volume
+
+    # a nucleus cut into two labels whose cut moves slice to slice (two columns either way)
+    lab, img, ball, other = pieces_volume(cuts=(18, 22))
+    linked = link_layer(lab, img, mode="volume", background=0)
+    joined = link_layer(lab, img, mode="volume", background=0, join=True)
+    assert len(np.unique(linked[ball])) > 1 and set(np.unique(joined[ball]).tolist()) == {int(joined[ball][0])}
+    assert int(joined[ball][0]) not in np.unique(joined[other]) and (joined[lab == 0] == 0).all()
+    with pytest.raises(Exception, match="join needs the image"):
+        link_layer(lab, mode="volume", join=True)
