@@ -268,7 +268,7 @@ def join_run(run_dir: "str | Path", out_dir: "str | Path", frames_source: "str |
     Raises:
         InputError: not a complete run, the same folder, frames missing or not the run's.
     """
-    from .engine.join import Exchange, JoinConfig, apply_joins
+    from .engine.join import Exchange, JoinConfig, apply_joins, name_donors
     from .export import TrackedVideo
 
     t0 = time.time()
@@ -308,11 +308,10 @@ def join_run(run_dir: "str | Path", out_dir: "str | Path", frames_source: "str |
         ex.add(lab, rgb)
     mapping = ex.groups(config)
     names = {int(t["id"]): {"name": t.get("name"), "name_score": t.get("name_score")} for t in run.tracks()}
-    area = {int(t["id"]): sum(t.get("area") or [0]) for t in run.tracks()}
-    for tid in sorted(mapping, key=lambda t: -area.get(t, 0)):  # unnamed oldest: its largest named member's
-        root = mapping[tid]
-        if names.get(root, {}).get("name") is None and names.get(tid, {}).get("name") is not None:
-            names[root] = names[tid]
+    area = ex.area
+    named = {t for t, n in names.items() if n["name"] is not None}
+    for root, donor in name_donors(mapping, named, dict(enumerate(area.tolist()))).items():
+        names[root] = names[donor]
     meta = {k: v for k, v in doc.items() if k not in WRITER_FIELDS}
     meta.update(joined_from=os.path.abspath(run.folder), join=config.to_dict(),
                 joined={str(k): int(v) for k, v in sorted(mapping.items())})

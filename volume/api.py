@@ -427,7 +427,7 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     """
     import json
 
-    from temporal.engine.join import Exchange, JoinConfig
+    from temporal.engine.join import Exchange, JoinConfig, join_lut, name_donors
 
     t0 = time.perf_counter()
     config = JoinConfig() if config is None else config
@@ -463,21 +463,17 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     for i in progress(range(n_slices), total=n_slices, desc="join: count", unit="slice"):
         ex.add(np.asarray(take_slice(lab, axis, i)), gray(axis, i))
     mapping = ex.groups(config)
-    # the run's ids through a lookup table, slab by slab; the ids left, counted as they go
-    top = max((int(lab[sl].max()) for sl in slabs(lab.shape)), default=0)
-    lut = np.arange(top + 1, dtype=np.int32)
-    lut[list(mapping)] = list(mapping.values())
+    # the run's ids through a lookup table, slab by slab; the ids left: those counted, joined
+    area = ex.area
+    lut = join_lut(mapping, len(area) - 1)
     joined = np.empty(vol.shape, np.int32)
-    present = np.zeros(top + 1, bool)
     for sl in slabs(lab.shape):
         joined[sl] = lut[np.asarray(lab[sl])]
-        present |= np.bincount(joined[sl].ravel(), minlength=top + 1) > 0
-    ids = [int(i) for i in np.flatnonzero(present[1:]) + 1]
+    ids = [int(i) for i in np.unique(lut[np.flatnonzero(area)]) if i > 0]
     names = {int(r["id"]): r.get("name") for r in doc.get("labels", [])}
-    area = {int(r["id"]): int(r.get("voxels") or 0) for r in doc.get("labels", [])}
-    for b in sorted(mapping, key=lambda x: -area.get(x, 0)):  # unnamed smallest id: its largest named member's
-        if names.get(mapping[b]) is None and names.get(b) is not None:
-            names[mapping[b]] = names[b]
+    named = {i for i, n in names.items() if n is not None}
+    for root, donor in name_donors(mapping, named, dict(enumerate(area.tolist()))).items():
+        names[root] = names[donor]
     extra = {"joined_from": os.path.abspath(labels_path), "join": config.to_dict(),
              "joined": {str(k): int(v) for k, v in sorted(mapping.items())},
              "image": os.path.abspath(image_path), "vocabulary": doc.get("vocabulary") or []}

@@ -109,7 +109,7 @@ def _report(result, command: str) -> CommandResult:
                          f"{'zyx'[result.axis]} in {result.seconds:.1f} s -> {result.labels_path}{extra}", doc)
 
 
-def _check_join(args: argparse.Namespace, cfg) -> None:
+def _check_join(args: argparse.Namespace, cfg, command: str) -> None:
     """Refuse ``--join`` before anything is computed when it could not run."""
     if args.join is None:
         return
@@ -117,7 +117,7 @@ def _check_join(args: argparse.Namespace, cfg) -> None:
         raise InputError(f"--join {args.join}: give another output than -o; the run is kept as it is")
     if not cfg.write_json:
         raise InputError("--join needs the run's labels.json; drop --no-json")
-    if getattr(args, "image", "scan") is None:  # stack: the join's grey test needs the image
+    if command == "stack" and args.image is None:  # the join's grey test needs the image (volume: its scan)
         raise InputError("--join needs the intensity volume the labels belong to (--image)")
 
 
@@ -148,7 +148,7 @@ def _run_volume(args: argparse.Namespace) -> CommandResult:
     from .api import middle_slice_rgb
 
     cfg = volume_config_from_args(args)
-    _check_join(args, cfg)
+    _check_join(args, cfg, "volume")
     seg_cfg = segmenter_config_from_args(args, lambda: middle_slice_rgb(args.input, cfg))
     with _warnings_as_lines("volume"):
         result = segment_volume(args.input, args.output, seg_cfg, cfg)
@@ -159,7 +159,7 @@ def _run_stack(args: argparse.Namespace) -> CommandResult:
     from .api import stack_labels
 
     cfg = volume_options(args, "stack")
-    _check_join(args, cfg)
+    _check_join(args, cfg, "stack")
     with _warnings_as_lines("stack"):
         result = stack_labels(args.labels, args.output, cfg, image_path=args.image)
         return _then_join(args, result, "stack")

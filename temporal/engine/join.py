@@ -38,7 +38,7 @@ import numpy as np
 from diffseg_core.config import ConfigDict
 from diffseg_core.errors import InputError
 
-__all__ = ["JoinConfig", "Exchange", "join_label_maps", "apply_joins"]
+__all__ = ["JoinConfig", "Exchange", "join_label_maps", "apply_joins", "join_lut", "name_donors"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,11 @@ class Exchange:
         self._colour: Optional[bool] = None  # frames given with every map (None: no map yet)
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (codes lo << 32 | hi, counts)
         self.n_frames = 0
+
+    @property
+    def area(self) -> np.ndarray:
+        """int64 pixels (voxels) per id ``0..max id`` over every frame counted."""
+        return self._area.copy()
 
     def _grow(self, n: int) -> None:
         if n > len(self._kept):
@@ -255,12 +260,29 @@ def join_label_maps(label_maps: Sequence[np.ndarray], frames: "Sequence[np.ndarr
     return [apply_joins(lab, mapping) for lab in label_maps], mapping
 
 
+def join_lut(mapping: dict[int, int], top: int) -> np.ndarray:
+    """int32 ``(top + 1,)`` lookup table: every id ``0..top`` to the id it joined (itself
+    when it joined none)."""
+    lut = np.arange(max(top, max(mapping, default=0)) + 1, dtype=np.int32)
+    lut[list(mapping)] = list(mapping.values())
+    return lut
+
+
 def apply_joins(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     """int32 ``labels`` with the ids of ``mapping`` replaced (the others kept)."""
     lab = np.asarray(labels, dtype=np.int32)
     if not mapping or not lab.size:
         return lab.copy()
-    top = max(int(lab.max()), max(mapping)) + 1
-    lut = np.arange(top, dtype=np.int32)
-    lut[list(mapping)] = list(mapping.values())
-    return lut[lab]
+    return join_lut(mapping, int(lab.max()))[lab]
+
+
+def name_donors(mapping: dict[int, int], named: "set[int]", size: "dict[int, int]") -> dict[int, int]:
+    """``{group id: the member whose name it takes}`` for the groups whose own (smallest)
+    id has no name: their largest named member's (``named``: the ids with a name; ``size``:
+    pixels or voxels per id)."""
+    donors: dict[int, int] = {}
+    for b in sorted(mapping, key=lambda t: -size.get(t, 0)):
+        root = mapping[b]
+        if root not in named and root not in donors and b in named:
+            donors[root] = b
+    return donors
