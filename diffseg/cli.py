@@ -103,7 +103,7 @@ def _setup_logging(verbose: bool) -> None:
         # libraries' own chatter (a damaged TIFF's tags, a NIfTI header fixed up on load): the
         # problem, when it is one, reaches the user as our one error line; -v shows it all
         for noisy in ("diffusers", "transformers", "pytorch_lightning", "lightning", "lightning.pytorch",
-                      "lightning_fabric"):
+                      "lightning_fabric", "highdicom"):  # highdicom: a line per module copied into a DICOM-SEG
             logging.getLogger(noisy).setLevel(logging.ERROR)
         for reader in ("tifffile", "nibabel", "pydicom"):  # they log what they recover from as errors
             logging.getLogger(reader).setLevel(logging.CRITICAL)

@@ -401,6 +401,38 @@ def run_labels(path: "str | os.PathLike") -> Path:
     return d
 
 
+def run_series(path: "str | os.PathLike") -> "Volume | None":
+    """The DICOM series a volume run segmented (``image`` in the ``labels.json`` beside its
+    labels, read as the run read it), or None (not a run, or its image is not a DICOM folder)."""
+    import json
+
+    try:
+        doc = json.loads(side_paths(run_labels(path))[0].read_text())
+    except (OSError, ValueError):
+        return None
+    image = doc.get("image") if isinstance(doc, dict) else None
+    return read_volume(image, series=doc.get("image_series")) if image and Path(image).is_dir() else None
+
+
+def read_labels(path: "str | os.PathLike", index: "int | None" = None,
+                on: "Volume | None" = None) -> "tuple[np.ndarray, Volume]":
+    """A label volume or a volume run's labels (`run_labels`): ``(labels, Volume)`` as
+    `volume.io.read_label_volume` reads them. A DICOM-SEG is placed on the slices of the
+    DICOM series ``on``, else on the series its run segmented (`run_series`), else read
+    alone (`volume.dicom.read_dicom_seg`: it must then have frames on every slice it
+    references)."""
+    from .dicom import is_dicom_seg, read_dicom_seg
+
+    p = run_labels(path)
+    if not (p.is_file() and is_dicom_seg(p)):
+        return read_label_volume(p, index=index)
+    on = run_series(p) if on is None else on
+    if on is not None and not on.meta.get("dicom_files"):
+        raise InputError(f"{path}: a DICOM-SEG is placed on a DICOM series; {on.path} is not one")
+    vol = read_dicom_seg(p, like=on)
+    return vol.data, vol
+
+
 def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
                 image_path: "str | os.PathLike | None" = None, config: Any = None) -> VolumeResult:
     """Join the labels of one structure in a finished volume run, into a new label file.
@@ -429,6 +461,8 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
 
     from temporal.engine.join import Exchange, JoinConfig, join_lut, name_donors
 
+    from .dicom import is_dicom_seg
+
     t0 = time.perf_counter()
     config = JoinConfig() if config is None else config
     labels_path = run_labels(run)
@@ -440,12 +474,10 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
         doc = json.loads(json_path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{json_path}: unreadable ({exc})") from exc
-    lab, vol = read_label_volume(labels_path)
-    out_path = resolve_output(output_path, vol)
-    output_format(out_path, vol)
-    if out_path.resolve() == labels_path.resolve():
-        raise InputError(f"{output_path}: give another output than the run's labels (the run is kept as it is)")
-    axis = int(doc.get("slicing_axis") or 0)
+    seg = is_dicom_seg(labels_path)
+    if not seg:  # (a DICOM-SEG is read once its series is: the frames are placed on its slices)
+        lab, vol = read_label_volume(labels_path)
+        fmt = output_format(resolve_output(output_path, vol), vol)
     index = series = None  # a 4-D file's volume, a DICOM folder's series: as the run read its image
     if image_path is None:
         image_path, index, series = doc.get("image"), doc.get("image_index"), doc.get("image_series")
@@ -455,6 +487,13 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     if not Path(image_path).exists():
         raise InputError(f"{image_path}: the run's image is not there any more; give it (--image)")
     image = read_volume(image_path, index=index, series=series)
+    if seg:
+        lab, vol = read_labels(labels_path, on=image)
+    out_path = resolve_output(output_path, vol)
+    fmt = output_format(out_path, vol)
+    if out_path.resolve() == labels_path.resolve():
+        raise InputError(f"{output_path}: give another output than the run's labels (the run is kept as it is)")
+    axis = int(doc.get("slicing_axis") or 0)
     if image.shape != vol.shape:
         raise InputError(f"{image_path}: image shape {image.shape} differs from the labels {vol.shape}")
     gray = gray_slices(image, VolumeConfig())
@@ -477,6 +516,14 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     extra = {"joined_from": os.path.abspath(labels_path), "join": config.to_dict(),
              "joined": {str(k): int(v) for k, v in sorted(mapping.items())},
              "image": os.path.abspath(image_path), "vocabulary": doc.get("vocabulary") or []}
+    if fmt == "dicom-seg" and ids != list(range(1, len(ids) + 1)):  # segment numbers are 1..n
+        renumber = np.zeros(max(ids) + 1, np.int32)
+        renumber[ids] = np.arange(1, len(ids) + 1)
+        for sl in slabs(joined.shape):
+            joined[sl] = renumber[joined[sl]]
+        extra["renumbered"] = {str(k): i for k, i in enumerate(ids, 1)}
+        names = {k: names.get(i) for k, i in enumerate(ids, 1)}
+        ids = list(range(1, len(ids) + 1))
     return _write_outputs(joined, vol, out_path, axis, ids, None, gray, t0, [], extra,
                           names={i: names.get(i) for i in ids})
 

@@ -166,13 +166,15 @@ def _run_stack(args: argparse.Namespace) -> CommandResult:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .api import run_labels
+    from .api import read_labels, run_series
     from .evaluate import volume_dice
-    from .io import read_label_volume
+    from .io import read_volume
 
     with _warnings_as_lines("evaluate"):
-        pred, pv = read_label_volume(run_labels(args.pred), index=args.index)
-        gt, gv = read_label_volume(run_labels(args.gt), index=args.index)
+        # a DICOM-SEG (either side) is placed on --series, else on the series the run segmented
+        series = read_volume(args.series) if args.series is not None else run_series(args.pred)
+        pred, pv = read_labels(args.pred, index=args.index, on=series)
+        gt, gv = read_labels(args.gt, index=args.index, on=series)
         if pv.shape != gv.shape:
             raise InputError(f"{args.pred}: shape {pv.shape} differs from ground truth {args.gt} {gv.shape}")
         scores = volume_dice(pred, gt, oracle=not args.no_oracle, axis=args.axis if args.axis is not None else 0,
@@ -224,6 +226,9 @@ def register_evaluate(ev_sub, parent) -> None:
     e.add_argument("gt", help="ground-truth label volume (0 = background, not scored)")
     e.add_argument("--axis", type=_axis, default=None, help="slicing axis of the oracle [z]")
     e.add_argument("--index", type=int, default=None, help="volume index of 4-D input")
+    e.add_argument("--series", default=None, metavar="DIR",
+                   help="the DICOM series a DICOM-SEG (prediction or ground truth) was made on: its frames are "
+                        "placed on its slices [the series the prediction's run segmented, if any]")
     e.add_argument("--no-oracle", action="store_true", help="skip the per-slice oracle")
     e.add_argument("--no-surface", action="store_true", help="skip HD95 and surface Dice (a distance transform per label)")
     e.add_argument("--surface-tolerance", type=_positive_float, default=1.0,

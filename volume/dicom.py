@@ -1,9 +1,11 @@
-"""DICOM series folders -> `Volume` (pydicom), with geometry checks.
+"""DICOM series folders -> `Volume` (pydicom), with geometry checks; DICOM-SEG in and out.
 
 Slices are grouped by SeriesInstanceUID, sorted by ImagePositionPatient projected on the
 slice normal (row x column direction), rescaled with RescaleSlope/Intercept; the spacing
 is PixelSpacing plus the distance between consecutive positions. The affine maps
-``(slice, row, column)`` indices to RAS+ mm (DICOM's LPS with x and y negated).
+``(slice, row, column)`` indices to RAS+ mm (DICOM's LPS with x and y negated). A DICOM
+Segmentation (highdicom) is read as a label volume in the same array order as its source
+series (`read_dicom_seg`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ log = logging.getLogger("diffseg.volume")
 GAP_TOLERANCE = 0.01
 #: A gap larger than this many median gaps means slices are missing: an error.
 MISSING_FACTOR = 1.5
+#: SOP Class UID of DICOM Segmentation Storage (a DICOM-SEG file).
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @dataclass
@@ -86,6 +90,8 @@ def read_dicom_series(path: "str | Path", series: "str | None" = None) -> Volume
             differing slice sizes or orientations, duplicate positions, missing slices.
     """
     path = Path(path)
+    if path.is_file() and is_dicom_seg(path):
+        return read_dicom_seg(path)
     folder = path if path.is_dir() else path.parent
     found = list_series(folder)
     if not found:
@@ -264,6 +270,96 @@ def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
     )
 
 
+def is_dicom_seg(path: Path) -> bool:
+    """Whether ``path`` is a DICOM Segmentation file (False for anything else, unreadable too)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # not DICOM, or damaged: the series reader names the problem
+        return False
+    return str(ds.get("SOPClassUID", "")) == SEG_STORAGE
+
+
+def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
+    """Read a DICOM Segmentation (highdicom) as a label volume: each voxel holds the
+    number of the segment it is in (0: none), as `write_dicom_seg` numbers labels.
+
+    The array order is its source series' as `read_dicom_series` reads it: ``(slice, row,
+    column)``, slices ascending along the normal (row x column direction); the affine maps
+    it to RAS+ mm. With ``like`` (the source series, read by `read_dicom_series`) the frames
+    are placed on its slices by the source instance each frame references, so a
+    segmentation that leaves out its empty slices (most tools do; ours writes them all) gets
+    the series' full extent; without it every slice the segmentation references must have
+    its frames.
+
+    Raises:
+        InputError: unreadable, FRACTIONAL, overlapping segments (a label volume holds one
+            segment per voxel), frames not on one regular grid, empty slices left out and no
+            ``like``, or ``like`` not its source series.
+    """
+    import highdicom as hd
+
+    path = Path(path)
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable DICOM-SEG ({type(exc).__name__}: {short_message(exc)})") from exc
+    if seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL:
+        raise InputError(f"{path}: a FRACTIONAL DICOM-SEG holds probabilities, not labels; threshold it into a "
+                         "BINARY one first")
+    names = {int(d.SegmentNumber): str(d.get("SegmentLabel", "")) or None for d in seg.SegmentSequence}
+    try:
+        if like is not None:
+            sops = [_sop_uid(f) for f in like.meta.get("dicom_files") or []]
+            if not sops:
+                raise InputError(f"{path}: {like.path} is not a DICOM series to place the segmentation on")
+            try:
+                data = seg.get_pixels_by_source_instance(source_sop_instance_uids=sops, combine_segments=True,
+                                                         dtype=np.int32)
+            except KeyError as exc:  # highdicom: instances the segmentation does not reference
+                raise InputError(f"{path}: not a segmentation of the series {like.path} (it references other "
+                                 "slices)") from exc
+            return Volume(data=data, spacing=like.spacing, affine=like.affine, source_format="dicom-seg", path=path,
+                          spacing_known=True, unit="mm", modality="SEG",
+                          meta={"dicom_files": like.meta["dicom_files"], "segment_labels": names})
+        vol = seg.get_volume(combine_segments=True, dtype=np.int32)
+    except InputError:
+        raise
+    except RuntimeError as exc:  # highdicom: "segments overlap"
+        raise InputError(f"{path}: cannot be read as one label volume: {short_message(exc)} (a label volume holds "
+                         "one segment per voxel)") from exc
+    except Exception as exc:  # frames off a regular grid, instances not in the segmentation, ...
+        raise InputError(f"{path}: cannot be read as a label volume ({type(exc).__name__}: "
+                         f"{short_message(exc)})") from exc
+    if vol is None:
+        raise InputError(f"{path}: its frames do not lie on one regular grid of slices")
+    referenced = sum(len(s.get("ReferencedInstanceSequence", [])) for s in seg.get("ReferencedSeriesSequence", []))
+    data = np.asarray(vol.array, np.int32)
+    if referenced > data.shape[0]:
+        raise InputError(f"{path}: the segmentation leaves out {referenced - data.shape[0]} of the "
+                         f"{referenced} slices of its source series (empty ones); give the series it was made "
+                         "on to place its frames (`diffseg evaluate volume --series DIR`; Python: "
+                         "`volume.api.read_labels(path, on=read_volume(DIR))`)")
+    lps = np.asarray(vol.affine, np.float64).copy()  # (slice, row, column) -> LPS mm
+    dy, dx = np.linalg.norm(lps[:3, 1]), np.linalg.norm(lps[:3, 2])
+    normal = np.cross(lps[:3, 2] / dx, lps[:3, 1] / dy)  # row direction x column direction
+    if float(np.dot(lps[:3, 0], normal)) < 0:  # highdicom may stack the slices the other way
+        data = data[::-1].copy()
+        lps[:3, 3] += (data.shape[0] - 1) * lps[:3, 0]
+        lps[:3, 0] *= -1
+    dz = float(np.linalg.norm(lps[:3, 0]))
+    return Volume(data=data, spacing=(dz, float(dy), float(dx)), affine=np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps,
+                  source_format="dicom-seg", path=path, spacing_known=True, unit="mm", modality="SEG",
+                  meta={"segment_labels": names})
+
+
+def _sop_uid(f: "str | Path") -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+
+
 #: DICOM attributes of type 2 (present, may be empty) that a DICOM-SEG copies from its source
 #: images; a source without them (a de-identified or hand-made series) gets them empty
 _SOURCE_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
@@ -288,12 +384,14 @@ def write_dicom_seg(path: "str | Path", labels: np.ndarray, like: Volume,
     Each label ``i`` (``1..n``) is segment ``i``: its ``SegmentLabel`` is its name (or
     ``label i``), its recommended display colour our overlay's, its algorithm ``diffseg-vv``
     (automatic); the segmented property category and type are the generic SNOMED code
-    "Tissue" (unsupervised segments carry no anatomy). Empty frames are left out. The
+    "Tissue" (unsupervised segments carry no anatomy). Empty frames are left out (as most
+    tools write them: `read_dicom_seg` then needs the series to place the frames). The
     provenance's model id, revision, dtype and whether the weights are random are the
     algorithm's parameters (``AlgorithmParameters``).
 
     Raises:
-        InputError: ``like`` is not a DICOM series read by `read_dicom_series`.
+        InputError: ``like`` is neither a DICOM series read by `read_dicom_series` nor a
+            DICOM-SEG placed on one.
     """
     import highdicom as hd
     import pydicom
@@ -302,7 +400,7 @@ def write_dicom_seg(path: "str | Path", labels: np.ndarray, like: Volume,
     from diffseg_core import software_version
     from diffseg_core.io import atomic_path, label_palette
 
-    files = like.meta.get("dicom_files") if like.source_format == "dicom" else None
+    files = like.meta.get("dicom_files")  # a series read by read_dicom_series, or a DICOM-SEG placed on one
     if not files:
         raise InputError(f"{path}: DICOM-SEG output needs a DICOM input series (it references the series' "
                          "slices); write .nii.gz instead")

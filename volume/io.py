@@ -452,7 +452,7 @@ def output_format(path: "str | os.PathLike", like: "Volume | None" = None) -> st
     for ext, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".tiff", "tiff"), (".tif", "tiff"),
                      (".npy", "npy"), (".zarr", "ome-zarr"), (".dcm", "dicom-seg")):
         if name.endswith(ext):
-            if fmt == "dicom-seg" and like is not None and like.source_format != "dicom":
+            if fmt == "dicom-seg" and like is not None and not like.meta.get("dicom_files"):
                 raise InputError(f"{path}: DICOM-SEG output needs a DICOM input series (it references its "
                                  "slices); write .nii.gz, .tif or .npy")
             return fmt
