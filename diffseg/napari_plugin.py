@@ -34,7 +34,7 @@ from diffseg_core.errors import InputError
 from diffseg_core.io import label_palette
 
 LayerData = tuple  # (data, meta, layer type)
-VOLUME_EXTS = (".nii.gz", ".nii", ".tif", ".tiff", ".npy")
+VOLUME_EXTS = (".nii.gz", ".nii", ".tif", ".tiff", ".npy", ".dcm")
 
 try:  # the widget's type hints name napari's types (magicgui resolves them in napari)
     import napari  # noqa: F401
@@ -117,10 +117,10 @@ def read_output(path: "str | Path") -> list[LayerData]:
                 "metadata": {"diffseg": {k: v for k, v in doc.items() if k != "segments"}}}
         return [(read_labels(p), meta, "labels")]
     if kind == "volume":
-        from volume.io import read_label_volume
+        from volume.api import read_labels
         from volume.report import side_paths
 
-        lab, vol = read_label_volume(p)
+        lab, vol = read_labels(p)  # a DICOM-SEG: placed on the series its run segmented
         lab = np.asarray(lab)
         doc = _json(side_paths(p)[0], "labels") or {"labels": [  # a TIFF of ours without its sidecar
             {"id": int(i), "name": None, "voxels": int(c)} for i, c in zip(*np.unique(lab[lab > 0], return_counts=True))]}
