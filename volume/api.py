@@ -475,9 +475,9 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     except (OSError, ValueError) as exc:
         raise InputError(f"{json_path}: unreadable ({exc})") from exc
     seg = is_dicom_seg(labels_path)
-    if not seg:  # (a DICOM-SEG is read once its series is: the frames are placed on its slices)
-        lab, vol = read_label_volume(labels_path)
-        fmt = output_format(resolve_output(output_path, vol), vol)
+    if not seg:  # a bad output extension is named before the image is read (a DICOM-SEG is read
+        lab, vol = read_label_volume(labels_path)  # once its series is: its frames go on its slices)
+        output_format(resolve_output(output_path, vol), vol)
     index = series = None  # a 4-D file's volume, a DICOM folder's series: as the run read its image
     if image_path is None:
         image_path, index, series = doc.get("image"), doc.get("image_index"), doc.get("image_series")

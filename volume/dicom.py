@@ -289,7 +289,7 @@ def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
     column)``, slices ascending along the normal (row x column direction); the affine maps
     it to RAS+ mm. With ``like`` (the source series, read by `read_dicom_series`) the frames
     are placed on its slices by the source instance each frame references, so a
-    segmentation that leaves out its empty slices (most tools do; ours writes them all) gets
+    segmentation that leaves out its empty slices (most tools do, `write_dicom_seg` too) gets
     the series' full extent; without it every slice the segmentation references must have
     its frames.
 
