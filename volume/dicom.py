@@ -44,7 +44,8 @@ def _candidate_files(folder: Path) -> list[Path]:
 
 
 def list_series(folder: "str | Path") -> dict[str, _SeriesInfo]:
-    """SeriesInstanceUID -> files, description, modality of every DICOM image in ``folder``.
+    """SeriesInstanceUID -> files, description, modality of every DICOM image in ``folder``
+    (segmentations beside the images, as a PACS export of a study puts them, are not images).
 
     Files that are not DICOM are skipped silently; DICOM files whose header cannot be read
     are skipped with one warning that counts them, so one broken file never hides the rest.
@@ -58,8 +59,8 @@ def list_series(folder: "str | Path") -> dict[str, _SeriesInfo]:
     for f in _candidate_files(folder):
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-            if "Rows" not in ds or "Columns" not in ds:
-                continue  # not an image (SR, presentation state, ...)
+            if "Rows" not in ds or "Columns" not in ds or str(ds.get("SOPClassUID", "")) == SEG_STORAGE:
+                continue  # not an image (SR, presentation state, ...; a DICOM-SEG holds labels)
             int(ds.Rows), int(ds.Columns)  # a damaged size element raises here
             uid = str(getattr(ds, "SeriesInstanceUID", "") or "unknown")
             description = str(getattr(ds, "SeriesDescription", "") or "")

@@ -182,3 +182,15 @@ def test_napari_opens_a_dicom_seg_run_as_labels(tmp_path):
     [(got, meta, kind)] = get_reader(str(tmp_path / "run" / "labels.dcm"))(str(tmp_path / "run" / "labels.dcm"))
     assert kind == "labels" and meta["features"]["id"] == [1, 2, 3]
     np.testing.assert_array_equal(got, lab)
+
+
+def test_a_dicom_seg_beside_its_series_is_not_taken_for_an_image(tmp_path):
+    """A study folder as a PACS exports it: the series and a segmentation of it. The folder
+    reads as the one image series (the DICOM-SEG is not a second series to choose from), and
+    the DICOM-SEG as labels on it."""
+    img = series(tmp_path)
+    lab = labels_in_every_slice()
+    write_dicom_seg(tmp_path / "ct" / "seg.dcm", lab, img)
+    again = read_volume(tmp_path / "ct")
+    assert again.shape == SHAPE and again.source_format == "dicom" and len(again.meta["dicom_files"]) == 6
+    np.testing.assert_array_equal(read_labels(tmp_path / "ct" / "seg.dcm", on=again)[0], lab)
