@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diffseg_core.types import Segmentation
 from temporal.engine.config import PredictConfig
 from temporal.engine.predict import Predictor
 from temporal.flow import make_flow_estimator
-from temporal.proposals import segmentation_from_labels
+from temporal.proposals import proposals_from_labels, segmentation_from_labels
 from temporal.tracker import VideoSegmenter
 
 from .conftest import Scene, seg_from_gt, texture, tracker
@@ -341,6 +342,28 @@ def test_a_young_track_takes_back_the_id_of_a_returning_object(rng):
     old = ids[0]
     assert all(ids[t] == old for t in range(6)) and 6 not in ids
     assert all(ids[t] == old for t in range(11, 16)), str(ids)
+
+
+def test_a_fast_object_the_segmenter_misses_for_a_frame_keeps_its_id(rng):
+    # a square crossing the frame at 12 px a frame (two proposal-grid cells) that the
+    # segmenter does not show at frame 5 (no segment there): at frame 6 the segment that
+    # shows it again takes the remembered id back at once. The remembered map is the last
+    # frame's: a running average of its places (ahead of each other by 12 px) looked unlike
+    # the object wherever it was, and the object came back under a new id
+    sc = Scene([(1, 10, 8, 20, (230, 60, 200), 6, 11, 0, 99)], hw=(96, 160), seed=3)
+    vs = VideoSegmenter(None, tracker())
+    st = vs.init_state()
+    ids = {}
+    for t in range(9):
+        img, gt = sc.frame(t)
+        lab = seg_from_gt(gt, rng, shuffle=False).labels  # 0 ground, 1 the square
+        K = 2
+        if t == 5:
+            lab, K = np.where(gt == 1, -1, lab), 1
+        props = proposals_from_labels(np.where(lab < 0, K, lab), K + 1, side=16)[:K]
+        tf = vs.step(st, img, Segmentation(labels=lab, proposals=props))
+        ids[t] = int(np.bincount(tf.labels[gt == 1]).argmax())
+    assert len({ids[t] for t in ids if t != 5}) == 1, ids
 
 
 def test_a_swallowed_track_is_carved_out_not_reidentified_elsewhere(rng):
