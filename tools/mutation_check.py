@@ -215,12 +215,6 @@ MUTANTS: list[Mutant] = [
            '"source": os.path.abspath(frames_source), "segments"', '"source": str(frames_source), "segments"',
            ("tests/temporal/test_join.py",),
            "a run names its frames by the path typed: `diffseg join` from another folder cannot find them"),
-    Mutant("look.map_averaged", "temporal/engine/linker.py",
-           "                        t.proposal = row.reshape(props.shape[1:])\n",
-           "                        p = row.reshape(props.shape[1:])\n"
-           "                        t.proposal = p if t.proposal is None else 0.5 * p + 0.5 * t.proposal\n",
-           ("tests/temporal/test_tracker_quality.py", "tests/temporal/test_relabel.py"),
-           "a fast object the segmenter misses for one frame comes back under a new id"),
     Mutant("dicom_seg.slice_order", "volume/dicom.py",
            "if float(np.dot(lps[:3, 0], normal)) < 0:", "if False:",
            ("tests/volume/test_dicom_seg_in.py",),

@@ -68,10 +68,9 @@ class EvidenceConfig(ConfigDict):
             (DiffSeg's merge threshold is 1.1 nats: maps that far apart are different).
         hist_bins: colour histogram bins per RGB channel for the appearance similarity
             (Bhattacharyya); 0 = proposal maps alone.
-        look_update: weight of the newest frame in a track's remembered colour histogram
-            (a running average; its proposal map is the last frame's: a map says where the
-            track is); 1 = the last frame only (0.5: 1 lost 1-2 points of the oracle ratio on
-            both benchmark seeds, 0.25 2.5 on one, measured when the map was averaged too).
+        look_update: weight of the newest frame in a track's remembered look (its colour
+            histogram and proposal map, a running average); 1 = the last frame only (0.5:
+            1 loses 1-2 points of the oracle ratio on both benchmark seeds, 0.25 2.5 on one).
     """
 
     kl_tau: float = 2.0

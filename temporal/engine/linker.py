@@ -299,10 +299,7 @@ class Linker:
             if props is not None:
                 # the map of the segments a track owns whole (area-weighted); a track holding
                 # only carved parts takes those of the segments it was carved from, weighted
-                # by its parts. One matrix product for all tracks. The last frame's map, not
-                # a running average: a map says where the track is, and averaging the places
-                # of a moving track smeared it along its path (a fast object missed for one
-                # frame no longer looked like itself: benchmarks/RESULTS.md, session 23)
+                # by its parts. One matrix product for all tracks.
                 K = len(props)
                 W = np.zeros((K, len(ids)))
                 own = np.flatnonzero(segment_ids > 0)
@@ -317,8 +314,10 @@ class Linker:
                 P = ((W[:, valid] / tot[valid]).T @ props.reshape(K, -1)).astype(np.float32)
                 for k, row in zip(valid.tolist(), P):
                     t = reg.tracks.get(int(ids[k]))
-                    if t is not None:
-                        t.proposal = row.reshape(props.shape[1:])
+                    if t is None:
+                        continue
+                    p = row.reshape(props.shape[1:])
+                    t.proposal = p if t.proposal is None or t.proposal.shape != p.shape else (a * p + (1 - a) * t.proposal)
             if parts is not None:
                 # a track's colour is learnt from the segments it owns whole; a track that
                 # only holds carved parts learns from those (else carved-in ground would

@@ -100,6 +100,7 @@ def test_a_fragment_that_yields_never_shows_its_own_id(window):
         assert ids[4] != [a] and a in ids[4] and not any(f.absorbed for f in out), ids
 
 
+@FRAGMENT_GAP
 def test_a_young_track_is_not_folded_when_its_life_is_longer_than_the_window():
     # same scene, but the split lasts 3 frames: with a window of 1 the fragment's first frame
     # can no longer be rewritten, so its id is kept (no half-corrected history)
