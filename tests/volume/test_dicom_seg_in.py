@@ -166,6 +166,14 @@ def test_join_of_a_dicom_seg_run_writes_a_dicom_seg(tmp_path):
     lut = {int(k): v for k, v in json.loads(dcm.json_path.read_text())["renumbered"].items()}
     assert lut == {1: 1, 2: 3}
     np.testing.assert_array_equal(np.vectorize(lambda v: lut.get(v, 0))(got), np.asarray(ref))
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "diffseg", "join", str(tmp_path / "dcm"), "-o", str(tmp_path / "cli_joined")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # the summary line; not highdicom's line per module it copies into the DICOM-SEG
+    assert done.returncode == 0 and "copy" not in done.stderr + done.stdout, done.stderr
+    assert (tmp_path / "cli_joined" / "labels.dcm").is_file()
 
 
 def test_napari_opens_a_dicom_seg_run_as_labels(tmp_path):
