@@ -224,7 +224,7 @@ MUTANTS: list[Mutant] = [
            ("tests/volume/test_dicom_seg_in.py",),
            "a DICOM-SEG without its empty slices reads as a shorter volume: evaluated against the wrong slices"),
     Mutant("dicom_seg.run_series_ignored", "volume/api.py",
-           "    on = run_series(p) if on is None else on\n", "",
+           "on = run_series(p if run is None else run)", "on = None",
            ("tests/volume/test_dicom_seg_in.py",),
            "`diffseg evaluate volume` cannot read a run's own DICOM-SEG output unless told its series"),
     Mutant("dicom_seg.listed_as_a_series", "volume/dicom.py",

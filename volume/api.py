@@ -415,18 +415,23 @@ def run_series(path: "str | os.PathLike") -> "Volume | None":
 
 
 def read_labels(path: "str | os.PathLike", index: "int | None" = None,
-                on: "Volume | None" = None) -> "tuple[np.ndarray, Volume]":
+                on: "Volume | str | os.PathLike | None" = None,
+                run: "str | os.PathLike | None" = None) -> "tuple[np.ndarray, Volume]":
     """A label volume or a volume run's labels (`run_labels`): ``(labels, Volume)`` as
     `volume.io.read_label_volume` reads them. A DICOM-SEG is placed on the slices of the
-    DICOM series ``on``, else on the series its run segmented (`run_series`), else read
-    alone (`volume.dicom.read_dicom_seg`: it must then have frames on every slice it
-    references)."""
+    DICOM series ``on`` (a `Volume` or its folder), else on the series the run ``run``
+    segmented (default: the DICOM-SEG's own run; `run_series`), else read alone
+    (`volume.dicom.read_dicom_seg`: it must then have frames on every slice it references).
+    The series is read only for a DICOM-SEG."""
     from .dicom import is_dicom_seg, read_dicom_seg
 
     p = run_labels(path)
     if not (p.is_file() and is_dicom_seg(p)):
         return read_label_volume(p, index=index)
-    on = run_series(p) if on is None else on
+    if on is None:
+        on = run_series(p if run is None else run)
+    elif not isinstance(on, Volume):
+        on = read_volume(on)
     if on is not None and not on.meta.get("dicom_files"):
         raise InputError(f"{path}: a DICOM-SEG is placed on a DICOM series; {on.path} is not one")
     vol = read_dicom_seg(p, like=on)

@@ -166,15 +166,14 @@ def _run_stack(args: argparse.Namespace) -> CommandResult:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .api import read_labels, run_series
+    from .api import read_labels
     from .evaluate import volume_dice
-    from .io import read_volume
 
     with _warnings_as_lines("evaluate"):
-        # a DICOM-SEG (either side) is placed on --series, else on the series the run segmented
-        series = read_volume(args.series) if args.series is not None else run_series(args.pred)
-        pred, pv = read_labels(args.pred, index=args.index, on=series)
-        gt, gv = read_labels(args.gt, index=args.index, on=series)
+        # a DICOM-SEG (either side) is placed on --series, else on the series the prediction's run
+        # segmented (a series is read only for a DICOM-SEG)
+        pred, pv = read_labels(args.pred, index=args.index, on=args.series)
+        gt, gv = read_labels(args.gt, index=args.index, on=args.series, run=args.pred)
         if pv.shape != gv.shape:
             raise InputError(f"{args.pred}: shape {pv.shape} differs from ground truth {args.gt} {gv.shape}")
         scores = volume_dice(pred, gt, oracle=not args.no_oracle, axis=args.axis if args.axis is not None else 0,

@@ -266,7 +266,8 @@ def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
         data=data, spacing=(dz, dy, dx), affine=affine, source_format="dicom", path=folder,
         spacing_known=True, unit="mm", modality=info.modality,
         meta={"dicom_series": info.uid, "dicom_description": info.description,
-              "dicom_files": [str(dss[k][0]) for k in order]},  # slice order: DICOM-SEG references them
+              "dicom_files": [str(dss[k][0]) for k in order],  # slice order: DICOM-SEG references them
+              "dicom_sop_uids": [str(dss[k][1].get("SOPInstanceUID", "")) for k in order]},
         slope=next(iter(slopes)) if uniform else 1.0, intercept=next(iter(inters)) if uniform else 0.0,
     )
 
@@ -312,7 +313,7 @@ def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
     names = {int(d.SegmentNumber): str(d.get("SegmentLabel", "")) or None for d in seg.SegmentSequence}
     try:
         if like is not None:
-            sops = [_sop_uid(f) for f in like.meta.get("dicom_files") or []]
+            sops = like.meta.get("dicom_sop_uids") or []  # recorded by read_dicom_series
             if not sops:
                 raise InputError(f"{path}: {like.path} is not a DICOM series to place the segmentation on")
             try:
@@ -323,7 +324,8 @@ def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
                                  "slices)") from exc
             return Volume(data=data, spacing=like.spacing, affine=like.affine, source_format="dicom-seg", path=path,
                           spacing_known=True, unit="mm", modality="SEG",
-                          meta={"dicom_files": like.meta["dicom_files"], "segment_labels": names})
+                          meta={"dicom_files": like.meta["dicom_files"], "dicom_sop_uids": sops,
+                                "segment_labels": names})
         vol = seg.get_volume(combine_segments=True, dtype=np.int32)
     except InputError:
         raise
@@ -353,12 +355,6 @@ def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
     return Volume(data=data, spacing=(dz, float(dy), float(dx)), affine=np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps,
                   source_format="dicom-seg", path=path, spacing_known=True, unit="mm", modality="SEG",
                   meta={"segment_labels": names})
-
-
-def _sop_uid(f: "str | Path") -> str:
-    import pydicom
-
-    return str(pydicom.dcmread(str(f), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
 
 
 #: DICOM attributes of type 2 (present, may be empty) that a DICOM-SEG copies from its source
