@@ -6,7 +6,10 @@ Used by `bench_temporal.py --only quality` (and by hand while working on the eng
 
 Items: the three DAVIS-2016 sequences of DATA (frames and masks halved to 427x240: the
 engine works at 240 px anyway) and three synthetic multi-object videos (`synth_video`) of
-the same size. Each family (`families.VIDEO`) segments every frame; the label maps are
+the same size. ``--full-res`` keeps the DAVIS sequences at their own 854x480 (items named
+``<sequence>@full``), so the engine takes the path real videos take, its flow and warps at
+its work side and the labels resized back; the families then segment the full frames (fine
+felzenszwalb takes minutes a cell) and the synthetic videos are left out. Each family (`families.VIDEO`) segments every frame; the label maps are
 cached under WORK (``.npz``), then linked by each method and scored with
 `temporal.evaluate` (DAVIS-2017 unsupervised protocol: J&F of one assignment per sequence
 over the per-frame oracle, id switches per object per 100 frames) and beside the ceiling
@@ -53,8 +56,10 @@ def read_sequence(seq: Path) -> tuple[list, list]:
             [read_labels(p) for p in sorted((seq / "masks").glob("*.png"))])
 
 
-def load_items(data: Path, n_synth: int = 60, seed: int = 0) -> Iterator[tuple[str, list, list]]:
-    """(name, RGB frames, ground-truth id maps), all at 427x240."""
+def load_items(data: Path, n_synth: int = 60, seed: int = 0,
+               full_res: bool = False) -> Iterator[tuple[str, list, list]]:
+    """(name, RGB frames, ground-truth id maps), all at 427x240; with ``full_res`` only the
+    DAVIS sequences, at their own size, named ``<sequence>@full``."""
     import cv2
 
     for name in DAVIS:
@@ -63,9 +68,14 @@ def load_items(data: Path, n_synth: int = 60, seed: int = 0) -> Iterator[tuple[s
             print(f"# skipping {name}: not found in {data}")
             continue
         frames, gt = read_sequence(seq)
+        if full_res:
+            yield f"{name}@full", frames, gt
+            continue
         frames = [cv2.resize(f, HW[::-1], interpolation=cv2.INTER_AREA) for f in frames]
         gt = [cv2.resize(g.astype(np.uint8), HW[::-1], interpolation=cv2.INTER_NEAREST) for g in gt]
         yield name, frames, gt
+    if full_res:
+        return
     for name, vid in synth_items(n_synth, seed).items():
         pairs = [vid.frame(t) for t in range(vid.n_frames)]
         yield name, [p[0] for p in pairs], [p[1] for p in pairs]
@@ -301,6 +311,8 @@ def main() -> None:
     ap.add_argument("--items", default="", help="comma list of item names (default all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--synth-frames", type=int, default=60)
+    ap.add_argument("--full-res", action="store_true",
+                    help="the DAVIS sequences at their own 854x480 (the resize path of real videos), no synthetic ones")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--speed", action="store_true", help="only the speed figures")
     ap.add_argument("--timelapse", action="store_true", help="only the microscopy time-lapse point-track scores")
@@ -320,7 +332,7 @@ def main() -> None:
     rows = []
     print(f"{'item':22s} {'family':20s} {'method':22s} {'J&F':>6s} {'oracle':>6s} {'ratio':>6s} {'ceiling':>7s} "
           f"{'/ceil':>6s} {'sw/obj/100':>10s} {'tracks':>6s} {'s':>5s}")
-    for item, frames, gt in load_items(a.data, a.synth_frames, a.seed):
+    for item, frames, gt in load_items(a.data, a.synth_frames, a.seed, a.full_res):
         if want and item not in want:
             continue
         for fam in fams:
