@@ -205,8 +205,11 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         print(f"diffseg {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"diffseg {args.command}: error: out of memory (try a smaller --size or --batch-size)",
-              file=sys.stderr)
+        if verbose:
+            log.exception("failed")
+        flags = [f for f in ("--size", "--batch-size") if f in _subparser(parser, args)._option_string_actions]
+        hint = f" (try a smaller {' or '.join(flags)})" if flags else ""
+        print(f"diffseg {args.command}: error: out of memory{hint}", file=sys.stderr)
         return 2
 
 

@@ -281,3 +281,29 @@ def test_huge_image_helpers_agree_with_the_whole_array_formulas(tmp_path):
     wide = (np.arange(600 * 4).reshape(600, 4) // 3).astype(np.int16)  # > 255: 16-bit PNG
     save_labels_png(tmp_path / "wide.png", wide[:, ::2])  # a strided view is copied, not misread
     np.testing.assert_array_equal(read_labels(tmp_path / "wide.png"), wide[:, ::2])
+
+
+@pytest.mark.parametrize("command", ["image", "evaluate"])
+def test_out_of_memory_is_one_line_with_a_hint_only_where_the_command_has_one(command, tmp_path, monkeypatch,
+                                                                              capsys):
+    def oom(*a, **k):
+        raise MemoryError
+
+    lab = tmp_path / "lab.npy"
+    np.save(lab, np.ones((2, 4, 4), np.int32))
+    if command == "image":
+        import diffseg_core.segmenter
+
+        monkeypatch.setattr(diffseg_core.segmenter, "DiffSegSegmenter", oom)
+        argv = ["image", str(write_frames(tmp_path / "f", 1)), "-o", str(tmp_path / "out")]
+    else:
+        import volume.evaluate
+
+        monkeypatch.setattr(volume.evaluate, "volume_dice", oom)
+        argv = ["evaluate", "volume", str(lab), str(lab)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    if command == "image":
+        assert err == "diffseg image: error: out of memory (try a smaller --size or --batch-size)"
+    else:  # evaluate has neither flag
+        assert err == "diffseg evaluate: error: out of memory"

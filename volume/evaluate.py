@@ -29,6 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from diffseg_core.errors import InputError
 
 from .geometry import slabs
+from .postprocess import bounding_boxes, present_ids, ranks
 
 
 @dataclass
@@ -71,22 +72,6 @@ class VolumeScores:
         return d
 
 
-def _ids(vol: np.ndarray) -> np.ndarray:
-    present: set[int] = set()
-    for sl in slabs(vol.shape):
-        present.update(np.unique(vol[sl]).tolist())
-    present.discard(0)
-    return np.array(sorted(present), dtype=np.int64)
-
-
-def _index(vol: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """ids -> 1..n, anything else (0) -> 0."""
-    pos = np.searchsorted(ids, vol)
-    pos = np.minimum(pos, max(len(ids) - 1, 0))
-    hit = (ids[pos] == vol) if len(ids) else np.zeros(vol.shape, bool)
-    return np.where(hit, pos + 1, 0)
-
-
 def contingency(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Joint voxel counts of ground-truth and predicted ids.
 
@@ -96,12 +81,12 @@ def contingency(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """
     if gt.shape != pred.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
-    g_ids, p_ids = _ids(gt), _ids(pred)
+    g_ids, p_ids = present_ids(gt), present_ids(pred)
     ng, npd = len(g_ids) + 1, len(p_ids) + 1
     table = np.zeros(ng * npd, np.int64)
     for sl in slabs(gt.shape):
-        gi = _index(np.asarray(gt[sl]), g_ids).ravel()
-        pi = _index(np.asarray(pred[sl]), p_ids).ravel()
+        gi = ranks(np.asarray(gt[sl]), g_ids).ravel()
+        pi = ranks(np.asarray(pred[sl]), p_ids).ravel()
         table += np.bincount(gi * npd + pi, minlength=ng * npd)
     return table.reshape(ng, npd), g_ids, p_ids
 
@@ -215,13 +200,12 @@ def surface_scores(pred: np.ndarray, gt: np.ndarray, matched: "dict[int, int]", 
     the module docstring); each label's work is limited to its bounding box."""
     hd95: "dict[int, float | None]" = {}
     nsd: dict[int, float] = {}
-    g_boxes = ndimage.find_objects(np.asarray(gt))
-    p_boxes = ndimage.find_objects(np.asarray(pred))
+    g_boxes, p_boxes = bounding_boxes(gt), bounding_boxes(pred)
     for gid, pid in matched.items():
         if pid == 0:
             hd95[gid], nsd[gid] = None, 0.0
             continue
-        gb, pb = g_boxes[gid - 1], p_boxes[pid - 1]
+        gb, pb = g_boxes[gid], p_boxes[pid]
         box = tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(gb, pb))
         da, db = surface_distances(np.asarray(pred[box]) == pid, np.asarray(gt[box]) == gid, spacing)
         hd95[gid] = float(max(np.percentile(da, 95), np.percentile(db, 95)))
@@ -238,17 +222,17 @@ def oracle_dice(pred: np.ndarray, gt: np.ndarray, axis: int = 0,
         Ground-truth id -> Dice.
     """
     if g_ids is None:
-        g_ids = _ids(gt)
+        g_ids = present_ids(gt)
     inter_sum = np.zeros(len(g_ids), np.float64)
     pred_sum = np.zeros(len(g_ids), np.float64)
     gt_sum = np.zeros(len(g_ids), np.float64)
     for z in range(gt.shape[axis]):
         g = np.take(gt, z, axis=axis)
         p = np.asarray(np.take(pred, z, axis=axis))
-        gi = _index(np.asarray(g), g_ids)
+        gi = ranks(np.asarray(g), g_ids)
         p_ids = np.unique(p)
         p_ids = p_ids[p_ids != 0]
-        pi = _index(p, p_ids)
+        pi = ranks(p, p_ids)
         n_p = len(p_ids) + 1
         t = np.bincount((gi * n_p + pi).ravel(), minlength=(len(g_ids) + 1) * n_p).reshape(-1, n_p)
         gt_sum += t[1:, :].sum(1)

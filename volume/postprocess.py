@@ -31,6 +31,49 @@ class CleanupStats:
     split: int = 0
 
 
+# ids below this index tables directly (a table of this many counts is 8 MB); a volume
+# with larger ids (a hand-made file, another tool's hashed ids) is counted by rank instead
+DENSE_IDS = 1 << 20
+
+
+def present_ids(labels: np.ndarray) -> np.ndarray:
+    """The sorted non-zero ids of ``labels`` (int64), read slab by slab."""
+    present: set[int] = set()
+    for sl in slabs(labels.shape):
+        present.update(np.unique(np.asarray(labels[sl])).tolist())
+    present.discard(0)
+    return np.array(sorted(present), dtype=np.int64)
+
+
+def ranks(block: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """int64 ``block`` with ``ids[i]`` -> ``i + 1`` and any other value (0) -> 0."""
+    block = np.asarray(block)
+    if not len(ids):
+        return np.zeros(block.shape, np.int64)
+    pos = np.minimum(np.searchsorted(ids, block), len(ids) - 1)
+    return np.where(ids[pos] == block, pos + 1, 0)
+
+
+def _indexable(labels: np.ndarray) -> "tuple[np.ndarray, np.ndarray | None]":
+    """``(labels, None)`` when its ids are small enough to index tables by; else an int32
+    copy holding the ranks of its ids (`ranks`) and those ids."""
+    if not labels.size or int(labels.max()) < DENSE_IDS:
+        return labels, None
+    ids = present_ids(labels)
+    out = np.empty(labels.shape, np.int32)
+    for sl in slabs(labels.shape):
+        out[sl] = ranks(labels[sl], ids)
+    return out, ids
+
+
+def bounding_boxes(labels: np.ndarray) -> "dict[int, tuple[slice, ...]]":
+    """Id -> bounding box (`scipy.ndimage.find_objects`) of every non-zero id present, also
+    for ids far larger than their number."""
+    idx, ids = _indexable(labels)
+    return {i + 1 if ids is None else int(ids[i]): box
+            for i, box in enumerate(ndimage.find_objects(np.asarray(idx))) if box is not None}
+
+
 def _chunked_bincount(a: np.ndarray, n: int, chunk: int = 1 << 22) -> np.ndarray:
     """``np.bincount(a.ravel(), minlength=n)`` without the int64 copy of the whole array."""
     flat = a.reshape(-1)
@@ -149,6 +192,12 @@ def relabel_consecutive(labels: np.ndarray, background: int = 0) -> int:
         n, the number of labels.
     """
     top = int(labels.max()) if labels.size else 0
+    if top >= DENSE_IDS:  # ids far apart: by rank, no table of every id up to the largest
+        ids = present_ids(labels)
+        ids = ids[ids != background]
+        for sl in slabs(labels.shape):
+            labels[sl] = ranks(labels[sl], ids)
+        return int(len(ids))
     present = np.zeros(top + 1, bool)
     for sl in slabs(labels.shape):
         present[np.unique(labels[sl])] = True
@@ -174,17 +223,18 @@ def label_stats(labels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 
         One `LabelInfo` per present id (sorted by id).
     """
     voxel = float(np.prod(spacing))
-    top = int(labels.max()) if labels.size else 0
+    idx, ids = _indexable(labels)
+    top = (int(idx.max()) if idx.size else 0) if ids is None else len(ids)
     counts = np.zeros(top + 1, np.int64)
-    for sl in slabs(labels.shape):
-        counts += _chunked_bincount(np.asarray(labels[sl]), top + 1)
+    for sl in slabs(idx.shape):
+        counts += _chunked_bincount(np.asarray(idx[sl]), top + 1)
     out = []
-    for i, box in enumerate(ndimage.find_objects(np.asarray(labels))):
+    for i, box in enumerate(ndimage.find_objects(np.asarray(idx))):
         if box is None or counts[i + 1] == 0:
             continue
         bb = [int(s.start) for s in box] + [int(s.stop) for s in box]
-        out.append(LabelInfo(id=i + 1, voxels=int(counts[i + 1]), volume=float(counts[i + 1]) * voxel,
-                             bbox=bb, slice_range=[bb[axis], bb[axis + 3] - 1]))
+        out.append(LabelInfo(id=i + 1 if ids is None else int(ids[i]), voxels=int(counts[i + 1]),
+                             volume=float(counts[i + 1]) * voxel, bbox=bb, slice_range=[bb[axis], bb[axis + 3] - 1]))
     return out
 
 

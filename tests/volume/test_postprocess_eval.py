@@ -272,3 +272,28 @@ def test_instance_matching_equals_stardist(seed: int) -> None:
     for k in ("tp", "fp", "fn", "precision", "recall", "f1", "accuracy"):
         assert s.instances[k] == pytest.approx(getattr(ref, k), abs=1e-9), k
     assert 0 < s.instances["tp"] < 9 and s.instances["fp"] >= 2 and s.instances["fn"] >= 1
+
+
+def test_ids_far_larger_than_their_number_are_counted_by_rank() -> None:
+    # another tool's ids (hashed, near 2^31): no table of every id up to the largest (that
+    # was a MemoryError); every figure is the one of the same labels numbered 1..n
+    big_ids = np.array([0, 7, 2**20, 2**30, 2**30 + 5, 2**31 - 2, 2**31 - 1], np.int64)
+    gt, pred = _blobs(0), np.roll(_blobs(0), (1, 2, -1), axis=(0, 1, 2))
+    pred[pred == 3] = 0
+    big_gt, big_pred = big_ids[gt].astype(np.int32), big_ids[pred].astype(np.int32)
+    spacing = (2.0, 0.5, 0.5)
+    small, big = label_stats(gt, spacing, axis=1), label_stats(big_gt, spacing, axis=1)
+    assert [b.id for b in big] == [int(big_ids[s.id]) for s in small]
+    assert [(b.voxels, b.volume, b.bbox, b.slice_range) for b in big] == \
+        [(s.voxels, s.volume, s.bbox, s.slice_range) for s in small]
+    renumbered = big_gt.copy()
+    assert relabel_consecutive(renumbered) == len(small)
+    np.testing.assert_array_equal(renumbered, np.searchsorted(np.unique(gt), gt))
+    ref = volume_dice(pred, gt, surface=True, spacing=spacing)
+    got = volume_dice(big_pred, big_gt, surface=True, spacing=spacing)
+    relabel = {int(k): int(big_ids[k]) for k in range(len(big_ids))}
+    assert got.dice == {relabel[g]: d for g, d in ref.dice.items()}
+    assert got.matched == {relabel[g]: relabel[p] for g, p in ref.matched.items()}
+    assert got.hd95 == {relabel[g]: h for g, h in ref.hd95.items()}
+    assert got.surface_dice == {relabel[g]: d for g, d in ref.surface_dice.items()}
+    assert got.oracle_dice == {relabel[g]: d for g, d in ref.oracle_dice.items()}
