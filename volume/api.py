@@ -333,13 +333,14 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
         `VolumeResult`.
     """
     t0 = time.perf_counter()
-    lab, vol = read_label_volume(labels_path, index=config.index, series=config.series)
+    image = None if image_path is None else read_volume(image_path, index=config.index, series=config.series)
+    # a DICOM-SEG is placed on the image when that is its DICOM series (else on its run's)
+    lab, vol = read_labels(labels_path, index=config.index, series=config.series,
+                           on=image if image is not None and image.meta.get("dicom_files") else None)
     out_path = resolve_output(output_path, vol)
     output_format(out_path)
     axis = choose_axis(config, vol)
-    image = None
-    if image_path is not None:
-        image = read_volume(image_path, index=config.index, series=config.series)
+    if image is not None:
         if image.shape != vol.shape:
             raise InputError(f"{image_path}: image shape {image.shape} differs from labels {vol.shape}")
     gray_fn = gray_slices(image, config) if image is not None else None
@@ -416,18 +417,19 @@ def run_series(path: "str | os.PathLike") -> "Volume | None":
 
 def read_labels(path: "str | os.PathLike", index: "int | None" = None,
                 on: "Volume | str | os.PathLike | None" = None,
-                run: "str | os.PathLike | None" = None) -> "tuple[np.ndarray, Volume]":
+                run: "str | os.PathLike | None" = None, series: "str | None" = None) -> "tuple[np.ndarray, Volume]":
     """A label volume or a volume run's labels (`run_labels`): ``(labels, Volume)`` as
     `volume.io.read_label_volume` reads them. A DICOM-SEG is placed on the slices of the
     DICOM series ``on`` (a `Volume` or its folder), else on the series the run ``run``
     segmented (default: the DICOM-SEG's own run; `run_series`), else read alone
     (`volume.dicom.read_dicom_seg`: it must then have frames on every slice it references).
-    The series is read only for a DICOM-SEG."""
+    The series is read only for a DICOM-SEG; ``index`` / ``series`` pick the volume of a
+    file or folder that holds several, as in `volume.io.read_label_volume`."""
     from .dicom import is_dicom_seg, read_dicom_seg
 
     p = run_labels(path)
     if not (p.is_file() and is_dicom_seg(p)):
-        return read_label_volume(p, index=index)
+        return read_label_volume(p, index=index, series=series)
     if on is None:
         on = run_series(p if run is None else run)
     elif not isinstance(on, Volume):

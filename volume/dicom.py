@@ -342,8 +342,8 @@ def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
     if referenced > data.shape[0]:
         raise InputError(f"{path}: the segmentation leaves out {referenced - data.shape[0]} of the "
                          f"{referenced} slices of its source series (empty ones); give the series it was made "
-                         "on to place its frames (`diffseg evaluate volume --series DIR`; Python: "
-                         "`volume.api.read_labels(path, on=read_volume(DIR))`)")
+                         "on to place its frames (`diffseg stack --image DIR`, `diffseg evaluate volume "
+                         "--series DIR`; Python: `volume.api.read_labels(path, on=read_volume(DIR))`)")
     lps = np.asarray(vol.affine, np.float64).copy()  # (slice, row, column) -> LPS mm
     dy, dx = np.linalg.norm(lps[:3, 1]), np.linalg.norm(lps[:3, 2])
     normal = np.cross(lps[:3, 2] / dx, lps[:3, 1] / dy)  # row direction x column direction

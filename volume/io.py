@@ -469,10 +469,13 @@ OUTPUT_NAMES = {"nifti": "labels.nii.gz", "dicom-seg": "labels.dcm", "tiff": "la
 
 def default_output_name(vol: Volume, dicom_seg: bool = False) -> str:
     """The label file name matching the input's own format (DICOM -> a DICOM-SEG with
-    ``dicom_seg``, else NIfTI)."""
+    ``dicom_seg``, else NIfTI; a DICOM-SEG -> a DICOM-SEG when it was placed on its series,
+    else NIfTI)."""
     fmt = vol.source_format
     if fmt == "dicom":
         fmt = "dicom-seg" if dicom_seg else "nifti"
+    elif fmt == "dicom-seg" and not vol.meta.get("dicom_files"):
+        fmt = "nifti"  # a DICOM-SEG read without its series: nothing for a DICOM-SEG to reference
     return OUTPUT_NAMES[fmt]
 
 

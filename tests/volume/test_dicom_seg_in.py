@@ -202,3 +202,36 @@ def test_a_dicom_seg_beside_its_series_is_not_taken_for_an_image(tmp_path):
     again = read_volume(tmp_path / "ct")
     assert again.shape == SHAPE and again.source_format == "dicom" and len(again.meta["dicom_files"]) == 6
     np.testing.assert_array_equal(read_labels(tmp_path / "ct" / "seg.dcm", on=again)[0], lab)
+
+
+def test_stack_links_a_dicom_seg_placed_on_its_image_series(tmp_path):
+    """Another tool's per-slice labels as a DICOM-SEG: with its series as --image it is
+    placed on it and written back as a DICOM-SEG of that series; read alone (frames on
+    every slice) it is written as NIfTI, having no series to reference; one that leaves out
+    empty slices is refused alone, naming --image."""
+    from diffseg.cli import main
+
+    img = series(tmp_path)
+    per_slice = labels_in_every_slice() * 10 + np.arange(SHAPE[0])[:, None, None]  # its own ids on every slice
+    per_slice[labels_in_every_slice() == 0] = 0
+    per_slice[0] = per_slice[-1] = 0  # empty end slices: left out of the file
+    write_dicom_seg(tmp_path / "part.dcm", np.unique(per_slice, return_inverse=True)[1].reshape(SHAPE), img)
+    assert main(["stack", str(tmp_path / "part.dcm"), "-o", str(tmp_path / "alone")]) == 2
+    assert main(["stack", str(tmp_path / "part.dcm"), "--image", str(tmp_path / "ct"), "-o", str(tmp_path / "on")]) == 0
+    linked, vol = read_labels(tmp_path / "on", on=img)
+    assert vol.source_format == "dicom-seg" and (tmp_path / "on" / "labels.dcm").is_file()
+    expected = labels_in_every_slice()
+    expected[0] = expected[-1] = 0
+    # one 3D label per structure: the slices' own ids linked through the volume
+    pairs = {(int(a), int(b)) for a, b in zip(expected.ravel(), linked.ravel())}
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == 3
+
+    full = labels_in_every_slice() * 10 + np.arange(SHAPE[0])[:, None, None]
+    full[labels_in_every_slice() == 0] = 0
+    write_dicom_seg(tmp_path / "full.dcm", np.unique(full, return_inverse=True)[1].reshape(SHAPE), img)
+    assert main(["stack", str(tmp_path / "full.dcm"), "-o", str(tmp_path / "full")]) == 0
+    got, gv = read_labels(tmp_path / "full")
+    assert gv.source_format == "nifti" and (tmp_path / "full" / "labels.nii.gz").is_file()
+    np.testing.assert_allclose(gv.affine, img.affine, atol=1e-4)
+    pairs = {(int(a), int(b)) for a, b in zip(labels_in_every_slice().ravel(), got.ravel())}
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == 4
