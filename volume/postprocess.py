@@ -54,22 +54,23 @@ def ranks(block: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(ids[pos] == block, pos + 1, 0)
 
 
-def _indexable(labels: np.ndarray) -> "tuple[np.ndarray, np.ndarray | None]":
-    """``(labels, None)`` when its ids are small enough to index tables by; else an int32
-    copy holding the ranks of its ids (`ranks`) and those ids."""
-    if not labels.size or int(labels.max()) < DENSE_IDS:
-        return labels, None
+def _indexable(labels: np.ndarray) -> "tuple[np.ndarray, np.ndarray | None, int]":
+    """``(labels, None, largest id)`` when its ids are small enough to index tables by; else
+    an int32 copy holding the ranks of its ids (`ranks`), those ids and the largest rank."""
+    top = int(labels.max()) if labels.size else 0
+    if top < DENSE_IDS:
+        return labels, None, top
     ids = present_ids(labels)
     out = np.empty(labels.shape, np.int32)
     for sl in slabs(labels.shape):
         out[sl] = ranks(labels[sl], ids)
-    return out, ids
+    return out, ids, len(ids)
 
 
 def bounding_boxes(labels: np.ndarray) -> "dict[int, tuple[slice, ...]]":
     """Id -> bounding box (`scipy.ndimage.find_objects`) of every non-zero id present, also
     for ids far larger than their number."""
-    idx, ids = _indexable(labels)
+    idx, ids, _ = _indexable(labels)
     return {i + 1 if ids is None else int(ids[i]): box
             for i, box in enumerate(ndimage.find_objects(np.asarray(idx))) if box is not None}
 
@@ -223,8 +224,7 @@ def label_stats(labels: np.ndarray, spacing: tuple[float, float, float] = (1.0, 
         One `LabelInfo` per present id (sorted by id).
     """
     voxel = float(np.prod(spacing))
-    idx, ids = _indexable(labels)
-    top = (int(idx.max()) if idx.size else 0) if ids is None else len(ids)
+    idx, ids, top = _indexable(labels)
     counts = np.zeros(top + 1, np.int64)
     for sl in slabs(idx.shape):
         counts += _chunked_bincount(np.asarray(idx[sl]), top + 1)
