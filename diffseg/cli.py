@@ -11,8 +11,11 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from importlib import import_module
+from typing import Callable, Iterator, Sequence
 
 from diffseg_core import software_version
 from diffseg_core.cli_args import CommandResult
@@ -91,6 +94,29 @@ def _group(sub: "argparse._SubParsersAction", parent: argparse.ArgumentParser, n
     group = sub.add_parser(name, help=help, parents=[parent]).add_subparsers(dest=GROUPS[name], metavar=metavar)
     group.required = True
     return group
+
+
+#: what a command loads that initialises C++ extensions, imported first with Ctrl-C held: a
+#: KeyboardInterrupt raised while torch's import runs Python from C++ aborts the process
+#: (pybind11: "terminate called after throwing ... error_already_set", no clean-up)
+PRELOAD = {"image": ("torch",), "video": ("torch",), "volume": ("torch",), "run": ("torch", "pytorch_lightning")}
+
+
+@contextlib.contextmanager
+def interrupts_held() -> "Iterator[None]":
+    """Ctrl-C inside the block is recorded, not raised, and delivered when the block ends
+    (`KeyboardInterrupt` with Python's default handler). Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    prev = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, prev)
+    if got and prev is not signal.SIG_IGN:
+        signal.raise_signal(signal.SIGINT)  # the handler that was there before acts on it
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -180,6 +206,9 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                 # one command per output folder; temporary files of a killed run are removed
                 stack.enter_context(output_lock(args.output, f"diffseg {args.command}"))
                 remove_stale_temporaries(args.output)
+            with interrupts_held():
+                for module in PRELOAD.get(args.command, ()):
+                    import_module(module)
             return _report(args, func(args))
     except DiffSegError as exc:
         if verbose:

@@ -165,6 +165,28 @@ def test_ctrl_c_prints_interrupted_and_exits_130(tmp_path, command):
     assert not (out / ".diffseg.lock").exists()
 
 
+def test_ctrl_c_while_a_command_loads_torch_is_delivered_after_the_import(tmp_path, monkeypatch, capsys):
+    """A KeyboardInterrupt raised inside torch's import aborts the process (seen in the test
+    above under load, exit -6): the command imports it with Ctrl-C held, then stops (130)."""
+    import diffseg.cli as cli
+
+    loaded = []
+
+    def import_with_ctrl_c(name):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of the import...
+        loaded.append(name)  # ...which runs to its end
+
+    monkeypatch.setattr(cli, "import_module", import_with_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        rc = main(["image", str(write_frames(tmp_path / "f", 1)), "-o", str(tmp_path / "out")])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # the command ignores a second Ctrl-C while it cleans up
+    assert rc == 130 and loaded == ["torch"]
+    assert capsys.readouterr().err.strip() == "diffseg image: interrupted"
+    assert not (tmp_path / "out" / ".diffseg.lock").exists()
+
+
 # ----------------------------------------------------------------------------- huge images
 def test_an_image_above_pillows_bomb_limit_is_written_and_verified(tmp_path, monkeypatch):
     # a 16000 x 16000 label PNG is 256 MP, above Pillow's decompression-bomb limit (179 MP):
