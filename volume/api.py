@@ -10,6 +10,7 @@ in 3D (`postprocess`), and write labels, ``labels.json`` and a montage, each ato
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -353,8 +354,12 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
 
 def _image_record(path: "str | os.PathLike | None", config: VolumeConfig) -> dict:
     """``labels.json``'s ``image``: the intensity volume's absolute path (the grey test of
-    `join_volume`), with the 4-D index and DICOM series it was read with, when set."""
+    `join_volume`), its window and percentiles, and the 4-D index and DICOM series it was
+    read with, when set."""
     rec: dict = {"image": None if path is None else os.path.abspath(path)}
+    if path is not None:  # how its grey levels were mapped to the slices' look
+        w = config.window
+        rec.update(image_window=list(w) if isinstance(w, tuple) else w, image_percentiles=list(config.percentiles))
     if path is not None and config.index is not None:
         rec["image_index"] = int(config.index)
     if path is not None and config.series is not None:
@@ -503,7 +508,13 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     axis = int(doc.get("slicing_axis") or 0)
     if image.shape != vol.shape:
         raise InputError(f"{image_path}: image shape {image.shape} differs from the labels {vol.shape}")
-    gray = gray_slices(image, VolumeConfig())
+    # the grey slices as the run mapped them (runs before the window was recorded: the default)
+    look = VolumeConfig(index=index, series=series)
+    if "image_window" in doc:
+        window = doc["image_window"]
+        look = dataclasses.replace(look, window=tuple(window) if isinstance(window, list) else window,
+                                   percentiles=tuple(doc.get("image_percentiles", look.percentiles)))
+    gray = gray_slices(image, look)
     ex = Exchange()
     n_slices = vol.shape[axis]
     for i in progress(range(n_slices), total=n_slices, desc="join: count", unit="slice"):
@@ -522,7 +533,7 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
         names[root] = names[donor]
     extra = {"joined_from": os.path.abspath(labels_path), "join": config.to_dict(),
              "joined": {str(k): int(v) for k, v in sorted(mapping.items())},
-             "image": os.path.abspath(image_path), "vocabulary": doc.get("vocabulary") or []}
+             **_image_record(image_path, look), "vocabulary": doc.get("vocabulary") or []}
     if fmt == "dicom-seg" and ids != list(range(1, len(ids) + 1)):  # segment numbers are 1..n
         renumber = np.zeros(max(ids) + 1, np.int32)
         renumber[ids] = np.arange(1, len(ids) + 1)

@@ -188,6 +188,29 @@ def test_the_image_is_read_as_the_run_read_it(tmp_path):
         join_volume(run, tmp_path / "j.npy")
 
 
+def test_the_grey_slices_are_windowed_as_the_run_windowed_them(tmp_path):
+    # a stack run with --window 50,100 saw both halves (grey 200 and 150) clipped to white:
+    # its join does too, and joins them; with the default window their grey parts them
+    from volume.api import stack_labels
+    from volume.types import VolumeConfig
+
+    lab, img, ball, _ = pieces_volume(grey_b=150, cuts=(19, 21))
+    np.save(tmp_path / "slices.npy", lab)
+    np.save(tmp_path / "image.npy", img)
+    runs = {}
+    for name, window in (("clipped", (50.0, 100.0)), ("default", "auto")):
+        cfg = VolumeConfig(background=0, min_size=0, min_label_size=0, window=window)
+        res = stack_labels(tmp_path / "slices.npy", tmp_path / name, cfg, image_path=tmp_path / "image.npy")
+        doc = json.loads(res.json_path.read_text())
+        assert doc["image_window"] == (list(window) if name == "clipped" else window)
+        assert doc["image_percentiles"] == [1.0, 99.0]
+        runs[name] = join_volume(tmp_path / name, tmp_path / f"{name}_joined")
+    clipped = json.loads(runs["clipped"].json_path.read_text())
+    assert clipped["joined"] != {} and len(np.unique(np.load(runs["clipped"].labels_path)[ball])) == 1
+    assert clipped["image_window"] == [50.0, 100.0]  # a join of the join windows the same way
+    assert json.loads(runs["default"].json_path.read_text())["joined"] == {}
+
+
 def test_stack_records_the_index_it_read_the_image_with(tmp_path):
     from volume.api import stack_labels
     from volume.types import VolumeConfig
