@@ -131,6 +131,13 @@ class FrameSource:
             with native_stderr_quiet():  # FFmpeg's and decord's own lines ("moov atom not found")
                 return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
         except (RuntimeError, decord._ffi.base.DECORDError) as exc:  # type: ignore[attr-defined]
+            # decord needs a duration / frame count in the container (an animated GIF has
+            # none); PyAV counts the frames: read with it, and refuse only what neither reads
+            log.debug("%s: decord cannot open it (%s); trying PyAV", self.path, exc)
+            try:
+                return _PyAVVideo(self.path)
+            except InputError:
+                pass
             raise InputError(f"{self.path}: cannot open video ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
 
     def _check_one_frame_size(self) -> None:

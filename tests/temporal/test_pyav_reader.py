@@ -56,3 +56,25 @@ def test_pyav_refuses_garbage_and_names_the_frame_of_a_truncated_file(no_decord,
         for f in fs:
             got.append(f.index)
     assert e.value.frame == len(got) and 0 < len(got) < len(fs)
+
+
+def test_an_animated_gif_is_read_where_decord_cannot_open_it(tmp_path):
+    # decord needs a duration / frame count in the container, which a GIF lacks ("Failed to
+    # measure duration/frame-count due to broken metadata"): PyAV reads it instead
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)) for _ in range(5)]
+    gif = tmp_path / "clip.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    fs = FrameSource(gif)
+    assert len(fs) == 5 and fs.fps == pytest.approx(10.0)
+    got = [f.rgb for f in fs]
+    with Image.open(gif) as im:  # the GIF's own (palette) frames, as Pillow decodes them
+        expected = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            expected.append(np.asarray(im.convert("RGB")))
+    assert len(got) == 5
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
