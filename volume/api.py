@@ -333,15 +333,21 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
     Returns:
         `VolumeResult`.
     """
+    from .dicom import is_dicom_seg
+
     t0 = time.perf_counter()
-    image = None if image_path is None else read_volume(image_path, index=config.index, series=config.series)
-    # a DICOM-SEG is placed on the image when that is its DICOM series (else on its run's)
+    image = None
+    if image_path is not None and Path(labels_path).is_file() and is_dicom_seg(labels_path):
+        # a DICOM-SEG is placed on the image when that is its DICOM series (else on its run's)
+        image = read_volume(image_path, index=config.index, series=config.series)
     lab, vol = read_labels(labels_path, index=config.index, series=config.series,
                            on=image if image is not None and image.meta.get("dicom_files") else None)
     out_path = resolve_output(output_path, vol)
     output_format(out_path)
     axis = choose_axis(config, vol)
-    if image is not None:
+    if image_path is not None:
+        if image is None:
+            image = read_volume(image_path, index=config.index, series=config.series)
         if image.shape != vol.shape:
             raise InputError(f"{image_path}: image shape {image.shape} differs from labels {vol.shape}")
     gray_fn = gray_slices(image, config) if image is not None else None
