@@ -114,7 +114,7 @@ def interrupts_held() -> "Iterator[None]":
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, prev)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if prev is None else prev)  # None: set outside Python
     if got and prev is not signal.SIG_IGN:
         signal.raise_signal(signal.SIGINT)  # the handler that was there before acts on it
 
