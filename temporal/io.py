@@ -136,6 +136,8 @@ class FrameSource:
             log.debug("%s: decord cannot open it (%s); trying PyAV", self.path, exc)
             try:
                 return _PyAVVideo(self.path)
+            except _StillImage:
+                raise
             except InputError:
                 pass
             raise InputError(f"{self.path}: cannot open video ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
@@ -234,10 +236,15 @@ class FrameSource:
         raise DecodeError(f"{self.path}: decoding failed at frame {n} (the video ends early: truncated file)", n)
 
 
+class _StillImage(InputError):
+    """A file FFmpeg reads as a still image, not a video."""
+
+
 class _PyAVVideo:
-    """What `FrameSource` needs of a video file when decord is not installed (PyAV): the
-    number of frames (the stream's count, else its packets counted without decoding), the
-    frame rate and the first frame's size; frames are decoded in order (`FrameSource._iter_pyav`)."""
+    """What `FrameSource` needs of a video file when decord is not installed or cannot open
+    it (PyAV): the number of frames (the stream's count, else its packets counted without
+    decoding), the frame rate and the first frame's size; frames are decoded in order
+    (`FrameSource._iter_pyav`). A still image (a PNG named .mp4) is refused: `_StillImage`."""
 
     def __init__(self, path: Path) -> None:
         import av
@@ -246,6 +253,10 @@ class _PyAVVideo:
             with native_stderr_quiet(), av.open(str(path)) as container:
                 if not container.streams.video:
                     raise InputError(f"{path}: cannot open video (no video stream)")
+                fmt = container.format.name
+                if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg's still-image readers (png_pipe, ...)
+                    raise _StillImage(f"{path}: is a still image ({fmt.removesuffix('_pipe')}), not a video; give "
+                                     "a video file or a folder of frames")
                 stream = container.streams.video[0]
                 self.fps = float(stream.average_rate or 25.0)
                 n = int(stream.frames or 0)  # read while the container is open (PyAV >= 18.1.1 checks)
