@@ -333,11 +333,9 @@ def stack_labels(labels_path: "str | os.PathLike", output_path: "str | os.PathLi
     Returns:
         `VolumeResult`.
     """
-    from .dicom import is_dicom_seg
-
     t0 = time.perf_counter()
     image = None
-    if image_path is not None and Path(labels_path).is_file() and is_dicom_seg(labels_path):
+    if image_path is not None and dicom_seg_file(labels_path) is not None:
         # a DICOM-SEG is placed on the image when that is its DICOM series (else on its run's)
         image = read_volume(image_path, index=config.index, series=config.series)
     lab, vol = read_labels(labels_path, index=config.index, series=config.series,
@@ -426,6 +424,26 @@ def run_series(path: "str | os.PathLike") -> "Volume | None":
     return read_volume(image, series=doc.get("image_series")) if image and Path(image).is_dir() else None
 
 
+def dicom_seg_file(path: "str | os.PathLike") -> "Path | None":
+    """The DICOM-SEG file ``path`` names (a file, or a run's folder holding one), else None."""
+    from .dicom import is_dicom_seg
+
+    p = run_labels(path)
+    return p if p.is_file() and is_dicom_seg(p) else None
+
+
+def _recorded_look(doc: dict, index: "int | None", series: "str | None") -> VolumeConfig:
+    """The `VolumeConfig` that maps an image's grey levels as the run whose ``labels.json``
+    is ``doc`` mapped them (`_image_record`; runs from before the window was recorded: the
+    default), reading the volume ``index`` / DICOM ``series`` given."""
+    look = VolumeConfig(index=index, series=series)
+    if "image_window" not in doc:
+        return look
+    window = doc["image_window"]
+    return dataclasses.replace(look, window=tuple(window) if isinstance(window, list) else window,
+                               percentiles=tuple(doc.get("image_percentiles", look.percentiles)))
+
+
 def read_labels(path: "str | os.PathLike", index: "int | None" = None,
                 on: "Volume | str | os.PathLike | None" = None,
                 run: "str | os.PathLike | None" = None, series: "str | None" = None) -> "tuple[np.ndarray, Volume]":
@@ -436,11 +454,11 @@ def read_labels(path: "str | os.PathLike", index: "int | None" = None,
     (`volume.dicom.read_dicom_seg`: it must then have frames on every slice it references).
     The series is read only for a DICOM-SEG; ``index`` / ``series`` pick the volume of a
     file or folder that holds several, as in `volume.io.read_label_volume`."""
-    from .dicom import is_dicom_seg, read_dicom_seg
+    from .dicom import read_dicom_seg
 
-    p = run_labels(path)
-    if not (p.is_file() and is_dicom_seg(p)):
-        return read_label_volume(p, index=index, series=series)
+    p = dicom_seg_file(path)
+    if p is None:
+        return read_label_volume(run_labels(path), index=index, series=series)
     if on is None:
         on = run_series(p if run is None else run)
     elif not isinstance(on, Volume):
@@ -479,8 +497,6 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
 
     from temporal.engine.join import Exchange, JoinConfig, join_lut, name_donors
 
-    from .dicom import is_dicom_seg
-
     t0 = time.perf_counter()
     config = JoinConfig() if config is None else config
     labels_path = run_labels(run)
@@ -492,7 +508,7 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
         doc = json.loads(json_path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{json_path}: unreadable ({exc})") from exc
-    seg = is_dicom_seg(labels_path)
+    seg = dicom_seg_file(labels_path) is not None
     if not seg:  # a bad output extension is named before the image is read (a DICOM-SEG is read
         lab, vol = read_label_volume(labels_path)  # once its series is: its frames go on its slices)
         output_format(resolve_output(output_path, vol), vol)
@@ -514,12 +530,7 @@ def join_volume(run: "str | os.PathLike", output_path: "str | os.PathLike",
     axis = int(doc.get("slicing_axis") or 0)
     if image.shape != vol.shape:
         raise InputError(f"{image_path}: image shape {image.shape} differs from the labels {vol.shape}")
-    # the grey slices as the run mapped them (runs before the window was recorded: the default)
-    look = VolumeConfig(index=index, series=series)
-    if "image_window" in doc:
-        window = doc["image_window"]
-        look = dataclasses.replace(look, window=tuple(window) if isinstance(window, list) else window,
-                                   percentiles=tuple(doc.get("image_percentiles", look.percentiles)))
+    look = _recorded_look(doc, index, series)
     gray = gray_slices(image, look)
     ex = Exchange()
     n_slices = vol.shape[axis]

@@ -2,7 +2,8 @@
 
 All functions work in place on int32 ``(D, H, W)`` volumes (which may be ``np.memmap``) and
 touch only bounding boxes (`scipy.ndimage.find_objects`) or slabs of slices, so no full-size
-temporary beyond one bool mask is made.
+temporary beyond one bool mask is made; except where ids reach `DENSE_IDS` (another tool's
+hashed ids), which `label_stats` and `bounding_boxes` count on an int32 copy of their ranks.
 """
 from __future__ import annotations
 
