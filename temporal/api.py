@@ -109,7 +109,8 @@ class _SegmentationCache:
     def __init__(self, segmenter: Any, folder: Path) -> None:
         self.segmenter, self.folder = segmenter, folder
         self.config = getattr(segmenter, "config", None)  # batch size, as the segmenter's
-        self.hits = 0
+        self.hits = 0  # segmentations an earlier run left (a frozen frame met again in this run is not one)
+        self._earlier = {p.name for p in folder.glob("*.npz")} if folder.is_dir() else set()
 
     @staticmethod
     def key_of(segmenter: Any) -> "str | None":
@@ -131,7 +132,7 @@ class _SegmentationCache:
             if p.is_file():
                 try:
                     out[i] = load_segmentation(p)
-                    self.hits += 1
+                    self.hits += p.name in self._earlier
                 except (OSError, ValueError, KeyError, EOFError):
                     pass  # damaged (a killed write cannot leave one: atomic), computed again
         miss = [i for i, s in enumerate(out) if s is None]

@@ -126,6 +126,11 @@ class FrameSource:
         except ImportError:  # no wheel for this platform (arm64, aarch64): PyAV reads the file
             log.debug("%s: read with PyAV (decord is not installed)", self.path)
             return _PyAVVideo(self.path)
+        turns = _display_turns(self.path)
+        if turns:  # decord ignores a display rotation (and returns garbled frames for one)
+            log.info("%s: stored on its side (a %d-degree display rotation): read with PyAV and turned upright",
+                     self.path, 90 * turns)
+            return _PyAVVideo(self.path)
         log.debug("%s: read with decord", self.path)
         try:
             with native_stderr_quiet():  # FFmpeg's and decord's own lines ("moov atom not found")
@@ -149,8 +154,10 @@ class FrameSource:
         import av
 
         try:
-            h, w = self._first_hw = (self._vr.first_hw if isinstance(self._vr, _PyAVVideo)
-                                     else tuple(self._vr[0].shape[:2]) if len(self._vr) else (0, 0))
+            if isinstance(self._vr, _PyAVVideo):  # keyframes are decoded as stored: compare the stored size
+                self._first_hw, (h, w) = self._vr.first_hw, self._vr.stored_hw
+            else:
+                h, w = self._first_hw = tuple(self._vr[0].shape[:2]) if len(self._vr) else (0, 0)
             sizes: set = set()
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
@@ -220,12 +227,15 @@ class FrameSource:
 
         want = set(indices)
         last = indices[-1]
+        turns = getattr(self._vr, "turns", 0)
         n = 0
         try:
             with av.open(str(self.path)) as container:
                 for frame in container.decode(video=0):
                     if n in want:
                         arr = frame.to_ndarray(format="rgb24")
+                        if turns:
+                            arr = np.ascontiguousarray(np.rot90(arr, turns))
                         yield Frame(n, f"{n:05d}", _resize_max_side(arr, self.max_side))
                     if n >= last:
                         return
@@ -236,6 +246,27 @@ class FrameSource:
         raise DecodeError(f"{self.path}: decoding failed at frame {n} (the video ends early: truncated file)", n)
 
 
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show a decoded frame upright: a phone's portrait
+    video is stored on its side with a display rotation in its side data (PyAV >= 14 reads it)."""
+    return round(float(getattr(frame, "rotation", 0) or 0) / 90) % 4
+
+
+def _display_turns(path: Path) -> int:
+    """`_quarter_turns` of a video file's first frame (0 where PyAV cannot decode one: the
+    reader that opens the file then says what is wrong with it)."""
+    import av
+
+    try:
+        with native_stderr_quiet(), av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0
+            first = next(container.decode(container.streams.video[0]), None)
+    except (av.error.FFmpegError, OSError, ValueError):
+        return 0
+    return 0 if first is None else _quarter_turns(first)
+
+
 class _StillImage(InputError):
     """A file FFmpeg reads as a still image, not a video."""
 
@@ -243,8 +274,9 @@ class _StillImage(InputError):
 class _PyAVVideo:
     """What `FrameSource` needs of a video file when decord is not installed or cannot open
     it (PyAV): the number of frames (the stream's count, else its packets counted without
-    decoding), the frame rate and the first frame's size; frames are decoded in order
-    (`FrameSource._iter_pyav`). A still image (a PNG named .mp4) is refused: `_StillImage`."""
+    decoding), the frame rate, the first frame's size as shown (``first_hw``) and as stored
+    (``stored_hw``) and the quarter turns that show it upright (``turns``); frames are decoded
+    in order (`FrameSource._iter_pyav`). A still image (a PNG named .mp4) is refused: `_StillImage`."""
 
     def __init__(self, path: Path) -> None:
         import av
@@ -261,7 +293,9 @@ class _PyAVVideo:
                 self.fps = float(stream.average_rate or 25.0)
                 n = int(stream.frames or 0)  # read while the container is open (PyAV >= 18.1.1 checks)
                 first = next(container.decode(stream), None)
-                self.first_hw = (int(first.height), int(first.width)) if first is not None else (0, 0)
+                self.stored_hw = (int(first.height), int(first.width)) if first is not None else (0, 0)
+                self.turns = 0 if first is None else _quarter_turns(first)
+                self.first_hw = self.stored_hw[::-1] if self.turns % 2 else self.stored_hw
             if n <= 0:
                 with av.open(str(path)) as container:
                     n = sum(1 for p in container.demux(container.streams.video[0]) if p.size)

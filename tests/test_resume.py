@@ -265,6 +265,25 @@ def test_video_interrupted_then_rerun_reuses_the_segmentations_and_equals_uninte
     assert not (out / ".diffseg").exists()
 
 
+def test_a_frozen_video_run_once_reports_nothing_resumed(tmp_path):
+    # a frame met again in the same run (a still scene, frozen frames) is taken from the cache,
+    # but it was not left by an earlier run: the summary said "5 segmentations resumed"
+    import shutil
+
+    from temporal.api import segment_video
+    from temporal.config import TrackerConfig
+
+    from .conftest import FakeSegmenter
+
+    frames = write_frames(tmp_path / "frames", 1)
+    for t in range(1, 6):
+        shutil.copy(frames / "00000.png", frames / f"{t:05d}.png")
+    seg = FakeSegmenter(SegmenterConfig())
+    res = segment_video(frames, tmp_path / "out", seg, TrackerConfig(batch_size=2))
+    assert res.complete and res.resumed_frames == 0
+    assert seg.calls == 2  # the first batch; the later ones met the same frame again
+
+
 def test_video_cache_is_keyed_by_the_segmenter_configuration(tmp_path):
     from temporal.api import SEGMENTATION_CACHE, segment_video
 
