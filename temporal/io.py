@@ -319,7 +319,15 @@ def find_label_file(seg_dir: Path, stem: str) -> Path:
         p = seg_dir / f"{stem}{ext}"
         if p.exists():
             return p
-    raise InputError(f"{seg_dir}: no label map for frame {stem!r} (looked for {stem}.png/.npy/.tif)")
+    held = sorted((p.name for p in seg_dir.iterdir() if p.suffix.lower() in LABEL_EXTENSIONS),
+                  key=natural_key) if seg_dir.is_dir() else []
+    there = (f"it holds {len(held)} label map(s), {held[0]}" + (f" ... {held[-1]}" if len(held) > 1 else "")
+             if held else "it holds no label maps")
+    hint = ("; a video's frames are named by their index from 00000 (ffmpeg numbers the frames it extracts "
+            "from 1): give the folder of frames the label maps were made from instead of the video, or name "
+            "each label map by its frame's index" if stem.isdigit() and held else "")
+    raise InputError(f"{seg_dir}: no label map for frame {stem!r} (looked for {stem}.png/.npy/.tif; "
+                     f"{there}){hint}")
 
 
 def read_segment_labels(seg_dir: Path, stem: str, hw: tuple[int, int]) -> np.ndarray:

@@ -129,6 +129,19 @@ def test_missing_segment_file_is_an_input_error(tmp_path, capsys):
     assert tj["complete"] is False
 
 
+def test_label_maps_numbered_from_1_for_a_video_name_what_the_folder_holds(tmp_path, capsys):
+    # ffmpeg numbers the frames it extracts from 1; a video's frames are named by index from 0
+    clip = Path(__file__).resolve().parents[2] / "examples" / "example_clip.mp4"
+    sdir = tmp_path / "masks"
+    sdir.mkdir()
+    for i in range(1, 5):
+        Image.fromarray(np.ones((24, 32), np.uint8)).save(sdir / f"frame_{i:04d}.png")
+    rc = main(["track", str(clip), "--segments", str(sdir), "-o", str(tmp_path / "o"), "--end", "4", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'00000'" in err and "4 label map(s), frame_0001.png ... frame_0004.png" in err
+    assert "ffmpeg numbers the frames it extracts from 1" in err and "Traceback" not in err
+
+
 def test_empty_folder_and_bad_range(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     rc = main(["track", str(tmp_path / "empty"), "--segments", str(tmp_path / "empty"), "-o", str(tmp_path / "o")])
