@@ -108,17 +108,23 @@ def read_volume(path: "str | os.PathLike", index: "int | None" = None,
     return read_dicom_series(p, series=series)
 
 
-def _select_4d(arr: Any, p: Path, index: "int | None", axis: int) -> Any:
-    """Take ``index`` along ``axis`` of a 4-D array, or raise naming the choices."""
+def _select_4d(arr: Any, p: Path, index: "int | None", axis: int, colour: str = "") -> Any:
+    """Take ``index`` along ``axis`` of a 4-D array, or raise naming the choices. ``colour``
+    (e.g. "axes QYXS"): the axis holds an RGB stack's colour channels, one of which is picked
+    the same way (none is guessed)."""
     n = int(arr.shape[axis])
+    what = "colour channels" if colour else "volumes"
     if n == 1:
         index = 0
+    if index is None and colour:
+        raise InputError(f"{p}: RGB stack ({colour}, {n} colour channels); expected one value per voxel: "
+                         f"pick a channel with --index 0..{n - 1}, or convert the stack to grey first")
     if index is None:
         raise InputError(
             f"{p}: 4-D data of shape {tuple(arr.shape)} ({n} volumes); pick one with --index 0..{n - 1}"
         )
     if not 0 <= int(index) < n:
-        raise InputError(f"{p}: --index {index} out of range; the file has {n} volumes (0..{n - 1})")
+        raise InputError(f"{p}: --index {index} out of range; the file has {n} {what} (0..{n - 1})")
     sl: list[Any] = [slice(None)] * arr.ndim
     sl[axis] = int(index)
     return arr[tuple(sl)]
@@ -291,11 +297,12 @@ def _read_tiff(p: Path, index: "int | None") -> Volume:
     if arr.ndim == 2:
         raise InputError(f"{p}: TIFF holds a single 2-D image {arr.shape}; expected a ZYX stack")
     if arr.ndim == 4:
-        extra = [i for i, a in enumerate(axes) if a not in "ZYX" and a not in "YX"]
-        ax = extra[0] if extra else 0
-        if axes[ax] == "S" or (ax == 3 and arr.shape[3] in (3, 4)):
-            raise InputError(f"{p}: TIFF stack is RGB (axes {axes}); expected one channel per voxel")
-        arr = _select_4d(arr, p, index, axis=ax)
+        # colour samples (S: RGB pages; tifffile calls the slices of a plain multi-page file Q)
+        # are channels like C: one is picked with --index, none is guessed
+        extra = [i for i, a in enumerate(axes) if a not in "ZYX"]
+        ax = axes.index("S") if "S" in axes else extra[0] if extra else 0
+        colour = axes[ax] == "S" or (ax == 3 and arr.shape[3] in (3, 4))
+        arr = _select_4d(arr, p, index, axis=ax, colour=f"TIFF axes {axes}" if colour else "")
     if arr.ndim != 3:
         raise InputError(f"{p}: expected a 3-D ZYX TIFF stack; got axes {axes!r} shape {arr.shape}")
     if arr.dtype.kind == "c" or arr.dtype.kind not in "uifb":
@@ -345,7 +352,10 @@ def _read_npy(p: Path, index: "int | None") -> Volume:
         raise InputError(f"{p}: not a readable .npy file ({type(exc).__name__}: {exc})") from exc
     if arr.dtype.kind not in "uifb":
         raise InputError(f"{p}: unsupported .npy data type {arr.dtype}")
-    if arr.ndim == 4:
+    if arr.ndim == 4 and arr.shape[3] in (3, 4) and arr.shape[3] < min(arr.shape[1:3]):
+        # (N, H, W, 3): slices of an RGB image, not volumes of width 3
+        arr = _select_4d(arr, p, index, axis=3, colour=f"shape {tuple(arr.shape)}")
+    elif arr.ndim == 4:
         arr = _select_4d(arr, p, index, axis=0)
     if arr.ndim != 3:
         raise InputError(f"{p}: expected a 3-D (D, H, W) array; got shape {arr.shape}")

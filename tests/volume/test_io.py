@@ -180,6 +180,27 @@ def test_npy_pickled_refused_and_4d(tmp_path: Path) -> None:
     assert read_volume(tmp_path / "four.npy", index=1).shape == (3, 4, 5)
 
 
+@pytest.mark.parametrize("kind", ["tiff", "imagej", "npy"])
+def test_an_rgb_stack_is_refused_or_one_channel_picked(tmp_path: Path, kind: str) -> None:
+    # a plain RGB TIFF stack is QYXS to tifffile: the slices (Q) were taken for 5 "volumes"
+    # and --index 0 segmented 32 slices 3 pixels wide; a (N, H, W, 3) .npy the same
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 32, 40, 3)).astype(np.uint8)
+    p = tmp_path / ("rgb.npy" if kind == "npy" else "rgb.tif")
+    if kind == "npy":
+        np.save(p, rgb)
+    else:
+        tifffile.imwrite(p, rgb, photometric="rgb", imagej=kind == "imagej")
+    with pytest.raises(InputError, match=r"RGB stack .*3 colour channels.*--index 0\.\.2"):
+        read_volume(p)
+    with pytest.raises(InputError, match="3 colour channels"):
+        read_volume(p, index=3)
+    v = read_volume(p, index=1)
+    assert v.shape == (5, 32, 40)
+    np.testing.assert_array_equal(np.asarray(v.data), rgb[..., 1])
+    np.save(tmp_path / "vols.npy", np.zeros((3, 2, 6, 3), np.float32))  # slices 2 high: not colour
+    assert read_volume(tmp_path / "vols.npy", index=2).shape == (2, 6, 3)
+
+
 def test_label_volume_rejects_fractions_and_negatives(tmp_path: Path) -> None:
     np.save(tmp_path / "f.npy", np.full((2, 3, 3), 0.5, np.float32))
     with pytest.raises(InputError, match="integers"):
