@@ -168,7 +168,11 @@ def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
         except Exception as exc:
             raise InputError(f"{f}: not a readable DICOM file ({exc})") from exc
         if _number(f, ds, "NumberOfFrames", 1, int) > 1:
-            raise InputError(f"{f}: multi-frame (enhanced) DICOM is not supported; export single-frame slices")
+            if len(info.files) == 1:  # an enhanced CT / MR: the whole series in one file
+                return _read_multiframe(folder, info, f, ds)
+            raise InputError(f"{folder}: series {info.uid} holds {len(info.files)} files and {f.name} is a "
+                             "multi-frame image: one volume is one multi-frame file or one file per slice; move "
+                             "the multi-frame file to a folder of its own")
         dss.append((f, ds))
     shapes = [(_number(f, ds, "Rows", 0, int), _number(f, ds, "Columns", 0, int)) for f, ds in dss]
     for (f, _), (r, c) in zip(dss, shapes):
@@ -272,6 +276,58 @@ def _read_series(folder: Path, info: _SeriesInfo) -> Volume:
     )
 
 
+def _our_grid(data: np.ndarray, lps: np.ndarray) -> "tuple[np.ndarray, tuple[float, float, float], np.ndarray]":
+    """A highdicom volume's array and its ``(slice, row, column) -> LPS mm`` affine in the
+    order `read_dicom_series` reads a series: slices ascending along row x column direction
+    (highdicom may stack them the other way), affine to RAS+. Returns data, spacing, affine."""
+    lps = np.asarray(lps, np.float64).copy()
+    dy, dx = float(np.linalg.norm(lps[:3, 1])), float(np.linalg.norm(lps[:3, 2]))
+    normal = np.cross(lps[:3, 2] / dx, lps[:3, 1] / dy)  # row direction x column direction
+    if float(np.dot(lps[:3, 0], normal)) < 0:
+        data = data[::-1].copy()
+        lps[:3, 3] += (data.shape[0] - 1) * lps[:3, 0]
+        lps[:3, 0] *= -1
+    dz = float(np.linalg.norm(lps[:3, 0]))
+    return data, (dz, dy, dx), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _read_multiframe(folder: Path, info: _SeriesInfo, f: Path, ds: Any) -> Volume:
+    """One multi-frame image (Enhanced CT / MR, Legacy Converted Enhanced): highdicom places
+    its frames by their per-frame plane positions and applies the rescale (CT: HU)."""
+    import highdicom as hd
+
+    try:
+        hv = hd.imread(str(f)).get_volume(dtype=np.float32)
+    except Exception as exc:  # frames off one regular grid, several stacks, a missing position
+        raise InputError(f"{f}: multi-frame DICOM cannot be read as one volume ({type(exc).__name__}: "
+                         f"{short_message(exc)})") from exc
+    arr = np.asarray(hv.array)
+    if arr.ndim != 3:
+        raise InputError(f"{f}: multi-frame DICOM holds {arr.shape[3:]} samples per voxel (colour); expected one")
+    data, spacing, affine = _our_grid(arr, hv.affine)
+    return Volume(data=data, spacing=spacing, affine=affine, source_format="dicom", path=folder,
+                  spacing_known=True, unit="mm", modality=info.modality,
+                  meta={"dicom_series": info.uid, "dicom_description": info.description,
+                        "dicom_files": [str(f)], "dicom_sop_uids": [str(ds.get("SOPInstanceUID", ""))],
+                        "dicom_multiframe": True})
+
+
+def _place(data: np.ndarray, affine: np.ndarray, like: Volume, path: Path) -> np.ndarray:
+    """Labels on a grid of slices (``affine`` RAS) put on the slices of ``like`` (the same
+    grid, perhaps fewer slices: a segmentation that leaves out empty slices at its ends)."""
+    step = np.asarray(like.affine[:3, 0], np.float64)
+    k = float(np.dot(affine[:3, 3] - like.affine[:3, 3], step) / np.dot(step, step))
+    k0 = int(round(k))
+    same = (data.shape[1:] == tuple(like.shape[1:]) and abs(k - k0) < 0.1 and 0 <= k0
+            and k0 + data.shape[0] <= like.shape[0] and np.allclose(affine[:3, :3], like.affine[:3, :3], atol=1e-3)
+            and np.linalg.norm(affine[:3, 3] - (like.affine[:3, 3] + k0 * step)) < 0.1 * np.linalg.norm(step))
+    if not same:
+        raise InputError(f"{path}: not a segmentation of the series {like.path} (its frames lie elsewhere)")
+    out = np.zeros(like.shape, np.int32)
+    out[k0:k0 + data.shape[0]] = data
+    return out
+
+
 def is_dicom_seg(path: Path) -> bool:
     """Whether ``path`` is a DICOM Segmentation file (False for anything else, unreadable too)."""
     import pydicom
@@ -316,16 +372,23 @@ def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
             sops = like.meta.get("dicom_sop_uids") or []  # recorded by read_dicom_series
             if not sops:
                 raise InputError(f"{path}: {like.path} is not a DICOM series to place the segmentation on")
-            try:
-                data = seg.get_pixels_by_source_instance(source_sop_instance_uids=sops, combine_segments=True,
-                                                         dtype=np.int32)
-            except KeyError as exc:  # highdicom: instances the segmentation does not reference
-                raise InputError(f"{path}: not a segmentation of the series {like.path} (it references other "
-                                 "slices)") from exc
+            if like.meta.get("dicom_multiframe"):  # frames placed by their positions on the series' grid
+                hv = seg.get_volume(combine_segments=True, dtype=np.int32)
+                if hv is None:
+                    raise InputError(f"{path}: its frames do not lie on one regular grid of slices")
+                placed, _, affine = _our_grid(np.asarray(hv.array, np.int32), hv.affine)
+                data = _place(placed, affine, like, path)
+            else:
+                try:
+                    data = seg.get_pixels_by_source_instance(source_sop_instance_uids=sops, combine_segments=True,
+                                                             dtype=np.int32)
+                except KeyError as exc:  # highdicom: instances the segmentation does not reference
+                    raise InputError(f"{path}: not a segmentation of the series {like.path} (it references other "
+                                     "slices)") from exc
             return Volume(data=data, spacing=like.spacing, affine=like.affine, source_format="dicom-seg", path=path,
                           spacing_known=True, unit="mm", modality="SEG",
                           meta={"dicom_files": like.meta["dicom_files"], "dicom_sop_uids": sops,
-                                "segment_labels": names})
+                                "dicom_multiframe": bool(like.meta.get("dicom_multiframe")), "segment_labels": names})
         vol = seg.get_volume(combine_segments=True, dtype=np.int32)
     except InputError:
         raise
@@ -344,16 +407,8 @@ def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
                          f"{referenced} slices of its source series (empty ones); give the series it was made "
                          "on to place its frames (`diffseg stack --image DIR`, `diffseg evaluate volume "
                          "--series DIR`; Python: `volume.api.read_labels(path, on=read_volume(DIR))`)")
-    lps = np.asarray(vol.affine, np.float64).copy()  # (slice, row, column) -> LPS mm
-    dy, dx = np.linalg.norm(lps[:3, 1]), np.linalg.norm(lps[:3, 2])
-    normal = np.cross(lps[:3, 2] / dx, lps[:3, 1] / dy)  # row direction x column direction
-    if float(np.dot(lps[:3, 0], normal)) < 0:  # highdicom may stack the slices the other way
-        data = data[::-1].copy()
-        lps[:3, 3] += (data.shape[0] - 1) * lps[:3, 0]
-        lps[:3, 0] *= -1
-    dz = float(np.linalg.norm(lps[:3, 0]))
-    return Volume(data=data, spacing=(dz, float(dy), float(dx)), affine=np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps,
-                  source_format="dicom-seg", path=path, spacing_known=True, unit="mm", modality="SEG",
+    data, spacing, affine = _our_grid(data, vol.affine)
+    return Volume(data=data, spacing=spacing, affine=affine, source_format="dicom-seg", path=path, spacing_known=True, unit="mm", modality="SEG",
                   meta={"segment_labels": names})
 
 
@@ -402,8 +457,10 @@ def write_dicom_seg(path: "str | Path", labels: np.ndarray, like: Volume,
         raise InputError(f"{path}: DICOM-SEG output needs a DICOM input series (it references the series' "
                          "slices); write .nii.gz instead")
     labels = np.asarray(labels)
-    if labels.shape[0] != len(files):
-        raise ValueError(f"labels have {labels.shape[0]} slices; the series has {len(files)}")
+    multiframe = bool(like.meta.get("dicom_multiframe"))
+    slices = like.shape[0] if multiframe else len(files)
+    if labels.shape[0] != slices:
+        raise ValueError(f"labels have {labels.shape[0]} slices; the series has {slices}")
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     frame_of_reference = hd.UID()
     for ds in sources:
@@ -430,8 +487,12 @@ def write_dicom_seg(path: "str | Path", labels: np.ndarray, like: Volume,
         tracking_uid=hd.UID(), tracking_id=f"label {i}",
         display_color=hd.color.CIELabColor.from_rgb(*(int(c) for c in pal[i]))) for i in ids]
     dtype = np.uint8 if len(ids) <= 255 else np.uint16
+    pixels: Any = labels.astype(dtype, copy=False)
+    if multiframe:  # frames matched to the source's by their positions (highdicom)
+        pixels = hd.Volume(pixels, np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(like.affine, np.float64),
+                           "PATIENT", frame_of_reference_uid=str(sources[0].FrameOfReferenceUID))
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=labels.astype(dtype, copy=False), segmentation_type="BINARY",
+        source_images=sources, pixel_array=pixels, segmentation_type="BINARY",
         segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=9901,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="diffseg-vv",
         manufacturer_model_name="diffseg-vv", software_versions=software_version(), device_serial_number="none",
