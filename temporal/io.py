@@ -143,9 +143,8 @@ class FrameSource:
                 return _PyAVVideo(self.path)
             except _StillImage:
                 raise
-            except InputError:
-                pass
-            raise InputError(f"{self.path}: cannot open video ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
+            except InputError as refused:  # PyAV's line names the problem (decord's is a C++ log line)
+                raise refused from exc
 
     def _check_one_frame_size(self) -> None:
         """Refuse a video whose frame size changes mid-stream (decord would resize every
@@ -302,7 +301,8 @@ class _PyAVVideo:
         except InputError:
             raise
         except (av.error.FFmpegError, OSError, ValueError, StopIteration) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = (getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0] if str(exc).strip()
+                   else type(exc).__name__)  # FFmpeg's own words, without "[Errno N]" and the path
             raise InputError(f"{path}: cannot open video ({msg})") from exc
         self.n = n
 

@@ -118,3 +118,24 @@ def test_a_video_stored_on_its_side_is_read_upright(tmp_path, monkeypatch, reade
         assert f.rgb.shape == (32, 24, 3) if turn % 180 else (24, 32, 3)
         small = cv2.resize(shown, f.rgb.shape[1::-1], interpolation=cv2.INTER_AREA)
         assert np.abs(f.rgb.astype(int) - small.astype(int)).mean() < 8.0
+
+
+def test_a_file_with_no_video_says_so_in_plain_words(tmp_path):
+    # decord's refusal was a C++ log line ("video_reader.cc:151: Check failed: st_nb >= 0 ...
+    # cannot find video stream with wanted index: -1"); PyAV names the problem
+    import av
+
+    with av.open(str(tmp_path / "voice.mp4"), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        for i in range(5):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 16000, i * 1024
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with pytest.raises(InputError, match=r"voice.mp4: cannot open video \(no video stream\)$"):
+        FrameSource(tmp_path / "voice.mp4")
+    (tmp_path / "junk.mp4").write_bytes(b"junk" * 400)
+    with pytest.raises(InputError, match=r"junk.mp4: cannot open video \(Invalid data found when processing input\)$"):
+        FrameSource(tmp_path / "junk.mp4")
