@@ -233,7 +233,8 @@ def volume_output(spec_source: str, name: str) -> str:
     DICOM series: a DICOM-SEG that references it)."""
     from volume.io import file_format
 
-    ext = {"tiff": ".tif", "npy": ".npy", "nifti": ".nii.gz", "ome-zarr": ".ome.zarr", "dicom": ".dcm"}[
+    ext = {"tiff": ".tif", "slices": ".tif", "npy": ".npy", "nifti": ".nii.gz", "ome-zarr": ".ome.zarr",
+           "dicom": ".dcm"}[
         file_format(spec_source)]
     return f"volumes/{name}{ext}"
 

@@ -192,7 +192,8 @@ def register(sub, parent) -> None:
     p = sub.add_parser("volume", parents=[parent], help="segment a 3D scan (NIfTI, DICOM, TIFF, npy) into 3D labels",
                        description="Slice-wise DiffSeg, slices linked into consistent 3D labels in the input's geometry.",
                        epilog=VOLUME_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="NIfTI file, DICOM folder, TIFF stack (ZYX) or .npy")
+    p.add_argument("input", help="NIfTI file, DICOM folder, TIFF stack (ZYX), .npy, OME-Zarr or a folder of "
+                                 "2-D slice images (PNG/TIFF/JPEG, natural name order)")
     _add_common(p, "volume")
     p.add_argument("--background", choices=("auto", "none"), default="auto",
                    help="auto: labels lying mostly outside the body or sample (the dark region reaching the "
@@ -205,7 +206,8 @@ def register(sub, parent) -> None:
                        description="Bring your own 2D labels: link a volume whose slices were labelled "
                                    "independently (any 2D segmenter) into consistent 3D labels.",
                        epilog=STACK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("labels", help="label volume (NIfTI, TIFF, npy), ids independent per slice")
+    s.add_argument("labels", help="label volume (NIfTI, TIFF, npy, OME-Zarr, DICOM-SEG) or a folder of per-slice "
+                                  "label maps (PNG/TIFF/npy, natural name order), ids independent per slice")
     s.add_argument("--image", default=None, help="intensity volume of the same shape (montage background)")
     _add_common(s, "stack")
     s.set_defaults(func=_run_stack)

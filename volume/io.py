@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from diffseg_core.errors import InputError
+from diffseg_core.errors import InputError, short_message
 from diffseg_core.io import (atomic_path, atomic_save_npy, check_label_range, damage_reported_by, output_error,
                              temporary_name)
 
@@ -43,8 +43,8 @@ def _warn(msg: str) -> None:
 
 
 def file_format(path: "str | os.PathLike") -> str:
-    """``nifti``, ``tiff``, ``npy``, ``ome-zarr`` (a Zarr folder) or ``dicom`` (another folder
-    or a ``.dcm`` file) from the path."""
+    """``nifti``, ``tiff``, ``npy``, ``ome-zarr`` (a Zarr folder), ``slices`` (a folder of 2-D
+    slice images and no DICOM file) or ``dicom`` (another folder or a ``.dcm`` file) from the path."""
     from .omezarr import is_zarr
 
     p = Path(path)
@@ -52,7 +52,7 @@ def file_format(path: "str | os.PathLike") -> str:
     if is_zarr(p) or name.endswith(".zarr"):
         return "ome-zarr"
     if p.is_dir():
-        return "dicom"
+        return "slices" if slice_files(p) else "dicom"
     if name.endswith(".nii") or name.endswith(".nii.gz"):
         return "nifti"
     if name.endswith(".tif") or name.endswith(".tiff"):
@@ -99,6 +99,8 @@ def read_volume(path: "str | os.PathLike", index: "int | None" = None,
         return _read_tiff(p, index)
     if fmt == "npy":
         return _read_npy(p, index)
+    if fmt == "slices":
+        return _read_slices(p)
     if fmt == "ome-zarr":
         from .omezarr import read_ome_zarr
 
@@ -210,27 +212,16 @@ def _raw_pixdim(p: Path, header_class: Any) -> "list[float] | None":
         return None
 
 
-class TiffPages(LazyStack):
-    """A ``(D, H, W)`` TIFF stack of one page per slice, read lazily: indexing with a slice
+class PagedStack(LazyStack):
+    """A ``(D, H, W)`` stack stored one page per slice, read lazily: indexing with a slice
     number decodes that page only (what the pipeline does slice by slice); any other access
-    (a plane across the pages, ``np.asarray``) decodes the whole stack once and keeps it."""
+    (a plane across the pages, ``np.asarray``) decodes the whole stack once and keeps it.
+    Subclasses say how page ``k`` is read (`_page`)."""
 
-    def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
-        self.path, self.shape, self.dtype = Path(path), shape, np.dtype(dtype)
-        self._whole: "np.ndarray | None" = None
+    _whole: "np.ndarray | None" = None
 
     def _page(self, k: int) -> np.ndarray:
-        if getattr(self, "_pages", None) is None:  # one open file: the page list is parsed once
-            import tifffile
-
-            self._tf = tifffile.TiffFile(str(self.path))
-            self._pages = self._tf.series[0].pages
-        return np.asarray(self._pages[k].asarray())
-
-    def __del__(self) -> None:
-        tf = getattr(self, "_tf", None)
-        if tf is not None:
-            tf.close()
+        raise NotImplementedError
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if self._whole is not None:
@@ -251,10 +242,139 @@ class TiffPages(LazyStack):
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         if self._whole is None:
+            self._whole = self._read_whole()
+        return self._whole if dtype is None else self._whole.astype(dtype)
+
+    def _read_whole(self) -> np.ndarray:
+        return np.stack([self._page(k) for k in range(self.shape[0])])
+
+
+class TiffPages(PagedStack):
+    """A TIFF stack of one page per slice (`PagedStack`)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self.path, self.shape, self.dtype = Path(path), shape, np.dtype(dtype)
+
+    def _page(self, k: int) -> np.ndarray:
+        if getattr(self, "_pages", None) is None:  # one open file: the page list is parsed once
             import tifffile
 
-            self._whole = tifffile.imread(str(self.path))
-        return self._whole if dtype is None else self._whole.astype(dtype)
+            self._tf = tifffile.TiffFile(str(self.path))
+            self._pages = self._tf.series[0].pages
+        return np.asarray(self._pages[k].asarray())
+
+    def __del__(self) -> None:
+        tf = getattr(self, "_tf", None)
+        if tf is not None:
+            tf.close()
+
+    def _read_whole(self) -> np.ndarray:
+        import tifffile
+
+        return tifffile.imread(str(self.path))
+
+
+#: 2-D image files of a folder of slices (an image sequence: Fiji's "Image Sequence", the
+#: label maps of a segmenter run slice by slice), one file per slice in natural name order
+SLICE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".npy")
+
+
+def slice_files(folder: Path) -> list[Path]:
+    """The slice images of a folder of slices in natural name order; [] for a folder that
+    holds a DICOM file (the DICOM reader takes it) or no slice image."""
+    from diffseg_core.io import natural_key
+
+    files = [q for q in folder.iterdir() if q.is_file() and not q.name.startswith(".")]
+    slices = [q for q in files if q.suffix.lower() in SLICE_EXTS]
+    if not slices or any(_is_dicom_file(q) for q in files if q.suffix.lower() not in SLICE_EXTS):
+        return []
+    return sorted(slices, key=lambda q: natural_key(q.name))
+
+
+def _is_dicom_file(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(132)[128:] == b"DICM" or p.suffix.lower() in (".dcm", ".ima")
+    except OSError:
+        return False
+
+
+def _slice_size(p: Path) -> "tuple[int, int]":
+    """``(H, W)`` of a slice file from its header (nothing decoded)."""
+    try:
+        if p.suffix.lower() == ".npy":
+            return tuple(np.load(str(p), mmap_mode="r", allow_pickle=False).shape[:2])  # type: ignore[return-value]
+        if p.suffix.lower() in TIFF_EXTS:
+            import tifffile
+
+            with tifffile.TiffFile(str(p)) as tf:
+                return tuple(tf.pages[0].shape[:2])  # type: ignore[return-value]
+        from PIL import Image
+
+        with Image.open(p) as im:
+            return im.size[1], im.size[0]
+    except Exception as exc:  # noqa: BLE001 - each reader raises its own types
+        raise InputError(f"{p}: not a readable slice image ({type(exc).__name__}: {short_message(exc)})") from exc
+
+
+def read_slice(p: Path) -> np.ndarray:
+    """One slice image as a 2-D array in its own dtype (8/16-bit grey, a palette's indices,
+    TIFF, .npy); grey stored as RGB(A) gives one channel, real colour is refused."""
+    try:
+        if p.suffix.lower() == ".npy":
+            a = np.load(str(p), allow_pickle=False)
+        elif p.suffix.lower() in TIFF_EXTS:
+            import tifffile
+
+            with damage_reported_by("tifffile", p, "TIFF slice"):
+                a = tifffile.imread(str(p))
+        else:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                a = np.asarray(im)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each reader raises its own types
+        raise InputError(f"{p}: not a readable slice image ({type(exc).__name__}: {short_message(exc)})") from exc
+    if a.ndim == 3 and a.shape[2] in (2, 3, 4):
+        grey = a.shape[2] == 2 or ((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+        if not grey:
+            raise InputError(f"{p}: a colour slice; a volume holds one value per voxel: convert the slices to grey "
+                             "first")
+        a = a[..., 0]
+    if a.ndim != 2 or a.dtype.kind not in "uifb":
+        raise InputError(f"{p}: expected a 2-D slice image; got shape {a.shape} dtype {a.dtype}")
+    return a
+
+
+class SliceFiles(PagedStack):
+    """A folder of slice images, one file per slice (`PagedStack`)."""
+
+    def __init__(self, files: "list[Path]", shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self.files, self.shape, self.dtype = files, shape, np.dtype(dtype)
+
+    def _page(self, k: int) -> np.ndarray:
+        a = read_slice(self.files[k])
+        if a.shape != self.shape[1:] or a.dtype != self.dtype:
+            raise InputError(f"{self.files[k]}: slice of shape {a.shape} {a.dtype}; the first slice "
+                             f"({self.files[0].name}) is {self.shape[1:]} {self.dtype}: one volume's slices are alike")
+        return a
+
+
+def _read_slices(p: Path) -> Volume:
+    files = slice_files(p)
+    if len(files) < 2:
+        raise InputError(f"{p}: a folder of slices needs at least 2 slice images; it holds {len(files)} "
+                         "(one image: `diffseg image`)")
+    first = read_slice(files[0])
+    for f in files[1:]:  # headers only: a slice of another size is named before any work
+        hw = _slice_size(f)
+        if hw != first.shape:
+            raise InputError(f"{f}: slice of {hw[1]}x{hw[0]} pixels; the first ({files[0].name}) is "
+                             f"{first.shape[1]}x{first.shape[0]} (width x height): one volume's slices are one size")
+    return Volume(data=SliceFiles(files, (len(files), *first.shape), first.dtype), source_format="slices", path=p,
+                  meta={"slice_files": len(files)})
 
 
 def _read_tiff(p: Path, index: "int | None") -> Volume:
@@ -474,7 +594,7 @@ def output_format(path: "str | os.PathLike", like: "Volume | None" = None) -> st
 #: series gives a DICOM-SEG or NIfTI): what `default_output_name` picks and `diffseg
 #: evaluate volume` looks for in a run's folder.
 OUTPUT_NAMES = {"nifti": "labels.nii.gz", "dicom-seg": "labels.dcm", "tiff": "labels.tif", "npy": "labels.npy",
-                "ome-zarr": "labels.ome.zarr"}
+                "ome-zarr": "labels.ome.zarr", "slices": "labels.tif"}
 
 
 def default_output_name(vol: Volume, dicom_seg: bool = False) -> str:
