@@ -234,7 +234,7 @@ def volume_output(spec_source: str, name: str) -> str:
     from volume.io import file_format
 
     ext = {"tiff": ".tif", "slices": ".tif", "npy": ".npy", "nifti": ".nii.gz", "ome-zarr": ".ome.zarr",
-           "dicom": ".dcm"}[
+           "dicom": ".dcm", "nrrd": ".nrrd"}[
         file_format(spec_source)]
     return f"volumes/{name}{ext}"
 

@@ -30,7 +30,7 @@ import numpy as np
 from diffseg_core.errors import InputError
 from diffseg_core.io import IMAGE_EXTENSIONS, atomic_write_text, full_suffix, natural_key
 from temporal.io import VIDEO_EXTENSIONS  # what the video reader opens
-VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".npy", ".dcm", ".ome.zarr", ".zarr")
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".npy", ".dcm", ".ome.zarr", ".zarr")
 #: Multi-page TIFFs are volumes; single-page TIFFs are images.
 TIFF_EXTENSIONS = (".tif", ".tiff")
 

@@ -34,7 +34,7 @@ from diffseg_core.errors import InputError
 from diffseg_core.io import label_palette
 
 LayerData = tuple  # (data, meta, layer type)
-VOLUME_EXTS = (".nii.gz", ".nii", ".tif", ".tiff", ".npy", ".dcm")
+VOLUME_EXTS = (".nii.gz", ".nii", ".nrrd", ".tif", ".tiff", ".npy", ".dcm")
 
 try:  # the widget's type hints name napari's types (magicgui resolves them in napari)
     import napari  # noqa: F401
@@ -158,7 +158,7 @@ def _read_ome_zarr_labels(p: Path) -> LayerData:
 
 # ----------------------------------------------------------------------------- writer
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    """Write a Labels layer: 3-D to ``.tif`` / ``.nii.gz`` / ``.nii`` / ``.npy`` / ``.ome.zarr`` with a
+    """Write a Labels layer: 3-D to ``.tif`` / ``.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.npy`` / ``.ome.zarr`` with a
     ``labels.json`` sidecar beside it (so it opens again as Labels, here and with `get_reader`),
     2-D to ``.png`` (with ``<stem>.json``). Returns the files written."""
     from diffseg_core.io import atomic_write_text, save_labels_png

@@ -29,7 +29,11 @@ log = logging.getLogger("diffseg.volume")
 
 NIFTI_EXTS = (".nii", ".nii.gz")
 TIFF_EXTS = (".tif", ".tiff")
-LABEL_EXTS = NIFTI_EXTS + TIFF_EXTS + (".npy",)
+NRRD_EXTS = (".nrrd", ".nhdr")
+LABEL_EXTS = NIFTI_EXTS + TIFF_EXTS + NRRD_EXTS + (".npy",)
+#: NRRD's anatomical spaces: the sign that takes each axis to RAS+
+_NRRD_SPACES = {"right-anterior-superior": (1, 1, 1), "ras": (1, 1, 1), "left-anterior-superior": (-1, 1, 1),
+                "las": (-1, 1, 1), "left-posterior-superior": (-1, -1, 1), "lps": (-1, -1, 1)}
 #: ``(d, h, w) -> (i, j, k)`` = ``(w, h, d)``: the NIfTI axis permutation (self-inverse).
 _PERM = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 
@@ -59,10 +63,13 @@ def file_format(path: "str | os.PathLike") -> str:
         return "tiff"
     if name.endswith(".npy"):
         return "npy"
+    if name.endswith(NRRD_EXTS):
+        return "nrrd"
     if name.endswith(".dcm") or name.endswith(".ima"):
         return "dicom"
     raise InputError(
-        f"{p}: unknown volume format; expected .nii, .nii.gz, .tif, .tiff, .npy, an OME-Zarr folder or a DICOM folder"
+        f"{p}: unknown volume format; expected .nii, .nii.gz, .nrrd, .tif, .tiff, .npy, an OME-Zarr folder, a DICOM "
+        "folder or a folder of slice images"
     )
 
 
@@ -101,6 +108,8 @@ def read_volume(path: "str | os.PathLike", index: "int | None" = None,
         return _read_npy(p, index)
     if fmt == "slices":
         return _read_slices(p)
+    if fmt == "nrrd":
+        return _read_nrrd(p, index)
     if fmt == "ome-zarr":
         from .omezarr import read_ome_zarr
 
@@ -198,6 +207,53 @@ def _nifti_volume(p: Path, index: "int | None") -> Volume:
         slope=1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope),
         intercept=0.0 if inter is None or not np.isfinite(inter) else float(inter),
     )
+
+
+def _read_nrrd(p: Path, index: "int | None") -> Volume:
+    """NRRD (3D Slicer's format; pynrrd): axes ``(i, j, k)`` viewed as ``(k, j, i)``; the
+    space directions and origin give the affine (any of NRRD's anatomical spaces, to RAS+);
+    a non-spatial axis (a list, a vector, time) is a 4-D choice."""
+    import nrrd
+
+    try:
+        raw, hdr = nrrd.read(str(p), index_order="F")
+    except Exception as exc:  # noqa: BLE001 - pynrrd raises NRRDError, ValueError, OSError, zlib errors
+        raise InputError(f"{p}: not a readable NRRD file ({type(exc).__name__}: {short_message(exc)})") from exc
+    if raw.dtype.kind not in "uifb":
+        raise InputError(f"{p}: unsupported NRRD data type {raw.dtype}")
+    directions = hdr.get("space directions")
+    spatial = list(range(raw.ndim))
+    if directions is not None:  # a non-spatial axis has "none" (NaN) for its direction
+        directions = np.asarray(directions, np.float64)
+        spatial = [a for a in range(raw.ndim) if np.isfinite(directions[a]).all()]
+    if raw.ndim == 4 and len(spatial) == 3:
+        other = next(a for a in range(4) if a not in spatial)
+        kind = str((hdr.get("kinds") or [""] * 4)[other]).lower()
+        raw = _select_4d(raw, p, index, axis=other,
+                         colour=f"NRRD kind {kind}" if kind in ("rgb-color", "rgba-color") else "")
+        directions = directions[spatial] if directions is not None else None
+    if raw.ndim != 3:
+        raise InputError(f"{p}: expected a 3-D NRRD volume; got shape {raw.shape}")
+    space = str(hdr.get("space", "")).lower()
+    if directions is not None and space in _NRRD_SPACES:
+        to_ras = np.diag([*_NRRD_SPACES[space], 1.0])
+        ijk = np.eye(4)
+        ijk[:3, :3] = directions.T  # column a: the step of axis a
+        ijk[:3, 3] = np.asarray(hdr.get("space origin", np.zeros(3)), np.float64)
+        affine = to_ras @ ijk
+        if not np.isfinite(affine).all() or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
+            raise InputError(f"{p}: the NRRD space directions are singular or not finite")
+        spacing = tuple(float(np.linalg.norm(directions[a])) for a in (2, 1, 0))
+        affine = affine @ _PERM
+    else:  # no anatomical space: spacings only, as a TIFF's
+        affine = None
+        sp = np.asarray(hdr.get("spacings", [np.nan] * 3), np.float64)
+        known = directions is None and sp.shape == (3,) and np.isfinite(sp).all() and (sp > 0).all()
+        spacing = (float(sp[2]), float(sp[1]), float(sp[0])) if known else (1.0, 1.0, 1.0)
+    units = hdr.get("space units") or []
+    unit = {"mm": "mm", "um": "um", "microns": "um", "m": "m"}.get(str(units[0]).lower(), "mm") if units else "mm"
+    return Volume(data=raw.transpose(2, 1, 0), spacing=spacing, affine=affine, source_format="nrrd", path=p,
+                  spacing_known=affine is not None or spacing != (1.0, 1.0, 1.0), unit=unit)
 
 
 def _raw_pixdim(p: Path, header_class: Any) -> "list[float] | None":
@@ -580,21 +636,21 @@ def output_format(path: "str | os.PathLike", like: "Volume | None" = None) -> st
     it references."""
     name = Path(path).name.lower()
     for ext, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".tiff", "tiff"), (".tif", "tiff"),
-                     (".npy", "npy"), (".zarr", "ome-zarr"), (".dcm", "dicom-seg")):
+                     (".npy", "npy"), (".zarr", "ome-zarr"), (".dcm", "dicom-seg"), (".nrrd", "nrrd")):
         if name.endswith(ext):
             if fmt == "dicom-seg" and like is not None and not like.meta.get("dicom_files"):
                 raise InputError(f"{path}: DICOM-SEG output needs a DICOM input series (it references its "
                                  "slices); write .nii.gz, .tif or .npy")
             return fmt
-    raise InputError(f"{path}: unknown output extension; expected .nii.gz, .nii, .tif, .tiff, .npy, .ome.zarr "
-                     "or .dcm (DICOM-SEG, for DICOM inputs)")
+    raise InputError(f"{path}: unknown output extension; expected .nii.gz, .nii, .nrrd, .tif, .tiff, .npy, "
+                     ".ome.zarr or .dcm (DICOM-SEG, for DICOM inputs)")
 
 
 #: The label file a run writes into an output folder, by format (the input's own; a DICOM
 #: series gives a DICOM-SEG or NIfTI): what `default_output_name` picks and `diffseg
 #: evaluate volume` looks for in a run's folder.
 OUTPUT_NAMES = {"nifti": "labels.nii.gz", "dicom-seg": "labels.dcm", "tiff": "labels.tif", "npy": "labels.npy",
-                "ome-zarr": "labels.ome.zarr", "slices": "labels.tif"}
+                "ome-zarr": "labels.ome.zarr", "slices": "labels.tif", "nrrd": "labels.nrrd"}
 
 
 def default_output_name(vol: Volume, dicom_seg: bool = False) -> str:
@@ -669,6 +725,8 @@ def write_labels(path: "str | os.PathLike", labels: np.ndarray, like: Volume,
         atomic_save_npy(path, out)
     elif fmt == "nifti":
         _write_nifti(path, out, like, provenance)
+    elif fmt == "nrrd":
+        _write_nrrd(path, out, like, provenance)
     else:
         _write_tiff(path, out, like, provenance)
     return path
@@ -716,6 +774,26 @@ def _write_nifti(path: Path, labels: np.ndarray, like: Volume, provenance: dict)
         h.extensions.append(nib.nifti1.Nifti1Extension(6, provenance_json(provenance).encode("utf-8")))
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
+
+
+def _write_nrrd(path: Path, labels: np.ndarray, like: Volume, provenance: dict) -> None:
+    """A gzip NRRD in LPS space (3D Slicer's convention) with ``like``'s geometry; a file
+    named ``*label*`` / ``*seg*`` (ours: ``labels.nrrd``) opens in Slicer as a label map."""
+    import nrrd
+
+    if like.affine is not None:
+        ijk = like.affine @ _PERM
+    else:  # no geometry (TIFF/npy input): diagonal spacing, origin 0, as in NIfTI
+        dz, dy, dx = like.spacing
+        ijk = np.diag([dx, dy, dz, 1.0])
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk
+    header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T,  # (type: pynrrd's, from the data)
+              "space origin": lps[:3, 3], "kinds": ["domain"] * 3, "encoding": "gzip",
+              "space units": [like.unit if like.unit in ("mm", "um") else "mm"] * 3}
+    if provenance:
+        header["diffseg_labels"] = provenance_json(provenance)
+    with atomic_path(path) as tmp:
+        nrrd.write(str(tmp), labels.transpose(2, 1, 0), header, index_order="F")
 
 
 def provenance_json(provenance: dict) -> str:

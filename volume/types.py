@@ -20,7 +20,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 #: Intensity modes besides the CT presets and an explicit "L,W".
 INTENSITY_MODES = ("auto", "percentile", "minmax") + tuple(WINDOW_PRESETS)
-SOURCE_FORMATS = ("nifti", "dicom", "dicom-seg", "tiff", "npy", "ome-zarr", "slices")
+SOURCE_FORMATS = ("nifti", "dicom", "dicom-seg", "tiff", "npy", "ome-zarr", "slices", "nrrd")
 AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
 
 
@@ -67,7 +67,7 @@ class Volume:
         affine: float64 ``(4, 4)`` mapping ``(d, h, w, 1)`` indices of ``data`` to RAS+ mm,
             or None (TIFF, npy).
         source_format: one of ``nifti``, ``dicom``, ``dicom-seg`` (a label volume), ``tiff``, ``npy``,
-            ``ome-zarr``, ``slices`` (a folder of 2-D slice images).
+            ``ome-zarr``, ``slices`` (a folder of 2-D slice images), ``nrrd``.
         path: the file or folder read.
         spacing_known: whether ``spacing`` came from the file.
         unit: unit of ``spacing`` (``"mm"``, ``"um"``, ``"voxel"``...).
