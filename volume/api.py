@@ -224,7 +224,9 @@ def segment_volume(input_path: "str | os.PathLike", output_path: "str | os.PathL
         raise InputError(f"{vol.path}: every voxel is NaN or infinite: nothing to segment")
     seg = resolve_segmenter(segmenter)
     batch = max(1, int(getattr(getattr(seg, "config", None), "batch_size", 1) or 1))
-    log.info("%s: shape %s spacing %s, intensity %s", vol.path, vol.shape, vol.spacing, imap.mode)
+    log.info("%s: shape %s spacing (%s)%s, intensity %s", vol.path, vol.shape,
+             ", ".join(f"{d:.4g}" for d in vol.spacing), f" {vol.unit}" if vol.spacing_known else " (unknown)",
+             imap.mode)
     axis = choose_axis(config, vol)
     axes = [axis] if config.axes == "one" else [axis] + [a for a in range(3) if a != axis]
     results = []
