@@ -245,15 +245,16 @@ def _read_nrrd(p: Path, index: "int | None") -> Volume:
             raise InputError(f"{p}: the NRRD space directions are singular or not finite")
         spacing = tuple(float(np.linalg.norm(directions[a])) for a in (2, 1, 0))
         affine = affine @ _PERM
+        known = True
     else:  # no anatomical space: spacings only, as a TIFF's
         affine = None
         sp = np.asarray(hdr.get("spacings", [np.nan] * 3), np.float64)
-        known = directions is None and sp.shape == (3,) and np.isfinite(sp).all() and (sp > 0).all()
+        known = directions is None and sp.shape == (3,) and bool(np.isfinite(sp).all() and (sp > 0).all())
         spacing = (float(sp[2]), float(sp[1]), float(sp[0])) if known else (1.0, 1.0, 1.0)
     units = hdr.get("space units") or []
     unit = {"mm": "mm", "um": "um", "microns": "um", "m": "m"}.get(str(units[0]).lower(), "mm") if units else "mm"
     return Volume(data=raw.transpose(2, 1, 0), spacing=spacing, affine=affine, source_format="nrrd", path=p,
-                  spacing_known=affine is not None or spacing != (1.0, 1.0, 1.0), unit=unit)
+                  spacing_known=known, unit=unit)
 
 
 def _raw_pixdim(p: Path, header_class: Any) -> "list[float] | None":
@@ -348,9 +349,12 @@ def slice_files(folder: Path) -> list[Path]:
 
 
 def _is_dicom_file(p: Path) -> bool:
+    """Named as DICOM, or with DICOM's "DICM" marker after its 128-byte preamble."""
+    if p.suffix.lower() in (".dcm", ".ima"):
+        return True
     try:
         with open(p, "rb") as f:
-            return f.read(132)[128:] == b"DICM" or p.suffix.lower() in (".dcm", ".ima")
+            return f.read(132)[128:] == b"DICM"
     except OSError:
         return False
 

@@ -91,3 +91,14 @@ def test_diffseg_volume_of_an_nrrd_writes_nrrd_labels_beside_their_sidecars(tmp_
     got, vol = read_label_volume(tmp_path / "out" / "labels.nrrd")
     np.testing.assert_allclose(vol.affine, read_volume(tmp_path / "img.nrrd").affine, atol=1e-9)
     assert np.asarray(got).max() >= 1
+
+
+def test_an_nrrd_without_an_anatomical_space_keeps_its_spacings(tmp_path):
+    # microscopy: spacings per axis, no patient space
+    data = np.random.default_rng(2).integers(0, 4000, (30, 20, 6)).astype(np.uint16)
+    nrrd.write(str(tmp_path / "cells.nrrd"), data, {"spacings": [0.2, 0.2, 1.0], "kinds": ["domain"] * 3},
+               index_order="F")
+    v = read_volume(tmp_path / "cells.nrrd")
+    assert v.affine is None and v.spacing_known and v.spacing == pytest.approx((1.0, 0.2, 0.2))
+    nrrd.write(str(tmp_path / "plain.nrrd"), data, {"spacings": [1.0, 1.0, 1.0]}, index_order="F")
+    assert read_volume(tmp_path / "plain.nrrd").spacing_known  # 1 x 1 x 1 said by the file is known
