@@ -215,10 +215,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
             log.exception("failed")
         print(f"diffseg {args.command}: error: {name_flags(str(exc), _subparser(parser, args))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    except KeyboardInterrupt:  # (the clean-up ran as it propagated; the caller's handler is left as it was)
         print(f"diffseg {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -248,6 +245,7 @@ def console_main() -> None:
     when it arrived in the middle of a library import, and the shell would see a kill)."""
     rc = main()
     if rc == 130:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit short
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -178,13 +178,19 @@ def test_ctrl_c_while_a_command_loads_torch_is_delivered_after_the_import(tmp_pa
 
     monkeypatch.setattr(cli, "import_module", import_with_ctrl_c)
     handler = signal.getsignal(signal.SIGINT)
+    # Python's own handler, also when pytest runs in a background job (which inherits SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rc = main(["image", str(write_frames(tmp_path / "f", 1)), "-o", str(tmp_path / "out")])
+        after = signal.getsignal(signal.SIGINT)
     finally:
-        signal.signal(signal.SIGINT, handler)  # the command ignores a second Ctrl-C while it cleans up
+        signal.signal(signal.SIGINT, handler)
     assert rc == 130 and loaded == ["torch"]
     assert capsys.readouterr().err.strip() == "diffseg image: interrupted"
     assert not (tmp_path / "out" / ".diffseg.lock").exists()
+    # called from Python (a notebook), the command leaves Ctrl-C working: it ignored it after
+    # an interrupt, for the rest of the caller's process
+    assert after is signal.default_int_handler
 
 
 # ----------------------------------------------------------------------------- huge images
