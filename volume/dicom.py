@@ -408,7 +408,8 @@ def read_dicom_seg(path: "str | Path", like: "Volume | None" = None) -> Volume:
                          "on to place its frames (`diffseg stack --image DIR`, `diffseg evaluate volume "
                          "--series DIR`; Python: `volume.api.read_labels(path, on=read_volume(DIR))`)")
     data, spacing, affine = _our_grid(data, vol.affine)
-    return Volume(data=data, spacing=spacing, affine=affine, source_format="dicom-seg", path=path, spacing_known=True, unit="mm", modality="SEG",
+    return Volume(data=data, spacing=spacing, affine=affine, source_format="dicom-seg", path=path, spacing_known=True,
+                  unit="mm", modality="SEG",
                   meta={"segment_labels": names})
 
 
