@@ -65,7 +65,7 @@ def test_writer_files_open_again_as_labels(tmp_path):
     lab[:, 2:6, 3:9] = 3
     lab[1:, 7:, :] = 5
     meta = {"name": "mine", "scale": (2.0, 0.5, 0.5), "features": {"id": [3, 5], "name": ["liver", "kidney"]}}
-    for ext in (".tif", ".nii.gz", ".npy"):
+    for ext in (".tif", ".nii.gz", ".nrrd", ".npy"):
         written = write_labels(str(tmp_path / f"labels{ext}"), lab, meta)
         [(back, m, kind)] = get_reader(written[0])(written[0])
         assert kind == "labels" and np.array_equal(back, lab), ext
