@@ -113,8 +113,9 @@ def volume_dice(pred: np.ndarray, gt: np.ndarray, oracle: bool = True, axis: int
     matching at IoU 0.5, and (``surface``) HD95 and surface Dice of the matched labels.
 
     Args:
-        pred: int ``(D, H, W)`` predicted ids (0 = none).
-        gt: int ``(D, H, W)`` ground-truth ids (0 = background, not scored).
+        pred: int ``(D, H, W)`` predicted ids (0 = none): an array, a memory map or a lazily
+            read stack (`volume.types.LazyStack`).
+        gt: int ``(D, H, W)`` ground-truth ids (0 = background, not scored), the same kinds.
         oracle: also compute the per-slice-oracle Dice.
         axis: slicing axis of the oracle (0, 1, 2).
         gt_name: how errors name the ground truth (e.g. its file).
@@ -125,6 +126,7 @@ def volume_dice(pred: np.ndarray, gt: np.ndarray, oracle: bool = True, axis: int
     Returns:
         `VolumeScores`.
     """
+    pred, gt = np.asarray(pred), np.asarray(gt)  # a lazily read stack (compressed TIFF, slice files) whole
     table, g_ids, p_ids = contingency(gt, pred)
     if len(g_ids) == 0:  # every score would be 0/0
         raise InputError(f"{gt_name} has no labels (every voxel is 0): nothing to score")

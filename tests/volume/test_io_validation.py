@@ -100,6 +100,29 @@ def test_evaluate_volume_with_empty_ground_truth_is_an_error(tmp_path: Path, cap
     assert "gt.npy: ground truth has no labels" in err.err and "NaN" not in err.out
 
 
+def test_evaluate_volume_reads_lazily_read_stacks_whole(tmp_path: Path, capsys) -> None:
+    # a compressed TIFF (what Fiji and most tools save) is read page by page, and a folder of
+    # slice images file by file: evaluate failed on them with "'TiffPages' object has no
+    # attribute 'max'"
+    import json
+
+    import tifffile
+    from PIL import Image
+
+    from diffseg.cli import main
+
+    lab = np.zeros((4, 12, 14), np.uint16)
+    lab[:, 2:8, 3:9] = 5
+    lab[1:, 9:, :] = 9
+    tifffile.imwrite(tmp_path / "gt.tif", lab, compression="zlib")
+    (tmp_path / "pred").mkdir()
+    for k in range(4):
+        Image.fromarray(lab[k]).save(tmp_path / "pred" / f"{k}.png")
+    assert main(["evaluate", "volume", str(tmp_path / "pred"), str(tmp_path / "gt.tif"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["mean_dice"] == 1.0 and doc["n_gt"] == 2
+
+
 def test_evaluate_video_with_empty_ground_truth_names_the_folder(tmp_path: Path) -> None:
     from diffseg_core.io import save_labels_png
     from temporal.evaluate import evaluate_video_dirs
