@@ -355,6 +355,10 @@ def read_segment_labels(seg_dir: Path, stem: str, hw: tuple[int, int]) -> np.nda
         lab = read_labels(p)
     if lab.shape != tuple(hw):
         if lab.shape[0] * hw[1] != lab.shape[1] * hw[0] and abs(lab.shape[0] / lab.shape[1] - hw[0] / hw[1]) > 0.02:
-            raise InputError(f"{p}: label map is {lab.shape[1]}x{lab.shape[0]} but the frame is {hw[1]}x{hw[0]}")
+            turned = ("; it is the frame turned a quarter: a video stored on its side (a phone's) is read upright, "
+                      "so label maps made on its frames as stored do not fit them" if lab.shape == tuple(hw)[::-1]
+                      else "")
+            raise InputError(f"{p}: label map is {lab.shape[1]}x{lab.shape[0]} but the frame is {hw[1]}x{hw[0]}"
+                             f"{turned}")
         lab = cv2.resize(lab, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
     return lab

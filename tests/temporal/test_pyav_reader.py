@@ -139,3 +139,16 @@ def test_a_file_with_no_video_says_so_in_plain_words(tmp_path):
     (tmp_path / "junk.mp4").write_bytes(b"junk" * 400)
     with pytest.raises(InputError, match=r"junk.mp4: cannot open video \(Invalid data found when processing input\)$"):
         FrameSource(tmp_path / "junk.mp4")
+
+
+def test_a_label_map_of_the_frame_as_stored_says_the_frame_is_turned(tmp_path):
+    from PIL import Image
+
+    from temporal.io import read_segment_labels
+
+    Image.fromarray(np.ones((48, 64), np.uint8)).save(tmp_path / "00000.png")  # made on the stored 64 x 48 frame
+    with pytest.raises(InputError, match="label map is 64x48 but the frame is 48x64; it is the frame turned a quarter"):
+        read_segment_labels(tmp_path, "00000", (64, 48))
+    Image.fromarray(np.ones((30, 64), np.uint8)).save(tmp_path / "00001.png")
+    with pytest.raises(InputError, match=r"label map is 64x30 but the frame is 48x64$"):
+        read_segment_labels(tmp_path, "00001", (64, 48))
