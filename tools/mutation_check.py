@@ -277,9 +277,8 @@ MUTANTS: list[Mutant] = [
            ("tests/volume/test_dicom_seg_in.py",),
            "`diffseg stack` of a DICOM-SEG into a folder asks for labels.dcm, then refuses to write it"),
     Mutant("video.gif_refused", "temporal/io.py",
-           "            try:\n                return _PyAVVideo(self.path)\n            except _StillImage:\n                raise\n"
-           "            except InputError:\n                pass\n",
-           "",
+           "                return _PyAVVideo(self.path)\n            except _StillImage:",
+           "                raise InputError(f\"{self.path}: cannot open video\")\n            except _StillImage:",
            ("tests/temporal/test_pyav_reader.py",),
            "an animated GIF is refused as a video decord cannot open"),
     Mutant("video.still_image_as_video", "temporal/io.py",
