@@ -231,12 +231,10 @@ def chunk_dir(item: WorkItem) -> str:
 def volume_output(spec_source: str, name: str) -> str:
     """``volumes/<name>.<ext>`` in the input's own format, as `diffseg volume` writes it (a
     DICOM series: a DICOM-SEG that references it)."""
-    from volume.io import file_format
+    from volume.io import OUTPUT_NAMES, file_format
 
-    ext = {"tiff": ".tif", "slices": ".tif", "npy": ".npy", "nifti": ".nii.gz", "ome-zarr": ".ome.zarr",
-           "dicom": ".dcm", "nrrd": ".nrrd"}[
-        file_format(spec_source)]
-    return f"volumes/{name}{ext}"
+    fmt = file_format(spec_source)
+    return f"volumes/{name}{OUTPUT_NAMES['dicom-seg' if fmt == 'dicom' else fmt].removeprefix('labels')}"
 
 
 # ----------------------------------------------------------------------------- segmenter

@@ -106,9 +106,10 @@ class FrameSource:
                 raise InputError(f"{self.path}: file is empty (0 bytes)")
             if self.path.suffix.lower() in IMAGE_EXTENSIONS:
                 raise InputError(f"{self.path}: is an image; give a video file or a folder of frames")
-            self._vr = self._open_video()
+            turns, sizes = _keyframes(self.path)
+            self._vr = self._open_video(turns)
             n = len(self._vr)
-            self._check_one_frame_size()
+            self._check_one_frame_size(sizes)
             try:
                 self.fps = float(self._vr.get_avg_fps()) or 25.0
             except Exception:  # noqa: BLE001 - some containers have no rate
@@ -120,13 +121,14 @@ class FrameSource:
         if self.kind == "folder" and stride > 1:
             self.fps = self.fps / stride
 
-    def _open_video(self):
+    def _open_video(self, turns: int):
+        """decord, or PyAV where decord is missing, cannot open the file or would ignore its
+        display rotation (``turns``, `_keyframes`)."""
         try:
             import decord
         except ImportError:  # no wheel for this platform (arm64, aarch64): PyAV reads the file
             log.debug("%s: read with PyAV (decord is not installed)", self.path)
             return _PyAVVideo(self.path)
-        turns = _display_turns(self.path)
         if turns:  # decord ignores a display rotation (and returns garbled frames for one)
             log.info("%s: stored on its side (a %d-degree display rotation): read with PyAV and turned upright",
                      self.path, 90 * turns)
@@ -146,27 +148,17 @@ class FrameSource:
             except InputError as refused:  # PyAV's line names the problem (decord's is a C++ log line)
                 raise refused from exc
 
-    def _check_one_frame_size(self) -> None:
+    def _check_one_frame_size(self, sizes: set) -> None:
         """Refuse a video whose frame size changes mid-stream (decord would resize every
-        frame to the first size without a word). A new size starts at a keyframe, so only
-        keyframes are decoded (PyAV, ``skip_frame NONKEY``: milliseconds for most files)."""
-        import av
-
-        try:
-            if isinstance(self._vr, _PyAVVideo):  # keyframes are decoded as stored: compare the stored size
-                self._first_hw, (h, w) = self._vr.first_hw, self._vr.stored_hw
-            else:
+        frame to the first size without a word): ``sizes``, the stored sizes of its keyframes
+        (`_keyframes`: a new size starts at a keyframe)."""
+        if isinstance(self._vr, _PyAVVideo):  # keyframes are decoded as stored: compare the stored size
+            self._first_hw, (h, w) = self._vr.first_hw, self._vr.stored_hw
+        else:
+            try:
                 h, w = self._first_hw = tuple(self._vr[0].shape[:2]) if len(self._vr) else (0, 0)
-            sizes: set = set()
-            with av.open(str(self.path)) as container:
-                if not container.streams.video:
-                    return
-                stream = container.streams.video[0]
-                stream.codec_context.skip_frame = "NONKEY"
-                for frame in container.decode(stream):
-                    sizes.add((frame.height, frame.width))
-        except Exception:  # noqa: BLE001 - a damaged file is reported where its frames fail to decode
-            return
+            except Exception:  # noqa: BLE001 - a damaged file is reported where its frames fail to decode
+                return
         other = sorted(sz for sz in sizes if sz != (h, w))
         if other:
             shown = ", ".join(f"{b}x{a}" for a, b in [(h, w)] + other[:3])
@@ -251,19 +243,27 @@ def _quarter_turns(frame) -> int:
     return round(float(getattr(frame, "rotation", 0) or 0) / 90) % 4
 
 
-def _display_turns(path: Path) -> int:
-    """`_quarter_turns` of a video file's first frame (0 where PyAV cannot decode one: the
-    reader that opens the file then says what is wrong with it)."""
+def _keyframes(path: Path) -> "tuple[int, set]":
+    """One PyAV pass over a video file's keyframes (``skip_frame NONKEY``: milliseconds for
+    most files): the `_quarter_turns` of the first and the stored ``(H, W)`` sizes seen.
+    ``(0, set())`` where PyAV cannot decode them: the reader that opens the file then says
+    what is wrong with it."""
     import av
 
+    turns, sizes = 0, set()
     try:
         with native_stderr_quiet(), av.open(str(path)) as container:
             if not container.streams.video:
-                return 0
-            first = next(container.decode(container.streams.video[0]), None)
-    except (av.error.FFmpegError, OSError, ValueError):
-        return 0
-    return 0 if first is None else _quarter_turns(first)
+                return 0, set()
+            stream = container.streams.video[0]
+            stream.codec_context.skip_frame = "NONKEY"
+            for frame in container.decode(stream):
+                if not sizes:
+                    turns = _quarter_turns(frame)
+                sizes.add((frame.height, frame.width))
+    except Exception:  # noqa: BLE001 - a damaged file is reported where its frames fail to decode
+        return turns, set()
+    return turns, sizes
 
 
 class _StillImage(InputError):

@@ -519,7 +519,7 @@ MUTANTS: list[Mutant] = [
            "        for stem in stems[:0]:",
            JOBS, "a chunked video is not linked over all its chunks"),
     Mutant("video.size_change_unchecked", "temporal/io.py",
-           "            self._check_one_frame_size()\n", "",
+           "            self._check_one_frame_size(sizes)\n", "",
            ("tests/test_fuzz.py",), "a video whose frame size changes is silently resized to the first size"),
     Mutant("volume.no_fragment_removal", "volume/api.py",
            "st = remove_fragments(labels, int(config.min_size),",

@@ -634,13 +634,18 @@ def label_buffer(shape: "tuple[int, ...]", near: "str | os.PathLike | None", dty
     return arr
 
 
+#: Label file extensions and the format each writes, longest first where one ends another
+#: (``output_format``; `volume.report.side_paths` strips them to name the sidecars)
+OUTPUT_EXTS = ((".nii.gz", "nifti"), (".nii", "nifti"), (".nrrd", "nrrd"), (".tiff", "tiff"), (".tif", "tiff"),
+               (".npy", "npy"), (".ome.zarr", "ome-zarr"), (".zarr", "ome-zarr"), (".dcm", "dicom-seg"))
+
+
 def output_format(path: "str | os.PathLike", like: "Volume | None" = None) -> str:
     """``nifti``/``tiff``/``npy``/``ome-zarr``/``dicom-seg`` from the output extension, or raise
     naming the choices; ``dicom-seg`` (``.dcm``) only for a DICOM input (``like``), whose series
     it references."""
     name = Path(path).name.lower()
-    for ext, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".tiff", "tiff"), (".tif", "tiff"),
-                     (".npy", "npy"), (".zarr", "ome-zarr"), (".dcm", "dicom-seg"), (".nrrd", "nrrd")):
+    for ext, fmt in OUTPUT_EXTS:
         if name.endswith(ext):
             if fmt == "dicom-seg" and like is not None and not like.meta.get("dicom_files"):
                 raise InputError(f"{path}: DICOM-SEG output needs a DICOM input series (it references its "

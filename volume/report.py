@@ -69,7 +69,9 @@ def side_paths(labels_path: "str | Path") -> tuple[Path, Path]:
     """``labels.json`` and ``<stem>_montage.png`` beside the label file."""
     p = Path(labels_path)
     name = p.name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".tiff", ".tif", ".npy", ".dcm", ".ome.zarr", ".zarr"):
+    from .io import OUTPUT_EXTS
+
+    for ext, _ in OUTPUT_EXTS:
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
